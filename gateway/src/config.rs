@@ -1,0 +1,131 @@
+//! Gateway configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::DriverChoice;
+use crate::protocol::Limits;
+use crate::shard::ShardLimits;
+
+/// `[gateway]` in the config file. Every field has a default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Unique id of this gateway in the cluster (routing and discovery key).
+    pub id: String,
+    /// WebSocket listener (gochat: `:7000`).
+    pub ws_listen: SocketAddr,
+    /// WebSocket path (gochat: `/ws`).
+    pub ws_path: String,
+    /// TCP `v1` listener (gochat: `:7001`); none to disable.
+    pub tcp_listen: Option<SocketAddr>,
+    /// gRPC listener for pushes from queue-workers.
+    pub grpc_listen: SocketAddr,
+    /// Address queue-workers use to reach `grpc_listen` (defaults to it).
+    pub grpc_advertise: Option<String>,
+    /// Logic (control) gRPC endpoint.
+    pub logic: String,
+    /// Shards (pinned threads); 0 means one per CPU.
+    pub shards: usize,
+    /// `auto`, `epoll` or `io_uring`.
+    pub driver: DriverChoice,
+    /// Ping a silent WebSocket peer after this many seconds.
+    pub ping_after_secs: u32,
+    /// Drop a WebSocket peer silent for this many seconds.
+    pub idle_timeout_secs: u32,
+    /// Drop a connection not authenticated within this many seconds.
+    pub auth_timeout_secs: u32,
+    /// Largest WebSocket frame payload a client may send.
+    pub max_frame_bytes: usize,
+    /// Largest client message (assembled WebSocket message or TCP body).
+    pub max_message_bytes: usize,
+    /// Pending output per connection before it is dropped as a slow consumer.
+    pub max_outbound_bytes: usize,
+    /// Connections accepted per gateway process (spread over the shards).
+    pub max_connections: usize,
+    /// Commands a shard's inbox holds before senders wait.
+    pub inbox_capacity: usize,
+    /// How long shutdown waits for connections to close, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let shard = ShardLimits::default();
+        let protocol = Limits::default();
+        Self {
+            id: "gateway-1".into(),
+            ws_listen: "0.0.0.0:7000".parse().expect("literal"),
+            ws_path: protocol.ws_path,
+            tcp_listen: Some("0.0.0.0:7001".parse().expect("literal")),
+            grpc_listen: "127.0.0.1:7100".parse().expect("literal"),
+            grpc_advertise: None,
+            logic: "http://127.0.0.1:6900".into(),
+            shards: 0,
+            driver: DriverChoice::Auto,
+            ping_after_secs: shard.ping_after_secs,
+            idle_timeout_secs: shard.idle_timeout_secs,
+            auth_timeout_secs: shard.auth_timeout_secs,
+            max_frame_bytes: protocol.max_frame,
+            max_message_bytes: protocol.max_message,
+            max_outbound_bytes: shard.max_outbound_bytes,
+            max_connections: 1_000_000,
+            inbox_capacity: 4096,
+            shutdown_grace_ms: 2000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let err = |m: &str| Err(crate::Error::Config(m.to_string()));
+        if self.id.is_empty() {
+            return err("id must not be empty");
+        }
+        if !self.ws_path.starts_with('/') {
+            return err("ws_path must start with '/'");
+        }
+        if self.ping_after_secs == 0 || self.ping_after_secs >= self.idle_timeout_secs {
+            return err("ping_after_secs must be above 0 and below idle_timeout_secs");
+        }
+        if self.auth_timeout_secs == 0 {
+            return err("auth_timeout_secs must be above 0");
+        }
+        if self.max_frame_bytes == 0 || self.max_message_bytes < self.max_frame_bytes {
+            return err("max_message_bytes must be at least max_frame_bytes, and both above 0");
+        }
+        if self.max_outbound_bytes < 4096 {
+            return err("max_outbound_bytes must be at least 4096");
+        }
+        if self.inbox_capacity == 0 || self.max_connections == 0 {
+            return err("inbox_capacity and max_connections must be above 0");
+        }
+        crate::driver::Driver::resolve(self.driver)?;
+        Ok(())
+    }
+
+    /// Shards to run: the configured count, or one per CPU.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    pub fn shard_limits(&self) -> ShardLimits {
+        let shards = self.shard_count();
+        ShardLimits {
+            protocol: Limits {
+                ws_path: self.ws_path.clone(),
+                max_frame: self.max_frame_bytes,
+                max_message: self.max_message_bytes,
+            },
+            ping_after_secs: self.ping_after_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            auth_timeout_secs: self.auth_timeout_secs,
+            max_outbound_bytes: self.max_outbound_bytes,
+            max_connections: self.max_connections.div_ceil(shards),
+        }
+    }
+}

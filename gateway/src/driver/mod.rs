@@ -1,0 +1,98 @@
+//! Drivers: what turns socket readiness or completions into calls on a [`Shard`].
+//!
+//! The boundary is small: a driver owns the listeners' sockets for one shard, feeds the shard
+//! bytes (`on_data`), commands from its [`Inbox`] (`on_command`) and one-second ticks
+//! (`on_tick`), writes what the shard queued (`take_dirty`, `out_mut`, `wrote`), removes
+//! closed connections (`remove`), and forwards the shard's effects to logic.
+
+pub mod epoll;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::protocol::Transport;
+use crate::shard::{Effect, Inbox, Shard};
+
+/// Which driver runs the shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverChoice {
+    /// The best driver this machine supports.
+    Auto,
+    /// A tokio current-thread runtime per shard over epoll.
+    Epoll,
+    /// The native io_uring driver.
+    IoUring,
+}
+
+impl std::str::FromStr for DriverChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "epoll" => Ok(Self::Epoll),
+            "io_uring" | "io-uring" => Ok(Self::IoUring),
+            other => Err(format!("unknown driver {other:?}: expected auto, epoll or io_uring")),
+        }
+    }
+}
+
+/// The driver the gateway actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Epoll,
+}
+
+impl Driver {
+    /// Resolves a configured choice to a driver this build and machine can run, with the reason
+    /// when `auto` had to fall back.
+    pub fn resolve(choice: DriverChoice) -> Result<(Self, Option<&'static str>), crate::Error> {
+        match choice {
+            DriverChoice::Epoll => Ok((Self::Epoll, None)),
+            DriverChoice::Auto => Ok((Self::Epoll, Some("the io_uring driver is not part of this build yet"))),
+            DriverChoice::IoUring => Err(crate::Error::Config(
+                "driver io_uring is not part of this build yet; use driver = \"epoll\" or \"auto\"".into(),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Everything one shard thread starts with.
+pub struct ShardSetup {
+    pub shard: Shard,
+    pub listeners: Vec<(TcpListener, Transport)>,
+    pub inbox: Arc<Inbox>,
+    pub effects: mpsc::UnboundedSender<(u32, Effect)>,
+    /// How long a shutdown waits for connections to close.
+    pub grace: std::time::Duration,
+}
+
+/// Whole seconds since the shard started: the clock shard timers run on.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Self(Instant::now())
+    }
+
+    pub fn now(&self) -> u32 {
+        self.0.elapsed().as_secs() as u32
+    }
+}
+
+/// Runs one shard on the current thread until it shuts down.
+pub fn run(driver: Driver, setup: ShardSetup, clock: Clock) -> std::io::Result<()> {
+    match driver {
+        Driver::Epoll => epoll::run(setup, clock),
+    }
+}

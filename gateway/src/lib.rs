@@ -1,0 +1,38 @@
+//! The gochat-rs connection gateway: thread-per-core shards over a sans-IO protocol core.
+//!
+//! # Layout
+//! - [`protocol`]: sans-IO WebSocket handshake and framing, TCP `v1` framing, gochat's client
+//!   requests. Bytes in, messages and owed bytes out.
+//! - [`shard`]: one shard's connections, rooms, users and timers (single-threaded, no locks),
+//!   its bounded [`shard::Inbox`], and the effects it asks of logic.
+//! - [`driver`]: what drives a shard's sockets — the epoll driver (tokio current-thread runtime
+//!   per shard) today — behind one small boundary.
+//! - [`ingress`]: the gRPC `Gateway` service: batches from queue-workers, framed once, handed to
+//!   the shards' inboxes.
+//! - [`logic_link`]: carries the shards' effects (auth, close, room sends) to logic over gRPC.
+//! - [`server`]: binds the listeners, starts the pinned shard threads and the gRPC server, and
+//!   shuts them down.
+
+pub mod config;
+pub mod driver;
+pub mod ingress;
+pub mod logic_link;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+
+pub use config::GatewayConfig;
+pub use server::{Gateway, GatewayHandle};
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid gateway config: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("logic endpoint: {0}")]
+    Logic(String),
+}

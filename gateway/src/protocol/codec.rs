@@ -1,0 +1,331 @@
+//! Per-connection framing state: bytes in, complete client messages and owed bytes out.
+//!
+//! The codec holds no buffer while the peer is between frames; only a frame split across reads
+//! (or a fragmented WebSocket message) is kept, and freed once complete.
+
+use bytes::Bytes;
+use fastwebsockets::OpCode;
+use gochat_proto::wire;
+
+use super::handshake::{self, Upgrade};
+use super::ws::{self, Violation};
+use super::Limits;
+
+/// The transport a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Tcp,
+}
+
+/// What the codec produced from a read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Bytes owed to the peer: handshake answer, pong, close reply.
+    Send(Bytes),
+    /// A complete client message (a WebSocket text/binary message or a TCP frame body).
+    Message(Vec<u8>),
+    /// Close the connection once the owed bytes are written.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Frames,
+    Closed,
+}
+
+/// Framing state of one connection.
+#[derive(Debug)]
+pub struct Codec {
+    transport: Transport,
+    phase: Phase,
+    /// Bytes of an incomplete frame (or request head) carried to the next read.
+    partial: Vec<u8>,
+    /// A fragmented WebSocket message being assembled.
+    fragments: Vec<u8>,
+    fragment_opcode: Option<OpCode>,
+}
+
+impl Codec {
+    pub fn new(transport: Transport) -> Self {
+        let phase = match transport {
+            Transport::WebSocket => Phase::Handshake,
+            Transport::Tcp => Phase::Frames,
+        };
+        Self { transport, phase, partial: Vec::new(), fragments: Vec::new(), fragment_opcode: None }
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Whether the WebSocket upgrade is done (always true for TCP).
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Frames
+    }
+
+    /// Bytes this codec holds between reads.
+    pub fn buffered(&self) -> usize {
+        self.partial.capacity() + self.fragments.capacity()
+    }
+
+    /// Feeds bytes read from the peer. `input` is scratch: it is unmasked in place.
+    pub fn feed(&mut self, input: &mut [u8], limits: &Limits, out: &mut Vec<Output>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.partial.is_empty() {
+            let used = self.process(input, limits, out);
+            if self.phase != Phase::Closed && used < input.len() {
+                self.partial.extend_from_slice(&input[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(input);
+            let used = self.process(&mut buf, limits, out);
+            if self.phase != Phase::Closed && used < buf.len() {
+                buf.drain(..used);
+                self.partial = buf;
+            }
+        }
+    }
+
+    /// Processes whole units at the start of `buf`; returns the bytes consumed.
+    fn process(&mut self, buf: &mut [u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+        let mut at = 0;
+        while at < buf.len() && self.phase != Phase::Closed {
+            let step = match (self.phase, self.transport) {
+                (Phase::Handshake, _) => self.handshake(&buf[at..], limits, out),
+                (Phase::Frames, Transport::WebSocket) => self.ws_frame(&mut buf[at..], limits, out),
+                (Phase::Frames, Transport::Tcp) => self.tcp_frame(&buf[at..], limits, out),
+                (Phase::Closed, _) => unreachable!(),
+            };
+            match step {
+                0 => break,
+                n => at += n,
+            }
+        }
+        at
+    }
+
+    fn handshake(&mut self, buf: &[u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+        match handshake::parse_upgrade(buf, &limits.ws_path) {
+            Upgrade::Incomplete => 0,
+            Upgrade::Accept { response, consumed } => {
+                out.push(Output::Send(response.into()));
+                self.phase = Phase::Frames;
+                consumed
+            }
+            Upgrade::Reject { response } => {
+                out.push(Output::Send(response.into()));
+                self.close(out);
+                buf.len()
+            }
+        }
+    }
+
+    fn ws_frame(&mut self, buf: &mut [u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+        let header = match ws::parse_header(buf, limits.max_frame) {
+            Ok(Some(h)) => h,
+            Ok(None) => return 0,
+            Err(v) => return self.violation(v, out, buf.len()),
+        };
+        let total = header.header_len + header.payload_len;
+        if buf.len() < total {
+            return 0;
+        }
+        let payload = &mut buf[header.header_len..total];
+        ws::unmask(payload, header.mask);
+        match header.opcode {
+            OpCode::Text | OpCode::Binary => {
+                if self.fragment_opcode.is_some() {
+                    return self.violation(
+                        Violation::protocol("new message before the last one ended"),
+                        out,
+                        total,
+                    );
+                }
+                if header.fin {
+                    self.message(header.opcode, payload.to_vec(), out);
+                } else {
+                    if payload.len() > limits.max_message {
+                        return self.violation(Violation::too_big("message over the size limit"), out, total);
+                    }
+                    self.fragment_opcode = Some(header.opcode);
+                    self.fragments.extend_from_slice(payload);
+                }
+            }
+            OpCode::Continuation => {
+                let Some(opcode) = self.fragment_opcode else {
+                    return self.violation(Violation::protocol("continuation with no message"), out, total);
+                };
+                if self.fragments.len() + payload.len() > limits.max_message {
+                    return self.violation(Violation::too_big("message over the size limit"), out, total);
+                }
+                self.fragments.extend_from_slice(payload);
+                if header.fin {
+                    self.fragment_opcode = None;
+                    let message = std::mem::take(&mut self.fragments);
+                    self.message(opcode, message, out);
+                }
+            }
+            OpCode::Ping => {
+                let mut pong = Vec::with_capacity(payload.len() + 2);
+                ws::encode(OpCode::Pong, payload, &mut pong);
+                out.push(Output::Send(pong.into()));
+            }
+            OpCode::Pong => {}
+            OpCode::Close => {
+                match ws::close_reply_code(payload) {
+                    Ok(code) => out.push(Output::Send(ws::close_frame(code, ""))),
+                    Err(v) => return self.violation(v, out, total),
+                }
+                self.close(out);
+            }
+        }
+        total
+    }
+
+    fn message(&mut self, opcode: OpCode, payload: Vec<u8>, out: &mut Vec<Output>) {
+        if opcode == OpCode::Text && simdutf8::basic::from_utf8(&payload).is_err() {
+            self.violation(Violation::bad_data("text message is not UTF-8"), out, 0);
+            return;
+        }
+        out.push(Output::Message(payload));
+    }
+
+    fn tcp_frame(&mut self, buf: &[u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+        match wire::decode_tcp_frame(buf, limits.max_message) {
+            Ok(None) => 0,
+            Ok(Some((body, len))) => {
+                out.push(Output::Message(buf[body].to_vec()));
+                len
+            }
+            Err(e) => {
+                out.push(Output::Send(super::error_frame(Transport::Tcp, &e.to_string())));
+                self.close(out);
+                buf.len()
+            }
+        }
+    }
+
+    /// Refuses the peer's input: owe a close frame with the violation's code, then close.
+    fn violation(&mut self, v: Violation, out: &mut Vec<Output>, consumed: usize) -> usize {
+        out.push(Output::Send(ws::close_frame(v.code, v.reason)));
+        self.close(out);
+        consumed
+    }
+
+    fn close(&mut self, out: &mut Vec<Output>) {
+        self.phase = Phase::Closed;
+        self.partial = Vec::new();
+        self.fragments = Vec::new();
+        self.fragment_opcode = None;
+        out.push(Output::Close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ws::tests::client_frame;
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { max_frame: 1024, max_message: 2048, ..Limits::default() }
+    }
+
+    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn open_ws() -> Codec {
+        let mut c = Codec::new(Transport::WebSocket);
+        let mut out = Vec::new();
+        c.feed(&mut UPGRADE.to_vec(), &limits(), &mut out);
+        assert!(matches!(&out[..], [Output::Send(_)]), "{out:?}");
+        assert!(c.is_open());
+        c
+    }
+
+    fn feed(c: &mut Codec, bytes: &[u8]) -> Vec<Output> {
+        let mut out = Vec::new();
+        c.feed(&mut bytes.to_vec(), &limits(), &mut out);
+        out
+    }
+
+    fn close_code(out: &[Output]) -> u16 {
+        match out {
+            [Output::Send(frame), Output::Close] if frame[0] == 0x88 => {
+                u16::from_be_bytes([frame[2], frame[3]])
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_and_frames_byte_by_byte() {
+        let mut c = Codec::new(Transport::WebSocket);
+        let mut stream = UPGRADE.to_vec();
+        stream.extend(client_frame(true, 1, br#"{"authToken":"t","roomId":1}"#));
+        stream.extend(client_frame(true, 9, b"p"));
+        let mut out = Vec::new();
+        for b in stream {
+            c.feed(&mut [b], &limits(), &mut out);
+        }
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[1], Output::Message(br#"{"authToken":"t","roomId":1}"#.to_vec()));
+        assert_eq!(out[2], Output::Send(Bytes::from_static(b"\x8a\x01p")));
+        assert_eq!(c.buffered(), 0, "nothing held between frames");
+    }
+
+    #[test]
+    fn several_frames_in_one_read() {
+        let mut c = open_ws();
+        let mut bytes = client_frame(true, 1, b"a");
+        bytes.extend(client_frame(true, 1, b"b"));
+        bytes.extend(&client_frame(true, 1, b"c")[..3]);
+        let out = feed(&mut c, &bytes);
+        assert_eq!(out, vec![Output::Message(b"a".to_vec()), Output::Message(b"b".to_vec())]);
+        assert!(c.buffered() > 0);
+        let out = feed(&mut c, &client_frame(true, 1, b"c")[3..]);
+        assert_eq!(out, vec![Output::Message(b"c".to_vec())]);
+    }
+
+    #[test]
+    fn fragmented_message() {
+        let mut c = open_ws();
+        assert!(feed(&mut c, &client_frame(false, 1, b"he")).is_empty());
+        assert_eq!(feed(&mut c, &client_frame(true, 9, b"")).len(), 1, "ping between fragments");
+        assert_eq!(feed(&mut c, &client_frame(true, 0, b"llo")), vec![Output::Message(b"hello".to_vec())]);
+        assert_eq!(c.buffered(), 0);
+    }
+
+    #[test]
+    fn violations_close_with_codes() {
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 0, b"x"))), 1002);
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[0xff, 0xfe]))), 1007);
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[b'a'; 1025]))), 1009);
+        let mut c = open_ws();
+        for _ in 0..2 {
+            assert!(feed(&mut c, &client_frame(false, 1, &[b'a'; 1000])).is_empty());
+        }
+        assert_eq!(close_code(&feed(&mut c, &client_frame(true, 0, &[b'a'; 100]))), 1009);
+        let mut c = open_ws();
+        assert_eq!(close_code(&feed(&mut c, &client_frame(true, 8, &[0x03, 0xe8]))), 1000);
+        assert!(feed(&mut c, &client_frame(true, 1, b"after close")).is_empty());
+    }
+
+    #[test]
+    fn tcp_frames_and_garbage() {
+        let mut c = Codec::new(Transport::Tcp);
+        let mut bytes = Vec::new();
+        wire::encode_tcp_frame(br#"{"op":6}"#, &mut bytes).unwrap();
+        wire::encode_tcp_frame(b"{}", &mut bytes).unwrap();
+        assert_eq!(
+            feed(&mut c, &bytes),
+            vec![Output::Message(br#"{"op":6}"#.to_vec()), Output::Message(b"{}".to_vec())]
+        );
+        let out = feed(&mut c, b"GET / HTTP/1.1\r\n");
+        assert!(matches!(&out[..], [Output::Send(_), Output::Close]), "{out:?}");
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTP/1.1 upgrade that opens a WebSocket (RFC 6455 §4.2), done by hand because the shard
+//! owns its sockets and no HTTP server sits in front of it.
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// Largest request head a client may send before the upgrade.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// What a (possibly partial) request head amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// More bytes are needed.
+    Incomplete,
+    /// A valid upgrade: send `response`; the request head took `consumed` bytes.
+    Accept { response: Vec<u8>, consumed: usize },
+    /// Not an upgrade we take: send `response` and close.
+    Reject { response: Vec<u8> },
+}
+
+/// Parses the request head in `buf` as a WebSocket upgrade to `path`.
+pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let consumed = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Upgrade::Incomplete,
+        Ok(httparse::Status::Partial) => {
+            return reject("431 Request Header Fields Too Large", "request head too large")
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return reject("431 Request Header Fields Too Large", "too many headers")
+        }
+        Err(_) => return reject("400 Bad Request", "malformed HTTP request"),
+    };
+    if req.method != Some("GET") {
+        return reject("405 Method Not Allowed", "WebSocket upgrade needs GET");
+    }
+    let req_path = req.path.unwrap_or("");
+    let req_path = req_path.split('?').next().unwrap_or("");
+    if req_path != path {
+        return reject("404 Not Found", "no WebSocket endpoint at this path");
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return reject("426 Upgrade Required", "expected a WebSocket upgrade");
+    }
+    if header("sec-websocket-version") != Some(b"13") {
+        return Upgrade::Reject {
+            response: b"HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        };
+    }
+    let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
+        return reject("400 Bad Request", "missing Sec-WebSocket-Key");
+    };
+    let mut response = Vec::with_capacity(160);
+    response.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
+    response.extend_from_slice(accept_key(key).as_bytes());
+    response.extend_from_slice(b"\r\n\r\n");
+    Upgrade::Accept { response, consumed }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+fn reject(status: &str, why: &str) -> Upgrade {
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}\n",
+        why.len() + 1
+    );
+    Upgrade::Reject { response: response.into_bytes() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    #[test]
+    fn rfc_example_key() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn accepts_upgrade_and_reports_consumed() {
+        let mut buf = GOOD.to_vec();
+        buf.extend_from_slice(b"\x81");
+        match parse_upgrade(&buf, "/ws") {
+            Upgrade::Accept { response, consumed } => {
+                assert_eq!(consumed, GOOD.len());
+                let text = String::from_utf8(response).unwrap();
+                assert!(text.starts_with("HTTP/1.1 101 "));
+                assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn partial_then_rejections() {
+        assert_eq!(parse_upgrade(&GOOD[..20], "/ws"), Upgrade::Incomplete);
+        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path) {
+            Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(status(GOOD, "/other"), "404");
+        assert_eq!(status(b"\x16\x03\x01garbage\r\n\r\n", "/ws"), "400");
+        assert_eq!(status(b"POST /ws HTTP/1.1\r\n\r\n", "/ws"), "405");
+        assert_eq!(status(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "/ws"), "426");
+        let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
+        assert_eq!(status(v8.as_bytes(), "/ws"), "426");
+        let huge = [b"GET /ws HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST_HEAD]].concat();
+        assert_eq!(status(&huge, "/ws"), "431");
+    }
+}

@@ -1,0 +1,198 @@
+//! Starting and stopping a gateway: listeners, pinned shard threads, the logic link and the
+//! gRPC ingress.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gochat_proto::gateway::gateway_server::GatewayServer;
+use gochat_proto::logic::logic_client::LogicClient;
+use gochat_proto::logic::GatewayResetRequest;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::driver::{self, Clock, Driver, ShardSetup};
+use crate::ingress::Ingress;
+use crate::protocol::Transport;
+use crate::shard::{Command, Inbox, Shard};
+use crate::{logic_link, Error, GatewayConfig};
+
+pub struct Gateway;
+
+/// A running gateway.
+pub struct GatewayHandle {
+    pub id: Arc<str>,
+    pub ws_addr: SocketAddr,
+    pub tcp_addr: Option<SocketAddr>,
+    pub grpc_addr: SocketAddr,
+    pub driver: Driver,
+    pub shards: usize,
+    inboxes: Arc<[Arc<Inbox>]>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    grpc_stop: oneshot::Sender<()>,
+    grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Gateway {
+    /// Binds and starts a gateway on the current tokio runtime (shards get threads of their own).
+    pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, Error> {
+        cfg.validate()?;
+        let (driver, fallback) = Driver::resolve(cfg.driver)?;
+        match fallback {
+            Some(why) => tracing::info!(driver = driver.name(), "driver auto: {why}"),
+            None => tracing::info!(driver = driver.name(), "driver selected"),
+        }
+        let shards = cfg.shard_count();
+        let (ws_listeners, ws_addr) = bind_reuseport(cfg.ws_listen, shards)?;
+        let (tcp_listeners, tcp_addr) = match cfg.tcp_listen {
+            Some(addr) => {
+                let (l, a) = bind_reuseport(addr, shards)?;
+                (l.into_iter().map(Some).collect(), Some(a))
+            }
+            None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+        };
+        let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let logic = logic_client(&cfg.logic)?;
+        let id: Arc<str> = cfg.id.as_str().into();
+        reset_routes(logic.clone(), &id).await;
+
+        let inboxes: Arc<[Arc<Inbox>]> = (0..shards)
+            .map(|_| Inbox::new(cfg.inbox_capacity).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
+        let (effects_tx, effects_rx) = mpsc::unbounded_channel();
+        let clock = Clock::start();
+        let limits = cfg.shard_limits();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut stats = Vec::with_capacity(shards);
+        let mut threads = Vec::with_capacity(shards);
+        for (i, (ws, tcp)) in ws_listeners.into_iter().zip(tcp_listeners).enumerate() {
+            let shard = Shard::new(i as u32, limits.clone(), clock.now());
+            stats.push(shard.stats());
+            let mut listeners = vec![(ws, Transport::WebSocket)];
+            listeners.extend(tcp.map(|l| (l, Transport::Tcp)));
+            let setup = ShardSetup {
+                shard,
+                listeners,
+                inbox: inboxes[i].clone(),
+                effects: effects_tx.clone(),
+                grace: Duration::from_millis(cfg.shutdown_grace_ms),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("gochat-shard-{i}"))
+                .spawn(move || {
+                    pin_to_cpu(i % cpus);
+                    let result = driver::run(driver, setup, clock);
+                    if let Err(e) = &result {
+                        tracing::error!(shard = i, error = %e, "shard stopped with an error");
+                    }
+                    result
+                })?;
+            threads.push(thread);
+        }
+        drop(effects_tx);
+        tokio::spawn(logic_link::run(effects_rx, logic, id.clone(), inboxes.clone()));
+
+        let ingress = Ingress { gateway_id: id.clone(), inboxes: inboxes.clone(), stats: stats.into() };
+        let (grpc_stop, stop_rx) = oneshot::channel::<()>();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::new(ingress))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        tracing::info!(%ws_addr, ?tcp_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
+        Ok(GatewayHandle {
+            id,
+            ws_addr,
+            tcp_addr,
+            grpc_addr,
+            driver,
+            shards,
+            inboxes,
+            threads,
+            grpc_stop,
+            grpc_task,
+        })
+    }
+}
+
+impl GatewayHandle {
+    /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
+    pub async fn shutdown(self) {
+        for inbox in self.inboxes.iter() {
+            inbox.push_wait(Command::Shutdown).await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        let _ = self.grpc_stop.send(());
+        let _ = self.grpc_task.await;
+    }
+}
+
+/// A lazily connecting client: the gateway starts, and keeps serving, while logic is away.
+fn logic_client(endpoint: &str) -> Result<LogicClient<Channel>, Error> {
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| Error::Logic(format!("{endpoint:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(LogicClient::new(channel))
+}
+
+/// Routes logic holds for this gateway id are from an earlier run: clear them.
+async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
+    let req = GatewayResetRequest { gateway_id: id.to_string() };
+    if let Err(status) = logic.gateway_reset(req).await {
+        tracing::warn!(%status, "could not reset this gateway's routes in logic; stale ones expire later");
+    }
+}
+
+/// Binds `n` listeners to one address with `SO_REUSEPORT`, so the kernel spreads connections
+/// over the shards. Port 0 picks one port for all of them.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let bind = || -> std::io::Result<std::net::TcpListener> {
+            let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&bound.into())?;
+            socket.listen(4096)?;
+            Ok(socket.into())
+        };
+        let listener = bind().map_err(|source| Error::Bind { addr: bound, source })?;
+        if bound.port() == 0 {
+            bound = listener.local_addr()?;
+        }
+        out.push(listener);
+    }
+    Ok((out, bound))
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return;
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::debug!(cpu, error = %std::io::Error::last_os_error(), "could not pin shard thread");
+        }
+    }
+}

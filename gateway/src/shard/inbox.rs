@@ -1,0 +1,114 @@
+//! A shard's bounded, lock-free inbox with an eventfd wake-up: the only way other threads reach a
+//! shard. Wake-ups are coalesced: one eventfd write per batch of commands, not per command.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+
+use super::Command;
+
+pub struct Inbox {
+    queue: ArrayQueue<Command>,
+    event: OwnedFd,
+    armed: AtomicBool,
+    /// Pushes refused because the inbox was full (the sender waits and retries).
+    pub full: AtomicU64,
+}
+
+impl Inbox {
+    pub fn new(capacity: usize) -> std::io::Result<Self> {
+        // SAFETY: eventfd has no memory preconditions; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self {
+            queue: ArrayQueue::new(capacity.max(1)),
+            // SAFETY: fd is a fresh descriptor we own.
+            event: unsafe { OwnedFd::from_raw_fd(fd) },
+            armed: AtomicBool::new(false),
+            full: AtomicU64::new(0),
+        })
+    }
+
+    /// Hands `cmd` to the shard; gives it back when the inbox is full.
+    pub fn push(&self, cmd: Command) -> Result<(), Command> {
+        if let Err(cmd) = self.queue.push(cmd) {
+            self.full.fetch_add(1, Ordering::Relaxed);
+            return Err(cmd);
+        }
+        if !self.armed.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN)
+            // still leaves it readable, which is all a wake-up needs.
+            unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        Ok(())
+    }
+
+    /// Pushes `cmd`, waiting while the inbox is full (backpressure to the sender).
+    pub async fn push_wait(&self, mut cmd: Command) {
+        loop {
+            match self.push(cmd) {
+                Ok(()) => return,
+                Err(back) => {
+                    cmd = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    /// The descriptor that becomes readable when commands wait.
+    pub fn event_fd(&self) -> RawFd {
+        self.event.as_raw_fd()
+    }
+
+    /// Clears the wake-up and hands every waiting command to `f`.
+    pub fn drain(&self, mut f: impl FnMut(Command)) {
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.event.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+        self.armed.store(false, Ordering::SeqCst);
+        while let Some(cmd) = self.queue.pop() {
+            f(cmd);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readable(fd: RawFd) -> bool {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn bounded_with_coalesced_wakeups() {
+        let inbox = Inbox::new(2).unwrap();
+        assert!(!readable(inbox.event_fd()));
+        assert!(inbox.push(Command::Shutdown).is_ok());
+        assert!(readable(inbox.event_fd()));
+        assert!(inbox.push(Command::Shutdown).is_ok());
+        assert!(inbox.push(Command::Shutdown).is_err(), "third push exceeds capacity 2");
+        assert_eq!(inbox.full.load(Ordering::Relaxed), 1);
+        let mut n = 0;
+        inbox.drain(|_| n += 1);
+        assert_eq!(n, 2);
+        assert!(!readable(inbox.event_fd()), "drain clears the wake-up");
+        assert!(inbox.push(Command::Shutdown).is_ok());
+        assert!(readable(inbox.event_fd()), "a push after drain wakes again");
+    }
+}

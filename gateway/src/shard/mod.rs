@@ -1,0 +1,543 @@
+//! A shard: the connections, rooms and timers one pinned thread owns. Single-threaded and
+//! driver-agnostic: the driver feeds it bytes, commands and ticks, and drains the output it
+//! queued (`take_dirty` / `out_mut`), the connections to close, and the effects for logic.
+
+pub mod inbox;
+pub mod outbound;
+pub mod timer;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gochat_proto::wire;
+use slab::Slab;
+
+use crate::protocol::session::{self, Phase, Request};
+use crate::protocol::{self, ws, Codec, Limits, Output, Transport};
+pub use inbox::Inbox;
+pub use outbound::OutQueue;
+use timer::TimerWheel;
+
+/// Connection timing and bounds.
+#[derive(Debug, Clone)]
+pub struct ShardLimits {
+    pub protocol: Limits,
+    /// Ping a WebSocket peer silent for this long.
+    pub ping_after_secs: u32,
+    /// Drop a WebSocket peer silent for this long.
+    pub idle_timeout_secs: u32,
+    /// Drop a connection that has not authenticated within this long.
+    pub auth_timeout_secs: u32,
+    /// Pending output per connection; a peer over it is a slow consumer and is dropped.
+    pub max_outbound_bytes: usize,
+    /// Connections this shard accepts.
+    pub max_connections: usize,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        Self {
+            protocol: Limits::default(),
+            ping_after_secs: 54,
+            idle_timeout_secs: 60,
+            auth_timeout_secs: 10,
+            max_outbound_bytes: 256 * 1024,
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+/// A JSON batch framed once per transport; every member gets a reference.
+#[derive(Debug, Clone)]
+pub struct Framed {
+    pub ws: Bytes,
+    pub tcp: Bytes,
+}
+
+impl Framed {
+    /// Frames `bodies` back to back, once for WebSocket and once for TCP.
+    pub fn encode<B: AsRef<[u8]>>(bodies: &[B]) -> Self {
+        let size: usize = bodies.iter().map(|b| b.as_ref().len() + 10).sum();
+        let (mut ws, mut tcp) = (Vec::with_capacity(size), Vec::with_capacity(size));
+        for body in bodies {
+            protocol::append_frame(Transport::WebSocket, body.as_ref(), &mut ws);
+            protocol::append_frame(Transport::Tcp, body.as_ref(), &mut tcp);
+        }
+        Self { ws: ws.into(), tcp: tcp.into() }
+    }
+
+    fn for_transport(&self, t: Transport) -> &Bytes {
+        match t {
+            Transport::WebSocket => &self.ws,
+            Transport::Tcp => &self.tcp,
+        }
+    }
+}
+
+/// The user a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthedUser {
+    pub user_id: u64,
+    pub user_name: String,
+}
+
+/// Why a connection's auth failed, with the WebSocket close code it earns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRefused {
+    pub close_code: u16,
+    pub message: String,
+}
+
+/// What other threads ask of a shard.
+#[derive(Debug)]
+pub enum Command {
+    /// Write to every local member of a room.
+    Room { room_id: u64, frames: Framed },
+    /// Write to every local connection of a user.
+    User { user_id: u64, frames: Framed },
+    /// The answer to an [`Effect::Auth`].
+    AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
+    /// Close every connection and stop.
+    Shutdown,
+}
+
+/// What a shard asks of logic; the gateway's logic link carries them out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    Auth { key: u32, conn_id: u64, token: String, room_id: u64 },
+    /// A connection logic knows about (it authenticated) is gone.
+    Closed { conn_id: u64 },
+    RoomSend { user_id: u64, room_id: u64, msg: String },
+}
+
+/// Counters readable from other threads (stats, metrics).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub rooms: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+struct Conn {
+    id: u64,
+    codec: Codec,
+    phase: Phase,
+    opened: u32,
+    last_rx: u32,
+    ping_sent: bool,
+    dirty: bool,
+    closing: bool,
+    /// Position in the room's and the user's member lists (valid when live).
+    room_pos: u32,
+    user_pos: u32,
+    out: OutQueue,
+}
+
+/// Member lists keyed by room or user, with O(1) removal through positions kept in `Conn`.
+#[derive(Default)]
+struct Index(HashMap<u64, Vec<u32>>);
+
+impl Index {
+    fn insert(&mut self, id: u64, key: u32) -> u32 {
+        let list = self.0.entry(id).or_default();
+        list.push(key);
+        (list.len() - 1) as u32
+    }
+
+    /// Removes the member at `pos`; returns the key moved into `pos`, if any.
+    fn remove(&mut self, id: u64, pos: u32) -> Option<u32> {
+        let list = self.0.get_mut(&id)?;
+        list.swap_remove(pos as usize);
+        let moved = list.get(pos as usize).copied();
+        if list.is_empty() {
+            self.0.remove(&id);
+        }
+        moved
+    }
+
+    fn members(&self, id: u64) -> &[u32] {
+        self.0.get(&id).map_or(&[], Vec::as_slice)
+    }
+}
+
+pub struct Shard {
+    index: u32,
+    limits: ShardLimits,
+    conns: Slab<Conn>,
+    next_seq: u64,
+    rooms: Index,
+    users: Index,
+    wheel: TimerWheel,
+    dirty: Vec<u32>,
+    effects: Vec<Effect>,
+    outputs: Vec<Output>,
+    shutting_down: bool,
+    stats: Arc<ShardStats>,
+}
+
+impl Shard {
+    pub fn new(index: u32, limits: ShardLimits, now: u32) -> Self {
+        Self {
+            index,
+            limits,
+            conns: Slab::new(),
+            next_seq: 0,
+            rooms: Index::default(),
+            users: Index::default(),
+            wheel: TimerWheel::new(now),
+            dirty: Vec::new(),
+            effects: Vec::new(),
+            outputs: Vec::new(),
+            shutting_down: false,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn stats(&self) -> Arc<ShardStats> {
+        self.stats.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Whether another connection may be accepted.
+    pub fn has_room(&self) -> bool {
+        !self.shutting_down && self.conns.len() < self.limits.max_connections
+    }
+
+    /// Registers an accepted connection; returns its key and gateway-unique id.
+    pub fn open(&mut self, transport: Transport, now: u32) -> (u32, u64) {
+        self.next_seq += 1;
+        let id = (self.index as u64) << 48 | self.next_seq;
+        let key = self.conns.insert(Conn {
+            id,
+            codec: Codec::new(transport),
+            phase: Phase::AwaitAuth,
+            opened: now,
+            last_rx: now,
+            ping_sent: false,
+            dirty: false,
+            closing: false,
+            room_pos: 0,
+            user_pos: 0,
+            out: OutQueue::default(),
+        }) as u32;
+        self.wheel.schedule(now + self.limits.auth_timeout_secs, key, id);
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        (key, id)
+    }
+
+    /// The id of the connection at `key`, if it is open.
+    pub fn conn_id(&self, key: u32) -> Option<u64> {
+        self.conns.get(key as usize).map(|c| c.id)
+    }
+
+    /// Bytes the peer sent; `input` is scratch (unmasked in place).
+    pub fn on_data(&mut self, key: u32, input: &mut [u8], now: u32) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if conn.closing {
+                return;
+            }
+            conn.last_rx = now;
+            conn.ping_sent = false;
+            conn.codec.feed(input, &self.limits.protocol, &mut outputs);
+        }
+        for output in outputs.drain(..) {
+            match output {
+                Output::Send(bytes) => self.queue(key, bytes),
+                Output::Message(body) => self.on_message(key, &body),
+                Output::Close => {
+                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    self.begin_close(key, None);
+                }
+            }
+        }
+        self.outputs = outputs;
+    }
+
+    fn on_message(&mut self, key: u32, body: &[u8]) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.closing {
+            return;
+        }
+        let (id, transport) = (conn.id, conn.codec.transport());
+        match session::interpret(conn.phase, body) {
+            Request::Auth { token, room_id } => {
+                conn.phase = Phase::Authenticating { room_id };
+                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id });
+            }
+            Request::AlreadyJoined => {
+                if let Phase::Live { user_id, room_id } = conn.phase {
+                    let frame = auth_ok_frame(transport, user_id, "", room_id);
+                    self.queue(key, frame);
+                }
+            }
+            Request::RoomSend { msg } => {
+                if let Phase::Live { user_id, room_id } = conn.phase {
+                    self.effects.push(Effect::RoomSend { user_id, room_id, msg });
+                }
+            }
+            Request::Refuse { message, fatal } => {
+                if fatal {
+                    self.begin_close(key, Some((1008, &message)));
+                } else {
+                    self.queue(key, protocol::error_frame(transport, &message));
+                }
+            }
+        }
+    }
+
+    /// A command from the inbox.
+    pub fn on_command(&mut self, cmd: Command, now: u32) {
+        match cmd {
+            Command::Room { room_id, frames } => {
+                let Self { rooms, conns, dirty, limits, stats, .. } = self;
+                for &key in rooms.members(room_id) {
+                    queue_to(conns, dirty, limits, stats, key, &frames);
+                }
+            }
+            Command::User { user_id, frames } => {
+                let Self { users, conns, dirty, limits, stats, .. } = self;
+                for &key in users.members(user_id) {
+                    queue_to(conns, dirty, limits, stats, key, &frames);
+                }
+            }
+            Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result, now),
+            Command::Shutdown => {
+                self.shutting_down = true;
+                let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+                for key in keys {
+                    self.begin_close(key, Some((1001, "server shutting down")));
+                }
+            }
+        }
+    }
+
+    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused>, now: u32) {
+        let conn = match self.conns.get_mut(key as usize) {
+            Some(c) if c.id == conn_id && !c.closing => c,
+            _ => {
+                // Closed while logic was answering: logic recorded it, so tell it it's gone.
+                if result.is_ok() {
+                    self.effects.push(Effect::Closed { conn_id });
+                }
+                return;
+            }
+        };
+        let Phase::Authenticating { room_id } = conn.phase else { return };
+        match result {
+            Ok(user) => {
+                conn.phase = Phase::Live { user_id: user.user_id, room_id };
+                conn.room_pos = self.rooms.insert(room_id, key);
+                conn.user_pos = self.users.insert(user.user_id, key);
+                let frame = auth_ok_frame(conn.codec.transport(), user.user_id, &user.user_name, room_id);
+                self.wheel.schedule(now + self.limits.ping_after_secs, key, conn_id);
+                self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
+                self.queue(key, frame);
+            }
+            Err(refused) => {
+                self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                self.begin_close(key, Some((refused.close_code, &refused.message)));
+            }
+        }
+    }
+
+    /// Timers: auth timeouts, keep-alive pings, idle drops.
+    pub fn on_tick(&mut self, now: u32) {
+        let mut due = Vec::new();
+        self.wheel.advance(now, |key, id| due.push((key, id)));
+        for (key, id) in due {
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.id != id || conn.closing {
+                continue;
+            }
+            match conn.phase {
+                Phase::AwaitAuth | Phase::Authenticating { .. } => {
+                    let deadline = conn.opened + self.limits.auth_timeout_secs;
+                    if now >= deadline {
+                        self.begin_close(key, Some((1008, "authentication timeout")));
+                    } else {
+                        self.wheel.schedule(deadline, key, id);
+                    }
+                }
+                // TCP has no protocol ping; dead peers are found by TCP keep-alive.
+                Phase::Live { .. } if conn.codec.transport() == Transport::Tcp => {}
+                Phase::Live { .. } => {
+                    let silent = now.saturating_sub(conn.last_rx);
+                    if silent >= self.limits.idle_timeout_secs {
+                        self.begin_close(key, Some((1001, "idle timeout")));
+                    } else if silent >= self.limits.ping_after_secs {
+                        if !conn.ping_sent {
+                            conn.ping_sent = true;
+                            self.queue(key, ws::ping_frame());
+                        }
+                        let at = conn_last_rx(&self.conns, key) + self.limits.idle_timeout_secs;
+                        self.wheel.schedule(at, key, id);
+                    } else {
+                        self.wheel.schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `bytes` for the connection at `key`.
+    fn queue(&mut self, key: u32, bytes: Bytes) {
+        let frames = Framed { ws: bytes.clone(), tcp: bytes };
+        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, key, &frames);
+    }
+
+    /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
+    /// the driver removes the connection once its output is written.
+    pub fn begin_close(&mut self, key: u32, why: Option<(u16, &str)>) {
+        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        if conn.closing {
+            return;
+        }
+        let frame = match (why, conn.codec.transport()) {
+            (Some((code, reason)), Transport::WebSocket) if conn.codec.is_open() => {
+                Some(ws::close_frame(code, reason))
+            }
+            (Some((_, reason)), Transport::Tcp) => Some(protocol::error_frame(Transport::Tcp, reason)),
+            _ => None,
+        };
+        if let Some(frame) = frame {
+            self.queue(key, frame);
+        }
+        let conn = &mut self.conns[key as usize];
+        conn.closing = true;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Connections with output to write or a close to finish since the last call.
+    pub fn take_dirty(&mut self, into: &mut Vec<u32>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &key in into.iter() {
+            if let Some(c) = self.conns.get_mut(key as usize) {
+                c.dirty = false;
+            }
+        }
+    }
+
+    /// The pending output of the connection at `key`.
+    pub fn out_mut(&mut self, key: u32) -> Option<&mut OutQueue> {
+        self.conns.get_mut(key as usize).map(|c| &mut c.out)
+    }
+
+    /// Records `n` bytes written for `key`.
+    pub fn wrote(&mut self, key: u32, n: usize) {
+        if let Some(c) = self.conns.get_mut(key as usize) {
+            c.out.advance(n);
+        }
+    }
+
+    /// Whether the connection at `key` has pending output.
+    pub fn has_output(&self, key: u32) -> bool {
+        self.conns.get(key as usize).is_some_and(|c| !c.out.is_empty())
+    }
+
+    /// Whether the connection at `key` should be removed once its output is written.
+    pub fn is_closing(&self, key: u32) -> bool {
+        self.conns.get(key as usize).is_some_and(|c| c.closing)
+    }
+
+    /// Removes the connection at `key` (closed by us, by the peer, or failed).
+    pub fn remove(&mut self, key: u32) {
+        if !self.conns.contains(key as usize) {
+            return;
+        }
+        let conn = self.conns.remove(key as usize);
+        if let Phase::Live { user_id, room_id } = conn.phase {
+            if let Some(moved) = self.rooms.remove(room_id, conn.room_pos) {
+                self.conns[moved as usize].room_pos = conn.room_pos;
+            }
+            if let Some(moved) = self.users.remove(user_id, conn.user_pos) {
+                self.conns[moved as usize].user_pos = conn.user_pos;
+            }
+            self.effects.push(Effect::Closed { conn_id: conn.id });
+            self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
+        }
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Effects for logic queued since the last call.
+    pub fn take_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// Local members of a room (for tests and stats).
+    pub fn room_members(&self, room_id: u64) -> usize {
+        self.rooms.members(room_id).len()
+    }
+}
+
+fn conn_last_rx(conns: &Slab<Conn>, key: u32) -> u32 {
+    conns[key as usize].last_rx
+}
+
+/// Queues a reference to `frames` for `key`, dropping the connection when it is over its bound.
+fn queue_to(
+    conns: &mut Slab<Conn>,
+    dirty: &mut Vec<u32>,
+    limits: &ShardLimits,
+    stats: &ShardStats,
+    key: u32,
+    frames: &Framed,
+) {
+    let Some(conn) = conns.get_mut(key as usize) else { return };
+    if conn.closing {
+        return;
+    }
+    let frame = frames.for_transport(conn.codec.transport());
+    if conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
+        // A slow consumer: its queue cannot take a close frame either, so drop it outright.
+        stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(conn = conn.id, pending = conn.out.bytes(), "slow consumer dropped");
+        conn.out.clear();
+        conn.closing = true;
+    } else {
+        conn.out.push(frame.clone());
+        stats.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
+    }
+}
+
+fn auth_ok_frame(transport: Transport, user_id: u64, user_name: &str, room_id: u64) -> Bytes {
+    let body = serde_json::to_vec(&wire::AuthOk {
+        op: wire::OP_AUTH_OK,
+        user_id,
+        user_name: user_name.to_string(),
+        room_id,
+    })
+    .expect("auth reply serializes");
+    protocol::frame_body(transport, &body)
+}
+
+#[cfg(test)]
+mod tests;

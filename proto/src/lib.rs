@@ -1,0 +1,20 @@
+//! The contracts between gochat-rs roles and with gochat's clients.
+//!
+//! # Layout
+//! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
+//! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
+//!   shared by the gateway, control and the load generator.
+
+pub mod logic {
+    tonic::include_proto!("gochat.logic");
+}
+
+pub mod gateway {
+    tonic::include_proto!("gochat.gateway");
+}
+
+pub mod queue {
+    tonic::include_proto!("gochat.queue");
+}
+
+pub mod wire;

@@ -1,0 +1,230 @@
+//! gochat's client wire formats: JSON op bodies and the TCP `v1` framing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Private message (server → client).
+pub const OP_SINGLE_SEND: i32 = 2;
+/// Room message (server → client; TCP client → server).
+pub const OP_ROOM_SEND: i32 = 3;
+/// Room online count (server → client).
+pub const OP_ROOM_COUNT: i32 = 4;
+/// Room member list (server → client).
+pub const OP_ROOM_INFO: i32 = 5;
+/// Authenticate and join a room (TCP client → server).
+pub const OP_BUILD_TCP_CONN: i32 = 6;
+/// Reply to an accepted socket auth (additive: gochat's clients ignore unknown ops).
+pub const OP_AUTH_OK: i32 = 7;
+/// A request from the client the server could not act on (additive).
+pub const OP_ERROR: i32 = 8;
+
+/// An op 2 / op 3 message body, as gochat's clients render it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub code: i32,
+    pub msg: String,
+    pub from_user_id: u64,
+    pub from_user_name: String,
+    pub to_user_id: u64,
+    pub to_user_name: String,
+    pub room_id: u64,
+    pub op: i32,
+    /// Local time as `YYYY-MM-DD HH:MM:SS`.
+    pub create_time: String,
+}
+
+/// Op 4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomCount {
+    pub count: u64,
+    pub op: i32,
+}
+
+/// Op 5.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomInfo {
+    pub op: i32,
+    pub room_id: u64,
+    pub count: u64,
+    /// user id (as a string) → user name.
+    pub room_user_info: BTreeMap<String, String>,
+}
+
+/// Op 7: the socket is authenticated and in the room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthOk {
+    pub op: i32,
+    pub user_id: u64,
+    pub user_name: String,
+    pub room_id: u64,
+}
+
+/// Op 8: a client request was refused; the connection stays open unless said otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub op: i32,
+    pub code: i32,
+    pub message: String,
+}
+
+/// What a client sends on a socket: the WebSocket auth frame `{"authToken","roomId"}`, or a TCP
+/// body (`op` 6 to authenticate, `op` 3 with `msg` to send to the room). Other fields gochat's
+/// clients send (`fromUserId`, …) are ignored: the sender is always the token's user.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRequest {
+    #[serde(default)]
+    pub auth_token: String,
+    #[serde(default, deserialize_with = "lenient_id")]
+    pub room_id: u64,
+    #[serde(default)]
+    pub op: Option<i32>,
+    #[serde(default)]
+    pub msg: Option<String>,
+}
+
+/// gochat's clients send ids as numbers, some as numeric strings.
+fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Num(u64),
+        Str(String),
+    }
+    match Id::deserialize(d)? {
+        Id::Num(n) => Ok(n),
+        Id::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("roomId {s:?} is not a number"))),
+    }
+}
+
+/// Magic prefix of a TCP frame.
+pub const TCP_MAGIC: &[u8; 2] = b"v1";
+/// Bytes before the body: magic and the 16-bit total length.
+pub const TCP_HEADER_LEN: usize = 4;
+/// Largest body a TCP frame can carry (the length field counts the header too).
+pub const TCP_MAX_BODY: usize = u16::MAX as usize - TCP_HEADER_LEN;
+
+/// Errors of the TCP `v1` framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TcpFrameError {
+    /// The frame does not start with `v1`.
+    BadMagic,
+    /// The length field is below the header size.
+    BadLength(u16),
+    /// The body is over [`TCP_MAX_BODY`] (encode) or the configured limit (decode).
+    TooLarge(usize),
+}
+
+impl std::fmt::Display for TcpFrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::BadMagic => f.write_str("frame does not start with \"v1\""),
+            Self::BadLength(n) => write!(f, "frame length {n} is shorter than its header"),
+            Self::TooLarge(n) => write!(f, "frame body of {n} bytes is over the limit"),
+        }
+    }
+}
+
+impl std::error::Error for TcpFrameError {}
+
+/// Appends one TCP frame holding `body` to `out`.
+pub fn encode_tcp_frame(body: &[u8], out: &mut Vec<u8>) -> Result<(), TcpFrameError> {
+    if body.len() > TCP_MAX_BODY {
+        return Err(TcpFrameError::TooLarge(body.len()));
+    }
+    out.reserve(TCP_HEADER_LEN + body.len());
+    out.extend_from_slice(TCP_MAGIC);
+    out.extend_from_slice(&((body.len() + TCP_HEADER_LEN) as u16).to_be_bytes());
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Splits the first complete TCP frame off `buf`: `Ok(Some((body range, frame length)))`,
+/// `Ok(None)` when more bytes are needed. `max_body` bounds what a peer may send.
+pub fn decode_tcp_frame(
+    buf: &[u8],
+    max_body: usize,
+) -> Result<Option<(std::ops::Range<usize>, usize)>, TcpFrameError> {
+    if buf.len() >= 2 && &buf[..2] != TCP_MAGIC {
+        return Err(TcpFrameError::BadMagic);
+    }
+    if buf.len() == 1 && buf[0] != TCP_MAGIC[0] {
+        return Err(TcpFrameError::BadMagic);
+    }
+    if buf.len() < TCP_HEADER_LEN {
+        return Ok(None);
+    }
+    let total = u16::from_be_bytes([buf[2], buf[3]]);
+    let total_usize = total as usize;
+    if total_usize < TCP_HEADER_LEN {
+        return Err(TcpFrameError::BadLength(total));
+    }
+    if total_usize - TCP_HEADER_LEN > max_body {
+        return Err(TcpFrameError::TooLarge(total_usize - TCP_HEADER_LEN));
+    }
+    if buf.len() < total_usize {
+        return Ok(None);
+    }
+    Ok(Some((TCP_HEADER_LEN..total_usize, total_usize)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_frame_round_trip() {
+        let mut out = Vec::new();
+        encode_tcp_frame(br#"{"op":6}"#, &mut out).unwrap();
+        assert_eq!(&out[..4], b"v1\x00\x0c");
+        let (body, len) = decode_tcp_frame(&out, 1024).unwrap().unwrap();
+        assert_eq!(&out[body], br#"{"op":6}"#);
+        assert_eq!(len, out.len());
+    }
+
+    #[test]
+    fn tcp_frame_partial_and_bad() {
+        let mut out = Vec::new();
+        encode_tcp_frame(b"hello", &mut out).unwrap();
+        for cut in 0..out.len() {
+            assert_eq!(decode_tcp_frame(&out[..cut], 1024), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(decode_tcp_frame(b"GET ", 1024), Err(TcpFrameError::BadMagic));
+        assert_eq!(decode_tcp_frame(b"x", 1024), Err(TcpFrameError::BadMagic));
+        assert_eq!(decode_tcp_frame(b"v1\x00\x02", 1024), Err(TcpFrameError::BadLength(2)));
+        assert_eq!(decode_tcp_frame(b"v1\x01\x00", 16), Err(TcpFrameError::TooLarge(252)));
+        assert_eq!(
+            encode_tcp_frame(&vec![b'a'; TCP_MAX_BODY + 1], &mut out),
+            Err(TcpFrameError::TooLarge(TCP_MAX_BODY + 1))
+        );
+    }
+
+    #[test]
+    fn client_request_accepts_string_and_number_ids() {
+        let a: ClientRequest = serde_json::from_str(r#"{"authToken":"t","roomId":1}"#).unwrap();
+        let b: ClientRequest = serde_json::from_str(r#"{"authToken":"t","roomId":"1"}"#).unwrap();
+        assert_eq!(a, b);
+        assert!(serde_json::from_str::<ClientRequest>(r#"{"roomId":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn room_info_shape() {
+        let info = RoomInfo {
+            op: OP_ROOM_INFO,
+            room_id: 1,
+            count: 1,
+            room_user_info: [("3".to_string(), "demo".to_string())].into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"op":5,"roomId":1,"count":1,"roomUserInfo":{"3":"demo"}}"#
+        );
+    }
+}

@@ -1,0 +1,339 @@
+'use strict';
+
+(() => {
+  const cfg = Object.assign({ apiPort: 7070, wsPort: 7000, wsPath: '/ws' }, window.GOCHAT_CONFIG || {});
+  const API = `${location.protocol}//${location.hostname}:${cfg.apiPort}`;
+  const WS = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${cfg.wsPort}${cfg.wsPath}`;
+  const TOKEN_KEY = 'authToken';
+  const EXPIRED = 'Your session has expired, please log in again';
+  const SESSION_ERROR = 40000;
+  const MAX_MESSAGES = 500;
+  const RECONNECTING = 'reconnecting…';
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    auth: $('auth'), authForm: $('auth-form'), user: $('login-user'), pass: $('login-pass'),
+    loginBtn: $('login-btn'), registerBtn: $('register-btn'), authError: $('auth-error'),
+    chat: $('chat'), me: $('me'), roomForm: $('room-form'), roomInput: $('room-input'),
+    online: $('online-count'), members: $('members'),
+    messages: $('messages'), sendForm: $('send-form'), msgInput: $('msg-input'), sendBtn: $('send-btn'),
+    conn: $('conn-state'), logoutBtn: $('logout-btn'), notice: $('notice'),
+  };
+
+  const state = {
+    token: localStorage.getItem(TOKEN_KEY),
+    me: null,
+    roomId: 1,
+    ws: null,
+    gen: 0,
+    attempt: 0,
+    retryTimer: 0,
+    liveTimer: 0,
+  };
+
+  class ApiError extends Error {
+    constructor(message, code) { super(message); this.code = code; }
+  }
+
+  async function api(path, body) {
+    let res;
+    try {
+      res = await fetch(API + path, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+    } catch {
+      throw new ApiError('Cannot reach the server', -1);
+    }
+    let env;
+    try {
+      env = await res.json();
+    } catch {
+      throw new ApiError(`Unexpected server response (HTTP ${res.status})`, -1);
+    }
+    if (env && env.code === 0) return env.data;
+    const code = env ? env.code : -1;
+    if (code === SESSION_ERROR) sessionExpired();
+    throw new ApiError((env && env.message) || 'Request failed', code);
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function setNotice(text) {
+    ui.notice.textContent = text || '';
+    ui.notice.hidden = !text;
+  }
+
+  function setConn(s) {
+    ui.conn.textContent = s;
+    ui.conn.dataset.state = s;
+  }
+
+  // ---- screens ----
+
+  function showLogin(message) {
+    stopSocket();
+    state.me = null;
+    ui.chat.hidden = true;
+    ui.auth.hidden = false;
+    ui.authError.textContent = message || '';
+    ui.pass.value = '';
+    setBusy(false);
+    (ui.user.value ? ui.pass : ui.user).focus();
+  }
+
+  function showChat(me) {
+    state.me = me;
+    ui.me.textContent = me.userName;
+    ui.auth.hidden = true;
+    ui.chat.hidden = false;
+    ui.roomInput.value = String(state.roomId);
+    enterRoom(state.roomId);
+    ui.msgInput.focus();
+  }
+
+  function dropToken() {
+    state.token = null;
+    localStorage.removeItem(TOKEN_KEY);
+  }
+
+  function sessionExpired() {
+    if (!state.token) return;
+    dropToken();
+    showLogin(EXPIRED);
+  }
+
+  // ---- auth ----
+
+  function setBusy(busy) {
+    ui.loginBtn.disabled = busy;
+    ui.registerBtn.disabled = busy;
+  }
+
+  async function authenticate(path) {
+    const userName = ui.user.value.trim();
+    const passWord = ui.pass.value;
+    if (!userName || !passWord) {
+      ui.authError.textContent = 'Please enter a user name and a password';
+      return;
+    }
+    ui.authError.textContent = '';
+    setBusy(true);
+    try {
+      const token = await api(path, { userName, passWord });
+      if (typeof token !== 'string' || !token) throw new ApiError('No session token received', -1);
+      state.token = token;
+      localStorage.setItem(TOKEN_KEY, token);
+      const me = await api('/user/checkAuth', { authToken: token });
+      showChat(me);
+    } catch (e) {
+      if (e.code !== SESSION_ERROR) ui.authError.textContent = e.message;
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function logout() {
+    const authToken = state.token;
+    dropToken();
+    showLogin('');
+    if (authToken) api('/user/logout', { authToken }).catch(() => {});
+  }
+
+  // ---- room & socket ----
+
+  function enterRoom(roomId) {
+    state.roomId = roomId;
+    ui.messages.replaceChildren();
+    ui.members.replaceChildren();
+    ui.online.textContent = '0';
+    setNotice('');
+    state.attempt = 0;
+    connect('connecting');
+  }
+
+  function stopSocket() {
+    state.gen++;
+    clearTimeout(state.retryTimer);
+    clearTimeout(state.liveTimer);
+    if (state.ws) {
+      const ws = state.ws;
+      state.ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(); } catch { /* already closed */ }
+    }
+  }
+
+  function connect(label) {
+    stopSocket();
+    if (!state.token || !state.me) return;
+    const gen = state.gen;
+    const roomId = state.roomId;
+    setConn(label);
+    let ws;
+    try {
+      ws = new WebSocket(WS);
+    } catch {
+      scheduleReconnect(gen);
+      return;
+    }
+    state.ws = ws;
+    ws.onopen = () => {
+      if (gen !== state.gen) return;
+      ws.send(JSON.stringify({ authToken: state.token, roomId }));
+      state.liveTimer = setTimeout(() => goLive(gen), 2000);
+    };
+    ws.onmessage = (ev) => {
+      if (gen !== state.gen) return;
+      let frame;
+      try { frame = JSON.parse(ev.data); } catch { return; }
+      if (frame && typeof frame === 'object') handleFrame(frame, gen);
+    };
+    ws.onclose = () => scheduleReconnect(gen);
+  }
+
+  function goLive(gen) {
+    if (gen !== state.gen || ui.conn.dataset.state === 'live') return;
+    clearTimeout(state.liveTimer);
+    state.attempt = 0;
+    setConn('live');
+    if (ui.notice.textContent === RECONNECTING) setNotice('');
+    refreshRoom();
+  }
+
+  function scheduleReconnect(gen) {
+    if (gen !== state.gen || !state.token) return;
+    state.gen++;
+    state.ws = null;
+    clearTimeout(state.liveTimer);
+    const base = Math.min(15000, 1000 * 2 ** state.attempt);
+    const delay = Math.min(15000, base + Math.random() * base * 0.3);
+    state.attempt++;
+    setConn('reconnecting');
+    setNotice(RECONNECTING);
+    const waiting = state.gen;
+    state.retryTimer = setTimeout(async () => {
+      try {
+        await api('/user/checkAuth', { authToken: state.token });
+      } catch (e) {
+        if (e.code === SESSION_ERROR) return;
+      }
+      if (waiting === state.gen && state.token && state.me) connect('reconnecting');
+    }, delay);
+  }
+
+  function refreshRoom() {
+    const body = { authToken: state.token, roomId: state.roomId };
+    api('/push/count', body).catch(reportError);
+    api('/push/getRoomInfo', body).catch(reportError);
+  }
+
+  function reportError(e) {
+    if (e.code !== SESSION_ERROR) setNotice(e.message);
+  }
+
+  function sameRoom(frame) {
+    return frame.roomId === undefined || frame.roomId === null || Number(frame.roomId) === state.roomId;
+  }
+
+  function handleFrame(f, gen) {
+    switch (f.op) {
+      case 7: goLive(gen); break;
+      case 3: if (sameRoom(f)) addMessage(f, false); break;
+      case 2: addMessage(f, true); break;
+      case 4: ui.online.textContent = String(Number(f.count) || 0); break;
+      case 5: if (sameRoom(f)) renderMembers(f); break;
+      case 8:
+        clearTimeout(state.liveTimer);
+        if (f.code === SESSION_ERROR) sessionExpired();
+        else setNotice(f.message || `Error ${f.code}`);
+        break;
+      default: break;
+    }
+  }
+
+  // ---- rendering ----
+
+  function renderMembers(f) {
+    const info = f.roomUserInfo && typeof f.roomUserInfo === 'object' ? f.roomUserInfo : {};
+    const entries = Object.entries(info).sort((a, b) => String(a[1]).localeCompare(String(b[1])));
+    ui.members.replaceChildren(...entries.map(([id, name]) => {
+      const li = el('li', state.me && String(state.me.userId) === id ? 'self' : '', name);
+      li.dataset.userId = id;
+      return li;
+    }));
+    if (f.count !== undefined) ui.online.textContent = String(Number(f.count) || 0);
+  }
+
+  function addMessage(m, isPrivate) {
+    const box = ui.messages;
+    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    const name = m.fromUserName || `user ${m.fromUserId}`;
+    const item = el('div', 'msg');
+    if (state.me && String(m.fromUserId) === String(state.me.userId)) item.classList.add('mine');
+    if (isPrivate) item.classList.add('private');
+    const meta = el('div', 'msg-meta');
+    meta.append(
+      el('span', 'msg-from', isPrivate ? `(private) from ${name}` : name),
+      el('span', 'msg-time', m.createTime || ''),
+    );
+    item.append(meta, el('div', 'msg-text', m.msg ?? ''));
+    box.append(item);
+    while (box.children.length > MAX_MESSAGES) box.firstElementChild.remove();
+    if (atBottom || item.classList.contains('mine')) box.scrollTop = box.scrollHeight;
+  }
+
+  // ---- actions ----
+
+  async function send() {
+    const msg = ui.msgInput.value;
+    if (!msg.trim() || !state.token) return;
+    ui.sendBtn.disabled = true;
+    try {
+      await api('/push/pushRoom', { authToken: state.token, msg, roomId: state.roomId });
+      ui.msgInput.value = '';
+    } catch (e) {
+      reportError(e);
+    } finally {
+      ui.sendBtn.disabled = false;
+      if (!ui.chat.hidden) ui.msgInput.focus();
+    }
+  }
+
+  function join() {
+    const roomId = Number(ui.roomInput.value);
+    if (!Number.isInteger(roomId) || roomId < 1) {
+      setNotice('Room id must be a positive whole number');
+      return;
+    }
+    enterRoom(roomId);
+  }
+
+  ui.authForm.addEventListener('submit', (e) => { e.preventDefault(); authenticate('/user/login'); });
+  ui.registerBtn.addEventListener('click', () => authenticate('/user/register'));
+  ui.roomForm.addEventListener('submit', (e) => { e.preventDefault(); join(); });
+  ui.sendForm.addEventListener('submit', (e) => { e.preventDefault(); send(); });
+  ui.logoutBtn.addEventListener('click', logout);
+  window.addEventListener('online', () => {
+    if (ui.conn.dataset.state === 'reconnecting' && !state.ws && state.me) connect('reconnecting');
+  });
+
+  async function init() {
+    if (!state.token) return showLogin('');
+    try {
+      showChat(await api('/user/checkAuth', { authToken: state.token }));
+    } catch (e) {
+      if (e.code === SESSION_ERROR) return;
+      if (e.code !== -1) dropToken();
+      showLogin(e.code === -1 ? e.message : EXPIRED);
+    }
+  }
+
+  init();
+})();
