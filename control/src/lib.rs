@@ -1,1 +1,41 @@
-//! stub
+//! The gochat-rs control plane: gochat's REST API, the logic gRPC service, users, sessions,
+//! routing and rooms, and the web page.
+//!
+//! # Layout
+//! - [`config`]: `[control]` settings.
+//! - [`store`]: users in SQL (SQLite through sqlx, with migrations).
+//! - [`password`]: argon2id password hashes.
+//! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
+//! - [`logic`]: the operations behind both the REST API and the gRPC service.
+//! - [`api`]: the REST API, byte-compatible with gochat's.
+//! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
+//! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
+//! - [`server`]: binds and runs the three listeners.
+
+pub mod api;
+pub mod config;
+pub mod grpc;
+pub mod logic;
+pub mod password;
+pub mod server;
+pub mod site;
+pub mod state;
+pub mod store;
+
+pub use config::ControlConfig;
+pub use server::{Control, ControlHandle};
+
+/// Errors of the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid control config: {0}")]
+    Config(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,90 @@
+//! The `Logic` gRPC service: what gateways and queue-workers ask of control.
+
+use std::sync::Arc;
+
+use gochat_proto::logic::logic_server::Logic as LogicService;
+use gochat_proto::logic::{
+    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest, GatewayResetRequest,
+    GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
+};
+use tonic::{Request, Response, Status};
+
+use crate::logic::{Logic, LogicError};
+use crate::state::Session;
+
+pub struct LogicGrpc(pub Arc<Logic>);
+
+fn status(e: LogicError) -> Status {
+    match e {
+        LogicError::Session => Status::unauthenticated("invalid or expired token"),
+        LogicError::Refused(m) => Status::invalid_argument(m),
+        LogicError::Internal(m) => Status::unavailable(m),
+    }
+}
+
+fn user(s: Session) -> User {
+    User { user_id: s.user_id, user_name: s.user_name }
+}
+
+#[tonic::async_trait]
+impl LogicService for LogicGrpc {
+    async fn conn_open(&self, req: Request<ConnOpenRequest>) -> Result<Response<ConnOpenReply>, Status> {
+        let r = req.into_inner();
+        let session =
+            self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await.map_err(status)?;
+        Ok(Response::new(ConnOpenReply { user: Some(user(session)) }))
+    }
+
+    async fn conn_close(&self, req: Request<ConnCloseRequest>) -> Result<Response<ConnCloseReply>, Status> {
+        let r = req.into_inner();
+        self.0.conn_close(&r.gateway_id, r.conn_id).await;
+        Ok(Response::new(ConnCloseReply {}))
+    }
+
+    async fn check_auth(&self, req: Request<CheckAuthRequest>) -> Result<Response<User>, Status> {
+        let session = self.0.check_auth(&req.into_inner().token).map_err(status)?;
+        Ok(Response::new(user(session)))
+    }
+
+    async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let user_id = req.into_inner().user_id;
+        match self.0.user_name(user_id).await.map_err(status)? {
+            Some(user_name) => Ok(Response::new(User { user_id, user_name })),
+            None => Err(Status::not_found(format!("no user with id {user_id}"))),
+        }
+    }
+
+    async fn send_room(&self, req: Request<SendRoomRequest>) -> Result<Response<SendReply>, Status> {
+        let r = req.into_inner();
+        self.0.send_room(r.from_user_id, r.room_id, &r.msg).await.map_err(status)?;
+        Ok(Response::new(SendReply {}))
+    }
+
+    async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteReply>, Status> {
+        let r = req.into_inner();
+        let state = self.0.state();
+        let rooms = r
+            .room_ids
+            .into_iter()
+            .map(|room_id| RoomRoute { room_id, gateway_ids: state.room_gateways(room_id) })
+            .collect();
+        let users = r
+            .user_ids
+            .into_iter()
+            .map(|user_id| UserRoute {
+                user_id,
+                shards: state
+                    .user_routes(user_id)
+                    .into_iter()
+                    .map(|(gateway_id, shard)| ShardAddress { gateway_id, shard })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(RouteReply { rooms, users }))
+    }
+
+    async fn gateway_reset(&self, req: Request<GatewayResetRequest>) -> Result<Response<ConnCloseReply>, Status> {
+        self.0.gateway_reset(&req.into_inner().gateway_id).await;
+        Ok(Response::new(ConnCloseReply {}))
+    }
+}

@@ -1,0 +1,267 @@
+//! The operations behind the REST API and the gRPC service: accounts, sessions, pushes,
+//! connections and routing.
+
+use std::sync::Arc;
+
+use gochat_proto::queue::queue_message::Target;
+use gochat_proto::queue::QueueMessage;
+use gochat_proto::wire::{self, ChatMessage};
+use gochat_queue_worker::Queue;
+use rand::RngCore;
+
+use crate::state::{RoomChange, Session, State};
+use crate::store::UserStore;
+use crate::{password, ControlConfig};
+
+/// Longest user name accepted, in characters.
+pub const MAX_USER_NAME: usize = 32;
+/// Longest password accepted, in bytes.
+pub const MAX_PASSWORD: usize = 128;
+
+/// Why an operation failed; the message is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogicError {
+    /// Bad input or a refused request (gochat code 1).
+    #[error("{0}")]
+    Refused(String),
+    /// A missing, invalid or expired session (gochat code 40000).
+    #[error("Session error")]
+    Session,
+    /// Something on our side failed (gochat code -1); details are logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl LogicError {
+    fn refused(m: impl Into<String>) -> Self {
+        Self::Refused(m.into())
+    }
+}
+
+impl From<sqlx::Error> for LogicError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error");
+        Self::Internal("database unavailable".into())
+    }
+}
+
+pub struct Logic {
+    store: UserStore,
+    state: State,
+    queue: Arc<dyn Queue>,
+    max_message_bytes: usize,
+}
+
+impl Logic {
+    pub fn new(store: UserStore, queue: Arc<dyn Queue>, cfg: &ControlConfig) -> Self {
+        Self {
+            store,
+            state: State::new(std::time::Duration::from_secs(cfg.session_ttl_secs)),
+            queue,
+            max_message_bytes: cfg.max_message_bytes,
+        }
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Creates gochat's demo users if they are missing.
+    pub async fn seed_demo_users(&self) -> Result<(), LogicError> {
+        for name in ["demo", "test", "admin"] {
+            if self.store.by_name(name).await?.is_none() {
+                let hash = password::hash("111111".into()).await;
+                self.store.create(name, &hash).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn register(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
+        check_credentials(user_name, pass)?;
+        let hash = password::hash(pass.to_string()).await;
+        match self.store.create(user_name, &hash).await? {
+            Some(id) => Ok(self.new_session(Session { user_id: id, user_name: user_name.to_string() })),
+            None => Err(LogicError::refused("this user name already have , please login !!!")),
+        }
+    }
+
+    pub async fn login(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
+        const BAD: &str = "no this user or password error!";
+        if user_name.is_empty() || pass.is_empty() || pass.len() > MAX_PASSWORD {
+            return Err(LogicError::refused(BAD));
+        }
+        let user = self.store.by_name(user_name).await?;
+        let stored = user.as_ref().map(|u| u.password.clone());
+        if !password::verify(pass.to_string(), stored).await {
+            return Err(LogicError::refused(BAD));
+        }
+        let user = user.expect("verified users exist");
+        Ok(self.new_session(Session { user_id: user.id, user_name: user.user_name }))
+    }
+
+    fn new_session(&self, session: Session) -> String {
+        let mut bytes = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.state.create_session(token.clone(), session);
+        token
+    }
+
+    pub fn check_auth(&self, token: &str) -> Result<Session, LogicError> {
+        if token.is_empty() {
+            return Err(LogicError::Session);
+        }
+        self.state.session(token).ok_or(LogicError::Session)
+    }
+
+    pub fn logout(&self, token: &str) -> Result<(), LogicError> {
+        if self.state.remove_session(token) {
+            Ok(())
+        } else {
+            Err(LogicError::Session)
+        }
+    }
+
+    pub async fn user_name(&self, user_id: u64) -> Result<Option<String>, LogicError> {
+        Ok(self.store.by_id(user_id).await?.map(|u| u.user_name))
+    }
+
+    /// A private message (op 2) to `to_user_id`.
+    pub async fn push_user(&self, from: &Session, to_user_id: u64, room_id: u64, msg: &str) -> Result<(), LogicError> {
+        self.check_message(msg)?;
+        let Some(to_name) = self.user_name(to_user_id).await? else {
+            return Err(LogicError::refused(format!("no user with id {to_user_id}")));
+        };
+        if !self.state.is_online(to_user_id) {
+            return Err(LogicError::refused(format!("user {to_name} is not online")));
+        }
+        let body = chat_message(wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
+        self.publish(Target::UserId(to_user_id), body).await
+    }
+
+    /// A room message (op 3) from `from`.
+    pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
+        self.check_message(msg)?;
+        check_room(room_id)?;
+        let body = chat_message(wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
+        self.publish(Target::RoomId(room_id), body).await
+    }
+
+    /// Broadcasts the room's online count (op 4).
+    pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
+        check_room(room_id)?;
+        let body = wire::RoomCount { count: self.state.room_count(room_id), op: wire::OP_ROOM_COUNT };
+        self.publish(Target::RoomId(room_id), to_json(&body)).await
+    }
+
+    /// Broadcasts the room's member list (op 5).
+    pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
+        check_room(room_id)?;
+        let members = self.state.room_members(room_id);
+        let body = wire::RoomInfo {
+            op: wire::OP_ROOM_INFO,
+            room_id,
+            count: members.len() as u64,
+            room_user_info: members,
+        };
+        self.publish(Target::RoomId(room_id), to_json(&body)).await
+    }
+
+    /// A socket authenticated: record it and tell the room when a user joined.
+    pub async fn conn_open(&self, token: &str, room_id: u64, gateway: &str, shard: u32, conn_id: u64) -> Result<Session, LogicError> {
+        let session = self.check_auth(token)?;
+        check_room(room_id)?;
+        if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id) {
+            self.room_changed(change).await;
+        }
+        Ok(session)
+    }
+
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) {
+        if let Some(change) = self.state.conn_close(gateway, conn_id) {
+            self.room_changed(change).await;
+        }
+    }
+
+    pub async fn gateway_reset(&self, gateway: &str) {
+        for change in self.state.gateway_reset(gateway) {
+            self.room_changed(change).await;
+        }
+    }
+
+    /// A room message sent on a socket by an authenticated user.
+    pub async fn send_room(&self, from_user_id: u64, room_id: u64, msg: &str) -> Result<(), LogicError> {
+        let Some(name) = self.user_name(from_user_id).await? else {
+            return Err(LogicError::refused(format!("no user with id {from_user_id}")));
+        };
+        self.push_room(&Session { user_id: from_user_id, user_name: name }, room_id, msg).await
+    }
+
+    /// Membership changed: send the new count and member list (gochat sent an empty frame).
+    async fn room_changed(&self, change: RoomChange) {
+        for result in [self.push_count(change.room_id).await, self.push_room_info(change.room_id).await] {
+            if let Err(e) = result {
+                tracing::warn!(room = change.room_id, error = %e, "room update not sent");
+            }
+        }
+    }
+
+    fn check_message(&self, msg: &str) -> Result<(), LogicError> {
+        if msg.is_empty() {
+            return Err(LogicError::refused("msg must not be empty"));
+        }
+        if msg.len() > self.max_message_bytes {
+            return Err(LogicError::refused(format!("msg is too long (max {} bytes)", self.max_message_bytes)));
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
+        self.queue
+            .publish(QueueMessage { target: Some(target), body })
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "enqueue failed");
+                LogicError::Internal("server busy, message not sent".into())
+            })
+    }
+}
+
+fn check_credentials(user_name: &str, pass: &str) -> Result<(), LogicError> {
+    if user_name.is_empty() || user_name.chars().count() > MAX_USER_NAME {
+        return Err(LogicError::refused(format!("userName must be 1 to {MAX_USER_NAME} characters")));
+    }
+    if user_name.trim() != user_name || user_name.chars().any(char::is_control) {
+        return Err(LogicError::refused("userName must not have control characters or surrounding spaces"));
+    }
+    if pass.is_empty() || pass.len() > MAX_PASSWORD {
+        return Err(LogicError::refused(format!("passWord must be 1 to {MAX_PASSWORD} bytes")));
+    }
+    Ok(())
+}
+
+fn check_room(room_id: u64) -> Result<(), LogicError> {
+    if room_id == 0 {
+        return Err(LogicError::refused("roomId must be a positive number"));
+    }
+    Ok(())
+}
+
+fn chat_message(op: i32, from: &Session, to_user_id: u64, to_user_name: &str, room_id: u64, msg: &str) -> Vec<u8> {
+    to_json(&ChatMessage {
+        code: 0,
+        msg: msg.to_string(),
+        from_user_id: from.user_id,
+        from_user_name: from.user_name.clone(),
+        to_user_id,
+        to_user_name: to_user_name.to_string(),
+        room_id,
+        op,
+        create_time: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("wire types serialize")
+}

@@ -1,0 +1,61 @@
+//! Password hashes: argon2id (PHC strings), computed off the async threads.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// Hashes `password` with argon2id and a random salt.
+pub async fn hash(password: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .expect("argon2 with default parameters hashes any input")
+            .to_string()
+    })
+    .await
+    .expect("hash task")
+}
+
+/// Whether `password` matches the PHC string `stored`. `None` (no such user) still spends the
+/// same work, so timing does not tell which names exist.
+pub async fn verify(password: String, stored: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let dummy;
+        let phc = match &stored {
+            Some(s) => s.as_str(),
+            None => {
+                dummy = dummy_hash();
+                dummy.as_str()
+            }
+        };
+        let ok = PasswordHash::new(phc)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false);
+        ok && stored.is_some()
+    })
+    .await
+    .expect("verify task")
+}
+
+fn dummy_hash() -> String {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default().hash_password(b"no such user", &salt).expect("hash").to_string()
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn round_trip() {
+        let h = super::hash("111111".into()).await;
+        assert!(h.starts_with("$argon2id$"));
+        assert!(super::verify("111111".into(), Some(h.clone())).await);
+        assert!(!super::verify("111112".into(), Some(h)).await);
+        assert!(!super::verify("111111".into(), None).await);
+    }
+}

@@ -1,0 +1,107 @@
+//! Starting and stopping control: the REST API, the page and the logic gRPC service.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use gochat_proto::logic::logic_server::LogicServer;
+use gochat_queue_worker::Queue;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::grpc::LogicGrpc;
+use crate::logic::Logic;
+use crate::store::UserStore;
+use crate::{api, site, ControlConfig, Error};
+
+pub struct Control;
+
+/// A running control plane.
+pub struct ControlHandle {
+    pub api_addr: SocketAddr,
+    pub site_addr: Option<SocketAddr>,
+    pub grpc_addr: SocketAddr,
+    pub logic: Arc<Logic>,
+    site_ws_port: Arc<AtomicU16>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    store: UserStore,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+impl Control {
+    /// Opens the user store, binds the listeners and serves, enqueuing to `queue`.
+    pub async fn start(cfg: ControlConfig, queue: Arc<dyn Queue>) -> Result<ControlHandle, Error> {
+        cfg.validate()?;
+        let store = UserStore::open(&cfg.database).await?;
+        let logic = Arc::new(Logic::new(store.clone(), queue, &cfg));
+        if cfg.demo_users == Some(true) {
+            logic.seed_demo_users().await.map_err(|e| Error::Config(format!("seeding demo users: {e}")))?;
+        }
+        let api_listener = bind(cfg.api_listen).await?;
+        let api_addr = api_listener.local_addr()?;
+        let grpc_listener = bind(cfg.grpc_listen).await?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let site_listener = match cfg.site_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+        let (stop, stopped) = watch::channel(false);
+        let until_stopped = move |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let mut tasks = Vec::new();
+        let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
+        let app = api::router(logic.clone(), cfg.max_body_bytes);
+        let rx = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(until_stopped(rx)).await {
+                tracing::error!(error = %e, "REST API stopped");
+            }
+        }));
+        if let Some(listener) = site_listener {
+            let app = site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
+            let rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_stopped(rx)).await {
+                    tracing::error!(error = %e, "site stopped");
+                }
+            }));
+        }
+        let grpc = LogicServer::new(LogicGrpc(logic.clone()));
+        let rx = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(grpc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped(rx))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "logic gRPC stopped");
+            }
+        }));
+        tracing::info!(%api_addr, ?site_addr, %grpc_addr, "control listening");
+        Ok(ControlHandle { api_addr, site_addr, grpc_addr, logic, site_ws_port, stop, tasks, store })
+    }
+}
+
+impl ControlHandle {
+    /// Points the page at the gateway's WebSocket port (known once the gateway is bound).
+    pub fn set_site_ws_port(&self, port: u16) {
+        self.site_ws_port.store(port, Ordering::Relaxed);
+    }
+
+    /// Stops accepting, lets requests in flight finish, closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close().await;
+    }
+}

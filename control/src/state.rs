@@ -1,0 +1,261 @@
+//! Sessions, live connections, rooms and routing, kept consistent when one user has several
+//! connections: a user is in a room (and counted once) while any of its connections is.
+//!
+//! In-memory for the embedded default; one lock, short critical sections, no I/O under it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A logged-in user's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: u64,
+    pub user_name: String,
+}
+
+/// Where a live connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Conn {
+    user_id: u64,
+    room_id: u64,
+    shard: u32,
+}
+
+#[derive(Debug, Default)]
+struct Member {
+    user_name: String,
+    conns: u32,
+}
+
+/// A room's membership changed: a user joined (first connection) or left (last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomChange {
+    pub room_id: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, (Session, Instant)>,
+    /// (gateway, connection id) → connection.
+    conns: HashMap<(String, u64), Conn>,
+    rooms: HashMap<u64, BTreeMap<u64, Member>>,
+    /// user → its connections' (gateway, shard) and how many connections each holds.
+    user_routes: HashMap<u64, BTreeMap<(String, u32), u32>>,
+    /// room → gateways with members, and how many connections each holds.
+    room_gateways: HashMap<u64, BTreeMap<String, u32>>,
+}
+
+pub struct State {
+    inner: Mutex<Inner>,
+    session_ttl: Duration,
+}
+
+impl State {
+    pub fn new(session_ttl: Duration) -> Self {
+        Self { inner: Mutex::default(), session_ttl }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn create_session(&self, token: String, session: Session) {
+        let expires = Instant::now() + self.session_ttl;
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.sessions.len() % 1024 == 1023 {
+            inner.sessions.retain(|_, (_, exp)| *exp > now);
+        }
+        inner.sessions.insert(token, (session, expires));
+    }
+
+    /// The session of `token`, if it exists and has not expired.
+    pub fn session(&self, token: &str) -> Option<Session> {
+        let mut inner = self.lock();
+        match inner.sessions.get(token) {
+            Some((s, exp)) if *exp > Instant::now() => Some(s.clone()),
+            Some(_) => {
+                inner.sessions.remove(token);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn remove_session(&self, token: &str) -> bool {
+        self.lock().sessions.remove(token).is_some()
+    }
+
+    /// Records a live connection. Idempotent; returns the change when the user newly joined.
+    pub fn conn_open(
+        &self,
+        gateway: &str,
+        shard: u32,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Option<RoomChange> {
+        let mut inner = self.lock();
+        let key = (gateway.to_string(), conn_id);
+        if inner.conns.contains_key(&key) {
+            return None;
+        }
+        inner.conns.insert(key, Conn { user_id: session.user_id, room_id, shard });
+        *inner
+            .user_routes
+            .entry(session.user_id)
+            .or_default()
+            .entry((gateway.to_string(), shard))
+            .or_default() += 1;
+        *inner.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
+        let member = inner.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
+        member.user_name.clone_from(&session.user_name);
+        member.conns += 1;
+        (member.conns == 1).then_some(RoomChange { room_id })
+    }
+
+    /// Forgets a connection. Idempotent; returns the change when the user left its room.
+    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Option<RoomChange> {
+        let mut inner = self.lock();
+        let conn = inner.conns.remove(&(gateway.to_string(), conn_id))?;
+        inner.unlink(gateway, &conn)
+    }
+
+    /// Forgets every connection of `gateway`; returns the rooms that lost members.
+    pub fn gateway_reset(&self, gateway: &str) -> Vec<RoomChange> {
+        let mut inner = self.lock();
+        let gone: Vec<(u64, Conn)> = inner
+            .conns
+            .iter()
+            .filter(|((g, _), _)| g == gateway)
+            .map(|((_, id), c)| (*id, c.clone()))
+            .collect();
+        let mut changes = Vec::new();
+        for (id, conn) in gone {
+            inner.conns.remove(&(gateway.to_string(), id));
+            if let Some(change) = inner.unlink(gateway, &conn) {
+                if !changes.contains(&change) {
+                    changes.push(change);
+                }
+            }
+        }
+        changes
+    }
+
+    /// Distinct users online in a room.
+    pub fn room_count(&self, room_id: u64) -> u64 {
+        self.lock().rooms.get(&room_id).map_or(0, |m| m.len() as u64)
+    }
+
+    /// user id (as a string) → user name, for a room.
+    pub fn room_members(&self, room_id: u64) -> BTreeMap<String, String> {
+        self.lock()
+            .rooms
+            .get(&room_id)
+            .map(|m| m.iter().map(|(id, m)| (id.to_string(), m.user_name.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Gateways hosting members of `room_id`.
+    pub fn room_gateways(&self, room_id: u64) -> Vec<String> {
+        self.lock().room_gateways.get(&room_id).map(|g| g.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// (gateway, shard) pairs holding connections of `user_id`.
+    pub fn user_routes(&self, user_id: u64) -> Vec<(String, u32)> {
+        self.lock().user_routes.get(&user_id).map(|r| r.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn is_online(&self, user_id: u64) -> bool {
+        self.lock().user_routes.contains_key(&user_id)
+    }
+}
+
+impl Inner {
+    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Option<RoomChange> {
+        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
+        decrement(&mut self.room_gateways, conn.room_id, &gateway.to_string());
+        let members = self.rooms.get_mut(&conn.room_id)?;
+        let member = members.get_mut(&conn.user_id)?;
+        member.conns -= 1;
+        if member.conns > 0 {
+            return None;
+        }
+        members.remove(&conn.user_id);
+        if members.is_empty() {
+            self.rooms.remove(&conn.room_id);
+        }
+        Some(RoomChange { room_id: conn.room_id })
+    }
+}
+
+/// Decrements a nested count, removing empty entries.
+fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner: &K) {
+    let Some(counts) = map.get_mut(&outer) else { return };
+    if let Some(n) = counts.get_mut(inner) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(inner);
+        }
+    }
+    if counts.is_empty() {
+        map.remove(&outer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: u64, name: &str) -> Session {
+        Session { user_id: id, user_name: name.into() }
+    }
+
+    #[test]
+    fn several_connections_count_once() {
+        let s = State::new(Duration::from_secs(60));
+        let a = user(1, "a");
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1), Some(RoomChange { room_id: 1 }));
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1), None, "idempotent");
+        assert_eq!(s.conn_open("g2", 1, 11, &a, 1), None, "second connection, same user");
+        assert_eq!(s.conn_open("g1", 1, 12, &user(2, "b"), 1), Some(RoomChange { room_id: 1 }));
+        assert_eq!(s.room_count(1), 2);
+        assert_eq!(s.room_gateways(1), vec!["g1".to_string(), "g2".to_string()]);
+        assert_eq!(s.user_routes(1), vec![("g1".to_string(), 0), ("g2".to_string(), 1)]);
+
+        assert_eq!(s.conn_close("g1", 10), None, "a still has a connection");
+        assert_eq!(s.conn_close("g1", 10), None, "idempotent");
+        assert_eq!(s.room_count(1), 2);
+        assert_eq!(s.conn_close("g2", 11), Some(RoomChange { room_id: 1 }));
+        assert_eq!(s.room_count(1), 1);
+        assert!(!s.is_online(1));
+        assert_eq!(s.room_gateways(1), vec!["g1".to_string()]);
+        assert_eq!(s.room_members(1), [("2".to_string(), "b".to_string())].into());
+    }
+
+    #[test]
+    fn gateway_reset_forgets_its_connections() {
+        let s = State::new(Duration::from_secs(60));
+        s.conn_open("g1", 0, 1, &user(1, "a"), 5);
+        s.conn_open("g1", 0, 2, &user(2, "b"), 6);
+        s.conn_open("g2", 0, 3, &user(2, "b"), 6);
+        assert_eq!(s.gateway_reset("g1"), vec![RoomChange { room_id: 5 }]);
+        assert_eq!(s.room_count(5), 0);
+        assert_eq!(s.room_count(6), 1);
+        assert!(s.room_gateways(5).is_empty());
+    }
+
+    #[test]
+    fn sessions_expire_and_revoke() {
+        let s = State::new(Duration::from_millis(1));
+        s.create_session("t".into(), user(1, "a"));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.session("t"), None);
+        let s = State::new(Duration::from_secs(60));
+        s.create_session("t".into(), user(1, "a"));
+        assert_eq!(s.session("t"), Some(user(1, "a")));
+        assert!(s.remove_session("t"));
+        assert_eq!(s.session("t"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! The worker loop: read by size or age, route through logic, push to gateways.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gochat_proto::gateway::{PushBatch, RoomPush, UserPush};
+use gochat_proto::logic::logic_client::LogicClient;
+use gochat_proto::logic::RouteRequest;
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::batch::Grouped;
+use crate::gateways::{GatewayAddr, GatewayPool};
+use crate::{Error, Queue};
+
+/// `[worker]` in the config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Logic (control) gRPC endpoint, for routing.
+    pub logic: String,
+    /// A batch is pushed once it holds this many messages…
+    pub batch_max: usize,
+    /// …or its first message is this old (microseconds).
+    pub batch_age_us: u64,
+    /// Static discovery: the gateways to push to.
+    pub gateways: Vec<GatewayAddr>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            logic: "http://127.0.0.1:6900".into(),
+            batch_max: 512,
+            batch_age_us: 1000,
+            gateways: vec![GatewayAddr { id: "gateway-1".into(), grpc: "http://127.0.0.1:7100".into() }],
+        }
+    }
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.batch_max == 0 {
+            return Err(Error::Config("batch_max must be above 0".into()));
+        }
+        if self.batch_age_us > 1_000_000 {
+            return Err(Error::Config("batch_age_us must be at most 1 s".into()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for g in &self.gateways {
+            if !ids.insert(&g.id) {
+                return Err(Error::Config(format!("gateway id {:?} listed twice", g.id)));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Worker {
+    queue: Arc<dyn Queue>,
+    logic: LogicClient<Channel>,
+    gateways: GatewayPool,
+    cfg: WorkerConfig,
+    next_batch: u64,
+}
+
+impl Worker {
+    /// Must run inside a tokio runtime (gateway links are spawned).
+    pub fn new(cfg: WorkerConfig, queue: Arc<dyn Queue>) -> Result<Self, Error> {
+        cfg.validate()?;
+        let channel = Endpoint::from_shared(cfg.logic.clone())
+            .map_err(|e| Error::Config(format!("logic address {:?}: {e}", cfg.logic)))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self {
+            queue,
+            logic: LogicClient::new(channel),
+            gateways: GatewayPool::new(&cfg.gateways)?,
+            cfg,
+            next_batch: 0,
+        })
+    }
+
+    /// Runs until `shutdown` completes or the queue closes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let grouped = tokio::select! {
+                g = self.collect() => g,
+                _ = &mut shutdown => return,
+            };
+            match grouped {
+                Ok(g) if g.is_empty() => {}
+                Ok(g) => self.push(g).await,
+                Err(Error::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue read failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits for a first message, then gathers more until the batch is full or old enough.
+    async fn collect(&self) -> Result<Grouped, Error> {
+        let mut grouped = Grouped::default();
+        let first = self.queue.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
+        if first.is_empty() {
+            return Ok(grouped);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_micros(self.cfg.batch_age_us);
+        let mut count = first.len();
+        first.into_iter().for_each(|d| grouped.add(d));
+        while count < self.cfg.batch_max {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let more = self.queue.read(self.cfg.batch_max - count, left).await?;
+            if more.is_empty() {
+                break;
+            }
+            count += more.len();
+            more.into_iter().for_each(|d| grouped.add(d));
+        }
+        Ok(grouped)
+    }
+
+    /// Routes a batch through logic and pushes one `PushBatch` per gateway.
+    async fn push(&mut self, grouped: Grouped) {
+        let req = RouteRequest {
+            room_ids: grouped.rooms.keys().copied().collect(),
+            user_ids: grouped.users.keys().copied().collect(),
+        };
+        let route = match self.route(req).await {
+            Ok(r) => r,
+            Err(status) => {
+                tracing::error!(%status, messages = grouped.ids.len(), "routing failed; batch dropped");
+                return;
+            }
+        };
+        let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
+        let Grouped { mut rooms, mut users, ids } = grouped;
+        for room in route.rooms {
+            let Some(mut bodies) = rooms.remove(&room.room_id) else { continue };
+            let mut gateways = room.gateway_ids.into_iter().peekable();
+            while let Some(gateway) = gateways.next() {
+                let bodies = if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
+                per_gateway.entry(gateway).or_default().rooms.push(RoomPush { room_id: room.room_id, bodies });
+            }
+        }
+        for user in route.users {
+            let Some(bodies) = users.remove(&user.user_id) else { continue };
+            for shard in user.shards {
+                per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
+                    user_id: user.user_id,
+                    shard: shard.shard,
+                    bodies: bodies.clone(),
+                });
+            }
+        }
+        for (gateway, mut batch) in per_gateway {
+            self.next_batch += 1;
+            batch.batch_id = self.next_batch;
+            if !self.gateways.send(&gateway, batch).await {
+                tracing::warn!(%gateway, "no address for this gateway; its part of the batch is dropped");
+            }
+        }
+        if let Err(e) = self.queue.ack(&ids).await {
+            tracing::warn!(error = %e, "ack failed");
+        }
+    }
+
+    /// Asks logic where the batch's rooms and users are, retrying briefly while it is away.
+    async fn route(&mut self, req: RouteRequest) -> Result<gochat_proto::logic::RouteReply, tonic::Status> {
+        let mut delay = Duration::from_millis(20);
+        for attempt in 0.. {
+            match self.logic.route(req.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) if attempt < 5 && status.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}

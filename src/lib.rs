@@ -1,0 +1,16 @@
+//! gochat-rs: a gochat-compatible IM system — an io_uring-ready connection gateway, a tonic
+//! control plane and a queue-worker — in one `gochat` binary.
+//!
+//! # Layout
+//! - [`config`]: the TOML config file, a section per role.
+//! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).
+//! - `main.rs`: the CLI — parse, load and validate config, start tracing, run, wait for Ctrl-C,
+//!   shut down.
+//!
+//! The roles themselves are the workspace crates `gochat-gateway`, `gochat-control` and
+//! `gochat-queue-worker`, with `gochat-proto` the contracts between them.
+
+pub mod config;
+pub mod roles;
+
+pub use config::Config;

@@ -1,0 +1,103 @@
+//! Starting roles. `up` runs control, a queue-worker and a gateway in one process with the
+//! in-process queue, static discovery and SQLite; they still talk through gRPC as in a cluster.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gochat_control::{Control, ControlHandle};
+use gochat_gateway::{Gateway, GatewayHandle};
+use gochat_queue_worker::gateways::GatewayAddr;
+use gochat_queue_worker::{MemoryQueue, Queue, Worker};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::Config;
+
+/// A running in-process queue-worker.
+pub struct WorkerHandle {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub fn start(worker: Worker) -> Self {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Everything `gochat up` runs.
+pub struct Up {
+    pub control: ControlHandle,
+    pub gateway: GatewayHandle,
+    worker: WorkerHandle,
+    queue: Arc<MemoryQueue>,
+    ws_path: String,
+}
+
+/// Where a running `up` listens.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub site: Option<SocketAddr>,
+    pub api: SocketAddr,
+    pub ws: SocketAddr,
+    pub ws_path: String,
+    pub tcp: Option<SocketAddr>,
+    pub logic_grpc: SocketAddr,
+    pub gateway_grpc: SocketAddr,
+}
+
+fn grpc_url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+impl Up {
+    /// Starts control, then the gateway and worker pointed at it. Ports may be 0.
+    pub async fn start(mut cfg: Config) -> anyhow::Result<Self> {
+        cfg.control.demo_users.get_or_insert(true);
+        cfg.validate()?;
+        let queue = Arc::new(MemoryQueue::new(cfg.control.queue_capacity));
+        let control = Control::start(cfg.control.clone(), queue.clone() as Arc<dyn Queue>).await?;
+        cfg.gateway.logic = grpc_url(control.grpc_addr);
+        let gateway = match Gateway::start(cfg.gateway.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                control.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        control.set_site_ws_port(gateway.ws_addr.port());
+        cfg.worker.logic = grpc_url(control.grpc_addr);
+        cfg.worker.gateways = vec![GatewayAddr { id: gateway.id.to_string(), grpc: grpc_url(gateway.grpc_addr) }];
+        let worker = WorkerHandle::start(Worker::new(cfg.worker.clone(), queue.clone() as Arc<dyn Queue>)?);
+        Ok(Self { control, gateway, worker, queue, ws_path: cfg.gateway.ws_path })
+    }
+
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            site: self.control.site_addr,
+            api: self.control.api_addr,
+            ws: self.gateway.ws_addr,
+            ws_path: self.ws_path.clone(),
+            tcp: self.gateway.tcp_addr,
+            logic_grpc: self.control.grpc_addr,
+            gateway_grpc: self.gateway.grpc_addr,
+        }
+    }
+
+    /// Closes client connections, drains the worker, stops control.
+    pub async fn shutdown(self) {
+        self.gateway.shutdown().await;
+        self.worker.shutdown().await;
+        self.queue.close();
+        self.control.shutdown().await;
+    }
+}
