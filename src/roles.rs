@@ -93,6 +93,11 @@ impl Up {
         }
     }
 
+    /// Live connections on the gateway's shards.
+    pub fn gateway_conns(&self) -> u64 {
+        self.gateway.connections()
+    }
+
     /// Closes client connections, drains the worker, stops control.
     pub async fn shutdown(self) {
         self.gateway.shutdown().await;

@@ -100,7 +100,9 @@ impl ControlHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
-            let _ = task.await;
+            if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("a control listener did not drain in 5 s; left behind");
+            }
         }
         self.store.close().await;
     }

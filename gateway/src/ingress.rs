@@ -18,6 +18,8 @@ pub struct Ingress {
     pub gateway_id: Arc<str>,
     pub inboxes: Arc<[Arc<Inbox>]>,
     pub stats: Arc<[Arc<ShardStats>]>,
+    /// Becomes true at shutdown: push streams end so the gRPC server can drain.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Ingress {
@@ -60,9 +62,14 @@ impl Gateway for Ingress {
         let mut batches = request.into_inner();
         let (acks, rx) = mpsc::channel(64);
         let this = self.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             loop {
-                match batches.message().await {
+                let next = tokio::select! {
+                    m = batches.message() => m,
+                    _ = stopping.wait_for(|s| *s) => return,
+                };
+                match next {
                     Ok(Some(batch)) => {
                         let batch_id = batch.batch_id;
                         this.deliver(batch).await;

@@ -9,14 +9,14 @@ use gochat_proto::gateway::gateway_server::GatewayServer;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::GatewayResetRequest;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::driver::{self, Clock, Driver, ShardSetup};
 use crate::ingress::Ingress;
 use crate::protocol::Transport;
-use crate::shard::{Command, Inbox, Shard};
+use crate::shard::{Command, Inbox, Shard, ShardStats};
 use crate::{logic_link, Error, GatewayConfig};
 
 pub struct Gateway;
@@ -30,8 +30,9 @@ pub struct GatewayHandle {
     pub driver: Driver,
     pub shards: usize,
     inboxes: Arc<[Arc<Inbox>]>,
+    stats: Arc<[Arc<ShardStats>]>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
-    grpc_stop: oneshot::Sender<()>,
+    grpc_stop: watch::Sender<bool>,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
@@ -98,13 +99,20 @@ impl Gateway {
         drop(effects_tx);
         tokio::spawn(logic_link::run(effects_rx, logic, id.clone(), inboxes.clone()));
 
-        let ingress = Ingress { gateway_id: id.clone(), inboxes: inboxes.clone(), stats: stats.into() };
-        let (grpc_stop, stop_rx) = oneshot::channel::<()>();
+        let stats: Arc<[Arc<ShardStats>]> = stats.into();
+        let (grpc_stop, stop_rx) = watch::channel(false);
+        let ingress = Ingress {
+            gateway_id: id.clone(),
+            inboxes: inboxes.clone(),
+            stats: stats.clone(),
+            stopping: stop_rx.clone(),
+        };
+        let mut stop_rx = stop_rx;
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(GatewayServer::new(ingress))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async {
-                    let _ = stop_rx.await;
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
                 }),
         );
         tracing::info!(%ws_addr, ?tcp_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
@@ -116,6 +124,7 @@ impl Gateway {
             driver,
             shards,
             inboxes,
+            stats,
             threads,
             grpc_stop,
             grpc_task,
@@ -124,6 +133,11 @@ impl Gateway {
 }
 
 impl GatewayHandle {
+    /// Open connections over all shards.
+    pub fn connections(&self) -> u64 {
+        self.stats.iter().map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
         for inbox in self.inboxes.iter() {
@@ -136,8 +150,10 @@ impl GatewayHandle {
             }
         })
         .await;
-        let _ = self.grpc_stop.send(());
-        let _ = self.grpc_task.await;
+        let _ = self.grpc_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.grpc_task).await.is_err() {
+            tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
+        }
     }
 }
 

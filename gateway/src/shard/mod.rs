@@ -298,6 +298,10 @@ impl Shard {
             }
             Request::Refuse { message, fatal } => {
                 if fatal {
+                    // gochat's clients cannot see a close reason: say it in a frame too.
+                    if transport == Transport::WebSocket {
+                        self.queue(key, protocol::error_frame(transport, &message));
+                    }
                     self.begin_close(key, Some((1008, &message)));
                 } else {
                     self.queue(key, protocol::error_frame(transport, &message));

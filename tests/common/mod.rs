@@ -1,0 +1,248 @@
+//! Shared helpers: start `gochat up` in-process on free ports and drive it with real clients.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gochat::roles::Up;
+use gochat::Config;
+use gochat_proto::wire;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The gateway driver under test: `GOCHAT_TEST_DRIVER` (epoll by default).
+pub fn driver() -> gochat_gateway::driver::DriverChoice {
+    std::env::var("GOCHAT_TEST_DRIVER").ok().map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| {
+        d.parse().expect("GOCHAT_TEST_DRIVER")
+    })
+}
+
+/// A config with every listener on a free loopback port and an in-memory database.
+pub fn test_config() -> Config {
+    let mut cfg = Config::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    cfg.control.api_listen = any;
+    cfg.control.site_listen = Some(any);
+    cfg.control.grpc_listen = any;
+    cfg.control.database = "sqlite::memory:".into();
+    cfg.gateway.ws_listen = any;
+    cfg.gateway.tcp_listen = Some(any);
+    cfg.gateway.grpc_listen = any;
+    cfg.gateway.shards = 2;
+    cfg.gateway.driver = driver();
+    cfg
+}
+
+pub struct Server {
+    pub up: Up,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(cfg: Config) -> Self {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        }
+        let up = Up::start(cfg).await.expect("gochat up starts");
+        Self { up, http: reqwest::Client::new() }
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.up.control.api_addr, path)
+    }
+
+    /// POSTs `body` to a REST route and returns the envelope.
+    pub async fn api(&self, path: &str, body: Value) -> Value {
+        self.api_raw(path, body.to_string()).await
+    }
+
+    pub async fn api_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Value {
+        let res = self.http.post(self.api_url(path)).body(body).send().await.expect("REST reachable");
+        assert_eq!(res.status(), 200, "gochat answers 200 always");
+        res.json().await.expect("envelope is JSON")
+    }
+
+    /// Registers a fresh user; returns (token, user id, name).
+    pub async fn user(&self, prefix: &str) -> User {
+        let name = unique(prefix);
+        let r = self.api("/user/register", json!({"userName": name, "passWord": "secret-1"})).await;
+        assert_eq!(r["code"], 0, "{r}");
+        let token = r["data"].as_str().unwrap().to_string();
+        let auth = self.api("/user/checkAuth", json!({"authToken": token})).await;
+        User { token, id: auth["data"]["userId"].as_u64().unwrap(), name }
+    }
+
+    pub async fn push_room(&self, user: &User, room: u64, msg: &str) -> Value {
+        self.api("/push/pushRoom", json!({"authToken": user.token, "roomId": room, "msg": msg})).await
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.up.gateway.ws_addr)
+    }
+
+    /// A WebSocket connected, authenticated and in `room` (op 7 received).
+    pub async fn ws(&self, user: &User, room: u64) -> Ws {
+        let mut ws = self.ws_raw().await;
+        ws.send_json(json!({"authToken": user.token, "roomId": room})).await;
+        let ok = ws.recv_op(wire::OP_AUTH_OK).await;
+        assert_eq!(ok["userId"], user.id);
+        ws
+    }
+
+    pub async fn ws_raw(&self) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(self.ws_url()).await.expect("ws connects");
+        Ws(stream)
+    }
+
+    /// A TCP `v1` client, authenticated (op 6) and in `room`.
+    pub async fn tcp(&self, user: &User, room: u64) -> Tcp {
+        let mut tcp = Tcp(TcpStream::connect(self.up.gateway.tcp_addr.unwrap()).await.unwrap());
+        tcp.send_json(json!({"authToken": user.token, "roomId": room, "op": 6})).await;
+        let ok = tcp.recv_op(wire::OP_AUTH_OK).await;
+        assert_eq!(ok["userId"], user.id);
+        tcp
+    }
+
+    pub async fn shutdown(self) {
+        self.up.shutdown().await;
+    }
+}
+
+pub struct User {
+    pub token: String,
+    pub id: u64,
+    pub name: String,
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub struct Ws(pub WebSocketStream<MaybeTlsStream<TcpStream>>);
+
+/// How a socket ended.
+#[derive(Debug, PartialEq)]
+pub enum End {
+    Close(u16, String),
+    Eof,
+}
+
+impl Ws {
+    pub async fn send_json(&mut self, v: Value) {
+        self.0.send(Message::text(v.to_string())).await.expect("ws send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.0.send(Message::text(s.to_string())).await.expect("ws send");
+    }
+
+    /// The next JSON text frame, or `None` when the socket ended.
+    pub async fn next_json(&mut self) -> Result<Value, End> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.0.next()).await.expect("a frame in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("server frames are JSON")),
+                Some(Ok(Message::Close(Some(f)))) => return Err(End::Close(f.code.into(), f.reason.to_string())),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Err(End::Eof),
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one with `op`.
+    pub async fn recv_op(&mut self, op: i32) -> Value {
+        loop {
+            let v = self.next_json().await.unwrap_or_else(|e| panic!("socket ended ({e:?}) waiting for op {op}"));
+            if v["op"] == op {
+                return v;
+            }
+        }
+    }
+
+    /// Skips frames until the socket ends; returns how.
+    pub async fn recv_end(&mut self) -> End {
+        loop {
+            if let Err(end) = self.next_json().await {
+                return end;
+            }
+        }
+    }
+
+    /// Frames that arrive within `d` (none expected in negative checks).
+    pub async fn frames_within(&mut self, d: Duration) -> Vec<Value> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.0.next()).await {
+            if let Message::Text(t) = msg {
+                got.push(serde_json::from_str(&t).unwrap());
+            }
+        }
+        got
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.0.close(None).await;
+        // Read until the server's close reply so the gateway has seen the close.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, self.0.next()).await {}
+    }
+}
+
+pub struct Tcp(pub TcpStream);
+
+impl Tcp {
+    pub async fn send_json(&mut self, v: Value) {
+        let mut frame = Vec::new();
+        wire::encode_tcp_frame(v.to_string().as_bytes(), &mut frame).unwrap();
+        self.0.write_all(&frame).await.unwrap();
+    }
+
+    /// The next frame's JSON body, or `None` at EOF.
+    pub async fn next_json(&mut self) -> Option<Value> {
+        let mut head = [0u8; 4];
+        let read = tokio::time::timeout(WAIT, self.0.read_exact(&mut head)).await.expect("a frame in time");
+        if read.is_err() {
+            return None;
+        }
+        assert_eq!(&head[..2], b"v1");
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize - 4;
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body).await.unwrap();
+        Some(serde_json::from_slice(&body).expect("server frames are JSON"))
+    }
+
+    pub async fn recv_op(&mut self, op: i32) -> Value {
+        loop {
+            let v = self.next_json().await.unwrap_or_else(|| panic!("EOF waiting for op {op}"));
+            if v["op"] == op {
+                return v;
+            }
+        }
+    }
+}
+
+/// Retries `check` until it returns true or the wait is over.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not true in time: {what}");
+}
