@@ -18,7 +18,9 @@ pub struct Config {
 impl Config {
     /// Reads `path`, or the defaults when there is none.
     pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))

@@ -62,7 +62,9 @@ fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(command, cfg))
 }
 
@@ -81,8 +83,15 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             if let Some(tcp) = a.tcp {
                 println!("  TCP         {tcp}");
             }
-            println!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc);
-            println!("  gateway     {} shards, {} driver", up.gateway.shards, up.gateway.driver.name());
+            println!(
+                "  gRPC        logic {}, gateway {}",
+                a.logic_grpc, a.gateway_grpc
+            );
+            println!(
+                "  gateway     {} shards, {} driver",
+                up.gateway.shards,
+                up.gateway.driver.name()
+            );
             println!("  demo users  demo, test, admin (password 111111)");
             println!("Ctrl-C to stop.");
             shutdown_signal().await;
@@ -91,7 +100,10 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         }
         Command::Gateway => {
             let gateway = Gateway::start(cfg.gateway).await?;
-            println!("gateway {} listening: ws://{} , tcp {:?}, gRPC {}", gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.grpc_addr);
+            println!(
+                "gateway {} listening: ws://{} , tcp {:?}, gRPC {}",
+                gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.grpc_addr
+            );
             shutdown_signal().await;
             gateway.shutdown().await;
         }
@@ -99,7 +111,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             cfg.control.demo_users.get_or_insert(false);
             let queue = Arc::new(MemoryQueue::new(cfg.control.queue_capacity));
             let control = Control::start(cfg.control, queue.clone() as Arc<dyn Queue>).await?;
-            let worker = WorkerHandle::start(Worker::new(cfg.worker, queue.clone() as Arc<dyn Queue>)?);
+            let worker =
+                WorkerHandle::start(Worker::new(cfg.worker, queue.clone() as Arc<dyn Queue>)?);
             println!(
                 "control listening: REST http://{}, logic gRPC {}, page {:?} (with an in-process queue-worker)",
                 control.api_addr, control.grpc_addr, control.site_addr

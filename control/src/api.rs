@@ -29,21 +29,35 @@ struct Envelope {
 }
 
 fn reply(code: i64, message: impl Into<String>, data: Value) -> Response {
-    let body = serde_json::to_vec(&Envelope { code, message: message.into(), data }).expect("envelope");
+    let body = serde_json::to_vec(&Envelope {
+        code,
+        message: message.into(),
+        data,
+    })
+    .expect("envelope");
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
     cors(h);
     res
 }
 
 fn cors(h: &mut axum::http::HeaderMap) {
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Origin, X-Requested-With, Content-Type, Accept"),
     );
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, OPTIONS, POST, PUT, DELETE"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, OPTIONS, POST, PUT, DELETE"),
+    );
 }
 
 fn success(message: &str, data: Value) -> Response {
@@ -64,10 +78,18 @@ fn from_error(e: LogicError) -> Response {
 
 /// The REST router. `max_body` bounds request bodies.
 pub fn router(logic: Arc<Logic>, max_body: usize) -> Router {
-    Router::new().fallback(dispatch).with_state(logic).layer(axum::extract::DefaultBodyLimit::max(max_body))
+    Router::new()
+        .fallback(dispatch)
+        .with_state(logic)
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
-async fn dispatch(State(logic): State<Arc<Logic>>, method: Method, uri: Uri, body: Result<Bytes, BytesRejection>) -> Response {
+async fn dispatch(
+    State(logic): State<Arc<Logic>>,
+    method: Method,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     if method == Method::OPTIONS {
         let mut res = (StatusCode::OK, "null").into_response();
         cors(res.headers_mut());
@@ -84,10 +106,15 @@ async fn dispatch(State(logic): State<Arc<Logic>>, method: Method, uri: Uri, bod
     match uri.path() {
         "/user/register" => register(logic, &body).await,
         "/user/login" => login(logic, &body).await,
-        "/user/checkAuth" => with_session(logic, &body, |s| async move {
-            success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
-        })
-        .await,
+        "/user/checkAuth" => {
+            with_session(logic, &body, |s| async move {
+                success(
+                    "auth success",
+                    serde_json::json!({"userId": s.user_id, "userName": s.user_name}),
+                )
+            })
+            .await
+        }
         "/user/logout" => logout(logic, &body),
         "/push/push" => with_session(logic, &body, |s| push(logic, &body, s)).await,
         "/push/pushRoom" => with_session(logic, &body, |s| push_room(logic, &body, s)).await,
@@ -98,8 +125,8 @@ async fn dispatch(State(logic): State<Arc<Logic>>, method: Method, uri: Uri, bod
 }
 
 /// Parses a route's body; a bad body is a code 1 with serde's explanation.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| fail(format!("bad request body: {e}")))
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, LogicError> {
+    serde_json::from_slice(body).map_err(|e| LogicError::Refused(format!("bad request body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -113,7 +140,7 @@ struct Credentials {
 async fn register(logic: &Logic, body: &[u8]) -> Response {
     let c: Credentials = match parse(body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
     match logic.register(&c.user_name, &c.pass_word).await {
         Ok(token) => success("register success", Value::String(token)),
@@ -124,7 +151,7 @@ async fn register(logic: &Logic, body: &[u8]) -> Response {
 async fn login(logic: &Logic, body: &[u8]) -> Response {
     let c: Credentials = match parse(body) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
     match logic.login(&c.user_name, &c.pass_word).await {
         Ok(token) => success("login success", Value::String(token)),
@@ -167,9 +194,16 @@ fn logout(logic: &Logic, body: &[u8]) -> Response {
 /// gochat's clients send ids as numbers or numeric strings.
 fn id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Value::deserialize(d)? {
-        Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom(format!("{n} is not a valid id"))),
-        Value::String(s) => s.trim().parse().map_err(|_| serde::de::Error::custom(format!("{s:?} is not a valid id"))),
-        other => Err(serde::de::Error::custom(format!("{other} is not a valid id"))),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a valid id"))),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a valid id"))),
+        other => Err(serde::de::Error::custom(format!(
+            "{other} is not a valid id"
+        ))),
     }
 }
 
@@ -186,9 +220,12 @@ struct PushBody {
 async fn push(logic: &Logic, body: &[u8], from: Session) -> Response {
     let b: PushBody = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
-    match logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await {
+    match logic
+        .push_user(&from, b.to_user_id, b.room_id, &b.msg)
+        .await
+    {
         Ok(()) => success("ok", Value::Null),
         Err(e) => from_error(e),
     }
@@ -205,7 +242,7 @@ struct RoomBody {
 async fn push_room(logic: &Logic, body: &[u8], from: Session) -> Response {
     let b: RoomBody = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
     match logic.push_room(&from, b.room_id, &b.msg).await {
         Ok(()) => success("ok", Value::String(String::new())),
@@ -223,7 +260,7 @@ struct RoomOnly {
 async fn count(logic: &Logic, body: &[u8]) -> Response {
     let b: RoomOnly = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
     match logic.push_count(b.room_id).await {
         Ok(()) => success("ok", Value::String(String::new())),
@@ -234,7 +271,7 @@ async fn count(logic: &Logic, body: &[u8]) -> Response {
 async fn room_info(logic: &Logic, body: &[u8]) -> Response {
     let b: RoomOnly = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(e) => return from_error(e),
     };
     match logic.push_room_info(b.room_id).await {
         Ok(()) => success("ok", Value::String(String::new())),

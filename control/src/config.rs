@@ -58,13 +58,18 @@ impl ControlConfig {
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !self.database.starts_with("sqlite:") {
-            return err(format!("database {:?}: only sqlite: URLs are supported in this build", self.database));
+            return err(format!(
+                "database {:?}: only sqlite: URLs are supported in this build",
+                self.database
+            ));
         }
         if self.session_ttl_secs == 0 {
             return err("session_ttl_secs must be above 0".into());
         }
         if self.max_message_bytes == 0 || self.max_message_bytes + 1024 > self.max_body_bytes {
-            return err("max_message_bytes must be above 0 and at least 1 KiB below max_body_bytes".into());
+            return err(
+                "max_message_bytes must be above 0 and at least 1 KiB below max_body_bytes".into(),
+            );
         }
         if !self.site_ws_path.starts_with('/') {
             return err("site_ws_path must start with '/'".into());

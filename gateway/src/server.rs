@@ -56,7 +56,10 @@ impl Gateway {
         };
         let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
             .await
-            .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })?;
+            .map_err(|source| Error::Bind {
+                addr: cfg.grpc_listen,
+                source,
+            })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let logic = logic_client(&cfg.logic)?;
         let id: Arc<str> = cfg.id.as_str().into();
@@ -97,7 +100,12 @@ impl Gateway {
             threads.push(thread);
         }
         drop(effects_tx);
-        tokio::spawn(logic_link::run(effects_rx, logic, id.clone(), inboxes.clone()));
+        tokio::spawn(logic_link::run(
+            effects_rx,
+            logic,
+            id.clone(),
+            inboxes.clone(),
+        ));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
@@ -135,7 +143,10 @@ impl Gateway {
 impl GatewayHandle {
     /// Open connections over all shards.
     pub fn connections(&self) -> u64 {
-        self.stats.iter().map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.stats
+            .iter()
+            .map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
@@ -151,7 +162,10 @@ impl GatewayHandle {
         })
         .await;
         let _ = self.grpc_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), self.grpc_task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.grpc_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
         }
     }
@@ -169,7 +183,9 @@ fn logic_client(endpoint: &str) -> Result<LogicClient<Channel>, Error> {
 
 /// Routes logic holds for this gateway id are from an earlier run: clear them.
 async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
-    let req = GatewayResetRequest { gateway_id: id.to_string() };
+    let req = GatewayResetRequest {
+        gateway_id: id.to_string(),
+    };
     if let Err(status) = logic.gateway_reset(req).await {
         tracing::warn!(%status, "could not reset this gateway's routes in logic; stale ones expire later");
     }
@@ -177,12 +193,19 @@ async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
 
 /// Binds `n` listeners to one address with `SO_REUSEPORT`, so the kernel spreads connections
 /// over the shards. Port 0 picks one port for all of them.
-fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let bind = || -> std::io::Result<std::net::TcpListener> {
-            let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+            let socket = Socket::new(
+                Domain::for_address(bound),
+                Type::STREAM,
+                Some(Protocol::TCP),
+            )?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
             socket.set_nonblocking(true)?;
@@ -190,7 +213,10 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpListen
             socket.listen(4096)?;
             Ok(socket.into())
         };
-        let listener = bind().map_err(|source| Error::Bind { addr: bound, source })?;
+        let listener = bind().map_err(|source| Error::Bind {
+            addr: bound,
+            source,
+        })?;
         if bound.port() == 0 {
             bound = listener.local_addr()?;
         }

@@ -24,7 +24,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { ws_path: "/ws".into(), max_frame: 64 * 1024, max_message: 64 * 1024 }
+        Self {
+            ws_path: "/ws".into(),
+            max_frame: 64 * 1024,
+            max_message: 64 * 1024,
+        }
     }
 }
 
@@ -48,7 +52,10 @@ pub fn append_frame(transport: Transport, body: &[u8], out: &mut Vec<u8>) {
         Transport::WebSocket => ws::encode(fastwebsockets::OpCode::Text, body, out),
         Transport::Tcp => {
             if wire::encode_tcp_frame(body, out).is_err() {
-                tracing::warn!(len = body.len(), "message too large for a TCP frame; dropped");
+                tracing::warn!(
+                    len = body.len(),
+                    "message too large for a TCP frame; dropped"
+                );
             }
         }
     }

@@ -39,12 +39,14 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
     };
     match phase {
         Phase::AwaitAuth => match req.op {
-            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => {
-                Request::Auth { token: req.auth_token, room_id: req.room_id }
-            }
-            None | Some(wire::OP_BUILD_TCP_CONN) => {
-                Request::Refuse { message: "authToken is required".into(), fatal: true }
-            }
+            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => Request::Auth {
+                token: req.auth_token,
+                room_id: req.room_id,
+            },
+            None | Some(wire::OP_BUILD_TCP_CONN) => Request::Refuse {
+                message: "authToken is required".into(),
+                fatal: true,
+            },
             Some(_) => Request::Refuse {
                 message: "authenticate first: send authToken and roomId (TCP: op 6)".into(),
                 fatal: true,
@@ -62,9 +64,10 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
                 message: format!("this connection is in room {room_id}, not {}", req.room_id),
                 fatal: false,
             },
-            (Some(wire::OP_ROOM_SEND), None) => {
-                Request::Refuse { message: "op 3 needs msg".into(), fatal: false }
-            }
+            (Some(wire::OP_ROOM_SEND), None) => Request::Refuse {
+                message: "op 3 needs msg".into(),
+                fatal: false,
+            },
             (None | Some(wire::OP_BUILD_TCP_CONN), _) if !req.auth_token.is_empty() => {
                 if req.room_id == room_id {
                     Request::AlreadyJoined
@@ -78,7 +81,10 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
                     }
                 }
             }
-            _ => Request::Refuse { message: "unknown request".into(), fatal: false },
+            _ => Request::Refuse {
+                message: "unknown request".into(),
+                fatal: false,
+            },
         },
     }
 }
@@ -87,23 +93,35 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
 mod tests {
     use super::*;
 
-    const LIVE: Phase = Phase::Live { user_id: 1, room_id: 1 };
+    const LIVE: Phase = Phase::Live {
+        user_id: 1,
+        room_id: 1,
+    };
 
     #[test]
     fn auth_frames() {
         assert_eq!(
             interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":1}"#),
-            Request::Auth { token: "t".into(), room_id: 1 }
+            Request::Auth {
+                token: "t".into(),
+                room_id: 1
+            }
         );
         assert_eq!(
             interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":2,"op":6}"#),
-            Request::Auth { token: "t".into(), room_id: 2 }
+            Request::Auth {
+                token: "t".into(),
+                room_id: 2
+            }
         );
         assert!(matches!(
             interpret(Phase::AwaitAuth, br#"{"roomId":1}"#),
             Request::Refuse { fatal: true, .. }
         ));
-        assert!(matches!(interpret(Phase::AwaitAuth, b"garbage"), Request::Refuse { fatal: true, .. }));
+        assert!(matches!(
+            interpret(Phase::AwaitAuth, b"garbage"),
+            Request::Refuse { fatal: true, .. }
+        ));
         assert!(matches!(
             interpret(Phase::AwaitAuth, br#"{"op":3,"msg":"x"}"#),
             Request::Refuse { fatal: true, .. }
@@ -112,7 +130,10 @@ mod tests {
 
     #[test]
     fn live_requests() {
-        assert_eq!(interpret(LIVE, br#"{"authToken":"t","roomId":1}"#), Request::AlreadyJoined);
+        assert_eq!(
+            interpret(LIVE, br#"{"authToken":"t","roomId":1}"#),
+            Request::AlreadyJoined
+        );
         assert!(matches!(
             interpret(LIVE, br#"{"authToken":"t","roomId":2}"#),
             Request::Refuse { fatal: false, .. }
@@ -121,7 +142,13 @@ mod tests {
             interpret(LIVE, br#"{"op":3,"msg":"hi","roomId":1,"fromUserId":99}"#),
             Request::RoomSend { msg: "hi".into() }
         );
-        assert!(matches!(interpret(LIVE, b"{bad"), Request::Refuse { fatal: false, .. }));
-        assert!(matches!(interpret(LIVE, br#"{"op":42}"#), Request::Refuse { fatal: false, .. }));
+        assert!(matches!(
+            interpret(LIVE, b"{bad"),
+            Request::Refuse { fatal: false, .. }
+        ));
+        assert!(matches!(
+            interpret(LIVE, br#"{"op":42}"#),
+            Request::Refuse { fatal: false, .. }
+        ));
     }
 }

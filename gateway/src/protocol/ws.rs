@@ -41,10 +41,11 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
     }
     let (b0, b1) = (buf[0], buf[1]);
     if b0 & 0x70 != 0 {
-        return Err(Violation::protocol("reserved bits set without an extension"));
+        return Err(Violation::protocol(
+            "reserved bits set without an extension",
+        ));
     }
-    let opcode =
-        OpCode::try_from(b0 & 0x0f).map_err(|_| Violation::protocol("unknown opcode"))?;
+    let opcode = OpCode::try_from(b0 & 0x0f).map_err(|_| Violation::protocol("unknown opcode"))?;
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
         return Err(Violation::protocol("client frames must be masked"));
@@ -68,7 +69,7 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         }
         n => (n as u64, 0),
     };
-    if fastwebsockets::OpCode::is_control_code(opcode) {
+    if is_control(opcode) {
         if !fin {
             return Err(Violation::protocol("fragmented control frame"));
         }
@@ -84,17 +85,17 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         return Ok(None);
     }
     let mask = buf[2 + ext..header_len].try_into().expect("4 bytes");
-    Ok(Some(Header { fin, opcode, mask, header_len, payload_len: len as usize }))
+    Ok(Some(Header {
+        fin,
+        opcode,
+        mask,
+        header_len,
+        payload_len: len as usize,
+    }))
 }
 
-trait IsControl {
-    fn is_control_code(self) -> bool;
-}
-
-impl IsControl for OpCode {
-    fn is_control_code(self) -> bool {
-        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
-    }
+fn is_control(opcode: OpCode) -> bool {
+    matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
 }
 
 /// Unmasks a client payload in place (SIMD where available).
@@ -183,7 +184,11 @@ pub(crate) mod tests {
             let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
             assert_eq!((h.payload_len, h.header_len + len), (len, frame.len()));
             for cut in 0..h.header_len {
-                assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None), "len {len} cut {cut}");
+                assert_eq!(
+                    parse_header(&frame[..cut], 1 << 20),
+                    Ok(None),
+                    "len {len} cut {cut}"
+                );
             }
             let mut payload = frame[h.header_len..].to_vec();
             unmask(&mut payload, h.mask);
@@ -200,7 +205,11 @@ pub(crate) mod tests {
         assert_eq!(code(&[0x09, 0x80]), 1002, "fragmented ping");
         assert_eq!(code(&client_frame(true, 9, &[0; 126])), 1002, "long ping");
         assert_eq!(code(&client_frame(true, 1, &[0; 2000])), 1009, "too big");
-        assert_eq!(code(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]), 1002, "top bit");
+        assert_eq!(
+            code(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+            1002,
+            "top bit"
+        );
     }
 
     #[test]
@@ -216,7 +225,14 @@ pub(crate) mod tests {
         assert_eq!(close_reply_code(&[]), Ok(1000));
         assert_eq!(close_reply_code(&[0x03, 0xe8]), Ok(1000));
         assert_eq!(close_reply_code(&[0x03]).unwrap_err().code, 1002);
-        assert_eq!(close_reply_code(&[0x03, 0xed]).unwrap_err().code, 1002, "1005 is reserved");
-        assert_eq!(close_reply_code(&[0x03, 0xe8, 0xff]).unwrap_err().code, 1007);
+        assert_eq!(
+            close_reply_code(&[0x03, 0xed]).unwrap_err().code,
+            1002,
+            "1005 is reserved"
+        );
+        assert_eq!(
+            close_reply_code(&[0x03, 0xe8, 0xff]).unwrap_err().code,
+            1007
+        );
     }
 }

@@ -65,7 +65,10 @@ impl Framed {
             protocol::append_frame(Transport::WebSocket, body.as_ref(), &mut ws);
             protocol::append_frame(Transport::Tcp, body.as_ref(), &mut tcp);
         }
-        Self { ws: ws.into(), tcp: tcp.into() }
+        Self {
+            ws: ws.into(),
+            tcp: tcp.into(),
+        }
     }
 
     fn for_transport(&self, t: Transport) -> &Bytes {
@@ -98,7 +101,11 @@ pub enum Command {
     /// Write to every local connection of a user.
     User { user_id: u64, frames: Framed },
     /// The answer to an [`Effect::Auth`].
-    AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
+    AuthDone {
+        key: u32,
+        conn_id: u64,
+        result: Result<AuthedUser, AuthRefused>,
+    },
     /// Close every connection and stop.
     Shutdown,
 }
@@ -106,10 +113,19 @@ pub enum Command {
 /// What a shard asks of logic; the gateway's logic link carries them out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    Auth { key: u32, conn_id: u64, token: String, room_id: u64 },
+    Auth {
+        key: u32,
+        conn_id: u64,
+        token: String,
+        room_id: u64,
+    },
     /// A connection logic knows about (it authenticated) is gone.
     Closed { conn_id: u64 },
-    RoomSend { user_id: u64, room_id: u64, msg: String },
+    RoomSend {
+        user_id: u64,
+        room_id: u64,
+        msg: String,
+    },
 }
 
 /// Counters readable from other threads (stats, metrics).
@@ -240,8 +256,11 @@ impl Shard {
             user_pos: 0,
             out: OutQueue::default(),
         }) as u32;
-        self.wheel.schedule(now + self.limits.auth_timeout_secs, key, id);
-        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.wheel
+            .schedule(now + self.limits.auth_timeout_secs, key, id);
+        self.stats
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
         (key, id)
     }
 
@@ -275,7 +294,9 @@ impl Shard {
     }
 
     fn on_message(&mut self, key: u32, body: &[u8]) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -283,7 +304,12 @@ impl Shard {
         match session::interpret(conn.phase, body) {
             Request::Auth { token, room_id } => {
                 conn.phase = Phase::Authenticating { room_id };
-                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id });
+                self.effects.push(Effect::Auth {
+                    key,
+                    conn_id: id,
+                    token,
+                    room_id,
+                });
             }
             Request::AlreadyJoined => {
                 if let Phase::Live { user_id, room_id } = conn.phase {
@@ -293,7 +319,11 @@ impl Shard {
             }
             Request::RoomSend { msg } => {
                 if let Phase::Live { user_id, room_id } = conn.phase {
-                    self.effects.push(Effect::RoomSend { user_id, room_id, msg });
+                    self.effects.push(Effect::RoomSend {
+                        user_id,
+                        room_id,
+                        msg,
+                    });
                 }
             }
             Request::Refuse { message, fatal } => {
@@ -314,18 +344,36 @@ impl Shard {
     pub fn on_command(&mut self, cmd: Command, now: u32) {
         match cmd {
             Command::Room { room_id, frames } => {
-                let Self { rooms, conns, dirty, limits, stats, .. } = self;
+                let Self {
+                    rooms,
+                    conns,
+                    dirty,
+                    limits,
+                    stats,
+                    ..
+                } = self;
                 for &key in rooms.members(room_id) {
                     queue_to(conns, dirty, limits, stats, key, &frames);
                 }
             }
             Command::User { user_id, frames } => {
-                let Self { users, conns, dirty, limits, stats, .. } = self;
+                let Self {
+                    users,
+                    conns,
+                    dirty,
+                    limits,
+                    stats,
+                    ..
+                } = self;
                 for &key in users.members(user_id) {
                     queue_to(conns, dirty, limits, stats, key, &frames);
                 }
             }
-            Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result, now),
+            Command::AuthDone {
+                key,
+                conn_id,
+                result,
+            } => self.auth_done(key, conn_id, result, now),
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
@@ -336,7 +384,13 @@ impl Shard {
         }
     }
 
-    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused>, now: u32) {
+    fn auth_done(
+        &mut self,
+        key: u32,
+        conn_id: u64,
+        result: Result<AuthedUser, AuthRefused>,
+        now: u32,
+    ) {
         let conn = match self.conns.get_mut(key as usize) {
             Some(c) if c.id == conn_id && !c.closing => c,
             _ => {
@@ -347,15 +401,28 @@ impl Shard {
                 return;
             }
         };
-        let Phase::Authenticating { room_id } = conn.phase else { return };
+        let Phase::Authenticating { room_id } = conn.phase else {
+            return;
+        };
         match result {
             Ok(user) => {
-                conn.phase = Phase::Live { user_id: user.user_id, room_id };
+                conn.phase = Phase::Live {
+                    user_id: user.user_id,
+                    room_id,
+                };
                 conn.room_pos = self.rooms.insert(room_id, key);
                 conn.user_pos = self.users.insert(user.user_id, key);
-                let frame = auth_ok_frame(conn.codec.transport(), user.user_id, &user.user_name, room_id);
-                self.wheel.schedule(now + self.limits.ping_after_secs, key, conn_id);
-                self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
+                let frame = auth_ok_frame(
+                    conn.codec.transport(),
+                    user.user_id,
+                    &user.user_name,
+                    room_id,
+                );
+                self.wheel
+                    .schedule(now + self.limits.ping_after_secs, key, conn_id);
+                self.stats
+                    .rooms
+                    .store(self.rooms.0.len() as u64, Ordering::Relaxed);
                 self.queue(key, frame);
             }
             Err(refused) => {
@@ -370,7 +437,9 @@ impl Shard {
         let mut due = Vec::new();
         self.wheel.advance(now, |key, id| due.push((key, id)));
         for (key, id) in due {
-            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
             if conn.id != id || conn.closing {
                 continue;
             }
@@ -397,7 +466,8 @@ impl Shard {
                         let at = conn_last_rx(&self.conns, key) + self.limits.idle_timeout_secs;
                         self.wheel.schedule(at, key, id);
                     } else {
-                        self.wheel.schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
+                        self.wheel
+                            .schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
                     }
                 }
             }
@@ -406,14 +476,26 @@ impl Shard {
 
     /// Queues `bytes` for the connection at `key`.
     fn queue(&mut self, key: u32, bytes: Bytes) {
-        let frames = Framed { ws: bytes.clone(), tcp: bytes };
-        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, key, &frames);
+        let frames = Framed {
+            ws: bytes.clone(),
+            tcp: bytes,
+        };
+        queue_to(
+            &mut self.conns,
+            &mut self.dirty,
+            &self.limits,
+            &self.stats,
+            key,
+            &frames,
+        );
     }
 
     /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
     /// the driver removes the connection once its output is written.
     pub fn begin_close(&mut self, key: u32, why: Option<(u16, &str)>) {
-        let Some(conn) = self.conns.get_mut(key as usize) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -421,7 +503,9 @@ impl Shard {
             (Some((code, reason)), Transport::WebSocket) if conn.codec.is_open() => {
                 Some(ws::close_frame(code, reason))
             }
-            (Some((_, reason)), Transport::Tcp) => Some(protocol::error_frame(Transport::Tcp, reason)),
+            (Some((_, reason)), Transport::Tcp) => {
+                Some(protocol::error_frame(Transport::Tcp, reason))
+            }
             _ => None,
         };
         if let Some(frame) = frame {
@@ -460,7 +544,9 @@ impl Shard {
 
     /// Whether the connection at `key` has pending output.
     pub fn has_output(&self, key: u32) -> bool {
-        self.conns.get(key as usize).is_some_and(|c| !c.out.is_empty())
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| !c.out.is_empty())
     }
 
     /// Whether the connection at `key` should be removed once its output is written.
@@ -482,9 +568,13 @@ impl Shard {
                 self.conns[moved as usize].user_pos = conn.user_pos;
             }
             self.effects.push(Effect::Closed { conn_id: conn.id });
-            self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
+            self.stats
+                .rooms
+                .store(self.rooms.0.len() as u64, Ordering::Relaxed);
         }
-        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+        self.stats
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     /// Effects for logic queued since the last call.
@@ -511,7 +601,9 @@ fn queue_to(
     key: u32,
     frames: &Framed,
 ) {
-    let Some(conn) = conns.get_mut(key as usize) else { return };
+    let Some(conn) = conns.get_mut(key as usize) else {
+        return;
+    };
     if conn.closing {
         return;
     }
@@ -519,7 +611,11 @@ fn queue_to(
     if conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
         // A slow consumer: its queue cannot take a close frame either, so drop it outright.
         stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(conn = conn.id, pending = conn.out.bytes(), "slow consumer dropped");
+        tracing::debug!(
+            conn = conn.id,
+            pending = conn.out.bytes(),
+            "slow consumer dropped"
+        );
         conn.out.clear();
         conn.closing = true;
     } else {

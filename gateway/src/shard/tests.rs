@@ -1,1 +1,185 @@
-// shard tests
+//! The shard driven without sockets: bytes in, output and effects out.
+
+use super::*;
+use crate::protocol::ws::tests::client_frame;
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn shard() -> Shard {
+    Shard::new(3, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
+}
+
+/// Everything queued for `key`, as one byte string, marked written.
+fn written(s: &mut Shard, key: u32) -> Vec<u8> {
+    let mut dirty = Vec::new();
+    s.take_dirty(&mut dirty);
+    let out = s.out_mut(key).unwrap();
+    let mut iov = [std::io::IoSlice::new(&[]); 64];
+    let n = out.io_slices(&mut iov);
+    let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+    s.wrote(key, bytes.len());
+    bytes
+}
+
+/// Opens a WebSocket, authenticates it as `user` in `room`; returns its key and id.
+fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
+    s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
+    let effects: Vec<_> = s.take_effects().collect();
+    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
+    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    let out = written(s, key);
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    assert!(String::from_utf8_lossy(&out).contains(r#""op":7"#));
+    (key, id)
+}
+
+#[test]
+fn ids_carry_the_shard_index() {
+    let mut s = shard();
+    let (_, id) = s.open(Transport::Tcp, 0);
+    assert_eq!(id >> 48, 3);
+}
+
+#[test]
+fn room_broadcast_shares_one_buffer() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    let (c, _) = live_ws(&mut s, 3, 8);
+    let frames = Framed::encode(&[br#"{"op":3,"msg":"hi"}"#.as_slice()]);
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    let mut dirty = Vec::new();
+    s.take_dirty(&mut dirty);
+    dirty.sort();
+    assert_eq!(dirty, vec![a, b]);
+    for key in [a, b] {
+        let out = s.out_mut(key).unwrap();
+        let mut iov = [std::io::IoSlice::new(&[]); 4];
+        assert_eq!(out.io_slices(&mut iov), 1);
+        assert_eq!(iov[0].as_ptr(), frames.ws.as_ptr(), "a reference to the shared frame, not a copy");
+    }
+    assert!(!s.has_output(c));
+}
+
+#[test]
+fn user_push_reaches_every_connection_of_the_user() {
+    let mut s = shard();
+    let (a1, _) = live_ws(&mut s, 1, 7);
+    let (a2, _) = live_ws(&mut s, 1, 9);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) }, 0);
+    assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
+}
+
+#[test]
+fn removal_keeps_the_other_members_and_tells_logic() {
+    let mut s = shard();
+    let (a, a_id) = live_ws(&mut s, 1, 7);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    let (c, _) = live_ws(&mut s, 3, 7);
+    s.remove(a);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: a_id }]);
+    assert_eq!(s.room_members(7), 2);
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
+    assert!(s.has_output(b) && s.has_output(c));
+    s.remove(c);
+    s.remove(b);
+    assert_eq!(s.room_members(7), 0);
+}
+
+#[test]
+fn auth_answer_for_a_closed_connection_is_undone() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::Tcp, 0);
+    let mut frame = Vec::new();
+    wire::encode_tcp_frame(br#"{"op":6,"authToken":"t","roomId":1}"#, &mut frame).unwrap();
+    s.on_data(key, &mut frame, 0);
+    assert_eq!(s.take_effects().count(), 1);
+    s.remove(key);
+    assert_eq!(s.take_effects().count(), 0, "logic never heard of it");
+    let ok = AuthedUser { user_id: 1, user_name: "u".into() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: id }]);
+}
+
+#[test]
+fn refused_auth_closes_with_the_code() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    s.on_data(key, &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#), 0);
+    let refused = AuthRefused { close_code: 1008, message: "invalid token".into() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) }, 0);
+    assert!(s.is_closing(key));
+    let out = written(&mut s, key);
+    assert!(out.ends_with(b"\x88\x0f\x03\xf0invalid token"), "{out:?}");
+}
+
+#[test]
+fn slow_consumer_is_dropped_without_touching_others() {
+    let mut s = shard();
+    let (slow, _) = live_ws(&mut s, 1, 7);
+    let (ok, _) = live_ws(&mut s, 2, 7);
+    let frames = Framed::encode(&[vec![b'x'; 400]]);
+    for _ in 0..2 {
+        s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+        let _ = written(&mut s, ok);
+    }
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    assert!(s.is_closing(slow), "over 1000 pending bytes");
+    assert!(!s.has_output(slow), "its queue is freed");
+    assert!(!s.is_closing(ok));
+    assert_eq!(s.stats().slow_consumer_closes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn pings_a_silent_peer_then_drops_it() {
+    let mut s = shard();
+    let (key, _) = live_ws(&mut s, 1, 7);
+    s.on_tick(53);
+    assert!(!s.has_output(key));
+    s.on_tick(54);
+    assert_eq!(written(&mut s, key), b"\x89\x00");
+    s.on_tick(59);
+    assert!(!s.is_closing(key));
+    s.on_tick(60);
+    assert!(s.is_closing(key));
+}
+
+#[test]
+fn activity_postpones_the_ping() {
+    let mut s = shard();
+    let (key, _) = live_ws(&mut s, 1, 7);
+    s.on_data(key, &mut client_frame(true, 10, b""), 30);
+    s.on_tick(54);
+    assert!(!s.has_output(key));
+    s.on_tick(84);
+    assert_eq!(written(&mut s, key), b"\x89\x00");
+    s.on_data(key, &mut client_frame(true, 10, b""), 85);
+    s.on_tick(120);
+    assert!(!s.is_closing(key), "the pong reset the idle clock");
+}
+
+#[test]
+fn unauthenticated_connections_time_out() {
+    let mut s = shard();
+    let (key, _) = s.open(Transport::WebSocket, 0);
+    s.on_tick(9);
+    assert!(!s.is_closing(key));
+    s.on_tick(10);
+    assert!(s.is_closing(key));
+}
+
+#[test]
+fn shutdown_closes_everyone_with_going_away() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    s.on_command(Command::Shutdown, 0);
+    assert!(s.is_shutting_down() && !s.has_room());
+    assert!(s.is_closing(a));
+    assert!(written(&mut s, a).starts_with(b"\x88"));
+}
