@@ -9,8 +9,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use gochat_proto::wire;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::logic::{Logic, LogicError};
@@ -102,26 +103,63 @@ async fn dispatch(
         Ok(b) => b,
         Err(rejection) => return fail(format!("request body refused: {}", rejection.body_text())),
     };
-    let logic = &*logic;
-    match uri.path() {
-        "/user/register" => register(logic, &body).await,
-        "/user/login" => login(logic, &body).await,
-        "/user/checkAuth" => {
-            with_session(logic, &body, |s| async move {
-                success(
-                    "auth success",
-                    serde_json::json!({"userId": s.user_id, "userName": s.user_name}),
-                )
-            })
-            .await
+    route(&logic, uri.path(), &body)
+        .await
+        .unwrap_or_else(from_error)
+}
+
+async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, LogicError> {
+    let empty = || Value::String(String::new());
+    Ok(match path {
+        "/user/register" => {
+            let c: Credentials = parse(body)?;
+            let token = logic.register(&c.user_name, &c.pass_word).await?;
+            success("register success", Value::String(token))
         }
-        "/user/logout" => logout(logic, &body),
-        "/push/push" => with_session(logic, &body, |s| push(logic, &body, s)).await,
-        "/push/pushRoom" => with_session(logic, &body, |s| push_room(logic, &body, s)).await,
-        "/push/count" => with_session(logic, &body, |_| count(logic, &body)).await,
-        "/push/getRoomInfo" => with_session(logic, &body, |_| room_info(logic, &body)).await,
+        "/user/login" => {
+            let c: Credentials = parse(body)?;
+            let token = logic.login(&c.user_name, &c.pass_word).await?;
+            success("login success", Value::String(token))
+        }
+        "/user/checkAuth" => {
+            let s = session(logic, body)?;
+            success(
+                "auth success",
+                serde_json::json!({"userId": s.user_id, "userName": s.user_name}),
+            )
+        }
+        "/user/logout" => {
+            logic.logout(&token(body)?)?;
+            success("logout ok!", Value::Null)
+        }
+        "/push/push" => {
+            let from = session(logic, body)?;
+            let b: PushBody = parse(body)?;
+            logic
+                .push_user(&from, b.to_user_id, b.room_id, &b.msg)
+                .await?;
+            success("ok", Value::Null)
+        }
+        "/push/pushRoom" => {
+            let from = session(logic, body)?;
+            let b: RoomBody = parse(body)?;
+            logic.push_room(&from, b.room_id, &b.msg).await?;
+            success("ok", empty())
+        }
+        "/push/count" => {
+            session(logic, body)?;
+            logic.push_count(parse::<RoomOnly>(body)?.room_id).await?;
+            success("ok", empty())
+        }
+        "/push/getRoomInfo" => {
+            session(logic, body)?;
+            logic
+                .push_room_info(parse::<RoomOnly>(body)?.room_id)
+                .await?;
+            success("ok", empty())
+        }
         _ => fail("please check request url !"),
-    }
+    })
 }
 
 /// Parses a route's body; a bad body is a code 1 with serde's explanation.
@@ -137,144 +175,45 @@ struct Credentials {
     pass_word: String,
 }
 
-async fn register(logic: &Logic, body: &[u8]) -> Response {
-    let c: Credentials = match parse(body) {
-        Ok(c) => c,
-        Err(e) => return from_error(e),
-    };
-    match logic.register(&c.user_name, &c.pass_word).await {
-        Ok(token) => success("register success", Value::String(token)),
-        Err(e) => from_error(e),
-    }
-}
-
-async fn login(logic: &Logic, body: &[u8]) -> Response {
-    let c: Credentials = match parse(body) {
-        Ok(c) => c,
-        Err(e) => return from_error(e),
-    };
-    match logic.login(&c.user_name, &c.pass_word).await {
-        Ok(token) => success("login success", Value::String(token)),
-        Err(e) => from_error(e),
-    }
-}
-
 #[derive(Deserialize)]
 struct AuthOnly {
     #[serde(rename = "authToken")]
     auth_token: String,
 }
 
-/// gochat checks the session before the route's own fields: no valid `authToken` → 40000.
-async fn with_session<F, Fut>(logic: &Logic, body: &[u8], f: F) -> Response
-where
-    F: FnOnce(Session) -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
-    let session = serde_json::from_slice::<AuthOnly>(body)
+/// The body's `authToken`; gochat checks it before the route's own fields, so a missing or
+/// malformed one is a session error (40000), not a bad body.
+fn token(body: &[u8]) -> Result<String, LogicError> {
+    serde_json::from_slice::<AuthOnly>(body)
+        .map(|a| a.auth_token)
         .map_err(|_| LogicError::Session)
-        .and_then(|a| logic.check_auth(&a.auth_token));
-    match session {
-        Ok(s) => f(s).await,
-        Err(e) => from_error(e),
-    }
 }
 
-fn logout(logic: &Logic, body: &[u8]) -> Response {
-    let token = match serde_json::from_slice::<AuthOnly>(body) {
-        Ok(a) => a.auth_token,
-        Err(_) => return from_error(LogicError::Session),
-    };
-    match logic.logout(&token) {
-        Ok(()) => success("logout ok!", Value::Null),
-        Err(e) => from_error(e),
-    }
-}
-
-/// gochat's clients send ids as numbers or numeric strings.
-fn id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a valid id"))),
-        Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a valid id"))),
-        other => Err(serde::de::Error::custom(format!(
-            "{other} is not a valid id"
-        ))),
-    }
+fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {
+    logic.check_auth(&token(body)?)
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PushBody {
     msg: String,
-    #[serde(deserialize_with = "id")]
+    #[serde(deserialize_with = "wire::lenient_id")]
     to_user_id: u64,
-    #[serde(default, deserialize_with = "id")]
+    #[serde(default, deserialize_with = "wire::lenient_id")]
     room_id: u64,
-}
-
-async fn push(logic: &Logic, body: &[u8], from: Session) -> Response {
-    let b: PushBody = match parse(body) {
-        Ok(b) => b,
-        Err(e) => return from_error(e),
-    };
-    match logic
-        .push_user(&from, b.to_user_id, b.room_id, &b.msg)
-        .await
-    {
-        Ok(()) => success("ok", Value::Null),
-        Err(e) => from_error(e),
-    }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RoomBody {
     msg: String,
-    #[serde(deserialize_with = "id")]
+    #[serde(deserialize_with = "wire::lenient_id")]
     room_id: u64,
-}
-
-async fn push_room(logic: &Logic, body: &[u8], from: Session) -> Response {
-    let b: RoomBody = match parse(body) {
-        Ok(b) => b,
-        Err(e) => return from_error(e),
-    };
-    match logic.push_room(&from, b.room_id, &b.msg).await {
-        Ok(()) => success("ok", Value::String(String::new())),
-        Err(e) => from_error(e),
-    }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RoomOnly {
-    #[serde(deserialize_with = "id")]
+    #[serde(deserialize_with = "wire::lenient_id")]
     room_id: u64,
-}
-
-async fn count(logic: &Logic, body: &[u8]) -> Response {
-    let b: RoomOnly = match parse(body) {
-        Ok(b) => b,
-        Err(e) => return from_error(e),
-    };
-    match logic.push_count(b.room_id).await {
-        Ok(()) => success("ok", Value::String(String::new())),
-        Err(e) => from_error(e),
-    }
-}
-
-async fn room_info(logic: &Logic, body: &[u8]) -> Response {
-    let b: RoomOnly = match parse(body) {
-        Ok(b) => b,
-        Err(e) => return from_error(e),
-    };
-    match logic.push_room_info(b.room_id).await {
-        Ok(()) => success("ok", Value::String(String::new())),
-        Err(e) => from_error(e),
-    }
 }

@@ -87,20 +87,18 @@ pub struct ClientRequest {
     pub msg: Option<String>,
 }
 
-/// gochat's clients send ids as numbers, some as numeric strings.
-fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Id {
-        Num(u64),
-        Str(String),
-    }
-    match Id::deserialize(d)? {
-        Id::Num(n) => Ok(n),
-        Id::Str(s) => s
+/// Deserializes an id sent as a number or a numeric string (gochat's clients send both).
+pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| D::Error::custom(format!("{n} is not a valid id"))),
+        serde_json::Value::String(s) => s
             .trim()
             .parse()
-            .map_err(|_| serde::de::Error::custom(format!("roomId {s:?} is not a number"))),
+            .map_err(|_| D::Error::custom(format!("{s:?} is not a valid id"))),
+        other => Err(D::Error::custom(format!("{other} is not a valid id"))),
     }
 }
 

@@ -6,7 +6,14 @@ use crate::protocol::ws::tests::client_frame;
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 fn shard() -> Shard {
-    Shard::new(3, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
+    Shard::new(
+        3,
+        ShardLimits {
+            max_outbound_bytes: 1000,
+            ..ShardLimits::default()
+        },
+        0,
+    )
 }
 
 /// Everything queued for `key`, as one byte string, marked written.
@@ -28,9 +35,27 @@ fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
     let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
     s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
     let effects: Vec<_> = s.take_effects().collect();
-    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
-    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    assert_eq!(
+        effects,
+        vec![Effect::Auth {
+            key,
+            conn_id: id,
+            token: format!("t{user}"),
+            room_id: room
+        }]
+    );
+    let ok = AuthedUser {
+        user_id: user,
+        user_name: format!("u{user}"),
+    };
+    s.on_command(
+        Command::AuthDone {
+            key,
+            conn_id: id,
+            result: Ok(ok),
+        },
+        0,
+    );
     let out = written(s, key);
     assert!(out.starts_with(b"HTTP/1.1 101"));
     assert!(String::from_utf8_lossy(&out).contains(r#""op":7"#));
@@ -51,7 +76,13 @@ fn room_broadcast_shares_one_buffer() {
     let (b, _) = live_ws(&mut s, 2, 7);
     let (c, _) = live_ws(&mut s, 3, 8);
     let frames = Framed::encode(&[br#"{"op":3,"msg":"hi"}"#.as_slice()]);
-    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    s.on_command(
+        Command::Room {
+            room_id: 7,
+            frames: frames.clone(),
+        },
+        0,
+    );
     let mut dirty = Vec::new();
     s.take_dirty(&mut dirty);
     dirty.sort();
@@ -60,7 +91,11 @@ fn room_broadcast_shares_one_buffer() {
         let out = s.out_mut(key).unwrap();
         let mut iov = [std::io::IoSlice::new(&[]); 4];
         assert_eq!(out.io_slices(&mut iov), 1);
-        assert_eq!(iov[0].as_ptr(), frames.ws.as_ptr(), "a reference to the shared frame, not a copy");
+        assert_eq!(
+            iov[0].as_ptr(),
+            frames.ws.as_ptr(),
+            "a reference to the shared frame, not a copy"
+        );
     }
     assert!(!s.has_output(c));
 }
@@ -71,7 +106,13 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (a1, _) = live_ws(&mut s, 1, 7);
     let (a2, _) = live_ws(&mut s, 1, 9);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_command(
+        Command::User {
+            user_id: 1,
+            frames: Framed::encode(&[b"{}"]),
+        },
+        0,
+    );
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
 }
 
@@ -82,9 +123,18 @@ fn removal_keeps_the_other_members_and_tells_logic() {
     let (b, _) = live_ws(&mut s, 2, 7);
     let (c, _) = live_ws(&mut s, 3, 7);
     s.remove(a);
-    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: a_id }]);
+    assert_eq!(
+        s.take_effects().collect::<Vec<_>>(),
+        vec![Effect::Closed { conn_id: a_id }]
+    );
     assert_eq!(s.room_members(7), 2);
-    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_command(
+        Command::Room {
+            room_id: 7,
+            frames: Framed::encode(&[b"{}"]),
+        },
+        0,
+    );
     assert!(s.has_output(b) && s.has_output(c));
     s.remove(c);
     s.remove(b);
@@ -101,9 +151,22 @@ fn auth_answer_for_a_closed_connection_is_undone() {
     assert_eq!(s.take_effects().count(), 1);
     s.remove(key);
     assert_eq!(s.take_effects().count(), 0, "logic never heard of it");
-    let ok = AuthedUser { user_id: 1, user_name: "u".into() };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
-    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: id }]);
+    let ok = AuthedUser {
+        user_id: 1,
+        user_name: "u".into(),
+    };
+    s.on_command(
+        Command::AuthDone {
+            key,
+            conn_id: id,
+            result: Ok(ok),
+        },
+        0,
+    );
+    assert_eq!(
+        s.take_effects().collect::<Vec<_>>(),
+        vec![Effect::Closed { conn_id: id }]
+    );
 }
 
 #[test]
@@ -111,9 +174,23 @@ fn refused_auth_closes_with_the_code() {
     let mut s = shard();
     let (key, id) = s.open(Transport::WebSocket, 0);
     s.on_data(key, &mut UPGRADE.to_vec(), 0);
-    s.on_data(key, &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#), 0);
-    let refused = AuthRefused { close_code: 1008, message: "invalid token".into() };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) }, 0);
+    s.on_data(
+        key,
+        &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#),
+        0,
+    );
+    let refused = AuthRefused {
+        close_code: 1008,
+        message: "invalid token".into(),
+    };
+    s.on_command(
+        Command::AuthDone {
+            key,
+            conn_id: id,
+            result: Err(refused),
+        },
+        0,
+    );
     assert!(s.is_closing(key));
     let out = written(&mut s, key);
     assert!(out.ends_with(b"\x88\x0f\x03\xf0invalid token"), "{out:?}");
@@ -126,10 +203,22 @@ fn slow_consumer_is_dropped_without_touching_others() {
     let (ok, _) = live_ws(&mut s, 2, 7);
     let frames = Framed::encode(&[vec![b'x'; 400]]);
     for _ in 0..2 {
-        s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+        s.on_command(
+            Command::Room {
+                room_id: 7,
+                frames: frames.clone(),
+            },
+            0,
+        );
         let _ = written(&mut s, ok);
     }
-    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    s.on_command(
+        Command::Room {
+            room_id: 7,
+            frames: frames.clone(),
+        },
+        0,
+    );
     assert!(s.is_closing(slow), "over 1000 pending bytes");
     assert!(!s.has_output(slow), "its queue is freed");
     assert!(!s.is_closing(ok));
