@@ -59,6 +59,8 @@ pub struct RoomInfo {
 pub struct AuthOk {
     pub op: i32,
     pub user_id: u64,
+    /// Omitted when an already-joined connection repeats its auth frame.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_name: String,
     pub room_id: u64,
 }

@@ -271,15 +271,11 @@ impl Shard {
 
     /// Bytes the peer sent; `input` is scratch (unmasked in place).
     pub fn on_data(&mut self, key: u32, input: &mut [u8], now: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize).filter(|c| !c.closing) else { return };
+        conn.last_rx = now;
+        conn.ping_sent = false;
         let mut outputs = std::mem::take(&mut self.outputs);
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            if conn.closing {
-                return;
-            }
-            conn.last_rx = now;
-            conn.ping_sent = false;
-            conn.codec.feed(input, &self.limits.protocol, &mut outputs);
-        }
+        conn.codec.feed(input, &self.limits.protocol, &mut outputs);
         for output in outputs.drain(..) {
             match output {
                 Output::Send(bytes) => self.queue(key, bytes),
