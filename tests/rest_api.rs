@@ -280,3 +280,23 @@ async fn site_is_served_with_its_config() {
     assert_eq!(missing.status(), 404);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_configured_site_folder_overrides_the_built_in_page() {
+    let dir = std::env::temp_dir().join(unique(&format!("gochat-site-{}-", std::process::id())));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "<p>custom page</p>").unwrap();
+    let mut cfg = common::test_config();
+    cfg.control.site_dir = Some(dir.clone());
+    let s = Server::start_with(cfg).await;
+    let site = s.up.control.site_addr.unwrap();
+    let page = reqwest::get(format!("http://{site}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page, "<p>custom page</p>");
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -422,3 +422,21 @@ async fn shutdown_closes_sockets_with_going_away() {
     assert!(matches!(ws.recv_end().await, End::Close(1001, _)));
     stop.await.unwrap();
 }
+
+#[tokio::test]
+async fn gateway_stats_count_connections_per_shard() {
+    use gochat_proto::gateway::gateway_client::GatewayClient;
+    use gochat_proto::gateway::StatsRequest;
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let _w1 = s.ws(&a, 1).await;
+    let _w2 = s.ws(&a, 1).await;
+    let mut client = GatewayClient::connect(format!("http://{}", s.up.gateway.grpc_addr))
+        .await
+        .unwrap();
+    let stats = client.stats(StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.gateway_id, "gateway-1");
+    assert_eq!(stats.shards.len(), 2);
+    assert_eq!(stats.shards.iter().map(|s| s.connections).sum::<u64>(), 2);
+    s.shutdown().await;
+}

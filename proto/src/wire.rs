@@ -108,8 +108,9 @@ pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 pub const TCP_MAGIC: &[u8; 2] = b"v1";
 /// Bytes before the body: magic and the 16-bit total length.
 pub const TCP_HEADER_LEN: usize = 4;
-/// Largest body a TCP frame can carry (the length field counts the header too).
-pub const TCP_MAX_BODY: usize = u16::MAX as usize - TCP_HEADER_LEN;
+/// Largest body a TCP frame carries. The length field counts the header too, and gochat's
+/// clients read it as a signed 16-bit number, so frames stay under 32 KiB.
+pub const TCP_MAX_BODY: usize = i16::MAX as usize - TCP_HEADER_LEN;
 
 /// Errors of the TCP `v1` framing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -271,7 +271,9 @@ impl Shard {
 
     /// Bytes the peer sent; `input` is scratch (unmasked in place).
     pub fn on_data(&mut self, key: u32, input: &mut [u8], now: u32) {
-        let Some(conn) = self.conns.get_mut(key as usize).filter(|c| !c.closing) else { return };
+        let Some(conn) = self.conns.get_mut(key as usize).filter(|c| !c.closing) else {
+            return;
+        };
         conn.last_rx = now;
         conn.ping_sent = false;
         let mut outputs = std::mem::take(&mut self.outputs);

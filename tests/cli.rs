@@ -1,0 +1,190 @@
+//! The `gochat` binary: config checks, and control and gateway as two processes.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{eventually, Tcp};
+use gochat_proto::wire;
+use serde_json::json;
+
+fn gochat() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gochat"));
+    c.env_remove("GOCHAT_CONFIG")
+        .env_remove("GOCHAT_DRIVER")
+        .env_remove("GOCHAT_SHARDS");
+    c
+}
+
+#[test]
+fn check_validates_configs() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gochat.example.toml");
+    let out = gochat()
+        .args(["--config", example, "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
+
+    let dir = tempdir();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[gateway]\nping_after_secs = 99\n").unwrap();
+    let out = gochat()
+        .args(["--config", bad.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ping_after_secs"));
+
+    let out = gochat()
+        .args(["--config", "/nonexistent.toml", "--check"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
+
+#[test]
+fn standalone_worker_explains_what_it_needs() {
+    let out = gochat().arg("worker").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shared queue"));
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(common::unique(&format!(
+        "gochat-cli-{}-",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stops a child with SIGINT (Ctrl-C) and returns whether it exited cleanly.
+fn interrupt(mut child: Child) -> bool {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    false
+}
+
+#[tokio::test]
+async fn control_and_gateway_as_separate_processes() {
+    let dir = tempdir();
+    let [api, grpc, ws, tcp, gw_grpc] = [(); 5].map(|_| free_port());
+    let config = format!(
+        r#"
+[gateway]
+ws_listen = "127.0.0.1:{ws}"
+tcp_listen = "127.0.0.1:{tcp}"
+grpc_listen = "127.0.0.1:{gw_grpc}"
+logic = "http://127.0.0.1:{grpc}"
+shards = 2
+
+[control]
+api_listen = "127.0.0.1:{api}"
+site_listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:{grpc}"
+database = "sqlite://{db}"
+
+[worker]
+logic = "http://127.0.0.1:{grpc}"
+gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
+"#,
+        db = dir.join("users.sqlite3").display()
+    );
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, config).unwrap();
+    let spawn = |role: &str| {
+        gochat()
+            .args(["--config", path.to_str().unwrap(), role])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let control = spawn("control");
+    let gateway = spawn("gateway");
+
+    let http = reqwest::Client::new();
+    let api_url = |p: &str| format!("http://127.0.0.1:{api}{p}");
+    eventually("control answers", || async {
+        http.post(api_url("/user/checkAuth"))
+            .body("{}")
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let r: serde_json::Value = http
+        .post(api_url("/user/login"))
+        .body(json!({"userName": "demo", "passWord": "111111"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["code"], 1, "no demo users outside the embedded demo: {r}");
+    let r: serde_json::Value = http
+        .post(api_url("/user/register"))
+        .body(json!({"userName": "solo", "passWord": "pw"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = r["data"].as_str().unwrap().to_string();
+
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let client = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", tcp)).await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("gateway never accepted: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let mut client = Tcp(client);
+    client
+        .send_json(json!({"op": 6, "authToken": token, "roomId": 2}))
+        .await;
+    client.recv_op(wire::OP_AUTH_OK).await;
+    client
+        .send_json(json!({"op": 3, "msg": "across processes", "roomId": 2}))
+        .await;
+    assert_eq!(
+        client.recv_op(wire::OP_ROOM_SEND).await["msg"],
+        "across processes"
+    );
+
+    let gateway_ok = tokio::task::spawn_blocking(move || interrupt(gateway))
+        .await
+        .unwrap();
+    let control_ok = tokio::task::spawn_blocking(move || interrupt(control))
+        .await
+        .unwrap();
+    assert!(gateway_ok && control_ok, "both stop cleanly on Ctrl-C");
+    let _ = std::fs::remove_dir_all(dir);
+}
