@@ -62,9 +62,7 @@ fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(command, cfg))
 }
 
@@ -83,15 +81,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             if let Some(tcp) = a.tcp {
                 println!("  TCP         {tcp}");
             }
-            println!(
-                "  gRPC        logic {}, gateway {}",
-                a.logic_grpc, a.gateway_grpc
-            );
-            println!(
-                "  gateway     {} shards, {} driver",
-                up.gateway.shards,
-                up.gateway.driver.name()
-            );
+            println!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc);
+            println!("  gateway     {} shards, {} driver", up.gateway.shards, up.gateway.driver.name());
             println!("  demo users  demo, test, admin (password 111111)");
             println!("Ctrl-C to stop.");
             shutdown_signal().await;
@@ -111,8 +102,7 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             cfg.control.demo_users.get_or_insert(false);
             let queue = Arc::new(MemoryQueue::new(cfg.control.queue_capacity));
             let control = Control::start(cfg.control, queue.clone() as Arc<dyn Queue>).await?;
-            let worker =
-                WorkerHandle::start(Worker::new(cfg.worker, queue.clone() as Arc<dyn Queue>)?);
+            let worker = WorkerHandle::start(Worker::new(cfg.worker, queue.clone() as Arc<dyn Queue>)?);
             println!(
                 "control listening: REST http://{}, logic gRPC {}, page {:?} (with an in-process queue-worker)",
                 control.api_addr, control.grpc_addr, control.site_addr

@@ -76,21 +76,10 @@ impl Up {
         };
         control.set_site_ws_port(gateway.ws_addr.port());
         cfg.worker.logic = grpc_url(control.grpc_addr);
-        cfg.worker.gateways = vec![GatewayAddr {
-            id: gateway.id.to_string(),
-            grpc: grpc_url(gateway.grpc_addr),
-        }];
-        let worker = WorkerHandle::start(Worker::new(
-            cfg.worker.clone(),
-            queue.clone() as Arc<dyn Queue>,
-        )?);
-        Ok(Self {
-            control,
-            gateway,
-            worker,
-            queue,
-            ws_path: cfg.gateway.ws_path,
-        })
+        cfg.worker.gateways =
+            vec![GatewayAddr { id: gateway.id.to_string(), grpc: grpc_url(gateway.grpc_addr) }];
+        let worker = WorkerHandle::start(Worker::new(cfg.worker.clone(), queue.clone() as Arc<dyn Queue>)?);
+        Ok(Self { control, gateway, worker, queue, ws_path: cfg.gateway.ws_path })
     }
 
     pub fn addresses(&self) -> Addresses {

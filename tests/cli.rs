@@ -11,40 +11,25 @@ use serde_json::json;
 
 fn gochat() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gochat"));
-    c.env_remove("GOCHAT_CONFIG")
-        .env_remove("GOCHAT_DRIVER")
-        .env_remove("GOCHAT_SHARDS");
+    c.env_remove("GOCHAT_CONFIG").env_remove("GOCHAT_DRIVER").env_remove("GOCHAT_SHARDS");
     c
 }
 
 #[test]
 fn check_validates_configs() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gochat.example.toml");
-    let out = gochat()
-        .args(["--config", example, "--check"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = gochat().args(["--config", example, "--check"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "config ok");
 
     let dir = tempdir();
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[gateway]\nping_after_secs = 99\n").unwrap();
-    let out = gochat()
-        .args(["--config", bad.to_str().unwrap(), "--check"])
-        .output()
-        .unwrap();
+    let out = gochat().args(["--config", bad.to_str().unwrap(), "--check"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ping_after_secs"));
 
-    let out = gochat()
-        .args(["--config", "/nonexistent.toml", "--check"])
-        .output()
-        .unwrap();
+    let out = gochat().args(["--config", "/nonexistent.toml", "--check"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
 }
@@ -57,20 +42,13 @@ fn standalone_worker_explains_what_it_needs() {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(common::unique(&format!(
-        "gochat-cli-{}-",
-        std::process::id()
-    )));
+    let dir = std::env::temp_dir().join(common::unique(&format!("gochat-cli-{}-", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Stops a child with SIGINT (Ctrl-C) and returns whether it exited cleanly.
@@ -128,11 +106,7 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
     let http = reqwest::Client::new();
     let api_url = |p: &str| format!("http://127.0.0.1:{api}{p}");
     eventually("control answers", || async {
-        http.post(api_url("/user/checkAuth"))
-            .body("{}")
-            .send()
-            .await
-            .is_ok()
+        http.post(api_url("/user/checkAuth")).body("{}").send().await.is_ok()
     })
     .await;
     let r: serde_json::Value = http
@@ -167,24 +141,13 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
         }
     };
     let mut client = Tcp(client);
-    client
-        .send_json(json!({"op": 6, "authToken": token, "roomId": 2}))
-        .await;
+    client.send_json(json!({"op": 6, "authToken": token, "roomId": 2})).await;
     client.recv_op(wire::OP_AUTH_OK).await;
-    client
-        .send_json(json!({"op": 3, "msg": "across processes", "roomId": 2}))
-        .await;
-    assert_eq!(
-        client.recv_op(wire::OP_ROOM_SEND).await["msg"],
-        "across processes"
-    );
+    client.send_json(json!({"op": 3, "msg": "across processes", "roomId": 2})).await;
+    assert_eq!(client.recv_op(wire::OP_ROOM_SEND).await["msg"], "across processes");
 
-    let gateway_ok = tokio::task::spawn_blocking(move || interrupt(gateway))
-        .await
-        .unwrap();
-    let control_ok = tokio::task::spawn_blocking(move || interrupt(control))
-        .await
-        .unwrap();
+    let gateway_ok = tokio::task::spawn_blocking(move || interrupt(gateway)).await.unwrap();
+    let control_ok = tokio::task::spawn_blocking(move || interrupt(control)).await.unwrap();
     assert!(gateway_ok && control_ok, "both stop cleanly on Ctrl-C");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -4,34 +4,21 @@ use gochat::Config;
 
 #[test]
 fn example_config_is_the_defaults() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gochat.example.toml"))
-        .unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gochat.example.toml")).unwrap();
     let parsed = Config::parse(&text).expect("example parses");
     parsed.validate().expect("example validates");
     let as_value = |c: &Config| toml::Value::try_from(c).unwrap();
-    assert_eq!(
-        as_value(&parsed),
-        as_value(&Config::default()),
-        "example and defaults differ"
-    );
+    assert_eq!(as_value(&parsed), as_value(&Config::default()), "example and defaults differ");
 }
 
 #[test]
 fn unknown_fields_and_bad_values_are_errors() {
-    let err = Config::parse("[gateway]\nshardz = 2\n")
-        .unwrap_err()
-        .to_string();
+    let err = Config::parse("[gateway]\nshardz = 2\n").unwrap_err().to_string();
     assert!(err.contains("shardz"), "{err}");
-    let err = Config::parse("[gateway]\ndriver = \"kqueue\"\n")
-        .unwrap_err()
-        .to_string();
+    let err = Config::parse("[gateway]\ndriver = \"kqueue\"\n").unwrap_err().to_string();
     assert!(err.contains("kqueue"), "{err}");
     let cfg = Config::parse("[gateway]\nping_after_secs = 90\n").unwrap();
-    assert!(cfg
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("ping_after_secs"));
+    assert!(cfg.validate().unwrap_err().to_string().contains("ping_after_secs"));
     let cfg = Config::parse("[gateway]\ndriver = \"io_uring\"\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("io_uring"));
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();

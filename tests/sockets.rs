@@ -72,25 +72,15 @@ async fn private_message_reaches_only_its_target() {
     assert_eq!(r, json!({"code": 0, "message": "ok", "data": null}));
     let m = wb.recv_op(wire::OP_SINGLE_SEND).await;
     assert_eq!(m["msg"], "psst");
-    assert_eq!(
-        (m["fromUserId"].as_u64(), m["toUserId"].as_u64()),
-        (Some(a.id), Some(b.id))
-    );
-    assert_eq!(
-        (m["fromUserName"].as_str(), m["toUserName"].as_str()),
-        (Some(&*a.name), Some(&*b.name))
-    );
+    assert_eq!((m["fromUserId"].as_u64(), m["toUserId"].as_u64()), (Some(a.id), Some(b.id)));
+    assert_eq!((m["fromUserName"].as_str(), m["toUserName"].as_str()), (Some(&*a.name), Some(&*b.name)));
     // A room message sent after the private one arrives after it everywhere, so anyone who was
     // going to get the private message has it by then.
     s.push_room(&a, 1, "marker").await;
     for ws in [&mut wa, &mut wc] {
         loop {
             let f = ws.next_json().await.unwrap();
-            assert_ne!(
-                f["op"],
-                wire::OP_SINGLE_SEND,
-                "a private message leaked: {f}"
-            );
+            assert_ne!(f["op"], wire::OP_SINGLE_SEND, "a private message leaked: {f}");
             if f["msg"] == "marker" {
                 break;
             }
@@ -112,21 +102,11 @@ async fn private_message_to_offline_or_unknown_user_is_a_clean_error() {
     assert_eq!(r["code"], 1);
     assert_eq!(r["message"], format!("user {} is not online", b.name));
     let r = s
-        .api(
-            "/push/push",
-            json!({"authToken": a.token, "msg": "x", "toUserId": "999999", "roomId": 1}),
-        )
+        .api("/push/push", json!({"authToken": a.token, "msg": "x", "toUserId": "999999", "roomId": 1}))
         .await;
-    assert_eq!(
-        (r["code"].as_i64(), r["message"].as_str()),
-        (Some(1), Some("no user with id 999999"))
-    );
-    let r = s
-        .api(
-            "/push/push",
-            json!({"authToken": a.token, "msg": "x", "toUserId": "abc", "roomId": 1}),
-        )
-        .await;
+    assert_eq!((r["code"].as_i64(), r["message"].as_str()), (Some(1), Some("no user with id 999999")));
+    let r =
+        s.api("/push/push", json!({"authToken": a.token, "msg": "x", "toUserId": "abc", "roomId": 1})).await;
     assert_eq!(r["code"], 1);
     // Still serving.
     let mut wb = s.ws(&b, 1).await;
@@ -141,17 +121,10 @@ async fn count_and_room_info() {
     let (a, b) = (s.user("a").await, s.user("b").await);
     let mut wa = s.ws(&a, 3).await;
     let _wb = s.ws(&b, 3).await;
-    let r = s
-        .api("/push/count", json!({"authToken": a.token, "roomId": 3}))
-        .await;
+    let r = s.api("/push/count", json!({"authToken": a.token, "roomId": 3})).await;
     assert_eq!(r, json!({"code": 0, "message": "ok", "data": ""}));
     wait_count(&mut wa, 2).await;
-    let r = s
-        .api(
-            "/push/getRoomInfo",
-            json!({"authToken": a.token, "roomId": 3}),
-        )
-        .await;
+    let r = s.api("/push/getRoomInfo", json!({"authToken": a.token, "roomId": 3})).await;
     assert_eq!(r["code"], 0);
     let info = loop {
         let info = wa.recv_op(wire::OP_ROOM_INFO).await;
@@ -160,10 +133,7 @@ async fn count_and_room_info() {
         }
     };
     assert_eq!(info["roomId"], 3);
-    assert_eq!(
-        info["roomUserInfo"],
-        json!({a.id.to_string(): a.name, b.id.to_string(): b.name})
-    );
+    assert_eq!(info["roomUserInfo"], json!({a.id.to_string(): a.name, b.id.to_string(): b.name}));
     s.shutdown().await;
 }
 
@@ -187,13 +157,9 @@ async fn several_connections_of_one_user_count_once_and_leave_cleanly() {
     assert_eq!(logic.state().room_count(4), 2);
     a1.close().await;
     // The first close of a's must not remove a (or b) from the room.
-    s.api("/push/count", json!({"authToken": b.token, "roomId": 4}))
-        .await;
+    s.api("/push/count", json!({"authToken": b.token, "roomId": 4})).await;
     wait_count(&mut wb, 2).await;
-    eventually("gateway reported the close", || async {
-        s.up.gateway_conns() == 2
-    })
-    .await;
+    eventually("gateway reported the close", || async { s.up.gateway_conns() == 2 }).await;
     assert_eq!(logic.state().room_count(4), 2);
     a2.close().await;
     // a's last connection gone: the room is told (op 4 and op 5, not an empty frame).
@@ -213,18 +179,12 @@ async fn tcp_and_websocket_clients_share_a_room() {
     // A TCP room send; the frame claims another sender, which is ignored.
     tcp.send_json(json!({"op": 3, "msg": "from tcp", "roomId": 5, "authToken": b.token, "fromUserId": a.id, "fromUserName": "spoof"})).await;
     let m = ws.recv_op(wire::OP_ROOM_SEND).await;
-    assert_eq!(
-        (m["msg"].as_str(), m["fromUserId"].as_u64()),
-        (Some("from tcp"), Some(b.id))
-    );
+    assert_eq!((m["msg"].as_str(), m["fromUserId"].as_u64()), (Some("from tcp"), Some(b.id)));
     assert_eq!(m["fromUserName"], b.name);
     assert_eq!(tcp.recv_op(wire::OP_ROOM_SEND).await["msg"], "from tcp");
     s.push_room(&a, 5, "from rest").await;
     let m = tcp.recv_op(wire::OP_ROOM_SEND).await;
-    assert_eq!(
-        (m["msg"].as_str(), m["fromUserId"].as_u64()),
-        (Some("from rest"), Some(a.id))
-    );
+    assert_eq!((m["msg"].as_str(), m["fromUserId"].as_u64()), (Some("from rest"), Some(a.id)));
     s.shutdown().await;
 }
 
@@ -233,27 +193,17 @@ async fn bad_tokens_and_logged_out_tokens_are_refused() {
     let s = Server::start().await;
     let a = s.user("a").await;
     let mut ws = s.ws_raw().await;
-    ws.send_json(json!({"authToken": "forged", "roomId": 1}))
-        .await;
+    ws.send_json(json!({"authToken": "forged", "roomId": 1})).await;
     assert!(matches!(ws.recv_end().await, End::Close(1008, _)));
 
     s.api("/user/logout", json!({"authToken": a.token})).await;
     let mut ws = s.ws_raw().await;
-    ws.send_json(json!({"authToken": a.token, "roomId": 1}))
-        .await;
+    ws.send_json(json!({"authToken": a.token, "roomId": 1})).await;
     assert!(matches!(ws.recv_end().await, End::Close(1008, _)));
 
-    let mut tcp = common::Tcp(
-        tokio::net::TcpStream::connect(s.up.gateway.tcp_addr.unwrap())
-            .await
-            .unwrap(),
-    );
-    tcp.send_json(json!({"authToken": "forged", "roomId": 1, "op": 6}))
-        .await;
-    let err = tcp
-        .next_json()
-        .await
-        .expect("an error frame before the close");
+    let mut tcp = common::Tcp(tokio::net::TcpStream::connect(s.up.gateway.tcp_addr.unwrap()).await.unwrap());
+    tcp.send_json(json!({"authToken": "forged", "roomId": 1, "op": 6})).await;
+    let err = tcp.next_json().await.expect("an error frame before the close");
     assert_eq!(err["op"], wire::OP_ERROR);
     assert_eq!(tcp.next_json().await, None, "then closed");
     s.shutdown().await;
@@ -265,16 +215,10 @@ async fn bad_input_gets_errors_and_the_server_keeps_serving() {
     let a = s.user("a").await;
 
     // Not HTTP at all on the WebSocket port.
-    let mut raw = tokio::net::TcpStream::connect(s.up.gateway.ws_addr)
-        .await
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut raw, b"\x16\x03\x01\x00garbage\r\n\r\n")
-        .await
-        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(s.up.gateway.ws_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"\x16\x03\x01\x00garbage\r\n\r\n").await.unwrap();
     let mut answer = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer)
-        .await
-        .unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
 
     // Bad JSON as the auth frame: an error, then a policy close.
@@ -294,9 +238,7 @@ async fn bad_input_gets_errors_and_the_server_keeps_serving() {
         ),
         true,
     );
-    ws.0.send(tokio_tungstenite::tungstenite::Message::Frame(frame))
-        .await
-        .unwrap();
+    ws.0.send(tokio_tungstenite::tungstenite::Message::Frame(frame)).await.unwrap();
     assert!(matches!(ws.recv_end().await, End::Close(1007, _)));
 
     // Once live: bad frames get op 8 and the connection stays.
@@ -304,41 +246,18 @@ async fn bad_input_gets_errors_and_the_server_keeps_serving() {
     ws.send_text("garbage").await;
     assert_eq!(ws.recv_op(wire::OP_ERROR).await["code"], 1);
     ws.send_json(json!({"op": 99})).await;
-    assert_eq!(
-        ws.recv_op(wire::OP_ERROR).await["message"],
-        "unknown request"
-    );
-    ws.send_json(json!({"authToken": a.token, "roomId": 6}))
-        .await;
-    assert_eq!(
-        ws.recv_op(wire::OP_AUTH_OK).await["roomId"],
-        6,
-        "repeating the auth frame is harmless"
-    );
-    ws.send_json(json!({"authToken": a.token, "roomId": 7}))
-        .await;
-    assert_eq!(
-        ws.recv_op(wire::OP_ERROR).await["code"],
-        1,
-        "no silent room switch"
-    );
+    assert_eq!(ws.recv_op(wire::OP_ERROR).await["message"], "unknown request");
+    ws.send_json(json!({"authToken": a.token, "roomId": 6})).await;
+    assert_eq!(ws.recv_op(wire::OP_AUTH_OK).await["roomId"], 6, "repeating the auth frame is harmless");
+    ws.send_json(json!({"authToken": a.token, "roomId": 7})).await;
+    assert_eq!(ws.recv_op(wire::OP_ERROR).await["code"], 1, "no silent room switch");
     s.push_room(&a, 6, "still live").await;
     assert_eq!(ws.recv_op(wire::OP_ROOM_SEND).await["msg"], "still live");
-    assert_eq!(
-        s.up.control.logic.state().room_count(6),
-        1,
-        "the repeated auth did not double-join"
-    );
+    assert_eq!(s.up.control.logic.state().room_count(6), 1, "the repeated auth did not double-join");
 
     // TCP garbage: an error frame, then closed; others unaffected.
-    let mut tcp = common::Tcp(
-        tokio::net::TcpStream::connect(s.up.gateway.tcp_addr.unwrap())
-            .await
-            .unwrap(),
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut tcp.0, b"GET / HTTP/1.1\r\n\r\n")
-        .await
-        .unwrap();
+    let mut tcp = common::Tcp(tokio::net::TcpStream::connect(s.up.gateway.tcp_addr.unwrap()).await.unwrap());
+    tokio::io::AsyncWriteExt::write_all(&mut tcp.0, b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     assert_eq!(tcp.next_json().await.unwrap()["op"], wire::OP_ERROR);
     assert_eq!(tcp.next_json().await, None);
     s.push_room(&a, 6, "after garbage").await;
@@ -354,9 +273,7 @@ async fn silent_peers_are_pinged_then_dropped() {
     let s = Server::start_with(cfg).await;
     let a = s.user("a").await;
     // A raw client that authenticates, then never answers pings.
-    let mut raw = tokio::net::TcpStream::connect(s.up.gateway.ws_addr)
-        .await
-        .unwrap();
+    let mut raw = tokio::net::TcpStream::connect(s.up.gateway.ws_addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     raw.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
     let auth = json!({"authToken": a.token, "roomId": 8}).to_string();
@@ -379,16 +296,9 @@ async fn silent_peers_are_pinged_then_dropped() {
         }
     };
     // The good client keeps reading (so it answers pings) well past the idle timeout.
-    let ((seen, lasted), frames) =
-        tokio::join!(silent, good.frames_within(Duration::from_millis(4000)));
-    assert!(
-        lasted >= Duration::from_millis(1500),
-        "not dropped before the idle timeout"
-    );
-    assert!(
-        seen.windows(2).any(|w| w == [0x89, 0x00]),
-        "a ping came first"
-    );
+    let ((seen, lasted), frames) = tokio::join!(silent, good.frames_within(Duration::from_millis(4000)));
+    assert!(lasted >= Duration::from_millis(1500), "not dropped before the idle timeout");
+    assert!(seen.windows(2).any(|w| w == [0x89, 0x00]), "a ping came first");
     assert!(frames.iter().all(|f| f["op"] != wire::OP_ERROR));
     s.push_room(&a, 8, "alive").await;
     assert_eq!(good.recv_op(wire::OP_ROOM_SEND).await["msg"], "alive");
@@ -431,9 +341,7 @@ async fn gateway_stats_count_connections_per_shard() {
     let a = s.user("a").await;
     let _w1 = s.ws(&a, 1).await;
     let _w2 = s.ws(&a, 1).await;
-    let mut client = GatewayClient::connect(format!("http://{}", s.up.gateway.grpc_addr))
-        .await
-        .unwrap();
+    let mut client = GatewayClient::connect(format!("http://{}", s.up.gateway.grpc_addr)).await.unwrap();
     let stats = client.stats(StatsRequest {}).await.unwrap().into_inner();
     assert_eq!(stats.gateway_id, "gateway-1");
     assert_eq!(stats.shards.len(), 2);

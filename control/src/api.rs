@@ -30,27 +30,16 @@ struct Envelope {
 }
 
 fn reply(code: i64, message: impl Into<String>, data: Value) -> Response {
-    let body = serde_json::to_vec(&Envelope {
-        code,
-        message: message.into(),
-        data,
-    })
-    .expect("envelope");
+    let body = serde_json::to_vec(&Envelope { code, message: message.into(), data }).expect("envelope");
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     cors(h);
     res
 }
 
 fn cors(h: &mut axum::http::HeaderMap) {
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static("Origin, X-Requested-With, Content-Type, Accept"),
@@ -79,10 +68,7 @@ fn from_error(e: LogicError) -> Response {
 
 /// The REST router. `max_body` bounds request bodies.
 pub fn router(logic: Arc<Logic>, max_body: usize) -> Router {
-    Router::new()
-        .fallback(dispatch)
-        .with_state(logic)
-        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+    Router::new().fallback(dispatch).with_state(logic).layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
 async fn dispatch(
@@ -103,9 +89,7 @@ async fn dispatch(
         Ok(b) => b,
         Err(rejection) => return fail(format!("request body refused: {}", rejection.body_text())),
     };
-    route(&logic, uri.path(), &body)
-        .await
-        .unwrap_or_else(from_error)
+    route(&logic, uri.path(), &body).await.unwrap_or_else(from_error)
 }
 
 async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, LogicError> {
@@ -123,10 +107,7 @@ async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, Logic
         }
         "/user/checkAuth" => {
             let s = session(logic, body)?;
-            success(
-                "auth success",
-                serde_json::json!({"userId": s.user_id, "userName": s.user_name}),
-            )
+            success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
         }
         "/user/logout" => {
             logic.logout(&token(body)?)?;
@@ -135,9 +116,7 @@ async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, Logic
         "/push/push" => {
             let from = session(logic, body)?;
             let b: PushBody = parse(body)?;
-            logic
-                .push_user(&from, b.to_user_id, b.room_id, &b.msg)
-                .await?;
+            logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await?;
             success("ok", Value::Null)
         }
         "/push/pushRoom" => {
@@ -153,9 +132,7 @@ async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, Logic
         }
         "/push/getRoomInfo" => {
             session(logic, body)?;
-            logic
-                .push_room_info(parse::<RoomOnly>(body)?.room_id)
-                .await?;
+            logic.push_room_info(parse::<RoomOnly>(body)?.room_id).await?;
             success("ok", empty())
         }
         _ => fail("please check request url !"),
@@ -184,9 +161,7 @@ struct AuthOnly {
 /// The body's `authToken`; gochat checks it before the route's own fields, so a missing or
 /// malformed one is a session error (40000), not a bad body.
 fn token(body: &[u8]) -> Result<String, LogicError> {
-    serde_json::from_slice::<AuthOnly>(body)
-        .map(|a| a.auth_token)
-        .map_err(|_| LogicError::Session)
+    serde_json::from_slice::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| LogicError::Session)
 }
 
 fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {

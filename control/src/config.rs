@@ -67,9 +67,7 @@ impl ControlConfig {
             return err("session_ttl_secs must be above 0".into());
         }
         if self.max_message_bytes == 0 || self.max_message_bytes + 1024 > self.max_body_bytes {
-            return err(
-                "max_message_bytes must be above 0 and at least 1 KiB below max_body_bytes".into(),
-            );
+            return err("max_message_bytes must be above 0 and at least 1 KiB below max_body_bytes".into());
         }
         if !self.site_ws_path.starts_with('/') {
             return err("site_ws_path must start with '/'".into());

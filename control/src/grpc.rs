@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
-    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest,
-    GatewayResetRequest, GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply,
-    SendRoomRequest, ShardAddress, User, UserRoute,
+    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest, GatewayResetRequest,
+    GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply, SendRoomRequest, ShardAddress, User,
+    UserRoute,
 };
 use tonic::{Request, Response, Status};
 
@@ -24,33 +24,19 @@ fn status(e: LogicError) -> Status {
 }
 
 fn user(s: Session) -> User {
-    User {
-        user_id: s.user_id,
-        user_name: s.user_name,
-    }
+    User { user_id: s.user_id, user_name: s.user_name }
 }
 
 #[tonic::async_trait]
 impl LogicService for LogicGrpc {
-    async fn conn_open(
-        &self,
-        req: Request<ConnOpenRequest>,
-    ) -> Result<Response<ConnOpenReply>, Status> {
+    async fn conn_open(&self, req: Request<ConnOpenRequest>) -> Result<Response<ConnOpenReply>, Status> {
         let r = req.into_inner();
-        let session = self
-            .0
-            .conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(ConnOpenReply {
-            user: Some(user(session)),
-        }))
+        let session =
+            self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await.map_err(status)?;
+        Ok(Response::new(ConnOpenReply { user: Some(user(session)) }))
     }
 
-    async fn conn_close(
-        &self,
-        req: Request<ConnCloseRequest>,
-    ) -> Result<Response<ConnCloseReply>, Status> {
+    async fn conn_close(&self, req: Request<ConnCloseRequest>) -> Result<Response<ConnCloseReply>, Status> {
         let r = req.into_inner();
         self.0.conn_close(&r.gateway_id, r.conn_id).await;
         Ok(Response::new(ConnCloseReply {}))
@@ -69,15 +55,9 @@ impl LogicService for LogicGrpc {
         }
     }
 
-    async fn send_room(
-        &self,
-        req: Request<SendRoomRequest>,
-    ) -> Result<Response<SendReply>, Status> {
+    async fn send_room(&self, req: Request<SendRoomRequest>) -> Result<Response<SendReply>, Status> {
         let r = req.into_inner();
-        self.0
-            .send_room(r.from_user_id, r.room_id, &r.msg)
-            .await
-            .map_err(status)?;
+        self.0.send_room(r.from_user_id, r.room_id, &r.msg).await.map_err(status)?;
         Ok(Response::new(SendReply {}))
     }
 
@@ -87,10 +67,7 @@ impl LogicService for LogicGrpc {
         let rooms = r
             .room_ids
             .into_iter()
-            .map(|room_id| RoomRoute {
-                room_id,
-                gateway_ids: state.room_gateways(room_id),
-            })
+            .map(|room_id| RoomRoute { room_id, gateway_ids: state.room_gateways(room_id) })
             .collect();
         let users = r
             .user_ids

@@ -81,13 +81,8 @@ impl Logic {
         check_credentials(user_name, pass)?;
         let hash = password::hash(pass.to_string()).await;
         match self.store.create(user_name, &hash).await? {
-            Some(id) => Ok(self.new_session(Session {
-                user_id: id,
-                user_name: user_name.to_string(),
-            })),
-            None => Err(LogicError::refused(
-                "this user name already have , please login !!!",
-            )),
+            Some(id) => Ok(self.new_session(Session { user_id: id, user_name: user_name.to_string() })),
+            None => Err(LogicError::refused("this user name already have , please login !!!")),
         }
     }
 
@@ -102,10 +97,7 @@ impl Logic {
             return Err(LogicError::refused(BAD));
         }
         let user = user.expect("verified users exist");
-        Ok(self.new_session(Session {
-            user_id: user.id,
-            user_name: user.user_name,
-        }))
+        Ok(self.new_session(Session { user_id: user.id, user_name: user.user_name }))
     }
 
     fn new_session(&self, session: Session) -> String {
@@ -150,24 +142,12 @@ impl Logic {
         if !self.state.is_online(to_user_id) {
             return Err(LogicError::refused(format!("user {to_name} is not online")));
         }
-        let body = chat_message(
-            wire::OP_SINGLE_SEND,
-            from,
-            to_user_id,
-            &to_name,
-            room_id,
-            msg,
-        );
+        let body = chat_message(wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
         self.publish(Target::UserId(to_user_id), body).await
     }
 
     /// A room message (op 3) from `from`.
-    pub async fn push_room(
-        &self,
-        from: &Session,
-        room_id: u64,
-        msg: &str,
-    ) -> Result<(), LogicError> {
+    pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
         self.check_message(msg)?;
         check_room(room_id)?;
         let body = chat_message(wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
@@ -177,10 +157,7 @@ impl Logic {
     /// Broadcasts the room's online count (op 4).
     pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
-        let body = wire::RoomCount {
-            count: self.state.room_count(room_id),
-            op: wire::OP_ROOM_COUNT,
-        };
+        let body = wire::RoomCount { count: self.state.room_count(room_id), op: wire::OP_ROOM_COUNT };
         self.publish(Target::RoomId(room_id), to_json(&body)).await
     }
 
@@ -208,10 +185,7 @@ impl Logic {
     ) -> Result<Session, LogicError> {
         let session = self.check_auth(token)?;
         check_room(room_id)?;
-        if let Some(change) = self
-            .state
-            .conn_open(gateway, shard, conn_id, &session, room_id)
-        {
+        if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id) {
             self.room_changed(change).await;
         }
         Ok(session)
@@ -230,34 +204,16 @@ impl Logic {
     }
 
     /// A room message sent on a socket by an authenticated user.
-    pub async fn send_room(
-        &self,
-        from_user_id: u64,
-        room_id: u64,
-        msg: &str,
-    ) -> Result<(), LogicError> {
+    pub async fn send_room(&self, from_user_id: u64, room_id: u64, msg: &str) -> Result<(), LogicError> {
         let Some(name) = self.user_name(from_user_id).await? else {
-            return Err(LogicError::refused(format!(
-                "no user with id {from_user_id}"
-            )));
+            return Err(LogicError::refused(format!("no user with id {from_user_id}")));
         };
-        self.push_room(
-            &Session {
-                user_id: from_user_id,
-                user_name: name,
-            },
-            room_id,
-            msg,
-        )
-        .await
+        self.push_room(&Session { user_id: from_user_id, user_name: name }, room_id, msg).await
     }
 
     /// Membership changed: send the new count and member list (gochat sent an empty frame).
     async fn room_changed(&self, change: RoomChange) {
-        for result in [
-            self.push_count(change.room_id).await,
-            self.push_room_info(change.room_id).await,
-        ] {
+        for result in [self.push_count(change.room_id).await, self.push_room_info(change.room_id).await] {
             if let Err(e) = result {
                 tracing::warn!(room = change.room_id, error = %e, "room update not sent");
             }
@@ -278,34 +234,22 @@ impl Logic {
     }
 
     async fn publish(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.queue
-            .publish(QueueMessage {
-                target: Some(target),
-                body,
-            })
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "enqueue failed");
-                LogicError::Internal("server busy, message not sent".into())
-            })
+        self.queue.publish(QueueMessage { target: Some(target), body }).await.map_err(|e| {
+            tracing::warn!(error = %e, "enqueue failed");
+            LogicError::Internal("server busy, message not sent".into())
+        })
     }
 }
 
 fn check_credentials(user_name: &str, pass: &str) -> Result<(), LogicError> {
     if user_name.is_empty() || user_name.chars().count() > MAX_USER_NAME {
-        return Err(LogicError::refused(format!(
-            "userName must be 1 to {MAX_USER_NAME} characters"
-        )));
+        return Err(LogicError::refused(format!("userName must be 1 to {MAX_USER_NAME} characters")));
     }
     if user_name.trim() != user_name || user_name.chars().any(char::is_control) {
-        return Err(LogicError::refused(
-            "userName must not have control characters or surrounding spaces",
-        ));
+        return Err(LogicError::refused("userName must not have control characters or surrounding spaces"));
     }
     if pass.is_empty() || pass.len() > MAX_PASSWORD {
-        return Err(LogicError::refused(format!(
-            "passWord must be 1 to {MAX_PASSWORD} bytes"
-        )));
+        return Err(LogicError::refused(format!("passWord must be 1 to {MAX_PASSWORD} bytes")));
     }
     Ok(())
 }

@@ -30,11 +30,7 @@ pub async fn verify(password: String, stored: Option<String>) -> bool {
             }
         };
         let ok = PasswordHash::new(phc)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
             .unwrap_or(false);
         ok && stored.is_some()
     })
@@ -47,10 +43,7 @@ fn dummy_hash() -> String {
     DUMMY
         .get_or_init(|| {
             let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
-                .hash_password(b"no such user", &salt)
-                .expect("hash")
-                .to_string()
+            Argon2::default().hash_password(b"no such user", &salt).expect("hash").to_string()
         })
         .clone()
 }

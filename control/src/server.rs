@@ -30,9 +30,7 @@ pub struct ControlHandle {
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
 }
 
 impl Control {
@@ -42,10 +40,7 @@ impl Control {
         let store = UserStore::open(&cfg.database).await?;
         let logic = Arc::new(Logic::new(store.clone(), queue, &cfg));
         if cfg.demo_users == Some(true) {
-            logic
-                .seed_demo_users()
-                .await
-                .map_err(|e| Error::Config(format!("seeding demo users: {e}")))?;
+            logic.seed_demo_users().await.map_err(|e| Error::Config(format!("seeding demo users: {e}")))?;
         }
         let api_listener = bind(cfg.api_listen).await?;
         let api_addr = api_listener.local_addr()?;
@@ -66,26 +61,16 @@ impl Control {
         let app = api::router(logic.clone(), cfg.max_body_bytes);
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(api_listener, app)
-                .with_graceful_shutdown(until_stopped(rx))
-                .await
-            {
+            if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(until_stopped(rx)).await {
                 tracing::error!(error = %e, "REST API stopped");
             }
         }));
         if let Some(listener) = site_listener {
-            let app = site::router(
-                cfg.site_dir.clone(),
-                api_addr.port(),
-                site_ws_port.clone(),
-                &cfg.site_ws_path,
-            );
+            let app =
+                site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
             let rx = stopped.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(until_stopped(rx))
-                    .await
-                {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_stopped(rx)).await {
                     tracing::error!(error = %e, "site stopped");
                 }
             }));
@@ -95,26 +80,14 @@ impl Control {
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(grpc)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(grpc_listener),
-                    until_stopped(rx),
-                )
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped(rx))
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "logic gRPC stopped");
             }
         }));
         tracing::info!(%api_addr, ?site_addr, %grpc_addr, "control listening");
-        Ok(ControlHandle {
-            api_addr,
-            site_addr,
-            grpc_addr,
-            logic,
-            site_ws_port,
-            stop,
-            tasks,
-            store,
-        })
+        Ok(ControlHandle { api_addr, site_addr, grpc_addr, logic, site_ws_port, stop, tasks, store })
     }
 }
 
@@ -128,10 +101,7 @@ impl ControlHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
-            if tokio::time::timeout(std::time::Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
                 tracing::warn!("a control listener did not drain in 5 s; left behind");
             }
         }

@@ -22,18 +22,8 @@ struct Site {
 
 /// The page's router. `api_port`, `ws_port` and `ws_path` go into `/config.js`; `ws_port` may
 /// change after start (a gateway bound to port 0 in the same process).
-pub fn router(
-    dir: Option<PathBuf>,
-    api_port: u16,
-    ws_port: Arc<AtomicU16>,
-    ws_path: &str,
-) -> Router {
-    let site = Site {
-        dir,
-        api_port,
-        ws_port,
-        ws_path: ws_path.to_string(),
-    };
+pub fn router(dir: Option<PathBuf>, api_port: u16, ws_port: Arc<AtomicU16>, ws_path: &str) -> Router {
+    let site = Site { dir, api_port, ws_port, ws_path: ws_path.to_string() };
     Router::new().fallback(serve).with_state(Arc::new(site))
 }
 
@@ -45,16 +35,10 @@ async fn serve(State(site): State<Arc<Site>>, uri: Uri) -> Response {
             "wsPort": site.ws_port.load(Ordering::Relaxed),
             "wsPath": site.ws_path,
         });
-        return file(
-            "config.js",
-            format!("window.GOCHAT_CONFIG = {config};\n").into_bytes(),
-        );
+        return file("config.js", format!("window.GOCHAT_CONFIG = {config};\n").into_bytes());
     }
     let path = if path.is_empty() { "index.html" } else { path };
-    if path
-        .split('/')
-        .any(|seg| seg == ".." || seg.starts_with('.'))
-    {
+    if path.split('/').any(|seg| seg == ".." || seg.starts_with('.')) {
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     }
     let bytes = match &site.dir {
@@ -79,9 +63,7 @@ fn file(path: &str, bytes: Vec<u8>) -> Response {
         _ => "application/octet-stream",
     };
     let mut res = (StatusCode::OK, bytes).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
 }

@@ -53,10 +53,7 @@ pub struct State {
 
 impl State {
     pub fn new(session_ttl: Duration) -> Self {
-        Self {
-            inner: Mutex::default(),
-            session_ttl,
-        }
+        Self { inner: Mutex::default(), session_ttl }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -104,32 +101,15 @@ impl State {
         if inner.conns.contains_key(&key) {
             return None;
         }
-        inner.conns.insert(
-            key,
-            Conn {
-                user_id: session.user_id,
-                room_id,
-                shard,
-            },
-        );
+        inner.conns.insert(key, Conn { user_id: session.user_id, room_id, shard });
         *inner
             .user_routes
             .entry(session.user_id)
             .or_default()
             .entry((gateway.to_string(), shard))
             .or_default() += 1;
-        *inner
-            .room_gateways
-            .entry(room_id)
-            .or_default()
-            .entry(gateway.to_string())
-            .or_default() += 1;
-        let member = inner
-            .rooms
-            .entry(room_id)
-            .or_default()
-            .entry(session.user_id)
-            .or_default();
+        *inner.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
+        let member = inner.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
         member.user_name.clone_from(&session.user_name);
         member.conns += 1;
         (member.conns == 1).then_some(RoomChange { room_id })
@@ -165,10 +145,7 @@ impl State {
 
     /// Distinct users online in a room.
     pub fn room_count(&self, room_id: u64) -> u64 {
-        self.lock()
-            .rooms
-            .get(&room_id)
-            .map_or(0, |m| m.len() as u64)
+        self.lock().rooms.get(&room_id).map_or(0, |m| m.len() as u64)
     }
 
     /// user id (as a string) → user name, for a room.
@@ -176,30 +153,18 @@ impl State {
         self.lock()
             .rooms
             .get(&room_id)
-            .map(|m| {
-                m.iter()
-                    .map(|(id, m)| (id.to_string(), m.user_name.clone()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(id, m)| (id.to_string(), m.user_name.clone())).collect())
             .unwrap_or_default()
     }
 
     /// Gateways hosting members of `room_id`.
     pub fn room_gateways(&self, room_id: u64) -> Vec<String> {
-        self.lock()
-            .room_gateways
-            .get(&room_id)
-            .map(|g| g.keys().cloned().collect())
-            .unwrap_or_default()
+        self.lock().room_gateways.get(&room_id).map(|g| g.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// (gateway, shard) pairs holding connections of `user_id`.
     pub fn user_routes(&self, user_id: u64) -> Vec<(String, u32)> {
-        self.lock()
-            .user_routes
-            .get(&user_id)
-            .map(|r| r.keys().cloned().collect())
-            .unwrap_or_default()
+        self.lock().user_routes.get(&user_id).map(|r| r.keys().cloned().collect()).unwrap_or_default()
     }
 
     pub fn is_online(&self, user_id: u64) -> bool {
@@ -209,11 +174,7 @@ impl State {
 
 impl Inner {
     fn unlink(&mut self, gateway: &str, conn: &Conn) -> Option<RoomChange> {
-        decrement(
-            &mut self.user_routes,
-            conn.user_id,
-            &(gateway.to_string(), conn.shard),
-        );
+        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
         decrement(&mut self.room_gateways, conn.room_id, &gateway.to_string());
         let members = self.rooms.get_mut(&conn.room_id)?;
         let member = members.get_mut(&conn.user_id)?;
@@ -225,9 +186,7 @@ impl Inner {
         if members.is_empty() {
             self.rooms.remove(&conn.room_id);
         }
-        Some(RoomChange {
-            room_id: conn.room_id,
-        })
+        Some(RoomChange { room_id: conn.room_id })
     }
 }
 
@@ -252,36 +211,20 @@ mod tests {
     use super::*;
 
     fn user(id: u64, name: &str) -> Session {
-        Session {
-            user_id: id,
-            user_name: name.into(),
-        }
+        Session { user_id: id, user_name: name.into() }
     }
 
     #[test]
     fn several_connections_count_once() {
         let s = State::new(Duration::from_secs(60));
         let a = user(1, "a");
-        assert_eq!(
-            s.conn_open("g1", 0, 10, &a, 1),
-            Some(RoomChange { room_id: 1 })
-        );
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1), Some(RoomChange { room_id: 1 }));
         assert_eq!(s.conn_open("g1", 0, 10, &a, 1), None, "idempotent");
-        assert_eq!(
-            s.conn_open("g2", 1, 11, &a, 1),
-            None,
-            "second connection, same user"
-        );
-        assert_eq!(
-            s.conn_open("g1", 1, 12, &user(2, "b"), 1),
-            Some(RoomChange { room_id: 1 })
-        );
+        assert_eq!(s.conn_open("g2", 1, 11, &a, 1), None, "second connection, same user");
+        assert_eq!(s.conn_open("g1", 1, 12, &user(2, "b"), 1), Some(RoomChange { room_id: 1 }));
         assert_eq!(s.room_count(1), 2);
         assert_eq!(s.room_gateways(1), vec!["g1".to_string(), "g2".to_string()]);
-        assert_eq!(
-            s.user_routes(1),
-            vec![("g1".to_string(), 0), ("g2".to_string(), 1)]
-        );
+        assert_eq!(s.user_routes(1), vec![("g1".to_string(), 0), ("g2".to_string(), 1)]);
 
         assert_eq!(s.conn_close("g1", 10), None, "a still has a connection");
         assert_eq!(s.conn_close("g1", 10), None, "idempotent");
@@ -290,10 +233,7 @@ mod tests {
         assert_eq!(s.room_count(1), 1);
         assert!(!s.is_online(1));
         assert_eq!(s.room_gateways(1), vec!["g1".to_string()]);
-        assert_eq!(
-            s.room_members(1),
-            [("2".to_string(), "b".to_string())].into()
-        );
+        assert_eq!(s.room_members(1), [("2".to_string(), "b".to_string())].into());
     }
 
     #[test]

@@ -23,11 +23,7 @@ impl UserStore {
     pub async fn open(url: &str) -> Result<Self, crate::Error> {
         let options = SqliteConnectOptions::from_str(url)?.create_if_missing(true);
         // An in-memory database exists once per connection: keep exactly one.
-        let max = if url.contains(":memory:") || url.contains("mode=memory") {
-            1
-        } else {
-            4
-        };
+        let max = if url.contains(":memory:") || url.contains("mode=memory") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .min_connections(if max == 1 { 1 } else { 0 })
@@ -40,11 +36,7 @@ impl UserStore {
     }
 
     /// Inserts a user; `Ok(None)` when the name is taken.
-    pub async fn create(
-        &self,
-        user_name: &str,
-        password_hash: &str,
-    ) -> Result<Option<u64>, sqlx::Error> {
+    pub async fn create(&self, user_name: &str, password_hash: &str) -> Result<Option<u64>, sqlx::Error> {
         let result = sqlx::query(r#"INSERT INTO "user" (user_name, password) VALUES (?, ?)"#)
             .bind(user_name)
             .bind(password_hash)
@@ -93,28 +85,11 @@ mod tests {
     #[tokio::test]
     async fn create_find_and_unique_names() {
         let store = UserStore::open("sqlite::memory:").await.unwrap();
-        let id = store
-            .create("alice'; DROP TABLE user; --", "h")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            store
-                .create("alice'; DROP TABLE user; --", "h2")
-                .await
-                .unwrap(),
-            None
-        );
-        let by_name = store
-            .by_name("alice'; DROP TABLE user; --")
-            .await
-            .unwrap()
-            .unwrap();
+        let id = store.create("alice'; DROP TABLE user; --", "h").await.unwrap().unwrap();
+        assert_eq!(store.create("alice'; DROP TABLE user; --", "h2").await.unwrap(), None);
+        let by_name = store.by_name("alice'; DROP TABLE user; --").await.unwrap().unwrap();
         assert_eq!(by_name.id, id);
-        assert_eq!(
-            store.by_id(id).await.unwrap().unwrap().user_name,
-            by_name.user_name
-        );
+        assert_eq!(store.by_id(id).await.unwrap().unwrap().user_name, by_name.user_name);
         assert_eq!(store.by_id(id + 1).await.unwrap(), None);
     }
 }

@@ -126,6 +126,7 @@ impl GatewayConfig {
             auth_timeout_secs: self.auth_timeout_secs,
             max_outbound_bytes: self.max_outbound_bytes,
             max_connections: self.max_connections.div_ceil(shards),
+            close_grace_secs: ShardLimits::default().close_grace_secs,
         }
     }
 }

@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gochat_proto::gateway::gateway_server::Gateway;
-use gochat_proto::gateway::{
-    PushAck, PushBatch, ShardStats as ShardStatsMsg, StatsReply, StatsRequest,
-};
+use gochat_proto::gateway::{PushAck, PushBatch, ShardStats as ShardStatsMsg, StatsReply, StatsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -34,12 +32,7 @@ impl Ingress {
             }
             let frames = Framed::encode(&room.bodies);
             for inbox in self.inboxes.iter() {
-                inbox
-                    .push_wait(Command::Room {
-                        room_id: room.room_id,
-                        frames: frames.clone(),
-                    })
-                    .await;
+                inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
             }
         }
         for user in batch.users {
@@ -48,21 +41,11 @@ impl Ingress {
             }
             let frames = Framed::encode(&user.bodies);
             match self.inboxes.get(user.shard as usize) {
-                Some(inbox) => {
-                    inbox
-                        .push_wait(Command::User {
-                            user_id: user.user_id,
-                            frames,
-                        })
-                        .await
-                }
+                Some(inbox) => inbox.push_wait(Command::User { user_id: user.user_id, frames }).await,
                 None => {
                     for inbox in self.inboxes.iter() {
                         inbox
-                            .push_wait(Command::User {
-                                user_id: user.user_id,
-                                frames: frames.clone(),
-                            })
+                            .push_wait(Command::User { user_id: user.user_id, frames: frames.clone() })
                             .await;
                     }
                 }
@@ -77,10 +60,7 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<PushAck, Status>> + Send + 'st
 impl Gateway for Ingress {
     type PushStream = AckStream;
 
-    async fn push(
-        &self,
-        request: Request<Streaming<PushBatch>>,
-    ) -> Result<Response<AckStream>, Status> {
+    async fn push(&self, request: Request<Streaming<PushBatch>>) -> Result<Response<AckStream>, Status> {
         let mut batches = request.into_inner();
         let (acks, rx) = mpsc::channel(64);
         let this = self.clone();
@@ -123,9 +103,6 @@ impl Gateway for Ingress {
                 slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
             })
             .collect();
-        Ok(Response::new(StatsReply {
-            gateway_id: self.gateway_id.to_string(),
-            shards,
-        }))
+        Ok(Response::new(StatsReply { gateway_id: self.gateway_id.to_string(), shards }))
     }
 }

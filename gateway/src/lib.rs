@@ -30,10 +30,7 @@ pub enum Error {
     #[error("invalid gateway config: {0}")]
     Config(String),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("logic endpoint: {0}")]

@@ -24,12 +24,7 @@ pub async fn run(
         let inboxes = inboxes.clone();
         tokio::spawn(async move {
             match effect {
-                Effect::Auth {
-                    key,
-                    conn_id,
-                    token,
-                    room_id,
-                } => {
+                Effect::Auth { key, conn_id, token, room_id } => {
                     let reply = logic
                         .conn_open(ConnOpenRequest {
                             token,
@@ -41,43 +36,23 @@ pub async fn run(
                         .await;
                     let result = match reply {
                         Ok(r) => match r.into_inner().user {
-                            Some(u) => Ok(AuthedUser {
-                                user_id: u.user_id,
-                                user_name: u.user_name,
-                            }),
+                            Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
                             None => Err(refused(1011, "logic sent no user")),
                         },
                         Err(status) => Err(auth_refusal(&status)),
                     };
                     if let Some(inbox) = inboxes.get(shard as usize) {
-                        inbox
-                            .push_wait(Command::AuthDone {
-                                key,
-                                conn_id,
-                                result,
-                            })
-                            .await;
+                        inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
                     }
                 }
                 Effect::Closed { conn_id } => {
-                    let req = ConnCloseRequest {
-                        gateway_id: gateway_id.to_string(),
-                        conn_id,
-                    };
+                    let req = ConnCloseRequest { gateway_id: gateway_id.to_string(), conn_id };
                     if let Err(status) = logic.conn_close(req).await {
                         tracing::warn!(conn_id, %status, "logic did not take a connection close");
                     }
                 }
-                Effect::RoomSend {
-                    user_id,
-                    room_id,
-                    msg,
-                } => {
-                    let req = SendRoomRequest {
-                        from_user_id: user_id,
-                        room_id,
-                        msg,
-                    };
+                Effect::RoomSend { user_id, room_id, msg } => {
+                    let req = SendRoomRequest { from_user_id: user_id, room_id, msg };
                     if let Err(status) = logic.send_room(req).await {
                         tracing::warn!(user_id, room_id, %status, "room send from a socket failed");
                     }
@@ -88,10 +63,7 @@ pub async fn run(
 }
 
 fn refused(close_code: u16, message: &str) -> AuthRefused {
-    AuthRefused {
-        close_code,
-        message: message.to_string(),
-    }
+    AuthRefused { close_code, message: message.to_string() }
 }
 
 /// Maps logic's answer to what the client is told: a bad token is a policy close (1008); an

@@ -56,10 +56,7 @@ impl Gateway {
         };
         let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
             .await
-            .map_err(|source| Error::Bind {
-                addr: cfg.grpc_listen,
-                source,
-            })?;
+            .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let logic = logic_client(&cfg.logic)?;
         let id: Arc<str> = cfg.id.as_str().into();
@@ -72,11 +69,12 @@ impl Gateway {
         let (effects_tx, effects_rx) = mpsc::unbounded_channel();
         let clock = Clock::start();
         let limits = cfg.shard_limits();
+        let epoch = process_epoch();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut stats = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
         for (i, (ws, tcp)) in ws_listeners.into_iter().zip(tcp_listeners).enumerate() {
-            let shard = Shard::new(i as u32, limits.clone(), clock.now());
+            let shard = Shard::new(i as u32, epoch, limits.clone(), clock.now());
             stats.push(shard.stats());
             let mut listeners = vec![(ws, Transport::WebSocket)];
             listeners.extend(tcp.map(|l| (l, Transport::Tcp)));
@@ -87,25 +85,18 @@ impl Gateway {
                 effects: effects_tx.clone(),
                 grace: Duration::from_millis(cfg.shutdown_grace_ms),
             };
-            let thread = std::thread::Builder::new()
-                .name(format!("gochat-shard-{i}"))
-                .spawn(move || {
-                    pin_to_cpu(i % cpus);
-                    let result = driver::run(driver, setup, clock);
-                    if let Err(e) = &result {
-                        tracing::error!(shard = i, error = %e, "shard stopped with an error");
-                    }
-                    result
-                })?;
+            let thread = std::thread::Builder::new().name(format!("gochat-shard-{i}")).spawn(move || {
+                pin_to_cpu(i % cpus);
+                let result = driver::run(driver, setup, clock);
+                if let Err(e) = &result {
+                    tracing::error!(shard = i, error = %e, "shard stopped with an error");
+                }
+                result
+            })?;
             threads.push(thread);
         }
         drop(effects_tx);
-        tokio::spawn(logic_link::run(
-            effects_rx,
-            logic,
-            id.clone(),
-            inboxes.clone(),
-        ));
+        tokio::spawn(logic_link::run(effects_rx, logic, id.clone(), inboxes.clone()));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
@@ -143,10 +134,7 @@ impl Gateway {
 impl GatewayHandle {
     /// Open connections over all shards.
     pub fn connections(&self) -> u64 {
-        self.stats
-            .iter()
-            .map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed))
-            .sum()
+        self.stats.iter().map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
@@ -162,10 +150,7 @@ impl GatewayHandle {
         })
         .await;
         let _ = self.grpc_stop.send(true);
-        if tokio::time::timeout(Duration::from_secs(5), self.grpc_task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), self.grpc_task).await.is_err() {
             tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
         }
     }
@@ -183,9 +168,7 @@ fn logic_client(endpoint: &str) -> Result<LogicClient<Channel>, Error> {
 
 /// Routes logic holds for this gateway id are from an earlier run: clear them.
 async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
-    let req = GatewayResetRequest {
-        gateway_id: id.to_string(),
-    };
+    let req = GatewayResetRequest { gateway_id: id.to_string() };
     if let Err(status) = logic.gateway_reset(req).await {
         tracing::warn!(%status, "could not reset this gateway's routes in logic; stale ones expire later");
     }
@@ -193,19 +176,12 @@ async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
 
 /// Binds `n` listeners to one address with `SO_REUSEPORT`, so the kernel spreads connections
 /// over the shards. Port 0 picks one port for all of them.
-fn bind_reuseport(
-    addr: SocketAddr,
-    n: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
+fn bind_reuseport(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpListener>, SocketAddr), Error> {
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let bind = || -> std::io::Result<std::net::TcpListener> {
-            let socket = Socket::new(
-                Domain::for_address(bound),
-                Type::STREAM,
-                Some(Protocol::TCP),
-            )?;
+            let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_reuse_address(true)?;
             socket.set_reuse_port(true)?;
             socket.set_nonblocking(true)?;
@@ -213,16 +189,20 @@ fn bind_reuseport(
             socket.listen(4096)?;
             Ok(socket.into())
         };
-        let listener = bind().map_err(|source| Error::Bind {
-            addr: bound,
-            source,
-        })?;
+        let listener = bind().map_err(|source| Error::Bind { addr: bound, source })?;
         if bound.port() == 0 {
             bound = listener.local_addr()?;
         }
         out.push(listener);
     }
     Ok((out, bound))
+}
+
+/// 16 bits that differ between runs, so connection ids of a restarted gateway are new ids.
+fn process_epoch() -> u16 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos ^ std::process::id().rotate_left(16)) as u16
 }
 
 fn pin_to_cpu(cpu: usize) {

@@ -93,13 +93,12 @@ pub struct ClientRequest {
 pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error;
     match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| D::Error::custom(format!("{n} is not a valid id"))),
-        serde_json::Value::String(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| D::Error::custom(format!("{s:?} is not a valid id"))),
+        serde_json::Value::Number(n) => {
+            n.as_u64().ok_or_else(|| D::Error::custom(format!("{n} is not a valid id")))
+        }
+        serde_json::Value::String(s) => {
+            s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a valid id")))
+        }
         other => Err(D::Error::custom(format!("{other} is not a valid id"))),
     }
 }
@@ -195,25 +194,12 @@ mod tests {
         let mut out = Vec::new();
         encode_tcp_frame(b"hello", &mut out).unwrap();
         for cut in 0..out.len() {
-            assert_eq!(
-                decode_tcp_frame(&out[..cut], 1024),
-                Ok(None),
-                "cut at {cut}"
-            );
+            assert_eq!(decode_tcp_frame(&out[..cut], 1024), Ok(None), "cut at {cut}");
         }
-        assert_eq!(
-            decode_tcp_frame(b"GET ", 1024),
-            Err(TcpFrameError::BadMagic)
-        );
+        assert_eq!(decode_tcp_frame(b"GET ", 1024), Err(TcpFrameError::BadMagic));
         assert_eq!(decode_tcp_frame(b"x", 1024), Err(TcpFrameError::BadMagic));
-        assert_eq!(
-            decode_tcp_frame(b"v1\x00\x02", 1024),
-            Err(TcpFrameError::BadLength(2))
-        );
-        assert_eq!(
-            decode_tcp_frame(b"v1\x01\x00", 16),
-            Err(TcpFrameError::TooLarge(252))
-        );
+        assert_eq!(decode_tcp_frame(b"v1\x00\x02", 1024), Err(TcpFrameError::BadLength(2)));
+        assert_eq!(decode_tcp_frame(b"v1\x01\x00", 16), Err(TcpFrameError::TooLarge(252)));
         assert_eq!(
             encode_tcp_frame(&vec![b'a'; TCP_MAX_BODY + 1], &mut out),
             Err(TcpFrameError::TooLarge(TCP_MAX_BODY + 1))

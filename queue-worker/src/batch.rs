@@ -18,16 +18,8 @@ impl Grouped {
     pub fn add(&mut self, delivery: Delivery) {
         self.ids.push(delivery.id);
         match delivery.message.target {
-            Some(Target::RoomId(room)) => self
-                .rooms
-                .entry(room)
-                .or_default()
-                .push(delivery.message.body),
-            Some(Target::UserId(user)) => self
-                .users
-                .entry(user)
-                .or_default()
-                .push(delivery.message.body),
+            Some(Target::RoomId(room)) => self.rooms.entry(room).or_default().push(delivery.message.body),
+            Some(Target::UserId(user)) => self.users.entry(user).or_default().push(delivery.message.body),
             None => tracing::warn!(id = delivery.id, "queued message without a target; dropped"),
         }
     }
@@ -47,10 +39,7 @@ mod tests {
         let mut g = Grouped::default();
         let d = |id, target, body: &str| Delivery {
             id,
-            message: QueueMessage {
-                target: Some(target),
-                body: body.into(),
-            },
+            message: QueueMessage { target: Some(target), body: body.into() },
         };
         g.add(d(1, Target::RoomId(1), "a"));
         g.add(d(2, Target::UserId(9), "p"));

@@ -30,9 +30,7 @@ impl GatewayPool {
         let mut links = HashMap::new();
         for g in gateways {
             let endpoint = Endpoint::from_shared(g.grpc.clone())
-                .map_err(|e| {
-                    crate::Error::Config(format!("gateway {} address {:?}: {e}", g.id, g.grpc))
-                })?
+                .map_err(|e| crate::Error::Config(format!("gateway {} address {:?}: {e}", g.id, g.grpc)))?
                 .connect_timeout(Duration::from_secs(2));
             let (tx, rx) = mpsc::channel(256);
             tokio::spawn(link(g.id.clone(), endpoint, rx));

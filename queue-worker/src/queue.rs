@@ -43,10 +43,7 @@ struct Inner {
 impl MemoryQueue {
     pub fn new(capacity: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner {
-                messages: VecDeque::new(),
-                next_id: 0,
-            }),
+            inner: Mutex::new(Inner { messages: VecDeque::new(), next_id: 0 }),
             ready: Notify::new(),
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
@@ -125,10 +122,7 @@ mod tests {
     use gochat_proto::queue::queue_message::Target;
 
     fn msg(room: u64) -> QueueMessage {
-        QueueMessage {
-            target: Some(Target::RoomId(room)),
-            body: b"{}".to_vec(),
-        }
+        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec() }
     }
 
     #[tokio::test]
@@ -138,16 +132,9 @@ mod tests {
         q.publish(msg(2)).await.unwrap();
         assert!(matches!(q.publish(msg(3)).await, Err(Error::Full(2))));
         let got = q.read(10, Duration::from_millis(1)).await.unwrap();
-        assert_eq!(
-            got.iter().map(|d| d.message.clone()).collect::<Vec<_>>(),
-            vec![msg(1), msg(2)]
-        );
+        assert_eq!(got.iter().map(|d| d.message.clone()).collect::<Vec<_>>(), vec![msg(1), msg(2)]);
         assert!(got[0].id < got[1].id);
-        assert!(q
-            .read(10, Duration::from_millis(5))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(q.read(10, Duration::from_millis(5)).await.unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -159,11 +146,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         q.publish(msg(7)).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(5), reader)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap().unwrap();
         assert_eq!(got[0].message, msg(7));
     }
 }

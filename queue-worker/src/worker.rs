@@ -35,10 +35,7 @@ impl Default for WorkerConfig {
             logic: "http://127.0.0.1:6900".into(),
             batch_max: 512,
             batch_age_us: 1000,
-            gateways: vec![GatewayAddr {
-                id: "gateway-1".into(),
-                grpc: "http://127.0.0.1:7100".into(),
-            }],
+            gateways: vec![GatewayAddr { id: "gateway-1".into(), grpc: "http://127.0.0.1:7100".into() }],
         }
     }
 }
@@ -110,10 +107,7 @@ impl Worker {
     /// Waits for a first message, then gathers more until the batch is full or old enough.
     async fn collect(&self) -> Result<Grouped, Error> {
         let mut grouped = Grouped::default();
-        let first = self
-            .queue
-            .read(self.cfg.batch_max, Duration::from_millis(500))
-            .await?;
+        let first = self.queue.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
         if first.is_empty() {
             return Ok(grouped);
         }
@@ -149,30 +143,20 @@ impl Worker {
             }
         };
         let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
-        let Grouped {
-            mut rooms,
-            mut users,
-            ids,
-        } = grouped;
+        let Grouped { mut rooms, mut users, ids } = grouped;
         for room in route.rooms {
             let Some(mut bodies) = rooms.remove(&room.room_id) else {
                 continue;
             };
             let mut gateways = room.gateway_ids.into_iter().peekable();
             while let Some(gateway) = gateways.next() {
-                let bodies = if gateways.peek().is_some() {
-                    bodies.clone()
-                } else {
-                    std::mem::take(&mut bodies)
-                };
+                let bodies =
+                    if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
                 per_gateway
                     .entry(gateway)
                     .or_default()
                     .rooms
-                    .push(RoomPush {
-                        room_id: room.room_id,
-                        bodies,
-                    });
+                    .push(RoomPush { room_id: room.room_id, bodies });
             }
         }
         for user in route.users {
@@ -180,15 +164,11 @@ impl Worker {
                 continue;
             };
             for shard in user.shards {
-                per_gateway
-                    .entry(shard.gateway_id)
-                    .or_default()
-                    .users
-                    .push(UserPush {
-                        user_id: user.user_id,
-                        shard: shard.shard,
-                        bodies: bodies.clone(),
-                    });
+                per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
+                    user_id: user.user_id,
+                    shard: shard.shard,
+                    bodies: bodies.clone(),
+                });
             }
         }
         for (gateway, mut batch) in per_gateway {
@@ -204,10 +184,7 @@ impl Worker {
     }
 
     /// Asks logic where the batch's rooms and users are, retrying briefly while it is away.
-    async fn route(
-        &mut self,
-        req: RouteRequest,
-    ) -> Result<gochat_proto::logic::RouteReply, tonic::Status> {
+    async fn route(&mut self, req: RouteRequest) -> Result<gochat_proto::logic::RouteReply, tonic::Status> {
         let mut delay = Duration::from_millis(20);
         for attempt in 0.. {
             match self.logic.route(req.clone()).await {

@@ -20,9 +20,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn driver() -> gochat_gateway::driver::DriverChoice {
     std::env::var("GOCHAT_TEST_DRIVER")
         .ok()
-        .map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| {
-            d.parse().expect("GOCHAT_TEST_DRIVER")
-        })
+        .map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| d.parse().expect("GOCHAT_TEST_DRIVER"))
 }
 
 /// A config with every listener on a free loopback port and an in-memory database.
@@ -56,10 +54,7 @@ impl Server {
             let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         }
         let up = Up::start(cfg).await.expect("gochat up starts");
-        Self {
-            up,
-            http: reqwest::Client::new(),
-        }
+        Self { up, http: reqwest::Client::new() }
     }
 
     pub fn api_url(&self, path: &str) -> String {
@@ -72,13 +67,7 @@ impl Server {
     }
 
     pub async fn api_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Value {
-        let res = self
-            .http
-            .post(self.api_url(path))
-            .body(body)
-            .send()
-            .await
-            .expect("REST reachable");
+        let res = self.http.post(self.api_url(path)).body(body).send().await.expect("REST reachable");
         assert_eq!(res.status(), 200, "gochat answers 200 always");
         res.json().await.expect("envelope is JSON")
     }
@@ -86,30 +75,15 @@ impl Server {
     /// Registers a fresh user; returns (token, user id, name).
     pub async fn user(&self, prefix: &str) -> User {
         let name = unique(prefix);
-        let r = self
-            .api(
-                "/user/register",
-                json!({"userName": name, "passWord": "secret-1"}),
-            )
-            .await;
+        let r = self.api("/user/register", json!({"userName": name, "passWord": "secret-1"})).await;
         assert_eq!(r["code"], 0, "{r}");
         let token = r["data"].as_str().unwrap().to_string();
-        let auth = self
-            .api("/user/checkAuth", json!({"authToken": token}))
-            .await;
-        User {
-            token,
-            id: auth["data"]["userId"].as_u64().unwrap(),
-            name,
-        }
+        let auth = self.api("/user/checkAuth", json!({"authToken": token})).await;
+        User { token, id: auth["data"]["userId"].as_u64().unwrap(), name }
     }
 
     pub async fn push_room(&self, user: &User, room: u64, msg: &str) -> Value {
-        self.api(
-            "/push/pushRoom",
-            json!({"authToken": user.token, "roomId": room, "msg": msg}),
-        )
-        .await
+        self.api("/push/pushRoom", json!({"authToken": user.token, "roomId": room, "msg": msg})).await
     }
 
     pub fn ws_url(&self) -> String {
@@ -119,27 +93,21 @@ impl Server {
     /// A WebSocket connected, authenticated and in `room` (op 7 received).
     pub async fn ws(&self, user: &User, room: u64) -> Ws {
         let mut ws = self.ws_raw().await;
-        ws.send_json(json!({"authToken": user.token, "roomId": room}))
-            .await;
+        ws.send_json(json!({"authToken": user.token, "roomId": room})).await;
         let ok = ws.recv_op(wire::OP_AUTH_OK).await;
         assert_eq!(ok["userId"], user.id);
         ws
     }
 
     pub async fn ws_raw(&self) -> Ws {
-        let (stream, _) = tokio_tungstenite::connect_async(self.ws_url())
-            .await
-            .expect("ws connects");
+        let (stream, _) = tokio_tungstenite::connect_async(self.ws_url()).await.expect("ws connects");
         Ws(stream)
     }
 
     /// A TCP `v1` client, authenticated (op 6) and in `room`.
     pub async fn tcp(&self, user: &User, room: u64) -> Tcp {
-        let mut tcp = Tcp(TcpStream::connect(self.up.gateway.tcp_addr.unwrap())
-            .await
-            .unwrap());
-        tcp.send_json(json!({"authToken": user.token, "roomId": room, "op": 6}))
-            .await;
+        let mut tcp = Tcp(TcpStream::connect(self.up.gateway.tcp_addr.unwrap()).await.unwrap());
+        tcp.send_json(json!({"authToken": user.token, "roomId": room, "op": 6})).await;
         let ok = tcp.recv_op(wire::OP_AUTH_OK).await;
         assert_eq!(ok["userId"], user.id);
         tcp
@@ -172,25 +140,17 @@ pub enum End {
 
 impl Ws {
     pub async fn send_json(&mut self, v: Value) {
-        self.0
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("ws send");
+        self.0.send(Message::text(v.to_string())).await.expect("ws send");
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.0
-            .send(Message::text(s.to_string()))
-            .await
-            .expect("ws send");
+        self.0.send(Message::text(s.to_string())).await.expect("ws send");
     }
 
     /// The next JSON text frame, or `None` when the socket ended.
     pub async fn next_json(&mut self) -> Result<Value, End> {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.0.next())
-                .await
-                .expect("a frame in time");
+            let msg = tokio::time::timeout(WAIT, self.0.next()).await.expect("a frame in time");
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     return Ok(serde_json::from_str(&t).expect("server frames are JSON"))
@@ -207,10 +167,8 @@ impl Ws {
     /// Skips frames until one with `op`.
     pub async fn recv_op(&mut self, op: i32) -> Value {
         loop {
-            let v = self
-                .next_json()
-                .await
-                .unwrap_or_else(|e| panic!("socket ended ({e:?}) waiting for op {op}"));
+            let v =
+                self.next_json().await.unwrap_or_else(|e| panic!("socket ended ({e:?}) waiting for op {op}"));
             if v["op"] == op {
                 return v;
             }
@@ -257,9 +215,7 @@ impl Tcp {
     /// The next frame's JSON body, or `None` at EOF.
     pub async fn next_json(&mut self) -> Option<Value> {
         let mut head = [0u8; 4];
-        let read = tokio::time::timeout(WAIT, self.0.read_exact(&mut head))
-            .await
-            .expect("a frame in time");
+        let read = tokio::time::timeout(WAIT, self.0.read_exact(&mut head)).await.expect("a frame in time");
         if read.is_err() {
             return None;
         }
@@ -272,10 +228,7 @@ impl Tcp {
 
     pub async fn recv_op(&mut self, op: i32) -> Value {
         loop {
-            let v = self
-                .next_json()
-                .await
-                .unwrap_or_else(|| panic!("EOF waiting for op {op}"));
+            let v = self.next_json().await.unwrap_or_else(|| panic!("EOF waiting for op {op}"));
             if v["op"] == op {
                 return v;
             }

@@ -24,18 +24,10 @@ const READ_BUDGET: usize = 16;
 const IOV_MAX: usize = 64;
 
 pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let ShardSetup {
-            shard,
-            listeners,
-            inbox,
-            effects,
-            grace,
-        } = setup;
+        let ShardSetup { shard, listeners, inbox, effects, grace } = setup;
         let driver = Rc::new(EpollShard {
             shard: RefCell::new(shard),
             sockets: RefCell::new(Vec::new()),
@@ -61,10 +53,7 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
         .await;
         if drained.is_err() {
             let left = driver.shard.borrow().len();
-            tracing::warn!(
-                left,
-                "shutdown grace over; dropping the remaining connections"
-            );
+            tracing::warn!(left, "shutdown grace over; dropping the remaining connections");
         }
         Ok(())
     })
@@ -116,11 +105,7 @@ impl EpollShard {
                         if sockets.len() <= key as usize {
                             sockets.resize_with(key as usize + 1, || None);
                         }
-                        sockets[key as usize] = Some(Socket {
-                            stream,
-                            id,
-                            waker: None,
-                        });
+                        sockets[key as usize] = Some(Socket { stream, id, waker: None });
                     }
                     let this = self.clone();
                     tokio::task::spawn_local(async move {
@@ -153,10 +138,7 @@ impl EpollShard {
         // SAFETY: the inbox owns the eventfd and outlives this loop, which drops the
         // registration before returning.
         let fd = unsafe {
-            AsyncFd::register_with_interest(
-                EventFd(inbox.event_fd()),
-                tokio::io::Interest::READABLE,
-            )?
+            AsyncFd::register_with_interest(EventFd(inbox.event_fd()), tokio::io::Interest::READABLE)?
         };
         loop {
             let mut guard = fd.readable().await?;
@@ -179,10 +161,7 @@ impl EpollShard {
         let mut reads = 0;
         loop {
             let mut sockets = self.sockets.borrow_mut();
-            let Some(socket) = sockets
-                .get_mut(key as usize)
-                .and_then(Option::as_mut)
-                .filter(|s| s.id == id)
+            let Some(socket) = sockets.get_mut(key as usize).and_then(Option::as_mut).filter(|s| s.id == id)
             else {
                 return Poll::Ready(());
             };
@@ -216,11 +195,7 @@ impl EpollShard {
                     self.gone(key);
                 }
                 Poll::Pending => {
-                    if !socket
-                        .waker
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
+                    if !socket.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         socket.waker = Some(cx.waker().clone());
                     }
                     return Poll::Pending;
@@ -244,10 +219,7 @@ impl EpollShard {
                 drop(scratch);
                 self.gone(key);
             }
-            Ok(n) => self
-                .shard
-                .borrow_mut()
-                .on_data(key, &mut scratch[..n], self.clock.now()),
+            Ok(n) => self.shard.borrow_mut().on_data(key, &mut scratch[..n], self.clock.now()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 tracing::debug!(error = %e, "read failed");
@@ -325,11 +297,7 @@ impl EpollShard {
     /// The connection is finished: forget it in the shard and close the socket.
     fn gone(&self, key: u32) {
         self.shard.borrow_mut().remove(key);
-        let socket = self
-            .sockets
-            .borrow_mut()
-            .get_mut(key as usize)
-            .and_then(Option::take);
+        let socket = self.sockets.borrow_mut().get_mut(key as usize).and_then(Option::take);
         if let Some(socket) = socket {
             if let Some(waker) = socket.waker {
                 waker.wake();
@@ -343,10 +311,7 @@ impl EpollShard {
 
     fn wake(&self, key: u32) {
         let sockets = self.sockets.borrow();
-        if let Some(waker) = sockets
-            .get(key as usize)
-            .and_then(Option::as_ref)
-            .and_then(|s| s.waker.as_ref())
+        if let Some(waker) = sockets.get(key as usize).and_then(Option::as_ref).and_then(|s| s.waker.as_ref())
         {
             waker.wake_by_ref();
         }
@@ -354,10 +319,7 @@ impl EpollShard {
 }
 
 fn is_resource_exhausted(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM))
 }
 
 /// The inbox eventfd, borrowed (the inbox owns it).

@@ -35,9 +35,7 @@ impl std::str::FromStr for DriverChoice {
             "auto" => Ok(Self::Auto),
             "epoll" => Ok(Self::Epoll),
             "io_uring" | "io-uring" => Ok(Self::IoUring),
-            other => Err(format!(
-                "unknown driver {other:?}: expected auto, epoll or io_uring"
-            )),
+            other => Err(format!("unknown driver {other:?}: expected auto, epoll or io_uring")),
         }
     }
 }
@@ -54,13 +52,11 @@ impl Driver {
     pub fn resolve(choice: DriverChoice) -> Result<(Self, Option<&'static str>), crate::Error> {
         match choice {
             DriverChoice::Epoll => Ok((Self::Epoll, None)),
-            DriverChoice::Auto => Ok((
-                Self::Epoll,
-                Some("the io_uring driver is not part of this build yet"),
-            )),
+            DriverChoice::Auto => {
+                Ok((Self::Epoll, Some("the io_uring driver is not part of this build yet")))
+            }
             DriverChoice::IoUring => Err(crate::Error::Config(
-                "driver io_uring is not part of this build yet; use driver = \"epoll\" or \"auto\""
-                    .into(),
+                "driver io_uring is not part of this build yet; use driver = \"epoll\" or \"auto\"".into(),
             )),
         }
     }

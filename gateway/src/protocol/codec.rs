@@ -54,13 +54,7 @@ impl Codec {
             Transport::WebSocket => Phase::Handshake,
             Transport::Tcp => Phase::Frames,
         };
-        Self {
-            transport,
-            phase,
-            partial: Vec::new(),
-            fragments: Vec::new(),
-            fragment_opcode: None,
-        }
+        Self { transport, phase, partial: Vec::new(), fragments: Vec::new(), fragment_opcode: None }
     }
 
     pub fn transport(&self) -> Transport {
@@ -157,11 +151,7 @@ impl Codec {
                     self.message(header.opcode, payload.to_vec(), out);
                 } else {
                     if payload.len() > limits.max_message {
-                        return self.violation(
-                            Violation::too_big("message over the size limit"),
-                            out,
-                            total,
-                        );
+                        return self.violation(Violation::too_big("message over the size limit"), out, total);
                     }
                     self.fragment_opcode = Some(header.opcode);
                     self.fragments.extend_from_slice(payload);
@@ -169,18 +159,10 @@ impl Codec {
             }
             OpCode::Continuation => {
                 let Some(opcode) = self.fragment_opcode else {
-                    return self.violation(
-                        Violation::protocol("continuation with no message"),
-                        out,
-                        total,
-                    );
+                    return self.violation(Violation::protocol("continuation with no message"), out, total);
                 };
                 if self.fragments.len() + payload.len() > limits.max_message {
-                    return self.violation(
-                        Violation::too_big("message over the size limit"),
-                        out,
-                        total,
-                    );
+                    return self.violation(Violation::too_big("message over the size limit"), out, total);
                 }
                 self.fragments.extend_from_slice(payload);
                 if header.fin {
@@ -222,10 +204,7 @@ impl Codec {
                 len
             }
             Err(e) => {
-                out.push(Output::Send(super::error_frame(
-                    Transport::Tcp,
-                    &e.to_string(),
-                )));
+                out.push(Output::Send(super::error_frame(Transport::Tcp, &e.to_string())));
                 self.close(out);
                 buf.len()
             }
@@ -254,11 +233,7 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits {
-            max_frame: 1024,
-            max_message: 2048,
-            ..Limits::default()
-        }
+        Limits { max_frame: 1024, max_message: 2048, ..Limits::default() }
     }
 
     const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -298,10 +273,7 @@ mod tests {
             c.feed(&mut [b], &limits(), &mut out);
         }
         assert_eq!(out.len(), 3, "{out:?}");
-        assert_eq!(
-            out[1],
-            Output::Message(br#"{"authToken":"t","roomId":1}"#.to_vec())
-        );
+        assert_eq!(out[1], Output::Message(br#"{"authToken":"t","roomId":1}"#.to_vec()));
         assert_eq!(out[2], Output::Send(Bytes::from_static(b"\x8a\x01p")));
         assert_eq!(c.buffered(), 0, "nothing held between frames");
     }
@@ -313,13 +285,7 @@ mod tests {
         bytes.extend(client_frame(true, 1, b"b"));
         bytes.extend(&client_frame(true, 1, b"c")[..3]);
         let out = feed(&mut c, &bytes);
-        assert_eq!(
-            out,
-            vec![
-                Output::Message(b"a".to_vec()),
-                Output::Message(b"b".to_vec())
-            ]
-        );
+        assert_eq!(out, vec![Output::Message(b"a".to_vec()), Output::Message(b"b".to_vec())]);
         assert!(c.buffered() > 0);
         let out = feed(&mut c, &client_frame(true, 1, b"c")[3..]);
         assert_eq!(out, vec![Output::Message(b"c".to_vec())]);
@@ -329,44 +295,22 @@ mod tests {
     fn fragmented_message() {
         let mut c = open_ws();
         assert!(feed(&mut c, &client_frame(false, 1, b"he")).is_empty());
-        assert_eq!(
-            feed(&mut c, &client_frame(true, 9, b"")).len(),
-            1,
-            "ping between fragments"
-        );
-        assert_eq!(
-            feed(&mut c, &client_frame(true, 0, b"llo")),
-            vec![Output::Message(b"hello".to_vec())]
-        );
+        assert_eq!(feed(&mut c, &client_frame(true, 9, b"")).len(), 1, "ping between fragments");
+        assert_eq!(feed(&mut c, &client_frame(true, 0, b"llo")), vec![Output::Message(b"hello".to_vec())]);
         assert_eq!(c.buffered(), 0);
     }
 
     #[test]
     fn violations_close_with_codes() {
-        assert_eq!(
-            close_code(&feed(&mut open_ws(), &client_frame(true, 0, b"x"))),
-            1002
-        );
-        assert_eq!(
-            close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[0xff, 0xfe]))),
-            1007
-        );
-        assert_eq!(
-            close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[b'a'; 1025]))),
-            1009
-        );
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 0, b"x"))), 1002);
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[0xff, 0xfe]))), 1007);
+        assert_eq!(close_code(&feed(&mut open_ws(), &client_frame(true, 1, &[b'a'; 1025]))), 1009);
         let mut c = open_ws();
         assert!(feed(&mut c, &client_frame(false, 1, &[b'a'; 1000])).is_empty());
         assert!(feed(&mut c, &client_frame(false, 0, &[b'a'; 1000])).is_empty());
-        assert_eq!(
-            close_code(&feed(&mut c, &client_frame(true, 0, &[b'a'; 100]))),
-            1009
-        );
+        assert_eq!(close_code(&feed(&mut c, &client_frame(true, 0, &[b'a'; 100]))), 1009);
         let mut c = open_ws();
-        assert_eq!(
-            close_code(&feed(&mut c, &client_frame(true, 8, &[0x03, 0xe8]))),
-            1000
-        );
+        assert_eq!(close_code(&feed(&mut c, &client_frame(true, 8, &[0x03, 0xe8]))), 1000);
         assert!(feed(&mut c, &client_frame(true, 1, b"after close")).is_empty());
     }
 
@@ -378,15 +322,9 @@ mod tests {
         wire::encode_tcp_frame(b"{}", &mut bytes).unwrap();
         assert_eq!(
             feed(&mut c, &bytes),
-            vec![
-                Output::Message(br#"{"op":6}"#.to_vec()),
-                Output::Message(b"{}".to_vec())
-            ]
+            vec![Output::Message(br#"{"op":6}"#.to_vec()), Output::Message(b"{}".to_vec())]
         );
         let out = feed(&mut c, b"GET / HTTP/1.1\r\n");
-        assert!(
-            matches!(&out[..], [Output::Send(_), Output::Close]),
-            "{out:?}"
-        );
+        assert!(matches!(&out[..], [Output::Send(_), Output::Close]), "{out:?}");
     }
 }

@@ -26,14 +26,9 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => {
-            return Upgrade::Incomplete
-        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Upgrade::Incomplete,
         Ok(httparse::Status::Partial) => {
-            return reject(
-                "431 Request Header Fields Too Large",
-                "request head too large",
-            )
+            return reject("431 Request Header Fields Too Large", "request head too large")
         }
         Err(httparse::Error::TooManyHeaders) => {
             return reject("431 Request Header Fields Too Large", "too many headers")
@@ -48,12 +43,7 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
     if req_path != path {
         return reject("404 Not Found", "no WebSocket endpoint at this path");
     }
-    let header = |name: &str| {
-        req.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
+    let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
     let has_token = |name: &str, token: &str| {
         header(name)
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -92,9 +82,7 @@ fn reject(status: &str, why: &str) -> Upgrade {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{why}\n",
         why.len() + 1
     );
-    Upgrade::Reject {
-        response: response.into_bytes(),
-    }
+    Upgrade::Reject { response: response.into_bytes() }
 }
 
 #[cfg(test)]
@@ -105,10 +93,7 @@ mod tests {
 
     #[test]
     fn rfc_example_key() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -139,11 +124,7 @@ mod tests {
         assert_eq!(status(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n", "/ws"), "426");
         let v8 = String::from_utf8_lossy(GOOD).replace("Version: 13", "Version: 8");
         assert_eq!(status(v8.as_bytes(), "/ws"), "426");
-        let huge = [
-            b"GET /ws HTTP/1.1\r\nX: ".as_slice(),
-            &[b'a'; MAX_REQUEST_HEAD],
-        ]
-        .concat();
+        let huge = [b"GET /ws HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST_HEAD]].concat();
         assert_eq!(status(&huge, "/ws"), "431");
     }
 }

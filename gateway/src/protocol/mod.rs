@@ -24,11 +24,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            ws_path: "/ws".into(),
-            max_frame: 64 * 1024,
-            max_message: 64 * 1024,
-        }
+        Self { ws_path: "/ws".into(), max_frame: 64 * 1024, max_message: 64 * 1024 }
     }
 }
 
@@ -52,10 +48,7 @@ pub fn append_frame(transport: Transport, body: &[u8], out: &mut Vec<u8>) {
         Transport::WebSocket => ws::encode(fastwebsockets::OpCode::Text, body, out),
         Transport::Tcp => {
             if wire::encode_tcp_frame(body, out).is_err() {
-                tracing::warn!(
-                    len = body.len(),
-                    "message too large for a TCP frame; dropped"
-                );
+                tracing::warn!(len = body.len(), "message too large for a TCP frame; dropped");
             }
         }
     }
@@ -63,11 +56,8 @@ pub fn append_frame(transport: Transport, body: &[u8], out: &mut Vec<u8>) {
 
 /// An op 8 error reply, framed for `transport`.
 pub fn error_frame(transport: Transport, message: &str) -> Bytes {
-    let body = serde_json::to_vec(&wire::ErrorReply {
-        op: wire::OP_ERROR,
-        code: 1,
-        message: message.to_string(),
-    })
-    .expect("error reply serializes");
+    let body =
+        serde_json::to_vec(&wire::ErrorReply { op: wire::OP_ERROR, code: 1, message: message.to_string() })
+            .expect("error reply serializes");
     frame_body(transport, &body)
 }

@@ -31,31 +31,25 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
     let req: ClientRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return Request::Refuse {
-                message: format!("bad JSON: {e}"),
-                fatal: phase == Phase::AwaitAuth,
-            }
+            return Request::Refuse { message: format!("bad JSON: {e}"), fatal: phase == Phase::AwaitAuth }
         }
     };
     match phase {
         Phase::AwaitAuth => match req.op {
-            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => Request::Auth {
-                token: req.auth_token,
-                room_id: req.room_id,
-            },
-            None | Some(wire::OP_BUILD_TCP_CONN) => Request::Refuse {
-                message: "authToken is required".into(),
-                fatal: true,
-            },
+            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => {
+                Request::Auth { token: req.auth_token, room_id: req.room_id }
+            }
+            None | Some(wire::OP_BUILD_TCP_CONN) => {
+                Request::Refuse { message: "authToken is required".into(), fatal: true }
+            }
             Some(_) => Request::Refuse {
                 message: "authenticate first: send authToken and roomId (TCP: op 6)".into(),
                 fatal: true,
             },
         },
-        Phase::Authenticating { .. } => Request::Refuse {
-            message: "authentication is in progress".into(),
-            fatal: false,
-        },
+        Phase::Authenticating { .. } => {
+            Request::Refuse { message: "authentication is in progress".into(), fatal: false }
+        }
         Phase::Live { room_id, .. } => match (req.op, req.msg) {
             (Some(wire::OP_ROOM_SEND), Some(msg)) if req.room_id == room_id || req.room_id == 0 => {
                 Request::RoomSend { msg }
@@ -64,10 +58,9 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
                 message: format!("this connection is in room {room_id}, not {}", req.room_id),
                 fatal: false,
             },
-            (Some(wire::OP_ROOM_SEND), None) => Request::Refuse {
-                message: "op 3 needs msg".into(),
-                fatal: false,
-            },
+            (Some(wire::OP_ROOM_SEND), None) => {
+                Request::Refuse { message: "op 3 needs msg".into(), fatal: false }
+            }
             (None | Some(wire::OP_BUILD_TCP_CONN), _) if !req.auth_token.is_empty() => {
                 if req.room_id == room_id {
                     Request::AlreadyJoined
@@ -81,10 +74,7 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
                     }
                 }
             }
-            _ => Request::Refuse {
-                message: "unknown request".into(),
-                fatal: false,
-            },
+            _ => Request::Refuse { message: "unknown request".into(), fatal: false },
         },
     }
 }
@@ -93,35 +83,23 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
 mod tests {
     use super::*;
 
-    const LIVE: Phase = Phase::Live {
-        user_id: 1,
-        room_id: 1,
-    };
+    const LIVE: Phase = Phase::Live { user_id: 1, room_id: 1 };
 
     #[test]
     fn auth_frames() {
         assert_eq!(
             interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":1}"#),
-            Request::Auth {
-                token: "t".into(),
-                room_id: 1
-            }
+            Request::Auth { token: "t".into(), room_id: 1 }
         );
         assert_eq!(
             interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":2,"op":6}"#),
-            Request::Auth {
-                token: "t".into(),
-                room_id: 2
-            }
+            Request::Auth { token: "t".into(), room_id: 2 }
         );
         assert!(matches!(
             interpret(Phase::AwaitAuth, br#"{"roomId":1}"#),
             Request::Refuse { fatal: true, .. }
         ));
-        assert!(matches!(
-            interpret(Phase::AwaitAuth, b"garbage"),
-            Request::Refuse { fatal: true, .. }
-        ));
+        assert!(matches!(interpret(Phase::AwaitAuth, b"garbage"), Request::Refuse { fatal: true, .. }));
         assert!(matches!(
             interpret(Phase::AwaitAuth, br#"{"op":3,"msg":"x"}"#),
             Request::Refuse { fatal: true, .. }
@@ -130,10 +108,7 @@ mod tests {
 
     #[test]
     fn live_requests() {
-        assert_eq!(
-            interpret(LIVE, br#"{"authToken":"t","roomId":1}"#),
-            Request::AlreadyJoined
-        );
+        assert_eq!(interpret(LIVE, br#"{"authToken":"t","roomId":1}"#), Request::AlreadyJoined);
         assert!(matches!(
             interpret(LIVE, br#"{"authToken":"t","roomId":2}"#),
             Request::Refuse { fatal: false, .. }
@@ -142,13 +117,7 @@ mod tests {
             interpret(LIVE, br#"{"op":3,"msg":"hi","roomId":1,"fromUserId":99}"#),
             Request::RoomSend { msg: "hi".into() }
         );
-        assert!(matches!(
-            interpret(LIVE, b"{bad"),
-            Request::Refuse { fatal: false, .. }
-        ));
-        assert!(matches!(
-            interpret(LIVE, br#"{"op":42}"#),
-            Request::Refuse { fatal: false, .. }
-        ));
+        assert!(matches!(interpret(LIVE, b"{bad"), Request::Refuse { fatal: false, .. }));
+        assert!(matches!(interpret(LIVE, br#"{"op":42}"#), Request::Refuse { fatal: false, .. }));
     }
 }

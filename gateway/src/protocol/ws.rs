@@ -41,9 +41,7 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
     }
     let (b0, b1) = (buf[0], buf[1]);
     if b0 & 0x70 != 0 {
-        return Err(Violation::protocol(
-            "reserved bits set without an extension",
-        ));
+        return Err(Violation::protocol("reserved bits set without an extension"));
     }
     let opcode = OpCode::try_from(b0 & 0x0f).map_err(|_| Violation::protocol("unknown opcode"))?;
     let fin = b0 & 0x80 != 0;
@@ -85,13 +83,7 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         return Ok(None);
     }
     let mask = buf[2 + ext..header_len].try_into().expect("4 bytes");
-    Ok(Some(Header {
-        fin,
-        opcode,
-        mask,
-        header_len,
-        payload_len: len as usize,
-    }))
+    Ok(Some(Header { fin, opcode, mask, header_len, payload_len: len as usize }))
 }
 
 fn is_control(opcode: OpCode) -> bool {
@@ -124,7 +116,12 @@ pub fn text_frame(body: &[u8]) -> Bytes {
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    // A close payload is at most 125 bytes; cut the reason on a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
     let mut out = Vec::with_capacity(payload.len() + 2);
     encode(OpCode::Close, &payload, &mut out);
     out.into()
@@ -184,11 +181,7 @@ pub(crate) mod tests {
             let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
             assert_eq!((h.payload_len, h.header_len + len), (len, frame.len()));
             for cut in 0..h.header_len {
-                assert_eq!(
-                    parse_header(&frame[..cut], 1 << 20),
-                    Ok(None),
-                    "len {len} cut {cut}"
-                );
+                assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None), "len {len} cut {cut}");
             }
             let mut payload = frame[h.header_len..].to_vec();
             unmask(&mut payload, h.mask);
@@ -205,11 +198,7 @@ pub(crate) mod tests {
         assert_eq!(code(&[0x09, 0x80]), 1002, "fragmented ping");
         assert_eq!(code(&client_frame(true, 9, &[0; 126])), 1002, "long ping");
         assert_eq!(code(&client_frame(true, 1, &[0; 2000])), 1009, "too big");
-        assert_eq!(
-            code(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]),
-            1002,
-            "top bit"
-        );
+        assert_eq!(code(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]), 1002, "top bit");
     }
 
     #[test]
@@ -218,6 +207,9 @@ pub(crate) mod tests {
         let long = text_frame(&[b'a'; 300]);
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
         assert_eq!(&close_frame(1008, "no")[..], b"\x88\x04\x03\xf0no");
+        let long = close_frame(1008, &"é".repeat(100));
+        assert!(long.len() <= 127);
+        assert!(std::str::from_utf8(&long[4..]).is_ok(), "cut on a character boundary");
     }
 
     #[test]
@@ -225,14 +217,7 @@ pub(crate) mod tests {
         assert_eq!(close_reply_code(&[]), Ok(1000));
         assert_eq!(close_reply_code(&[0x03, 0xe8]), Ok(1000));
         assert_eq!(close_reply_code(&[0x03]).unwrap_err().code, 1002);
-        assert_eq!(
-            close_reply_code(&[0x03, 0xed]).unwrap_err().code,
-            1002,
-            "1005 is reserved"
-        );
-        assert_eq!(
-            close_reply_code(&[0x03, 0xe8, 0xff]).unwrap_err().code,
-            1007
-        );
+        assert_eq!(close_reply_code(&[0x03, 0xed]).unwrap_err().code, 1002, "1005 is reserved");
+        assert_eq!(close_reply_code(&[0x03, 0xe8, 0xff]).unwrap_err().code, 1007);
     }
 }

@@ -90,11 +90,7 @@ mod tests {
     use super::*;
 
     fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout.
         unsafe { libc::poll(&mut p, 1, 0) == 1 }
     }
@@ -106,10 +102,7 @@ mod tests {
         assert!(inbox.push(Command::Shutdown).is_ok());
         assert!(readable(inbox.event_fd()));
         assert!(inbox.push(Command::Shutdown).is_ok());
-        assert!(
-            inbox.push(Command::Shutdown).is_err(),
-            "third push exceeds capacity 2"
-        );
+        assert!(inbox.push(Command::Shutdown).is_err(), "third push exceeds capacity 2");
         assert_eq!(inbox.full.load(Ordering::Relaxed), 1);
         let mut n = 0;
         inbox.drain(|_| n += 1);

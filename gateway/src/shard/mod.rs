@@ -34,6 +34,8 @@ pub struct ShardLimits {
     pub max_outbound_bytes: usize,
     /// Connections this shard accepts.
     pub max_connections: usize,
+    /// How long a closing connection may take to write its last bytes before it is dropped.
+    pub close_grace_secs: u32,
 }
 
 impl Default for ShardLimits {
@@ -45,6 +47,7 @@ impl Default for ShardLimits {
             auth_timeout_secs: 10,
             max_outbound_bytes: 256 * 1024,
             max_connections: 1_000_000,
+            close_grace_secs: 5,
         }
     }
 }
@@ -65,10 +68,7 @@ impl Framed {
             protocol::append_frame(Transport::WebSocket, body.as_ref(), &mut ws);
             protocol::append_frame(Transport::Tcp, body.as_ref(), &mut tcp);
         }
-        Self {
-            ws: ws.into(),
-            tcp: tcp.into(),
-        }
+        Self { ws: ws.into(), tcp: tcp.into() }
     }
 
     fn for_transport(&self, t: Transport) -> &Bytes {
@@ -101,11 +101,9 @@ pub enum Command {
     /// Write to every local connection of a user.
     User { user_id: u64, frames: Framed },
     /// The answer to an [`Effect::Auth`].
-    AuthDone {
-        key: u32,
-        conn_id: u64,
-        result: Result<AuthedUser, AuthRefused>,
-    },
+    AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
+    /// Tell one connection a request of its was refused (op 8); it stays open.
+    Notice { key: u32, conn_id: u64, message: String },
     /// Close every connection and stop.
     Shutdown,
 }
@@ -120,7 +118,9 @@ pub enum Effect {
         room_id: u64,
     },
     /// A connection logic knows about (it authenticated) is gone.
-    Closed { conn_id: u64 },
+    Closed {
+        conn_id: u64,
+    },
     RoomSend {
         user_id: u64,
         room_id: u64,
@@ -136,7 +136,8 @@ pub struct ShardStats {
     pub frames_out: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub auth_failures: AtomicU64,
-    pub protocol_errors: AtomicU64,
+    /// Closes the protocol decided: a client close, a violation, a refused handshake.
+    pub protocol_closes: AtomicU64,
 }
 
 struct Conn {
@@ -183,6 +184,8 @@ impl Index {
 
 pub struct Shard {
     index: u32,
+    /// Distinguishes this process's connection ids from an earlier run's.
+    epoch: u16,
     limits: ShardLimits,
     conns: Slab<Conn>,
     next_seq: u64,
@@ -197,9 +200,10 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(index: u32, limits: ShardLimits, now: u32) -> Self {
+    pub fn new(index: u32, epoch: u16, limits: ShardLimits, now: u32) -> Self {
         Self {
             index,
+            epoch,
             limits,
             conns: Slab::new(),
             next_seq: 0,
@@ -242,7 +246,8 @@ impl Shard {
     /// Registers an accepted connection; returns its key and gateway-unique id.
     pub fn open(&mut self, transport: Transport, now: u32) -> (u32, u64) {
         self.next_seq += 1;
-        let id = (self.index as u64) << 48 | self.next_seq;
+        // shard (8 bits) | process epoch (16 bits) | sequence (40 bits)
+        let id = (self.index as u64) << 56 | (self.epoch as u64) << 40 | (self.next_seq & ((1 << 40) - 1));
         let key = self.conns.insert(Conn {
             id,
             codec: Codec::new(transport),
@@ -256,11 +261,8 @@ impl Shard {
             user_pos: 0,
             out: OutQueue::default(),
         }) as u32;
-        self.wheel
-            .schedule(now + self.limits.auth_timeout_secs, key, id);
-        self.stats
-            .connections
-            .store(self.conns.len() as u64, Ordering::Relaxed);
+        self.wheel.schedule(now + self.limits.auth_timeout_secs, key, id);
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         (key, id)
     }
 
@@ -283,7 +285,7 @@ impl Shard {
                 Output::Send(bytes) => self.queue(key, bytes),
                 Output::Message(body) => self.on_message(key, &body),
                 Output::Close => {
-                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.protocol_closes.fetch_add(1, Ordering::Relaxed);
                     self.begin_close(key, None);
                 }
             }
@@ -302,12 +304,7 @@ impl Shard {
         match session::interpret(conn.phase, body) {
             Request::Auth { token, room_id } => {
                 conn.phase = Phase::Authenticating { room_id };
-                self.effects.push(Effect::Auth {
-                    key,
-                    conn_id: id,
-                    token,
-                    room_id,
-                });
+                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id });
             }
             Request::AlreadyJoined => {
                 if let Phase::Live { user_id, room_id } = conn.phase {
@@ -317,11 +314,7 @@ impl Shard {
             }
             Request::RoomSend { msg } => {
                 if let Phase::Live { user_id, room_id } = conn.phase {
-                    self.effects.push(Effect::RoomSend {
-                        user_id,
-                        room_id,
-                        msg,
-                    });
+                    self.effects.push(Effect::RoomSend { user_id, room_id, msg });
                 }
             }
             Request::Refuse { message, fatal } => {
@@ -342,36 +335,24 @@ impl Shard {
     pub fn on_command(&mut self, cmd: Command, now: u32) {
         match cmd {
             Command::Room { room_id, frames } => {
-                let Self {
-                    rooms,
-                    conns,
-                    dirty,
-                    limits,
-                    stats,
-                    ..
-                } = self;
+                let Self { rooms, conns, dirty, limits, stats, .. } = self;
                 for &key in rooms.members(room_id) {
                     queue_to(conns, dirty, limits, stats, key, &frames);
                 }
             }
             Command::User { user_id, frames } => {
-                let Self {
-                    users,
-                    conns,
-                    dirty,
-                    limits,
-                    stats,
-                    ..
-                } = self;
+                let Self { users, conns, dirty, limits, stats, .. } = self;
                 for &key in users.members(user_id) {
                     queue_to(conns, dirty, limits, stats, key, &frames);
                 }
             }
-            Command::AuthDone {
-                key,
-                conn_id,
-                result,
-            } => self.auth_done(key, conn_id, result, now),
+            Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),
+            Command::Notice { key, conn_id, message } => {
+                if let Some(conn) = self.conns.get(key as usize).filter(|c| c.id == conn_id) {
+                    let frame = protocol::error_frame(conn.codec.transport(), &message);
+                    self.queue(key, frame);
+                }
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
@@ -382,13 +363,7 @@ impl Shard {
         }
     }
 
-    fn auth_done(
-        &mut self,
-        key: u32,
-        conn_id: u64,
-        result: Result<AuthedUser, AuthRefused>,
-        now: u32,
-    ) {
+    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused>) {
         let conn = match self.conns.get_mut(key as usize) {
             Some(c) if c.id == conn_id && !c.closing => c,
             _ => {
@@ -404,23 +379,11 @@ impl Shard {
         };
         match result {
             Ok(user) => {
-                conn.phase = Phase::Live {
-                    user_id: user.user_id,
-                    room_id,
-                };
+                conn.phase = Phase::Live { user_id: user.user_id, room_id };
                 conn.room_pos = self.rooms.insert(room_id, key);
                 conn.user_pos = self.users.insert(user.user_id, key);
-                let frame = auth_ok_frame(
-                    conn.codec.transport(),
-                    user.user_id,
-                    &user.user_name,
-                    room_id,
-                );
-                self.wheel
-                    .schedule(now + self.limits.ping_after_secs, key, conn_id);
-                self.stats
-                    .rooms
-                    .store(self.rooms.0.len() as u64, Ordering::Relaxed);
+                let frame = auth_ok_frame(conn.codec.transport(), user.user_id, &user.user_name, room_id);
+                self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
                 self.queue(key, frame);
             }
             Err(refused) => {
@@ -435,10 +398,16 @@ impl Shard {
         let mut due = Vec::new();
         self.wheel.advance(now, |key, id| due.push((key, id)));
         for (key, id) in due {
-            let Some(conn) = self.conns.get_mut(key as usize) else {
+            let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == id) else {
                 continue;
             };
-            if conn.id != id || conn.closing {
+            if conn.closing {
+                // Its grace is over (a peer that stopped reading): drop what it never took.
+                conn.out.clear();
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push(key);
+                }
                 continue;
             }
             match conn.phase {
@@ -464,8 +433,7 @@ impl Shard {
                         let at = conn_last_rx(&self.conns, key) + self.limits.idle_timeout_secs;
                         self.wheel.schedule(at, key, id);
                     } else {
-                        self.wheel
-                            .schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
+                        self.wheel.schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
                     }
                 }
             }
@@ -474,18 +442,8 @@ impl Shard {
 
     /// Queues `bytes` for the connection at `key`.
     fn queue(&mut self, key: u32, bytes: Bytes) {
-        let frames = Framed {
-            ws: bytes.clone(),
-            tcp: bytes,
-        };
-        queue_to(
-            &mut self.conns,
-            &mut self.dirty,
-            &self.limits,
-            &self.stats,
-            key,
-            &frames,
-        );
+        let frames = Framed { ws: bytes.clone(), tcp: bytes };
+        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, key, &frames);
     }
 
     /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
@@ -501,9 +459,7 @@ impl Shard {
             (Some((code, reason)), Transport::WebSocket) if conn.codec.is_open() => {
                 Some(ws::close_frame(code, reason))
             }
-            (Some((_, reason)), Transport::Tcp) => {
-                Some(protocol::error_frame(Transport::Tcp, reason))
-            }
+            (Some((_, reason)), Transport::Tcp) => Some(protocol::error_frame(Transport::Tcp, reason)),
             _ => None,
         };
         if let Some(frame) = frame {
@@ -511,10 +467,12 @@ impl Shard {
         }
         let conn = &mut self.conns[key as usize];
         conn.closing = true;
+        let id = conn.id;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
         }
+        self.wheel.schedule(self.wheel.now() + self.limits.close_grace_secs, key, id);
     }
 
     /// Connections with output to write or a close to finish since the last call.
@@ -542,9 +500,7 @@ impl Shard {
 
     /// Whether the connection at `key` has pending output.
     pub fn has_output(&self, key: u32) -> bool {
-        self.conns
-            .get(key as usize)
-            .is_some_and(|c| !c.out.is_empty())
+        self.conns.get(key as usize).is_some_and(|c| !c.out.is_empty())
     }
 
     /// Whether the connection at `key` should be removed once its output is written.
@@ -566,13 +522,9 @@ impl Shard {
                 self.conns[moved as usize].user_pos = conn.user_pos;
             }
             self.effects.push(Effect::Closed { conn_id: conn.id });
-            self.stats
-                .rooms
-                .store(self.rooms.0.len() as u64, Ordering::Relaxed);
+            self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
         }
-        self.stats
-            .connections
-            .store(self.conns.len() as u64, Ordering::Relaxed);
+        self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     /// Effects for logic queued since the last call.
@@ -606,14 +558,11 @@ fn queue_to(
         return;
     }
     let frame = frames.for_transport(conn.codec.transport());
-    if conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
+    // The bound is on what the peer has not taken yet: an empty queue takes any frame.
+    if !conn.out.is_empty() && conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
         // A slow consumer: its queue cannot take a close frame either, so drop it outright.
         stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            conn = conn.id,
-            pending = conn.out.bytes(),
-            "slow consumer dropped"
-        );
+        tracing::debug!(conn = conn.id, pending = conn.out.bytes(), "slow consumer dropped");
         conn.out.clear();
         conn.closing = true;
     } else {

@@ -44,12 +44,7 @@ impl OutQueue {
     pub fn advance(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
-            let front = self
-                .frames
-                .front()
-                .expect("advance within pending bytes")
-                .len()
-                - self.offset;
+            let front = self.frames.front().expect("advance within pending bytes").len() - self.offset;
             if n >= front {
                 n -= front;
                 self.offset = 0;

@@ -6,14 +6,7 @@ use crate::protocol::ws::tests::client_frame;
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 fn shard() -> Shard {
-    Shard::new(
-        3,
-        ShardLimits {
-            max_outbound_bytes: 1000,
-            ..ShardLimits::default()
-        },
-        0,
-    )
+    Shard::new(3, 7, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
 }
 
 /// Everything queued for `key`, as one byte string, marked written.
@@ -35,27 +28,9 @@ fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
     let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
     s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
     let effects: Vec<_> = s.take_effects().collect();
-    assert_eq!(
-        effects,
-        vec![Effect::Auth {
-            key,
-            conn_id: id,
-            token: format!("t{user}"),
-            room_id: room
-        }]
-    );
-    let ok = AuthedUser {
-        user_id: user,
-        user_name: format!("u{user}"),
-    };
-    s.on_command(
-        Command::AuthDone {
-            key,
-            conn_id: id,
-            result: Ok(ok),
-        },
-        0,
-    );
+    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
+    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
     let out = written(s, key);
     assert!(out.starts_with(b"HTTP/1.1 101"));
     assert!(String::from_utf8_lossy(&out).contains(r#""op":7"#));
@@ -66,7 +41,8 @@ fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
 fn ids_carry_the_shard_index() {
     let mut s = shard();
     let (_, id) = s.open(Transport::Tcp, 0);
-    assert_eq!(id >> 48, 3);
+    assert_eq!(id >> 56, 3);
+    assert_eq!((id >> 40) & 0xffff, 7, "the process epoch");
 }
 
 #[test]
@@ -76,13 +52,7 @@ fn room_broadcast_shares_one_buffer() {
     let (b, _) = live_ws(&mut s, 2, 7);
     let (c, _) = live_ws(&mut s, 3, 8);
     let frames = Framed::encode(&[br#"{"op":3,"msg":"hi"}"#.as_slice()]);
-    s.on_command(
-        Command::Room {
-            room_id: 7,
-            frames: frames.clone(),
-        },
-        0,
-    );
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
     let mut dirty = Vec::new();
     s.take_dirty(&mut dirty);
     dirty.sort();
@@ -91,11 +61,7 @@ fn room_broadcast_shares_one_buffer() {
         let out = s.out_mut(key).unwrap();
         let mut iov = [std::io::IoSlice::new(&[]); 4];
         assert_eq!(out.io_slices(&mut iov), 1);
-        assert_eq!(
-            iov[0].as_ptr(),
-            frames.ws.as_ptr(),
-            "a reference to the shared frame, not a copy"
-        );
+        assert_eq!(iov[0].as_ptr(), frames.ws.as_ptr(), "a reference to the shared frame, not a copy");
     }
     assert!(!s.has_output(c));
 }
@@ -106,13 +72,7 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (a1, _) = live_ws(&mut s, 1, 7);
     let (a2, _) = live_ws(&mut s, 1, 9);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(
-        Command::User {
-            user_id: 1,
-            frames: Framed::encode(&[b"{}"]),
-        },
-        0,
-    );
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) }, 0);
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
 }
 
@@ -123,18 +83,9 @@ fn removal_keeps_the_other_members_and_tells_logic() {
     let (b, _) = live_ws(&mut s, 2, 7);
     let (c, _) = live_ws(&mut s, 3, 7);
     s.remove(a);
-    assert_eq!(
-        s.take_effects().collect::<Vec<_>>(),
-        vec![Effect::Closed { conn_id: a_id }]
-    );
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: a_id }]);
     assert_eq!(s.room_members(7), 2);
-    s.on_command(
-        Command::Room {
-            room_id: 7,
-            frames: Framed::encode(&[b"{}"]),
-        },
-        0,
-    );
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
     assert!(s.has_output(b) && s.has_output(c));
     s.remove(c);
     s.remove(b);
@@ -151,22 +102,9 @@ fn auth_answer_for_a_closed_connection_is_undone() {
     assert_eq!(s.take_effects().count(), 1);
     s.remove(key);
     assert_eq!(s.take_effects().count(), 0, "logic never heard of it");
-    let ok = AuthedUser {
-        user_id: 1,
-        user_name: "u".into(),
-    };
-    s.on_command(
-        Command::AuthDone {
-            key,
-            conn_id: id,
-            result: Ok(ok),
-        },
-        0,
-    );
-    assert_eq!(
-        s.take_effects().collect::<Vec<_>>(),
-        vec![Effect::Closed { conn_id: id }]
-    );
+    let ok = AuthedUser { user_id: 1, user_name: "u".into() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: id }]);
 }
 
 #[test]
@@ -174,23 +112,9 @@ fn refused_auth_closes_with_the_code() {
     let mut s = shard();
     let (key, id) = s.open(Transport::WebSocket, 0);
     s.on_data(key, &mut UPGRADE.to_vec(), 0);
-    s.on_data(
-        key,
-        &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#),
-        0,
-    );
-    let refused = AuthRefused {
-        close_code: 1008,
-        message: "invalid token".into(),
-    };
-    s.on_command(
-        Command::AuthDone {
-            key,
-            conn_id: id,
-            result: Err(refused),
-        },
-        0,
-    );
+    s.on_data(key, &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#), 0);
+    let refused = AuthRefused { close_code: 1008, message: "invalid token".into() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) }, 0);
     assert!(s.is_closing(key));
     let out = written(&mut s, key);
     assert!(out.ends_with(b"\x88\x0f\x03\xf0invalid token"), "{out:?}");
@@ -201,24 +125,17 @@ fn slow_consumer_is_dropped_without_touching_others() {
     let mut s = shard();
     let (slow, _) = live_ws(&mut s, 1, 7);
     let (ok, _) = live_ws(&mut s, 2, 7);
+    let big = Framed::encode(&[vec![b'y'; 5000]]);
+    s.on_command(Command::Room { room_id: 7, frames: big }, 0);
+    assert!(!s.is_closing(slow) && !s.is_closing(ok), "an empty queue takes any frame");
+    let _ = written(&mut s, slow);
+    let _ = written(&mut s, ok);
     let frames = Framed::encode(&[vec![b'x'; 400]]);
     for _ in 0..2 {
-        s.on_command(
-            Command::Room {
-                room_id: 7,
-                frames: frames.clone(),
-            },
-            0,
-        );
+        s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
         let _ = written(&mut s, ok);
     }
-    s.on_command(
-        Command::Room {
-            room_id: 7,
-            frames: frames.clone(),
-        },
-        0,
-    );
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
     assert!(s.is_closing(slow), "over 1000 pending bytes");
     assert!(!s.has_output(slow), "its queue is freed");
     assert!(!s.is_closing(ok));
@@ -271,4 +188,33 @@ fn shutdown_closes_everyone_with_going_away() {
     assert!(s.is_shutting_down() && !s.has_room());
     assert!(s.is_closing(a));
     assert!(written(&mut s, a).starts_with(b"\x88"));
+}
+
+#[test]
+fn a_closing_peer_that_never_reads_is_dropped_after_its_grace() {
+    let mut s = shard();
+    let (key, _) = live_ws(&mut s, 1, 7);
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_tick(1);
+    s.begin_close(key, Some((1001, "idle timeout")));
+    let mut dirty = Vec::new();
+    s.take_dirty(&mut dirty);
+    assert!(s.has_output(key), "the close frame waits for a peer that does not read");
+    s.on_tick(5);
+    assert!(s.has_output(key));
+    s.on_tick(6);
+    s.take_dirty(&mut dirty);
+    assert_eq!(dirty, vec![key], "handed back to the driver to finish");
+    assert!(s.is_closing(key) && !s.has_output(key));
+}
+
+#[test]
+fn notices_reach_only_their_connection() {
+    let mut s = shard();
+    let (a, a_id) = live_ws(&mut s, 1, 7);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    s.on_command(Command::Notice { key: a, conn_id: a_id, message: "too fast".into() }, 0);
+    s.on_command(Command::Notice { key: b, conn_id: a_id, message: "stale".into() }, 0);
+    assert!(String::from_utf8_lossy(&written(&mut s, a)).contains("too fast"));
+    assert!(!s.has_output(b));
 }

@@ -20,10 +20,12 @@ pub struct TimerWheel {
 
 impl TimerWheel {
     pub fn new(now: u32) -> Self {
-        Self {
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            now,
-        }
+        Self { slots: (0..SLOTS).map(|_| Vec::new()).collect(), now }
+    }
+
+    /// The last second processed.
+    pub fn now(&self) -> u32 {
+        self.now
     }
 
     /// Schedules connection (`key`, `id`) to be looked at on second `at` (or the next tick).
@@ -80,11 +82,7 @@ mod tests {
         w.schedule(5, 1, 10);
         w.schedule(5 + SLOTS as u32, 2, 20);
         w.schedule(0, 3, 30);
-        assert_eq!(
-            fired(&mut w, 1),
-            vec![3],
-            "past deadlines fire on the next tick"
-        );
+        assert_eq!(fired(&mut w, 1), vec![3], "past deadlines fire on the next tick");
         assert_eq!(fired(&mut w, 4), Vec::<u32>::new());
         assert_eq!(fired(&mut w, 5), vec![1]);
         assert_eq!(fired(&mut w, 5 + SLOTS as u32 - 1), Vec::<u32>::new());
