@@ -348,3 +348,18 @@ async fn gateway_stats_count_connections_per_shard() {
     assert_eq!(stats.shards.iter().map(|s| s.connections).sum::<u64>(), 2);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_refused_socket_room_send_is_answered_and_the_connection_stays() {
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let mut tcp = s.tcp(&a, 10).await;
+    tcp.send_json(json!({"op": 3, "msg": "x".repeat(11_000), "roomId": 10})).await;
+    let err = tcp.recv_op(wire::OP_ERROR).await;
+    assert_eq!(err["message"], "msg is too long (max 10240 bytes)");
+    tcp.send_json(json!({"op": 3, "msg": "", "roomId": 10})).await;
+    assert_eq!(tcp.recv_op(wire::OP_ERROR).await["message"], "msg must not be empty");
+    tcp.send_json(json!({"op": 3, "msg": "fine", "roomId": 10})).await;
+    assert_eq!(tcp.recv_op(wire::OP_ROOM_SEND).await["msg"], "fine");
+    s.shutdown().await;
+}

@@ -41,7 +41,9 @@ impl Ingress {
             }
             let frames = Framed::encode(&user.bodies);
             match self.inboxes.get(user.shard as usize) {
-                Some(inbox) => inbox.push_wait(Command::User { user_id: user.user_id, frames }).await,
+                Some(inbox) => {
+                    inbox.push_wait(Command::User { user_id: user.user_id, frames }).await;
+                }
                 None => {
                     for inbox in self.inboxes.iter() {
                         inbox

@@ -2,6 +2,7 @@
 //! Runs on the gateway's tokio runtime, so shard threads never wait on the network.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::{ConnCloseRequest, ConnOpenRequest, SendRoomRequest};
@@ -11,6 +12,16 @@ use tonic::Code;
 
 use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox};
 
+/// Room sends from sockets waiting for logic; past this, senders are told to slow down.
+const ROOM_SEND_BACKLOG: usize = 1024;
+
+#[derive(Clone)]
+struct Link {
+    logic: LogicClient<Channel>,
+    gateway_id: Arc<str>,
+    inboxes: Arc<[Arc<Inbox>]>,
+}
+
 /// Runs until every effect sender (the shards) is gone.
 pub async fn run(
     mut effects: mpsc::UnboundedReceiver<(u32, Effect)>,
@@ -18,47 +29,90 @@ pub async fn run(
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
 ) {
+    let link = Link { logic, gateway_id, inboxes };
+    // Room sends go through one queue, in order, so a client's messages keep their order.
+    let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
+    tokio::spawn(link.clone().send_rooms(backlog));
     while let Some((shard, effect)) = effects.recv().await {
-        let mut logic = logic.clone();
-        let gateway_id = gateway_id.clone();
-        let inboxes = inboxes.clone();
-        tokio::spawn(async move {
-            match effect {
-                Effect::Auth { key, conn_id, token, room_id } => {
-                    let reply = logic
-                        .conn_open(ConnOpenRequest {
-                            token,
-                            room_id,
-                            gateway_id: gateway_id.to_string(),
-                            shard,
-                            conn_id,
-                        })
-                        .await;
-                    let result = match reply {
-                        Ok(r) => match r.into_inner().user {
-                            Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
-                            None => Err(refused(1011, "logic sent no user")),
-                        },
-                        Err(status) => Err(auth_refusal(&status)),
-                    };
-                    if let Some(inbox) = inboxes.get(shard as usize) {
-                        inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
-                    }
-                }
-                Effect::Closed { conn_id } => {
-                    let req = ConnCloseRequest { gateway_id: gateway_id.to_string(), conn_id };
-                    if let Err(status) = logic.conn_close(req).await {
-                        tracing::warn!(conn_id, %status, "logic did not take a connection close");
-                    }
-                }
-                Effect::RoomSend { user_id, room_id, msg } => {
-                    let req = SendRoomRequest { from_user_id: user_id, room_id, msg };
-                    if let Err(status) = logic.send_room(req).await {
-                        tracing::warn!(user_id, room_id, %status, "room send from a socket failed");
-                    }
+        match effect {
+            Effect::Auth { key, conn_id, token, room_id } => {
+                tokio::spawn(link.clone().auth(shard, key, conn_id, token, room_id));
+            }
+            Effect::Closed { conn_id } => {
+                tokio::spawn(link.clone().closed(conn_id));
+            }
+            send @ Effect::RoomSend { .. } => {
+                if let Err(mpsc::error::TrySendError::Full((shard, Effect::RoomSend { key, conn_id, .. }))) =
+                    room_sends.try_send((shard, send))
+                {
+                    link.notice(shard, key, conn_id, "sending too fast: message dropped").await;
                 }
             }
-        });
+        }
+    }
+}
+
+impl Link {
+    async fn auth(mut self, shard: u32, key: u32, conn_id: u64, token: String, room_id: u64) {
+        let req = ConnOpenRequest { token, room_id, gateway_id: self.gateway_id.to_string(), shard, conn_id };
+        let result = match self.logic.conn_open(req).await {
+            Ok(r) => match r.into_inner().user {
+                Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
+                None => Err(refused(1011, "logic sent no user")),
+            },
+            Err(status) => Err(auth_refusal(&status)),
+        };
+        if matches!(&result, Err(r) if r.close_code != 1008) {
+            // Logic may have recorded the connection before failing or timing out: undo it.
+            tokio::spawn(self.clone().closed(conn_id));
+        }
+        if let Some(inbox) = self.inboxes.get(shard as usize) {
+            inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
+        }
+    }
+
+    /// Tells logic a connection is gone, retrying while logic is away: a lost close would leave
+    /// the user online.
+    async fn closed(mut self, conn_id: u64) {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            let req = ConnCloseRequest { gateway_id: self.gateway_id.to_string(), conn_id };
+            match self.logic.conn_close(req).await {
+                Ok(_) => return,
+                Err(status) if attempt < 12 => {
+                    tracing::debug!(conn_id, %status, attempt, "connection close not taken yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(status) => {
+                    tracing::warn!(conn_id, %status, "logic never took a connection close");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn send_rooms(mut self, mut backlog: mpsc::Receiver<(u32, Effect)>) {
+        while let Some((shard, effect)) = backlog.recv().await {
+            let Effect::RoomSend { key, conn_id, user_id, room_id, msg } = effect else { continue };
+            let req = SendRoomRequest { from_user_id: user_id, room_id, msg };
+            if let Err(status) = self.logic.send_room(req).await {
+                let message = match status.code() {
+                    Code::InvalidArgument | Code::NotFound => status.message().to_string(),
+                    _ => {
+                        tracing::warn!(user_id, room_id, %status, "room send from a socket failed");
+                        "message not sent: service unavailable, try again".to_string()
+                    }
+                };
+                self.notice(shard, key, conn_id, &message).await;
+            }
+        }
+    }
+
+    async fn notice(&self, shard: u32, key: u32, conn_id: u64, message: &str) {
+        if let Some(inbox) = self.inboxes.get(shard as usize) {
+            inbox.push_wait(Command::Notice { key, conn_id, message: message.to_string() }).await;
+        }
     }
 }
 

@@ -85,9 +85,12 @@ impl Gateway {
                 effects: effects_tx.clone(),
                 grace: Duration::from_millis(cfg.shutdown_grace_ms),
             };
+            let inbox = inboxes[i].clone();
             let thread = std::thread::Builder::new().name(format!("gochat-shard-{i}")).spawn(move || {
                 pin_to_cpu(i % cpus);
                 let result = driver::run(driver, setup, clock);
+                // However the shard ended, nobody may wait on its inbox any more.
+                inbox.close();
                 if let Err(e) = &result {
                     tracing::error!(shard = i, error = %e, "shard stopped with an error");
                 }
@@ -139,6 +142,8 @@ impl GatewayHandle {
 
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
+        // Stop taking batches first, so no pusher waits on a shard that is going away.
+        let _ = self.grpc_stop.send(true);
         for inbox in self.inboxes.iter() {
             inbox.push_wait(Command::Shutdown).await;
         }
@@ -149,7 +154,6 @@ impl GatewayHandle {
             }
         })
         .await;
-        let _ = self.grpc_stop.send(true);
         if tokio::time::timeout(Duration::from_secs(5), self.grpc_task).await.is_err() {
             tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
         }

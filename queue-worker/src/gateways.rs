@@ -71,9 +71,6 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<PushBa
         };
         let (tx, rx) = mpsc::channel::<PushBatch>(64);
         let mut client = GatewayClient::new(channel);
-        if let Some(b) = pending.take() {
-            let _ = tx.send(b).await;
-        }
         let mut acks = match client.push(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
@@ -82,6 +79,13 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<PushBa
                 continue;
             }
         };
+        // Only an accepted stream takes the batch that waited for it.
+        if let Some(b) = pending.take() {
+            if let Err(e) = tx.send(b).await {
+                pending = Some(e.0);
+                continue;
+            }
+        }
         backoff = Duration::from_millis(50);
         loop {
             tokio::select! {

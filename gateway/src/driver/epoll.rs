@@ -22,6 +22,10 @@ const SCRATCH: usize = 64 * 1024;
 /// Reads per wake-up before a connection yields to the others.
 const READ_BUDGET: usize = 16;
 const IOV_MAX: usize = 64;
+/// Inbox commands handled before the output they queued is written.
+const INBOX_BATCH: usize = 64;
+/// How long a closed socket waits for the peer's close before it is dropped.
+const LINGER: Duration = Duration::from_secs(2);
 
 pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -143,14 +147,22 @@ impl EpollShard {
         loop {
             let mut guard = fd.readable().await?;
             guard.clear_ready();
-            let now = self.clock.now();
-            {
-                let mut shard = self.shard.borrow_mut();
-                inbox.drain(|cmd| shard.on_command(cmd, now));
-            }
-            self.after_event();
-            if self.shard.borrow().is_shutting_down() {
-                return Ok(());
+            loop {
+                let more = {
+                    let mut shard = self.shard.borrow_mut();
+                    inbox.drain(INBOX_BATCH, |cmd| shard.on_command(cmd))
+                };
+                // Write what this batch queued before taking more, so queues hold only what
+                // sockets refused.
+                self.after_event();
+                if self.shard.borrow().is_shutting_down() {
+                    inbox.close();
+                    return Ok(());
+                }
+                if !more {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -289,24 +301,30 @@ impl EpollShard {
             shard.is_closing(key) && !shard.has_output(key)
         };
         if done {
-            self.gone(key);
+            if let Some(socket) = self.forget(key) {
+                tokio::task::spawn_local(linger(socket.stream));
+            }
         }
         done
     }
 
-    /// The connection is finished: forget it in the shard and close the socket.
+    /// The peer is gone (end of stream or an error): forget the connection, close the socket.
     fn gone(&self, key: u32) {
+        drop(self.forget(key));
+    }
+
+    /// Forgets the connection in the shard and hands back its socket.
+    fn forget(&self, key: u32) -> Option<Socket> {
         self.shard.borrow_mut().remove(key);
-        let socket = self.sockets.borrow_mut().get_mut(key as usize).and_then(Option::take);
-        if let Some(socket) = socket {
-            if let Some(waker) = socket.waker {
-                waker.wake();
-            }
+        let mut socket = self.sockets.borrow_mut().get_mut(key as usize).and_then(Option::take);
+        if let Some(waker) = socket.as_mut().and_then(|s| s.waker.take()) {
+            waker.wake();
         }
         let shard_index = self.shard.borrow().index();
         for effect in self.shard.borrow_mut().take_effects() {
             let _ = self.effects.send((shard_index, effect));
         }
+        socket
     }
 
     fn wake(&self, key: u32) {
@@ -316,6 +334,27 @@ impl EpollShard {
             waker.wake_by_ref();
         }
     }
+}
+
+/// We closed: stop sending, then read until the peer closes too (or a short deadline), so what
+/// the peer still sends does not turn our close into a reset that loses the last frames.
+async fn linger(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).shutdown(std::net::Shutdown::Write);
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 512];
+        loop {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            match stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 fn is_resource_exhausted(e: &io::Error) -> bool {

@@ -77,14 +77,15 @@ impl Codec {
             return;
         }
         if self.partial.is_empty() {
-            let used = self.process(input, limits, out);
+            let used = self.process(input, 0, limits, out);
             if self.phase != Phase::Closed && used < input.len() {
                 self.partial.extend_from_slice(&input[used..]);
             }
         } else {
             let mut buf = std::mem::take(&mut self.partial);
+            let scanned = buf.len();
             buf.extend_from_slice(input);
-            let used = self.process(&mut buf, limits, out);
+            let used = self.process(&mut buf, scanned, limits, out);
             if self.phase != Phase::Closed && used < buf.len() {
                 buf.drain(..used);
                 self.partial = buf;
@@ -92,12 +93,13 @@ impl Codec {
         }
     }
 
-    /// Processes whole units at the start of `buf`; returns the bytes consumed.
-    fn process(&mut self, buf: &mut [u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+    /// Processes whole units at the start of `buf`; returns the bytes consumed. The first
+    /// `scanned` bytes were already looked at by an earlier read.
+    fn process(&mut self, buf: &mut [u8], scanned: usize, limits: &Limits, out: &mut Vec<Output>) -> usize {
         let mut at = 0;
         while at < buf.len() && self.phase != Phase::Closed {
             let step = match (self.phase, self.transport) {
-                (Phase::Handshake, _) => self.handshake(&buf[at..], limits, out),
+                (Phase::Handshake, _) => self.handshake(&buf[at..], scanned, limits, out),
                 (Phase::Frames, Transport::WebSocket) => self.ws_frame(&mut buf[at..], limits, out),
                 (Phase::Frames, Transport::Tcp) => self.tcp_frame(&buf[at..], limits, out),
                 (Phase::Closed, _) => unreachable!(),
@@ -110,7 +112,13 @@ impl Codec {
         at
     }
 
-    fn handshake(&mut self, buf: &[u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
+    fn handshake(&mut self, buf: &[u8], scanned: usize, limits: &Limits, out: &mut Vec<Output>) -> usize {
+        // Parse a growing head only once it is complete (or too long, or on its first read, to
+        // refuse garbage at once), so a head sent a byte at a time costs linear work.
+        let complete = handshake::head_end(buf, scanned).is_some();
+        if !complete && scanned > 0 && buf.len() < handshake::MAX_REQUEST_HEAD {
+            return 0;
+        }
         match handshake::parse_upgrade(buf, &limits.ws_path) {
             Upgrade::Incomplete => 0,
             Upgrade::Accept { response, consumed } => {

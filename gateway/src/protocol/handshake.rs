@@ -20,6 +20,12 @@ pub enum Upgrade {
     Reject { response: Vec<u8> },
 }
 
+/// Where a request head ends in `buf` (after its blank line), looking from `from` on.
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p + 4)
+}
+
 /// Parses the request head in `buf` as a WebSocket upgrade to `path`.
 pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
     let mut headers = [httparse::EMPTY_HEADER; 32];

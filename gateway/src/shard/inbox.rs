@@ -12,6 +12,8 @@ pub struct Inbox {
     queue: ArrayQueue<Command>,
     event: OwnedFd,
     armed: AtomicBool,
+    /// The shard stopped: pushes fail instead of waiting forever.
+    closed: AtomicBool,
     /// Pushes refused because the inbox was full (the sender waits and retries).
     pub full: AtomicU64,
 }
@@ -28,6 +30,7 @@ impl Inbox {
             // SAFETY: fd is a fresh descriptor we own.
             event: unsafe { OwnedFd::from_raw_fd(fd) },
             armed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             full: AtomicU64::new(0),
         })
     }
@@ -47,11 +50,15 @@ impl Inbox {
         Ok(())
     }
 
-    /// Pushes `cmd`, waiting while the inbox is full (backpressure to the sender).
-    pub async fn push_wait(&self, mut cmd: Command) {
+    /// Pushes `cmd`, waiting while the inbox is full (backpressure to the sender). Returns false
+    /// when the shard has stopped and the command was dropped.
+    pub async fn push_wait(&self, mut cmd: Command) -> bool {
         loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return false;
+            }
             match self.push(cmd) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(back) => {
                     cmd = back;
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -60,20 +67,30 @@ impl Inbox {
         }
     }
 
+    /// The shard no longer reads this inbox.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
     /// The descriptor that becomes readable when commands wait.
     pub fn event_fd(&self) -> RawFd {
         self.event.as_raw_fd()
     }
 
-    /// Clears the wake-up and hands every waiting command to `f`.
-    pub fn drain(&self, mut f: impl FnMut(Command)) {
+    /// Clears the wake-up and hands up to `max` waiting commands to `f`; returns whether more
+    /// are waiting.
+    pub fn drain(&self, max: usize, mut f: impl FnMut(Command)) -> bool {
         let mut counter: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
         unsafe { libc::read(self.event.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
         self.armed.store(false, Ordering::SeqCst);
-        while let Some(cmd) = self.queue.pop() {
-            f(cmd);
+        for _ in 0..max {
+            match self.queue.pop() {
+                Some(cmd) => f(cmd),
+                None => return false,
+            }
         }
+        !self.queue.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -105,7 +122,8 @@ mod tests {
         assert!(inbox.push(Command::Shutdown).is_err(), "third push exceeds capacity 2");
         assert_eq!(inbox.full.load(Ordering::Relaxed), 1);
         let mut n = 0;
-        inbox.drain(|_| n += 1);
+        assert!(inbox.drain(1, |_| n += 1), "one left");
+        assert!(!inbox.drain(8, |_| n += 1));
         assert_eq!(n, 2);
         assert!(!readable(inbox.event_fd()), "drain clears the wake-up");
         assert!(inbox.push(Command::Shutdown).is_ok());

@@ -121,7 +121,10 @@ pub enum Effect {
     Closed {
         conn_id: u64,
     },
+    /// A room message from a live connection (`key`, `conn_id` to answer it with a notice).
     RoomSend {
+        key: u32,
+        conn_id: u64,
         user_id: u64,
         room_id: u64,
         msg: String,
@@ -148,6 +151,8 @@ struct Conn {
     last_rx: u32,
     ping_sent: bool,
     dirty: bool,
+    /// When this connection's live timer entry fires.
+    timer_at: u32,
     closing: bool,
     /// Position in the room's and the user's member lists (valid when live).
     room_pos: u32,
@@ -256,12 +261,13 @@ impl Shard {
             last_rx: now,
             ping_sent: false,
             dirty: false,
+            timer_at: 0,
             closing: false,
             room_pos: 0,
             user_pos: 0,
             out: OutQueue::default(),
         }) as u32;
-        self.wheel.schedule(now + self.limits.auth_timeout_secs, key, id);
+        self.arm(key, now + self.limits.auth_timeout_secs);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         (key, id)
     }
@@ -314,7 +320,7 @@ impl Shard {
             }
             Request::RoomSend { msg } => {
                 if let Phase::Live { user_id, room_id } = conn.phase {
-                    self.effects.push(Effect::RoomSend { user_id, room_id, msg });
+                    self.effects.push(Effect::RoomSend { key, conn_id: id, user_id, room_id, msg });
                 }
             }
             Request::Refuse { message, fatal } => {
@@ -332,7 +338,7 @@ impl Shard {
     }
 
     /// A command from the inbox.
-    pub fn on_command(&mut self, cmd: Command, now: u32) {
+    pub fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Room { room_id, frames } => {
                 let Self { rooms, conns, dirty, limits, stats, .. } = self;
@@ -383,8 +389,10 @@ impl Shard {
                 conn.room_pos = self.rooms.insert(room_id, key);
                 conn.user_pos = self.users.insert(user.user_id, key);
                 let frame = auth_ok_frame(conn.codec.transport(), user.user_id, &user.user_name, room_id);
+                let ping_at = conn.last_rx + self.limits.ping_after_secs;
                 self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
                 self.queue(key, frame);
+                self.arm(key, ping_at);
             }
             Err(refused) => {
                 self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -396,11 +404,14 @@ impl Shard {
     /// Timers: auth timeouts, keep-alive pings, idle drops.
     pub fn on_tick(&mut self, now: u32) {
         let mut due = Vec::new();
-        self.wheel.advance(now, |key, id| due.push((key, id)));
-        for (key, id) in due {
+        self.wheel.advance(now, |key, id, at| due.push((key, id, at)));
+        for (key, id, at) in due {
             let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == id) else {
                 continue;
             };
+            if conn.timer_at != at {
+                continue; // superseded by a later arm()
+            }
             if conn.closing {
                 // Its grace is over (a peer that stopped reading): drop what it never took.
                 conn.out.clear();
@@ -410,33 +421,41 @@ impl Shard {
                 }
                 continue;
             }
+            let silent = now.saturating_sub(conn.last_rx);
             match conn.phase {
                 Phase::AwaitAuth | Phase::Authenticating { .. } => {
                     let deadline = conn.opened + self.limits.auth_timeout_secs;
                     if now >= deadline {
                         self.begin_close(key, Some((1008, "authentication timeout")));
                     } else {
-                        self.wheel.schedule(deadline, key, id);
+                        self.arm(key, deadline);
                     }
                 }
                 // TCP has no protocol ping; dead peers are found by TCP keep-alive.
                 Phase::Live { .. } if conn.codec.transport() == Transport::Tcp => {}
-                Phase::Live { .. } => {
-                    let silent = now.saturating_sub(conn.last_rx);
-                    if silent >= self.limits.idle_timeout_secs {
-                        self.begin_close(key, Some((1001, "idle timeout")));
-                    } else if silent >= self.limits.ping_after_secs {
-                        if !conn.ping_sent {
-                            conn.ping_sent = true;
-                            self.queue(key, ws::ping_frame());
-                        }
-                        let at = conn_last_rx(&self.conns, key) + self.limits.idle_timeout_secs;
-                        self.wheel.schedule(at, key, id);
-                    } else {
-                        self.wheel.schedule(conn.last_rx + self.limits.ping_after_secs, key, id);
+                Phase::Live { .. } if silent >= self.limits.idle_timeout_secs => {
+                    self.begin_close(key, Some((1001, "idle timeout")));
+                }
+                Phase::Live { .. } if silent >= self.limits.ping_after_secs => {
+                    let (last_rx, ping) = (conn.last_rx, !conn.ping_sent);
+                    conn.ping_sent = true;
+                    if ping {
+                        self.queue(key, ws::ping_frame());
                     }
+                    self.arm(key, last_rx + self.limits.idle_timeout_secs);
+                }
+                Phase::Live { .. } => {
+                    let at = conn.last_rx + self.limits.ping_after_secs;
+                    self.arm(key, at);
                 }
             }
+        }
+    }
+
+    /// Sets the connection's one live timer entry to `at` (earlier entries become stale).
+    fn arm(&mut self, key: u32, at: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.timer_at = self.wheel.schedule(at, key, conn.id);
         }
     }
 
@@ -467,12 +486,11 @@ impl Shard {
         }
         let conn = &mut self.conns[key as usize];
         conn.closing = true;
-        let id = conn.id;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(key);
         }
-        self.wheel.schedule(self.wheel.now() + self.limits.close_grace_secs, key, id);
+        self.arm(key, self.wheel.now() + self.limits.close_grace_secs);
     }
 
     /// Connections with output to write or a close to finish since the last call.
@@ -536,10 +554,6 @@ impl Shard {
     pub fn room_members(&self, room_id: u64) -> usize {
         self.rooms.members(room_id).len()
     }
-}
-
-fn conn_last_rx(conns: &Slab<Conn>, key: u32) -> u32 {
-    conns[key as usize].last_rx
 }
 
 /// Queues a reference to `frames` for `key`, dropping the connection when it is over its bound.

@@ -30,7 +30,7 @@ fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
     let effects: Vec<_> = s.take_effects().collect();
     assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
     let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
     let out = written(s, key);
     assert!(out.starts_with(b"HTTP/1.1 101"));
     assert!(String::from_utf8_lossy(&out).contains(r#""op":7"#));
@@ -52,7 +52,7 @@ fn room_broadcast_shares_one_buffer() {
     let (b, _) = live_ws(&mut s, 2, 7);
     let (c, _) = live_ws(&mut s, 3, 8);
     let frames = Framed::encode(&[br#"{"op":3,"msg":"hi"}"#.as_slice()]);
-    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() });
     let mut dirty = Vec::new();
     s.take_dirty(&mut dirty);
     dirty.sort();
@@ -72,7 +72,7 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (a1, _) = live_ws(&mut s, 1, 7);
     let (a2, _) = live_ws(&mut s, 1, 9);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) });
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
 }
 
@@ -85,7 +85,7 @@ fn removal_keeps_the_other_members_and_tells_logic() {
     s.remove(a);
     assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: a_id }]);
     assert_eq!(s.room_members(7), 2);
-    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) });
     assert!(s.has_output(b) && s.has_output(c));
     s.remove(c);
     s.remove(b);
@@ -103,7 +103,7 @@ fn auth_answer_for_a_closed_connection_is_undone() {
     s.remove(key);
     assert_eq!(s.take_effects().count(), 0, "logic never heard of it");
     let ok = AuthedUser { user_id: 1, user_name: "u".into() };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) }, 0);
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
     assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: id }]);
 }
 
@@ -114,7 +114,7 @@ fn refused_auth_closes_with_the_code() {
     s.on_data(key, &mut UPGRADE.to_vec(), 0);
     s.on_data(key, &mut client_frame(true, 1, br#"{"authToken":"bad","roomId":1}"#), 0);
     let refused = AuthRefused { close_code: 1008, message: "invalid token".into() };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) }, 0);
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) });
     assert!(s.is_closing(key));
     let out = written(&mut s, key);
     assert!(out.ends_with(b"\x88\x0f\x03\xf0invalid token"), "{out:?}");
@@ -126,16 +126,16 @@ fn slow_consumer_is_dropped_without_touching_others() {
     let (slow, _) = live_ws(&mut s, 1, 7);
     let (ok, _) = live_ws(&mut s, 2, 7);
     let big = Framed::encode(&[vec![b'y'; 5000]]);
-    s.on_command(Command::Room { room_id: 7, frames: big }, 0);
+    s.on_command(Command::Room { room_id: 7, frames: big });
     assert!(!s.is_closing(slow) && !s.is_closing(ok), "an empty queue takes any frame");
     let _ = written(&mut s, slow);
     let _ = written(&mut s, ok);
     let frames = Framed::encode(&[vec![b'x'; 400]]);
     for _ in 0..2 {
-        s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+        s.on_command(Command::Room { room_id: 7, frames: frames.clone() });
         let _ = written(&mut s, ok);
     }
-    s.on_command(Command::Room { room_id: 7, frames: frames.clone() }, 0);
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() });
     assert!(s.is_closing(slow), "over 1000 pending bytes");
     assert!(!s.has_output(slow), "its queue is freed");
     assert!(!s.is_closing(ok));
@@ -184,7 +184,7 @@ fn unauthenticated_connections_time_out() {
 fn shutdown_closes_everyone_with_going_away() {
     let mut s = shard();
     let (a, _) = live_ws(&mut s, 1, 7);
-    s.on_command(Command::Shutdown, 0);
+    s.on_command(Command::Shutdown);
     assert!(s.is_shutting_down() && !s.has_room());
     assert!(s.is_closing(a));
     assert!(written(&mut s, a).starts_with(b"\x88"));
@@ -194,7 +194,7 @@ fn shutdown_closes_everyone_with_going_away() {
 fn a_closing_peer_that_never_reads_is_dropped_after_its_grace() {
     let mut s = shard();
     let (key, _) = live_ws(&mut s, 1, 7);
-    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) }, 0);
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[b"{}"]) });
     s.on_tick(1);
     s.begin_close(key, Some((1001, "idle timeout")));
     let mut dirty = Vec::new();
@@ -213,8 +213,8 @@ fn notices_reach_only_their_connection() {
     let mut s = shard();
     let (a, a_id) = live_ws(&mut s, 1, 7);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(Command::Notice { key: a, conn_id: a_id, message: "too fast".into() }, 0);
-    s.on_command(Command::Notice { key: b, conn_id: a_id, message: "stale".into() }, 0);
+    s.on_command(Command::Notice { key: a, conn_id: a_id, message: "too fast".into() });
+    s.on_command(Command::Notice { key: b, conn_id: a_id, message: "stale".into() });
     assert!(String::from_utf8_lossy(&written(&mut s, a)).contains("too fast"));
     assert!(!s.has_output(b));
 }

@@ -29,13 +29,15 @@ impl TimerWheel {
     }
 
     /// Schedules connection (`key`, `id`) to be looked at on second `at` (or the next tick).
-    pub fn schedule(&mut self, at: u32, key: u32, id: u64) {
+    /// Returns the second it will fire on.
+    pub fn schedule(&mut self, at: u32, key: u32, id: u64) -> u32 {
         let at = at.max(self.now + 1);
         self.slots[at as usize % SLOTS].push(Entry { at, key, id });
+        at
     }
 
-    /// Advances to `now`, handing every due entry to `f`.
-    pub fn advance(&mut self, now: u32, mut f: impl FnMut(u32, u64)) {
+    /// Advances to `now`, handing every due entry (key, id, second) to `f`.
+    pub fn advance(&mut self, now: u32, mut f: impl FnMut(u32, u64, u32)) {
         // After a long stall, one pass over every slot catches everything.
         let from = self.now + 1;
         let to = now.min(self.now + SLOTS as u32);
@@ -45,7 +47,7 @@ impl TimerWheel {
             let mut keep = Vec::new();
             for e in slot {
                 if e.at <= now {
-                    f(e.key, e.id);
+                    f(e.key, e.id, e.at);
                 } else {
                     keep.push(e);
                 }
@@ -71,7 +73,7 @@ mod tests {
 
     fn fired(w: &mut TimerWheel, now: u32) -> Vec<u32> {
         let mut v = Vec::new();
-        w.advance(now, |k, _| v.push(k));
+        w.advance(now, |k, _, _| v.push(k));
         v.sort();
         v
     }
