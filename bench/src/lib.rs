@@ -1,5 +1,22 @@
 //! The load generator for million-connection benchmarks of gochat-compatible servers.
 //!
 //! # Layout
-//! Empty for now. It will hold the scenarios (`connections`, `fanout`, `latency`, `echo`,
-//! `private`), the worker-process fan-out over source addresses, and the reports.
+//! - [`wsclient`]: the client side of gochat's WebSocket (upgrade, masked frames, server frames).
+//! - [`engine`]: a fleet of connections on one thread — small tasks, one scratch buffer.
+//! - [`worker`]: fleets on threads or in `bench worker` processes (20k descriptors a process).
+//! - [`fleets`]: a run's connections split over fleets and source addresses, counters summed.
+//! - [`api`]: gochat's REST API for users in bulk and pushes at a rate.
+//! - [`server`]: the server's processes (memory, CPU by pid or port), kernel slab, and a local
+//!   gochat-rs cluster the bench can start per driver.
+//! - [`scenario`]: `connections`, `fanout`, `latency`, `private`.
+//! - [`result`], [`report`]: the JSON result of a run, and markdown tables and SVG charts.
+
+pub mod api;
+pub mod engine;
+pub mod fleets;
+pub mod report;
+pub mod result;
+pub mod scenario;
+pub mod server;
+pub mod worker;
+pub mod wsclient;

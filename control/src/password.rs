@@ -4,8 +4,17 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
+/// Hashes at once: each takes ~19 MiB and a core, so a login storm must queue, not fan out.
+fn hashing() -> &'static tokio::sync::Semaphore {
+    static GATE: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
 /// Hashes `password` with argon2id and a random salt.
 pub async fn hash(password: String) -> String {
+    let _turn = hashing().acquire().await.expect("never closed");
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -20,6 +29,7 @@ pub async fn hash(password: String) -> String {
 /// Whether `password` matches the PHC string `stored`. `None` (no such user) still spends the
 /// same work, so timing does not tell which names exist.
 pub async fn verify(password: String, stored: Option<String>) -> bool {
+    let _turn = hashing().acquire().await.expect("never closed");
     tokio::task::spawn_blocking(move || {
         let dummy;
         let phc = match &stored {

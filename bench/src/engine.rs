@@ -1,0 +1,358 @@
+//! A fleet of client connections on one thread: a tokio current-thread runtime where each
+//! connection is a small task that reads only when its socket is readable, into one scratch
+//! buffer per thread. Nothing per connection but the socket, the task and a leftover buffer
+//! that is empty between frames.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::wsclient;
+
+/// Prefix of a message the bench sent: `bench:<sequence>:<send time in µs since the epoch>`.
+pub const MARK: &str = "bench:";
+
+/// One connection to open: whose token, which room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnSpec {
+    pub token: String,
+    pub room: u64,
+}
+
+/// What one fleet (a thread, or a worker process) opens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetSpec {
+    pub ws: SocketAddr,
+    pub path: String,
+    /// Source address to connect from (127.0.0.2, …), so no address pair runs out of ports.
+    pub source_ip: Option<Ipv4Addr>,
+    pub conns: Vec<ConnSpec>,
+    /// Handshakes in flight at once.
+    pub connect_concurrency: usize,
+}
+
+/// Counters and histograms of a fleet, as reported to the coordinator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Authenticated (op 7 received).
+    pub connected: u64,
+    pub failed: u64,
+    /// Closed by the server after connecting.
+    pub closed: u64,
+    pub room_frames: u64,
+    pub private_frames: u64,
+    pub other_frames: u64,
+    /// Op 2/3 frames carrying a bench mark.
+    pub marked: u64,
+    /// End-to-end latency of marked messages, µs (V2-serialized, base64).
+    pub latency: String,
+    /// Time from connect to auth reply, µs (V2-serialized, base64).
+    pub connect: String,
+    /// CPU time the fleet's thread used, seconds.
+    pub cpu_secs: f64,
+    /// The first few errors, for the report.
+    pub errors: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn latency_hist(&self) -> Histogram<u64> {
+        decode_hist(&self.latency)
+    }
+    pub fn connect_hist(&self) -> Histogram<u64> {
+        decode_hist(&self.connect)
+    }
+}
+
+pub fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+fn encode_hist(h: &Histogram<u64>) -> String {
+    let mut out = Vec::new();
+    V2Serializer::new().serialize(h, &mut out).expect("histogram serializes");
+    base64::engine::general_purpose::STANDARD.encode(out)
+}
+
+fn decode_hist(s: &str) -> Histogram<u64> {
+    if s.is_empty() {
+        return new_hist();
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default();
+    Deserializer::new().deserialize(&mut bytes.as_slice()).unwrap_or_else(|_| new_hist())
+}
+
+/// What the coordinator asks of a fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cmd {
+    Snapshot,
+    Quit,
+}
+
+struct Stats {
+    snap: Snapshot,
+    latency: Histogram<u64>,
+    connect: Histogram<u64>,
+}
+
+struct Shared {
+    scratch: RefCell<Box<[u8]>>,
+    stats: RefCell<Stats>,
+}
+
+/// Runs a fleet on the current thread until `Cmd::Quit`; answers every `Cmd::Snapshot`.
+pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: impl FnMut(Snapshot)) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let shared = Rc::new(Shared {
+            scratch: RefCell::new(vec![0; 64 * 1024].into_boxed_slice()),
+            stats: RefCell::new(Stats {
+                snap: Snapshot::default(),
+                latency: new_hist(),
+                connect: new_hist(),
+            }),
+        });
+        let gate = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
+        let host = spec.ws.to_string();
+        for conn in spec.conns {
+            let (shared, gate, host, path) = (shared.clone(), gate.clone(), host.clone(), spec.path.clone());
+            let (addr, source) = (spec.ws, spec.source_ip);
+            tokio::task::spawn_local(async move {
+                let permit = gate.acquire().await.expect("semaphore open");
+                let result = connection(&shared, addr, source, &host, &path, &conn, Some(permit)).await;
+                let mut stats = shared.stats.borrow_mut();
+                match result {
+                    Ok(true) => stats.snap.closed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        if stats.snap.errors.len() < 5 {
+                            stats.snap.errors.push(e.to_string());
+                        }
+                        stats.snap.failed += 1;
+                    }
+                }
+            });
+        }
+        while let Some(cmd) = cmds.recv().await {
+            let stats = shared.stats.borrow();
+            let mut snap = stats.snap.clone();
+            snap.latency = encode_hist(&stats.latency);
+            snap.connect = encode_hist(&stats.connect);
+            snap.cpu_secs = thread_cpu_secs();
+            reply(snap);
+            if cmd == Cmd::Quit {
+                return;
+            }
+        }
+    });
+}
+
+async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = source {
+        // Let the kernel pick the port at connect time, per destination, not at bind time.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our own socket with a live c_int.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket.bind(SocketAddr::from((ip, 0)))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// One connection's life. `Ok(true)` when the server closed it after auth.
+async fn connection(
+    shared: &Shared,
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    host: &str,
+    path: &str,
+    spec: &ConnSpec,
+    mut permit: Option<tokio::sync::SemaphorePermit<'_>>,
+) -> io::Result<bool> {
+    let started = Instant::now();
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), connect(addr, source))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.write_all(&wsclient::upgrade_request(host, path)).await?;
+    let mut head = Vec::with_capacity(256);
+    let body_at = loop {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "upgrade timed out"))??;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during upgrade"));
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = wsclient::upgrade_response(&head)? {
+            break at;
+        }
+    };
+    let mut auth = Vec::with_capacity(128);
+    let body = serde_json::json!({"authToken": spec.token, "roomId": spec.room}).to_string();
+    wsclient::masked_frame(0x1, body.as_bytes(), &mut auth);
+    stream.write_all(&auth).await?;
+
+    let mut pending: Vec<u8> = head.split_off(body_at);
+    let mut owed = Vec::new();
+    let mut authed = false;
+    loop {
+        if !pending.is_empty() {
+            let (used, event) = process(shared, &pending, &mut owed, started, &mut authed);
+            pending.drain(..used);
+            if event == Event::Closed {
+                return Ok(authed);
+            }
+        }
+        if authed {
+            // Connected: let the next handshake start.
+            permit.take();
+        }
+        if !owed.is_empty() {
+            stream.write_all(&owed).await?;
+            owed.clear();
+        }
+        stream.readable().await?;
+        let mut scratch = shared.scratch.borrow_mut();
+        let n = match stream.try_read(&mut scratch) {
+            Ok(0) => return if authed { Ok(true) } else { Err(eof_before_auth()) },
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return if authed { Ok(true) } else { Err(e) },
+        };
+        if pending.is_empty() {
+            let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed);
+            pending.extend_from_slice(&scratch[used..n]);
+            if event == Event::Closed {
+                return if authed { Ok(true) } else { Err(eof_before_auth()) };
+            }
+        } else {
+            pending.extend_from_slice(&scratch[..n]);
+        }
+        if pending.is_empty() && pending.capacity() > 0 {
+            pending = Vec::new();
+        }
+    }
+}
+
+fn eof_before_auth() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, "closed before authentication (bad token?)")
+}
+
+#[derive(PartialEq, Eq)]
+enum Event {
+    More,
+    Closed,
+}
+
+#[derive(Deserialize)]
+struct ServerJson<'a> {
+    op: i32,
+    #[serde(borrow, default)]
+    msg: Option<&'a str>,
+}
+
+/// Handles the whole frames at the start of `buf`; returns the bytes used.
+fn process(
+    shared: &Shared,
+    buf: &[u8],
+    owed: &mut Vec<u8>,
+    started: Instant,
+    authed: &mut bool,
+) -> (usize, Event) {
+    let mut at = 0;
+    let mut stats = shared.stats.borrow_mut();
+    while let Ok(Some((frame, len))) = wsclient::parse_frame(&buf[at..]) {
+        at += len;
+        match frame.opcode {
+            0x1 => match serde_json::from_slice::<ServerJson>(frame.payload) {
+                Ok(j) if j.op == 7 && !*authed => {
+                    *authed = true;
+                    stats.snap.connected += 1;
+                    let _ = stats.connect.record(started.elapsed().as_micros().max(1) as u64);
+                }
+                Ok(j) if j.op == 2 || j.op == 3 => {
+                    if j.op == 3 {
+                        stats.snap.room_frames += 1;
+                    } else {
+                        stats.snap.private_frames += 1;
+                    }
+                    if let Some(sent) = j.msg.and_then(sent_micros) {
+                        stats.snap.marked += 1;
+                        let _ = stats.latency.record(now_micros().saturating_sub(sent).max(1));
+                    }
+                }
+                _ => stats.snap.other_frames += 1,
+            },
+            0x9 => wsclient::masked_frame(0xA, frame.payload, owed),
+            0x8 => return (at, Event::Closed),
+            _ => {}
+        }
+    }
+    (at, Event::More)
+}
+
+/// The send time in a bench message.
+fn sent_micros(msg: &str) -> Option<u64> {
+    msg.strip_prefix(MARK)?.split(':').nth(1)?.parse().ok()
+}
+
+/// A bench message: mark, sequence, send time.
+pub fn marked_message(seq: u64) -> String {
+    format!("{MARK}{seq}:{}", now_micros())
+}
+
+pub fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_round_trip() {
+        let m = marked_message(42);
+        let sent = sent_micros(&m).unwrap();
+        assert!(now_micros() >= sent);
+        assert_eq!(sent_micros("hello"), None);
+        assert_eq!(sent_micros("bench:1:x"), None);
+    }
+
+    #[test]
+    fn histograms_survive_the_wire() {
+        let mut h = new_hist();
+        h.record(1500).unwrap();
+        h.record(90).unwrap();
+        let back = decode_hist(&encode_hist(&h));
+        assert_eq!(back.len(), 2);
+        assert_eq!(back.max(), h.max());
+    }
+}

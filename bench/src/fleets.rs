@@ -1,0 +1,152 @@
+//! The client side of a run: connections split over fleets (threads or worker processes), each
+//! with its own source address, and their counters summed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+
+use crate::engine::{new_hist, ConnSpec, FleetSpec, Snapshot};
+use crate::worker::Fleet;
+
+/// Where fleets run.
+#[derive(Debug, Clone)]
+pub struct ClientOpts {
+    /// Worker processes (at least one per 15,000 connections); 0 runs one fleet on a thread of
+    /// this process instead.
+    pub procs: usize,
+    /// The `bench` executable for worker processes.
+    pub exe: PathBuf,
+    pub connect_concurrency: usize,
+}
+
+/// Connections one worker process takes at most: the open-file limit is 20,000 a process.
+pub const CONNS_PER_PROC: usize = 15_000;
+
+/// All counters of all fleets.
+#[derive(Debug, Clone)]
+pub struct Totals {
+    pub connected: u64,
+    pub failed: u64,
+    pub closed: u64,
+    pub room_frames: u64,
+    pub private_frames: u64,
+    pub other_frames: u64,
+    pub marked: u64,
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    /// CPU seconds of each fleet's thread.
+    pub fleet_cpu: Vec<f64>,
+    pub errors: Vec<String>,
+}
+
+impl Totals {
+    fn sum(snaps: &[Snapshot]) -> Self {
+        let mut t = Totals {
+            connected: 0,
+            failed: 0,
+            closed: 0,
+            room_frames: 0,
+            private_frames: 0,
+            other_frames: 0,
+            marked: 0,
+            latency: new_hist(),
+            connect: new_hist(),
+            fleet_cpu: Vec::new(),
+            errors: Vec::new(),
+        };
+        for s in snaps {
+            t.connected += s.connected;
+            t.failed += s.failed;
+            t.closed += s.closed;
+            t.room_frames += s.room_frames;
+            t.private_frames += s.private_frames;
+            t.other_frames += s.other_frames;
+            t.marked += s.marked;
+            let _ = t.latency.add(s.latency_hist());
+            let _ = t.connect.add(s.connect_hist());
+            t.fleet_cpu.push(s.cpu_secs);
+            t.errors.extend(s.errors.iter().take(3).cloned());
+        }
+        t
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.room_frames + self.private_frames + self.other_frames
+    }
+}
+
+pub struct Fleets {
+    fleets: Vec<Fleet>,
+    pub total: usize,
+}
+
+impl Fleets {
+    /// Opens `conns` to `ws`, spread over fleets.
+    pub fn start(
+        ws: SocketAddr,
+        path: &str,
+        conns: Vec<ConnSpec>,
+        opts: &ClientOpts,
+    ) -> anyhow::Result<Self> {
+        let total = conns.len();
+        let procs = if opts.procs == 0 { 0 } else { opts.procs.max(total.div_ceil(CONNS_PER_PROC)) };
+        let parts = procs.max(1);
+        let mut chunks: Vec<Vec<ConnSpec>> = (0..parts).map(|_| Vec::new()).collect();
+        for (i, c) in conns.into_iter().enumerate() {
+            chunks[i % parts].push(c);
+        }
+        let mut fleets = Vec::new();
+        for (i, conns) in chunks.into_iter().enumerate() {
+            if i > 250 {
+                bail!("too many worker processes for the 127.0.0.x source range");
+            }
+            let spec = FleetSpec {
+                ws,
+                path: path.to_string(),
+                source_ip: if ws.ip().is_loopback() {
+                    Some(Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+                } else {
+                    None
+                },
+                conns,
+                connect_concurrency: opts.connect_concurrency,
+            };
+            fleets.push(if procs == 0 { Fleet::thread(spec) } else { Fleet::process(&opts.exe, &spec)? });
+        }
+        Ok(Self { fleets, total })
+    }
+
+    pub fn totals(&mut self) -> anyhow::Result<Totals> {
+        let snaps = self.fleets.iter_mut().map(Fleet::snapshot).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Totals::sum(&snaps))
+    }
+
+    /// Polls until `done(totals)` or `limit`; `tick` sees each poll (progress bars).
+    pub fn wait(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Totals) -> bool,
+        mut tick: impl FnMut(&Totals),
+    ) -> anyhow::Result<(Totals, bool)> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let t = self.totals()?;
+            tick(&t);
+            if done(&t) {
+                return Ok((t, true));
+            }
+            if Instant::now() >= deadline {
+                return Ok((t, false));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn quit(self) -> anyhow::Result<Totals> {
+        let snaps = self.fleets.into_iter().map(Fleet::quit).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Totals::sum(&snaps))
+    }
+}

@@ -1,0 +1,352 @@
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use gochat_bench::fleets::ClientOpts;
+use gochat_bench::result::RunResult;
+use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
+use gochat_bench::server::{Cluster, ServerProcs};
+use gochat_bench::{report, worker};
+
+/// Load generator for gochat-compatible servers (gochat-rs, gochat, anything speaking its
+/// REST API and WebSocket protocol).
+///
+/// Either point it at a running server (--api, --ws; memory and CPU are measured on the
+/// processes found by --server-pid or listening on the WebSocket port), or let it start a local
+/// gochat-rs cluster per driver (--spawn PATH/TO/gochat --drivers epoll,io_uring), one control
+/// and as many gateway processes as the connection count needs (20,000 descriptors a process).
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// REST API of a running server.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
+    api: String,
+    /// WebSocket address (host:port) of a running server.
+    #[arg(long, global = true, default_value = "127.0.0.1:7000")]
+    ws: String,
+    /// WebSocket path.
+    #[arg(long, global = true, default_value = "/ws")]
+    path: String,
+    /// Every server process, for total CPU (default: the gateways, found as the processes
+    /// listening on the WebSocket port).
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Start a local gochat-rs cluster with this `gochat` binary instead.
+    #[arg(long, global = true)]
+    spawn: Option<PathBuf>,
+    /// With --spawn: the gateway drivers to run the scenario against, in turn.
+    #[arg(long, global = true, value_delimiter = ',', default_value = "epoll")]
+    drivers: Vec<String>,
+    /// With --spawn: gateway processes (default: one per 15,000 connections).
+    #[arg(long, global = true)]
+    gateways: Option<usize>,
+    /// Client worker processes (0: one thread in this process); raised to one per 15,000
+    /// connections.
+    #[arg(long, global = true, default_value_t = 1)]
+    procs: usize,
+    /// Handshakes in flight per client process.
+    #[arg(long, global = true, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Append each run's result (JSON) to this directory.
+    #[arg(long, global = true, default_value = "bench-results")]
+    out: PathBuf,
+    /// No progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Open N authenticated WebSockets in R rooms, hold them idle, broadcast once per room:
+    /// connect rate, server memory and kernel memory per connection, idle CPU per connection,
+    /// and that every connection got its room's broadcast.
+    Connections {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Distinct users (connections share them round-robin; each needs a password hash).
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Seconds to hold the connections idle.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+    },
+    /// R rooms × M members; room messages pushed through the REST API at a rate (or as fast
+    /// as possible): deliveries/s, frames/s, deliveries per server CPU-second, loss, latency.
+    Fanout {
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        /// Messages per second (default: as fast as the API takes them).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// REST calls in flight.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
+    /// End-to-end latency REST push → client at a fixed rate: p50/p90/p99/p99.9/max.
+    Latency {
+        #[arg(long, short = 'n', default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// One connection per user, private messages user → next user: loss and latency (across
+    /// gateways when several run).
+    Private {
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 2000)]
+        messages: u64,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+    },
+    /// Turn result files into a markdown table and SVG charts.
+    Report {
+        /// Result files (JSON) or directories of them.
+        inputs: Vec<PathBuf>,
+        /// Where report.md and the charts go.
+        #[arg(long, default_value = "bench-report")]
+        to: PathBuf,
+    },
+    /// (internal) A client worker process, driven over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() -> anyhow::Result<()> {
+    raise_open_files_limit();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Worker => worker::worker_main(),
+        Command::Report { inputs, to } => {
+            let results = load_results(&inputs)?;
+            let md = report::write(&results, &to)?;
+            println!("{md}");
+            eprintln!("written to {}", to.join("report.md").display());
+            Ok(())
+        }
+        command => run(&cli.server, &command),
+    }
+}
+
+fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
+    let client = ClientOpts {
+        procs: args.procs,
+        exe: std::env::current_exe().context("own executable")?,
+        connect_concurrency: args.connect_concurrency,
+    };
+    let connections = match command {
+        Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
+        Command::Fanout { rooms, members, .. } => rooms * members,
+        Command::Private { users, .. } => *users,
+        _ => 0,
+    };
+    let mut results = Vec::new();
+    match &args.spawn {
+        None => {
+            let ws = resolve(&args.ws)?;
+            let gateways =
+                ServerProcs::by_port(ws.port()).map_err(|e| eprintln!("not measuring the gateway: {e}")).ok();
+            let servers = if args.server_pid.is_empty() {
+                gateways.clone()
+            } else {
+                Some(ServerProcs { pids: args.server_pid.clone() })
+            };
+            let target = Target {
+                api: args.api.clone(),
+                ws,
+                path: args.path.clone(),
+                gateways,
+                servers,
+                label: "server".into(),
+            };
+            results.push(scenario_run(&target, &client, command, args.quiet)?);
+        }
+        Some(gochat) => {
+            let gateways = args.gateways.unwrap_or(connections.div_ceil(15_000).max(1));
+            for driver in &args.drivers {
+                let cluster = match Cluster::start(gochat, driver, gateways, 19_000) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
+                        continue;
+                    }
+                };
+                let target = Target {
+                    api: cluster.api.clone(),
+                    ws: cluster.ws,
+                    path: "/ws".into(),
+                    gateways: Some(cluster.gateway_procs.clone()),
+                    servers: Some(cluster.procs.clone()),
+                    label: driver.clone(),
+                };
+                let result = scenario_run(&target, &client, command, args.quiet);
+                cluster.stop();
+                let mut result = result?;
+                result.param("gateway_processes", gateways);
+                results.push(result);
+            }
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    for r in &results {
+        r.print();
+        let file = args.out.join(format!(
+            "{}-{}-{}-{}.json",
+            r.scenario,
+            r.label,
+            connections,
+            r.started_at.replace(':', "")
+        ));
+        std::fs::write(&file, serde_json::to_string_pretty(r)?)?;
+        eprintln!("result: {}", file.display());
+    }
+    if results.len() > 1 {
+        print_ratios(&results);
+    }
+    if results.is_empty() {
+        bail!("no run completed");
+    }
+    Ok(())
+}
+
+fn scenario_run(
+    target: &Target,
+    client: &ClientOpts,
+    command: &Command,
+    quiet: bool,
+) -> anyhow::Result<RunResult> {
+    match command {
+        Command::Connections { connections, rooms, users, hold } => scenario::connections(
+            target,
+            client,
+            &ConnectionsParams {
+                connections: *connections,
+                rooms: *rooms,
+                users: *users,
+                hold: Duration::from_secs_f64(*hold),
+            },
+            quiet,
+        ),
+        Command::Fanout { rooms, members, users, messages, rate, in_flight } => scenario::fanout(
+            "fanout",
+            target,
+            client,
+            &FanoutParams {
+                rooms: *rooms,
+                members: *members,
+                users: *users,
+                messages: *messages,
+                rate: *rate,
+                in_flight: *in_flight,
+            },
+            quiet,
+        ),
+        Command::Latency { connections, rooms, users, rate, duration } => {
+            let rooms = (*rooms).max(1);
+            scenario::fanout(
+                "latency",
+                target,
+                client,
+                &FanoutParams {
+                    rooms,
+                    members: connections.div_ceil(rooms),
+                    users: *users,
+                    messages: (rate * duration).round() as u64,
+                    rate: Some(*rate),
+                    in_flight: 256,
+                },
+                quiet,
+            )
+        }
+        Command::Private { users, messages, rate, in_flight } => scenario::private(
+            target,
+            client,
+            &PrivateParams { users: *users, messages: *messages, rate: *rate, in_flight: *in_flight },
+            quiet,
+        ),
+        Command::Report { .. } | Command::Worker => unreachable!("handled in main"),
+    }
+}
+
+/// Each figure of the later runs against the first (e.g. io_uring vs epoll).
+fn print_ratios(results: &[RunResult]) {
+    let base = &results[0];
+    for other in &results[1..] {
+        println!("\n{} / {}:", other.label, base.label);
+        for (k, v) in &other.figures {
+            if let (Some(a), Some(b)) = (v.as_f64(), base.figures.get(k).and_then(|b| b.as_f64())) {
+                if b != 0.0 {
+                    println!("  {k:40} {:.2}x", a / b);
+                }
+            }
+        }
+    }
+}
+
+fn load_results(inputs: &[PathBuf]) -> anyhow::Result<Vec<RunResult>> {
+    let mut files = Vec::new();
+    for i in inputs {
+        if i.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(i)?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(i.clone());
+        }
+    }
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))
+        })
+        .collect()
+}
+
+fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {addr}"))
+}
+
+/// Sockets are files: take the hard limit.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit on a live struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

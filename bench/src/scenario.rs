@@ -1,0 +1,345 @@
+//! The scenarios. Each returns a [`RunResult`] with its parameters and figures.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::api::{self, Api, User};
+use crate::engine::{marked_message, ConnSpec};
+use crate::fleets::{ClientOpts, Fleets, Totals};
+use crate::result::RunResult;
+use crate::server::{Sample, ServerProcs};
+
+/// The server under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub api: String,
+    pub ws: SocketAddr,
+    pub path: String,
+    /// The gateway processes (memory and CPU per connection, deliveries per CPU-second).
+    pub gateways: Option<ServerProcs>,
+    /// Every server process (control and workers too), for total CPU.
+    pub servers: Option<ServerProcs>,
+    /// What to call this server setup in results (e.g. the gateway driver).
+    pub label: String,
+}
+
+impl Target {
+    fn sample(&self) -> (Sample, Sample) {
+        let s = |p: &Option<ServerProcs>| p.as_ref().map(ServerProcs::sample).unwrap_or_default();
+        (s(&self.gateways), s(&self.servers))
+    }
+}
+
+fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what:>12} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} {{elapsed}}"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    b
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// Logs in `n` bench users (registering them the first time).
+fn users(api: &Api, n: usize, quiet: bool) -> anyhow::Result<Vec<User>> {
+    let rt = runtime();
+    let prefix = "bench-user-";
+    let started = Instant::now();
+    let users = rt.block_on(api.users(prefix, n, 16)).context("setting up bench users")?;
+    if !quiet {
+        eprintln!("{n} users logged in in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(users)
+}
+
+/// Opens `conns` and waits until all are authenticated (or failed); returns the fleets, the
+/// totals and the seconds it took.
+fn connect_all(
+    target: &Target,
+    conns: Vec<ConnSpec>,
+    client: &ClientOpts,
+    quiet: bool,
+) -> anyhow::Result<(Fleets, Totals, f64)> {
+    let n = conns.len() as u64;
+    let progress = bar(n, "connecting", quiet);
+    let started = Instant::now();
+    let mut fleets = Fleets::start(target.ws, &target.path, conns, client)?;
+    let limit = Duration::from_secs(60 + n / 200);
+    let (totals, _) = fleets.wait(
+        limit,
+        |t| t.connected + t.failed >= n,
+        |t| progress.set_position(t.connected + t.failed),
+    )?;
+    let secs = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    if totals.connected == 0 {
+        let why = totals.errors.first().cloned().unwrap_or_else(|| "timed out".into());
+        fleets.quit()?;
+        bail!("no connection authenticated: {why}");
+    }
+    Ok((fleets, totals, secs))
+}
+
+fn client_notes(result: &mut RunResult, before: &Totals, after: &Totals, wall: f64) {
+    let busiest = before
+        .fleet_cpu
+        .iter()
+        .zip(&after.fleet_cpu)
+        .map(|(b, a)| (a - b) / wall.max(1e-9))
+        .fold(0.0, f64::max);
+    result.figure("client_busiest_fleet_cpu_pct", (busiest * 100.0).round());
+    if busiest > 0.9 {
+        result.notes.push(format!(
+            "the client was the bottleneck: its busiest fleet thread ran at {:.0}% CPU",
+            busiest * 100.0
+        ));
+    }
+}
+
+fn failures(result: &mut RunResult, t: &Totals) {
+    if t.failed > 0 {
+        result.notes.push(format!("{} connections failed: {}", t.failed, t.errors.join("; ")));
+    }
+}
+
+fn percentiles(result: &mut RunResult, prefix: &str, h: &hdrhistogram::Histogram<u64>) {
+    if h.is_empty() {
+        return;
+    }
+    let ms = |v: u64| (v as f64 / 1000.0 * 1000.0).round() / 1000.0;
+    result.figure(&format!("{prefix}_p50_ms"), ms(h.value_at_quantile(0.5)));
+    result.figure(&format!("{prefix}_p90_ms"), ms(h.value_at_quantile(0.9)));
+    result.figure(&format!("{prefix}_p99_ms"), ms(h.value_at_quantile(0.99)));
+    result.figure(&format!("{prefix}_p999_ms"), ms(h.value_at_quantile(0.999)));
+    result.figure(&format!("{prefix}_max_ms"), ms(h.max()));
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionsParams {
+    pub connections: usize,
+    pub rooms: usize,
+    pub users: usize,
+    pub hold: Duration,
+}
+
+/// N authenticated connections in R rooms, held idle, then one broadcast per room.
+pub fn connections(
+    target: &Target,
+    client: &ClientOpts,
+    p: &ConnectionsParams,
+    quiet: bool,
+) -> anyhow::Result<RunResult> {
+    let mut r = RunResult::new("connections", &target.label);
+    r.param("connections", p.connections);
+    r.param("rooms", p.rooms);
+    r.param("users", p.users);
+    r.param("hold_secs", p.hold.as_secs_f64());
+    r.param("client_procs", client.procs);
+    let api = Api::new(&target.api);
+    let users = users(&api, p.users.min(p.connections).max(1), quiet)?;
+    let conns = (0..p.connections)
+        .map(|i| ConnSpec {
+            token: users[i % users.len()].token.clone(),
+            room: 1 + (i % p.rooms.max(1)) as u64,
+        })
+        .collect();
+    let before = target.sample();
+    let (mut fleets, connected, connect_secs) = connect_all(target, conns, client, quiet)?;
+    let n = connected.connected;
+    r.figure("connected", n);
+    r.figure("failed", connected.failed);
+    r.figure("connect_secs", (connect_secs * 100.0).round() / 100.0);
+    r.figure("connect_rate_per_s", (n as f64 / connect_secs).round());
+    percentiles(&mut r, "connect", &connected.connect);
+    failures(&mut r, &connected);
+    std::thread::sleep(Duration::from_millis(500));
+    let loaded = target.sample();
+    if target.gateways.is_some() {
+        let rss = loaded.0.rss_bytes.saturating_sub(before.0.rss_bytes) as f64 / n as f64;
+        // Client and server sockets share this kernel: the slab delta holds both ends.
+        let slab = loaded.0.slab_bytes.saturating_sub(before.0.slab_bytes) as f64 / n as f64;
+        r.figure("gateway_rss_bytes_per_conn", rss.round());
+        r.figure("kernel_slab_bytes_per_conn_both_ends", slab.round());
+        r.figure("all_in_bytes_per_conn", (rss + slab / 2.0).round());
+        r.figure("gateway_rss_mib", loaded.0.rss_bytes / (1 << 20));
+    }
+    // Hold idle.
+    let held_from = fleets.totals()?;
+    let hold_started = Instant::now();
+    let progress = bar(p.hold.as_secs(), "holding", quiet);
+    while hold_started.elapsed() < p.hold {
+        std::thread::sleep(Duration::from_millis(200).min(p.hold));
+        progress.set_position(hold_started.elapsed().as_secs());
+    }
+    progress.finish_and_clear();
+    let held = target.sample();
+    let held_to = fleets.totals()?;
+    if target.gateways.is_some() {
+        let cpu = held.0.cpu_secs - loaded.0.cpu_secs;
+        let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
+        r.figure("idle_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
+    }
+    r.figure("closed_during_hold", held_to.closed - held_from.closed);
+    // One broadcast per room; every connected member must get it.
+    let rooms = p.rooms.max(1) as u64;
+    let token = users[0].token.clone();
+    let pushed = runtime().block_on(api::pump(rooms, None, 32, move |seq| {
+        let (api, token) = (api.clone(), token.clone());
+        async move { api.push_room(&token, 1 + seq, &marked_message(seq)).await }
+    }));
+    let expected = held_to.connected - held_to.closed;
+    let (got, _) = fleets.wait(Duration::from_secs(30), |t| t.marked >= expected, |_| {})?;
+    r.figure("broadcast_pushes_failed", pushed.failed);
+    r.figure("broadcast_expected", expected);
+    r.figure("broadcast_received", got.marked);
+    r.figure("broadcast_loss", expected.saturating_sub(got.marked));
+    percentiles(&mut r, "broadcast_latency", &got.latency);
+    client_notes(&mut r, &connected, &fleets.totals()?, connect_secs);
+    fleets.quit()?;
+    Ok(r)
+}
+
+#[derive(Debug, Clone)]
+pub struct FanoutParams {
+    pub rooms: usize,
+    pub members: usize,
+    pub users: usize,
+    /// Messages to push; or `rate × duration` when a duration is given.
+    pub messages: u64,
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+}
+
+/// R rooms × M members; room messages pushed through the REST API; deliveries, loss, latency.
+pub fn fanout(
+    name: &str,
+    target: &Target,
+    client: &ClientOpts,
+    p: &FanoutParams,
+    quiet: bool,
+) -> anyhow::Result<RunResult> {
+    let mut r = RunResult::new(name, &target.label);
+    let n = p.rooms * p.members;
+    r.param("rooms", p.rooms);
+    r.param("members", p.members);
+    r.param("connections", n);
+    r.param("users", p.users);
+    r.param("messages", p.messages);
+    r.param("rate_per_s", p.rate);
+    r.param("client_procs", client.procs);
+    let api = Api::new(&target.api);
+    let users = users(&api, p.users.min(n).max(1), quiet)?;
+    let conns = (0..n)
+        .map(|i| ConnSpec { token: users[i % users.len()].token.clone(), room: 1 + (i % p.rooms) as u64 })
+        .collect();
+    let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
+    failures(&mut r, &connected);
+    r.figure("connected", connected.connected);
+    let members_connected = connected.connected as f64 / p.rooms as f64;
+    let before = target.sample();
+    let start_totals = fleets.totals()?;
+    let started = Instant::now();
+    let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| u.token.clone()).collect());
+    let rooms = p.rooms as u64;
+    let progress = bar(p.messages, "pushing", quiet);
+    let pb = progress.clone();
+    let pushed = runtime().block_on(api::pump(p.messages, p.rate, p.in_flight, move |seq| {
+        let (api, tokens, pb) = (api.clone(), tokens.clone(), pb.clone());
+        async move {
+            let token = &tokens[seq as usize % tokens.len()];
+            let res = api.push_room(token, 1 + seq % rooms, &marked_message(seq)).await;
+            pb.inc(1);
+            res
+        }
+    }));
+    progress.finish_and_clear();
+    let expected = (pushed.sent as f64 * members_connected).round() as u64;
+    let (got, _) = fleets.wait(Duration::from_secs(30), |t| t.marked >= expected, |_| {})?;
+    let wall = started.elapsed().as_secs_f64();
+    let after = target.sample();
+    let delivered = got.marked - start_totals.marked;
+    r.figure("pushed", pushed.sent);
+    r.figure("push_failed", pushed.failed);
+    r.figure("push_rate_per_s", (pushed.sent as f64 / pushed.elapsed.as_secs_f64()).round());
+    r.figure("deliveries_expected", expected);
+    r.figure("deliveries", delivered);
+    r.figure("loss", expected.saturating_sub(delivered));
+    r.figure("deliveries_per_s", (delivered as f64 / wall).round());
+    r.figure("frames_per_s", ((got.frames() - start_totals.frames()) as f64 / wall).round());
+    if target.gateways.is_some() {
+        let gateway_cpu = after.0.cpu_secs - before.0.cpu_secs;
+        r.figure("gateway_cpu_secs", (gateway_cpu * 100.0).round() / 100.0);
+        r.figure("deliveries_per_gateway_cpu_s", (delivered as f64 / gateway_cpu.max(1e-9)).round());
+    }
+    if target.servers.is_some() {
+        let cpu = after.1.cpu_secs - before.1.cpu_secs;
+        r.figure("server_cpu_secs", (cpu * 100.0).round() / 100.0);
+        r.figure("deliveries_per_server_cpu_s", (delivered as f64 / cpu.max(1e-9)).round());
+    }
+    percentiles(&mut r, "latency", &got.latency);
+    client_notes(&mut r, &start_totals, &got, wall);
+    fleets.quit()?;
+    Ok(r)
+}
+
+#[derive(Debug, Clone)]
+pub struct PrivateParams {
+    pub users: usize,
+    pub messages: u64,
+    pub rate: Option<f64>,
+    pub in_flight: usize,
+}
+
+/// One connection per user; private messages from each user to the next; loss and latency.
+pub fn private(
+    target: &Target,
+    client: &ClientOpts,
+    p: &PrivateParams,
+    quiet: bool,
+) -> anyhow::Result<RunResult> {
+    let mut r = RunResult::new("private", &target.label);
+    r.param("users", p.users);
+    r.param("messages", p.messages);
+    r.param("rate_per_s", p.rate);
+    let api = Api::new(&target.api);
+    let users = users(&api, p.users.max(2), quiet)?;
+    let conns = users.iter().map(|u| ConnSpec { token: u.token.clone(), room: 1 }).collect();
+    let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
+    failures(&mut r, &connected);
+    let start_totals = fleets.totals()?;
+    let started = Instant::now();
+    let users = Arc::new(users);
+    let pushed = runtime().block_on(api::pump(p.messages, p.rate, p.in_flight, move |seq| {
+        let (api, users) = (api.clone(), users.clone());
+        async move {
+            let from = &users[seq as usize % users.len()];
+            let to = &users[(seq as usize + 1) % users.len()];
+            api.push_user(&from.token, to.id, &marked_message(seq)).await
+        }
+    }));
+    let expected = pushed.sent;
+    let (got, _) =
+        fleets.wait(Duration::from_secs(30), |t| t.marked - start_totals.marked >= expected, |_| {})?;
+    let delivered = got.marked - start_totals.marked;
+    r.figure("pushed", pushed.sent);
+    r.figure("push_failed", pushed.failed);
+    r.figure("delivered", delivered);
+    r.figure("loss", expected.saturating_sub(delivered));
+    r.figure("deliveries_per_s", (delivered as f64 / started.elapsed().as_secs_f64()).round());
+    percentiles(&mut r, "latency", &got.latency);
+    fleets.quit()?;
+    Ok(r)
+}
