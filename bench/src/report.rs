@@ -13,6 +13,7 @@ pub fn show(v: &Value) -> String {
     match v {
         Value::Number(n) => match n.as_f64() {
             Some(f) if f.fract() != 0.0 => format!("{f:.3}"),
+            Some(f) if n.is_f64() => format!("{f:.0}"),
             _ => n.to_string(),
         },
         Value::Null => "–".into(),
@@ -148,14 +149,14 @@ mod tests {
     fn report_has_a_table_and_charts() {
         let mut a = RunResult::new("connections", "epoll");
         a.param("connections", 10);
-        a.figure("server_rss_bytes_per_conn", 900.0);
+        a.figure("gateway_rss_bytes_per_conn", 900.0);
         let mut b = RunResult::new("connections", "io_uring");
         b.param("connections", 10);
-        b.figure("server_rss_bytes_per_conn", 450.0);
+        b.figure("gateway_rss_bytes_per_conn", 450.0);
         let dir = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
         let md = write(&[a, b], &dir).unwrap();
-        assert!(md.contains("| server_rss_bytes_per_conn | 900 | 450 |"), "{md}");
-        let svg = std::fs::read_to_string(dir.join("connections-server_rss_bytes_per_conn.svg")).unwrap();
+        assert!(md.contains("| gateway_rss_bytes_per_conn | 900 | 450 |"), "{md}");
+        let svg = std::fs::read_to_string(dir.join("connections-gateway_rss_bytes_per_conn.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("io_uring n=10"));
         let _ = std::fs::remove_dir_all(dir);
     }

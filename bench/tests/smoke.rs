@@ -1,0 +1,92 @@
+//! Every scenario at a tiny size against `gochat up` started in this process, so the bench
+//! cannot rot. Figures are checked for completeness (no loss), not for speed.
+
+use std::time::Duration;
+
+use gochat::roles::Up;
+use gochat_bench::fleets::ClientOpts;
+use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
+use gochat_bench::server::ServerProcs;
+
+fn server() -> (tokio::runtime::Runtime, Up) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = gochat::Config::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    cfg.control.api_listen = any;
+    cfg.control.site_listen = None;
+    cfg.control.grpc_listen = any;
+    cfg.control.database = "sqlite::memory:".into();
+    cfg.gateway.ws_listen = any;
+    cfg.gateway.tcp_listen = None;
+    cfg.gateway.grpc_listen = any;
+    cfg.gateway.shards = 2;
+    let up = rt.block_on(Up::start(cfg)).unwrap();
+    (rt, up)
+}
+
+fn target(up: &Up) -> Target {
+    let me = Some(ServerProcs { pids: vec![std::process::id()] });
+    Target {
+        api: format!("http://{}", up.control.api_addr),
+        ws: up.gateway.ws_addr,
+        path: "/ws".into(),
+        gateways: me.clone(),
+        servers: me,
+        label: "smoke".into(),
+    }
+}
+
+fn threads() -> ClientOpts {
+    ClientOpts { procs: 0, exe: env!("CARGO_BIN_EXE_bench").into(), connect_concurrency: 16 }
+}
+
+fn processes() -> ClientOpts {
+    ClientOpts { procs: 2, ..threads() }
+}
+
+fn figure(r: &gochat_bench::result::RunResult, k: &str) -> f64 {
+    r.figures.get(k).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("no figure {k}: {:?}", r.figures))
+}
+
+#[test]
+fn every_scenario_at_a_tiny_size() {
+    let (rt, up) = server();
+    let t = target(&up);
+
+    let p = ConnectionsParams { connections: 60, rooms: 6, users: 12, hold: Duration::from_millis(300) };
+    let r = scenario::connections(&t, &processes(), &p, true).unwrap();
+    assert_eq!(figure(&r, "connected"), 60.0);
+    assert_eq!(figure(&r, "broadcast_received"), 60.0);
+    assert_eq!(figure(&r, "broadcast_loss"), 0.0);
+    assert!(r.figures.contains_key("gateway_rss_bytes_per_conn"));
+
+    let p = FanoutParams { rooms: 3, members: 10, users: 12, messages: 30, rate: None, in_flight: 8 };
+    let r = scenario::fanout("fanout", &t, &threads(), &p, true).unwrap();
+    assert_eq!(figure(&r, "deliveries"), 300.0);
+    assert_eq!(figure(&r, "loss"), 0.0);
+    assert!(figure(&r, "latency_p99_ms") > 0.0);
+
+    let p = FanoutParams { rooms: 2, members: 5, users: 12, messages: 20, rate: Some(100.0), in_flight: 8 };
+    let r = scenario::fanout("latency", &t, &threads(), &p, true).unwrap();
+    assert_eq!(figure(&r, "loss"), 0.0);
+
+    let p = PrivateParams { users: 6, messages: 24, rate: None, in_flight: 4 };
+    let r = scenario::private(&t, &threads(), &p, true).unwrap();
+    assert_eq!(figure(&r, "delivered"), 24.0);
+    assert_eq!(figure(&r, "loss"), 0.0);
+
+    let dir = std::env::temp_dir().join(format!("bench-smoke-{}", std::process::id()));
+    let md = gochat_bench::report::write(&[r], &dir).unwrap();
+    assert!(md.contains("### private"));
+    let _ = std::fs::remove_dir_all(dir);
+    rt.block_on(up.shutdown());
+}
+
+#[test]
+fn help_documents_every_scenario() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for s in ["connections", "fanout", "latency", "private", "report"] {
+        assert!(help.contains(s), "{s} missing from --help:\n{help}");
+    }
+}
