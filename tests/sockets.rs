@@ -363,3 +363,24 @@ async fn a_refused_socket_room_send_is_answered_and_the_connection_stays() {
     assert_eq!(tcp.recv_op(wire::OP_ROOM_SEND).await["msg"], "fine");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_echo_endpoint_needs_no_auth_and_keeps_opcodes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut cfg = common::test_config();
+    cfg.gateway.ws_echo_path = Some("/echo".into());
+    let s = Server::start_with(cfg).await;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/echo", s.up.gateway.ws_addr)).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    ws.send(Message::binary(vec![0u8, 159, 255])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 159, 255]));
+    // Without the setting there is no such endpoint.
+    let plain = Server::start().await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/echo", plain.up.gateway.ws_addr)).await;
+    assert!(refused.is_err());
+    s.shutdown().await;
+    plain.shutdown().await;
+}

@@ -8,10 +8,12 @@
 //! - [`api`]: gochat's REST API for users in bulk and pushes at a rate.
 //! - [`server`]: the server's processes (memory, CPU by pid or port), kernel slab, and a local
 //!   gochat-rs cluster the bench can start per driver.
-//! - [`scenario`]: `connections`, `fanout`, `latency`, `private`.
+//! - [`scenario`]: `connections`, `fanout`, `latency`, `private`; [`echo`]: raw echo
+//!   throughput and the fastwebsockets-on-tokio baseline server.
 //! - [`result`], [`report`]: the JSON result of a run, and markdown tables and SVG charts.
 
 pub mod api;
+pub mod echo;
 pub mod engine;
 pub mod fleets;
 pub mod report;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use gochat_bench::echo::{self, EchoParams};
 use gochat_bench::fleets::ClientOpts;
 use gochat_bench::result::RunResult;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
@@ -127,6 +128,32 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
     },
+    /// Raw WebSocket echo throughput against an echo endpoint (the gateway's `ws_echo_path`),
+    /// and with --baseline against a fastwebsockets-on-tokio echo server in this process.
+    Echo {
+        #[arg(long, short = 'n', default_value_t = 32)]
+        connections: usize,
+        /// Messages each connection keeps in flight.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Echo path on the server (gochat-rs: the gateway's `ws_echo_path`).
+        #[arg(long, default_value = "/echo")]
+        echo_path: String,
+        /// Also measure the baseline server (with as many threads as the machine has cores).
+        #[arg(long)]
+        baseline: bool,
+    },
+    /// Run the baseline echo server (fastwebsockets on tokio) in the foreground.
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Turn result files into a markdown table and SVG charts.
     Report {
         /// Result files (JSON) or directories of them.
@@ -145,6 +172,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Worker => worker::worker_main(),
+        Command::EchoServer { listen, threads } => echo::serve_baseline(listen, cores(threads)),
         Command::Report { inputs, to } => {
             let results = load_results(&inputs)?;
             let md = report::write(&results, &to)?;
@@ -166,6 +194,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
         Command::Fanout { rooms, members, .. } => rooms * members,
         Command::Private { users, .. } => *users,
+        Command::Echo { connections, .. } => *connections,
         _ => 0,
     };
     let mut results = Vec::new();
@@ -214,6 +243,22 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
                 results.push(result);
             }
         }
+    }
+    if let Command::Echo { baseline: true, .. } = command {
+        let addr = echo::spawn_baseline(cores(0))?;
+        results.push(scenario_run(
+            &Target {
+                api: String::new(),
+                ws: addr,
+                path: String::new(),
+                gateways: None,
+                servers: None,
+                label: "fastwebsockets-tokio".into(),
+            },
+            &client,
+            command,
+            args.quiet,
+        )?);
     }
     std::fs::create_dir_all(&args.out)?;
     for r in &results {
@@ -292,7 +337,19 @@ fn scenario_run(
             &PrivateParams { users: *users, messages: *messages, rate: *rate, in_flight: *in_flight },
             quiet,
         ),
-        Command::Report { .. } | Command::Worker => unreachable!("handled in main"),
+        Command::Echo { connections, window, size, duration, echo_path, .. } => {
+            let path = if target.path.is_empty() { "/" } else { echo_path.as_str() };
+            let p = EchoParams {
+                connections: *connections,
+                window: *window,
+                size: *size,
+                duration: Duration::from_secs_f64(*duration),
+            };
+            echo::run(target.ws, path, &target.label, &p)
+        }
+        Command::Report { .. } | Command::Worker | Command::EchoServer { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 
@@ -337,6 +394,14 @@ fn load_results(inputs: &[PathBuf]) -> anyhow::Result<Vec<RunResult>> {
 
 fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {addr}"))
+}
+
+fn cores(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
 /// Sockets are files: take the hard limit.

@@ -86,7 +86,37 @@ fn every_scenario_at_a_tiny_size() {
 fn help_documents_every_scenario() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bench")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in ["connections", "fanout", "latency", "private", "report"] {
+    for s in ["connections", "fanout", "latency", "private", "echo", "report"] {
         assert!(help.contains(s), "{s} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn echo_against_the_gateway_and_the_baseline() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = gochat::Config::default();
+    let any = "127.0.0.1:0".parse().unwrap();
+    cfg.control.api_listen = any;
+    cfg.control.site_listen = None;
+    cfg.control.grpc_listen = any;
+    cfg.control.database = "sqlite::memory:".into();
+    cfg.gateway.ws_listen = any;
+    cfg.gateway.tcp_listen = None;
+    cfg.gateway.grpc_listen = any;
+    cfg.gateway.ws_echo_path = Some("/echo".into());
+    let up = rt.block_on(Up::start(cfg)).unwrap();
+    let p = gochat_bench::echo::EchoParams {
+        connections: 4,
+        window: 4,
+        size: 32,
+        duration: Duration::from_millis(300),
+    };
+    let r = gochat_bench::echo::run(up.gateway.ws_addr, "/echo", "gateway", &p).unwrap();
+    assert!(figure(&r, "echoed") > 0.0);
+    assert_eq!(figure(&r, "failed_connections"), 0.0);
+    let base = gochat_bench::echo::spawn_baseline(1).unwrap();
+    let r = gochat_bench::echo::run(base, "/", "baseline", &p).unwrap();
+    assert!(figure(&r, "echoed") > 0.0);
+    assert_eq!(figure(&r, "failed_connections"), 0.0);
+    rt.block_on(up.shutdown());
 }

@@ -18,6 +18,9 @@ pub struct GatewayConfig {
     pub ws_listen: SocketAddr,
     /// WebSocket path (gochat: `/ws`).
     pub ws_path: String,
+    /// An echo endpoint on the WebSocket listener (no auth; every message comes back), for
+    /// protocol benchmarks and conformance suites; off unless set, e.g. `/echo`.
+    pub ws_echo_path: Option<String>,
     /// TCP `v1` listener (gochat: `:7001`); none to disable.
     pub tcp_listen: Option<SocketAddr>,
     /// gRPC listener for pushes from queue-workers.
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             id: "gateway-1".into(),
             ws_listen: "0.0.0.0:7000".parse().expect("literal"),
             ws_path: protocol.ws_path,
+            ws_echo_path: None,
             tcp_listen: Some("0.0.0.0:7001".parse().expect("literal")),
             grpc_listen: "127.0.0.1:7100".parse().expect("literal"),
             grpc_advertise: None,
@@ -85,6 +89,11 @@ impl GatewayConfig {
         }
         if !self.ws_path.starts_with('/') {
             return err("ws_path must start with '/'");
+        }
+        if let Some(echo) = &self.ws_echo_path {
+            if !echo.starts_with('/') || *echo == self.ws_path {
+                return err("ws_echo_path must start with '/' and differ from ws_path");
+            }
         }
         if self.ping_after_secs == 0 || self.ping_after_secs >= self.idle_timeout_secs {
             return err("ping_after_secs must be above 0 and below idle_timeout_secs");
@@ -118,6 +127,7 @@ impl GatewayConfig {
         ShardLimits {
             protocol: Limits {
                 ws_path: self.ws_path.clone(),
+                echo_path: self.ws_echo_path.clone(),
                 max_frame: self.max_frame_bytes,
                 max_message: self.max_message_bytes,
             },

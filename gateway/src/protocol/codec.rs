@@ -46,6 +46,8 @@ pub struct Codec {
     /// A fragmented WebSocket message being assembled.
     fragments: Vec<u8>,
     fragment_opcode: Option<OpCode>,
+    /// An echo-endpoint connection: messages come straight back.
+    echo: bool,
 }
 
 impl Codec {
@@ -54,11 +56,23 @@ impl Codec {
             Transport::WebSocket => Phase::Handshake,
             Transport::Tcp => Phase::Frames,
         };
-        Self { transport, phase, partial: Vec::new(), fragments: Vec::new(), fragment_opcode: None }
+        Self {
+            transport,
+            phase,
+            partial: Vec::new(),
+            fragments: Vec::new(),
+            fragment_opcode: None,
+            echo: false,
+        }
     }
 
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Whether this connection came in on the echo endpoint.
+    pub fn is_echo(&self) -> bool {
+        self.echo
     }
 
     /// Whether the WebSocket upgrade is done (always true for TCP).
@@ -119,11 +133,12 @@ impl Codec {
         if !complete && scanned > 0 && buf.len() < handshake::MAX_REQUEST_HEAD {
             return 0;
         }
-        match handshake::parse_upgrade(buf, &limits.ws_path) {
+        match handshake::parse_upgrade(buf, &limits.ws_path, limits.echo_path.as_deref()) {
             Upgrade::Incomplete => 0,
-            Upgrade::Accept { response, consumed } => {
+            Upgrade::Accept { response, consumed, echo } => {
                 out.push(Output::Send(response.into()));
                 self.phase = Phase::Frames;
+                self.echo = echo;
                 consumed
             }
             Upgrade::Reject { response } => {
@@ -199,6 +214,12 @@ impl Codec {
     fn message(&mut self, opcode: OpCode, payload: Vec<u8>, out: &mut Vec<Output>) {
         if opcode == OpCode::Text && simdutf8::basic::from_utf8(&payload).is_err() {
             self.violation(Violation::bad_data("text message is not UTF-8"), out, 0);
+            return;
+        }
+        if self.echo {
+            let mut frame = Vec::with_capacity(payload.len() + 10);
+            ws::encode(opcode, &payload, &mut frame);
+            out.push(Output::Send(frame.into()));
             return;
         }
         out.push(Output::Message(payload));
@@ -320,6 +341,27 @@ mod tests {
         let mut c = open_ws();
         assert_eq!(close_code(&feed(&mut c, &client_frame(true, 8, &[0x03, 0xe8]))), 1000);
         assert!(feed(&mut c, &client_frame(true, 1, b"after close")).is_empty());
+    }
+
+    #[test]
+    fn echo_connections_get_their_messages_back_with_the_opcode() {
+        let limits = Limits { echo_path: Some("/echo".into()), ..limits() };
+        let mut c = Codec::new(Transport::WebSocket);
+        let upgrade = String::from_utf8_lossy(UPGRADE).replace("GET /ws ", "GET /echo ");
+        let mut out = Vec::new();
+        c.feed(&mut upgrade.into_bytes(), &limits, &mut out);
+        assert!(c.is_echo());
+        out.clear();
+        c.feed(&mut client_frame(true, 2, &[0, 1, 2]), &limits, &mut out);
+        c.feed(&mut client_frame(false, 1, b"he"), &limits, &mut out);
+        c.feed(&mut client_frame(true, 0, b"llo"), &limits, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Output::Send(Bytes::from_static(b"\x82\x03\x00\x01\x02")),
+                Output::Send(Bytes::from_static(b"\x81\x05hello"))
+            ]
+        );
     }
 
     #[test]

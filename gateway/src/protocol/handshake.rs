@@ -14,8 +14,9 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub enum Upgrade {
     /// More bytes are needed.
     Incomplete,
-    /// A valid upgrade: send `response`; the request head took `consumed` bytes.
-    Accept { response: Vec<u8>, consumed: usize },
+    /// A valid upgrade: send `response`; the request head took `consumed` bytes. `echo` when
+    /// it was to the echo path.
+    Accept { response: Vec<u8>, consumed: usize, echo: bool },
     /// Not an upgrade we take: send `response` and close.
     Reject { response: Vec<u8> },
 }
@@ -26,8 +27,8 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p + 4)
 }
 
-/// Parses the request head in `buf` as a WebSocket upgrade to `path`.
-pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
+/// Parses the request head in `buf` as a WebSocket upgrade to `path` (or `echo_path`).
+pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>) -> Upgrade {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -46,7 +47,8 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
     }
     let req_path = req.path.unwrap_or("");
     let req_path = req_path.split('?').next().unwrap_or("");
-    if req_path != path {
+    let echo = echo_path == Some(req_path);
+    if req_path != path && !echo {
         return reject("404 Not Found", "no WebSocket endpoint at this path");
     }
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
@@ -72,7 +74,7 @@ pub fn parse_upgrade(buf: &[u8], path: &str) -> Upgrade {
     );
     response.extend_from_slice(accept_key(key).as_bytes());
     response.extend_from_slice(b"\r\n\r\n");
-    Upgrade::Accept { response, consumed }
+    Upgrade::Accept { response, consumed, echo }
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -106,8 +108,9 @@ mod tests {
     fn accepts_upgrade_and_reports_consumed() {
         let mut buf = GOOD.to_vec();
         buf.extend_from_slice(b"\x81");
-        match parse_upgrade(&buf, "/ws") {
-            Upgrade::Accept { response, consumed } => {
+        match parse_upgrade(&buf, "/ws", None) {
+            Upgrade::Accept { response, consumed, echo } => {
+                assert!(!echo);
                 assert_eq!(consumed, GOOD.len());
                 let text = String::from_utf8(response).unwrap();
                 assert!(text.starts_with("HTTP/1.1 101 "));
@@ -118,9 +121,19 @@ mod tests {
     }
 
     #[test]
+    fn echo_path_is_its_own_endpoint() {
+        let echo = String::from_utf8_lossy(GOOD).replace("GET /ws ", "GET /echo ");
+        assert!(matches!(
+            parse_upgrade(echo.as_bytes(), "/ws", Some("/echo")),
+            Upgrade::Accept { echo: true, .. }
+        ));
+        assert!(matches!(parse_upgrade(echo.as_bytes(), "/ws", None), Upgrade::Reject { .. }));
+    }
+
+    #[test]
     fn partial_then_rejections() {
-        assert_eq!(parse_upgrade(&GOOD[..20], "/ws"), Upgrade::Incomplete);
-        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path) {
+        assert_eq!(parse_upgrade(&GOOD[..20], "/ws", None), Upgrade::Incomplete);
+        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path, None) {
             Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
             other => panic!("{other:?}"),
         };

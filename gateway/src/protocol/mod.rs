@@ -16,6 +16,9 @@ pub use codec::{Codec, Output, Transport};
 pub struct Limits {
     /// WebSocket endpoint path.
     pub ws_path: String,
+    /// Path of the echo endpoint (no auth; every message comes back), for protocol benchmarks
+    /// and conformance suites; none disables it.
+    pub echo_path: Option<String>,
     /// Largest single WebSocket frame payload.
     pub max_frame: usize,
     /// Largest client message (assembled WebSocket message, TCP body).
@@ -24,7 +27,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { ws_path: "/ws".into(), max_frame: 64 * 1024, max_message: 64 * 1024 }
+        Self { ws_path: "/ws".into(), echo_path: None, max_frame: 64 * 1024, max_message: 64 * 1024 }
     }
 }
 

@@ -11,6 +11,8 @@ pub enum Phase {
     Authenticating { room_id: u64 },
     /// Authenticated and in a room.
     Live { user_id: u64, room_id: u64 },
+    /// On the echo endpoint: no auth, the codec answers every message.
+    Echo,
 }
 
 /// What a client message asks for.
@@ -50,6 +52,7 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
         Phase::Authenticating { .. } => {
             Request::Refuse { message: "authentication is in progress".into(), fatal: false }
         }
+        Phase::Echo => Request::Refuse { message: "echo connections take no requests".into(), fatal: false },
         Phase::Live { room_id, .. } => match (req.op, req.msg) {
             (Some(wire::OP_ROOM_SEND), Some(msg)) if req.room_id == room_id || req.room_id == 0 => {
                 Request::RoomSend { msg }

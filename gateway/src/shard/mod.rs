@@ -286,6 +286,11 @@ impl Shard {
         conn.ping_sent = false;
         let mut outputs = std::mem::take(&mut self.outputs);
         conn.codec.feed(input, &self.limits.protocol, &mut outputs);
+        if conn.phase == Phase::AwaitAuth && conn.codec.is_echo() {
+            conn.phase = Phase::Echo;
+            let ping_at = now + self.limits.ping_after_secs;
+            self.arm(key, ping_at);
+        }
         for output in outputs.drain(..) {
             match output {
                 Output::Send(bytes) => self.queue(key, bytes),
@@ -433,10 +438,10 @@ impl Shard {
                 }
                 // TCP has no protocol ping; dead peers are found by TCP keep-alive.
                 Phase::Live { .. } if conn.codec.transport() == Transport::Tcp => {}
-                Phase::Live { .. } if silent >= self.limits.idle_timeout_secs => {
+                Phase::Live { .. } | Phase::Echo if silent >= self.limits.idle_timeout_secs => {
                     self.begin_close(key, Some((1001, "idle timeout")));
                 }
-                Phase::Live { .. } if silent >= self.limits.ping_after_secs => {
+                Phase::Live { .. } | Phase::Echo if silent >= self.limits.ping_after_secs => {
                     let (last_rx, ping) = (conn.last_rx, !conn.ping_sent);
                     conn.ping_sent = true;
                     if ping {
@@ -444,7 +449,7 @@ impl Shard {
                     }
                     self.arm(key, last_rx + self.limits.idle_timeout_secs);
                 }
-                Phase::Live { .. } => {
+                Phase::Live { .. } | Phase::Echo => {
                     let at = conn.last_rx + self.limits.ping_after_secs;
                     self.arm(key, at);
                 }
