@@ -384,3 +384,31 @@ async fn the_echo_endpoint_needs_no_auth_and_keeps_opcodes() {
     s.shutdown().await;
     plain.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_join_storm_costs_one_room_update_per_interval() {
+    let s = Server::start().await;
+    let watcher = s.user("w").await;
+    let mut ws = s.ws(&watcher, 12).await;
+    let mut users = Vec::new();
+    for _ in 0..20 {
+        users.push(s.user("j").await);
+    }
+    let mut joined = Vec::new();
+    for u in &users {
+        joined.push(s.ws(u, 12).await);
+    }
+    // All 21 members show up in a member list, sent a handful of times, not once per join.
+    let mut lists = 0;
+    loop {
+        let info = ws.recv_op(wire::OP_ROOM_INFO).await;
+        lists += 1;
+        if info["count"] == 21 {
+            break;
+        }
+    }
+    let later = ws.frames_within(Duration::from_millis(1200)).await;
+    lists += later.iter().filter(|f| f["op"] == wire::OP_ROOM_INFO).count();
+    assert!(lists <= 4, "{lists} member lists for 20 joins");
+    s.shutdown().await;
+}

@@ -37,7 +37,7 @@ pub fn run(ws: SocketAddr, path: &str, label: &str, p: &EchoParams) -> anyhow::R
     let echoed = Rc::new(AtomicU64::new(0));
     let errors = Rc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let cpu_before = process_cpu();
+    let cpu_before = crate::engine::thread_cpu_secs();
     local.block_on(&rt, async {
         let deadline = tokio::time::Instant::now() + p.duration;
         let mut tasks = Vec::new();
@@ -60,7 +60,8 @@ pub fn run(ws: SocketAddr, path: &str, label: &str, p: &EchoParams) -> anyhow::R
     r.figure("echoed", n);
     r.figure("failed_connections", errors.load(Ordering::Relaxed));
     r.figure("echo_msgs_per_s", (n as f64 / wall).round());
-    let client_cpu = (process_cpu() - cpu_before) / wall;
+    // The client is this one thread (the baseline server may share the process).
+    let client_cpu = (crate::engine::thread_cpu_secs() - cpu_before) / wall;
     r.figure("client_cpu_pct", (client_cpu * 100.0).round());
     if client_cpu > 0.9 {
         r.notes.push(format!("the client was the bottleneck: {:.0}% of a core", client_cpu * 100.0));
@@ -126,14 +127,6 @@ async fn echo_client(
     wsclient::masked_frame(0x8, &1000u16.to_be_bytes(), &mut close);
     let _ = s.write_all(&close).await;
     Ok(())
-}
-
-fn process_cpu() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the live struct.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
 }
 
 /// The baseline: a fastwebsockets echo server on a tokio multi-thread runtime with `threads`

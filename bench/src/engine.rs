@@ -220,8 +220,8 @@ async fn connection(
         if !pending.is_empty() {
             let (used, event) = process(shared, &pending, &mut owed, started, &mut authed);
             pending.drain(..used);
-            if event == Event::Closed {
-                return Ok(authed);
+            if let Event::Closed(why) = event {
+                return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
             }
         }
         if authed {
@@ -235,7 +235,7 @@ async fn connection(
         stream.readable().await?;
         let mut scratch = shared.scratch.borrow_mut();
         let n = match stream.try_read(&mut scratch) {
-            Ok(0) => return if authed { Ok(true) } else { Err(eof_before_auth()) },
+            Ok(0) => return if authed { Ok(true) } else { Err(closed_before_auth("end of stream")) },
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return if authed { Ok(true) } else { Err(e) },
@@ -243,8 +243,8 @@ async fn connection(
         if pending.is_empty() {
             let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed);
             pending.extend_from_slice(&scratch[used..n]);
-            if event == Event::Closed {
-                return if authed { Ok(true) } else { Err(eof_before_auth()) };
+            if let Event::Closed(why) = event {
+                return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
             }
         } else {
             pending.extend_from_slice(&scratch[..n]);
@@ -255,14 +255,15 @@ async fn connection(
     }
 }
 
-fn eof_before_auth() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionRefused, "closed before authentication (bad token?)")
+fn closed_before_auth(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, format!("closed before authentication: {why}"))
 }
 
 #[derive(PartialEq, Eq)]
 enum Event {
     More,
-    Closed,
+    /// The server closed, with its close code and reason.
+    Closed(String),
 }
 
 #[derive(Deserialize)]
@@ -305,7 +306,11 @@ fn process(
                 _ => stats.snap.other_frames += 1,
             },
             0x9 => wsclient::masked_frame(0xA, frame.payload, owed),
-            0x8 => return (at, Event::Closed),
+            0x8 => {
+                let code = frame.payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                let reason = String::from_utf8_lossy(frame.payload.get(2..).unwrap_or_default());
+                return (at, Event::Closed(format!("close {code} {reason}")));
+            }
             _ => {}
         }
     }
@@ -326,7 +331,8 @@ pub fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-fn thread_cpu_secs() -> f64 {
+/// CPU time of the calling thread, seconds.
+pub fn thread_cpu_secs() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the live timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };

@@ -33,6 +33,8 @@ pub struct ControlConfig {
     pub max_body_bytes: usize,
     /// Messages the in-process queue holds before pushes are refused.
     pub queue_capacity: usize,
+    /// How often rooms whose members changed get their count and member list, in ms.
+    pub room_update_interval_ms: u64,
 }
 
 impl Default for ControlConfig {
@@ -50,6 +52,7 @@ impl Default for ControlConfig {
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,
             queue_capacity: 100_000,
+            room_update_interval_ms: 500,
         }
     }
 }
@@ -79,6 +82,9 @@ impl ControlConfig {
         }
         if self.queue_capacity == 0 {
             return err("queue_capacity must be above 0".into());
+        }
+        if self.room_update_interval_ms == 0 {
+            return err("room_update_interval_ms must be above 0".into());
         }
         Ok(())
     }

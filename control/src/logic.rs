@@ -50,6 +50,8 @@ pub struct Logic {
     state: State,
     queue: Arc<dyn Queue>,
     max_message_bytes: usize,
+    /// Rooms whose members changed since the last room update went out.
+    changed_rooms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Logic {
@@ -59,6 +61,7 @@ impl Logic {
             state: State::new(std::time::Duration::from_secs(cfg.session_ttl_secs)),
             queue,
             max_message_bytes: cfg.max_message_bytes,
+            changed_rooms: std::sync::Mutex::default(),
         }
     }
 
@@ -186,20 +189,20 @@ impl Logic {
         let session = self.check_auth(token)?;
         check_room(room_id)?;
         if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id) {
-            self.room_changed(change).await;
+            self.room_changed(change);
         }
         Ok(session)
     }
 
     pub async fn conn_close(&self, gateway: &str, conn_id: u64) {
         if let Some(change) = self.state.conn_close(gateway, conn_id) {
-            self.room_changed(change).await;
+            self.room_changed(change);
         }
     }
 
     pub async fn gateway_reset(&self, gateway: &str) {
         for change in self.state.gateway_reset(gateway) {
-            self.room_changed(change).await;
+            self.room_changed(change);
         }
     }
 
@@ -212,10 +215,30 @@ impl Logic {
     }
 
     /// Membership changed: send the new count and member list (gochat sent an empty frame).
-    async fn room_changed(&self, change: RoomChange) {
-        for result in [self.push_count(change.room_id).await, self.push_room_info(change.room_id).await] {
-            if let Err(e) = result {
-                tracing::warn!(room = change.room_id, error = %e, "room update not sent");
+    fn room_changed(&self, change: RoomChange) {
+        self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()).insert(change.room_id);
+    }
+
+    /// Sends each changed room its count (op 4) and member list (op 5) — gochat sent an empty
+    /// frame — at most once per `every`, so a join storm costs one update per room, not one
+    /// per join to every member.
+    pub async fn send_room_updates(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let rooms = std::mem::take(&mut *self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()));
+            for room_id in rooms {
+                for result in [self.push_count(room_id).await, self.push_room_info(room_id).await] {
+                    if let Err(e) = result {
+                        tracing::warn!(room = room_id, error = %e, "room update not sent");
+                    }
+                }
             }
         }
     }

@@ -75,6 +75,8 @@ impl Control {
                 }
             }));
         }
+        let every = std::time::Duration::from_millis(cfg.room_update_interval_ms);
+        tasks.push(tokio::spawn(logic.clone().send_room_updates(every, stopped.clone())));
         let grpc = LogicServer::new(LogicGrpc(logic.clone()));
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
