@@ -135,8 +135,9 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                     Ok(true) => stats.snap.closed += 1,
                     Ok(false) => {}
                     Err(e) => {
-                        if stats.snap.errors.len() < 5 {
-                            stats.snap.errors.push(e.to_string());
+                        let e = e.to_string();
+                        if stats.snap.errors.len() < 5 && !stats.snap.errors.contains(&e) {
+                            stats.snap.errors.push(e);
                         }
                         stats.snap.failed += 1;
                     }

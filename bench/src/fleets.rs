@@ -68,7 +68,11 @@ impl Totals {
             let _ = t.latency.add(s.latency_hist());
             let _ = t.connect.add(s.connect_hist());
             t.fleet_cpu.push(s.cpu_secs);
-            t.errors.extend(s.errors.iter().take(3).cloned());
+            for e in &s.errors {
+                if t.errors.len() < 5 && !t.errors.contains(e) {
+                    t.errors.push(e.clone());
+                }
+            }
         }
         t
     }

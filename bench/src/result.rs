@@ -66,7 +66,7 @@ impl RunResult {
                 .unwrap_or_default(),
             machine: Machine::current(),
             toolchain: command_line("rustc", &["--version"]),
-            commit: command_line("git", &["rev-parse", "--short", "HEAD"]),
+            commit: build_commit(),
             params: BTreeMap::new(),
             figures: BTreeMap::new(),
             notes: Vec::new(),
@@ -94,6 +94,13 @@ impl RunResult {
             println!("  note: {n}");
         }
     }
+}
+
+/// The commit of the checkout the bench binary was built in (it runs from `target/…`).
+fn build_commit() -> String {
+    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+    let dir = dir.as_deref().and_then(std::path::Path::to_str).unwrap_or(".");
+    command_line("git", &["-C", dir, "rev-parse", "--short", "HEAD"])
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> String {
