@@ -123,6 +123,12 @@ impl Fleets {
         Ok(Self { fleets, total })
     }
 
+    /// The worker processes (empty when fleets run on threads).
+    pub fn worker_procs(&self) -> Option<crate::server::ServerProcs> {
+        let pids: Vec<u32> = self.fleets.iter().filter_map(Fleet::pid).collect();
+        (!pids.is_empty()).then_some(crate::server::ServerProcs { pids })
+    }
+
     pub fn totals(&mut self) -> anyhow::Result<Totals> {
         let snaps = self.fleets.iter_mut().map(Fleet::snapshot).collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Totals::sum(&snaps))

@@ -76,6 +76,9 @@ enum Command {
         connections: usize,
         #[arg(long, default_value_t = 10)]
         rooms: usize,
+        /// How connections are spread over the rooms.
+        #[arg(long, value_enum, default_value = "uniform")]
+        distribution: scenario::Distribution,
         /// Distinct users (connections share them round-robin; each needs a password hash).
         #[arg(long, default_value_t = 200)]
         users: usize,
@@ -289,12 +292,13 @@ fn scenario_run(
     quiet: bool,
 ) -> anyhow::Result<RunResult> {
     match command {
-        Command::Connections { connections, rooms, users, hold } => scenario::connections(
+        Command::Connections { connections, rooms, distribution, users, hold } => scenario::connections(
             target,
             client,
             &ConnectionsParams {
                 connections: *connections,
                 rooms: *rooms,
+                distribution: *distribution,
                 users: *users,
                 hold: Duration::from_secs_f64(*hold),
             },

@@ -131,8 +131,47 @@ fn percentiles(result: &mut RunResult, prefix: &str, h: &hdrhistogram::Histogram
 pub struct ConnectionsParams {
     pub connections: usize,
     pub rooms: usize,
+    pub distribution: Distribution,
     pub users: usize,
     pub hold: Duration,
+}
+
+/// How connections are spread over rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// Round-robin: every room gets N/R members.
+    Uniform,
+    /// Zipf (s = 1): room k gets a share proportional to 1/k, a few big rooms and a long tail.
+    Zipf,
+}
+
+impl Distribution {
+    /// The room (1-based) of each of `n` connections over `rooms` rooms; deterministic.
+    pub fn assign(self, n: usize, rooms: usize) -> Vec<u64> {
+        let rooms = rooms.max(1);
+        match self {
+            Self::Uniform => (0..n).map(|i| 1 + (i % rooms) as u64).collect(),
+            Self::Zipf => {
+                let mut cdf: Vec<f64> = (1..=rooms).map(|k| 1.0 / k as f64).collect();
+                for i in 1..cdf.len() {
+                    cdf[i] += cdf[i - 1];
+                }
+                let total = cdf[rooms - 1];
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                (0..n)
+                    .map(|_| {
+                        // xorshift: a fixed sequence, so runs are comparable.
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let u = (x >> 11) as f64 / (1u64 << 53) as f64 * total;
+                        1 + cdf.partition_point(|&c| c < u).min(rooms - 1) as u64
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// N authenticated connections in R rooms, held idle, then one broadcast per room.
@@ -145,16 +184,18 @@ pub fn connections(
     let mut r = RunResult::new("connections", &target.label);
     r.param("connections", p.connections);
     r.param("rooms", p.rooms);
+    r.param("distribution", p.distribution);
     r.param("users", p.users);
     r.param("hold_secs", p.hold.as_secs_f64());
     r.param("client_procs", client.procs);
     let api = Api::new(&target.api);
     let users = users(&api, p.users.min(p.connections).max(1), quiet)?;
-    let conns = (0..p.connections)
-        .map(|i| ConnSpec {
-            token: users[i % users.len()].token.clone(),
-            room: 1 + (i % p.rooms.max(1)) as u64,
-        })
+    let conns = p
+        .distribution
+        .assign(p.connections, p.rooms)
+        .into_iter()
+        .enumerate()
+        .map(|(i, room)| ConnSpec { token: users[i % users.len()].token.clone(), room })
         .collect();
     let before = target.sample();
     let (mut fleets, connected, connect_secs) = connect_all(target, conns, client, quiet)?;
@@ -175,6 +216,10 @@ pub fn connections(
         r.figure("kernel_slab_bytes_per_conn_both_ends", slab.round());
         r.figure("all_in_bytes_per_conn", (rss + slab / 2.0).round());
         r.figure("gateway_rss_mib", loaded.0.rss_bytes / (1 << 20));
+    }
+    if let Some(workers) = fleets.worker_procs() {
+        // What the load generator itself holds per connection (its whole RSS, over N).
+        r.figure("client_rss_bytes_per_conn", (workers.sample().rss_bytes as f64 / n as f64).round());
     }
     // Hold idle.
     let held_from = fleets.totals()?;
@@ -342,4 +387,20 @@ pub fn private(
     percentiles(&mut r, "latency", &got.latency);
     fleets.quit()?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Distribution;
+
+    #[test]
+    fn distributions_cover_the_rooms() {
+        let u = Distribution::Uniform.assign(1000, 10);
+        assert!((1..=10).all(|r| u.iter().filter(|&&x| x == r).count() == 100));
+        let z = Distribution::Zipf.assign(10_000, 100);
+        assert!(z.iter().all(|&r| (1..=100).contains(&r)));
+        let count = |r| z.iter().filter(|&&x| x == r).count();
+        assert!(count(1) > 5 * count(10), "room 1 {} vs room 10 {}", count(1), count(10));
+        assert_eq!(z, Distribution::Zipf.assign(10_000, 100), "deterministic");
+    }
 }

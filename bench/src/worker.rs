@@ -72,6 +72,14 @@ impl Fleet {
         }
     }
 
+    /// The worker process's pid (none for a thread).
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Self::Thread { .. } => None,
+            Self::Process { child, .. } => Some(child.id()),
+        }
+    }
+
     pub fn snapshot(&mut self) -> anyhow::Result<Snapshot> {
         self.ask(Cmd::Snapshot)
     }

@@ -53,7 +53,13 @@ fn every_scenario_at_a_tiny_size() {
     let (rt, up) = server();
     let t = target(&up);
 
-    let p = ConnectionsParams { connections: 60, rooms: 6, users: 12, hold: Duration::from_millis(300) };
+    let p = ConnectionsParams {
+        connections: 60,
+        rooms: 6,
+        distribution: scenario::Distribution::Zipf,
+        users: 12,
+        hold: Duration::from_millis(300),
+    };
     let r = scenario::connections(&t, &processes(), &p, true).unwrap();
     assert_eq!(figure(&r, "connected"), 60.0);
     assert_eq!(figure(&r, "broadcast_received"), 60.0);
