@@ -103,8 +103,15 @@ pub fn write(results: &[RunResult], out: &Path) -> anyhow::Result<String> {
 }
 
 fn run_name(r: &RunResult) -> String {
-    let n = r.params.get("connections").map(show).unwrap_or_default();
-    format!("{} n={n}", r.label)
+    let param = |k: &str| r.params.get(k).map(show);
+    let mut name = format!("{} n={}", r.label, param("connections").unwrap_or_default());
+    if let Some(g) = param("gateway_processes").filter(|g| g != "1") {
+        name.push_str(&format!(" gw={g}"));
+    }
+    if let Some(d) = param("distribution").filter(|d| d != "\"uniform\"") {
+        name.push_str(&format!(" {}", d.trim_matches('"')));
+    }
+    name
 }
 
 /// A horizontal bar chart, one bar per run.

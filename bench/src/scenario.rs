@@ -356,6 +356,7 @@ pub fn private(
     quiet: bool,
 ) -> anyhow::Result<RunResult> {
     let mut r = RunResult::new("private", &target.label);
+    r.param("connections", p.users);
     r.param("users", p.users);
     r.param("messages", p.messages);
     r.param("rate_per_s", p.rate);
