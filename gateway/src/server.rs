@@ -42,7 +42,7 @@ impl Gateway {
         cfg.validate()?;
         let (driver, fallback) = Driver::resolve(cfg.driver)?;
         match fallback {
-            Some(why) => tracing::info!(driver = driver.name(), "driver auto: {why}"),
+            Some(why) => tracing::info!("driver auto: io_uring unavailable ({why}); running epoll"),
             None => tracing::info!(driver = driver.name(), "driver selected"),
         }
         let shards = cfg.shard_count();

@@ -6,6 +6,7 @@
 //! closed connections (`remove`), and forwards the shard's effects to logic.
 
 pub mod epoll;
+pub mod uring;
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -44,26 +45,29 @@ impl std::str::FromStr for DriverChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     Epoll,
+    IoUring,
 }
 
 impl Driver {
-    /// Resolves a configured choice to a driver this build and machine can run, with the reason
-    /// when `auto` had to fall back.
-    pub fn resolve(choice: DriverChoice) -> Result<(Self, Option<&'static str>), crate::Error> {
+    /// Resolves a configured choice to a driver this machine can run, with the reason when
+    /// `auto` had to fall back to epoll.
+    pub fn resolve(choice: DriverChoice) -> Result<(Self, Option<String>), crate::Error> {
         match choice {
             DriverChoice::Epoll => Ok((Self::Epoll, None)),
-            DriverChoice::Auto => {
-                Ok((Self::Epoll, Some("the io_uring driver is not part of this build yet")))
-            }
-            DriverChoice::IoUring => Err(crate::Error::Config(
-                "driver io_uring is not part of this build yet; use driver = \"epoll\" or \"auto\"".into(),
-            )),
+            DriverChoice::Auto => match uring::probe() {
+                Ok(()) => Ok((Self::IoUring, None)),
+                Err(why) => Ok((Self::Epoll, Some(why))),
+            },
+            DriverChoice::IoUring => uring::probe()
+                .map(|()| (Self::IoUring, None))
+                .map_err(|why| crate::Error::Config(format!("driver io_uring is unavailable: {why}"))),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Epoll => "epoll",
+            Self::IoUring => "io_uring",
         }
     }
 }
@@ -96,5 +100,6 @@ impl Clock {
 pub fn run(driver: Driver, setup: ShardSetup, clock: Clock) -> std::io::Result<()> {
     match driver {
         Driver::Epoll => epoll::run(setup, clock),
+        Driver::IoUring => uring::run(setup, clock),
     }
 }

@@ -29,6 +29,17 @@ impl OutQueue {
         self.bytes == 0
     }
 
+    /// References to up to `max` pending frames, the first one past what was written: for a
+    /// driver whose writes complete later and must keep their buffers alive until then.
+    pub fn pending_frames(&self, max: usize) -> Vec<Bytes> {
+        self.frames
+            .iter()
+            .take(max)
+            .enumerate()
+            .map(|(i, f)| if i == 0 { f.slice(self.offset..) } else { f.clone() })
+            .collect()
+    }
+
     /// Fills `iov` with what is pending; returns how many slices were filled.
     pub fn io_slices<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;

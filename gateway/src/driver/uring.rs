@@ -1,0 +1,635 @@
+//! The native io_uring driver: one ring per shard, no runtime.
+//!
+//! - Multishot accept on each of the shard's `SO_REUSEPORT` listeners.
+//! - Multishot receive into a provided-buffer ring shared by the shard's connections, so an idle
+//!   connection holds no receive buffer: the kernel picks a buffer only when bytes arrive, and
+//!   the shard hands it back as soon as the protocol has read it.
+//! - Sends are `writev`s of references to the shared frame buffers of a broadcast; every send
+//!   queued while handling a batch of completions goes to the kernel in one `io_uring_enter`.
+//! - The inbox's eventfd is read on the ring; the shard's timers run off one ring timeout.
+//!
+//! Buffer ownership is the whole safety argument: a receive buffer belongs to the kernel from
+//! the moment it is in the buffer ring until its completion names it; a send's frames are kept
+//! (refcounted) by the connection's `Io` until its completion arrives; an `Io` slot is reused
+//! only when none of its operations is in flight. At exit, whatever the kernel may still hold
+//! is leaked rather than freed.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use slab::Slab;
+use tokio::sync::mpsc;
+
+use super::{Clock, ShardSetup};
+use crate::protocol::Transport;
+use crate::shard::{Effect, Inbox, Shard};
+
+const RING_ENTRIES: u32 = 4096;
+/// Receive buffers the shard's connections share.
+const BUFFERS: u16 = 1024;
+const BUFFER_SIZE: usize = 4096;
+const BUFFER_GROUP: u16 = 0;
+/// Frames one `writev` takes at most.
+const IOV_MAX: usize = 64;
+const INBOX_BATCH: usize = 64;
+/// How long a closed socket waits for the peer's close before it is dropped.
+const LINGER_SECS: u32 = 2;
+
+/// What a completion is for: the top byte of its user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Event = 4,
+    Tick = 5,
+    AcceptRetry = 6,
+    Cancel = 7,
+}
+
+fn user_data(kind: Kind, slot: usize, gen: u32) -> u64 {
+    (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
+}
+
+fn decode(data: u64) -> (Option<Kind>, usize, u32) {
+    let kind = match data >> 56 {
+        1 => Some(Kind::Accept),
+        2 => Some(Kind::Recv),
+        3 => Some(Kind::Send),
+        4 => Some(Kind::Event),
+        5 => Some(Kind::Tick),
+        6 => Some(Kind::AcceptRetry),
+        7 => Some(Kind::Cancel),
+        _ => None,
+    };
+    (kind, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+}
+
+/// Checks that this kernel runs everything the driver uses; the error says what is missing.
+pub fn probe() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => "io_uring is not permitted here (kernel.io_uring_disabled, or a seccomp profile such as Docker's or Kubernetes' default)".to_string(),
+        Some(libc::ENOSYS) => "this kernel has no io_uring".to_string(),
+        _ => format!("io_uring_setup failed: {e}"),
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "accept"),
+        (opcode::RecvMulti::CODE, "recv"),
+        (opcode::Writev::CODE, "writev"),
+        (opcode::Read::CODE, "read"),
+        (opcode::Timeout::CODE, "timeout"),
+        (opcode::AsyncCancel::CODE, "async cancel"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring lacks the {name} operation on this kernel"));
+        }
+    }
+    // Multishot receive with provided-buffer rings needs Linux 6.0.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < (6, 0) {
+        return Err(format!("kernel {} is older than 6.0 (multishot receive)", release.trim()));
+    }
+    let mut pool = BufferRing::new(&ring, 8, 64).map_err(|e| format!("provided-buffer rings unavailable: {e}"))?;
+    if ring.submitter().unregister_buf_ring(BUFFER_GROUP).is_ok() {
+        pool.free();
+    }
+    Ok(())
+}
+
+/// The shard's provided-buffer ring: `count` buffers of `size` bytes the kernel picks from.
+struct BufferRing {
+    /// Page-aligned array of `count` ring entries, shared with the kernel.
+    entries: *mut types::BufRingEntry,
+    buffers: *mut u8,
+    count: u16,
+    size: usize,
+    /// Local copy of the tail the kernel reads.
+    tail: u16,
+}
+
+impl BufferRing {
+    fn layouts(count: u16, size: usize) -> (std::alloc::Layout, std::alloc::Layout) {
+        let entries = std::alloc::Layout::from_size_align(
+            count as usize * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .expect("buffer ring layout");
+        let buffers = std::alloc::Layout::from_size_align(count as usize * size, 4096).expect("buffer layout");
+        (entries, buffers)
+    }
+
+    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
+        assert!(count.is_power_of_two());
+        let (el, bl) = Self::layouts(count, size);
+        // SAFETY: both layouts have non-zero size; the memory is zeroed, which is a valid
+        // `BufRingEntry` array.
+        let (entries, buffers) =
+            unsafe { (std::alloc::alloc_zeroed(el) as *mut types::BufRingEntry, std::alloc::alloc(bl)) };
+        if entries.is_null() || buffers.is_null() {
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring allocation"));
+        }
+        let mut pool = Self { entries, buffers, count, size, tail: 0 };
+        // SAFETY: `entries` is a page-aligned array of `count` entries that lives until `drop`,
+        // which unregisters it first (or leaks it when the ring may still use it).
+        let registered = unsafe {
+            ring.submitter().register_buf_ring_with_flags(entries as u64, count, BUFFER_GROUP, 0)
+        };
+        if let Err(e) = registered {
+            pool.free();
+            return Err(e);
+        }
+        for bid in 0..count {
+            pool.push(bid);
+        }
+        pool.publish();
+        Ok(pool)
+    }
+
+    /// Puts buffer `bid` back in the ring (visible to the kernel after `publish`).
+    fn push(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        // SAFETY: the index is masked into the array; the entry is ours to write because the
+        // tail has not yet been published past it.
+        let entry = unsafe { &mut *self.entries.add((self.tail & mask) as usize) };
+        entry.set_addr(self.buffers as u64 + bid as u64 * self.size as u64);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes pushed buffers visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field overlays the first entry's reserved field, which the kernel
+        // reads; an atomic release store orders the entry writes before it.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// The first `len` bytes of buffer `bid`.
+    ///
+    /// # Safety
+    /// The kernel handed `bid` to us (a completion named it) and it is not back in the ring.
+    unsafe fn buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        // SAFETY: in bounds (bid < count, len <= size) and exclusively ours per the contract.
+        unsafe { std::slice::from_raw_parts_mut(self.buffers.add(bid as usize * self.size), len.min(self.size)) }
+    }
+
+    fn free(&mut self) {
+        let (el, bl) = Self::layouts(self.count, self.size);
+        // SAFETY: allocated in `new` with these layouts and not freed before.
+        unsafe {
+            std::alloc::dealloc(self.entries as *mut u8, el);
+            std::alloc::dealloc(self.buffers, bl);
+        }
+    }
+}
+
+/// One connection's I/O state, in the driver's own slab: it outlives the shard's record until
+/// none of its operations is in flight.
+struct Io {
+    fd: OwnedFd,
+    /// The shard's key and id; `None` once the shard has forgotten the connection.
+    conn: Option<(u32, u64)>,
+    gen: u32,
+    recv_armed: bool,
+    /// A send in flight: the frames it references, and its iovecs.
+    sending: Option<(Vec<Bytes>, Vec<libc::iovec>)>,
+    /// We closed: discard input until the peer closes or the deadline.
+    linger_until: Option<u32>,
+}
+
+struct Listener {
+    fd: OwnedFd,
+    transport: Transport,
+    armed: bool,
+    retry: Box<types::Timespec>,
+}
+
+struct Driver {
+    ring: IoUring,
+    shard: Shard,
+    pool: BufferRing,
+    ios: Slab<Io>,
+    /// Shard key → io slot.
+    by_key: Vec<Option<usize>>,
+    listeners: Vec<Listener>,
+    next_gen: u32,
+    clock: Clock,
+    effects: mpsc::UnboundedSender<(u32, Effect)>,
+    event_buf: Box<u64>,
+    tick: Box<types::Timespec>,
+    dirty: Vec<u32>,
+    cqes: Vec<cqueue::Entry>,
+    buffers_returned: bool,
+}
+
+pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
+    let ShardSetup { shard, listeners, inbox, effects, grace } = setup;
+    let ring = IoUring::builder().setup_single_issuer().build(RING_ENTRIES)?;
+    let pool = BufferRing::new(&ring, BUFFERS, BUFFER_SIZE)?;
+    let mut d = Driver {
+        ring,
+        shard,
+        pool,
+        ios: Slab::new(),
+        by_key: Vec::new(),
+        listeners: listeners
+            .into_iter()
+            .map(|(l, transport)| Listener {
+                fd: OwnedFd::from(l),
+                transport,
+                armed: false,
+                retry: Box::new(types::Timespec::new().nsec(100_000_000)),
+            })
+            .collect(),
+        next_gen: 0,
+        clock,
+        effects,
+        event_buf: Box::new(0),
+        tick: Box::new(types::Timespec::new().sec(1)),
+        dirty: Vec::new(),
+        cqes: Vec::with_capacity(1024),
+        buffers_returned: false,
+    };
+    for i in 0..d.listeners.len() {
+        d.arm_accept(i);
+    }
+    d.arm_event(&inbox);
+    d.arm_tick();
+    let result = d.event_loop(&inbox, grace);
+    d.exit();
+    result
+}
+
+impl Driver {
+    fn push(&mut self, sqe: squeue::Entry) {
+        // SAFETY (for every caller): each entry's buffers are owned by `self` (boxes, the io
+        // slab, the buffer ring) and stay alive until its completion; see the module docs.
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            // Submission queue full: hand what is queued to the kernel and retry.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed while the queue was full");
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listeners[i];
+        if l.armed {
+            return;
+        }
+        l.armed = true;
+        let sqe = opcode::AcceptMulti::new(types::Fd(l.fd.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(Kind::Accept, i, 0));
+        self.push(sqe);
+    }
+
+    fn arm_event(&mut self, inbox: &Inbox) {
+        let buf: *mut u64 = &mut *self.event_buf;
+        let sqe = opcode::Read::new(types::Fd(inbox.event_fd()), buf.cast(), 8)
+            .build()
+            .user_data(user_data(Kind::Event, 0, 0));
+        self.push(sqe);
+    }
+
+    fn arm_tick(&mut self) {
+        let ts: *const types::Timespec = &*self.tick;
+        let sqe = opcode::Timeout::new(ts).build().user_data(user_data(Kind::Tick, 0, 0));
+        self.push(sqe);
+    }
+
+    fn arm_recv(&mut self, slot: usize) {
+        let io = &mut self.ios[slot];
+        io.recv_armed = true;
+        let sqe = opcode::RecvMulti::new(types::Fd(io.fd.as_raw_fd()), BUFFER_GROUP)
+            .build()
+            .user_data(user_data(Kind::Recv, slot, io.gen));
+        self.push(sqe);
+    }
+
+    fn event_loop(&mut self, inbox: &Inbox, grace: Duration) -> io::Result<()> {
+        let mut stopping: Option<Instant> = None;
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(e) => return Err(e),
+            }
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.extend(self.ring.completion());
+            for cqe in cqes.drain(..) {
+                self.complete(cqe, inbox);
+            }
+            self.cqes = cqes;
+            if self.buffers_returned {
+                self.pool.publish();
+                self.buffers_returned = false;
+            }
+            self.after_event();
+            if self.shard.is_shutting_down() {
+                let since = *stopping.get_or_insert_with(Instant::now);
+                if self.shard.is_empty() || since.elapsed() >= grace {
+                    if !self.shard.is_empty() {
+                        tracing::warn!(left = self.shard.len(), "shutdown grace over; dropping the remaining connections");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry, inbox: &Inbox) {
+        let (kind, slot, gen) = decode(cqe.user_data());
+        let (res, flags) = (cqe.result(), cqe.flags());
+        match kind {
+            Some(Kind::Accept) => self.accepted(slot, res, cqueue::more(flags)),
+            Some(Kind::AcceptRetry) => self.arm_accept(slot),
+            Some(Kind::Recv) => self.received(slot, gen, res, flags),
+            Some(Kind::Send) => self.sent(slot, gen, res),
+            Some(Kind::Event) => {
+                let mut more = true;
+                while more {
+                    more = inbox.drain(INBOX_BATCH, |cmd| self.shard.on_command(cmd));
+                    self.after_event();
+                }
+                if self.shard.is_shutting_down() {
+                    inbox.close();
+                } else {
+                    self.arm_event(inbox);
+                }
+            }
+            Some(Kind::Tick) => {
+                let now = self.clock.now();
+                self.shard.on_tick(now);
+                let expired: Vec<usize> = self
+                    .ios
+                    .iter()
+                    .filter(|(_, io)| io.linger_until.is_some_and(|t| now >= t) && io.recv_armed)
+                    .map(|(s, _)| s)
+                    .collect();
+                for slot in expired {
+                    self.cancel_recv(slot);
+                }
+                self.arm_tick();
+            }
+            Some(Kind::Cancel) | None => {}
+        }
+    }
+
+    fn accepted(&mut self, i: usize, res: i32, more: bool) {
+        if !more {
+            self.listeners[i].armed = false;
+        }
+        if res < 0 {
+            let err = io::Error::from_raw_os_error(-res);
+            if matches!(-res, libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) {
+                // Out of descriptors: stop accepting for a moment instead of spinning.
+                tracing::warn!(error = %err, "accept paused");
+                if more {
+                    let sqe = opcode::AsyncCancel::new(user_data(Kind::Accept, i, 0))
+                        .build()
+                        .user_data(user_data(Kind::Cancel, 0, 0));
+                    self.push(sqe);
+                }
+                let ts: *const types::Timespec = &*self.listeners[i].retry;
+                let sqe = opcode::Timeout::new(ts).build().user_data(user_data(Kind::AcceptRetry, i, 0));
+                self.push(sqe);
+                return;
+            }
+            if -res != libc::ECANCELED {
+                tracing::debug!(error = %err, "accept failed");
+            }
+        } else {
+            // SAFETY: a successful accept completion carries a new descriptor we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
+            self.open(fd, self.listeners[i].transport);
+        }
+        if !self.listeners[i].armed && !self.shard.is_shutting_down() && -res != libc::EMFILE {
+            self.arm_accept(i);
+        }
+    }
+
+    fn open(&mut self, fd: OwnedFd, transport: Transport) {
+        if !self.shard.has_room() {
+            tracing::debug!("connection refused: shard at its limit");
+            return;
+        }
+        let sock = socket2::SockRef::from(&fd);
+        let _ = sock.set_tcp_nodelay(true);
+        let _ = sock.set_nonblocking(true);
+        if transport == Transport::Tcp {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            let _ = sock.set_tcp_keepalive(&keepalive);
+        }
+        let (key, id) = self.shard.open(transport, self.clock.now());
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let slot = self.ios.insert(Io {
+            fd,
+            conn: Some((key, id)),
+            gen: self.next_gen,
+            recv_armed: false,
+            sending: None,
+            linger_until: None,
+        });
+        if self.by_key.len() <= key as usize {
+            self.by_key.resize(key as usize + 1, None);
+        }
+        self.by_key[key as usize] = Some(slot);
+        self.arm_recv(slot);
+    }
+
+    fn received(&mut self, slot: usize, gen: u32, res: i32, flags: u32) {
+        let bid = cqueue::buffer_select(flags);
+        let live = self.ios.get(slot).is_some_and(|io| io.gen == gen);
+        if live && !cqueue::more(flags) {
+            self.ios[slot].recv_armed = false;
+        }
+        if let Some(bid) = bid {
+            if res > 0 && live {
+                let conn = self.ios[slot].conn.filter(|_| self.ios[slot].linger_until.is_none());
+                if let Some((key, _)) = conn {
+                    // SAFETY: the completion handed buffer `bid` to us; it goes back to the
+                    // ring right after the shard has read it.
+                    let data = unsafe { self.pool.buffer(bid, res as usize) };
+                    self.shard.on_data(key, data, self.clock.now());
+                }
+            }
+            self.pool.push(bid);
+            self.buffers_returned = true;
+        }
+        if !live {
+            return;
+        }
+        match res {
+            n if n > 0 => {
+                if !self.ios[slot].recv_armed && self.ios[slot].conn.is_some() {
+                    self.arm_recv(slot);
+                }
+            }
+            n if n == -libc::ENOBUFS => {
+                // Every buffer was in use; the ones just returned make room.
+                if !self.ios[slot].recv_armed {
+                    self.pool.publish();
+                    self.arm_recv(slot);
+                }
+            }
+            _ => {
+                // End of stream, an error, or our cancel: the peer is done.
+                if !self.ios[slot].recv_armed {
+                    self.gone(slot);
+                }
+            }
+        }
+    }
+
+    fn sent(&mut self, slot: usize, gen: u32, res: i32) {
+        let Some(io) = self.ios.get_mut(slot).filter(|io| io.gen == gen) else { return };
+        io.sending = None;
+        let conn = io.conn;
+        match (conn, res) {
+            (Some((key, _)), n) if n >= 0 => {
+                self.shard.wrote(key, n as usize);
+                self.flush_or_finish(key);
+            }
+            (Some((key, _)), n) => {
+                tracing::debug!(error = %io::Error::from_raw_os_error(-n), "send failed");
+                // The peer is gone: drop what it will never read and finish the close.
+                self.shard.begin_close(key, None);
+                if let Some(out) = self.shard.out_mut(key) {
+                    out.clear();
+                }
+                self.flush_or_finish(key);
+            }
+            (None, _) => self.release_if_idle(slot),
+        }
+    }
+
+    /// After the shard ran: send what it queued, finish closes, forward effects.
+    fn after_event(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.shard.take_dirty(&mut dirty);
+        for &key in &dirty {
+            self.flush_or_finish(key);
+        }
+        self.dirty = dirty;
+        let index = self.shard.index();
+        for effect in self.shard.take_effects() {
+            let _ = self.effects.send((index, effect));
+        }
+    }
+
+    /// Starts a send of the connection's pending output, or finishes its close.
+    fn flush_or_finish(&mut self, key: u32) {
+        let Some(slot) = self.by_key.get(key as usize).copied().flatten() else { return };
+        if self.ios[slot].sending.is_some() {
+            return; // its completion continues
+        }
+        let frames = match self.shard.out_mut(key) {
+            Some(out) if !out.is_empty() => out.pending_frames(IOV_MAX),
+            Some(_) => Vec::new(),
+            None => return,
+        };
+        if !frames.is_empty() {
+            let iov: Vec<libc::iovec> = frames
+                .iter()
+                .map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() })
+                .collect();
+            let io = &mut self.ios[slot];
+            let sqe = opcode::Writev::new(types::Fd(io.fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
+                .build()
+                .user_data(user_data(Kind::Send, slot, io.gen));
+            io.sending = Some((frames, iov));
+            self.push(sqe);
+        } else if self.shard.is_closing(key) {
+            self.finish(slot, key);
+        }
+    }
+
+    /// We closed and everything is written: forget the connection in the shard, stop sending,
+    /// and read until the peer closes (or the linger deadline).
+    fn finish(&mut self, slot: usize, key: u32) {
+        self.forget(slot, key);
+        let io = &mut self.ios[slot];
+        // SAFETY: plain shutdown(2) on a descriptor we own.
+        unsafe { libc::shutdown(io.fd.as_raw_fd(), libc::SHUT_WR) };
+        io.linger_until = Some(self.clock.now() + LINGER_SECS);
+        if !io.recv_armed {
+            self.release_if_idle(slot);
+        }
+    }
+
+    /// The peer is gone: forget the connection and release its slot once idle.
+    fn gone(&mut self, slot: usize) {
+        if let Some((key, _)) = self.ios[slot].conn {
+            self.forget(slot, key);
+        }
+        self.release_if_idle(slot);
+    }
+
+    fn forget(&mut self, slot: usize, key: u32) {
+        self.ios[slot].conn = None;
+        if let Some(s) = self.by_key.get_mut(key as usize) {
+            *s = None;
+        }
+        self.shard.remove(key);
+        let index = self.shard.index();
+        for effect in self.shard.take_effects() {
+            let _ = self.effects.send((index, effect));
+        }
+    }
+
+    fn cancel_recv(&mut self, slot: usize) {
+        let io = &self.ios[slot];
+        let sqe = opcode::AsyncCancel::new(user_data(Kind::Recv, slot, io.gen))
+            .build()
+            .user_data(user_data(Kind::Cancel, 0, 0));
+        self.push(sqe);
+    }
+
+    /// Frees the slot (closing the descriptor) once nothing of it is in flight.
+    fn release_if_idle(&mut self, slot: usize) {
+        let io = &self.ios[slot];
+        if io.conn.is_some() {
+            return;
+        }
+        if io.recv_armed {
+            self.cancel_recv(slot);
+            return;
+        }
+        if io.sending.is_none() {
+            self.ios.remove(slot);
+        }
+    }
+
+    /// Leaves the loop. Descriptors and the ring are closed; memory the kernel may still touch
+    /// while it tears the ring down (frames of sends in flight, the buffer ring, the eventfd
+    /// buffer, timespecs) is leaked, not freed.
+    fn exit(mut self) {
+        for (_, io) in self.ios.iter_mut() {
+            if let Some(sending) = io.sending.take() {
+                std::mem::forget(sending);
+            }
+        }
+        std::mem::forget(std::mem::replace(&mut self.event_buf, Box::new(0)));
+        std::mem::forget(std::mem::replace(&mut self.tick, Box::new(types::Timespec::new())));
+        for l in &mut self.listeners {
+            std::mem::forget(std::mem::replace(&mut l.retry, Box::new(types::Timespec::new())));
+        }
+        // `BufferRing` has no destructor: its memory stays allocated.
+    }
+}
