@@ -97,7 +97,8 @@ pub fn probe() -> Result<(), String> {
     if version < (6, 0) {
         return Err(format!("kernel {} is older than 6.0 (multishot receive)", release.trim()));
     }
-    let mut pool = BufferRing::new(&ring, 8, 64).map_err(|e| format!("provided-buffer rings unavailable: {e}"))?;
+    let mut pool =
+        BufferRing::new(&ring, 8, 64).map_err(|e| format!("provided-buffer rings unavailable: {e}"))?;
     if ring.submitter().unregister_buf_ring(BUFFER_GROUP).is_ok() {
         pool.free();
     }
@@ -122,7 +123,8 @@ impl BufferRing {
             4096,
         )
         .expect("buffer ring layout");
-        let buffers = std::alloc::Layout::from_size_align(count as usize * size, 4096).expect("buffer layout");
+        let buffers =
+            std::alloc::Layout::from_size_align(count as usize * size, 4096).expect("buffer layout");
         (entries, buffers)
     }
 
@@ -139,9 +141,8 @@ impl BufferRing {
         let mut pool = Self { entries, buffers, count, size, tail: 0 };
         // SAFETY: `entries` is a page-aligned array of `count` entries that lives until `drop`,
         // which unregisters it first (or leaks it when the ring may still use it).
-        let registered = unsafe {
-            ring.submitter().register_buf_ring_with_flags(entries as u64, count, BUFFER_GROUP, 0)
-        };
+        let registered =
+            unsafe { ring.submitter().register_buf_ring_with_flags(entries as u64, count, BUFFER_GROUP, 0) };
         if let Err(e) = registered {
             pool.free();
             return Err(e);
@@ -181,7 +182,9 @@ impl BufferRing {
     /// The kernel handed `bid` to us (a completion named it) and it is not back in the ring.
     unsafe fn buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
         // SAFETY: in bounds (bid < count, len <= size) and exclusively ours per the contract.
-        unsafe { std::slice::from_raw_parts_mut(self.buffers.add(bid as usize * self.size), len.min(self.size)) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.buffers.add(bid as usize * self.size), len.min(self.size))
+        }
     }
 
     fn free(&mut self) {
@@ -298,9 +301,11 @@ impl Driver {
 
     fn arm_event(&mut self, inbox: &Inbox) {
         let buf: *mut u64 = &mut *self.event_buf;
-        let sqe = opcode::Read::new(types::Fd(inbox.event_fd()), buf.cast(), 8)
-            .build()
-            .user_data(user_data(Kind::Event, 0, 0));
+        let sqe = opcode::Read::new(types::Fd(inbox.event_fd()), buf.cast(), 8).build().user_data(user_data(
+            Kind::Event,
+            0,
+            0,
+        ));
         self.push(sqe);
     }
 
@@ -342,7 +347,10 @@ impl Driver {
                 let since = *stopping.get_or_insert_with(Instant::now);
                 if self.shard.is_empty() || since.elapsed() >= grace {
                     if !self.shard.is_empty() {
-                        tracing::warn!(left = self.shard.len(), "shutdown grace over; dropping the remaining connections");
+                        tracing::warn!(
+                            left = self.shard.len(),
+                            "shutdown grace over; dropping the remaining connections"
+                        );
                     }
                     return Ok(());
                 }
@@ -595,9 +603,11 @@ impl Driver {
 
     fn cancel_recv(&mut self, slot: usize) {
         let io = &self.ios[slot];
-        let sqe = opcode::AsyncCancel::new(user_data(Kind::Recv, slot, io.gen))
-            .build()
-            .user_data(user_data(Kind::Cancel, 0, 0));
+        let sqe = opcode::AsyncCancel::new(user_data(Kind::Recv, slot, io.gen)).build().user_data(user_data(
+            Kind::Cancel,
+            0,
+            0,
+        ));
         self.push(sqe);
     }
 
