@@ -87,7 +87,7 @@ impl Gateway {
             };
             let inbox = inboxes[i].clone();
             let thread = std::thread::Builder::new().name(format!("gochat-shard-{i}")).spawn(move || {
-                pin_to_cpu(i % cpus);
+                driver::sys::pin_to_cpu(i % cpus);
                 let result = driver::run(driver, setup, clock);
                 // However the shard ended, nobody may wait on its inbox any more.
                 inbox.close();
@@ -207,18 +207,4 @@ fn process_epoch() -> u16 {
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     (nanos ^ std::process::id().rotate_left(16)) as u16
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return;
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            tracing::debug!(cpu, error = %std::io::Error::last_os_error(), "could not pin shard thread");
-        }
-    }
 }

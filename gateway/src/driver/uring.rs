@@ -30,7 +30,7 @@ use crate::shard::{Effect, Inbox, Shard};
 
 const RING_ENTRIES: u32 = 4096;
 /// Receive buffers the shard's connections share.
-const BUFFERS: u16 = 1024;
+const BUFFERS: u16 = 256;
 const BUFFER_SIZE: usize = 4096;
 const BUFFER_GROUP: u16 = 0;
 /// Frames one `writev` takes at most.
@@ -238,7 +238,17 @@ struct Driver {
 
 pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
     let ShardSetup { shard, listeners, inbox, effects, grace } = setup;
-    let ring = IoUring::builder().setup_single_issuer().build(RING_ENTRIES)?;
+    // Completion work runs when this thread asks for completions, not as interrupts (6.1+);
+    // older kernels get the plain ring.
+    let ring = match IoUring::builder()
+        .setup_single_issuer()
+        .setup_coop_taskrun()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+    {
+        Ok(ring) => ring,
+        Err(_) => IoUring::builder().build(RING_ENTRIES)?,
+    };
     let pool = BufferRing::new(&ring, BUFFERS, BUFFER_SIZE)?;
     let mut d = Driver {
         ring,
@@ -416,15 +426,16 @@ impl Driver {
                 self.push(sqe);
                 return;
             }
-            if -res != libc::ECANCELED {
-                tracing::debug!(error = %err, "accept failed");
+            if -res == libc::ECANCELED {
+                return; // paused by us; the retry timer re-arms it
             }
+            tracing::debug!(error = %err, "accept failed");
         } else {
             // SAFETY: a successful accept completion carries a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
             self.open(fd, self.listeners[i].transport);
         }
-        if !self.listeners[i].armed && !self.shard.is_shutting_down() && -res != libc::EMFILE {
+        if !self.listeners[i].armed && !self.shard.is_shutting_down() {
             self.arm_accept(i);
         }
     }
@@ -485,8 +496,13 @@ impl Driver {
         }
         match res {
             n if n > 0 => {
-                if !self.ios[slot].recv_armed && self.ios[slot].conn.is_some() {
+                // Keep reading: a live connection, or a lingering one waiting for the peer's close.
+                let io = &self.ios[slot];
+                let lingering = io.linger_until.is_some_and(|t| self.clock.now() < t);
+                if !io.recv_armed && (io.conn.is_some() || lingering) {
                     self.arm_recv(slot);
+                } else if !io.recv_armed {
+                    self.release_if_idle(slot);
                 }
             }
             n if n == -libc::ENOBUFS => {

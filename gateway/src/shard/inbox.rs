@@ -1,12 +1,13 @@
 //! A shard's bounded, lock-free inbox with an eventfd wake-up: the only way other threads reach a
 //! shard. Wake-ups are coalesced: one eventfd write per batch of commands, not per command.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
 use super::Command;
+use crate::driver::sys;
 
 pub struct Inbox {
     queue: ArrayQueue<Command>,
@@ -20,15 +21,9 @@ pub struct Inbox {
 
 impl Inbox {
     pub fn new(capacity: usize) -> std::io::Result<Self> {
-        // SAFETY: eventfd has no memory preconditions; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Self {
             queue: ArrayQueue::new(capacity.max(1)),
-            // SAFETY: fd is a fresh descriptor we own.
-            event: unsafe { OwnedFd::from_raw_fd(fd) },
+            event: sys::eventfd()?,
             armed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             full: AtomicU64::new(0),
@@ -42,10 +37,7 @@ impl Inbox {
             return Err(cmd);
         }
         if !self.armed.swap(true, Ordering::SeqCst) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN)
-            // still leaves it readable, which is all a wake-up needs.
-            unsafe { libc::write(self.event.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            sys::eventfd_signal(&self.event);
         }
         Ok(())
     }
@@ -80,9 +72,7 @@ impl Inbox {
     /// Clears the wake-up and hands up to `max` waiting commands to `f`; returns whether more
     /// are waiting.
     pub fn drain(&self, max: usize, mut f: impl FnMut(Command)) -> bool {
-        let mut counter: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        unsafe { libc::read(self.event.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+        sys::eventfd_clear(&self.event);
         self.armed.store(false, Ordering::SeqCst);
         for _ in 0..max {
             match self.queue.pop() {
@@ -106,18 +96,12 @@ impl Inbox {
 mod tests {
     use super::*;
 
-    fn readable(fd: RawFd) -> bool {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
-    }
-
     #[test]
     fn bounded_with_coalesced_wakeups() {
         let inbox = Inbox::new(2).unwrap();
-        assert!(!readable(inbox.event_fd()));
+        assert!(!sys::is_readable(&inbox.event));
         assert!(inbox.push(Command::Shutdown).is_ok());
-        assert!(readable(inbox.event_fd()));
+        assert!(sys::is_readable(&inbox.event));
         assert!(inbox.push(Command::Shutdown).is_ok());
         assert!(inbox.push(Command::Shutdown).is_err(), "third push exceeds capacity 2");
         assert_eq!(inbox.full.load(Ordering::Relaxed), 1);
@@ -125,8 +109,8 @@ mod tests {
         assert!(inbox.drain(1, |_| n += 1), "one left");
         assert!(!inbox.drain(8, |_| n += 1));
         assert_eq!(n, 2);
-        assert!(!readable(inbox.event_fd()), "drain clears the wake-up");
+        assert!(!sys::is_readable(&inbox.event), "drain clears the wake-up");
         assert!(inbox.push(Command::Shutdown).is_ok());
-        assert!(readable(inbox.event_fd()), "a push after drain wakes again");
+        assert!(sys::is_readable(&inbox.event), "a push after drain wakes again");
     }
 }
