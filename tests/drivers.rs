@@ -155,3 +155,31 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
     );
     assert!(reached, "no client was served after the flood ended");
 }
+
+#[tokio::test]
+async fn a_peer_that_never_closes_is_cut_off_after_the_linger() {
+    let mut cfg = common::test_config();
+    cfg.gateway.auth_timeout_secs = 1;
+    let s = Server::start_with(cfg).await;
+    let mut peer = TcpStream::connect(s.up.gateway.ws_addr).await.unwrap();
+    // Never authenticates: the gateway closes its side after the auth timeout.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(common::WAIT, peer.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "the gateway closed its side");
+    // While the gateway lingers, what the peer sends is read and dropped: no reset, so writing
+    // keeps working.
+    peer.write_all(b"late").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    peer.write_all(b"still fine").await.expect("no reset while the gateway lingers");
+    // After the linger deadline the gateway has cancelled its read and closed the socket: the
+    // next bytes are answered with a reset, and writing after that fails.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = peer.write_all(b"later").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = peer.write_all(b"again").await;
+    assert!(
+        matches!(&after, Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)),
+        "expected a reset, got {after:?}"
+    );
+    s.shutdown().await;
+}
