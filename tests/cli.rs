@@ -47,10 +47,6 @@ fn tempdir() -> std::path::PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Stops a child with SIGINT (Ctrl-C) and returns whether it exited cleanly.
 fn interrupt(mut child: Child) -> bool {
     // SAFETY: plain kill(2) on our own child's pid.
@@ -68,7 +64,7 @@ fn interrupt(mut child: Child) -> bool {
 #[tokio::test]
 async fn control_and_gateway_as_separate_processes() {
     let dir = tempdir();
-    let [api, grpc, ws, tcp, gw_grpc] = [(); 5].map(|_| free_port());
+    let [api, grpc, ws, tcp, gw_grpc] = [(); 5].map(|_| common::free_port());
     let config = format!(
         r#"
 [gateway]

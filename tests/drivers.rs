@@ -57,10 +57,6 @@ async fn a_peer_reset_with_output_in_flight_leaves_the_others_unharmed() {
     s.shutdown().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r).to_string();
@@ -73,7 +69,7 @@ fn cpu_secs(pid: u32) -> f64 {
 async fn out_of_descriptors_at_accept_pauses_then_recovers() {
     let dir = std::env::temp_dir().join(common::unique(&format!("gochat-emfile-{}-", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
-    let [api, grpc, ws, gw] = [(); 4].map(|_| free_port());
+    let [api, grpc, ws, gw] = [(); 4].map(|_| common::free_port());
     let driver = std::env::var("GOCHAT_TEST_DRIVER").unwrap_or_else(|_| "epoll".into());
     let config = format!(
         "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ngrpc_listen = \"127.0.0.1:{gw}\"\nshards = 1\ndriver = \"{driver}\"\n\

@@ -8,7 +8,8 @@ use gochat_bench::fleets::ClientOpts;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
 use gochat_bench::server::ServerProcs;
 
-fn server() -> (tokio::runtime::Runtime, Up) {
+/// `gochat up` in this process on free ports; `echo` turns on the gateway's echo endpoint.
+fn server(echo: bool) -> (tokio::runtime::Runtime, Up) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut cfg = gochat::Config::default();
     let any = "127.0.0.1:0".parse().unwrap();
@@ -20,6 +21,7 @@ fn server() -> (tokio::runtime::Runtime, Up) {
     cfg.gateway.tcp_listen = None;
     cfg.gateway.grpc_listen = any;
     cfg.gateway.shards = 2;
+    cfg.gateway.ws_echo_path = echo.then(|| "/echo".into());
     let up = rt.block_on(Up::start(cfg)).unwrap();
     (rt, up)
 }
@@ -50,7 +52,7 @@ fn figure(r: &gochat_bench::result::RunResult, k: &str) -> f64 {
 
 #[test]
 fn every_scenario_at_a_tiny_size() {
-    let (rt, up) = server();
+    let (rt, up) = server(false);
     let t = target(&up);
 
     let p = ConnectionsParams {
@@ -99,18 +101,7 @@ fn help_documents_every_scenario() {
 
 #[test]
 fn echo_against_the_gateway_and_the_baseline() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut cfg = gochat::Config::default();
-    let any = "127.0.0.1:0".parse().unwrap();
-    cfg.control.api_listen = any;
-    cfg.control.site_listen = None;
-    cfg.control.grpc_listen = any;
-    cfg.control.database = "sqlite::memory:".into();
-    cfg.gateway.ws_listen = any;
-    cfg.gateway.tcp_listen = None;
-    cfg.gateway.grpc_listen = any;
-    cfg.gateway.ws_echo_path = Some("/echo".into());
-    let up = rt.block_on(Up::start(cfg)).unwrap();
+    let (rt, up) = server(true);
     let p = gochat_bench::echo::EchoParams {
         connections: 4,
         window: 4,

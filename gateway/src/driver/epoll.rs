@@ -95,14 +95,7 @@ impl EpollShard {
                         tracing::debug!(%peer, "connection refused: shard at its limit");
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
-                    if transport == Transport::Tcp {
-                        let keepalive = socket2::TcpKeepalive::new()
-                            .with_time(Duration::from_secs(60))
-                            .with_interval(Duration::from_secs(10))
-                            .with_retries(3);
-                        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-                    }
+                    super::tune_accepted(socket2::SockRef::from(&stream), transport);
                     let (key, id) = self.shard.borrow_mut().open(transport, self.clock.now());
                     {
                         let mut sockets = self.sockets.borrow_mut();

@@ -83,6 +83,19 @@ pub struct ShardSetup {
     pub grace: std::time::Duration,
 }
 
+/// Options every accepted socket gets: no Nagle delay, and for gochat's TCP protocol (which has
+/// no ping) keep-alive probes, so dead peers are found.
+pub fn tune_accepted(sock: socket2::SockRef<'_>, transport: Transport) {
+    let _ = sock.set_tcp_nodelay(true);
+    if transport == Transport::Tcp {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(std::time::Duration::from_secs(60))
+            .with_interval(std::time::Duration::from_secs(10))
+            .with_retries(3);
+        let _ = sock.set_tcp_keepalive(&keepalive);
+    }
+}
+
 /// Whole seconds since the shard started: the clock shard timers run on.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock(Instant);

@@ -445,16 +445,8 @@ impl Driver {
             tracing::debug!("connection refused: shard at its limit");
             return;
         }
-        let sock = socket2::SockRef::from(&fd);
-        let _ = sock.set_tcp_nodelay(true);
-        let _ = sock.set_nonblocking(true);
-        if transport == Transport::Tcp {
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(60))
-                .with_interval(Duration::from_secs(10))
-                .with_retries(3);
-            let _ = sock.set_tcp_keepalive(&keepalive);
-        }
+        let _ = socket2::SockRef::from(&fd).set_nonblocking(true);
+        super::tune_accepted(socket2::SockRef::from(&fd), transport);
         let (key, id) = self.shard.open(transport, self.clock.now());
         self.next_gen = self.next_gen.wrapping_add(1);
         let slot = self.ios.insert(Io {
