@@ -4,7 +4,7 @@ use std::path::Path;
 
 use gochat_control::ControlConfig;
 use gochat_gateway::GatewayConfig;
-use gochat_queue_worker::WorkerConfig;
+use gochat_queue_worker::{QueueConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -13,6 +13,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub control: ControlConfig,
     pub worker: WorkerConfig,
+    pub queue: QueueConfig,
 }
 
 impl Config {
@@ -35,6 +36,7 @@ impl Config {
         self.gateway.validate()?;
         self.control.validate()?;
         self.worker.validate()?;
+        self.queue.validate()?;
         Ok(())
     }
 }

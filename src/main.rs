@@ -1,5 +1,4 @@
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -8,7 +7,7 @@ use gochat::Config;
 use gochat_control::Control;
 use gochat_gateway::driver::DriverChoice;
 use gochat_gateway::Gateway;
-use gochat_queue_worker::{MemoryQueue, Queue, Worker};
+use gochat_queue_worker::{QueueKind, Worker};
 
 /// gochat-rs: a gochat-compatible IM system with a thread-per-core connection gateway.
 #[derive(Parser)]
@@ -101,23 +100,38 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         }
         Command::Control => {
             cfg.control.demo_users.get_or_insert(false);
-            let queue = Arc::new(MemoryQueue::new(cfg.control.queue_capacity));
-            let control = Control::start(cfg.control, queue.clone() as Arc<dyn Queue>).await?;
-            let worker = WorkerHandle::start(Worker::new(cfg.worker, queue.clone() as Arc<dyn Queue>)?);
+            let queue = cfg.queue.open().await?;
+            let control = Control::start(cfg.control, queue.clone()).await?;
+            // The in-process queue is only reachable from this process: run its worker here.
+            let worker = (cfg.queue.kind == QueueKind::Memory)
+                .then(|| Worker::new(cfg.worker, queue.clone()).map(WorkerHandle::start))
+                .transpose()?;
             println!(
-                "control listening: REST http://{}, logic gRPC {}, page {:?} (with an in-process queue-worker)",
-                control.api_addr, control.grpc_addr, control.site_addr
+                "control listening: REST http://{}, logic gRPC {}, page {:?}{}",
+                control.api_addr,
+                control.grpc_addr,
+                control.site_addr,
+                if worker.is_some() { " (with an in-process queue-worker)" } else { "" }
             );
             shutdown_signal().await;
-            worker.shutdown().await;
+            if let Some(worker) = worker {
+                worker.shutdown().await;
+            }
             queue.close();
             control.shutdown().await;
         }
         Command::Worker => {
-            anyhow::bail!(
-                "a standalone worker needs a shared queue; this build has only the in-process one, \
-                 which `gochat up` and `gochat control` run with their own worker"
-            );
+            if cfg.queue.kind == QueueKind::Memory {
+                anyhow::bail!(
+                    "a standalone worker needs a shared queue: set [queue] kind = \"redis\"; the in-process \
+                     queue is only reachable from `gochat up` and `gochat control`, which run their own worker"
+                );
+            }
+            let queue = cfg.queue.open().await?;
+            let worker = WorkerHandle::start(Worker::new(cfg.worker, queue.clone())?);
+            println!("worker reading {} stream(s) at {}", cfg.queue.redis.streams, cfg.queue.redis.url);
+            shutdown_signal().await;
+            worker.shutdown().await;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gochat_control::{Control, ControlHandle};
 use gochat_gateway::{Gateway, GatewayHandle};
 use gochat_queue_worker::gateways::GatewayAddr;
-use gochat_queue_worker::{MemoryQueue, Queue, Worker};
+use gochat_queue_worker::{Queue, Worker};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -39,7 +39,7 @@ pub struct Up {
     pub control: ControlHandle,
     pub gateway: GatewayHandle,
     worker: WorkerHandle,
-    queue: Arc<MemoryQueue>,
+    queue: Arc<dyn Queue>,
     ws_path: String,
 }
 
@@ -64,8 +64,8 @@ impl Up {
     pub async fn start(mut cfg: Config) -> anyhow::Result<Self> {
         cfg.control.demo_users.get_or_insert(true);
         cfg.validate()?;
-        let queue = Arc::new(MemoryQueue::new(cfg.control.queue_capacity));
-        let control = Control::start(cfg.control.clone(), queue.clone() as Arc<dyn Queue>).await?;
+        let queue = cfg.queue.open().await?;
+        let control = Control::start(cfg.control.clone(), queue.clone()).await?;
         cfg.gateway.logic = grpc_url(control.grpc_addr);
         let gateway = match Gateway::start(cfg.gateway.clone()).await {
             Ok(g) => g,
@@ -78,7 +78,7 @@ impl Up {
         cfg.worker.logic = grpc_url(control.grpc_addr);
         cfg.worker.gateways =
             vec![GatewayAddr { id: gateway.id.to_string(), grpc: grpc_url(gateway.grpc_addr) }];
-        let worker = WorkerHandle::start(Worker::new(cfg.worker.clone(), queue.clone() as Arc<dyn Queue>)?);
+        let worker = WorkerHandle::start(Worker::new(cfg.worker.clone(), queue.clone())?);
         Ok(Self { control, gateway, worker, queue, ws_path: cfg.gateway.ws_path })
     }
 

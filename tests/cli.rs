@@ -63,6 +63,25 @@ fn interrupt(mut child: Child) -> bool {
 
 #[tokio::test]
 async fn control_and_gateway_as_separate_processes() {
+    separate_processes("", &["control", "gateway"]).await;
+}
+
+#[tokio::test]
+async fn control_worker_and_gateway_over_a_redis_queue() {
+    let prefix = format!("gochat-test-{}-cli", std::process::id());
+    let queue = format!("[queue]\nkind = \"redis\"\n[queue.redis]\nprefix = \"{prefix}\"\nstreams = 2\n");
+    separate_processes(&queue, &["control", "worker", "gateway"]).await;
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for s in 0..2 {
+        let _: () =
+            redis::cmd("DEL").arg(format!("{prefix}:queue:{s}")).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// Control, gateway (and a worker, with a shared queue) as separate processes: a TCP client's
+/// room message comes back through all of them.
+async fn separate_processes(queue: &str, roles: &[&str]) {
     let dir = tempdir();
     let [api, grpc, ws, tcp, gw_grpc] = [(); 5].map(|_| common::free_port());
     let config = format!(
@@ -83,6 +102,8 @@ database = "sqlite://{db}"
 [worker]
 logic = "http://127.0.0.1:{grpc}"
 gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
+
+{queue}
 "#,
         db = dir.join("users.sqlite3").display()
     );
@@ -96,8 +117,7 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
             .spawn()
             .unwrap()
     };
-    let control = spawn("control");
-    let gateway = spawn("gateway");
+    let children: Vec<_> = roles.iter().map(|r| spawn(r)).collect();
 
     let http = reqwest::Client::new();
     let api_url = |p: &str| format!("http://127.0.0.1:{api}{p}");
@@ -142,8 +162,9 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
     client.send_json(json!({"op": 3, "msg": "across processes", "roomId": 2})).await;
     assert_eq!(client.recv_op(wire::OP_ROOM_SEND).await["msg"], "across processes");
 
-    let gateway_ok = tokio::task::spawn_blocking(move || interrupt(gateway)).await.unwrap();
-    let control_ok = tokio::task::spawn_blocking(move || interrupt(control)).await.unwrap();
-    assert!(gateway_ok && control_ok, "both stop cleanly on Ctrl-C");
+    for child in children.into_iter().rev() {
+        let ok = tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap();
+        assert!(ok, "every role stops cleanly on Ctrl-C");
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -154,8 +154,8 @@ impl Cluster {
             .collect();
         let common = format!(
             "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\nqueue_capacity = 1000000\n\
-             session_ttl_secs = 864000\n\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\ngateways = [{list}]\n",
+             grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
+             session_ttl_secs = 864000\n\n[queue]\ncapacity = 1000000\n\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\ngateways = [{list}]\n",
             db = dir.join("users.sqlite3").display(),
             list = list.join(", ")
         );

@@ -31,8 +31,6 @@ pub struct ControlConfig {
     pub max_message_bytes: usize,
     /// Largest REST request body, in bytes.
     pub max_body_bytes: usize,
-    /// Messages the in-process queue holds before pushes are refused.
-    pub queue_capacity: usize,
     /// How often rooms whose members changed get their count and member list, in ms.
     pub room_update_interval_ms: u64,
 }
@@ -51,7 +49,6 @@ impl Default for ControlConfig {
             session_ttl_secs: 86_400,
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,
-            queue_capacity: 100_000,
             room_update_interval_ms: 500,
         }
     }
@@ -79,9 +76,6 @@ impl ControlConfig {
             if !dir.join("index.html").is_file() {
                 return err(format!("site_dir {}: no index.html there", dir.display()));
             }
-        }
-        if self.queue_capacity == 0 {
-            return err("queue_capacity must be above 0".into());
         }
         if self.room_update_interval_ms == 0 {
             return err("room_update_interval_ms must be above 0".into());

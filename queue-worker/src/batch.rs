@@ -11,12 +11,12 @@ use crate::Delivery;
 pub struct Grouped {
     pub rooms: BTreeMap<u64, Vec<Vec<u8>>>,
     pub users: BTreeMap<u64, Vec<Vec<u8>>>,
-    pub ids: Vec<u64>,
+    pub ids: Vec<String>,
 }
 
 impl Grouped {
     pub fn add(&mut self, delivery: Delivery) {
-        self.ids.push(delivery.id);
+        self.ids.push(delivery.id.clone());
         match delivery.message.target {
             Some(Target::RoomId(room)) => self.rooms.entry(room).or_default().push(delivery.message.body),
             Some(Target::UserId(user)) => self.users.entry(user).or_default().push(delivery.message.body),
@@ -37,8 +37,8 @@ mod tests {
     #[test]
     fn groups_in_order() {
         let mut g = Grouped::default();
-        let d = |id, target, body: &str| Delivery {
-            id,
+        let d = |id: u32, target, body: &str| Delivery {
+            id: id.to_string(),
             message: QueueMessage { target: Some(target), body: body.into() },
         };
         g.add(d(1, Target::RoomId(1), "a"));
@@ -48,6 +48,6 @@ mod tests {
         assert_eq!(g.rooms[&1], vec![b"a".to_vec(), b"b".to_vec()]);
         assert_eq!(g.rooms[&2], vec![b"x".to_vec()]);
         assert_eq!(g.users[&9], vec![b"p".to_vec()]);
-        assert_eq!(g.ids, vec![1, 2, 3, 4]);
+        assert_eq!(g.ids, ["1", "2", "3", "4"]);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gochat_proto::gateway::gateway_client::GatewayClient;
 use gochat_proto::gateway::PushBatch;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
@@ -20,9 +20,12 @@ pub struct GatewayAddr {
     pub grpc: String,
 }
 
+/// A batch on its way, and who waits for the gateway's acknowledgement.
+type Outgoing = (PushBatch, oneshot::Sender<()>);
+
 /// One push stream per known gateway.
 pub struct GatewayPool {
-    links: HashMap<String, mpsc::Sender<PushBatch>>,
+    links: HashMap<String, mpsc::Sender<Outgoing>>,
 }
 
 impl GatewayPool {
@@ -39,19 +42,22 @@ impl GatewayPool {
         Ok(Self { links })
     }
 
-    /// Queues `batch` on the stream to `gateway`; false when the gateway is unknown.
-    pub async fn send(&self, gateway: &str, batch: PushBatch) -> bool {
-        match self.links.get(gateway) {
-            Some(tx) => tx.send(batch).await.is_ok(),
-            None => false,
-        }
+    /// Queues `batch` on the stream to `gateway`. The receiver completes when the gateway
+    /// acknowledged the batch, and fails when it will not (the stream broke first). `None`
+    /// when the gateway is unknown.
+    pub async fn send(&self, gateway: &str, batch: PushBatch) -> Option<oneshot::Receiver<()>> {
+        let tx = self.links.get(gateway)?;
+        let (done, acked) = oneshot::channel();
+        tx.send((batch, done)).await.ok()?;
+        Some(acked)
     }
 }
 
-/// Keeps a `Push` stream open to one gateway, reconnecting with backoff. A batch that fails to
-/// go out is retried on the next stream.
-async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<PushBatch>) {
-    let mut pending: Option<PushBatch> = None;
+/// Keeps a `Push` stream open to one gateway, reconnecting with backoff. A batch that could not
+/// go out is retried on the next stream; batches sent but not acknowledged when a stream breaks
+/// are reported as not acknowledged, and the queue delivers them again.
+async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<Outgoing>) {
+    let mut pending: Option<Outgoing> = None;
     let mut backoff = Duration::from_millis(50);
     loop {
         if pending.is_none() {
@@ -79,29 +85,36 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<PushBa
                 continue;
             }
         };
-        // Only an accepted stream takes the batch that waited for it.
-        if let Some(b) = pending.take() {
-            if let Err(e) = tx.send(b).await {
-                pending = Some(e.0);
-                continue;
-            }
-        }
         backoff = Duration::from_millis(50);
+        let mut inflight: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+        let mut next = pending.take();
         loop {
+            if let Some((batch, done)) = next.take() {
+                let batch_id = batch.batch_id;
+                match tx.send(batch).await {
+                    Ok(()) => {
+                        inflight.insert(batch_id, done);
+                    }
+                    Err(e) => {
+                        // Only an accepted stream takes the batch that waited for it.
+                        pending = Some((e.0, done));
+                        break;
+                    }
+                }
+            }
             tokio::select! {
                 batch = batches.recv() => match batch {
-                    Some(b) => {
-                        if let Err(e) = tx.send(b).await {
-                            pending = Some(e.0);
-                            break;
-                        }
-                    }
+                    Some(b) => next = Some(b),
                     None => return,
                 },
                 ack = acks.message() => match ack {
-                    Ok(Some(ack)) => tracing::trace!(gateway = %id, batch = ack.batch_id, "batch acknowledged"),
+                    Ok(Some(ack)) => {
+                        if let Some(done) = inflight.remove(&ack.batch_id) {
+                            let _ = done.send(());
+                        }
+                    }
                     Ok(None) | Err(_) => {
-                        tracing::warn!(gateway = %id, "push stream closed; reconnecting");
+                        tracing::warn!(gateway = %id, unacknowledged = inflight.len(), "push stream closed; reconnecting");
                         break;
                     }
                 },

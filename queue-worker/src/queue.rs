@@ -10,10 +10,11 @@ use tokio::sync::Notify;
 
 use crate::Error;
 
-/// A message read from the queue; acknowledge its `id` once a gateway took it.
+/// A message read from the queue; acknowledge its `id` once every gateway took it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    pub id: u64,
+    /// Opaque to the worker; meaningful to the queue that handed it out.
+    pub id: String,
     pub message: QueueMessage,
 }
 
@@ -24,7 +25,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Up to `max` messages, waiting at most `wait` for the first one.
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error>;
     /// The deliveries with these ids were handed to their gateways.
-    async fn ack(&self, ids: &[u64]) -> Result<(), Error>;
+    async fn ack(&self, ids: &[String]) -> Result<(), Error>;
+    /// Stops handing out messages (readers wake with [`Error::Closed`] where that applies).
+    fn close(&self) {}
 }
 
 /// The in-process queue of the embedded default: bounded, FIFO, gone with the process.
@@ -48,12 +51,6 @@ impl MemoryQueue {
             capacity: capacity.max(1),
             closed: AtomicBool::new(false),
         }
-    }
-
-    /// Wakes readers and refuses further publishes.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.ready.notify_waiters();
     }
 
     pub fn len(&self) -> usize {
@@ -84,7 +81,7 @@ impl Queue for MemoryQueue {
             }
             inner.next_id += 1;
             let id = inner.next_id;
-            inner.messages.push_back(Delivery { id, message });
+            inner.messages.push_back(Delivery { id: id.to_string(), message });
         }
         self.ready.notify_one();
         Ok(())
@@ -111,8 +108,14 @@ impl Queue for MemoryQueue {
         }
     }
 
-    async fn ack(&self, _ids: &[u64]) -> Result<(), Error> {
+    async fn ack(&self, _ids: &[String]) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// Wakes readers and refuses further publishes.
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.ready.notify_waiters();
     }
 }
 
@@ -133,7 +136,7 @@ mod tests {
         assert!(matches!(q.publish(msg(3)).await, Err(Error::Full(2))));
         let got = q.read(10, Duration::from_millis(1)).await.unwrap();
         assert_eq!(got.iter().map(|d| d.message.clone()).collect::<Vec<_>>(), vec![msg(1), msg(2)]);
-        assert!(got[0].id < got[1].id);
+        assert_ne!(got[0].id, got[1].id);
         assert!(q.read(10, Duration::from_millis(5)).await.unwrap().is_empty());
     }
 

@@ -15,6 +15,9 @@ use crate::batch::Grouped;
 use crate::gateways::{GatewayAddr, GatewayPool};
 use crate::{Error, Queue};
 
+/// How long a batch may wait for its gateways' acknowledgements.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
 /// `[worker]` in the config file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,15 +174,31 @@ impl Worker {
                 });
             }
         }
+        let mut acks = Vec::with_capacity(per_gateway.len());
         for (gateway, mut batch) in per_gateway {
             self.next_batch += 1;
             batch.batch_id = self.next_batch;
-            if !self.gateways.send(&gateway, batch).await {
-                tracing::warn!(%gateway, "no address for this gateway; its part of the batch is dropped");
+            match self.gateways.send(&gateway, batch).await {
+                Some(acked) => acks.push(acked),
+                // Nothing can deliver it; asking the queue again would not either.
+                None => {
+                    tracing::warn!(%gateway, "no address for this gateway; its part of the batch is dropped")
+                }
             }
         }
-        if let Err(e) = self.queue.ack(&ids).await {
-            tracing::warn!(error = %e, "ack failed");
+        // Acknowledge the queue only once every gateway took its part: otherwise the entries
+        // stay pending and are delivered again (at-least-once).
+        let all = futures_util::future::join_all(acks);
+        match tokio::time::timeout(ACK_WAIT, all).await {
+            Ok(results) if results.iter().all(Result::is_ok) => {
+                if let Err(e) = self.queue.ack(&ids).await {
+                    tracing::warn!(error = %e, "queue ack failed; the batch will be delivered again");
+                }
+            }
+            _ => tracing::warn!(
+                messages = ids.len(),
+                "not every gateway acknowledged the batch; left for redelivery"
+            ),
         }
     }
 

@@ -1,0 +1,122 @@
+//! The Redis Streams queue against a real Redis (`REDIS_URL`, default 127.0.0.1:6379). Each test
+//! uses keys of its own and deletes them.
+
+use std::time::Duration;
+
+use gochat_proto::queue::queue_message::Target;
+use gochat_proto::queue::QueueMessage;
+use gochat_queue_worker::{Queue, RedisQueue, RedisQueueConfig};
+
+fn config(consumer: &str, prefix: &str) -> RedisQueueConfig {
+    RedisQueueConfig {
+        url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        prefix: prefix.to_string(),
+        streams: 3,
+        consumer: Some(consumer.to_string()),
+        claim_idle_ms: 200,
+        ..RedisQueueConfig::default()
+    }
+}
+
+fn prefix(test: &str) -> String {
+    format!("gochat-test-{}-{test}", std::process::id())
+}
+
+async fn cleanup(cfg: &RedisQueueConfig) {
+    let client = redis::Client::open(cfg.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for s in 0..cfg.streams {
+        let _: () =
+            redis::cmd("DEL").arg(format!("{}:queue:{s}", cfg.prefix)).query_async(&mut conn).await.unwrap();
+    }
+}
+
+fn room(room: u64, body: &str) -> QueueMessage {
+    QueueMessage { target: Some(Target::RoomId(room)), body: body.as_bytes().to_vec() }
+}
+
+async fn read_all(q: &RedisQueue, n: usize) -> Vec<gochat_queue_worker::Delivery> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(q.read(100, Duration::from_millis(100)).await.unwrap());
+        if got.len() >= n {
+            break;
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn round_trip_in_order_per_room_and_acked() {
+    let cfg = config("w1", &prefix("order"));
+    let q = RedisQueue::open(cfg.clone()).await.unwrap();
+    for i in 0..50 {
+        q.publish(room(7, &format!("m{i}"))).await.unwrap();
+    }
+    q.publish(QueueMessage { target: Some(Target::UserId(3)), body: b"p".to_vec() }).await.unwrap();
+    let got = read_all(&q, 51).await;
+    assert_eq!(got.len(), 51);
+    let room7: Vec<String> = got
+        .iter()
+        .filter(|d| d.message.target == Some(Target::RoomId(7)))
+        .map(|d| String::from_utf8(d.message.body.clone()).unwrap())
+        .collect();
+    assert_eq!(room7, (0..50).map(|i| format!("m{i}")).collect::<Vec<_>>(), "a room's order holds");
+    q.ack(&got.iter().map(|d| d.id.clone()).collect::<Vec<_>>()).await.unwrap();
+    // Nothing pending: a later claim finds nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(read_all(&q, 1).await.is_empty());
+    cleanup(&cfg).await;
+}
+
+#[tokio::test]
+async fn entries_of_a_worker_that_died_are_claimed_by_another() {
+    let p = prefix("claim");
+    let dead = RedisQueue::open(config("dead", &p)).await.unwrap();
+    let alive = RedisQueue::open(config("alive", &p)).await.unwrap();
+    for i in 0..5 {
+        dead.publish(room(i, "x")).await.unwrap();
+    }
+    let taken = read_all(&dead, 5).await;
+    assert_eq!(taken.len(), 5);
+    // `dead` never acknowledges. Once idle past claim_idle_ms, `alive` takes them over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut claimed = Vec::new();
+    for _ in 0..20 {
+        claimed.extend(alive.read(100, Duration::from_millis(100)).await.unwrap());
+        if claimed.len() >= 5 {
+            break;
+        }
+    }
+    let mut a: Vec<_> = taken.iter().map(|d| d.id.clone()).collect();
+    let mut b: Vec<_> = claimed.iter().map(|d| d.id.clone()).collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "every unacknowledged entry is delivered again");
+    alive.ack(&b).await.unwrap();
+    cleanup(&config("alive", &p)).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_entry_is_dropped_not_redelivered() {
+    let cfg = config("w", &prefix("bad"));
+    let q = RedisQueue::open(cfg.clone()).await.unwrap();
+    let client = redis::Client::open(cfg.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:queue:0", cfg.prefix))
+        .arg("*")
+        .arg("m")
+        .arg(b"\xff\xff\xff garbage".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    q.publish(room(1, "good")).await.unwrap();
+    let got = read_all(&q, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message.body, b"good");
+    q.ack(&[got[0].id.clone()]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(read_all(&q, 1).await.is_empty(), "the bad entry was acknowledged, not left pending");
+    cleanup(&cfg).await;
+}
