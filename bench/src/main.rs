@@ -48,6 +48,10 @@ struct ServerArgs {
     /// With --spawn: the gateway drivers to run the scenario against, in turn.
     #[arg(long, global = true, value_delimiter = ',', default_value = "epoll")]
     drivers: Vec<String>,
+    /// With --spawn: the queue between control and the worker — `memory` (the worker runs inside
+    /// control) or `redis` (Redis Streams on 127.0.0.1:6379, the worker its own process).
+    #[arg(long, global = true, default_value = "memory")]
+    queue: String,
     /// With --spawn: gateway processes (default: one per 15,000 connections).
     #[arg(long, global = true)]
     gateways: Option<usize>,
@@ -224,7 +228,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         Some(gochat) => {
             let gateways = args.gateways.unwrap_or(connections.div_ceil(15_000).max(1));
             for driver in &args.drivers {
-                let cluster = match Cluster::start(gochat, driver, gateways, 19_000) {
+                let cluster = match Cluster::start(gochat, driver, gateways, 19_000, &args.queue) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
@@ -243,6 +247,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
                 cluster.stop();
                 let mut result = result?;
                 result.param("gateway_processes", gateways);
+                result.param("queue", &args.queue);
                 results.push(result);
             }
         }

@@ -125,6 +125,8 @@ pub struct Cluster {
     pub ws: SocketAddr,
     pub procs: ServerProcs,
     pub gateway_procs: ServerProcs,
+    /// Key prefix of the Redis queue, deleted at stop.
+    redis_prefix: Option<String>,
 }
 
 impl Cluster {
@@ -133,6 +135,7 @@ impl Cluster {
         driver: &str,
         gateways: usize,
         max_conns_per_gateway: usize,
+        queue: &str,
     ) -> anyhow::Result<Self> {
         if !gochat.is_file() {
             bail!("no gochat binary at {} (build it: cargo build --release)", gochat.display());
@@ -147,6 +150,13 @@ impl Cluster {
             (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
         let gw_ports: Vec<u16> = (0..gateways).map(|_| free_port()).collect::<Result<_, _>>()?;
         let shards = if gateways == 1 { 0 } else { 1 };
+        let redis_prefix = (queue == "redis")
+            .then(|| format!("gochat-bench-{}-{}", std::process::id(), crate::engine::now_micros()));
+        let queue_section = match &redis_prefix {
+            Some(prefix) => format!("[queue]\nkind = \"redis\"\n[queue.redis]\nprefix = \"{prefix}\"\n"),
+            None if queue == "memory" => "[queue]\ncapacity = 1000000\n".to_string(),
+            None => bail!("unknown queue {queue:?}: expected memory or redis"),
+        };
         let list: Vec<String> = gw_ports
             .iter()
             .enumerate()
@@ -155,7 +165,7 @@ impl Cluster {
         let common = format!(
             "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
              grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
-             session_ttl_secs = 864000\n\n[queue]\ncapacity = 1000000\n\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\ngateways = [{list}]\n",
+             session_ttl_secs = 864000\n\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\ngateways = [{list}]\n",
             db = dir.join("users.sqlite3").display(),
             list = list.join(", ")
         );
@@ -174,6 +184,10 @@ impl Cluster {
         std::fs::write(&control_cfg, &common)?;
         children.push(spawn(&control_cfg, "control", "control.log")?);
         wait_port(api, Duration::from_secs(20))?;
+        if redis_prefix.is_some() {
+            // A shared queue: the worker runs as its own process.
+            children.push(spawn(&control_cfg, "worker", "worker.log")?);
+        }
         for (i, p) in gw_ports.iter().enumerate() {
             let cfg = format!(
                 "{common}\n[gateway]\nid = \"gateway-{n}\"\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
@@ -189,12 +203,14 @@ impl Cluster {
         wait_port(ws, Duration::from_secs(20))?;
         let pids: Vec<u32> = children.iter().map(Child::id).collect();
         Ok(Self {
-            gateway_procs: ServerProcs { pids: pids[1..].to_vec() },
+            // control, then the worker (shared queue only), then the gateways
+            gateway_procs: ServerProcs { pids: pids[children.len() - gateways..].to_vec() },
             procs: ServerProcs { pids },
             children,
             dir,
             api: format!("http://127.0.0.1:{api}"),
             ws: SocketAddr::from(([127, 0, 0, 1], ws)),
+            redis_prefix,
         })
     }
 
@@ -213,6 +229,12 @@ impl Cluster {
             let _ = c.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(prefix) = &self.redis_prefix {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del >/dev/null"))
+                .status();
+        }
     }
 }
 
