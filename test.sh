@@ -12,6 +12,12 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# PostgreSQL too (127.0.0.1:5432, trust auth); the user-store test makes and drops a database.
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+    for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked

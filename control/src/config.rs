@@ -20,7 +20,8 @@ pub struct ControlConfig {
     pub site_ws_path: String,
     /// The logic gRPC service, for gateways and queue-workers.
     pub grpc_listen: SocketAddr,
-    /// sqlx database URL for users: `sqlite://gochat.sqlite3`, `sqlite::memory:`.
+    /// sqlx database URL for users: `sqlite://gochat.sqlite3`, `sqlite::memory:`, or
+    /// `postgres://user@host/db`.
     pub database: String,
     /// Seed gochat's demo users (`demo`, `test`, `admin` / `111111`). Unset: yes for
     /// `gochat up` (the embedded demo), no otherwise.
@@ -57,11 +58,8 @@ impl Default for ControlConfig {
 impl ControlConfig {
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: String| Err(crate::Error::Config(m));
-        if !self.database.starts_with("sqlite:") {
-            return err(format!(
-                "database {:?}: only sqlite: URLs are supported in this build",
-                self.database
-            ));
+        if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database.starts_with(p)) {
+            return err(format!("database {:?}: expected a sqlite: or postgres:// URL", self.database));
         }
         if self.session_ttl_secs == 0 {
             return err("session_ttl_secs must be above 0".into());

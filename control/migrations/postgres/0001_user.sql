@@ -1,0 +1,7 @@
+-- gochat's user table; the password column holds a PHC-format argon2id hash.
+CREATE TABLE IF NOT EXISTS "user" (
+    id BIGSERIAL PRIMARY KEY,
+    user_name TEXT NOT NULL UNIQUE,
+    password TEXT NOT NULL,
+    create_time TIMESTAMPTZ NOT NULL DEFAULT now()
+);
