@@ -156,12 +156,13 @@ mod tests {
             std::env::var("PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let admin = PgPool::connect(&admin_url).await.expect("PostgreSQL reachable");
         let db = format!("gochat_test_{}", std::process::id());
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
         let url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
         let store = UserStore::open(&url).await.unwrap();
         create_find_and_unique_names(store.clone()).await;
         store.close().await;
-        sqlx::query(&format!("DROP DATABASE {db}")).execute(&admin).await.unwrap();
+        // The server may not have ended the closed sessions yet: force.
+        sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)")).execute(&admin).await.unwrap();
     }
 }

@@ -279,9 +279,7 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
     }
     d.arm_event(&inbox);
     d.arm_tick();
-    let result = d.event_loop(&inbox, grace);
-    d.exit();
-    result
+    d.event_loop(&inbox, grace)
 }
 
 impl Driver {
@@ -373,18 +371,22 @@ impl Driver {
         let (res, flags) = (cqe.result(), cqe.flags());
         match kind {
             Some(Kind::Accept) => self.accepted(slot, res, cqueue::more(flags)),
-            Some(Kind::AcceptRetry) => self.arm_accept(slot),
+            Some(Kind::AcceptRetry) if !self.shard.is_shutting_down() => self.arm_accept(slot),
+            Some(Kind::AcceptRetry) => {}
             Some(Kind::Recv) => self.received(slot, gen, res, flags),
             Some(Kind::Send) => self.sent(slot, gen, res),
             Some(Kind::Event) => {
-                let mut more = true;
-                while more {
-                    more = inbox.drain(INBOX_BATCH, |cmd| self.shard.on_command(cmd));
-                    self.after_event();
-                }
+                // One batch per wake-up, so sockets are served between batches; what is left
+                // makes the eventfd fire again right away.
+                let more = inbox.drain(INBOX_BATCH, |cmd| self.shard.on_command(cmd));
+                self.after_event();
                 if self.shard.is_shutting_down() {
                     inbox.close();
+                    self.stop_accepting();
                 } else {
+                    if more {
+                        inbox.wake_again();
+                    }
                     self.arm_event(inbox);
                 }
             }
@@ -443,6 +445,11 @@ impl Driver {
     fn open(&mut self, fd: OwnedFd, transport: Transport) {
         if !self.shard.has_room() {
             tracing::debug!("connection refused: shard at its limit");
+            return;
+        }
+        if self.ios.vacant_key() >= 1 << 24 {
+            // Slots must fit the 24 bits user data gives them.
+            tracing::warn!("connection refused: the driver's slot table is full");
             return;
         }
         let _ = socket2::SockRef::from(&fd).set_nonblocking(true);
@@ -553,6 +560,11 @@ impl Driver {
     fn flush_or_finish(&mut self, key: u32) {
         let Some(slot) = self.by_key.get(key as usize).copied().flatten() else { return };
         if self.ios[slot].sending.is_some() {
+            if self.shard.is_closing(key) && !self.shard.has_output(key) {
+                // The shard gave up on this peer (slow consumer, or its close grace ran out)
+                // while a send was parked in the kernel: cancel it; its completion finishes.
+                self.cancel(Kind::Send, slot);
+            }
             return; // its completion continues
         }
         let frames = match self.shard.out_mut(key) {
@@ -589,12 +601,27 @@ impl Driver {
         }
     }
 
-    /// The peer is gone: forget the connection and release its slot once idle.
+    /// The peer is gone: forget the connection and release its slot once idle. A send still in
+    /// flight (a half-closed peer that stopped reading) is cancelled rather than waited for.
     fn gone(&mut self, slot: usize) {
         if let Some((key, _)) = self.ios[slot].conn {
             self.forget(slot, key);
         }
+        if self.ios[slot].sending.is_some() {
+            self.cancel(Kind::Send, slot);
+        }
         self.release_if_idle(slot);
+    }
+
+    fn stop_accepting(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                let sqe = opcode::AsyncCancel::new(user_data(Kind::Accept, i, 0))
+                    .build()
+                    .user_data(user_data(Kind::Cancel, 0, 0));
+                self.push(sqe);
+            }
+        }
     }
 
     fn forget(&mut self, slot: usize, key: u32) {
@@ -610,8 +637,13 @@ impl Driver {
     }
 
     fn cancel_recv(&mut self, slot: usize) {
-        let io = &self.ios[slot];
-        let sqe = opcode::AsyncCancel::new(user_data(Kind::Recv, slot, io.gen)).build().user_data(user_data(
+        self.cancel(Kind::Recv, slot);
+    }
+
+    /// Asks the kernel to cancel the slot's operation of `kind`; its completion still arrives.
+    fn cancel(&mut self, kind: Kind, slot: usize) {
+        let gen = self.ios[slot].gen;
+        let sqe = opcode::AsyncCancel::new(user_data(kind, slot, gen)).build().user_data(user_data(
             Kind::Cancel,
             0,
             0,
@@ -633,11 +665,13 @@ impl Driver {
             self.ios.remove(slot);
         }
     }
+}
 
-    /// Leaves the loop. Descriptors and the ring are closed; memory the kernel may still touch
-    /// while it tears the ring down (frames of sends in flight, the buffer ring, the eventfd
-    /// buffer, timespecs) is leaked, not freed.
-    fn exit(mut self) {
+/// However the loop ends (a return or a panic unwinding the shard thread), descriptors and the
+/// ring are closed, and memory the kernel may still touch while it tears the ring down (frames
+/// of sends in flight, the eventfd buffer, timespecs, the buffer ring) is leaked, not freed.
+impl Drop for Driver {
+    fn drop(&mut self) {
         for (_, io) in self.ios.iter_mut() {
             if let Some(sending) = io.sending.take() {
                 std::mem::forget(sending);

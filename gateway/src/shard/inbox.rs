@@ -59,6 +59,11 @@ impl Inbox {
         }
     }
 
+    /// Makes the wake-up fire again: for a reader that stopped before draining everything.
+    pub fn wake_again(&self) {
+        sys::eventfd_signal(&self.event);
+    }
+
     /// The shard no longer reads this inbox.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
