@@ -125,25 +125,10 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
         http.post(api_url("/user/checkAuth")).body("{}").send().await.is_ok()
     })
     .await;
-    let r: serde_json::Value = http
-        .post(api_url("/user/login"))
-        .body(json!({"userName": "demo", "passWord": "111111"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    let r = common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await;
     assert_eq!(r["code"], 1, "no demo users outside the embedded demo: {r}");
-    let r: serde_json::Value = http
-        .post(api_url("/user/register"))
-        .body(json!({"userName": "solo", "passWord": "pw"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = common::post(&base, "/user/register", json!({"userName": "solo", "passWord": "pw"})).await;
     let token = r["data"].as_str().unwrap().to_string();
 
     let deadline = tokio::time::Instant::now() + common::WAIT;

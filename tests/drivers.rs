@@ -98,15 +98,8 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{api}/user/login");
     eventually("gochat up answers", || async { http.post(&url).body("{}").send().await.is_ok() }).await;
-    let login: serde_json::Value = http
-        .post(&url)
-        .body(json!({"userName": "demo", "passWord": "111111"}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    let login = common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await;
     let token = login["data"].as_str().unwrap().to_string();
     drop(http);
 

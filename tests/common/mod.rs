@@ -124,6 +124,20 @@ pub struct User {
     pub name: String,
 }
 
+/// POSTs `body` to `base` + `path` (a REST API not started by this process) and returns the
+/// envelope.
+pub async fn post(base: &str, path: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("REST reachable")
+        .json()
+        .await
+        .expect("envelope is JSON")
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
