@@ -28,3 +28,18 @@ fn unknown_fields_and_bad_values_are_errors() {
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
 }
+
+#[test]
+fn every_example_cluster_config_parses_and_validates() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cluster");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 5, "control, two gateways, two workers");
+}
