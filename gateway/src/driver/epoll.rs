@@ -281,10 +281,7 @@ impl EpollShard {
             }
         }
         drop(dirty);
-        let shard_index = self.shard.borrow().index();
-        for effect in self.shard.borrow_mut().take_effects() {
-            let _ = self.effects.send((shard_index, effect));
-        }
+        super::forward_effects(&mut self.shard.borrow_mut(), &self.effects);
     }
 
     /// Removes a closing connection whose output is written; returns whether it did.
@@ -313,10 +310,7 @@ impl EpollShard {
         if let Some(waker) = socket.as_mut().and_then(|s| s.waker.take()) {
             waker.wake();
         }
-        let shard_index = self.shard.borrow().index();
-        for effect in self.shard.borrow_mut().take_effects() {
-            let _ = self.effects.send((shard_index, effect));
-        }
+        super::forward_effects(&mut self.shard.borrow_mut(), &self.effects);
         socket
     }
 

@@ -83,6 +83,15 @@ pub struct ShardSetup {
     pub grace: std::time::Duration,
 }
 
+/// Hands the effects the shard queued to the logic link.
+pub fn forward_effects(shard: &mut Shard, effects: &mpsc::UnboundedSender<(u32, Effect)>) {
+    let index = shard.index();
+    for effect in shard.take_effects() {
+        // The link is gone only at shutdown; nothing is left to tell logic then.
+        let _ = effects.send((index, effect));
+    }
+}
+
 /// Options every accepted socket gets: no Nagle delay, and for gochat's TCP protocol (which has
 /// no ping) keep-alive probes, so dead peers are found.
 pub fn tune_accepted(sock: socket2::SockRef<'_>, transport: Transport) {

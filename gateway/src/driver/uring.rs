@@ -550,10 +550,7 @@ impl Driver {
             self.flush_or_finish(key);
         }
         self.dirty = dirty;
-        let index = self.shard.index();
-        for effect in self.shard.take_effects() {
-            let _ = self.effects.send((index, effect));
-        }
+        super::forward_effects(&mut self.shard, &self.effects);
     }
 
     /// Starts a send of the connection's pending output, or finishes its close.
@@ -630,10 +627,7 @@ impl Driver {
             *s = None;
         }
         self.shard.remove(key);
-        let index = self.shard.index();
-        for effect in self.shard.take_effects() {
-            let _ = self.effects.send((index, effect));
-        }
+        super::forward_effects(&mut self.shard, &self.effects);
     }
 
     fn cancel_recv(&mut self, slot: usize) {

@@ -87,14 +87,6 @@ impl Inbox {
         }
         !self.queue.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 #[cfg(test)]
