@@ -154,19 +154,19 @@ async fn several_connections_of_one_user_count_once_and_leave_cleanly() {
     let a2 = s.ws(&a, 4).await;
     let mut wb = s.ws(&b, 4).await;
     let logic = s.up.control.logic.clone();
-    assert_eq!(logic.state().room_count(4), 2);
+    assert_eq!(logic.state().room_count(4).await.unwrap(), 2);
     a1.close().await;
     // The first close of a's must not remove a (or b) from the room.
     s.api("/push/count", json!({"authToken": b.token, "roomId": 4})).await;
     wait_count(&mut wb, 2).await;
     eventually("gateway reported the close", || async { s.up.gateway_conns() == 2 }).await;
-    assert_eq!(logic.state().room_count(4), 2);
+    assert_eq!(logic.state().room_count(4).await.unwrap(), 2);
     a2.close().await;
     // a's last connection gone: the room is told (op 4 and op 5, not an empty frame).
     wait_count(&mut wb, 1).await;
     let info = wb.recv_op(wire::OP_ROOM_INFO).await;
     assert_eq!(info["roomUserInfo"], json!({b.id.to_string(): b.name}));
-    assert_eq!(logic.state().room_count(4), 1);
+    assert_eq!(logic.state().room_count(4).await.unwrap(), 1);
     s.shutdown().await;
 }
 
@@ -253,7 +253,11 @@ async fn bad_input_gets_errors_and_the_server_keeps_serving() {
     assert_eq!(ws.recv_op(wire::OP_ERROR).await["code"], 1, "no silent room switch");
     s.push_room(&a, 6, "still live").await;
     assert_eq!(ws.recv_op(wire::OP_ROOM_SEND).await["msg"], "still live");
-    assert_eq!(s.up.control.logic.state().room_count(6), 1, "the repeated auth did not double-join");
+    assert_eq!(
+        s.up.control.logic.state().room_count(6).await.unwrap(),
+        1,
+        "the repeated auth did not double-join"
+    );
 
     // TCP garbage: an error frame, then closed; others unaffected.
     let mut tcp = common::Tcp(tokio::net::TcpStream::connect(s.up.gateway.tcp_addr.unwrap()).await.unwrap());

@@ -106,32 +106,32 @@ async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, Logic
             success("login success", Value::String(token))
         }
         "/user/checkAuth" => {
-            let s = session(logic, body)?;
+            let s = session(logic, body).await?;
             success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
         }
         "/user/logout" => {
-            logic.logout(&token(body)?)?;
+            logic.logout(&token(body)?).await?;
             success("logout ok!", Value::Null)
         }
         "/push/push" => {
-            let from = session(logic, body)?;
+            let from = session(logic, body).await?;
             let b: PushBody = parse(body)?;
             logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await?;
             success("ok", Value::Null)
         }
         "/push/pushRoom" => {
-            let from = session(logic, body)?;
+            let from = session(logic, body).await?;
             let b: RoomBody = parse(body)?;
             logic.push_room(&from, b.room_id, &b.msg).await?;
             success("ok", empty())
         }
         "/push/count" => {
-            session(logic, body)?;
+            session(logic, body).await?;
             logic.push_count(parse::<RoomOnly>(body)?.room_id).await?;
             success("ok", empty())
         }
         "/push/getRoomInfo" => {
-            session(logic, body)?;
+            session(logic, body).await?;
             logic.push_room_info(parse::<RoomOnly>(body)?.room_id).await?;
             success("ok", empty())
         }
@@ -164,8 +164,8 @@ fn token(body: &[u8]) -> Result<String, LogicError> {
     serde_json::from_slice::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| LogicError::Session)
 }
 
-fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {
-    logic.check_auth(&token(body)?)
+async fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {
+    logic.check_auth(&token(body)?).await
 }
 
 #[derive(Deserialize)]

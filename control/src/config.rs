@@ -5,10 +5,22 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// Where sessions, connections, rooms and routes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    /// In this process: the embedded default, or one control.
+    Memory,
+    /// In Redis, shared by several controls.
+    Redis,
+}
+
 /// `[control]` in the config file. Every field has a default.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
+    /// Unique id of this control in the cluster (discovery key).
+    pub id: String,
     /// gochat's REST API (gochat: `:7070`).
     pub api_listen: SocketAddr,
     /// The web page (gochat: `:8080`); none to disable.
@@ -20,12 +32,26 @@ pub struct ControlConfig {
     pub site_ws_path: String,
     /// The logic gRPC service, for gateways and queue-workers.
     pub grpc_listen: SocketAddr,
+    /// This control's node number in message ids (0–1023), unique in the cluster; unset: derived
+    /// from `id`.
+    pub node_id: Option<u16>,
+    /// Address gateways and workers use to reach `grpc_listen` (defaults to it).
+    pub grpc_advertise: Option<String>,
     /// sqlx database URL for users: `sqlite://gochat.sqlite3`, `sqlite::memory:`, or
     /// `postgres://user@host/db`.
     pub database: String,
     /// Seed gochat's demo users (`demo`, `test`, `admin` / `111111`). Unset: yes for
     /// `gochat up` (the embedded demo), no otherwise.
     pub demo_users: Option<bool>,
+    /// Where sessions, connections and rooms live: `memory` or `redis`.
+    pub state: StateKind,
+    /// With `state = "redis"`: the Redis holding them.
+    pub redis_url: String,
+    /// Prefix of this cluster's keys in Redis.
+    pub redis_prefix: String,
+    /// A gateway that has not renewed its lease for this many seconds is gone: its connections
+    /// are forgotten and its users' messages go elsewhere.
+    pub gateway_lease_secs: u64,
     /// How long a session token lives, in seconds.
     pub session_ttl_secs: u64,
     /// Largest chat message accepted, in bytes.
@@ -39,14 +65,21 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
+            id: "control-1".into(),
             api_listen: "127.0.0.1:7070".parse().expect("literal"),
             site_listen: Some("127.0.0.1:8080".parse().expect("literal")),
             site_dir: None,
             site_ws_port: 7000,
             site_ws_path: "/ws".into(),
             grpc_listen: "127.0.0.1:6900".parse().expect("literal"),
+            grpc_advertise: None,
+            node_id: None,
             database: "sqlite://gochat.sqlite3".into(),
             demo_users: None,
+            state: StateKind::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "gochat".into(),
+            gateway_lease_secs: 10,
             session_ttl_secs: 86_400,
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,
@@ -60,6 +93,18 @@ impl ControlConfig {
         let err = |m: String| Err(crate::Error::Config(m));
         if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database.starts_with(p)) {
             return err(format!("database {:?}: expected a sqlite: or postgres:// URL", self.database));
+        }
+        if self.id.is_empty() {
+            return err("id must not be empty".into());
+        }
+        if self.node_id.is_some_and(|n| n > crate::ids::MAX_NODE) {
+            return err(format!("node_id must be 0 to {}", crate::ids::MAX_NODE));
+        }
+        if self.state == StateKind::Redis && !self.redis_url.starts_with("redis") {
+            return err(format!("redis_url {:?}: expected a redis:// URL", self.redis_url));
+        }
+        if !(2..=300).contains(&self.gateway_lease_secs) {
+            return err("gateway_lease_secs must be 2 to 300".into());
         }
         if self.session_ttl_secs == 0 {
             return err("session_ttl_secs must be above 0".into());

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
-    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest, GatewayResetRequest,
-    GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply, SendRoomRequest, ShardAddress, User,
-    UserRoute,
+    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest, GatewayLeaseReply,
+    GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply,
+    SendRoomRequest, ShardAddress, User, UserRoute,
 };
 use tonic::{Request, Response, Status};
 
@@ -38,12 +38,12 @@ impl LogicService for LogicGrpc {
 
     async fn conn_close(&self, req: Request<ConnCloseRequest>) -> Result<Response<ConnCloseReply>, Status> {
         let r = req.into_inner();
-        self.0.conn_close(&r.gateway_id, r.conn_id).await;
+        self.0.conn_close(&r.gateway_id, r.conn_id).await.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
     }
 
     async fn check_auth(&self, req: Request<CheckAuthRequest>) -> Result<Response<User>, Status> {
-        let session = self.0.check_auth(&req.into_inner().token).map_err(status)?;
+        let session = self.0.check_auth(&req.into_inner().token).await.map_err(status)?;
         Ok(Response::new(user(session)))
     }
 
@@ -63,19 +63,20 @@ impl LogicService for LogicGrpc {
 
     async fn route(&self, req: Request<RouteRequest>) -> Result<Response<RouteReply>, Status> {
         let r = req.into_inner();
-        let state = self.0.state();
+        let routes = self.0.routes(&r.room_ids, &r.user_ids).await.map_err(status)?;
         let rooms = r
             .room_ids
             .into_iter()
-            .map(|room_id| RoomRoute { room_id, gateway_ids: state.room_gateways(room_id) })
+            .zip(routes.rooms)
+            .map(|(room_id, gateway_ids)| RoomRoute { room_id, gateway_ids })
             .collect();
         let users = r
             .user_ids
             .into_iter()
-            .map(|user_id| UserRoute {
+            .zip(routes.users)
+            .map(|(user_id, shards)| UserRoute {
                 user_id,
-                shards: state
-                    .user_routes(user_id)
+                shards: shards
                     .into_iter()
                     .map(|(gateway_id, shard)| ShardAddress { gateway_id, shard })
                     .collect(),
@@ -84,11 +85,19 @@ impl LogicService for LogicGrpc {
         Ok(Response::new(RouteReply { rooms, users }))
     }
 
+    async fn gateway_lease(
+        &self,
+        req: Request<GatewayLeaseRequest>,
+    ) -> Result<Response<GatewayLeaseReply>, Status> {
+        let known = self.0.gateway_lease(&req.into_inner().gateway_id).await.map_err(status)?;
+        Ok(Response::new(GatewayLeaseReply { ttl_ms: self.0.gateway_lease_ttl().as_millis() as u64, known }))
+    }
+
     async fn gateway_reset(
         &self,
         req: Request<GatewayResetRequest>,
     ) -> Result<Response<ConnCloseReply>, Status> {
-        self.0.gateway_reset(&req.into_inner().gateway_id).await;
+        self.0.gateway_reset(&req.into_inner().gateway_id).await.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
     }
 }

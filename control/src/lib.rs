@@ -6,6 +6,7 @@
 //! - [`store`]: users in SQL (SQLite through sqlx, with migrations).
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
+//! - [`ids`]: unique, time-ordered message ids.
 //! - [`logic`]: the operations behind both the REST API and the gRPC service.
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod ids;
 pub mod logic;
 pub mod password;
 pub mod server;

@@ -9,7 +9,8 @@ use gochat_proto::wire::{self, ChatMessage};
 use gochat_queue_worker::Queue;
 use rand::RngCore;
 
-use crate::state::{RoomChange, Session, State};
+use crate::ids::{self, MessageIds};
+use crate::state::{RoomChange, Routes, Session, State, StateError};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
 
@@ -38,6 +39,13 @@ impl LogicError {
     }
 }
 
+impl From<StateError> for LogicError {
+    fn from(e: StateError) -> Self {
+        tracing::error!(error = %e, "state store error");
+        Self::Internal("state store unavailable, try again".into())
+    }
+}
+
 impl From<sqlx::Error> for LogicError {
     fn from(e: sqlx::Error) -> Self {
         tracing::error!(error = %e, "database error");
@@ -50,17 +58,21 @@ pub struct Logic {
     state: State,
     queue: Arc<dyn Queue>,
     max_message_bytes: usize,
+    gateway_lease: std::time::Duration,
+    ids: MessageIds,
     /// Rooms whose members changed since the last room update went out.
     changed_rooms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Logic {
-    pub fn new(store: UserStore, queue: Arc<dyn Queue>, cfg: &ControlConfig) -> Self {
+    pub fn new(store: UserStore, state: State, queue: Arc<dyn Queue>, cfg: &ControlConfig) -> Self {
         Self {
             store,
-            state: State::new(std::time::Duration::from_secs(cfg.session_ttl_secs)),
+            state,
             queue,
             max_message_bytes: cfg.max_message_bytes,
+            gateway_lease: std::time::Duration::from_secs(cfg.gateway_lease_secs),
+            ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
             changed_rooms: std::sync::Mutex::default(),
         }
     }
@@ -84,7 +96,7 @@ impl Logic {
         check_credentials(user_name, pass)?;
         let hash = password::hash(pass.to_string()).await;
         match self.store.create(user_name, &hash).await? {
-            Some(id) => Ok(self.new_session(Session { user_id: id, user_name: user_name.to_string() })),
+            Some(id) => self.new_session(Session { user_id: id, user_name: user_name.to_string() }).await,
             None => Err(LogicError::refused("this user name already have , please login !!!")),
         }
     }
@@ -100,26 +112,26 @@ impl Logic {
             return Err(LogicError::refused(BAD));
         }
         let user = user.expect("verified users exist");
-        Ok(self.new_session(Session { user_id: user.id, user_name: user.user_name }))
+        self.new_session(Session { user_id: user.id, user_name: user.user_name }).await
     }
 
-    fn new_session(&self, session: Session) -> String {
+    async fn new_session(&self, session: Session) -> Result<String, LogicError> {
         let mut bytes = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.state.create_session(token.clone(), session);
-        token
+        self.state.create_session(token.clone(), session).await?;
+        Ok(token)
     }
 
-    pub fn check_auth(&self, token: &str) -> Result<Session, LogicError> {
+    pub async fn check_auth(&self, token: &str) -> Result<Session, LogicError> {
         if token.is_empty() {
             return Err(LogicError::Session);
         }
-        self.state.session(token).ok_or(LogicError::Session)
+        self.state.session(token).await?.ok_or(LogicError::Session)
     }
 
-    pub fn logout(&self, token: &str) -> Result<(), LogicError> {
-        if self.state.remove_session(token) {
+    pub async fn logout(&self, token: &str) -> Result<(), LogicError> {
+        if self.state.remove_session(token).await? {
             Ok(())
         } else {
             Err(LogicError::Session)
@@ -142,32 +154,34 @@ impl Logic {
         let Some(to_name) = self.user_name(to_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {to_user_id}")));
         };
-        if !self.state.is_online(to_user_id) {
+        if !self.state.is_online(to_user_id).await? {
             return Err(LogicError::refused(format!("user {to_name} is not online")));
         }
-        let body = chat_message(wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
-        self.publish(Target::UserId(to_user_id), body).await
+        let id = self.ids.next();
+        let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
+        self.publish_id(id, Target::UserId(to_user_id), body).await
     }
 
     /// A room message (op 3) from `from`.
     pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
         self.check_message(msg)?;
         check_room(room_id)?;
-        let body = chat_message(wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
-        self.publish(Target::RoomId(room_id), body).await
+        let id = self.ids.next();
+        let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
+        self.publish_id(id, Target::RoomId(room_id), body).await
     }
 
     /// Broadcasts the room's online count (op 4).
     pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
-        let body = wire::RoomCount { count: self.state.room_count(room_id), op: wire::OP_ROOM_COUNT };
+        let body = wire::RoomCount { count: self.state.room_count(room_id).await?, op: wire::OP_ROOM_COUNT };
         self.publish(Target::RoomId(room_id), to_json(&body)).await
     }
 
     /// Broadcasts the room's member list (op 5).
     pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
-        let members = self.state.room_members(room_id);
+        let members = self.state.room_members(room_id).await?;
         let body = wire::RoomInfo {
             op: wire::OP_ROOM_INFO,
             room_id,
@@ -186,23 +200,64 @@ impl Logic {
         shard: u32,
         conn_id: u64,
     ) -> Result<Session, LogicError> {
-        let session = self.check_auth(token)?;
+        let session = self.check_auth(token).await?;
         check_room(room_id)?;
-        if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id) {
+        if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id).await? {
             self.room_changed(change);
         }
         Ok(session)
     }
 
-    pub async fn conn_close(&self, gateway: &str, conn_id: u64) {
-        if let Some(change) = self.state.conn_close(gateway, conn_id) {
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<(), LogicError> {
+        if let Some(change) = self.state.conn_close(gateway, conn_id).await? {
             self.room_changed(change);
         }
+        Ok(())
     }
 
-    pub async fn gateway_reset(&self, gateway: &str) {
-        for change in self.state.gateway_reset(gateway) {
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<(), LogicError> {
+        for change in self.state.gateway_reset(gateway).await? {
             self.room_changed(change);
+        }
+        Ok(())
+    }
+
+    /// A gateway renews its lease; false when it had none (it is new, or was swept as dead and
+    /// its connections forgotten).
+    pub async fn gateway_lease(&self, gateway: &str) -> Result<bool, LogicError> {
+        Ok(self.state.gateway_lease(gateway, self.gateway_lease).await?)
+    }
+
+    pub fn gateway_lease_ttl(&self) -> std::time::Duration {
+        self.gateway_lease
+    }
+
+    /// Where a batch of rooms and users is connected.
+    pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, LogicError> {
+        Ok(self.state.routes(room_ids, user_ids).await?)
+    }
+
+    /// Forgets gateways whose lease ran out, every `every`, so a dead gateway's users and room
+    /// memberships do not linger. Any control may sweep; the scripts make it safe to race.
+    pub async fn sweep_gateways(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.state.sweep_expired().await {
+                Ok(swept) => {
+                    for (gateway, changes) in swept {
+                        tracing::warn!(%gateway, rooms = changes.len(), "gateway lease expired: its connections are forgotten");
+                        changes.into_iter().for_each(|c| self.room_changed(c));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "gateway sweep failed; retrying"),
+            }
         }
     }
 
@@ -257,7 +312,11 @@ impl Logic {
     }
 
     async fn publish(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.queue.publish(QueueMessage { target: Some(target), body }).await.map_err(|e| {
+        self.publish_id(self.ids.next(), target, body).await
+    }
+
+    async fn publish_id(&self, id: u64, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
+        self.queue.publish(QueueMessage { target: Some(target), body, id }).await.map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");
             LogicError::Internal("server busy, message not sent".into())
         })
@@ -285,6 +344,7 @@ fn check_room(room_id: u64) -> Result<(), LogicError> {
 }
 
 fn chat_message(
+    id: u64,
     op: i32,
     from: &Session,
     to_user_id: u64,
@@ -302,6 +362,7 @@ fn chat_message(
         room_id,
         op,
         create_time: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+        msg_id: id.to_string(),
     })
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use gochat_proto::logic::logic_server::LogicServer;
 use gochat_queue_worker::Queue;
@@ -10,8 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::config::StateKind;
 use crate::grpc::LogicGrpc;
 use crate::logic::Logic;
+use crate::state::{RedisState, State};
 use crate::store::UserStore;
 use crate::{api, site, ControlConfig, Error};
 
@@ -38,7 +41,16 @@ impl Control {
     pub async fn start(cfg: ControlConfig, queue: Arc<dyn Queue>) -> Result<ControlHandle, Error> {
         cfg.validate()?;
         let store = UserStore::open(&cfg.database).await?;
-        let logic = Arc::new(Logic::new(store.clone(), queue, &cfg));
+        let session_ttl = Duration::from_secs(cfg.session_ttl_secs);
+        let state = match cfg.state {
+            StateKind::Memory => State::memory(session_ttl),
+            StateKind::Redis => State::Redis(
+                RedisState::open(&cfg.redis_url, &cfg.redis_prefix, session_ttl)
+                    .await
+                    .map_err(|e| Error::Config(format!("state on {}: {e}", cfg.redis_url)))?,
+            ),
+        };
+        let logic = Arc::new(Logic::new(store.clone(), state, queue, &cfg));
         if cfg.demo_users == Some(true) {
             logic.seed_demo_users().await.map_err(|e| Error::Config(format!("seeding demo users: {e}")))?;
         }
@@ -75,8 +87,10 @@ impl Control {
                 }
             }));
         }
-        let every = std::time::Duration::from_millis(cfg.room_update_interval_ms);
+        let every = Duration::from_millis(cfg.room_update_interval_ms);
         tasks.push(tokio::spawn(logic.clone().send_room_updates(every, stopped.clone())));
+        let sweep_every = Duration::from_secs(cfg.gateway_lease_secs).div_f32(4.0);
+        tasks.push(tokio::spawn(logic.clone().sweep_gateways(sweep_every, stopped.clone())));
         let grpc = LogicServer::new(LogicGrpc(logic.clone()));
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
@@ -103,7 +117,7 @@ impl ControlHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
-            if tokio::time::timeout(std::time::Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 tracing::warn!("a control listener did not drain in 5 s; left behind");
             }
         }

@@ -49,6 +49,8 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Commands a shard's inbox holds before senders wait.
     pub inbox_capacity: usize,
+    /// Message ids remembered to drop a message delivered twice (0: no duplicate check).
+    pub dedup_window: usize,
     /// How long shutdown waits for connections to close, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -76,6 +78,7 @@ impl Default for GatewayConfig {
             max_outbound_bytes: shard.max_outbound_bytes,
             max_connections: 1_000_000,
             inbox_capacity: 4096,
+            dedup_window: 65_536,
             shutdown_grace_ms: 2000,
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
-use gochat_proto::logic::{ConnCloseRequest, ConnOpenRequest, SendRoomRequest};
+use gochat_proto::logic::{ConnCloseRequest, ConnOpenRequest, GatewayLeaseRequest, SendRoomRequest};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -49,6 +49,36 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// Renews this gateway's lease in logic, a third of its lifetime before it runs out. When logic
+/// says the lease was gone, it took this gateway for dead and forgot its connections: every
+/// shard then closes its connections (1012) so clients reconnect and are routable again.
+pub async fn keep_lease(mut logic: LogicClient<Channel>, gateway_id: Arc<str>, inboxes: Arc<[Arc<Inbox>]>) {
+    let mut first = true;
+    loop {
+        let req = GatewayLeaseRequest { gateway_id: gateway_id.to_string() };
+        let every = match logic.gateway_lease(req).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if !reply.known && !first {
+                    tracing::warn!(
+                        "logic had taken this gateway for dead (lease expired); closing every connection so clients reconnect"
+                    );
+                    for inbox in inboxes.iter() {
+                        inbox.push_wait(Command::CloseAll).await;
+                    }
+                }
+                first = false;
+                Duration::from_millis(reply.ttl_ms / 3).max(Duration::from_millis(100))
+            }
+            Err(status) => {
+                tracing::warn!(%status, "gateway lease not renewed; retrying");
+                Duration::from_millis(500)
+            }
+        };
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -8,13 +8,14 @@ use std::time::Duration;
 use gochat_proto::gateway::gateway_server::GatewayServer;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::GatewayResetRequest;
+use gochat_proto::peers;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::driver::{self, Clock, Driver, ShardSetup};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, Seen};
 use crate::protocol::Transport;
 use crate::shard::{Command, Inbox, Shard, ShardStats};
 use crate::{logic_link, Error, GatewayConfig};
@@ -34,11 +35,20 @@ pub struct GatewayHandle {
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
     grpc_stop: watch::Sender<bool>,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    lease_task: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
-    /// Binds and starts a gateway on the current tokio runtime (shards get threads of their own).
+    /// Binds and starts a gateway on the current tokio runtime (shards get threads of their own),
+    /// reaching logic at `cfg.logic`.
     pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, Error> {
+        let logic = peers::channel(&cfg.logic).map_err(|e| Error::Logic(format!("{:?}: {e}", cfg.logic)))?;
+        Self::start_with_logic(cfg, logic).await
+    }
+
+    /// As [`Gateway::start`], reaching logic through `logic` (e.g. balanced over the controls
+    /// discovery finds).
+    pub async fn start_with_logic(cfg: GatewayConfig, logic: Channel) -> Result<GatewayHandle, Error> {
         cfg.validate()?;
         let (driver, fallback) = Driver::resolve(cfg.driver)?;
         match fallback {
@@ -58,7 +68,7 @@ impl Gateway {
             .await
             .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })?;
         let grpc_addr = grpc_listener.local_addr()?;
-        let logic = logic_client(&cfg.logic)?;
+        let logic = LogicClient::new(logic);
         let id: Arc<str> = cfg.id.as_str().into();
         reset_routes(logic.clone(), &id).await;
 
@@ -99,12 +109,14 @@ impl Gateway {
             threads.push(thread);
         }
         drop(effects_tx);
-        tokio::spawn(logic_link::run(effects_rx, logic, id.clone(), inboxes.clone()));
+        tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
+        let lease_task = tokio::spawn(logic_link::keep_lease(logic, id.clone(), inboxes.clone()));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
         let ingress = Ingress {
             gateway_id: id.clone(),
+            seen: Arc::new(std::sync::Mutex::new(Seen::new(cfg.dedup_window))),
             inboxes: inboxes.clone(),
             stats: stats.clone(),
             stopping: stop_rx.clone(),
@@ -130,6 +142,7 @@ impl Gateway {
             threads,
             grpc_stop,
             grpc_task,
+            lease_task,
         })
     }
 }
@@ -144,6 +157,7 @@ impl GatewayHandle {
     pub async fn shutdown(self) {
         // Stop taking batches first, so no pusher waits on a shard that is going away.
         let _ = self.grpc_stop.send(true);
+        self.lease_task.abort();
         for inbox in self.inboxes.iter() {
             inbox.push_wait(Command::Shutdown).await;
         }
@@ -158,16 +172,6 @@ impl GatewayHandle {
             tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
         }
     }
-}
-
-/// A lazily connecting client: the gateway starts, and keeps serving, while logic is away.
-fn logic_client(endpoint: &str) -> Result<LogicClient<Channel>, Error> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| Error::Logic(format!("{endpoint:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .connect_lazy();
-    Ok(LogicClient::new(channel))
 }
 
 /// Routes logic holds for this gateway id are from an earlier run: clear them.

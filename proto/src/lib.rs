@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
+//! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
 
@@ -17,4 +18,5 @@ pub mod queue {
     tonic::include_proto!("gochat.queue");
 }
 
+pub mod peers;
 pub mod wire;

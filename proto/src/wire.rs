@@ -33,6 +33,10 @@ pub struct ChatMessage {
     pub op: i32,
     /// Local time as `YYYY-MM-DD HH:MM:SS`.
     pub create_time: String,
+    /// The message's unique id, as a decimal string (JavaScript numbers lose 64-bit ids); the
+    /// same message delivered twice has the same id (additive: not in gochat).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub msg_id: String,
 }
 
 /// Op 4.

@@ -6,22 +6,35 @@ use gochat_proto::queue::queue_message::Target;
 
 use crate::Delivery;
 
+/// Messages for one room or user, in order, with their message ids.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Bodies {
+    pub bodies: Vec<Vec<u8>>,
+    pub ids: Vec<u64>,
+}
+
 /// One batch's messages, grouped.
 #[derive(Debug, Default, PartialEq)]
 pub struct Grouped {
-    pub rooms: BTreeMap<u64, Vec<Vec<u8>>>,
-    pub users: BTreeMap<u64, Vec<Vec<u8>>>,
+    pub rooms: BTreeMap<u64, Bodies>,
+    pub users: BTreeMap<u64, Bodies>,
+    /// The queue's ids of every message, to acknowledge them.
     pub ids: Vec<String>,
 }
 
 impl Grouped {
     pub fn add(&mut self, delivery: Delivery) {
         self.ids.push(delivery.id.clone());
-        match delivery.message.target {
-            Some(Target::RoomId(room)) => self.rooms.entry(room).or_default().push(delivery.message.body),
-            Some(Target::UserId(user)) => self.users.entry(user).or_default().push(delivery.message.body),
-            None => tracing::warn!(id = delivery.id, "queued message without a target; dropped"),
-        }
+        let to = match delivery.message.target {
+            Some(Target::RoomId(room)) => self.rooms.entry(room).or_default(),
+            Some(Target::UserId(user)) => self.users.entry(user).or_default(),
+            None => {
+                tracing::warn!(id = delivery.id, "queued message without a target; dropped");
+                return;
+            }
+        };
+        to.bodies.push(delivery.message.body);
+        to.ids.push(delivery.message.id);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -39,15 +52,15 @@ mod tests {
         let mut g = Grouped::default();
         let d = |id: u32, target, body: &str| Delivery {
             id: id.to_string(),
-            message: QueueMessage { target: Some(target), body: body.into() },
+            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
         };
         g.add(d(1, Target::RoomId(1), "a"));
         g.add(d(2, Target::UserId(9), "p"));
         g.add(d(3, Target::RoomId(2), "x"));
         g.add(d(4, Target::RoomId(1), "b"));
-        assert_eq!(g.rooms[&1], vec![b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(g.rooms[&2], vec![b"x".to_vec()]);
-        assert_eq!(g.users[&9], vec![b"p".to_vec()]);
+        assert_eq!(g.rooms[&1], Bodies { bodies: vec![b"a".to_vec(), b"b".to_vec()], ids: vec![1, 4] });
+        assert_eq!(g.rooms[&2], Bodies { bodies: vec![b"x".to_vec()], ids: vec![3] });
+        assert_eq!(g.users[&9], Bodies { bodies: vec![b"p".to_vec()], ids: vec![2] });
         assert_eq!(g.ids, ["1", "2", "3", "4"]);
     }
 }

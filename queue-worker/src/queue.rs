@@ -125,7 +125,7 @@ mod tests {
     use gochat_proto::queue::queue_message::Target;
 
     fn msg(room: u64) -> QueueMessage {
-        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec() }
+        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec(), id: 0 }
     }
 
     #[tokio::test]

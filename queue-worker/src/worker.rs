@@ -11,7 +11,7 @@ use gochat_proto::logic::RouteRequest;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::batch::Grouped;
+use crate::batch::{Bodies, Grouped};
 use crate::gateways::{GatewayAddr, GatewayPool};
 use crate::{Error, Queue};
 
@@ -153,13 +153,13 @@ impl Worker {
             };
             let mut gateways = room.gateway_ids.into_iter().peekable();
             while let Some(gateway) = gateways.next() {
-                let bodies =
+                let Bodies { bodies, ids } =
                     if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
-                per_gateway
-                    .entry(gateway)
-                    .or_default()
-                    .rooms
-                    .push(RoomPush { room_id: room.room_id, bodies });
+                per_gateway.entry(gateway).or_default().rooms.push(RoomPush {
+                    room_id: room.room_id,
+                    bodies,
+                    ids,
+                });
             }
         }
         for user in route.users {
@@ -170,7 +170,8 @@ impl Worker {
                 per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
                     user_id: user.user_id,
                     shard: shard.shard,
-                    bodies: bodies.clone(),
+                    bodies: bodies.bodies.clone(),
+                    ids: bodies.ids.clone(),
                 });
             }
         }

@@ -104,6 +104,9 @@ pub enum Command {
     AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
     /// Tell one connection a request of its was refused (op 8); it stays open.
     Notice { key: u32, conn_id: u64, message: String },
+    /// Close every connection and keep running: logic lost track of them (this gateway was
+    /// taken for dead), so clients must reconnect to be routable again.
+    CloseAll,
     /// Close every connection and stop.
     Shutdown,
 }
@@ -364,13 +367,18 @@ impl Shard {
                     self.queue(key, frame);
                 }
             }
+            Command::CloseAll => self.close_all(1012, "service restarted, reconnect"),
             Command::Shutdown => {
                 self.shutting_down = true;
-                let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-                for key in keys {
-                    self.begin_close(key, Some((1001, "server shutting down")));
-                }
+                self.close_all(1001, "server shutting down");
             }
+        }
+    }
+
+    fn close_all(&mut self, code: u16, reason: &'static str) {
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            self.begin_close(key, Some((code, reason)));
         }
     }
 

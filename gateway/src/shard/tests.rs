@@ -191,6 +191,24 @@ fn shutdown_closes_everyone_with_going_away() {
 }
 
 #[test]
+fn close_all_asks_everyone_to_reconnect_and_keeps_serving() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    let (b, _) = live_ws(&mut s, 2, 8);
+    written(&mut s, a);
+    written(&mut s, b);
+    s.on_command(Command::CloseAll);
+    assert!(!s.is_shutting_down(), "the shard goes on accepting");
+    for key in [a, b] {
+        assert!(s.is_closing(key));
+        let out = written(&mut s, key);
+        assert!(out.starts_with(b"\x88") && out[2..4] == 1012u16.to_be_bytes(), "{out:?}");
+    }
+    let (c, _) = live_ws(&mut s, 3, 7);
+    assert!(!s.is_closing(c), "a new connection lives");
+}
+
+#[test]
 fn a_closing_peer_that_never_reads_is_dropped_after_its_grace() {
     let mut s = shard();
     let (key, _) = live_ws(&mut s, 1, 7);

@@ -1,18 +1,11 @@
-//! Sessions, live connections, rooms and routing, kept consistent when one user has several
-//! connections: a user is in a room (and counted once) while any of its connections is.
-//!
-//! In-memory for the embedded default; one lock, short critical sections, no I/O under it.
+//! The state in this process's memory, for the embedded default and a single control: one
+//! lock, short critical sections, no I/O under it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A logged-in user's session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Session {
-    pub user_id: u64,
-    pub user_name: String,
-}
+use super::{RoomChange, Session};
 
 /// Where a live connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +21,6 @@ struct Member {
     conns: u32,
 }
 
-/// A room's membership changed: a user joined (first connection) or left (last one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomChange {
-    pub room_id: u64,
-}
-
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, (Session, Instant)>,
@@ -44,14 +31,16 @@ struct Inner {
     user_routes: HashMap<u64, BTreeMap<(String, u32), u32>>,
     /// room → gateways with members, and how many connections each holds.
     room_gateways: HashMap<u64, BTreeMap<String, u32>>,
+    /// gateway → when its lease runs out.
+    leases: HashMap<String, Instant>,
 }
 
-pub struct State {
+pub struct MemoryState {
     inner: Mutex<Inner>,
     session_ttl: Duration,
 }
 
-impl State {
+impl MemoryState {
     pub fn new(session_ttl: Duration) -> Self {
         Self { inner: Mutex::default(), session_ttl }
     }
@@ -170,6 +159,26 @@ impl State {
     pub fn is_online(&self, user_id: u64) -> bool {
         self.lock().user_routes.contains_key(&user_id)
     }
+
+    /// Extends `gateway`'s lease; false when it had none (new, or expired and swept).
+    pub fn gateway_lease(&self, gateway: &str, ttl: Duration) -> bool {
+        self.lock().leases.insert(gateway.to_string(), Instant::now() + ttl).is_some()
+    }
+
+    /// Gateways whose lease ran out, forgotten with their connections; the rooms that lost members.
+    pub fn sweep_expired(&self) -> Vec<(String, Vec<RoomChange>)> {
+        let now = Instant::now();
+        let expired: Vec<String> =
+            self.lock().leases.iter().filter(|(_, until)| **until <= now).map(|(g, _)| g.clone()).collect();
+        expired
+            .into_iter()
+            .map(|g| {
+                self.lock().leases.remove(&g);
+                let changes = self.gateway_reset(&g);
+                (g, changes)
+            })
+            .collect()
+    }
 }
 
 impl Inner {
@@ -203,61 +212,5 @@ fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner
     }
     if counts.is_empty() {
         map.remove(&outer);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn user(id: u64, name: &str) -> Session {
-        Session { user_id: id, user_name: name.into() }
-    }
-
-    #[test]
-    fn several_connections_count_once() {
-        let s = State::new(Duration::from_secs(60));
-        let a = user(1, "a");
-        assert_eq!(s.conn_open("g1", 0, 10, &a, 1), Some(RoomChange { room_id: 1 }));
-        assert_eq!(s.conn_open("g1", 0, 10, &a, 1), None, "idempotent");
-        assert_eq!(s.conn_open("g2", 1, 11, &a, 1), None, "second connection, same user");
-        assert_eq!(s.conn_open("g1", 1, 12, &user(2, "b"), 1), Some(RoomChange { room_id: 1 }));
-        assert_eq!(s.room_count(1), 2);
-        assert_eq!(s.room_gateways(1), vec!["g1".to_string(), "g2".to_string()]);
-        assert_eq!(s.user_routes(1), vec![("g1".to_string(), 0), ("g2".to_string(), 1)]);
-
-        assert_eq!(s.conn_close("g1", 10), None, "a still has a connection");
-        assert_eq!(s.conn_close("g1", 10), None, "idempotent");
-        assert_eq!(s.room_count(1), 2);
-        assert_eq!(s.conn_close("g2", 11), Some(RoomChange { room_id: 1 }));
-        assert_eq!(s.room_count(1), 1);
-        assert!(!s.is_online(1));
-        assert_eq!(s.room_gateways(1), vec!["g1".to_string()]);
-        assert_eq!(s.room_members(1), [("2".to_string(), "b".to_string())].into());
-    }
-
-    #[test]
-    fn gateway_reset_forgets_its_connections() {
-        let s = State::new(Duration::from_secs(60));
-        s.conn_open("g1", 0, 1, &user(1, "a"), 5);
-        s.conn_open("g1", 0, 2, &user(2, "b"), 6);
-        s.conn_open("g2", 0, 3, &user(2, "b"), 6);
-        assert_eq!(s.gateway_reset("g1"), vec![RoomChange { room_id: 5 }]);
-        assert_eq!(s.room_count(5), 0);
-        assert_eq!(s.room_count(6), 1);
-        assert!(s.room_gateways(5).is_empty());
-    }
-
-    #[test]
-    fn sessions_expire_and_revoke() {
-        let s = State::new(Duration::from_millis(1));
-        s.create_session("t".into(), user(1, "a"));
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(s.session("t"), None);
-        let s = State::new(Duration::from_secs(60));
-        s.create_session("t".into(), user(1, "a"));
-        assert_eq!(s.session("t"), Some(user(1, "a")));
-        assert!(s.remove_session("t"));
-        assert_eq!(s.session("t"), None);
     }
 }

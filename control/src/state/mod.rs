@@ -1,0 +1,159 @@
+//! Sessions, live connections, rooms and routing, kept consistent when one user has several
+//! connections: a user is in a room (and counted once) while any of its connections is.
+//!
+//! Two stores behind one interface: [`MemoryState`] in this process (the embedded default) and
+//! [`RedisState`], shared by several controls. Gateways hold leases they renew; a gateway whose
+//! lease runs out is swept with its connections, so a dead gateway leaves no drift behind.
+
+mod memory;
+mod redis;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use memory::MemoryState;
+pub use redis::RedisState;
+
+/// A logged-in user's session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: u64,
+    pub user_name: String,
+}
+
+/// A room's membership changed: a user joined (first connection) or left (last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RoomChange {
+    pub room_id: u64,
+}
+
+/// The state store failed; the operation did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state store: {0}")]
+pub struct StateError(pub String);
+
+/// Where a batch of rooms and users is connected: per room the gateways with members, per user
+/// its (gateway, shard) pairs; both in the order asked.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    pub rooms: Vec<Vec<String>>,
+    pub users: Vec<Vec<(String, u32)>>,
+}
+
+pub enum State {
+    Memory(MemoryState),
+    Redis(RedisState),
+}
+
+impl State {
+    pub fn memory(session_ttl: Duration) -> Self {
+        Self::Memory(MemoryState::new(session_ttl))
+    }
+
+    pub async fn create_session(&self, token: String, session: Session) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => {
+                s.create_session(token, session);
+                Ok(())
+            }
+            Self::Redis(s) => s.create_session(&token, &session).await,
+        }
+    }
+
+    /// The session of `token`, if it exists and has not expired.
+    pub async fn session(&self, token: &str) -> Result<Option<Session>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.session(token)),
+            Self::Redis(s) => s.session(token).await,
+        }
+    }
+
+    pub async fn remove_session(&self, token: &str) -> Result<bool, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.remove_session(token)),
+            Self::Redis(s) => s.remove_session(token).await,
+        }
+    }
+
+    /// Records a live connection. Idempotent; returns the change when the user newly joined.
+    pub async fn conn_open(
+        &self,
+        gateway: &str,
+        shard: u32,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Result<Option<RoomChange>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.conn_open(gateway, shard, conn_id, session, room_id)),
+            Self::Redis(s) => s.conn_open(gateway, shard, conn_id, session, room_id).await,
+        }
+    }
+
+    /// Forgets a connection. Idempotent; returns the change when the user left its room.
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Option<RoomChange>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
+            Self::Redis(s) => Ok(s.conn_close(gateway, &[conn_id]).await?.into_iter().next()),
+        }
+    }
+
+    /// Forgets every connection of `gateway`; returns the rooms that lost members.
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.gateway_reset(gateway)),
+            Self::Redis(s) => s.gateway_reset(gateway).await,
+        }
+    }
+
+    /// Extends `gateway`'s lease by `ttl`; false when it had none (new, or expired and swept).
+    pub async fn gateway_lease(&self, gateway: &str, ttl: Duration) -> Result<bool, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.gateway_lease(gateway, ttl)),
+            Self::Redis(s) => s.gateway_lease(gateway, ttl).await,
+        }
+    }
+
+    /// Forgets the gateways whose lease ran out, with their connections; returns them and the
+    /// rooms that lost members.
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.sweep_expired()),
+            Self::Redis(s) => s.sweep_expired().await,
+        }
+    }
+
+    /// Distinct users online in a room.
+    pub async fn room_count(&self, room_id: u64) -> Result<u64, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.room_count(room_id)),
+            Self::Redis(s) => s.room_count(room_id).await,
+        }
+    }
+
+    /// user id (as a string) → user name, for a room.
+    pub async fn room_members(&self, room_id: u64) -> Result<BTreeMap<String, String>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.room_members(room_id)),
+            Self::Redis(s) => s.room_members(room_id).await,
+        }
+    }
+
+    pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.is_online(user_id)),
+            Self::Redis(s) => s.is_online(user_id).await,
+        }
+    }
+
+    /// Where `room_ids` and `user_ids` are connected, in one round trip.
+    pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, StateError> {
+        match self {
+            Self::Memory(s) => Ok(Routes {
+                rooms: room_ids.iter().map(|r| s.room_gateways(*r)).collect(),
+                users: user_ids.iter().map(|u| s.user_routes(*u)).collect(),
+            }),
+            Self::Redis(s) => s.routes(room_ids, user_ids).await,
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The state on Redis, shared by every control of a cluster.
+//!
+//! Keys (under `prefix`), each small and read without scanning:
+//! - `session:{token}`: `user_id \t user_name`, expiring with the session;
+//! - `gw:{gateway}:conns`: hash connection id → `user,room,shard`, what a gateway holds;
+//! - `user:{id}:routes`: hash `gateway \t shard` → connections, for private messages;
+//! - `room:{id}:members`: hash user id → connections (the count is its length) and
+//!   `room:{id}:names`: user id → name, for member lists;
+//! - `room:{id}:gws`: hash gateway → connections, so broadcasts go only where members are;
+//! - `gateways`: sorted set gateway → lease expiry (ms, Redis clock).
+//!
+//! Opening and closing connections are Lua scripts, so counts never drift between controls.
+//! The close script derives keys from the stored connection, so this needs one Redis (or a
+//! primary with replicas), not Redis Cluster.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use super::{RoomChange, Routes, Session, StateError};
+
+/// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
+const SWEEP_CHUNK: usize = 500;
+
+const OPEN: &str = r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
+if redis.call('HINCRBY', KEYS[4], ARGV[5], 1) == 1 then return 1 end
+return 0
+";
+
+const CLOSE: &str = r"
+local p, gw, left = ARGV[1], ARGV[2], {}
+local function dec(key, field)
+  if redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) return true end
+  return false
+end
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if v then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    local user, room, shard = string.match(v, '^(%d+),(%d+),(%d+)$')
+    dec(p .. ':user:' .. user .. ':routes', gw .. '\t' .. shard)
+    dec(p .. ':room:' .. room .. ':gws', gw)
+    if dec(p .. ':room:' .. room .. ':members', user) then
+      redis.call('HDEL', p .. ':room:' .. room .. ':names', user)
+      table.insert(left, room)
+    end
+  end
+end
+return left
+";
+
+/// Extends a lease; returns 1 when the gateway had a live one.
+const LEASE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local old = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], now + ARGV[2], ARGV[1])
+if old and tonumber(old) > now then return 1 end
+return 0
+";
+
+const EXPIRED: &str = r"
+local t = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
+";
+
+/// Forgets a swept gateway unless it renewed its lease meanwhile.
+const FORGET: &str = r"
+local t = redis.call('TIME')
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= t[1] * 1000 + math.floor(t[2] / 1000) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+pub struct RedisState {
+    conn: ConnectionManager,
+    prefix: String,
+    session_ttl: Duration,
+    open: Script,
+    close: Script,
+    lease: Script,
+    expired: Script,
+    forget: Script,
+}
+
+fn err(e: redis::RedisError) -> StateError {
+    StateError(e.to_string())
+}
+
+impl RedisState {
+    /// Connects to `url`; fails when Redis cannot be reached now. Later outages are errors of
+    /// single operations, retried by the connection manager's reconnects.
+    pub async fn open(url: &str, prefix: &str, session_ttl: Duration) -> Result<Self, StateError> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(err)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_string(),
+            session_ttl,
+            open: Script::new(OPEN),
+            close: Script::new(CLOSE),
+            lease: Script::new(LEASE),
+            expired: Script::new(EXPIRED),
+            forget: Script::new(FORGET),
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.prefix)
+    }
+
+    pub async fn create_session(&self, token: &str, session: &Session) -> Result<(), StateError> {
+        let value = format!("{}\t{}", session.user_id, session.user_name);
+        let key = self.key(&format!("session:{token}"));
+        self.conn.clone().set_ex::<_, _, ()>(key, value, self.session_ttl.as_secs()).await.map_err(err)
+    }
+
+    pub async fn session(&self, token: &str) -> Result<Option<Session>, StateError> {
+        let value: Option<String> =
+            self.conn.clone().get(self.key(&format!("session:{token}"))).await.map_err(err)?;
+        Ok(value.and_then(|v| {
+            let (id, name) = v.split_once('\t')?;
+            Some(Session { user_id: id.parse().ok()?, user_name: name.to_string() })
+        }))
+    }
+
+    pub async fn remove_session(&self, token: &str) -> Result<bool, StateError> {
+        let removed: u64 = self.conn.clone().del(self.key(&format!("session:{token}"))).await.map_err(err)?;
+        Ok(removed > 0)
+    }
+
+    pub async fn conn_open(
+        &self,
+        gateway: &str,
+        shard: u32,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Result<Option<RoomChange>, StateError> {
+        let joined: i64 = self
+            .open
+            .key(self.key(&format!("gw:{gateway}:conns")))
+            .key(self.key(&format!("user:{}:routes", session.user_id)))
+            .key(self.key(&format!("room:{room_id}:gws")))
+            .key(self.key(&format!("room:{room_id}:members")))
+            .key(self.key(&format!("room:{room_id}:names")))
+            .arg(conn_id)
+            .arg(format!("{},{room_id},{shard}", session.user_id))
+            .arg(format!("{gateway}\t{shard}"))
+            .arg(gateway)
+            .arg(session.user_id)
+            .arg(&session.user_name)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok((joined == 1).then_some(RoomChange { room_id }))
+    }
+
+    /// Forgets connections of `gateway`; returns the rooms users left, each once.
+    pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Vec<RoomChange>, StateError> {
+        let mut call = self.close.key(self.key(&format!("gw:{gateway}:conns")));
+        call.arg(&self.prefix).arg(gateway);
+        for id in conn_ids {
+            call.arg(id);
+        }
+        let mut left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(err)?;
+        left.sort_unstable();
+        left.dedup();
+        Ok(left.into_iter().map(|room_id| RoomChange { room_id }).collect())
+    }
+
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
+        let key = self.key(&format!("gw:{gateway}:conns"));
+        let mut changes = Vec::new();
+        loop {
+            // Each pass closes what it read, so the next read starts over with what is left.
+            let ids = self.conn_ids(&key).await?;
+            if ids.is_empty() {
+                break;
+            }
+            changes.extend(self.conn_close(gateway, &ids).await?);
+        }
+        changes.sort_unstable();
+        changes.dedup();
+        Ok(changes)
+    }
+
+    /// Up to a chunk of the connection ids in a gateway's hash.
+    async fn conn_ids(&self, key: &str) -> Result<Vec<u64>, StateError> {
+        let (_, pairs): (u64, Vec<String>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(0)
+            .arg("COUNT")
+            .arg(SWEEP_CHUNK)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(pairs.chunks(2).filter_map(|kv| kv[0].parse().ok()).collect())
+    }
+
+    pub async fn gateway_lease(&self, gateway: &str, ttl: Duration) -> Result<bool, StateError> {
+        let had: i64 = self
+            .lease
+            .key(self.key(&format!("gateways")))
+            .arg(gateway)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(had == 1)
+    }
+
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
+        let gateways_key = self.key(&format!("gateways"));
+        let expired: Vec<String> =
+            self.expired.key(&gateways_key).invoke_async(&mut self.conn.clone()).await.map_err(err)?;
+        let mut swept = Vec::new();
+        for gateway in expired {
+            let changes = self.gateway_reset(&gateway).await?;
+            let _: i64 = self
+                .forget
+                .key(&gateways_key)
+                .arg(&gateway)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(err)?;
+            swept.push((gateway, changes));
+        }
+        Ok(swept)
+    }
+
+    pub async fn room_count(&self, room_id: u64) -> Result<u64, StateError> {
+        self.conn.clone().hlen(self.key(&format!("room:{room_id}:members"))).await.map_err(err)
+    }
+
+    pub async fn room_members(&self, room_id: u64) -> Result<BTreeMap<String, String>, StateError> {
+        self.conn.clone().hgetall(self.key(&format!("room:{room_id}:names"))).await.map_err(err)
+    }
+
+    pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
+        self.conn.clone().exists(self.key(&format!("user:{user_id}:routes"))).await.map_err(err)
+    }
+
+    pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, StateError> {
+        let mut pipe = redis::pipe();
+        for room in room_ids {
+            pipe.hkeys(self.key(&format!("room:{room}:gws")));
+        }
+        for user in user_ids {
+            pipe.hkeys(self.key(&format!("user:{user}:routes")));
+        }
+        let mut replies: Vec<Vec<String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(err)?;
+        let users = replies.split_off(room_ids.len());
+        Ok(Routes {
+            rooms: replies,
+            users: users
+                .into_iter()
+                .map(|routes| {
+                    routes
+                        .into_iter()
+                        .filter_map(|r| {
+                            let (gateway, shard) = r.split_once('\t')?;
+                            Some((gateway.to_string(), shard.parse().ok()?))
+                        })
+                        .collect()
+                })
+                .collect(),
+        })
+    }
+}

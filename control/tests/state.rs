@@ -1,0 +1,140 @@
+//! The state stores behind one interface: every scenario runs against the in-memory store and
+//! against a real Redis (`REDIS_URL`, default 127.0.0.1:6379) under keys of its own.
+
+use std::time::Duration;
+
+use gochat_control::state::{RedisState, RoomChange, Routes, Session, State};
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis-backed state under a fresh prefix; its keys are deleted when dropped.
+struct RedisKeys(String);
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
+        }
+    }
+}
+
+async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
+    let prefix = format!("gochat-test-state-{}-{}", std::process::id(), rand_suffix());
+    let redis = RedisState::open(&redis_url(), &prefix, session_ttl).await.expect("Redis reachable");
+    vec![(State::memory(session_ttl), None), (State::Redis(redis), Some(RedisKeys(prefix)))]
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn user(id: u64, name: &str) -> Session {
+    Session { user_id: id, user_name: name.into() }
+}
+
+fn join(room_id: u64) -> Option<RoomChange> {
+    Some(RoomChange { room_id })
+}
+
+#[tokio::test]
+async fn several_connections_count_once() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), join(1));
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), None, "idempotent");
+        assert_eq!(s.conn_open("g2", 1, 11, &a, 1).await.unwrap(), None, "second connection, same user");
+        assert_eq!(s.conn_open("g1", 1, 12, &user(2, "b"), 1).await.unwrap(), join(1));
+        assert_eq!(s.room_count(1).await.unwrap(), 2);
+        let mut routes = s.routes(&[1, 2], &[1, 3]).await.unwrap();
+        routes.rooms[0].sort();
+        routes.users[0].sort();
+        assert_eq!(
+            routes,
+            Routes {
+                rooms: vec![vec!["g1".into(), "g2".into()], vec![]],
+                users: vec![vec![("g1".into(), 0), ("g2".into(), 1)], vec![]],
+            }
+        );
+
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), None, "a still has a connection");
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), None, "idempotent");
+        assert_eq!(s.room_count(1).await.unwrap(), 2);
+        assert_eq!(s.conn_close("g2", 11).await.unwrap(), join(1));
+        assert_eq!(s.room_count(1).await.unwrap(), 1);
+        assert!(!s.is_online(1).await.unwrap());
+        assert!(s.is_online(2).await.unwrap());
+        assert_eq!(s.routes(&[1], &[]).await.unwrap().rooms, vec![vec!["g1".to_string()]]);
+        assert_eq!(s.room_members(1).await.unwrap(), [("2".to_string(), "b".to_string())].into());
+    }
+}
+
+#[tokio::test]
+async fn gateway_reset_forgets_its_connections() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
+        s.conn_open("g1", 0, 2, &user(2, "b"), 6).await.unwrap();
+        s.conn_open("g2", 0, 3, &user(2, "b"), 6).await.unwrap();
+        assert_eq!(s.gateway_reset("g1").await.unwrap(), vec![RoomChange { room_id: 5 }]);
+        assert_eq!(s.room_count(5).await.unwrap(), 0);
+        assert_eq!(s.room_count(6).await.unwrap(), 1);
+        assert_eq!(s.routes(&[5, 6], &[]).await.unwrap().rooms, vec![vec![], vec!["g2".to_string()]]);
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_reset_larger_than_one_sweep_chunk_leaves_nothing() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        for conn in 0..1200 {
+            s.conn_open("g1", 0, conn, &user(conn, "u"), 1 + conn % 3).await.unwrap();
+        }
+        assert_eq!(s.room_count(1).await.unwrap(), 400);
+        let mut changes = s.gateway_reset("g1").await.unwrap();
+        changes.sort();
+        assert_eq!(changes, [1, 2, 3].map(|room_id| RoomChange { room_id }));
+        for room in 1..=3 {
+            assert_eq!(s.room_count(room).await.unwrap(), 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn expired_gateways_are_swept_and_told_so() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        assert!(!s.gateway_lease("g1", Duration::ZERO).await.unwrap(), "a new gateway had no lease");
+        assert!(!s.gateway_lease("g2", Duration::from_secs(60)).await.unwrap());
+        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
+        s.conn_open("g2", 0, 2, &user(2, "b"), 5).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            s.sweep_expired().await.unwrap(),
+            vec![("g1".to_string(), vec![RoomChange { room_id: 5 }])]
+        );
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![], "swept once");
+        assert_eq!(s.room_count(5).await.unwrap(), 1);
+        assert!(!s.is_online(1).await.unwrap());
+        assert!(s.gateway_lease("g2", Duration::from_secs(60)).await.unwrap(), "g2 kept its lease");
+        assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "g1 was swept");
+    }
+}
+
+#[tokio::test]
+async fn sessions_expire_and_revoke() {
+    for (s, _keys) in stores(Duration::from_secs(1)).await {
+        s.create_session("t".into(), user(1, "a b\tc")).await.unwrap();
+        assert_eq!(s.session("t").await.unwrap(), Some(user(1, "a b\tc")));
+        assert!(s.remove_session("t").await.unwrap());
+        assert!(!s.remove_session("t").await.unwrap());
+        assert_eq!(s.session("t").await.unwrap(), None);
+        s.create_session("u".into(), user(2, "b")).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while s.session("u").await.unwrap().is_some() {
+            assert!(std::time::Instant::now() < deadline, "the session never expired");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
