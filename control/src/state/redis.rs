@@ -213,7 +213,7 @@ impl RedisState {
     pub async fn gateway_lease(&self, gateway: &str, ttl: Duration) -> Result<bool, StateError> {
         let had: i64 = self
             .lease
-            .key(self.key(&format!("gateways")))
+            .key(self.key("gateways"))
             .arg(gateway)
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
@@ -223,7 +223,7 @@ impl RedisState {
     }
 
     pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
-        let gateways_key = self.key(&format!("gateways"));
+        let gateways_key = self.key("gateways");
         let expired: Vec<String> =
             self.expired.key(&gateways_key).invoke_async(&mut self.conn.clone()).await.map_err(err)?;
         let mut swept = Vec::new();
