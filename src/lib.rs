@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config file, a section per role.
+//! - [`discovery`]: how the roles find each other — static addresses from the config (the
+//!   default), or etcd leases and watches (cargo feature `etcd`).
 //! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).
 //! - `main.rs`: the CLI — parse, load and validate config, start tracing, run, wait for Ctrl-C,
 //!   shut down.
@@ -11,6 +13,7 @@
 //! `gochat-queue-worker`, with `gochat-proto` the contracts between them.
 
 pub mod config;
+pub mod discovery;
 pub mod roles;
 
 pub use config::Config;
