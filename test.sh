@@ -18,11 +18,22 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
     for _ in $(seq 50); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# etcd (discovery tests and the local cluster start their own) and protoc (the etcd client's
+# build needs it; the default build, without the etcd feature, does not).
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v psql >/dev/null || missing+=(postgresql-client)
+if ((${#missing[@]})); then
+    apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked
-if why=$(cargo run --quiet --locked -- --driver io_uring --check 2>&1); then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --test sockets --test drivers
+cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
+GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
+if why=$(cargo run --quiet --locked --features etcd -- --driver io_uring --check 2>&1); then
+    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test drivers --test cluster
 else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"
 fi

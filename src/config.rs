@@ -3,6 +3,8 @@
 use std::path::Path;
 
 use gochat_control::ControlConfig;
+
+use crate::discovery::DiscoveryConfig;
 use gochat_gateway::GatewayConfig;
 use gochat_queue_worker::{QueueConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ pub struct Config {
     pub control: ControlConfig,
     pub worker: WorkerConfig,
     pub queue: QueueConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
         self.control.validate()?;
         self.worker.validate()?;
         self.queue.validate()?;
+        self.discovery.validate()?;
         Ok(())
     }
 }

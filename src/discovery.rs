@@ -16,7 +16,6 @@
 //!   end, compaction) warns, backs off, re-reads the whole prefix and watches again, keeping the
 //!   last known members published meanwhile.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -128,9 +127,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// Members of one role: id → gRPC address (e.g. "http://127.0.0.1:7100"). Updated as members
-/// come and go; keeps the last known set while etcd is unreachable.
-pub type Members = tokio::sync::watch::Receiver<BTreeMap<String, String>>;
+/// Members of one role (see [`gochat_proto::peers::Members`]); a watch keeps the last known set
+/// while etcd is unreachable.
+pub use gochat_proto::peers::Members;
 
 /// Registers this process under a lease and keeps it alive until [`shutdown`](Self::shutdown).
 ///

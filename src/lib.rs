@@ -2,6 +2,8 @@
 //! control plane and a queue-worker — in one `gochat` binary.
 //!
 //! # Layout
+//! - [`cluster`]: a local cluster of separate processes (Redis, etcd, PostgreSQL, gateways,
+//!   controls, workers) for tests and demos (`gochat cluster`).
 //! - [`config`]: the TOML config file, a section per role.
 //! - [`discovery`]: how the roles find each other — static addresses from the config (the
 //!   default), or etcd leases and watches (cargo feature `etcd`).
@@ -12,6 +14,7 @@
 //! The roles themselves are the workspace crates `gochat-gateway`, `gochat-control` and
 //! `gochat-queue-worker`, with `gochat-proto` the contracts between them.
 
+pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod roles;

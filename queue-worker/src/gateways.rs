@@ -1,13 +1,14 @@
-//! Gateways a worker pushes to: where they are (static discovery for now) and one long-lived
-//! `Push` stream each.
+//! Gateways a worker pushes to: where they are (static, or followed in discovery) and one
+//! long-lived `Push` stream each.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use gochat_proto::gateway::gateway_client::GatewayClient;
 use gochat_proto::gateway::PushBatch;
+use gochat_proto::peers::{self, Members};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
@@ -23,30 +24,68 @@ pub struct GatewayAddr {
 /// A batch on its way, and who waits for the gateway's acknowledgement.
 type Outgoing = (PushBatch, oneshot::Sender<()>);
 
-/// One push stream per known gateway.
+/// One push stream per gateway discovery knows; links follow the member set.
 pub struct GatewayPool {
-    links: HashMap<String, mpsc::Sender<Outgoing>>,
+    members: Members,
+    /// gateway id → (its address, the link's queue).
+    links: HashMap<String, (String, mpsc::Sender<Outgoing>)>,
 }
 
 impl GatewayPool {
-    pub fn new(gateways: &[GatewayAddr]) -> Result<Self, crate::Error> {
-        let mut links = HashMap::new();
+    /// A pool over a fixed list (static discovery).
+    pub fn fixed(gateways: &[GatewayAddr]) -> Result<Self, crate::Error> {
         for g in gateways {
-            let endpoint = Endpoint::from_shared(g.grpc.clone())
-                .map_err(|e| crate::Error::Config(format!("gateway {} address {:?}: {e}", g.id, g.grpc)))?
-                .connect_timeout(Duration::from_secs(2));
-            let (tx, rx) = mpsc::channel(256);
-            tokio::spawn(link(g.id.clone(), endpoint, rx));
-            links.insert(g.id.clone(), tx);
+            peers::endpoint(&g.grpc)
+                .map_err(|e| crate::Error::Config(format!("gateway {} address {:?}: {e}", g.id, g.grpc)))?;
         }
-        Ok(Self { links })
+        let set = gateways.iter().map(|g| (g.id.clone(), g.grpc.clone())).collect();
+        let (keep, members) = watch::channel(set);
+        // A fixed set never changes; the sender lives as long as the runtime.
+        tokio::spawn(async move { keep.closed().await });
+        Ok(Self::following(members))
+    }
+
+    /// A pool that follows `members` as gateways come and go.
+    pub fn following(members: Members) -> Self {
+        Self { members, links: HashMap::new() }
+    }
+
+    /// Brings the links in line with the member set: new gateways get a link, gone ones lose it
+    /// (their link ends once its queue is drained).
+    fn sync(&mut self) {
+        let members = self.members.borrow_and_update();
+        self.links.retain(|id, (address, _)| {
+            let keep = members.get(id) == Some(address);
+            if !keep {
+                tracing::info!(gateway = %id, "gateway left discovery; its push stream ends");
+            }
+            keep
+        });
+        for (id, address) in members.iter() {
+            if self.links.contains_key(id) {
+                continue;
+            }
+            match peers::endpoint(address) {
+                Ok(endpoint) => {
+                    let (tx, rx) = mpsc::channel(256);
+                    tokio::spawn(link(id.clone(), endpoint, rx));
+                    self.links.insert(id.clone(), (address.clone(), tx));
+                }
+                Err(e) => {
+                    tracing::warn!(gateway = %id, %address, error = %e, "gateway has an unusable address")
+                }
+            }
+        }
     }
 
     /// Queues `batch` on the stream to `gateway`. The receiver completes when the gateway
-    /// acknowledged the batch, and fails when it will not (the stream broke first). `None`
-    /// when the gateway is unknown.
-    pub async fn send(&self, gateway: &str, batch: PushBatch) -> Option<oneshot::Receiver<()>> {
-        let tx = self.links.get(gateway)?;
+    /// acknowledged the batch, and fails when it will not (the stream broke first, or the gateway
+    /// cannot be reached). `None` when discovery does not know the gateway.
+    pub async fn send(&mut self, gateway: &str, batch: PushBatch) -> Option<oneshot::Receiver<()>> {
+        if self.members.has_changed().unwrap_or(false) || self.links.is_empty() {
+            self.sync();
+        }
+        let (_, tx) = self.links.get(gateway)?;
         let (done, acked) = oneshot::channel();
         tx.send((batch, done)).await.ok()?;
         Some(acked)
@@ -69,7 +108,13 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<Outgoi
         let channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(gateway = %id, error = %e, "gateway unreachable; retrying");
+                // Fail what waits now rather than hold the worker: the queue delivers it again,
+                // routed afresh (the gateway may be gone, its users elsewhere).
+                let mut failed = usize::from(pending.take().is_some());
+                while batches.try_recv().is_ok() {
+                    failed += 1;
+                }
+                tracing::warn!(gateway = %id, error = %e, failed, "gateway unreachable; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;

@@ -28,6 +28,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn ack(&self, ids: &[String]) -> Result<(), Error>;
     /// Stops handing out messages (readers wake with [`Error::Closed`] where that applies).
     fn close(&self) {}
+    /// Splits the queue's partitions among the live `workers` (from discovery), `me` among
+    /// them: this process then reads only its share, so each partition (and so each room) is
+    /// handled by one worker at a time and keeps its order. Without it, every reader reads
+    /// every partition. A queue with one partition ignores it.
+    fn share_with(&self, _me: &str, _workers: gochat_proto::peers::Members) {}
 }
 
 /// The in-process queue of the embedded default: bounded, FIFO, gone with the process.

@@ -6,8 +6,10 @@
 //! a dead worker left pending are claimed (`XAUTOCLAIM`) once idle for `claim_idle_ms`, so a
 //! worker killed mid-batch loses nothing (delivery is at-least-once).
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use gochat_proto::peers::Members;
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
 use prost::Message as _;
@@ -78,6 +80,13 @@ pub struct RedisQueue {
     /// `XREADGROUP` must not stall or time out the other commands.
     reader: Mutex<Option<MultiplexedConnection>>,
     last_claim: Mutex<Instant>,
+    /// The streams this worker reads and claims from: all of them, or its share of them.
+    owned: Arc<RwLock<Vec<u16>>>,
+}
+
+/// The streams worker `index` of `workers` owns: every `workers`-th one from `index`.
+fn share(streams: u16, index: usize, workers: usize) -> Vec<u16> {
+    (0..streams).filter(|s| usize::from(*s) % workers == index).collect()
 }
 
 fn redis_err(e: redis::RedisError) -> Error {
@@ -115,12 +124,13 @@ impl RedisQueue {
             format!("{}-{}", host.trim(), std::process::id())
         });
         Ok(Self {
-            cfg,
             consumer,
             client,
             conn,
             reader: Mutex::new(None),
             last_claim: Mutex::new(Instant::now()),
+            owned: Arc::new(RwLock::new((0..cfg.streams).collect())),
+            cfg,
         })
     }
 
@@ -160,11 +170,15 @@ impl RedisQueue {
         }
     }
 
+    fn owned(&self) -> Vec<u16> {
+        self.owned.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Takes over entries other consumers left pending for too long.
     async fn claim(&self, max: usize) -> Result<Vec<Delivery>, Error> {
         let mut conn = self.conn.clone();
         let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for stream in 0..self.cfg.streams {
+        for stream in self.owned() {
             let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                 .arg(self.cfg.key(stream))
                 .arg(&self.cfg.group)
@@ -223,6 +237,13 @@ impl Queue for RedisQueue {
                 }
             }
         }
+        let owned = self.owned();
+        if owned.is_empty() {
+            // No share yet (this worker is not in discovery yet) or none at all (more workers
+            // than streams): stand by.
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
         let mut reader = self.reader.lock().await;
         if reader.is_none() {
             let cfg = AsyncConnectionConfig::new().set_connection_timeout(Duration::from_secs(2));
@@ -240,10 +261,10 @@ impl Queue for RedisQueue {
             .arg("BLOCK")
             .arg(wait.as_millis().max(1) as u64)
             .arg("STREAMS");
-        for stream in 0..self.cfg.streams {
-            cmd.arg(self.cfg.key(stream));
+        for stream in &owned {
+            cmd.arg(self.cfg.key(*stream));
         }
-        for _ in 0..self.cfg.streams {
+        for _ in &owned {
             cmd.arg(">");
         }
         let reply: Option<StreamReadReply> = match cmd.query_async(conn).await {
@@ -266,6 +287,29 @@ impl Queue for RedisQueue {
         Ok(out)
     }
 
+    fn share_with(&self, me: &str, mut workers: Members) {
+        let (owned, streams, me) = (self.owned.clone(), self.cfg.streams, me.to_string());
+        *owned.write().unwrap_or_else(|p| p.into_inner()) = Vec::new();
+        tokio::spawn(async move {
+            loop {
+                let ids: Vec<String> = workers.borrow_and_update().keys().cloned().collect();
+                // Absent from the set (not registered yet, or etcd lost us for a moment): keep
+                // the share we had rather than read what another worker owns.
+                if let Some(index) = ids.iter().position(|id| *id == me) {
+                    let mine = share(streams, index, ids.len());
+                    let mut current = owned.write().unwrap_or_else(|p| p.into_inner());
+                    if *current != mine {
+                        tracing::info!(worker = %me, workers = ids.len(), streams = ?mine, "queue streams assigned");
+                        *current = mine;
+                    }
+                }
+                if workers.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
     async fn ack(&self, ids: &[String]) -> Result<(), Error> {
         let mut by_stream: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
         for id in ids {
@@ -279,5 +323,20 @@ impl Queue for RedisQueue {
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_cover_every_stream_once() {
+        for workers in 1..6 {
+            let mut all: Vec<u16> = (0..workers).flat_map(|i| share(8, i, workers)).collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..8).collect::<Vec<_>>(), "{workers} workers");
+        }
+        assert!(share(2, 2, 3).is_empty(), "more workers than streams: the extra one stands by");
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use gochat_proto::gateway::{PushBatch, RoomPush, UserPush};
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::RouteRequest;
+use gochat_proto::peers::{self, Members};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::batch::{Bodies, Grouped};
 use crate::gateways::{GatewayAddr, GatewayPool};
@@ -22,6 +23,8 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerConfig {
+    /// Unique id of this worker in the cluster (discovery key).
+    pub id: String,
     /// Logic (control) gRPC endpoint, for routing.
     pub logic: String,
     /// A batch is pushed once it holds this many messages…
@@ -35,6 +38,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
+            id: "worker-1".into(),
             logic: "http://127.0.0.1:6900".into(),
             batch_max: 512,
             batch_age_us: 1000,
@@ -70,21 +74,27 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker with static discovery: logic at `cfg.logic`, the gateways of `cfg.gateways`.
     /// Must run inside a tokio runtime (gateway links are spawned).
     pub fn new(cfg: WorkerConfig, queue: Arc<dyn Queue>) -> Result<Self, Error> {
         cfg.validate()?;
-        let channel = Endpoint::from_shared(cfg.logic.clone())
-            .map_err(|e| Error::Config(format!("logic address {:?}: {e}", cfg.logic)))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        Ok(Self {
-            queue,
-            logic: LogicClient::new(channel),
-            gateways: GatewayPool::new(&cfg.gateways)?,
-            cfg,
-            next_batch: 0,
-        })
+        let logic = peers::channel(&cfg.logic)
+            .map_err(|e| Error::Config(format!("logic address {:?}: {e}", cfg.logic)))?;
+        let gateways = GatewayPool::fixed(&cfg.gateways)?;
+        Ok(Self { queue, logic: LogicClient::new(logic), gateways, cfg, next_batch: 0 })
+    }
+
+    /// A worker that reaches logic through `logic` and follows the gateways in `gateways`
+    /// (discovery); `cfg.logic` and `cfg.gateways` are not used.
+    pub fn with_peers(
+        cfg: WorkerConfig,
+        queue: Arc<dyn Queue>,
+        logic: Channel,
+        gateways: Members,
+    ) -> Result<Self, Error> {
+        cfg.validate()?;
+        let gateways = GatewayPool::following(gateways);
+        Ok(Self { queue, logic: LogicClient::new(logic), gateways, cfg, next_batch: 0 })
     }
 
     /// Runs until `shutdown` completes or the queue closes.
@@ -181,9 +191,10 @@ impl Worker {
             batch.batch_id = self.next_batch;
             match self.gateways.send(&gateway, batch).await {
                 Some(acked) => acks.push(acked),
-                // Nothing can deliver it; asking the queue again would not either.
+                // Not in discovery: gone (its routes are swept once its lease runs out) or not
+                // registered yet. Asking the queue again would not reach it either.
                 None => {
-                    tracing::warn!(%gateway, "no address for this gateway; its part of the batch is dropped")
+                    tracing::warn!(%gateway, "gateway not in discovery; its part of the batch is dropped")
                 }
             }
         }

@@ -92,11 +92,7 @@ impl Server {
 
     /// A WebSocket connected, authenticated and in `room` (op 7 received).
     pub async fn ws(&self, user: &User, room: u64) -> Ws {
-        let mut ws = self.ws_raw().await;
-        ws.send_json(json!({"authToken": user.token, "roomId": room})).await;
-        let ok = ws.recv_op(wire::OP_AUTH_OK).await;
-        assert_eq!(ok["userId"], user.id);
-        ws
+        ws_at(&self.ws_url(), user, room).await
     }
 
     pub async fn ws_raw(&self) -> Ws {
@@ -122,6 +118,16 @@ pub struct User {
     pub token: String,
     pub id: u64,
     pub name: String,
+}
+
+/// A WebSocket to `url`, authenticated as `user` and in `room` (op 7 received).
+pub async fn ws_at(url: &str, user: &User, room: u64) -> Ws {
+    let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("ws connects");
+    let mut ws = Ws(stream);
+    ws.send_json(json!({"authToken": user.token, "roomId": room})).await;
+    let ok = ws.recv_op(wire::OP_AUTH_OK).await;
+    assert_eq!(ok["userId"], user.id);
+    ws
 }
 
 /// POSTs `body` to `base` + `path` (a REST API not started by this process) and returns the

@@ -1,0 +1,417 @@
+//! A local cluster on loopback, for tests and demos: its own Redis (append-only, so a restart
+//! keeps the queue and the state) and etcd, a database of its own on the machine's PostgreSQL,
+//! and gateways, controls and workers as separate `gochat` processes, each with its own config
+//! file under the cluster's folder. Every member can be killed and restarted, to test failures.
+//!
+//! Needs `redis-server` and `etcd` on the PATH (Debian: `redis-server`, `etcd-server`), `psql`,
+//! a PostgreSQL server, and a `gochat` binary built with the `etcd` feature.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use gochat_gateway::driver::DriverChoice;
+
+pub use crate::discovery::Role;
+use crate::discovery::{DiscoveryConfig, DiscoveryKind};
+use crate::Config;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub gateways: usize,
+    pub controls: usize,
+    pub workers: usize,
+    /// The `gochat` binary (built with `--features etcd`).
+    pub binary: PathBuf,
+    /// Folder for configs, data and logs; made if missing, removed by [`LocalCluster::stop`].
+    pub dir: PathBuf,
+    /// A database the cluster may create its own database from.
+    pub postgres_admin_url: String,
+    pub driver: DriverChoice,
+    /// Shards per gateway.
+    pub shards: usize,
+}
+
+impl ClusterSpec {
+    pub fn new(binary: PathBuf, dir: PathBuf) -> Self {
+        Self {
+            gateways: 2,
+            controls: 2,
+            workers: 2,
+            binary,
+            dir,
+            postgres_admin_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+            driver: DriverChoice::Auto,
+            shards: 1,
+        }
+    }
+}
+
+/// One process of the cluster.
+struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    /// Accepts TCP here once ready (none: ready once started).
+    ready: Option<SocketAddr>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .env_remove("GOCHAT_CONFIG")
+            .env_remove("GOCHAT_DRIVER")
+            .env_remove("GOCHAT_SHARDS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(ready) = self.ready else { return Ok(()) };
+            if TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("{} exited ({status}) before it was ready; log: {}", self.name, self.log.display());
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready at {ready} within {within:?}; log: {}", self.name, self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&mut self, signal: i32) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: kill(2) on our own child's pid, which it still is (not yet reaped).
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as when a machine dies.
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        self.signal(libc::SIGTERM);
+        let Some(mut child) = self.child.take() else { return };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Where a member listens.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub role: Role,
+    pub id: String,
+    /// Gateway: WebSocket. Control: REST API. Worker: none.
+    pub public: Option<SocketAddr>,
+    /// gRPC (gateway and control).
+    pub grpc: Option<SocketAddr>,
+    pub config: PathBuf,
+}
+
+pub struct LocalCluster {
+    spec: ClusterSpec,
+    redis: Proc,
+    etcd: Proc,
+    database: String,
+    members: Vec<(Member, Proc)>,
+    redis_url: String,
+    etcd_url: String,
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .args([admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl LocalCluster {
+    /// Starts Redis, etcd, the database, then controls, gateways and workers, each once ready.
+    pub fn start(spec: ClusterSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&spec.dir)?;
+        let dir = spec.dir.canonicalize()?;
+        let path = |name: &str| dir.join(name);
+
+        let redis_addr = free_addr()?;
+        std::fs::create_dir_all(path("redis"))?;
+        let redis = Proc {
+            name: "redis".into(),
+            program: "redis-server".into(),
+            args: [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &redis_addr.port().to_string(),
+                "--dir",
+                path("redis").to_str().context("utf-8 path")?,
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+            ]
+            .map(String::from)
+            .to_vec(),
+            log: path("redis.log"),
+            ready: Some(redis_addr),
+            child: None,
+        };
+        let (etcd_addr, peer_addr) = (free_addr()?, free_addr()?);
+        let etcd_url = format!("http://{etcd_addr}");
+        let etcd = Proc {
+            name: "etcd".into(),
+            program: "etcd".into(),
+            args: vec![
+                "--name".into(),
+                "gochat-local".into(),
+                "--data-dir".into(),
+                path("etcd").to_str().context("utf-8 path")?.into(),
+                "--listen-client-urls".into(),
+                etcd_url.clone(),
+                "--advertise-client-urls".into(),
+                etcd_url.clone(),
+                "--listen-peer-urls".into(),
+                format!("http://{peer_addr}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://{peer_addr}"),
+                "--initial-cluster".into(),
+                format!("gochat-local=http://{peer_addr}"),
+            ],
+            log: path("etcd.log"),
+            ready: Some(etcd_addr),
+            child: None,
+        };
+        let database = format!("gochat_cluster_{}_{}", std::process::id(), etcd_addr.port());
+        let mut cluster = Self {
+            redis_url: format!("redis://{redis_addr}"),
+            etcd_url,
+            spec,
+            redis,
+            etcd,
+            database,
+            members: Vec::new(),
+        };
+        cluster.redis.spawn()?;
+        cluster.etcd.spawn()?;
+        cluster.redis.wait_ready(Duration::from_secs(10))?;
+        cluster.etcd.wait_ready(Duration::from_secs(20))?;
+        psql(&cluster.spec.postgres_admin_url, &format!("CREATE DATABASE {}", cluster.database))?;
+
+        for (role, n) in [
+            (Role::Control, cluster.spec.controls),
+            (Role::Gateway, cluster.spec.gateways),
+            (Role::Worker, cluster.spec.workers),
+        ] {
+            for i in 1..=n {
+                cluster.add(role, i)?;
+            }
+        }
+        for (_, proc) in &mut cluster.members {
+            proc.wait_ready(Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    /// The config file of one member: every role shares Redis, etcd and the database.
+    fn config(
+        &self,
+        role: Role,
+        id: &str,
+    ) -> anyhow::Result<(Config, Option<SocketAddr>, Option<SocketAddr>)> {
+        let mut cfg = Config {
+            discovery: DiscoveryConfig {
+                kind: DiscoveryKind::Etcd,
+                etcd_endpoints: vec![self.etcd_url.clone()],
+                lease_ttl_secs: 3,
+                ..DiscoveryConfig::default()
+            },
+            ..Config::default()
+        };
+        cfg.queue.kind = gochat_queue_worker::QueueKind::Redis;
+        cfg.queue.redis.url = self.redis_url.clone();
+        cfg.queue.redis.claim_idle_ms = 2000;
+        cfg.queue.redis.consumer = Some(id.to_string());
+        let (mut public, mut grpc) = (None, None);
+        match role {
+            Role::Control => {
+                let (api, g) = (free_addr()?, free_addr()?);
+                cfg.control.id = id.into();
+                cfg.control.api_listen = api;
+                cfg.control.grpc_listen = g;
+                cfg.control.site_listen = Some(free_addr()?);
+                cfg.control.database = format!(
+                    "{}/{}",
+                    self.spec.postgres_admin_url.rsplit_once('/').map_or("", |(base, _)| base),
+                    self.database
+                );
+                cfg.control.state = gochat_control::config::StateKind::Redis;
+                cfg.control.redis_url = self.redis_url.clone();
+                cfg.control.gateway_lease_secs = 3;
+                cfg.control.demo_users = Some(false);
+                (public, grpc) = (Some(api), Some(g));
+            }
+            Role::Gateway => {
+                let (ws, g) = (free_addr()?, free_addr()?);
+                cfg.gateway.id = id.into();
+                cfg.gateway.ws_listen = ws;
+                cfg.gateway.tcp_listen = Some(free_addr()?);
+                cfg.gateway.grpc_listen = g;
+                cfg.gateway.shards = self.spec.shards;
+                cfg.gateway.driver = self.spec.driver;
+                (public, grpc) = (Some(ws), Some(g));
+            }
+            Role::Worker => cfg.worker.id = id.into(),
+        }
+        Ok((cfg, public, grpc))
+    }
+
+    fn add(&mut self, role: Role, i: usize) -> anyhow::Result<()> {
+        let id = format!("{}-{i}", role.as_str());
+        let (cfg, public, grpc) = self.config(role, &id)?;
+        let config = self.spec.dir.canonicalize()?.join(format!("{id}.toml"));
+        std::fs::write(&config, toml::to_string(&cfg)?)?;
+        let mut proc = Proc {
+            name: id.clone(),
+            program: self.spec.binary.clone(),
+            args: vec![
+                "--config".into(),
+                config.to_str().context("utf-8 path")?.into(),
+                role.as_str().into(),
+            ],
+            log: self.spec.dir.canonicalize()?.join(format!("{id}.log")),
+            ready: grpc,
+            child: None,
+        };
+        proc.spawn()?;
+        self.members.push((Member { role, id, public, grpc, config }, proc));
+        Ok(())
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().map(|(m, _)| m)
+    }
+
+    /// The `n`th (from 1) member of a role.
+    pub fn member(&self, role: Role, n: usize) -> &Member {
+        self.members.iter().map(|(m, _)| m).filter(|m| m.role == role).nth(n - 1).expect("such a member")
+    }
+
+    fn proc(&mut self, role: Role, n: usize) -> &mut Proc {
+        self.members
+            .iter_mut()
+            .filter(|(m, _)| m.role == role)
+            .nth(n - 1)
+            .map(|(_, p)| p)
+            .expect("such a member")
+    }
+
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
+    }
+
+    /// SIGKILLs the `n`th member of `role`.
+    pub fn kill(&mut self, role: Role, n: usize) {
+        self.proc(role, n).kill();
+    }
+
+    /// Starts the `n`th member of `role` again (after [`LocalCluster::kill`]) and waits until it is
+    /// ready.
+    pub fn restart(&mut self, role: Role, n: usize) -> anyhow::Result<()> {
+        let proc = self.proc(role, n);
+        proc.kill();
+        proc.spawn()?;
+        proc.wait_ready(Duration::from_secs(30))
+    }
+
+    /// Stops Redis (SIGTERM: it writes its append-only file) and starts it again.
+    pub fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.redis.stop(Duration::from_secs(10));
+        self.redis.spawn()?;
+        self.redis.wait_ready(Duration::from_secs(10))
+    }
+
+    /// Kills etcd (SIGKILL) and starts it again on its data.
+    pub fn restart_etcd(&mut self) -> anyhow::Result<()> {
+        self.etcd.kill();
+        self.etcd.spawn()?;
+        self.etcd.wait_ready(Duration::from_secs(20))
+    }
+
+    /// Where the logs are.
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+
+    /// Stops every process, drops the database and removes the folder.
+    pub fn stop(mut self) {
+        self.shutdown();
+        let _ = std::fs::remove_dir_all(&self.spec.dir);
+    }
+
+    fn shutdown(&mut self) {
+        for (_, proc) in self.members.iter_mut().rev() {
+            proc.stop(Duration::from_secs(5));
+        }
+        self.redis.stop(Duration::from_secs(5));
+        self.etcd.stop(Duration::from_secs(5));
+        if let Err(e) =
+            psql(&self.spec.postgres_admin_url, &format!("DROP DATABASE IF EXISTS {}", self.database))
+        {
+            tracing::warn!(error = %e, "could not drop the cluster's database");
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    /// A cluster dropped without [`LocalCluster::stop`] (a failed test) still stops its processes
+    /// and drops its database, but keeps its folder with the logs.
+    fn drop(&mut self) {
+        if self.members.iter().any(|(_, p)| p.child.is_some()) || self.redis.child.is_some() {
+            self.shutdown();
+        }
+    }
+}
