@@ -242,13 +242,9 @@ impl Logic {
     pub async fn sweep_gateways(
         self: Arc<Self>,
         every: std::time::Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        periodically(every, stop, || async {
             match self.state.sweep_expired().await {
                 Ok(swept) => {
                     for (gateway, changes) in swept {
@@ -258,7 +254,8 @@ impl Logic {
                 }
                 Err(e) => tracing::warn!(error = %e, "gateway sweep failed; retrying"),
             }
-        }
+        })
+        .await
     }
 
     /// A room message sent on a socket by an authenticated user.
@@ -280,13 +277,9 @@ impl Logic {
     pub async fn send_room_updates(
         self: Arc<Self>,
         every: std::time::Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        periodically(every, stop, || async {
             let rooms = std::mem::take(&mut *self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()));
             for room_id in rooms {
                 for result in [self.push_count(room_id).await, self.push_room_info(room_id).await] {
@@ -295,7 +288,8 @@ impl Logic {
                     }
                 }
             }
-        }
+        })
+        .await
     }
 
     fn check_message(&self, msg: &str) -> Result<(), LogicError> {
@@ -320,6 +314,24 @@ impl Logic {
             tracing::warn!(error = %e, "enqueue failed");
             LogicError::Internal("server busy, message not sent".into())
         })
+    }
+}
+
+/// Runs `tick` every `every` until `stop` turns true.
+async fn periodically<F, Fut>(
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tick().await;
     }
 }
 
