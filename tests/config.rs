@@ -28,6 +28,20 @@ fn unknown_fields_and_bad_values_are_errors() {
         Ok(()) => cfg.validate().expect("io_uring available"),
         Err(why) => assert!(cfg.validate().unwrap_err().to_string().contains(&why)),
     }
+    let cfg = Config::parse("[control]\nsite_listen = \"off\"\n[gateway]\ntcp_listen = \"off\"\n").unwrap();
+    assert_eq!(
+        (cfg.control.site_listen, cfg.gateway.tcp_listen),
+        (None, None),
+        "listeners can be turned off"
+    );
+    let again = Config::parse(&toml::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(
+        (again.control.site_listen, again.gateway.tcp_listen),
+        (None, None),
+        "and stay off when written"
+    );
+    let err = Config::parse("[gateway]\ntcp_listen = \"nowhere\"\n").unwrap_err().to_string();
+    assert!(err.contains("nowhere") && err.contains("off"), "{err}");
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
 }

@@ -23,7 +23,8 @@ pub struct ControlConfig {
     pub id: String,
     /// gochat's REST API (gochat: `:7070`).
     pub api_listen: SocketAddr,
-    /// The web page (gochat: `:8080`); none to disable.
+    /// The web page (gochat: `:8080`); `"off"` to disable.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub site_listen: Option<SocketAddr>,
     /// Serve the page from this folder instead of the copy built into the binary.
     pub site_dir: Option<PathBuf>,

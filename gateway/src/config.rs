@@ -21,7 +21,8 @@ pub struct GatewayConfig {
     /// An echo endpoint on the WebSocket listener (no auth; every message comes back), for
     /// protocol benchmarks and conformance suites; off unless set, e.g. `/echo`.
     pub ws_echo_path: Option<String>,
-    /// TCP `v1` listener (gochat: `:7001`); none to disable.
+    /// TCP `v1` listener (gochat: `:7001`); `"off"` to disable.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub tcp_listen: Option<SocketAddr>,
     /// gRPC listener for pushes from queue-workers.
     pub grpc_listen: SocketAddr,

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
+//! - [`config_format`]: config-file value formats the roles share.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
@@ -18,5 +19,6 @@ pub mod queue {
     tonic::include_proto!("gochat.queue");
 }
 
+pub mod config_format;
 pub mod peers;
 pub mod wire;
