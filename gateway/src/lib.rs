@@ -5,13 +5,14 @@
 //!   requests. Bytes in, messages and owed bytes out.
 //! - [`shard`]: one shard's connections, rooms, users and timers (single-threaded, no locks),
 //!   its bounded [`shard::Inbox`], and the effects it asks of logic.
-//! - [`driver`]: what drives a shard's sockets — the epoll driver (tokio current-thread runtime
-//!   per shard) today — behind one small boundary.
+//! - [`driver`]: what drives a shard's sockets — the native io_uring driver, or the epoll driver
+//!   (a tokio current-thread runtime per shard) — behind one small boundary.
 //! - [`ingress`]: the gRPC `Gateway` service: batches from queue-workers, framed once, handed to
 //!   the shards' inboxes.
 //! - [`logic_link`]: carries the shards' effects (auth, close, room sends) to logic over gRPC.
 //! - [`server`]: binds the listeners, starts the pinned shard threads and the gRPC server, and
 //!   shuts them down.
+//! - [`testkit`]: drives a shard without sockets, as a client would (tests, benches, fuzzers).
 
 pub mod config;
 pub mod driver;
@@ -20,6 +21,7 @@ pub mod logic_link;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod testkit;
 
 pub use config::GatewayConfig;
 pub use server::{Gateway, GatewayHandle};

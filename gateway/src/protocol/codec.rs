@@ -258,14 +258,12 @@ impl Codec {
 
 #[cfg(test)]
 mod tests {
-    use super::super::ws::tests::client_frame;
     use super::*;
+    use crate::testkit::{client_frame, UPGRADE};
 
     fn limits() -> Limits {
         Limits { max_frame: 1024, max_message: 2048, ..Limits::default() }
     }
-
-    const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn open_ws() -> Codec {
         let mut c = Codec::new(Transport::WebSocket);

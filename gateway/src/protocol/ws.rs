@@ -153,26 +153,7 @@ pub fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// A masked client frame, as a browser would send it.
-    pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut out = vec![(fin as u8) << 7 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n < 65536 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
+    use crate::testkit::client_frame;
 
     #[test]
     fn parses_all_length_forms() {

@@ -1,40 +1,10 @@
 //! The shard driven without sockets: bytes in, output and effects out.
 
 use super::*;
-use crate::protocol::ws::tests::client_frame;
-
-const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+use crate::testkit::{client_frame, live_ws, written, UPGRADE};
 
 fn shard() -> Shard {
     Shard::new(3, 7, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
-}
-
-/// Everything queued for `key`, as one byte string, marked written.
-fn written(s: &mut Shard, key: u32) -> Vec<u8> {
-    let mut dirty = Vec::new();
-    s.take_dirty(&mut dirty);
-    let out = s.out_mut(key).unwrap();
-    let mut iov = [std::io::IoSlice::new(&[]); 64];
-    let n = out.io_slices(&mut iov);
-    let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
-    s.wrote(key, bytes.len());
-    bytes
-}
-
-/// Opens a WebSocket, authenticates it as `user` in `room`; returns its key and id.
-fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
-    let (key, id) = s.open(Transport::WebSocket, 0);
-    s.on_data(key, &mut UPGRADE.to_vec(), 0);
-    let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
-    s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
-    let effects: Vec<_> = s.take_effects().collect();
-    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
-    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
-    let out = written(s, key);
-    assert!(out.starts_with(b"HTTP/1.1 101"));
-    assert!(String::from_utf8_lossy(&out).contains(r#""op":7"#));
-    (key, id)
 }
 
 #[test]

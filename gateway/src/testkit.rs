@@ -1,0 +1,55 @@
+//! Drives a shard without sockets, as a client would: for tests, benchmarks and fuzzers.
+
+use crate::protocol::Transport;
+use crate::shard::{AuthedUser, Command, Effect, Shard};
+
+/// A WebSocket upgrade request for `/ws`.
+pub const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame, as a browser would send it.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(fin as u8) << 7 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// What is queued for `key` (up to 64 buffers), as one byte string, marked written.
+pub fn written(s: &mut Shard, key: u32) -> Vec<u8> {
+    let mut dirty = Vec::new();
+    s.take_dirty(&mut dirty);
+    let Some(out) = s.out_mut(key) else { return Vec::new() };
+    let mut iov = [std::io::IoSlice::new(&[]); 64];
+    let n = out.io_slices(&mut iov);
+    let bytes: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+    s.wrote(key, bytes.len());
+    bytes
+}
+
+/// Opens a WebSocket and authenticates it as `user` in `room` (logic's answer included);
+/// returns its key and id, with the handshake reply already written.
+pub fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
+    s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
+    let effects: Vec<_> = s.take_effects().collect();
+    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
+    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
+    let out = written(s, key);
+    assert!(out.starts_with(b"HTTP/1.1 101"));
+    (key, id)
+}
