@@ -126,7 +126,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 DiscoveryKind::Static => Gateway::start(cfg.gateway.clone()).await?,
                 DiscoveryKind::Etcd => {
                     let controls = discovery::watch(&cfg.discovery, Role::Control).await?;
-                    Gateway::start_with_logic(cfg.gateway.clone(), peers::balanced_channel(controls)).await?
+                    let connect = move || peers::balanced_channel(controls.clone());
+                    Gateway::start_with_logic(cfg.gateway.clone(), connect).await?
                 }
             };
             let advertise = advertised(cfg.gateway.grpc_advertise.as_deref(), gateway.grpc_addr);

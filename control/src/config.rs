@@ -80,7 +80,7 @@ impl Default for ControlConfig {
             state: StateKind::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: "gochat".into(),
-            gateway_lease_secs: 10,
+            gateway_lease_secs: 20,
             session_ttl_secs: 86_400,
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,

@@ -244,7 +244,20 @@ impl Logic {
         every: std::time::Duration,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {
+        let last = std::sync::Mutex::new(tokio::time::Instant::now());
         periodically(every, stop, || async {
+            // A tick far behind schedule means this process was starved: renewals may be
+            // waiting unanswered in its queues, so leases that look expired may not be.
+            let late = {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let late = last.elapsed().saturating_sub(every);
+                *last = tokio::time::Instant::now();
+                late
+            };
+            if late > self.gateway_lease / 4 {
+                tracing::warn!(?late, "control was stalled; skipping one gateway sweep");
+                return;
+            }
             match self.state.sweep_expired().await {
                 Ok(swept) => {
                     for (gateway, changes) in swept {

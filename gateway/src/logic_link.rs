@@ -14,12 +14,16 @@ use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox};
 
 /// Room sends from sockets waiting for logic; past this, senders are told to slow down.
 const ROOM_SEND_BACKLOG: usize = 1024;
+/// Socket authentications in flight to logic per gateway. More wait here, in order, rather than
+/// pile onto logic: a flood of calls that time out (and are cancelled) only slows it further.
+const AUTHS_IN_FLIGHT: usize = 256;
 
 #[derive(Clone)]
 struct Link {
     logic: LogicClient<Channel>,
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
+    auths: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs until every effect sender (the shards) is gone.
@@ -29,7 +33,7 @@ pub async fn run(
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
 ) {
-    let link = Link { logic, gateway_id, inboxes };
+    let link = Link { logic, gateway_id, inboxes, auths: Arc::new(tokio::sync::Semaphore::new(AUTHS_IN_FLIGHT)) };
     // Room sends go through one queue, in order, so a client's messages keep their order.
     let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
     tokio::spawn(link.clone().send_rooms(backlog));
@@ -84,6 +88,7 @@ pub async fn keep_lease(mut logic: LogicClient<Channel>, gateway_id: Arc<str>, i
 
 impl Link {
     async fn auth(mut self, shard: u32, key: u32, conn_id: u64, token: String, room_id: u64) {
+        let Ok(_permit) = self.auths.clone().acquire_owned().await else { return };
         let req = ConnOpenRequest { token, room_id, gateway_id: self.gateway_id.to_string(), shard, conn_id };
         let result = match self.logic.conn_open(req).await {
             Ok(r) => match r.into_inner().user {

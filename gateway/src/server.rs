@@ -42,14 +42,21 @@ impl Gateway {
     /// Binds and starts a gateway on the current tokio runtime (shards get threads of their own),
     /// reaching logic at `cfg.logic`.
     pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, Error> {
-        let logic = peers::channel(&cfg.logic).map_err(|e| Error::Logic(format!("{:?}: {e}", cfg.logic)))?;
-        Self::start_with_logic(cfg, logic).await
+        peers::channel(&cfg.logic).map_err(|e| Error::Logic(format!("{:?}: {e}", cfg.logic)))?;
+        let address = cfg.logic.clone();
+        Self::start_with_logic(cfg, move || peers::channel(&address).expect("checked above")).await
     }
 
-    /// As [`Gateway::start`], reaching logic through `logic` (e.g. balanced over the controls
-    /// discovery finds).
-    pub async fn start_with_logic(cfg: GatewayConfig, logic: Channel) -> Result<GatewayHandle, Error> {
+    /// As [`Gateway::start`], reaching logic through channels `connect` makes (e.g. balanced
+    /// over the controls discovery finds). Lease renewals get a connection of their own, so a
+    /// flood of socket authentications never delays them.
+    pub async fn start_with_logic(
+        cfg: GatewayConfig,
+        connect: impl Fn() -> Channel,
+    ) -> Result<GatewayHandle, Error> {
         cfg.validate()?;
+        let logic = connect();
+        let lease_channel = connect();
         let (driver, fallback) = Driver::resolve(cfg.driver)?;
         match fallback {
             Some(why) => tracing::info!("driver auto: io_uring unavailable ({why}); running epoll"),
@@ -110,7 +117,8 @@ impl Gateway {
         }
         drop(effects_tx);
         tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
-        let lease_task = tokio::spawn(logic_link::keep_lease(logic, id.clone(), inboxes.clone()));
+        let lease_task =
+            tokio::spawn(logic_link::keep_lease(LogicClient::new(lease_channel), id.clone(), inboxes.clone()));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
