@@ -46,7 +46,10 @@ pub struct FleetSpec {
 pub struct Snapshot {
     /// Authenticated (op 7 received).
     pub connected: u64,
+    /// Gave up after every attempt failed before authentication.
     pub failed: u64,
+    /// Attempts that failed before authentication and were tried again.
+    pub retried: u64,
     /// Closed by the server after connecting.
     pub closed: u64,
     pub room_frames: u64,
@@ -109,6 +112,9 @@ struct Shared {
     stats: RefCell<Stats>,
 }
 
+/// Tries per connection before it counts as failed.
+const CONNECT_ATTEMPTS: u32 = 4;
+
 /// Runs a fleet on the current thread until `Cmd::Quit`; answers every `Cmd::Snapshot`.
 pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: impl FnMut(Snapshot)) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -128,19 +134,33 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
             let (shared, gate, host, path) = (shared.clone(), gate.clone(), host.clone(), spec.path.clone());
             let (addr, source) = (spec.ws, spec.source_ip);
             tokio::task::spawn_local(async move {
-                let permit = gate.acquire().await.expect("semaphore open");
-                let result = connection(&shared, addr, source, &host, &path, &conn, Some(permit)).await;
-                let mut stats = shared.stats.borrow_mut();
-                match result {
-                    Ok(true) => stats.snap.closed += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        let e = e.to_string();
-                        if stats.snap.errors.len() < 5 && !stats.snap.errors.contains(&e) {
-                            stats.snap.errors.push(e);
+                // As a real client does ("try again" closes, timeouts): reconnect with a
+                // jittered, growing backoff, a few times.
+                let mut backoff = Duration::from_millis(500);
+                for attempt in 1..=CONNECT_ATTEMPTS {
+                    let permit = gate.acquire().await.expect("semaphore open");
+                    let result = connection(&shared, addr, source, &host, &path, &conn, Some(permit)).await;
+                    let mut stats = shared.stats.borrow_mut();
+                    match result {
+                        Ok(true) => stats.snap.closed += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            let e = e.to_string();
+                            if stats.snap.errors.len() < 5 && !stats.snap.errors.contains(&e) {
+                                stats.snap.errors.push(e);
+                            }
+                            if attempt < CONNECT_ATTEMPTS {
+                                stats.snap.retried += 1;
+                                drop(stats);
+                                let jitter = rand::random::<f64>() + 0.5;
+                                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                                backoff *= 2;
+                                continue;
+                            }
+                            stats.snap.failed += 1;
                         }
-                        stats.snap.failed += 1;
                     }
+                    return;
                 }
             });
         }

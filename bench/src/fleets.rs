@@ -30,6 +30,7 @@ pub const CONNS_PER_PROC: usize = 15_000;
 pub struct Totals {
     pub connected: u64,
     pub failed: u64,
+    pub retried: u64,
     pub closed: u64,
     pub room_frames: u64,
     pub private_frames: u64,
@@ -47,6 +48,7 @@ impl Totals {
         let mut t = Totals {
             connected: 0,
             failed: 0,
+            retried: 0,
             closed: 0,
             room_frames: 0,
             private_frames: 0,
@@ -60,6 +62,7 @@ impl Totals {
         for s in snaps {
             t.connected += s.connected;
             t.failed += s.failed;
+            t.retried += s.retried;
             t.closed += s.closed;
             t.room_frames += s.room_frames;
             t.private_frames += s.private_frames;

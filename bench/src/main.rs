@@ -55,6 +55,10 @@ struct ServerArgs {
     /// With --spawn: gateway processes (default: one per 15,000 connections).
     #[arg(long, global = true)]
     gateways: Option<usize>,
+    /// With --spawn: the worker's batch age (`[worker] batch_age_us`): longer batches cost fewer
+    /// pushes per message at the price of latency.
+    #[arg(long, global = true, default_value_t = 1000)]
+    batch_age_us: u64,
     /// Client worker processes (0: one thread in this process); raised to one per 15,000
     /// connections.
     #[arg(long, global = true, default_value_t = 1)]
@@ -228,13 +232,14 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         Some(gochat) => {
             let gateways = args.gateways.unwrap_or(connections.div_ceil(15_000).max(1));
             for driver in &args.drivers {
-                let cluster = match Cluster::start(gochat, driver, gateways, 19_000, &args.queue) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
-                        continue;
-                    }
-                };
+                let cluster =
+                    match Cluster::start(gochat, driver, gateways, 19_000, &args.queue, args.batch_age_us) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
+                            continue;
+                        }
+                    };
                 let target = Target {
                     api: cluster.api.clone(),
                     ws: cluster.ws,

@@ -136,6 +136,7 @@ impl Cluster {
         gateways: usize,
         max_conns_per_gateway: usize,
         queue: &str,
+        batch_age_us: u64,
     ) -> anyhow::Result<Self> {
         if !gochat.is_file() {
             bail!("no gochat binary at {} (build it: cargo build --release)", gochat.display());
@@ -165,7 +166,7 @@ impl Cluster {
         let common = format!(
             "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
              grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
-             session_ttl_secs = 864000\n\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\ngateways = [{list}]\n",
+             session_ttl_secs = 864000\n\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
             db = dir.join("users.sqlite3").display(),
             list = list.join(", ")
         );

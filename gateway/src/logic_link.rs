@@ -33,7 +33,8 @@ pub async fn run(
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
 ) {
-    let link = Link { logic, gateway_id, inboxes, auths: Arc::new(tokio::sync::Semaphore::new(AUTHS_IN_FLIGHT)) };
+    let link =
+        Link { logic, gateway_id, inboxes, auths: Arc::new(tokio::sync::Semaphore::new(AUTHS_IN_FLIGHT)) };
     // Room sends go through one queue, in order, so a client's messages keep their order.
     let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
     tokio::spawn(link.clone().send_rooms(backlog));

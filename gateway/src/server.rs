@@ -117,8 +117,11 @@ impl Gateway {
         }
         drop(effects_tx);
         tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
-        let lease_task =
-            tokio::spawn(logic_link::keep_lease(LogicClient::new(lease_channel), id.clone(), inboxes.clone()));
+        let lease_task = tokio::spawn(logic_link::keep_lease(
+            LogicClient::new(lease_channel),
+            id.clone(),
+            inboxes.clone(),
+        ));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
