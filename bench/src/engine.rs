@@ -140,27 +140,32 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                 for attempt in 1..=CONNECT_ATTEMPTS {
                     let permit = gate.acquire().await.expect("semaphore open");
                     let result = connection(&shared, addr, source, &host, &path, &conn, Some(permit)).await;
-                    let mut stats = shared.stats.borrow_mut();
-                    match result {
-                        Ok(true) => stats.snap.closed += 1,
-                        Ok(false) => {}
-                        Err(e) => {
-                            let e = e.to_string();
-                            if stats.snap.errors.len() < 5 && !stats.snap.errors.contains(&e) {
-                                stats.snap.errors.push(e);
+                    let retry = {
+                        let mut stats = shared.stats.borrow_mut();
+                        let failed = result.is_err();
+                        match result {
+                            Ok(true) => stats.snap.closed += 1,
+                            Ok(false) => {}
+                            Err(e) => {
+                                let e = e.to_string();
+                                if stats.snap.errors.len() < 5 && !stats.snap.errors.contains(&e) {
+                                    stats.snap.errors.push(e);
+                                }
+                                if attempt < CONNECT_ATTEMPTS {
+                                    stats.snap.retried += 1;
+                                } else {
+                                    stats.snap.failed += 1;
+                                }
                             }
-                            if attempt < CONNECT_ATTEMPTS {
-                                stats.snap.retried += 1;
-                                drop(stats);
-                                let jitter = rand::random::<f64>() + 0.5;
-                                tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                                backoff *= 2;
-                                continue;
-                            }
-                            stats.snap.failed += 1;
                         }
+                        failed && attempt < CONNECT_ATTEMPTS
+                    };
+                    if !retry {
+                        return;
                     }
-                    return;
+                    let jitter = rand::random::<f64>() + 0.5;
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff *= 2;
                 }
             });
         }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
-    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenReply, ConnOpenRequest, GatewayLeaseReply,
-    GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, RoomRoute, RouteReply, RouteRequest, SendReply,
-    SendRoomRequest, ShardAddress, User, UserRoute,
+    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenBatch, ConnOpenResult, ConnOpenResults,
+    GatewayLeaseReply, GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, RoomRoute, RouteReply,
+    RouteRequest, SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
 };
 use tonic::{Request, Response, Status};
 
@@ -29,11 +29,18 @@ fn user(s: Session) -> User {
 
 #[tonic::async_trait]
 impl LogicService for LogicGrpc {
-    async fn conn_open(&self, req: Request<ConnOpenRequest>) -> Result<Response<ConnOpenReply>, Status> {
-        let r = req.into_inner();
-        let session =
-            self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await.map_err(status)?;
-        Ok(Response::new(ConnOpenReply { user: Some(user(session)) }))
+    async fn conn_open(&self, req: Request<ConnOpenBatch>) -> Result<Response<ConnOpenResults>, Status> {
+        let opens = req.into_inner().requests.into_iter().map(|r| async move {
+            match self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await {
+                Ok(session) => ConnOpenResult { user: Some(user(session)), code: 0, message: String::new() },
+                Err(e) => {
+                    let s = status(e);
+                    ConnOpenResult { user: None, code: s.code() as i32, message: s.message().to_string() }
+                }
+            }
+        });
+        let results = futures_util::future::join_all(opens).await;
+        Ok(Response::new(ConnOpenResults { results }))
     }
 
     async fn conn_close(&self, req: Request<ConnCloseRequest>) -> Result<Response<ConnCloseReply>, Status> {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_proto::logic::logic_server::LogicServer;
+use gochat_proto::peers;
 use gochat_queue_worker::Queue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::StateKind;
 use crate::grpc::LogicGrpc;
@@ -96,7 +96,7 @@ impl Control {
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(grpc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), until_stopped(rx))
+                .serve_with_incoming_shutdown(peers::incoming(grpc_listener), until_stopped(rx))
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "logic gRPC stopped");

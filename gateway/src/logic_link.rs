@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
-use gochat_proto::logic::{ConnCloseRequest, ConnOpenRequest, GatewayLeaseRequest, SendRoomRequest};
+use gochat_proto::logic::{
+    ConnCloseRequest, ConnOpenBatch, ConnOpenRequest, GatewayLeaseRequest, SendRoomRequest,
+};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -14,9 +16,20 @@ use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox};
 
 /// Room sends from sockets waiting for logic; past this, senders are told to slow down.
 const ROOM_SEND_BACKLOG: usize = 1024;
-/// Socket authentications in flight to logic per gateway. More wait here, in order, rather than
-/// pile onto logic: a flood of calls that time out (and are cancelled) only slows it further.
-const AUTHS_IN_FLIGHT: usize = 256;
+/// Authentication calls in flight to logic per gateway, each carrying the sockets that were
+/// waiting (at most `AUTH_BATCH`). More wait here, in order, rather than pile onto logic: a flood
+/// of calls that time out (and are cancelled) only slows it further.
+const AUTH_CALLS_IN_FLIGHT: usize = 8;
+const AUTH_BATCH: usize = 128;
+
+/// A socket waiting for logic's answer to its auth frame.
+struct PendingAuth {
+    shard: u32,
+    key: u32,
+    conn_id: u64,
+    token: String,
+    room_id: u64,
+}
 
 #[derive(Clone)]
 struct Link {
@@ -33,15 +46,21 @@ pub async fn run(
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
 ) {
-    let link =
-        Link { logic, gateway_id, inboxes, auths: Arc::new(tokio::sync::Semaphore::new(AUTHS_IN_FLIGHT)) };
+    let link = Link {
+        logic,
+        gateway_id,
+        inboxes,
+        auths: Arc::new(tokio::sync::Semaphore::new(AUTH_CALLS_IN_FLIGHT)),
+    };
+    let (auths, waiting) = mpsc::unbounded_channel();
+    tokio::spawn(link.clone().batch_auths(waiting));
     // Room sends go through one queue, in order, so a client's messages keep their order.
     let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
     tokio::spawn(link.clone().send_rooms(backlog));
     while let Some((shard, effect)) = effects.recv().await {
         match effect {
             Effect::Auth { key, conn_id, token, room_id } => {
-                tokio::spawn(link.clone().auth(shard, key, conn_id, token, room_id));
+                let _ = auths.send(PendingAuth { shard, key, conn_id, token, room_id });
             }
             Effect::Closed { conn_id } => {
                 tokio::spawn(link.clone().closed(conn_id));
@@ -88,22 +107,61 @@ pub async fn keep_lease(mut logic: LogicClient<Channel>, gateway_id: Arc<str>, i
 }
 
 impl Link {
-    async fn auth(mut self, shard: u32, key: u32, conn_id: u64, token: String, room_id: u64) {
-        let Ok(_permit) = self.auths.clone().acquire_owned().await else { return };
-        let req = ConnOpenRequest { token, room_id, gateway_id: self.gateway_id.to_string(), shard, conn_id };
-        let result = match self.logic.conn_open(req).await {
-            Ok(r) => match r.into_inner().user {
-                Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
-                None => Err(refused(1011, "logic sent no user")),
-            },
-            Err(status) => Err(auth_refusal(&status)),
-        };
-        if matches!(&result, Err(r) if r.close_code != 1008) {
-            // Logic may have recorded the connection before failing or timing out: undo it.
-            tokio::spawn(self.clone().closed(conn_id));
+    /// Sends the sockets waiting for authentication to logic together, a call per batch, with
+    /// at most `AUTH_CALLS_IN_FLIGHT` calls at once.
+    async fn batch_auths(self, mut waiting: mpsc::UnboundedReceiver<PendingAuth>) {
+        while let Some(first) = waiting.recv().await {
+            let Ok(permit) = self.auths.clone().acquire_owned().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < AUTH_BATCH {
+                match waiting.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let link = self.clone();
+            tokio::spawn(async move {
+                link.auth(batch).await;
+                drop(permit);
+            });
         }
-        if let Some(inbox) = self.inboxes.get(shard as usize) {
-            inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
+    }
+
+    async fn auth(mut self, batch: Vec<PendingAuth>) {
+        let requests = batch
+            .iter()
+            .map(|a| ConnOpenRequest {
+                token: a.token.clone(),
+                room_id: a.room_id,
+                gateway_id: self.gateway_id.to_string(),
+                shard: a.shard,
+                conn_id: a.conn_id,
+            })
+            .collect();
+        let results: Vec<Result<AuthedUser, AuthRefused>> =
+            match self.logic.conn_open(ConnOpenBatch { requests }).await {
+                Ok(reply) if reply.get_ref().results.len() == batch.len() => reply
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .map(|r| match r.user {
+                        Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
+                        None => Err(auth_refusal(&tonic::Status::new(Code::from(r.code), r.message))),
+                    })
+                    .collect(),
+                Ok(_) => {
+                    batch.iter().map(|_| Err(refused(1011, "logic answered a different count"))).collect()
+                }
+                Err(status) => batch.iter().map(|_| Err(auth_refusal(&status))).collect(),
+            };
+        for (a, result) in batch.into_iter().zip(results) {
+            if matches!(&result, Err(r) if r.close_code != 1008) {
+                // Logic may have recorded the connection before failing or timing out: undo it.
+                tokio::spawn(self.clone().closed(a.conn_id));
+            }
+            if let Some(inbox) = self.inboxes.get(a.shard as usize) {
+                inbox.push_wait(Command::AuthDone { key: a.key, conn_id: a.conn_id, result }).await;
+            }
         }
     }
 

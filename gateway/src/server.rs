@@ -11,7 +11,6 @@ use gochat_proto::logic::GatewayResetRequest;
 use gochat_proto::peers;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 use crate::driver::{self, Clock, Driver, ShardSetup};
@@ -136,7 +135,7 @@ impl Gateway {
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(GatewayServer::new(ingress))
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+                .serve_with_incoming_shutdown(peers::incoming(grpc_listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),
         );

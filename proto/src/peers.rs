@@ -59,3 +59,24 @@ pub fn balanced_channel(mut members: Members) -> Channel {
     });
     channel
 }
+
+/// Connections accepted on `listener`, for a gRPC server. An accept error (out of descriptors,
+/// above all) pauses accepting for a while instead of being retried at once, which would spin a
+/// core for as long as the condition lasts.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => return Some((Ok(stream), listener)),
+                Err(e) => {
+                    tracing::warn!(error = %e, pause_ms = pause.as_millis() as u64, "gRPC accept paused");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    })
+}
