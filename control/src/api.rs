@@ -29,8 +29,13 @@ struct Envelope {
     data: Value,
 }
 
+/// gochat's envelope, as the bytes of a response body.
+pub fn envelope(code: i64, message: impl Into<String>, data: Value) -> Vec<u8> {
+    serde_json::to_vec(&Envelope { code, message: message.into(), data }).expect("envelope")
+}
+
 fn reply(code: i64, message: impl Into<String>, data: Value) -> Response {
-    let body = serde_json::to_vec(&Envelope { code, message: message.into(), data }).expect("envelope");
+    let body = envelope(code, message, data);
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
@@ -96,12 +101,12 @@ async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, Logic
     let empty = || Value::String(String::new());
     Ok(match path {
         "/user/register" => {
-            let c: Credentials = parse(body)?;
+            let c = credentials(body)?;
             let token = logic.register(&c.user_name, &c.pass_word).await?;
             success("register success", Value::String(token))
         }
         "/user/login" => {
-            let c: Credentials = parse(body)?;
+            let c = credentials(body)?;
             let token = logic.login(&c.user_name, &c.pass_word).await?;
             success("login success", Value::String(token))
         }
@@ -144,12 +149,17 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, LogicError> {
     serde_json::from_slice(body).map_err(|e| LogicError::Refused(format!("bad request body: {e}")))
 }
 
+/// A `/user/register` or `/user/login` body.
 #[derive(Deserialize)]
-struct Credentials {
+pub struct Credentials {
     #[serde(rename = "userName")]
-    user_name: String,
+    pub user_name: String,
     #[serde(rename = "passWord")]
-    pass_word: String,
+    pub pass_word: String,
+}
+
+pub fn credentials(body: &[u8]) -> Result<Credentials, LogicError> {
+    parse(body)
 }
 
 #[derive(Deserialize)]

@@ -116,9 +116,7 @@ impl Logic {
     }
 
     async fn new_session(&self, session: Session) -> Result<String, LogicError> {
-        let mut bytes = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let token = new_token();
         self.state.create_session(token.clone(), session).await?;
         Ok(token)
     }
@@ -328,6 +326,13 @@ impl Logic {
             LogicError::Internal("server busy, message not sent".into())
         })
     }
+}
+
+/// A fresh session token: 192 random bits, in hex.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs `tick` every `every` until `stop` turns true.

@@ -1,7 +1,9 @@
 //! Groups queued messages by room and by user, keeping each one's order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use gochat_proto::gateway::{PushBatch, RoomPush, UserPush};
+use gochat_proto::logic::RouteReply;
 use gochat_proto::queue::queue_message::Target;
 
 use crate::Delivery;
@@ -39,6 +41,39 @@ impl Grouped {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// One `PushBatch` per gateway, as `route` places the rooms and users (a room's bodies go
+    /// to every gateway hosting members, a user's to each of its shards); and the queue ids to
+    /// acknowledge once every gateway took its batch.
+    pub fn split(self, route: RouteReply) -> (HashMap<String, PushBatch>, Vec<String>) {
+        let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
+        let Grouped { mut rooms, mut users, ids } = self;
+        for room in route.rooms {
+            let Some(mut bodies) = rooms.remove(&room.room_id) else {
+                continue;
+            };
+            let mut gateways = room.gateway_ids.into_iter().peekable();
+            while let Some(gateway) = gateways.next() {
+                let Bodies { bodies, ids } =
+                    if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
+                per_gateway.entry(gateway).or_default().rooms.push(RoomPush { room_id: room.room_id, bodies, ids });
+            }
+        }
+        for user in route.users {
+            let Some(bodies) = users.remove(&user.user_id) else {
+                continue;
+            };
+            for shard in user.shards {
+                per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
+                    user_id: user.user_id,
+                    shard: shard.shard,
+                    bodies: bodies.bodies.clone(),
+                    ids: bodies.ids.clone(),
+                });
+            }
+        }
+        (per_gateway, ids)
     }
 }
 

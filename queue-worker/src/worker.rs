@@ -1,18 +1,16 @@
 //! The worker loop: read by size or age, route through logic, push to gateways.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gochat_proto::gateway::{PushBatch, RoomPush, UserPush};
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::RouteRequest;
 use gochat_proto::peers::{self, Members};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-use crate::batch::{Bodies, Grouped};
+use crate::batch::Grouped;
 use crate::gateways::{GatewayAddr, GatewayPool};
 use crate::{Error, Queue};
 
@@ -155,36 +153,7 @@ impl Worker {
                 return;
             }
         };
-        let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
-        let Grouped { mut rooms, mut users, ids } = grouped;
-        for room in route.rooms {
-            let Some(mut bodies) = rooms.remove(&room.room_id) else {
-                continue;
-            };
-            let mut gateways = room.gateway_ids.into_iter().peekable();
-            while let Some(gateway) = gateways.next() {
-                let Bodies { bodies, ids } =
-                    if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
-                per_gateway.entry(gateway).or_default().rooms.push(RoomPush {
-                    room_id: room.room_id,
-                    bodies,
-                    ids,
-                });
-            }
-        }
-        for user in route.users {
-            let Some(bodies) = users.remove(&user.user_id) else {
-                continue;
-            };
-            for shard in user.shards {
-                per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
-                    user_id: user.user_id,
-                    shard: shard.shard,
-                    bodies: bodies.bodies.clone(),
-                    ids: bodies.ids.clone(),
-                });
-            }
-        }
+        let (per_gateway, ids) = grouped.split(route);
         let mut acks = Vec::with_capacity(per_gateway.len());
         for (gateway, mut batch) in per_gateway {
             self.next_batch += 1;

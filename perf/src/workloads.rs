@@ -1,0 +1,218 @@
+//! The hot paths the gate counts. Each workload builds its input first, then runs the measured
+//! operation `ITERATIONS` times inside [`gate_region`], the one function callgrind collects in;
+//! the count is per operation.
+
+use std::hint::black_box;
+use std::io::IoSlice;
+
+use gochat_control::state::{MemoryState, Session};
+use gochat_gateway::protocol::ws;
+use gochat_gateway::shard::{Command, Framed, Inbox, Shard, ShardLimits};
+use gochat_gateway::testkit::{client_frame, live_ws};
+use gochat_proto::logic::{RoomRoute, RouteReply, ShardAddress, UserRoute};
+use gochat_proto::queue::queue_message::Target;
+use gochat_proto::queue::QueueMessage;
+use gochat_proto::wire::ChatMessage;
+use gochat_queue_worker::batch::Grouped;
+use gochat_queue_worker::Delivery;
+use prost::Message as _;
+
+/// Times each workload repeats its operation in the measured region.
+pub const ITERATIONS: u64 = 100;
+
+/// A typical room message (op 3).
+const BODY: &[u8] = br#"{"code":0,"msg":"hello everyone, how is it going today?","fromUserId":1234,"fromUserName":"alice","toUserId":0,"toUserName":"","roomId":7,"op":3,"createTime":"2026-11-27 01:02:03","msgId":"123456789012345678"}"#;
+
+pub struct Workload {
+    pub name: &'static str,
+    pub what: &'static str,
+    run: fn(),
+}
+
+pub const ALL: &[Workload] = &[
+    Workload { name: "ws_frame_parse", what: "parse and unmask a 212 B client text frame", run: ws_frame_parse },
+    Workload {
+        name: "ws_frame_encode",
+        what: "frame one body for WebSocket and TCP (Framed::encode)",
+        run: ws_frame_encode,
+    },
+    Workload { name: "json_op_encode", what: "serialize a gochat op 3 message", run: json_op_encode },
+    Workload {
+        name: "room_fanout_1k",
+        what: "one room frame to 1,000 members in a shard, gathered and marked written",
+        run: room_fanout_1k,
+    },
+    Workload { name: "inbox_handoff", what: "push and drain one command through a shard inbox", run: inbox_handoff },
+    Workload {
+        name: "worker_batch_encode",
+        what: "group 512 queued messages, split per gateway, encode the PushBatches",
+        run: worker_batch_encode,
+    },
+    Workload {
+        name: "rest_login_minus_hash",
+        what: "login body parse, token, session record, envelope (no password hash)",
+        run: rest_login_minus_hash,
+    },
+    Workload { name: "token_check", what: "look a session token up among 10,000", run: token_check },
+];
+
+pub fn find(name: &str) -> Option<&'static Workload> {
+    ALL.iter().find(|w| w.name == name)
+}
+
+impl Workload {
+    pub fn run(&self) {
+        (self.run)()
+    }
+}
+
+/// The measured region: callgrind counts instructions only in here (`--toggle-collect`).
+#[inline(never)]
+pub fn gate_region<F: FnMut()>(mut op: F) {
+    for _ in 0..ITERATIONS {
+        op();
+    }
+}
+
+fn ws_frame_parse() {
+    let frame = client_frame(true, 1, BODY);
+    let mut payload = Vec::with_capacity(frame.len());
+    gate_region(|| {
+        let h = ws::parse_header(black_box(&frame), 1 << 16).expect("valid").expect("whole");
+        payload.clear();
+        payload.extend_from_slice(&frame[h.header_len..h.header_len + h.payload_len]);
+        ws::unmask(&mut payload, h.mask);
+        black_box(&payload);
+    });
+}
+
+fn ws_frame_encode() {
+    let bodies = [BODY];
+    gate_region(|| {
+        black_box(Framed::encode(black_box(&bodies)));
+    });
+}
+
+fn chat_message() -> ChatMessage {
+    ChatMessage {
+        code: 0,
+        msg: "hello everyone, how is it going today?".into(),
+        from_user_id: 1234,
+        from_user_name: "alice".into(),
+        to_user_id: 0,
+        to_user_name: String::new(),
+        room_id: 7,
+        op: 3,
+        create_time: "2026-11-27 01:02:03".into(),
+        msg_id: "123456789012345678".into(),
+    }
+}
+
+fn json_op_encode() {
+    let message = chat_message();
+    gate_region(|| {
+        black_box(serde_json::to_vec(black_box(&message)).expect("serializes"));
+    });
+}
+
+fn room_fanout_1k() {
+    let limits = ShardLimits { max_outbound_bytes: 1 << 20, ..ShardLimits::default() };
+    let mut shard = Shard::new(0, 1, limits, 0);
+    for user in 0..1000 {
+        live_ws(&mut shard, user, 7);
+    }
+    let frames = Framed::encode(&[BODY]);
+    let mut dirty = Vec::with_capacity(1000);
+    gate_region(|| {
+        shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
+        shard.take_dirty(&mut dirty);
+        for &key in &dirty {
+            let Some(out) = shard.out_mut(key) else { continue };
+            let mut iov = [IoSlice::new(&[]); 8];
+            let n = out.io_slices(&mut iov);
+            let len = iov[..n].iter().map(|s| s.len()).sum();
+            shard.wrote(key, len);
+        }
+        dirty.clear();
+    });
+}
+
+fn inbox_handoff() {
+    let inbox = Inbox::new(64).expect("eventfd");
+    let frames = Framed::encode(&[BODY]);
+    gate_region(|| {
+        let _ = inbox.push(Command::Room { room_id: 7, frames: frames.clone() });
+        inbox.drain(1, |cmd| {
+            black_box(cmd);
+        });
+    });
+}
+
+fn worker_batch_encode() {
+    let body = serde_json::to_vec(&chat_message()).expect("serializes");
+    let deliveries: Vec<Delivery> = (0..512u64)
+        .map(|i| Delivery {
+            id: format!("0/{i}-0"),
+            message: QueueMessage {
+                target: Some(if i % 8 == 0 { Target::UserId(i) } else { Target::RoomId(i % 50) }),
+                body: body.clone(),
+                id: i + 1,
+            },
+        })
+        .collect();
+    let gateways = ["gateway-1", "gateway-2", "gateway-3"];
+    let route = RouteReply {
+        rooms: (0..50)
+            .map(|room_id| RoomRoute {
+                room_id,
+                gateway_ids: gateways[..1 + room_id as usize % 3].iter().map(|g| g.to_string()).collect(),
+            })
+            .collect(),
+        users: (0..512)
+            .step_by(8)
+            .map(|user_id| UserRoute {
+                user_id,
+                shards: vec![ShardAddress { gateway_id: gateways[user_id as usize % 3].into(), shard: 0 }],
+            })
+            .collect(),
+    };
+    gate_region(|| {
+        let mut grouped = Grouped::default();
+        deliveries.iter().cloned().for_each(|d| grouped.add(d));
+        let (batches, ids) = grouped.split(route.clone());
+        for batch in batches.values() {
+            black_box(batch.encode_to_vec());
+        }
+        black_box(ids);
+    });
+}
+
+fn rest_login_minus_hash() {
+    let state = MemoryState::new(std::time::Duration::from_secs(3600));
+    let body = br#"{"userName":"alice","passWord":"secret-1"}"#;
+    let mut n = 0u64;
+    gate_region(|| {
+        let c = gochat_control::api::credentials(black_box(body)).expect("valid body");
+        // (the password hash check, deliberately costly, is not counted)
+        n += 1;
+        let token = gochat_control::logic::new_token();
+        state.create_session(token.clone(), Session { user_id: n, user_name: c.user_name });
+        black_box(gochat_control::api::envelope(0, "login success", serde_json::Value::String(token)));
+    });
+}
+
+fn token_check() {
+    let state = MemoryState::new(std::time::Duration::from_secs(3600));
+    let tokens: Vec<String> = (0..10_000)
+        .map(|i| {
+            let token = format!("{i:048x}");
+            state.create_session(token.clone(), Session { user_id: i, user_name: format!("u{i}") });
+            token
+        })
+        .collect();
+    let mut i = 0;
+    gate_region(|| {
+        i = (i + 7919) % tokens.len();
+        black_box(state.session(black_box(&tokens[i])));
+    });
+}
