@@ -24,6 +24,7 @@ missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v psql >/dev/null || missing+=(postgresql-client)
+command -v valgrind >/dev/null || missing+=(valgrind)
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
@@ -34,6 +35,13 @@ cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D war
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if why=$(cargo run --quiet --locked --features etcd -- --driver io_uring --check 2>&1); then
     GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test drivers --test cluster
+    drivers=epoll,io_uring
 else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"
+    drivers=epoll
 fi
+
+# The performance gate: instruction counts of the hot paths against perf/baseline.json, then a
+# short macro run of both drivers (ratios and bounds). `perf update` rewrites the baseline.
+cargo build --release --locked -p gochat -p gochat-bench -p gochat-perf
+(ulimit -n "$(ulimit -Hn)" && ./target/release/perf check --drivers "$drivers")

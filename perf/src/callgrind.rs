@@ -24,7 +24,8 @@ pub fn instructions(exe: &Path, name: &str) -> anyhow::Result<u64> {
     if !out.status.success() {
         bail!("callgrind on {name} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    let text = std::fs::read_to_string(&out_file).with_context(|| format!("reading {}", out_file.display()))?;
+    let text =
+        std::fs::read_to_string(&out_file).with_context(|| format!("reading {}", out_file.display()))?;
     let _ = std::fs::remove_file(&out_file);
     let total = text
         .lines()

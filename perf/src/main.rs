@@ -79,10 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Update => {
-            let mut base = Baseline::load(&cli.baseline).unwrap_or_else(|_| Baseline {
-                threshold_pct: 3.0,
-                ..Baseline::default()
-            });
+            let mut base = Baseline::load(&cli.baseline)
+                .unwrap_or_else(|_| Baseline { threshold_pct: 3.0, ..Baseline::default() });
             let counts = count_all()?;
             println!("{}", baseline::table(&baseline::compare(&base, &counts)));
             base.benchmarks.retain(|name, _| counts.iter().any(|(n, _)| n == name));

@@ -68,7 +68,12 @@ pub fn run(bin_dir: &Path, drivers: &[&str], bounds: &Bounds) -> anyhow::Result<
     let mut checks = Vec::new();
     for driver in drivers {
         let loss = figure("fanout", driver, "loss")?;
-        checks.push(Check { what: format!("fan-out loss, {driver}"), value: loss, bound: "= 0".into(), ok: loss == 0.0 });
+        checks.push(Check {
+            what: format!("fan-out loss, {driver}"),
+            value: loss,
+            bound: "= 0".into(),
+            ok: loss == 0.0,
+        });
         let rss = figure("connections", driver, "gateway_rss_bytes_per_conn")?;
         let max = *bounds.max_rss_bytes_per_conn.get(*driver).context("no RSS bound for this driver")?;
         checks.push(Check {
@@ -106,7 +111,13 @@ fn read_results(dir: &Path) -> anyhow::Result<Vec<Value>> {
 pub fn table(checks: &[Check]) -> String {
     let mut out = String::from("| macro check | value | bound | |\n|---|---:|---|---|\n");
     for c in checks {
-        out.push_str(&format!("| {} | {} | {} | {} |\n", c.what, c.value, c.bound, if c.ok { "ok" } else { "FAIL" }));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.what,
+            c.value,
+            c.bound,
+            if c.ok { "ok" } else { "FAIL" }
+        ));
     }
     out
 }

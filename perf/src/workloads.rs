@@ -30,7 +30,11 @@ pub struct Workload {
 }
 
 pub const ALL: &[Workload] = &[
-    Workload { name: "ws_frame_parse", what: "parse and unmask a 212 B client text frame", run: ws_frame_parse },
+    Workload {
+        name: "ws_frame_parse",
+        what: "parse and unmask a 212 B client text frame",
+        run: ws_frame_parse,
+    },
     Workload {
         name: "ws_frame_encode",
         what: "frame one body for WebSocket and TCP (Framed::encode)",
@@ -42,7 +46,11 @@ pub const ALL: &[Workload] = &[
         what: "one room frame to 1,000 members in a shard, gathered and marked written",
         run: room_fanout_1k,
     },
-    Workload { name: "inbox_handoff", what: "push and drain one command through a shard inbox", run: inbox_handoff },
+    Workload {
+        name: "inbox_handoff",
+        what: "push and drain one command through a shard inbox",
+        run: inbox_handoff,
+    },
     Workload {
         name: "worker_batch_encode",
         what: "group 512 queued messages, split per gateway, encode the PushBatches",
@@ -215,4 +223,15 @@ fn token_check() {
         i = (i + 7919) % tokens.len();
         black_box(state.session(black_box(&tokens[i])));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_workload_runs_and_names_are_unique() {
+        for w in super::ALL {
+            w.run();
+            assert_eq!(super::ALL.iter().filter(|o| o.name == w.name).count(), 1, "{}", w.name);
+        }
+    }
 }

@@ -57,7 +57,11 @@ impl Grouped {
             while let Some(gateway) = gateways.next() {
                 let Bodies { bodies, ids } =
                     if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
-                per_gateway.entry(gateway).or_default().rooms.push(RoomPush { room_id: room.room_id, bodies, ids });
+                per_gateway.entry(gateway).or_default().rooms.push(RoomPush {
+                    room_id: room.room_id,
+                    bodies,
+                    ids,
+                });
             }
         }
         for user in route.users {
