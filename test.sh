@@ -25,6 +25,7 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v valgrind >/dev/null || missing+=(valgrind)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
@@ -40,6 +41,10 @@ else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"
     drivers=epoll
 fi
+
+# The web page in headless Chromium (Debian's), driven by playwright-core from npm, against a
+# real `gochat up`; screenshots land in test-artifacts/.
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && GOCHAT_TEST_DRIVER="${drivers##*,}" node browser.test.mjs)
 
 # The performance gate: instruction counts of the hot paths against perf/baseline.json, then a
 # short macro run of both drivers (ratios and bounds). `perf update` rewrites the baseline.

@@ -9,6 +9,13 @@
   const SESSION_ERROR = 40000;
   const MAX_MESSAGES = 500;
   const RECONNECTING = 'reconnecting…';
+  const ROOMS_KEY = 'gochatRooms';
+  const MAX_ROOMS = 8;
+  // gochat's own messages, told in plainer words.
+  const FRIENDLY = {
+    'no this user or password error!': 'Wrong user name or password',
+    'this user name already have , please login !!!': 'This user name is taken; log in instead',
+  };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -18,6 +25,7 @@
     online: $('online-count'), members: $('members'),
     messages: $('messages'), sendForm: $('send-form'), msgInput: $('msg-input'), sendBtn: $('send-btn'),
     conn: $('conn-state'), logoutBtn: $('logout-btn'), notice: $('notice'),
+    threadList: $('thread-list'), threadTitle: $('thread-title'),
   };
 
   const state = {
@@ -29,7 +37,22 @@
     attempt: 0,
     retryTimer: 0,
     liveTimer: 0,
+    // What the message pane shows: `r:<roomId>` or `u:<userId>` (a private thread).
+    view: 'r:1',
+    rooms: loadRooms(),
   };
+
+  // Conversations by key: the rooms joined, and one thread per private correspondent.
+  const threads = new Map();
+
+  function loadRooms() {
+    try {
+      const rooms = JSON.parse(localStorage.getItem(ROOMS_KEY) || '[]');
+      return Array.isArray(rooms) ? rooms.filter((r) => Number.isInteger(r) && r > 0).slice(0, MAX_ROOMS) : [];
+    } catch {
+      return [];
+    }
+  }
 
   class ApiError extends Error {
     constructor(message, code) { super(message); this.code = code; }
@@ -55,7 +78,8 @@
     if (env && env.code === 0) return env.data;
     const code = env ? env.code : -1;
     if (code === SESSION_ERROR) sessionExpired();
-    throw new ApiError((env && env.message) || 'Request failed', code);
+    const message = (env && env.message) || 'Request failed';
+    throw new ApiError(FRIENDLY[message] || message, code);
   }
 
   function el(tag, className, text) {
@@ -80,6 +104,7 @@
   function showLogin(message) {
     stopSocket();
     state.me = null;
+    threads.clear();
     ui.chat.hidden = true;
     ui.auth.hidden = false;
     ui.authError.textContent = message || '';
@@ -93,8 +118,7 @@
     ui.me.textContent = me.userName;
     ui.auth.hidden = true;
     ui.chat.hidden = false;
-    ui.roomInput.value = String(state.roomId);
-    enterRoom(state.roomId);
+    enterRoom(state.rooms[0] || state.roomId);
     ui.msgInput.focus();
   }
 
@@ -150,12 +174,66 @@
 
   function enterRoom(roomId) {
     state.roomId = roomId;
-    ui.messages.replaceChildren();
+    ui.roomInput.value = String(roomId);
+    state.rooms = [roomId, ...state.rooms.filter((r) => r !== roomId)].slice(0, MAX_ROOMS);
+    localStorage.setItem(ROOMS_KEY, JSON.stringify(state.rooms));
+    thread(`r:${roomId}`, `Room ${roomId}`, { kind: 'room', roomId });
     ui.members.replaceChildren();
     ui.online.textContent = '0';
     setNotice('');
     state.attempt = 0;
+    showThread(`r:${roomId}`);
     connect('connecting');
+  }
+
+  // ---- conversations ----
+
+  function thread(key, title, extra) {
+    let t = threads.get(key);
+    if (!t) {
+      t = { key, title, items: [], unread: 0, ...extra };
+      threads.set(key, t);
+    } else if (title) {
+      t.title = title;
+    }
+    return t;
+  }
+
+  function showThread(key) {
+    const t = threads.get(key);
+    if (!t) return;
+    state.view = key;
+    t.unread = 0;
+    ui.threadTitle.textContent = t.kind === 'user' ? `Private chat with ${t.title}` : t.title;
+    ui.msgInput.placeholder = t.kind === 'user' ? `Private message to ${t.title}` : `Message ${t.title}`;
+    ui.messages.replaceChildren(...t.items.map(renderMessage));
+    ui.messages.scrollTop = ui.messages.scrollHeight;
+    renderThreads();
+  }
+
+  function openPrivate(userId, name) {
+    thread(`u:${userId}`, name, { kind: 'user', userId });
+    showThread(`u:${userId}`);
+    ui.msgInput.focus();
+  }
+
+  function renderThreads() {
+    const rooms = state.rooms.map((id) => threads.get(`r:${id}`) || thread(`r:${id}`, `Room ${id}`, { kind: 'room', roomId: id }));
+    const people = [...threads.values()].filter((t) => t.kind === 'user');
+    ui.threadList.replaceChildren(...[...rooms, ...people].map((t) => {
+      const li = el('li', t.key === state.view ? 'current' : '');
+      li.dataset.key = t.key;
+      const button = el('button', 'thread', t.kind === 'user' ? `@ ${t.title}` : t.title);
+      button.type = 'button';
+      if (t.kind === 'room' && t.roomId !== state.roomId) button.title = `Join room ${t.roomId}`;
+      button.addEventListener('click', () => {
+        if (t.kind === 'room' && t.roomId !== state.roomId) enterRoom(t.roomId);
+        else showThread(t.key);
+      });
+      li.append(button);
+      if (t.unread > 0) li.append(el('span', 'unread', t.unread > 99 ? '99+' : t.unread));
+      return li;
+    }));
   }
 
   function stopSocket() {
@@ -264,29 +342,56 @@
     const info = f.roomUserInfo && typeof f.roomUserInfo === 'object' ? f.roomUserInfo : {};
     const entries = Object.entries(info).sort((a, b) => String(a[1]).localeCompare(String(b[1])));
     ui.members.replaceChildren(...entries.map(([id, name]) => {
-      const li = el('li', state.me && String(state.me.userId) === id ? 'self' : '', name);
+      const self = state.me && String(state.me.userId) === id;
+      const li = el('li', self ? 'self' : '');
       li.dataset.userId = id;
+      if (self) {
+        li.textContent = `${name} (you)`;
+      } else {
+        const button = el('button', 'member', name);
+        button.type = 'button';
+        button.title = `Message ${name} privately`;
+        button.addEventListener('click', () => openPrivate(Number(id), String(name)));
+        li.append(button);
+      }
       return li;
     }));
     if (f.count !== undefined) ui.online.textContent = String(Number(f.count) || 0);
   }
 
   function addMessage(m, isPrivate) {
+    const mine = state.me && String(m.fromUserId) === String(state.me.userId);
+    let key = `r:${state.roomId}`;
+    if (isPrivate) {
+      const other = mine ? m.toUserId : m.fromUserId;
+      key = `u:${other}`;
+      thread(key, (mine ? m.toUserName : m.fromUserName) || `user ${other}`, { kind: 'user', userId: Number(other) });
+    }
+    const t = threads.get(key);
+    const item = { ...m, mine, isPrivate };
+    t.items.push(item);
+    if (t.items.length > MAX_MESSAGES) t.items.shift();
+    if (state.view !== key) {
+      t.unread++;
+      renderThreads();
+      return;
+    }
     const box = ui.messages;
     const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-    const name = m.fromUserName || `user ${m.fromUserId}`;
-    const item = el('div', 'msg');
-    if (state.me && String(m.fromUserId) === String(state.me.userId)) item.classList.add('mine');
-    if (isPrivate) item.classList.add('private');
-    const meta = el('div', 'msg-meta');
-    meta.append(
-      el('span', 'msg-from', isPrivate ? `(private) from ${name}` : name),
-      el('span', 'msg-time', m.createTime || ''),
-    );
-    item.append(meta, el('div', 'msg-text', m.msg ?? ''));
-    box.append(item);
+    box.append(renderMessage(item));
     while (box.children.length > MAX_MESSAGES) box.firstElementChild.remove();
-    if (atBottom || item.classList.contains('mine')) box.scrollTop = box.scrollHeight;
+    if (atBottom || mine) box.scrollTop = box.scrollHeight;
+  }
+
+  function renderMessage(m) {
+    const name = m.fromUserName || `user ${m.fromUserId}`;
+    const node = el('div', 'msg');
+    if (m.mine) node.classList.add('mine');
+    if (m.isPrivate) node.classList.add('private');
+    const meta = el('div', 'msg-meta');
+    meta.append(el('span', 'msg-from', m.mine ? 'you' : name), el('span', 'msg-time', m.createTime || ''));
+    node.append(meta, el('div', 'msg-text', m.msg ?? ''));
+    return node;
   }
 
   // ---- actions ----
@@ -295,8 +400,18 @@
     const msg = ui.msgInput.value;
     if (!msg.trim() || !state.token) return;
     ui.sendBtn.disabled = true;
+    const t = threads.get(state.view);
     try {
-      await api('/push/pushRoom', { authToken: state.token, msg, roomId: state.roomId });
+      if (t && t.kind === 'user') {
+        await api('/push/push', { authToken: state.token, msg, toUserId: String(t.userId), roomId: state.roomId });
+        // The server sends a private message to its receiver only: show ours here.
+        addMessage({
+          msg, fromUserId: state.me.userId, fromUserName: state.me.userName, toUserId: t.userId,
+          toUserName: t.title, createTime: localTime(),
+        }, true);
+      } else {
+        await api('/push/pushRoom', { authToken: state.token, msg, roomId: state.roomId });
+      }
       ui.msgInput.value = '';
     } catch (e) {
       reportError(e);
@@ -304,6 +419,12 @@
       ui.sendBtn.disabled = false;
       if (!ui.chat.hidden) ui.msgInput.focus();
     }
+  }
+
+  function localTime() {
+    const d = new Date();
+    const p = (n) => String(n).padStart(2, '0');
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
   }
 
   function join() {

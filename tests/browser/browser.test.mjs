@@ -1,0 +1,275 @@
+// End-to-end tests of the web page in headless Chromium, against a real `gochat up` (sessions
+// in Redis, so they outlive the server restart the test makes). Run by ./test.sh:
+//   cd tests/browser && npm ci && node browser.test.mjs
+// Env: GOCHAT_BIN (default ../../target/debug/gochat), CHROMIUM (default /usr/bin/chromium),
+// GOCHAT_TEST_DRIVER (gateway driver), REDIS_URL. Screenshots go to ../../test-artifacts/.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const bin = process.env.GOCHAT_BIN || path.join(root, 'target/debug/gochat');
+const artifacts = path.join(root, 'test-artifacts');
+const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+const prefix = `gochat-site-test-${process.pid}`;
+const WAIT = 15000;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+function portOpen(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('connect', () => { s.destroy(); resolve(true); });
+    s.on('error', () => resolve(false));
+  });
+}
+
+async function until(what, check, ms = WAIT) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`not true in time: ${what}`);
+}
+
+// ---- the server ----
+const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-site-'));
+const [api, site, grpc, ws, gw] = await Promise.all([1, 2, 3, 4, 5].map(() => freePort()));
+const config = path.join(dir, 'gochat.toml');
+writeFileSync(config, `[control]
+api_listen = "127.0.0.1:${api}"
+site_listen = "127.0.0.1:${site}"
+grpc_listen = "127.0.0.1:${grpc}"
+database = "sqlite://${path.join(dir, 'users.sqlite3')}"
+state = "redis"
+redis_url = "${redisUrl}"
+redis_prefix = "${prefix}"
+demo_users = false
+room_update_interval_ms = 200
+
+[gateway]
+ws_listen = "127.0.0.1:${ws}"
+tcp_listen = "off"
+grpc_listen = "127.0.0.1:${gw}"
+shards = 1
+driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
+`);
+let server = null;
+
+async function startServer() {
+  const log = openSync(path.join(dir, 'gochat.log'), 'a');
+  server = spawn(bin, ['--config', config, 'up'], { stdio: ['ignore', 'ignore', log] });
+  await until('gochat up listens', async () => (await portOpen(site)) && (await portOpen(ws)), 30000);
+}
+
+async function stopServer() {
+  if (!server) return;
+  const proc = server;
+  server = null;
+  const exited = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+  if (proc.exitCode === null) proc.kill('SIGKILL');
+}
+
+function cleanRedis() {
+  const u = new URL(redisUrl);
+  const args = ['-h', u.hostname, '-p', u.port || '6379'];
+  const keys = spawnSync('redis-cli', [...args, '--scan', '--pattern', `${prefix}:*`], { encoding: 'utf8' });
+  const list = (keys.stdout || '').split('\n').filter(Boolean);
+  if (list.length) spawnSync('redis-cli', [...args, 'DEL', ...list]);
+}
+
+// ---- the browser ----
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+const origin = `http://127.0.0.1:${site}`;
+mkdirSync(artifacts, { recursive: true });
+const external = [];
+
+async function newPage(viewport = { width: 1100, height: 720 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on('request', (r) => {
+    const u = new URL(r.url());
+    if (!['127.0.0.1', 'localhost'].includes(u.hostname) && u.protocol !== 'data:') external.push(r.url());
+  });
+  page.on('pageerror', (e) => { throw new Error(`page error: ${e.message}`); });
+  return { context, page };
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(artifacts, `${name}.png`) });
+const text = (page, sel) => page.locator(sel).innerText();
+const live = (page) => page.waitForSelector('#conn-state[data-state="live"]', { timeout: WAIT });
+
+async function register(page, name, pass = 'secret-123') {
+  await page.goto(origin);
+  await page.fill('#login-user', name);
+  await page.fill('#login-pass', pass);
+  await page.click('#register-btn');
+  await page.waitForSelector('#chat:not([hidden])', { timeout: WAIT });
+  await live(page);
+}
+
+async function send(page, msg) {
+  await page.fill('#msg-input', msg);
+  await page.press('#msg-input', 'Enter');
+}
+
+async function seesMessage(page, msg) {
+  await page.waitForSelector(`#messages .msg-text >> text="${msg}"`, { timeout: WAIT });
+}
+
+const results = [];
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    results.push(`FAIL ${name}: ${e.message}`);
+    throw e;
+  }
+}
+
+let failed = false;
+try {
+  await startServer();
+  const alice = `alice${process.pid}`;
+  const bob = `bob${process.pid}`;
+  const a = await newPage();
+  const b = await newPage();
+
+  await step('the login screen renders and explains bad input', async () => {
+    await a.page.goto(origin);
+    await a.page.waitForSelector('#auth:not([hidden])');
+    await shot(a.page, 'login');
+    await a.page.fill('#login-user', 'nobody-here');
+    await a.page.fill('#login-pass', 'wrong');
+    await a.page.click('#login-btn');
+    await until('wrong password is explained', async () =>
+      (await text(a.page, '#auth-error')).includes('Wrong user name or password'));
+  });
+
+  await step('two users register and meet in room 1', async () => {
+    await register(a.page, alice);
+    await register(b.page, bob);
+    for (const p of [a.page, b.page]) {
+      await until('both in the member list', async () => {
+        const members = await text(p, '#members');
+        return members.includes(alice) && members.includes(bob);
+      });
+      await until('online count 2', async () => (await text(p, '#online-count')) === '2');
+    }
+  });
+
+  await step('a taken name is refused clearly', async () => {
+    const c = await newPage();
+    await c.page.goto(origin);
+    await c.page.fill('#login-user', alice);
+    await c.page.fill('#login-pass', 'whatever-1');
+    await c.page.click('#register-btn');
+    await until('taken name explained', async () => (await text(c.page, '#auth-error')).includes('taken'));
+    await c.context.close();
+  });
+
+  await step('room chat reaches both, own messages marked, HTML shown as text', async () => {
+    await send(a.page, 'hello from alice');
+    await seesMessage(a.page, 'hello from alice');
+    await seesMessage(b.page, 'hello from alice');
+    await until('own message marked', async () => (await a.page.locator('.msg.mine').count()) === 1);
+    const evil = '<img src=x onerror="window.__pwned=1">';
+    await send(b.page, evil);
+    await seesMessage(a.page, evil);
+    if (await a.page.evaluate(() => window.__pwned)) throw new Error('HTML in a message ran');
+    await shot(a.page, 'room');
+  });
+
+  await step('a private message in its own thread, with an unread marker', async () => {
+    await a.page.click(`#members button.member >> text="${bob}"`);
+    await until('private thread open', async () => (await text(a.page, '#thread-title')).includes(bob));
+    await send(a.page, 'psst, bob');
+    await seesMessage(a.page, 'psst, bob');
+    await b.page.waitForSelector('#thread-list li .unread', { timeout: WAIT });
+    await shot(b.page, 'unread');
+    await b.page.click(`#thread-list button.thread >> text="@ ${alice}"`);
+    await seesMessage(b.page, 'psst, bob');
+    if (await b.page.locator('#messages .msg-text', { hasText: 'hello from alice' }).count()) {
+      throw new Error('room messages leaked into the private thread');
+    }
+    await shot(b.page, 'private');
+    await b.page.click('#thread-list button.thread >> text="Room 1"');
+    await seesMessage(b.page, 'hello from alice');
+  });
+
+  await step('the page works on a phone-sized screen', async () => {
+    const phone = await newPage({ width: 390, height: 800 });
+    await phone.page.goto(origin);
+    await phone.page.fill('#login-user', alice);
+    await phone.page.fill('#login-pass', 'secret-123');
+    await phone.page.click('#login-btn');
+    await live(phone.page);
+    await send(phone.page, 'from a phone');
+    await seesMessage(b.page, 'from a phone');
+    await shot(phone.page, 'phone');
+    await phone.context.close();
+  });
+
+  await step('one user goes offline: the other sees the count drop', async () => {
+    await until('count back to 2', async () => (await text(a.page, '#online-count')) === '2');
+    await b.context.close();
+    await until('count drops to 1', async () => (await text(a.page, '#online-count')) === '1');
+  });
+
+  await step('a server restart is followed by an automatic reconnect', async () => {
+    await stopServer();
+    await a.page.waitForSelector('#conn-state[data-state="reconnecting"]', { timeout: WAIT });
+    await shot(a.page, 'reconnecting');
+    await startServer();
+    await live(a.page);
+    await a.page.click('#thread-list button.thread >> text="Room 1"');
+    await send(a.page, 'after the restart');
+    await seesMessage(a.page, 'after the restart');
+  });
+
+  await step('an expired session sends the user back to log in', async () => {
+    await a.page.evaluate(() => localStorage.setItem('authToken', 'not-a-session'));
+    await a.page.reload();
+    await until('expired session explained', async () =>
+      (await text(a.page, '#auth-error')).includes('expired'));
+  });
+
+  await step('nothing was loaded from outside', async () => {
+    if (external.length) throw new Error(`external requests: ${external.join(', ')}`);
+  });
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await browser.close().catch(() => {});
+  await stopServer();
+  cleanRedis();
+  if (!failed) rmSync(dir, { recursive: true, force: true });
+  else console.error(`server log kept in ${dir}`);
+  console.log(results.join('\n'));
+  console.log(`screenshots in ${artifacts}`);
+}
+process.exit(failed ? 1 : 0);
