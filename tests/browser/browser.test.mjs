@@ -257,6 +257,58 @@ try {
       (await text(a.page, '#auth-error')).includes('expired'));
   });
 
+  await step("gochat's own page's calls work from a browser (its chat.js, replayed)", async () => {
+    // gochat's page (site/js/chat.js) uses jQuery from a CDN this machine cannot reach, so its
+    // exact calls are replayed here from a page of our origin: JSON with a preflight for
+    // checkAuth, jQuery's default form content type for the rest, the socket's auth frame, and
+    // ops 3, 4 and 5 back.
+    const c = await newPage();
+    await c.page.goto(origin);
+    const token = await c.page.evaluate(async ({ api, ws, name }) => {
+      const post = (path, body, json) => fetch(`${api}${path}`, {
+        method: 'POST',
+        headers: { 'Content-Type': json ? 'application/json' : 'application/x-www-form-urlencoded; charset=UTF-8' },
+        body: JSON.stringify(body),
+      }).then((r) => r.json());
+      const reg = await post('/user/register', { userName: name, passWord: 'secret-123' }, false);
+      if (reg.code !== 0) throw new Error(`register: ${JSON.stringify(reg)}`);
+      const authToken = reg.data;
+      const who = await post('/user/checkAuth', { authToken }, true);
+      if (who.code !== 0 || who.data.userName !== name) throw new Error(`checkAuth: ${JSON.stringify(who)}`);
+      const socket = new WebSocket(ws);
+      const seen = {};
+      const got = (op, test) => new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`no op ${op} frame`)), 10000);
+        const check = () => {
+          const f = (seen[op] || []).find(test);
+          if (f) { clearTimeout(t); resolve(f); } else setTimeout(check, 50);
+        };
+        check();
+      });
+      socket.onmessage = (evt) => {
+        const data = JSON.parse(evt.data);
+        (seen[data.op] = seen[data.op] || []).push(data);
+      };
+      await new Promise((resolve) => { socket.onopen = resolve; });
+      socket.send(JSON.stringify({ authToken, roomId: 1 }));
+      await new Promise((r) => setTimeout(r, 300));
+      if ((await post('/push/getRoomInfo', { roomId: 1, authToken })).code !== 0) throw new Error('getRoomInfo');
+      await got(5, (f) => Object.values(f.roomUserInfo || {}).includes(name));
+      if ((await post('/push/count', { roomId: 1, authToken })).code !== 0) throw new Error('count');
+      await got(4, (f) => f.count >= 1);
+      const sent = await post('/push/pushRoom', { op: 3, msg: 'from the old page', roomId: 1, authToken });
+      if (sent.code !== 0) throw new Error(`pushRoom: ${JSON.stringify(sent)}`);
+      await got(3, (f) => f.msg === 'from the old page' && f.fromUserName === name);
+      socket.close();
+      return authToken;
+    }, { api: `http://127.0.0.1:${api}`, ws: `ws://127.0.0.1:${ws}/ws`, name: `gochatpage${process.pid}` });
+    const out = await c.page.evaluate(async ({ api, token }) => fetch(`${api}/user/logout`, {
+      method: 'POST', body: JSON.stringify({ authToken: token }),
+    }).then((r) => r.json()), { api: `http://127.0.0.1:${api}`, token });
+    if (out.code !== 0) throw new Error(`logout: ${JSON.stringify(out)}`);
+    await c.context.close();
+  });
+
   await step('nothing was loaded from outside', async () => {
     if (external.length) throw new Error(`external requests: ${external.join(', ')}`);
   });
