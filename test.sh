@@ -30,12 +30,18 @@ if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi
 
+# The Autobahn TestSuite's cases, run by kosoku from PyPI, in a virtualenv of the build folder.
+if [ ! -x target/kosoku/bin/kosoku ]; then
+    python3 -m venv target/kosoku && target/kosoku/bin/pip install --quiet kosoku==0.1.0
+fi
+export KOSOKU="$PWD/target/kosoku/bin/kosoku"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if why=$(cargo run --quiet --locked --features etcd -- --driver io_uring --check 2>&1); then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test drivers --test cluster
+    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test drivers --test cluster --test autobahn
     drivers=epoll,io_uring
 else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"
