@@ -147,6 +147,8 @@ pub struct LocalCluster {
     members: Vec<(Member, Proc)>,
     redis_url: String,
     etcd_url: String,
+    /// The folder did not exist before: it is the cluster's to remove.
+    made_dir: bool,
 }
 
 fn free_addr() -> anyhow::Result<SocketAddr> {
@@ -167,6 +169,7 @@ fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
 impl LocalCluster {
     /// Starts Redis, etcd, the database, then controls, gateways and workers, each once ready.
     pub fn start(spec: ClusterSpec) -> anyhow::Result<Self> {
+        let made_dir = !spec.dir.exists();
         std::fs::create_dir_all(&spec.dir)?;
         let dir = spec.dir.canonicalize()?;
         let path = |name: &str| dir.join(name);
@@ -230,6 +233,7 @@ impl LocalCluster {
             etcd,
             database,
             members: Vec::new(),
+            made_dir,
         };
         cluster.redis.spawn()?;
         cluster.etcd.spawn()?;
@@ -276,6 +280,7 @@ impl LocalCluster {
             Role::Control => {
                 let (api, g) = (free_addr()?, free_addr()?);
                 cfg.control.id = id.into();
+                cfg.control.node_id = id.rsplit('-').next().and_then(|n| n.parse().ok());
                 cfg.control.api_listen = api;
                 cfg.control.grpc_listen = g;
                 cfg.control.site_listen = Some(free_addr()?);
@@ -386,10 +391,12 @@ impl LocalCluster {
         &self.spec.dir
     }
 
-    /// Stops every process, drops the database and removes the folder.
+    /// Stops every process, drops the database and removes the folder if the cluster made it.
     pub fn stop(mut self) {
         self.shutdown();
-        let _ = std::fs::remove_dir_all(&self.spec.dir);
+        if self.made_dir {
+            let _ = std::fs::remove_dir_all(&self.spec.dir);
+        }
     }
 
     fn shutdown(&mut self) {

@@ -42,6 +42,8 @@ fn unknown_fields_and_bad_values_are_errors() {
     );
     let err = Config::parse("[gateway]\ntcp_listen = \"nowhere\"\n").unwrap_err().to_string();
     assert!(err.contains("nowhere") && err.contains("off"), "{err}");
+    let cfg = Config::parse("[control]\nstate = \"redis\"\n").unwrap();
+    assert!(cfg.validate().unwrap_err().to_string().contains("node_id"), "shared state needs a node number");
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
 }

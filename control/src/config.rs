@@ -98,6 +98,13 @@ impl ControlConfig {
         if self.id.is_empty() {
             return err("id must not be empty".into());
         }
+        if self.state == StateKind::Redis && self.node_id.is_none() {
+            return err(
+                "node_id is required with state = \"redis\": several controls stamp message ids, and \
+                 each needs a node number of its own (0-1023)"
+                    .into(),
+            );
+        }
         if self.node_id.is_some_and(|n| n > crate::ids::MAX_NODE) {
             return err(format!("node_id must be 0 to {}", crate::ids::MAX_NODE));
         }

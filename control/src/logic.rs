@@ -59,6 +59,8 @@ pub struct Logic {
     queue: Arc<dyn Queue>,
     max_message_bytes: usize,
     gateway_lease: std::time::Duration,
+    /// When the state store last failed a lease renewal or a sweep.
+    store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     ids: MessageIds,
     /// Rooms whose members changed since the last room update went out.
     changed_rooms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
@@ -72,6 +74,7 @@ impl Logic {
             queue,
             max_message_bytes: cfg.max_message_bytes,
             gateway_lease: std::time::Duration::from_secs(cfg.gateway_lease_secs),
+            store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
             changed_rooms: std::sync::Mutex::default(),
         }
@@ -223,7 +226,24 @@ impl Logic {
     /// A gateway renews its lease; false when it had none (it is new, or was swept as dead and
     /// its connections forgotten).
     pub async fn gateway_lease(&self, gateway: &str) -> Result<bool, LogicError> {
-        Ok(self.state.gateway_lease(gateway, self.gateway_lease).await?)
+        let renewed = self.state.gateway_lease(gateway, self.gateway_lease).await;
+        if renewed.is_err() {
+            self.store_failed();
+        }
+        Ok(renewed?)
+    }
+
+    fn store_failed(&self) {
+        *self.store_failed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Whether the state store failed within the last lease period: leases could not be renewed
+    /// meanwhile, so their expiry says nothing about the gateways.
+    fn store_troubled(&self) -> bool {
+        self.store_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < self.gateway_lease)
     }
 
     pub fn gateway_lease_ttl(&self) -> std::time::Duration {
@@ -256,6 +276,10 @@ impl Logic {
                 tracing::warn!(?late, "control was stalled; skipping one gateway sweep");
                 return;
             }
+            if self.store_troubled() {
+                tracing::info!("the state store failed within the last lease period; not sweeping yet");
+                return;
+            }
             match self.state.sweep_expired().await {
                 Ok(swept) => {
                     for (gateway, changes) in swept {
@@ -263,7 +287,10 @@ impl Logic {
                         changes.into_iter().for_each(|c| self.room_changed(c));
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "gateway sweep failed; retrying"),
+                Err(e) => {
+                    self.store_failed();
+                    tracing::warn!(error = %e, "gateway sweep failed; retrying");
+                }
             }
         })
         .await

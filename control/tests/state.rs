@@ -103,6 +103,28 @@ async fn a_gateway_reset_larger_than_one_sweep_chunk_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_gateway_reset_of_many_connections_leaves_none() {
+    // Large enough that a hash scan from cursor 0 returns nothing long before the hash is empty.
+    for (s, keys) in stores(Duration::from_secs(60)).await {
+        if keys.is_none() {
+            continue;
+        }
+        for chunk in (0..30_000u64).collect::<Vec<_>>().chunks(500) {
+            let opens = chunk.iter().map(|&c| {
+                let user = user(c, "u");
+                let s = &s;
+                async move { s.conn_open("g1", 0, c, &user, 7).await.unwrap() }
+            });
+            futures_util::future::join_all(opens).await;
+        }
+        assert_eq!(s.room_count(7).await.unwrap(), 30_000);
+        assert_eq!(s.gateway_reset("g1").await.unwrap(), vec![RoomChange { room_id: 7 }]);
+        assert_eq!(s.room_count(7).await.unwrap(), 0, "every connection forgotten");
+        assert!(s.routes(&[7], &[]).await.unwrap().rooms[0].is_empty());
+    }
+}
+
+#[tokio::test]
 async fn expired_gateways_are_swept_and_told_so() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         assert!(!s.gateway_lease("g1", Duration::ZERO).await.unwrap(), "a new gateway had no lease");

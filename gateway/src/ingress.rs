@@ -26,13 +26,15 @@ impl Seen {
         Self { ids: Default::default(), order: Default::default(), capacity }
     }
 
-    /// True the first time `id` is offered (within the window); 0 is "no id" and always new.
-    pub fn first_time(&mut self, id: u64) -> bool {
-        if id == 0 || self.capacity == 0 {
-            return true;
-        }
-        if !self.ids.insert(id) {
-            return false;
+    /// Whether `id` was delivered in an earlier batch (within the window); 0 is "no id".
+    fn delivered(&self, id: u64) -> bool {
+        id != 0 && self.ids.contains(&id)
+    }
+
+    /// Remembers `id` as delivered.
+    fn record(&mut self, id: u64) {
+        if id == 0 || self.capacity == 0 || !self.ids.insert(id) {
+            return;
         }
         self.order.push_back(id);
         if self.order.len() > self.capacity {
@@ -40,18 +42,37 @@ impl Seen {
                 self.ids.remove(&old);
             }
         }
-        true
     }
 
-    /// Drops the bodies seen before; `ids` is empty or matches `bodies`.
-    fn filter(&mut self, bodies: &mut Vec<Vec<u8>>, ids: &[u64]) -> usize {
-        if ids.len() != bodies.len() {
-            return 0;
+    /// Drops from one batch the messages delivered by earlier batches, then remembers this
+    /// batch's. Within a batch one id legitimately appears several times (a user's message to
+    /// each shard holding the user), so a batch is never checked against itself.
+    pub fn filter_batch(&mut self, batch: &mut PushBatch) -> usize {
+        let mut dropped = 0;
+        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &[u64]| {
+            if ids.len() != bodies.len() {
+                return;
+            }
+            let before = bodies.len();
+            let mut keep = ids.iter().map(|id| !self.delivered(*id));
+            bodies.retain(|_| keep.next().unwrap_or(true));
+            dropped += before - bodies.len();
+        };
+        for room in &mut batch.rooms {
+            filter(&mut room.bodies, &room.ids);
         }
-        let before = bodies.len();
-        let mut keep = ids.iter().map(|id| self.first_time(*id));
-        bodies.retain(|_| keep.next().unwrap_or(true));
-        before - bodies.len()
+        for user in &mut batch.users {
+            filter(&mut user.bodies, &user.ids);
+        }
+        let ids: Vec<u64> = batch
+            .rooms
+            .iter()
+            .flat_map(|r| &r.ids)
+            .chain(batch.users.iter().flat_map(|u| &u.ids))
+            .copied()
+            .collect();
+        ids.into_iter().for_each(|id| self.record(id));
+        dropped
     }
 }
 
@@ -69,12 +90,7 @@ impl Ingress {
     /// Hands one batch to the shards: a room's messages to every shard (each writes to its local
     /// members), a user's to the shard that holds the user.
     pub async fn deliver(&self, mut batch: PushBatch) {
-        let repeats = {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            let rooms: usize = batch.rooms.iter_mut().map(|r| seen.filter(&mut r.bodies, &r.ids)).sum();
-            let users: usize = batch.users.iter_mut().map(|u| seen.filter(&mut u.bodies, &u.ids)).sum();
-            rooms + users
-        };
+        let repeats = self.seen.lock().unwrap_or_else(|p| p.into_inner()).filter_batch(&mut batch);
         if repeats > 0 {
             tracing::debug!(repeats, "messages delivered before were dropped");
         }
@@ -165,18 +181,46 @@ impl Gateway for Ingress {
 mod tests {
     use super::*;
 
+    use gochat_proto::gateway::{RoomPush, UserPush};
+
+    fn batch(rooms: &[(u64, &[u64])], users: &[(u64, u32, &[u64])]) -> PushBatch {
+        let bodies = |ids: &[u64]| ids.iter().map(|id| id.to_string().into_bytes()).collect();
+        PushBatch {
+            batch_id: 1,
+            rooms: rooms
+                .iter()
+                .map(|(room_id, ids)| RoomPush { room_id: *room_id, bodies: bodies(ids), ids: ids.to_vec() })
+                .collect(),
+            users: users
+                .iter()
+                .map(|(user_id, shard, ids)| UserPush {
+                    user_id: *user_id,
+                    shard: *shard,
+                    bodies: bodies(ids),
+                    ids: ids.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
     #[test]
-    fn repeats_are_dropped_within_the_window() {
-        let mut seen = Seen::new(2);
-        let mut bodies = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
-        assert_eq!(seen.filter(&mut bodies, &[1, 0, 2]), 0);
-        let mut again = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
-        assert_eq!(seen.filter(&mut again, &[1, 0, 2]), 2, "ids 1 and 2 again; 0 has no id");
-        assert_eq!(again, vec![b"b".to_vec()]);
-        assert!(seen.first_time(3), "pushes 1 out of the window");
-        assert!(seen.first_time(1), "forgotten past the window");
-        let mut no_ids = vec![b"x".to_vec()];
-        assert_eq!(seen.filter(&mut no_ids, &[]), 0);
-        assert_eq!(no_ids.len(), 1);
+    fn repeats_of_earlier_batches_are_dropped_within_the_window() {
+        let mut seen = Seen::new(3);
+        // One private message to a user on two shards: both copies belong to this batch.
+        let mut first = batch(&[(7, &[1, 0, 2])], &[(9, 0, &[3]), (9, 1, &[3])]);
+        assert_eq!(seen.filter_batch(&mut first), 0);
+        assert_eq!(first.users[1].bodies.len(), 1, "the second shard's copy is kept");
+        let mut again = batch(&[(7, &[1, 0, 2])], &[(9, 1, &[3])]);
+        assert_eq!(seen.filter_batch(&mut again), 3, "ids 1, 2 and 3 again; 0 has no id");
+        assert_eq!(again.rooms[0].bodies, vec![b"0".to_vec()]);
+        let mut later = batch(&[(7, &[4])], &[]);
+        assert_eq!(seen.filter_batch(&mut later), 0);
+        let mut old = batch(&[(7, &[1])], &[]);
+        assert_eq!(seen.filter_batch(&mut old), 0, "1 fell out of a window of 3");
+        let mut no_ids = PushBatch {
+            rooms: vec![RoomPush { room_id: 1, bodies: vec![b"x".to_vec()], ids: vec![] }],
+            ..Default::default()
+        };
+        assert_eq!(seen.filter_batch(&mut no_ids), 0);
     }
 }

@@ -79,8 +79,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::Update => {
-            let mut base = Baseline::load(&cli.baseline)
-                .unwrap_or_else(|_| Baseline { threshold_pct: 3.0, ..Baseline::default() });
+            // A missing baseline starts afresh; one that does not parse is an error, not a reset.
+            let mut base = if cli.baseline.exists() {
+                Baseline::load(&cli.baseline)?
+            } else {
+                Baseline { threshold_pct: 3.0, ..Baseline::default() }
+            };
             let counts = count_all()?;
             println!("{}", baseline::table(&baseline::compare(&base, &counts)));
             base.benchmarks.retain(|name, _| counts.iter().any(|(n, _)| n == name));

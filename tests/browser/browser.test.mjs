@@ -60,6 +60,7 @@ database = "sqlite://${path.join(dir, 'users.sqlite3')}"
 state = "redis"
 redis_url = "${redisUrl}"
 redis_prefix = "${prefix}"
+node_id = 1
 demo_users = false
 room_update_interval_ms = 200
 
@@ -104,6 +105,7 @@ const browser = await chromium.launch({
 const origin = `http://127.0.0.1:${site}`;
 mkdirSync(artifacts, { recursive: true });
 const external = [];
+const pageErrors = [];
 
 async function newPage(viewport = { width: 1100, height: 720 }) {
   const context = await browser.newContext({ viewport });
@@ -112,7 +114,7 @@ async function newPage(viewport = { width: 1100, height: 720 }) {
     const u = new URL(r.url());
     if (!['127.0.0.1', 'localhost'].includes(u.hostname) && u.protocol !== 'data:') external.push(r.url());
   });
-  page.on('pageerror', (e) => { throw new Error(`page error: ${e.message}`); });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
   return { context, page };
 }
 
@@ -309,8 +311,9 @@ try {
     await c.context.close();
   });
 
-  await step('nothing was loaded from outside', async () => {
+  await step('nothing was loaded from outside, and no script error', async () => {
     if (external.length) throw new Error(`external requests: ${external.join(', ')}`);
+    if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join('; ')}`);
   });
 } catch (e) {
   failed = true;

@@ -185,7 +185,7 @@ impl RedisState {
         let key = self.key(&format!("gw:{gateway}:conns"));
         let mut changes = Vec::new();
         loop {
-            // Each pass closes what it read, so the next read starts over with what is left.
+            // Each pass closes what it read; the hash is empty when a read finds nothing.
             let ids = self.conn_ids(&key).await?;
             if ids.is_empty() {
                 break;
@@ -197,17 +197,16 @@ impl RedisState {
         Ok(changes)
     }
 
-    /// Up to a chunk of the connection ids in a gateway's hash.
+    /// Up to a chunk of the connection ids in a gateway's hash; none only when it is empty.
+    /// (`HRANDFIELD`, not `HSCAN` from cursor 0: a scan may return nothing while fields remain.)
     async fn conn_ids(&self, key: &str) -> Result<Vec<u64>, StateError> {
-        let (_, pairs): (u64, Vec<String>) = redis::cmd("HSCAN")
+        let fields: Vec<String> = redis::cmd("HRANDFIELD")
             .arg(key)
-            .arg(0)
-            .arg("COUNT")
             .arg(SWEEP_CHUNK)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(err)?;
-        Ok(pairs.chunks(2).filter_map(|kv| kv[0].parse().ok()).collect())
+        Ok(fields.iter().filter_map(|f| f.parse().ok()).collect())
     }
 
     pub async fn gateway_lease(&self, gateway: &str, ttl: Duration) -> Result<bool, StateError> {
@@ -228,7 +227,14 @@ impl RedisState {
             self.expired.key(&gateways_key).invoke_async(&mut self.conn.clone()).await.map_err(err)?;
         let mut swept = Vec::new();
         for gateway in expired {
-            let changes = self.gateway_reset(&gateway).await?;
+            // One gateway's failure must not hold the others back; it is swept next time.
+            let changes = match self.gateway_reset(&gateway).await {
+                Ok(changes) => changes,
+                Err(e) => {
+                    tracing::warn!(%gateway, error = %e, "sweeping a gateway failed; retried next round");
+                    continue;
+                }
+            };
             let _: i64 = self
                 .forget
                 .key(&gateways_key)
