@@ -160,3 +160,26 @@ async fn sessions_expire_and_revoke() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_sweep_never_touches_connections_opened_after_the_claim_and_resumes_if_cut_short() {
+    for (s, keys) in stores(Duration::from_secs(60)).await {
+        let (State::Redis(redis), Some(_keys)) = (&s, keys) else { continue };
+        s.gateway_lease("g1", Duration::ZERO).await.unwrap();
+        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // A control claims the expired gateway, then stops before closing anything.
+        assert_eq!(redis.claim_expired().await.unwrap().len(), 1);
+        // Meanwhile the gateway renews and its clients reconnect.
+        assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "told it was swept");
+        s.conn_open("g1", 0, 2, &user(2, "b"), 5).await.unwrap();
+        // The next sweep finishes the claimed one, and only that.
+        assert_eq!(
+            s.sweep_expired().await.unwrap(),
+            vec![("g1".to_string(), vec![RoomChange { room_id: 5 }])]
+        );
+        assert_eq!(s.room_members(5).await.unwrap(), [("2".to_string(), "b".to_string())].into());
+        assert_eq!(s.routes(&[5], &[1, 2]).await.unwrap().users, vec![vec![], vec![("g1".to_string(), 0)]]);
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![], "nothing left to resume");
+    }
+}

@@ -7,7 +7,9 @@
 //! - `room:{id}:members`: hash user id → connections (the count is its length) and
 //!   `room:{id}:names`: user id → name, for member lists;
 //! - `room:{id}:gws`: hash gateway → connections, so broadcasts go only where members are;
-//! - `gateways`: sorted set gateway → lease expiry (ms, Redis clock).
+//! - `gateways`: sorted set gateway → lease expiry (ms, Redis clock);
+//! - `sweeps`: hash of the connection hashes of expired gateways, moved aside
+//!   (`gw:{gateway}:sweep:{nonce}`) and not yet closed → their gateway.
 //!
 //! Opening and closing connections are Lua scripts, so counts never drift between controls.
 //! The close script derives keys from the stored connection, so this needs one Redis (or a
@@ -65,19 +67,22 @@ if old and tonumber(old) > now then return 1 end
 return 0
 ";
 
-const EXPIRED: &str = r"
+/// Claims the gateways whose lease ran out, atomically: each loses its lease, and its
+/// connections hash moves aside to a sweep key listed in `sweeps` (KEYS[2]), so connections it
+/// opens after renewing land in a fresh hash the sweep never touches, and a sweep a control
+/// could not finish is resumed by the next one.
+const CLAIM: &str = r"
 local t = redis.call('TIME')
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t[1] * 1000 + math.floor(t[2] / 1000))
-";
-
-/// Forgets a swept gateway unless it renewed its lease meanwhile.
-const FORGET: &str = r"
-local t = redis.call('TIME')
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) <= t[1] * 1000 + math.floor(t[2] / 1000) then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local p, nonce = ARGV[1], ARGV[2]
+for _, gw in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], gw)
+  local conns = p .. ':gw:' .. gw .. ':conns'
+  local moved = p .. ':gw:' .. gw .. ':sweep:' .. nonce
+  if redis.call('EXISTS', conns) == 1 then redis.call('RENAME', conns, moved) end
+  redis.call('HSET', KEYS[2], moved, gw)
 end
-return 0
+return redis.call('HGETALL', KEYS[2])
 ";
 
 pub struct RedisState {
@@ -87,8 +92,7 @@ pub struct RedisState {
     open: Script,
     close: Script,
     lease: Script,
-    expired: Script,
-    forget: Script,
+    claim: Script,
 }
 
 fn err(e: redis::RedisError) -> StateError {
@@ -112,8 +116,7 @@ impl RedisState {
             open: Script::new(OPEN),
             close: Script::new(CLOSE),
             lease: Script::new(LEASE),
-            expired: Script::new(EXPIRED),
-            forget: Script::new(FORGET),
+            claim: Script::new(CLAIM),
         })
     }
 
@@ -170,7 +173,17 @@ impl RedisState {
 
     /// Forgets connections of `gateway`; returns the rooms users left, each once.
     pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Vec<RoomChange>, StateError> {
-        let mut call = self.close.key(self.key(&format!("gw:{gateway}:conns")));
+        self.close_from(gateway, &self.key(&format!("gw:{gateway}:conns")), conn_ids).await
+    }
+
+    /// Forgets connections of `gateway` listed in the hash `conns`.
+    async fn close_from(
+        &self,
+        gateway: &str,
+        conns: &str,
+        conn_ids: &[u64],
+    ) -> Result<Vec<RoomChange>, StateError> {
+        let mut call = self.close.key(conns);
         call.arg(&self.prefix).arg(gateway);
         for id in conn_ids {
             call.arg(id);
@@ -182,15 +195,20 @@ impl RedisState {
     }
 
     pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
-        let key = self.key(&format!("gw:{gateway}:conns"));
+        self.close_all(gateway, &self.key(&format!("gw:{gateway}:conns"))).await
+    }
+
+    /// Closes every connection listed in `conns` (a gateway's hash, or one moved aside for a
+    /// sweep); returns the rooms that lost members.
+    async fn close_all(&self, gateway: &str, conns: &str) -> Result<Vec<RoomChange>, StateError> {
         let mut changes = Vec::new();
         loop {
             // Each pass closes what it read; the hash is empty when a read finds nothing.
-            let ids = self.conn_ids(&key).await?;
+            let ids = self.conn_ids(conns).await?;
             if ids.is_empty() {
                 break;
             }
-            changes.extend(self.conn_close(gateway, &ids).await?);
+            changes.extend(self.close_from(gateway, conns, &ids).await?);
         }
         changes.sort_unstable();
         changes.dedup();
@@ -222,29 +240,40 @@ impl RedisState {
     }
 
     pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
-        let gateways_key = self.key("gateways");
-        let expired: Vec<String> =
-            self.expired.key(&gateways_key).invoke_async(&mut self.conn.clone()).await.map_err(err)?;
         let mut swept = Vec::new();
-        for gateway in expired {
-            // One gateway's failure must not hold the others back; it is swept next time.
-            let changes = match self.gateway_reset(&gateway).await {
-                Ok(changes) => changes,
-                Err(e) => {
-                    tracing::warn!(%gateway, error = %e, "sweeping a gateway failed; retried next round");
-                    continue;
+        for (moved, gateway) in self.claim_expired().await? {
+            // One gateway's failure must not hold the others back; it is resumed next time.
+            match self.close_all(&gateway, &moved).await {
+                Ok(changes) => {
+                    let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(err)?;
+                    swept.push((gateway, changes));
                 }
-            };
-            let _: i64 = self
-                .forget
-                .key(&gateways_key)
-                .arg(&gateway)
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(err)?;
-            swept.push((gateway, changes));
+                Err(e) => {
+                    tracing::warn!(%gateway, error = %e, "sweeping a gateway failed; resumed next round")
+                }
+            }
         }
         Ok(swept)
+    }
+
+    /// The first half of a sweep: claims the expired gateways (see `CLAIM`); returns every
+    /// sweep to do, (moved connections key, gateway), including unfinished earlier ones.
+    #[doc(hidden)]
+    pub async fn claim_expired(&self) -> Result<Vec<(String, String)>, StateError> {
+        let nonce = format!(
+            "{:x}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        );
+        let pairs: Vec<String> = self
+            .claim
+            .key(self.key("gateways"))
+            .key(self.key("sweeps"))
+            .arg(&self.prefix)
+            .arg(nonce)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(pairs.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())
     }
 
     pub async fn room_count(&self, room_id: u64) -> Result<u64, StateError> {
