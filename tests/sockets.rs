@@ -416,3 +416,24 @@ async fn a_join_storm_costs_one_room_update_per_interval() {
     assert!(lists <= 4, "{lists} member lists for 20 joins");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn browsers_from_origins_not_allowed_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut cfg = common::test_config();
+    cfg.gateway.allowed_origins = vec!["http://chat.example".into()];
+    let s = Server::start_with(cfg).await;
+    let connect = |origin: &'static str| {
+        let mut req = s.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert("Origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    match connect("http://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("expected a 403, got {:?}", other.map(|_| "a socket")),
+    }
+    assert!(connect("http://chat.example").await.is_ok(), "the allowed origin connects");
+    let a = s.user("a").await;
+    s.ws(&a, 1).await; // no Origin (not a browser): unaffected
+    s.shutdown().await;
+}

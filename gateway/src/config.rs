@@ -44,6 +44,9 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest client message (assembled WebSocket message or TCP body).
     pub max_message_bytes: usize,
+    /// Origins browsers may open a WebSocket from, e.g. `["https://chat.example.com"]`; empty
+    /// (the default, as gochat): any. Clients that send no `Origin` are not affected.
+    pub allowed_origins: Vec<String>,
     /// Pending output per connection before it is dropped as a slow consumer.
     pub max_outbound_bytes: usize,
     /// Connections accepted per gateway process (spread over the shards).
@@ -76,6 +79,7 @@ impl Default for GatewayConfig {
             auth_timeout_secs: shard.auth_timeout_secs,
             max_frame_bytes: protocol.max_frame,
             max_message_bytes: protocol.max_message,
+            allowed_origins: protocol.allowed_origins,
             max_outbound_bytes: shard.max_outbound_bytes,
             max_connections: 1_000_000,
             inbox_capacity: 4096,
@@ -134,6 +138,7 @@ impl GatewayConfig {
                 echo_path: self.ws_echo_path.clone(),
                 max_frame: self.max_frame_bytes,
                 max_message: self.max_message_bytes,
+                allowed_origins: self.allowed_origins.clone(),
             },
             ping_after_secs: self.ping_after_secs,
             idle_timeout_secs: self.idle_timeout_secs,

@@ -133,7 +133,12 @@ impl Codec {
         if !complete && scanned > 0 && buf.len() < handshake::MAX_REQUEST_HEAD {
             return 0;
         }
-        match handshake::parse_upgrade(buf, &limits.ws_path, limits.echo_path.as_deref()) {
+        match handshake::parse_upgrade(
+            buf,
+            &limits.ws_path,
+            limits.echo_path.as_deref(),
+            &limits.allowed_origins,
+        ) {
             Upgrade::Incomplete => 0,
             Upgrade::Accept { response, consumed, echo } => {
                 out.push(Output::Send(response.into()));

@@ -27,8 +27,11 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p + 4)
 }
 
-/// Parses the request head in `buf` as a WebSocket upgrade to `path` (or `echo_path`).
-pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>) -> Upgrade {
+/// Parses the request head in `buf` as a WebSocket upgrade to `path` (or `echo_path`). With
+/// `allowed_origins` set, a browser's upgrade (it always sends `Origin`) from another origin is
+/// refused, so a page elsewhere cannot use a visitor's session; clients that send no `Origin`
+/// (not browsers) are not affected.
+pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_origins: &[String]) -> Upgrade {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -59,6 +62,11 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>) -> Upgrade
     };
     if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
         return reject("426 Upgrade Required", "expected a WebSocket upgrade");
+    }
+    if let Some(origin) = header("origin") {
+        if !allowed_origins.is_empty() && !allowed_origins.iter().any(|o| o.as_bytes() == origin) {
+            return reject("403 Forbidden", "origin not allowed");
+        }
     }
     if header("sec-websocket-version") != Some(b"13") {
         return Upgrade::Reject {
@@ -108,7 +116,7 @@ mod tests {
     fn accepts_upgrade_and_reports_consumed() {
         let mut buf = GOOD.to_vec();
         buf.extend_from_slice(b"\x81");
-        match parse_upgrade(&buf, "/ws", None) {
+        match parse_upgrade(&buf, "/ws", None, &[]) {
             Upgrade::Accept { response, consumed, echo } => {
                 assert!(!echo);
                 assert_eq!(consumed, GOOD.len());
@@ -124,16 +132,16 @@ mod tests {
     fn echo_path_is_its_own_endpoint() {
         let echo = String::from_utf8_lossy(GOOD).replace("GET /ws ", "GET /echo ");
         assert!(matches!(
-            parse_upgrade(echo.as_bytes(), "/ws", Some("/echo")),
+            parse_upgrade(echo.as_bytes(), "/ws", Some("/echo"), &[]),
             Upgrade::Accept { echo: true, .. }
         ));
-        assert!(matches!(parse_upgrade(echo.as_bytes(), "/ws", None), Upgrade::Reject { .. }));
+        assert!(matches!(parse_upgrade(echo.as_bytes(), "/ws", None, &[]), Upgrade::Reject { .. }));
     }
 
     #[test]
     fn partial_then_rejections() {
-        assert_eq!(parse_upgrade(&GOOD[..20], "/ws", None), Upgrade::Incomplete);
-        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path, None) {
+        assert_eq!(parse_upgrade(&GOOD[..20], "/ws", None, &[]), Upgrade::Incomplete);
+        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path, None, &[]) {
             Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
             other => panic!("{other:?}"),
         };
@@ -145,5 +153,22 @@ mod tests {
         assert_eq!(status(v8.as_bytes(), "/ws"), "426");
         let huge = [b"GET /ws HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST_HEAD]].concat();
         assert_eq!(status(&huge, "/ws"), "431");
+    }
+
+    #[test]
+    fn allowed_origins_refuse_other_sites_but_not_clients_without_an_origin() {
+        let from = |origin: &str| {
+            String::from_utf8_lossy(GOOD).replace("Host: x\r\n", &format!("Host: x\r\nOrigin: {origin}\r\n"))
+        };
+        let allowed = ["https://chat.example.com".to_string()];
+        let verdict = |buf: &[u8], allowed: &[String]| match parse_upgrade(buf, "/ws", None, allowed) {
+            Upgrade::Accept { .. } => "accept".to_string(),
+            Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
+            Upgrade::Incomplete => "incomplete".to_string(),
+        };
+        assert_eq!(verdict(from("https://chat.example.com").as_bytes(), &allowed), "accept");
+        assert_eq!(verdict(from("https://evil.example").as_bytes(), &allowed), "403");
+        assert_eq!(verdict(GOOD, &allowed), "accept", "no Origin: not a browser");
+        assert_eq!(verdict(from("https://evil.example").as_bytes(), &[]), "accept", "no list: any origin");
     }
 }

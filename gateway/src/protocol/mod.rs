@@ -23,11 +23,20 @@ pub struct Limits {
     pub max_frame: usize,
     /// Largest client message (assembled WebSocket message, TCP body).
     pub max_message: usize,
+    /// Origins browsers may open the WebSocket from (e.g. `https://chat.example.com`); empty:
+    /// any. Clients that send no `Origin` (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { ws_path: "/ws".into(), echo_path: None, max_frame: 64 * 1024, max_message: 64 * 1024 }
+        Self {
+            ws_path: "/ws".into(),
+            echo_path: None,
+            max_frame: 64 * 1024,
+            max_message: 64 * 1024,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
