@@ -94,7 +94,8 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
+    // Killed however the test ends, so a failed assertion leaves no server behind.
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{api}/user/login");
     eventually("gochat up answers", || async { http.post(&url).body("{}").send().await.is_ok() }).await;
@@ -112,9 +113,9 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (c0, t0) = (cpu_secs(child.id()), Instant::now());
+    let (c0, t0) = (cpu_secs(child.0.id()), Instant::now());
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let busy = (cpu_secs(child.id()) - c0) / t0.elapsed().as_secs_f64();
+    let busy = (cpu_secs(child.0.id()) - c0) / t0.elapsed().as_secs_f64();
     assert!(busy < 0.5, "the gateway spins at {:.0}% CPU while out of descriptors", busy * 100.0);
     drop(flood);
 
@@ -134,8 +135,8 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
         }
     }
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let _ = child.0.wait();
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(dir);
     assert!(
@@ -171,4 +172,13 @@ async fn a_peer_that_never_closes_is_cut_off_after_the_linger() {
         "expected a reset, got {after:?}"
     );
     s.shutdown().await;
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
