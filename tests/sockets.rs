@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, End, Server};
+use common::{eventually, End, Server, User};
 use gochat_proto::wire;
 use serde_json::json;
 
@@ -206,6 +206,34 @@ async fn bad_tokens_and_logged_out_tokens_are_refused() {
     let err = tcp.next_json().await.expect("an error frame before the close");
     assert_eq!(err["op"], wire::OP_ERROR);
     assert_eq!(tcp.next_json().await, None, "then closed");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn logout_closes_the_sockets_of_that_session_only() {
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let second = s.api("/user/login", json!({"userName": a.name, "passWord": "secret-1"})).await;
+    let a2 = User { token: second["data"].as_str().unwrap().to_string(), id: a.id, name: a.name.clone() };
+    let mut ws = s.ws(&a, 1).await;
+    let mut ws_other_room = s.ws(&a, 2).await;
+    let mut tcp = s.tcp(&a, 1).await;
+    let mut other_session = s.ws(&a2, 1).await;
+
+    let r = s.api("/user/logout", json!({"authToken": a.token})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    for ws in [&mut ws, &mut ws_other_room] {
+        let notice = ws.recv_op(wire::OP_ERROR).await;
+        assert_eq!(notice["message"], "logged out");
+        assert_eq!(ws.recv_end().await, End::Close(1008, "logged out".into()));
+    }
+    let err = tcp.next_json().await.expect("an error frame before the close");
+    assert_eq!(err["message"], "logged out");
+    assert_eq!(tcp.next_json().await, None, "then closed");
+
+    // The user's other session is untouched and still gets its room's messages.
+    assert_eq!(s.push_room(&a2, 1, "still here").await["code"], 0);
+    assert_eq!(other_session.recv_op(wire::OP_ROOM_SEND).await["msg"], "still here");
     s.shutdown().await;
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gochat_proto::queue::queue_message::Target;
-use gochat_proto::queue::QueueMessage;
+use gochat_proto::queue::{QueueMessage, SessionEnd};
 use gochat_proto::wire::{self, ChatMessage};
 use gochat_queue_worker::Queue;
 use rand::RngCore;
@@ -131,12 +131,19 @@ impl Logic {
         self.state.session(token).await?.ok_or(LogicError::Session)
     }
 
+    /// Ends the session and closes the sockets that authenticated with it.
     pub async fn logout(&self, token: &str) -> Result<(), LogicError> {
-        if self.state.remove_session(token).await? {
-            Ok(())
-        } else {
-            Err(LogicError::Session)
+        let session = self.state.remove_session(token).await?.ok_or(LogicError::Session)?;
+        let end = SessionEnd { user_id: session.user_id, session: wire::session_fingerprint(token) };
+        // The session is gone already (no new socket can use it); a lost close is logged and
+        // the logout still succeeds, as the user asked.
+        if self.publish(Target::SessionEnd(end), Vec::new()).await.is_err() {
+            tracing::warn!(
+                user_id = session.user_id,
+                "logout: the sockets of the session were not told to close"
+            );
         }
+        Ok(())
     }
 
     pub async fn user_name(&self, user_id: u64) -> Result<Option<String>, LogicError> {

@@ -149,8 +149,8 @@ async fn sessions_expire_and_revoke() {
     for (s, _keys) in stores(Duration::from_secs(1)).await {
         s.create_session("t".into(), user(1, "a b\tc")).await.unwrap();
         assert_eq!(s.session("t").await.unwrap(), Some(user(1, "a b\tc")));
-        assert!(s.remove_session("t").await.unwrap());
-        assert!(!s.remove_session("t").await.unwrap());
+        assert_eq!(s.remove_session("t").await.unwrap(), Some(user(1, "a b\tc")));
+        assert_eq!(s.remove_session("t").await.unwrap(), None);
         assert_eq!(s.session("t").await.unwrap(), None);
         s.create_session("u".into(), user(2, "b")).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -104,20 +104,21 @@ impl Ingress {
             }
         }
         for user in batch.users {
-            if user.bodies.is_empty() {
-                continue;
-            }
-            let frames = Framed::encode(&user.bodies);
-            match self.inboxes.get(user.shard as usize) {
-                Some(inbox) => {
-                    inbox.push_wait(Command::User { user_id: user.user_id, frames }).await;
+            // The shard that holds the user; all of them when it is not one of ours.
+            let inboxes = match self.inboxes.get(user.shard as usize) {
+                Some(inbox) => std::slice::from_ref(inbox),
+                None => &self.inboxes[..],
+            };
+            if !user.bodies.is_empty() {
+                let frames = Framed::encode(&user.bodies);
+                for inbox in inboxes {
+                    inbox.push_wait(Command::User { user_id: user.user_id, frames: frames.clone() }).await;
                 }
-                None => {
-                    for inbox in self.inboxes.iter() {
-                        inbox
-                            .push_wait(Command::User { user_id: user.user_id, frames: frames.clone() })
-                            .await;
-                    }
+            }
+            if !user.end_sessions.is_empty() {
+                for inbox in inboxes {
+                    let sessions = user.end_sessions.clone();
+                    inbox.push_wait(Command::EndSessions { user_id: user.user_id, sessions }).await;
                 }
             }
         }
@@ -198,6 +199,7 @@ mod tests {
                     shard: *shard,
                     bodies: bodies(ids),
                     ids: ids.to_vec(),
+                    end_sessions: vec![],
                 })
                 .collect(),
         }

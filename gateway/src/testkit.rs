@@ -41,12 +41,17 @@ pub fn written(s: &mut Shard, key: u32) -> Vec<u8> {
 /// Opens a WebSocket and authenticates it as `user` in `room` (logic's answer included);
 /// returns its key and id, with the handshake reply already written.
 pub fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
+    live_ws_with_token(s, user, room, &format!("t{user}"))
+}
+
+/// [`live_ws`] with the token the client sends.
+pub fn live_ws_with_token(s: &mut Shard, user: u64, room: u64, token: &str) -> (u32, u64) {
     let (key, id) = s.open(Transport::WebSocket, 0);
     s.on_data(key, &mut UPGRADE.to_vec(), 0);
-    let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
+    let auth = format!(r#"{{"authToken":"{token}","roomId":{room}}}"#);
     s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
     let effects: Vec<_> = s.take_effects().collect();
-    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]);
+    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: token.to_string(), room_id: room }]);
     let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
     s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
     let out = written(s, key);

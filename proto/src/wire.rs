@@ -107,6 +107,13 @@ pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
+/// A session's name between control and gateways: 64-bit FNV-1a of its token, so a logout can
+/// close the sockets that used the token without the token travelling again. Stable across
+/// builds (every control and gateway must agree); a collision would need the same user too.
+pub fn session_fingerprint(token: &str) -> u64 {
+    token.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// Magic prefix of a TCP frame.
 pub const TCP_MAGIC: &[u8; 2] = b"v1";
 /// Bytes before the body: magic and the 16-bit total length.
@@ -182,6 +189,14 @@ pub fn decode_tcp_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_fingerprint_is_fnv1a() {
+        // Published FNV-1a 64 vectors: every node must compute the same value.
+        assert_eq!(session_fingerprint(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(session_fingerprint("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(session_fingerprint("foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn tcp_frame_round_trip() {

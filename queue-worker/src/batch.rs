@@ -20,6 +20,8 @@ pub struct Bodies {
 pub struct Grouped {
     pub rooms: BTreeMap<u64, Bodies>,
     pub users: BTreeMap<u64, Bodies>,
+    /// Per user, the sessions whose sockets close (logouts).
+    pub ended: BTreeMap<u64, Vec<u64>>,
     /// The queue's ids of every message, to acknowledge them.
     pub ids: Vec<String>,
 }
@@ -30,6 +32,10 @@ impl Grouped {
         let to = match delivery.message.target {
             Some(Target::RoomId(room)) => self.rooms.entry(room).or_default(),
             Some(Target::UserId(user)) => self.users.entry(user).or_default(),
+            Some(Target::SessionEnd(end)) => {
+                self.ended.entry(end.user_id).or_default().push(end.session);
+                return;
+            }
             None => {
                 tracing::warn!(id = delivery.id, "queued message without a target; dropped");
                 return;
@@ -43,12 +49,20 @@ impl Grouped {
         self.ids.is_empty()
     }
 
+    /// The users to route: those with messages or ended sessions.
+    pub fn user_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.users.keys().chain(self.ended.keys()).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// One `PushBatch` per gateway, as `route` places the rooms and users (a room's bodies go
     /// to every gateway hosting members, a user's to each of its shards); and the queue ids to
     /// acknowledge once every gateway took its batch.
     pub fn split(self, route: RouteReply) -> (HashMap<String, PushBatch>, Vec<String>) {
         let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
-        let Grouped { mut rooms, mut users, ids } = self;
+        let Grouped { mut rooms, mut users, mut ended, ids } = self;
         for room in route.rooms {
             let Some(mut bodies) = rooms.remove(&room.room_id) else {
                 continue;
@@ -65,15 +79,18 @@ impl Grouped {
             }
         }
         for user in route.users {
-            let Some(bodies) = users.remove(&user.user_id) else {
+            let bodies = users.remove(&user.user_id).unwrap_or_default();
+            let end_sessions = ended.remove(&user.user_id).unwrap_or_default();
+            if bodies.bodies.is_empty() && end_sessions.is_empty() {
                 continue;
-            };
+            }
             for shard in user.shards {
                 per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
                     user_id: user.user_id,
                     shard: shard.shard,
                     bodies: bodies.bodies.clone(),
                     ids: bodies.ids.clone(),
+                    end_sessions: end_sessions.clone(),
                 });
             }
         }
@@ -101,5 +118,35 @@ mod tests {
         assert_eq!(g.rooms[&2], Bodies { bodies: vec![b"x".to_vec()], ids: vec![3] });
         assert_eq!(g.users[&9], Bodies { bodies: vec![b"p".to_vec()], ids: vec![2] });
         assert_eq!(g.ids, ["1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn ended_sessions_follow_the_users_messages_to_each_shard() {
+        use gochat_proto::logic::{ShardAddress, UserRoute};
+        use gochat_proto::queue::SessionEnd;
+        let mut g = Grouped::default();
+        let d = |id: u32, target, body: &str| Delivery {
+            id: id.to_string(),
+            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
+        };
+        g.add(d(1, Target::UserId(9), "p"));
+        g.add(d(2, Target::SessionEnd(SessionEnd { user_id: 9, session: 77 }), ""));
+        g.add(d(3, Target::SessionEnd(SessionEnd { user_id: 5, session: 88 }), ""));
+        assert_eq!(g.user_ids(), [5, 9]);
+        let at = |gateway: &str, shard| ShardAddress { gateway_id: gateway.into(), shard };
+        let route = RouteReply {
+            rooms: vec![],
+            users: vec![
+                UserRoute { user_id: 5, shards: vec![at("g1", 0)] },
+                UserRoute { user_id: 9, shards: vec![at("g1", 1), at("g2", 0)] },
+            ],
+        };
+        let (per_gateway, ids) = g.split(route);
+        assert_eq!(ids, ["1", "2", "3"]);
+        let g1 = &per_gateway["g1"].users;
+        assert_eq!((g1[0].user_id, g1[0].bodies.len(), &g1[0].end_sessions[..]), (5, 0, &[88][..]));
+        assert_eq!((g1[1].user_id, g1[1].bodies.len(), &g1[1].end_sessions[..]), (9, 1, &[77][..]));
+        let g2 = &per_gateway["g2"].users;
+        assert_eq!((g2[0].user_id, &g2[0].end_sessions[..]), (9, &[77][..]));
     }
 }

@@ -142,10 +142,8 @@ impl Worker {
 
     /// Routes a batch through logic and pushes one `PushBatch` per gateway.
     async fn push(&mut self, grouped: Grouped) {
-        let req = RouteRequest {
-            room_ids: grouped.rooms.keys().copied().collect(),
-            user_ids: grouped.users.keys().copied().collect(),
-        };
+        let req =
+            RouteRequest { room_ids: grouped.rooms.keys().copied().collect(), user_ids: grouped.user_ids() };
         let route = match self.route(req).await {
             Ok(r) => r,
             Err(status) => {

@@ -72,8 +72,9 @@ impl MemoryState {
         }
     }
 
-    pub fn remove_session(&self, token: &str) -> bool {
-        self.lock().sessions.remove(token).is_some()
+    pub fn remove_session(&self, token: &str) -> Option<Session> {
+        let (session, expires) = self.lock().sessions.remove(token)?;
+        (expires > Instant::now()).then_some(session)
     }
 
     /// Records a live connection. Idempotent; returns the change when the user newly joined.

@@ -68,7 +68,8 @@ impl State {
         }
     }
 
-    pub async fn remove_session(&self, token: &str) -> Result<bool, StateError> {
+    /// Ends `token`'s session; returns it when it was live.
+    pub async fn remove_session(&self, token: &str) -> Result<Option<Session>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.remove_session(token)),
             Self::Redis(s) => s.remove_session(token).await,

@@ -133,15 +133,13 @@ impl RedisState {
     pub async fn session(&self, token: &str) -> Result<Option<Session>, StateError> {
         let value: Option<String> =
             self.conn.clone().get(self.key(&format!("session:{token}"))).await.map_err(err)?;
-        Ok(value.and_then(|v| {
-            let (id, name) = v.split_once('\t')?;
-            Some(Session { user_id: id.parse().ok()?, user_name: name.to_string() })
-        }))
+        Ok(value.as_deref().and_then(parse_session))
     }
 
-    pub async fn remove_session(&self, token: &str) -> Result<bool, StateError> {
-        let removed: u64 = self.conn.clone().del(self.key(&format!("session:{token}"))).await.map_err(err)?;
-        Ok(removed > 0)
+    pub async fn remove_session(&self, token: &str) -> Result<Option<Session>, StateError> {
+        let value: Option<String> =
+            self.conn.clone().get_del(self.key(&format!("session:{token}"))).await.map_err(err)?;
+        Ok(value.as_deref().and_then(parse_session))
     }
 
     pub async fn conn_open(
@@ -314,4 +312,10 @@ impl RedisState {
                 .collect(),
         })
     }
+}
+
+/// A session as `create_session` stores it: `user_id \t user_name`.
+fn parse_session(value: &str) -> Option<Session> {
+    let (id, name) = value.split_once('\t')?;
+    Some(Session { user_id: id.parse().ok()?, user_name: name.to_string() })
 }

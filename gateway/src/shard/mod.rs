@@ -102,6 +102,9 @@ pub enum Command {
     User { user_id: u64, frames: Framed },
     /// The answer to an [`Effect::Auth`].
     AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
+    /// Close the user's connections that authenticated with these sessions
+    /// ([`wire::session_fingerprint`]): the user logged out.
+    EndSessions { user_id: u64, sessions: Vec<u64> },
     /// Tell one connection a request of its was refused (op 8); it stays open.
     Notice { key: u32, conn_id: u64, message: String },
     /// Close every connection and keep running: logic lost track of them (this gateway was
@@ -154,6 +157,8 @@ struct Conn {
     last_rx: u32,
     ping_sent: bool,
     dirty: bool,
+    /// The fingerprint of the token it authenticated with, so a logout can close it.
+    session: u64,
     /// When this connection's live timer entry fires.
     timer_at: u32,
     closing: bool,
@@ -264,6 +269,7 @@ impl Shard {
             last_rx: now,
             ping_sent: false,
             dirty: false,
+            session: 0,
             timer_at: 0,
             closing: false,
             room_pos: 0,
@@ -318,6 +324,7 @@ impl Shard {
         match session::interpret(conn.phase, body) {
             Request::Auth { token, room_id } => {
                 conn.phase = Phase::Authenticating { room_id };
+                conn.session = wire::session_fingerprint(&token);
                 self.effects.push(Effect::Auth { key, conn_id: id, token, room_id });
             }
             Request::AlreadyJoined => {
@@ -361,6 +368,19 @@ impl Shard {
                 }
             }
             Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),
+            Command::EndSessions { user_id, sessions } => {
+                let ended: Vec<u32> = (self.users.members(user_id).iter())
+                    .copied()
+                    .filter(|&key| sessions.contains(&self.conns[key as usize].session))
+                    .collect();
+                for key in ended {
+                    // As for a refused auth: gochat's clients cannot see a close reason.
+                    if self.conns[key as usize].codec.transport() == Transport::WebSocket {
+                        self.queue(key, protocol::error_frame(Transport::WebSocket, "logged out"));
+                    }
+                    self.begin_close(key, Some((1008, "logged out")));
+                }
+            }
             Command::Notice { key, conn_id, message } => {
                 if let Some(conn) = self.conns.get(key as usize).filter(|c| c.id == conn_id) {
                     let frame = protocol::error_frame(conn.codec.transport(), &message);

@@ -1,7 +1,7 @@
 //! The shard driven without sockets: bytes in, output and effects out.
 
 use super::*;
-use crate::testkit::{client_frame, live_ws, written, UPGRADE};
+use crate::testkit::{client_frame, live_ws, live_ws_with_token, written, UPGRADE};
 
 fn shard() -> Shard {
     Shard::new(3, 7, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
@@ -44,6 +44,25 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (b, _) = live_ws(&mut s, 2, 7);
     s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) });
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
+}
+
+#[test]
+fn an_ended_session_closes_only_its_own_sockets() {
+    let mut s = shard();
+    let (a1, _) = live_ws_with_token(&mut s, 1, 7, "phone");
+    let (a2, _) = live_ws_with_token(&mut s, 1, 9, "phone");
+    let (a3, _) = live_ws_with_token(&mut s, 1, 7, "laptop");
+    let (b, _) = live_ws_with_token(&mut s, 2, 7, "phone");
+    let phone = wire::session_fingerprint("phone");
+    s.on_command(Command::EndSessions { user_id: 1, sessions: vec![phone] });
+    for key in [a1, a2] {
+        assert!(s.is_closing(key), "a socket of the ended session stays open");
+        let out = written(&mut s, key);
+        assert!(out.windows(10).any(|w| w == b"logged out"), "no reason given to the client");
+        assert_eq!(out[out.len() - 14..][..4], [0x88, 12, 0x03, 0xf0], "close 1008 'logged out'");
+    }
+    assert!(!s.is_closing(a3), "the user's other session was closed");
+    assert!(!s.is_closing(b), "another user with the same token text was closed");
 }
 
 #[test]
