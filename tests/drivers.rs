@@ -13,32 +13,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A WebSocket opened by hand (so the test controls reads and resets), authenticated.
-async fn raw_ws(addr: std::net::SocketAddr, token: &str, room: u64) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
-    let auth = json!({"authToken": token, "roomId": room}).to_string();
-    let mask = [7u8, 1, 3, 9];
-    let mut frame = vec![0x81, 0x80 | auth.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(auth.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame).await.unwrap();
-    // Wait for the auth reply (op 7) somewhere in what arrives.
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("\"op\":7") {
-        let mut buf = [0u8; 1024];
-        let n = tokio::time::timeout(common::WAIT, s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed before auth");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    s
-}
-
 #[tokio::test]
 async fn a_peer_reset_with_output_in_flight_leaves_the_others_unharmed() {
     let s = Server::start().await;
     let (a, b) = (s.user("a").await, s.user("b").await);
-    let reader = raw_ws(s.up.gateway.ws_addr, &a.token, 20).await;
+    let reader = common::raw_ws(s.up.gateway.ws_addr, &a.token, 20).await;
     let mut ws = s.ws(&b, 20).await;
     // Fill the socket of a peer that never reads.
     let big = "x".repeat(9000);
@@ -124,7 +103,7 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
     let mut reached = false;
     while Instant::now() < deadline && !reached {
         if let Ok(Ok(_s)) = tokio::time::timeout(Duration::from_secs(5), async {
-            let s = raw_ws(addr, &token, 1).await;
+            let s = common::raw_ws(addr, &token, 1).await;
             Ok::<_, ()>(s)
         })
         .await

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, End, Server, User};
+use gochat_gateway::testkit::{client_frame, UPGRADE};
 use gochat_proto::wire;
 use serde_json::json;
 
@@ -307,9 +308,9 @@ async fn silent_peers_are_pinged_then_dropped() {
     // A raw client that authenticates, then never answers pings.
     let mut raw = tokio::net::TcpStream::connect(s.up.gateway.ws_addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    raw.write_all(UPGRADE).await.unwrap();
     let auth = json!({"authToken": a.token, "roomId": 8}).to_string();
-    raw.write_all(&masked_text(auth.as_bytes())).await.unwrap();
+    raw.write_all(&client_frame(true, 1, auth.as_bytes())).await.unwrap();
     // And a well-behaved client (tungstenite answers pings while reading).
     let mut good = s.ws(&a, 8).await;
     let silent = async {
@@ -335,14 +336,6 @@ async fn silent_peers_are_pinged_then_dropped() {
     s.push_room(&a, 8, "alive").await;
     assert_eq!(good.recv_op(wire::OP_ROOM_SEND).await["msg"], "alive");
     s.shutdown().await;
-}
-
-fn masked_text(payload: &[u8]) -> Vec<u8> {
-    let mask = [1u8, 2, 3, 4];
-    let mut f = vec![0x81, 0x80 | payload.len() as u8];
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
 }
 
 #[tokio::test]

@@ -49,6 +49,11 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Pending output per connection before it is dropped as a slow consumer.
     pub max_outbound_bytes: usize,
+    /// Frames per second a client may send, on average (0: no limit). Over it, frames are
+    /// dropped with a notice; a client that keeps going is closed as a flood.
+    pub client_frames_per_sec: u32,
+    /// Frames a client may send at once above the average.
+    pub client_frame_burst: u32,
     /// Connections accepted per gateway process (spread over the shards).
     pub max_connections: usize,
     /// Commands a shard's inbox holds before senders wait.
@@ -81,6 +86,8 @@ impl Default for GatewayConfig {
             max_message_bytes: protocol.max_message,
             allowed_origins: protocol.allowed_origins,
             max_outbound_bytes: shard.max_outbound_bytes,
+            client_frames_per_sec: shard.client_frames_per_sec,
+            client_frame_burst: shard.client_frame_burst,
             max_connections: 1_000_000,
             inbox_capacity: 4096,
             dedup_window: 65_536,
@@ -115,6 +122,9 @@ impl GatewayConfig {
         if self.max_outbound_bytes < 4096 {
             return err("max_outbound_bytes must be at least 4096");
         }
+        if self.client_frames_per_sec > 0 && !(1..=u16::MAX as u32).contains(&self.client_frame_burst) {
+            return err("client_frame_burst must be 1 to 65535 when client_frames_per_sec is set");
+        }
         if self.inbox_capacity == 0 || self.max_connections == 0 {
             return err("inbox_capacity and max_connections must be above 0");
         }
@@ -144,6 +154,8 @@ impl GatewayConfig {
             idle_timeout_secs: self.idle_timeout_secs,
             auth_timeout_secs: self.auth_timeout_secs,
             max_outbound_bytes: self.max_outbound_bytes,
+            client_frames_per_sec: self.client_frames_per_sec,
+            client_frame_burst: self.client_frame_burst,
             max_connections: self.max_connections.div_ceil(shards),
             close_grace_secs: ShardLimits::default().close_grace_secs,
         }

@@ -172,6 +172,8 @@ impl Gateway for Ingress {
                 rooms: s.rooms.load(Ordering::Relaxed),
                 frames_out: s.frames_out.load(Ordering::Relaxed),
                 slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
+                frames_throttled: s.frames_throttled.load(Ordering::Relaxed),
+                flood_closes: s.flood_closes.load(Ordering::Relaxed),
             })
             .collect();
         Ok(Response::new(StatsReply { gateway_id: self.gateway_id.to_string(), shards }))

@@ -109,6 +109,21 @@ impl Server {
         tcp
     }
 
+    /// The gateway's counters, summed over its shards.
+    pub async fn gateway_stats(&self) -> gochat_proto::gateway::ShardStats {
+        use gochat_proto::gateway::{gateway_client::GatewayClient, StatsRequest};
+        let url = format!("http://{}", self.up.gateway.grpc_addr);
+        let mut client = GatewayClient::connect(url).await.expect("gateway gRPC reachable");
+        let reply = client.stats(StatsRequest {}).await.expect("gateway stats").into_inner();
+        reply.shards.iter().fold(Default::default(), |mut sum, s| {
+            sum.connections += s.connections;
+            sum.slow_consumer_closes += s.slow_consumer_closes;
+            sum.frames_throttled += s.frames_throttled;
+            sum.flood_closes += s.flood_closes;
+            sum
+        })
+    }
+
     pub async fn shutdown(self) {
         self.up.shutdown().await;
     }
@@ -128,6 +143,24 @@ pub async fn ws_at(url: &str, user: &User, room: u64) -> Ws {
     let ok = ws.recv_op(wire::OP_AUTH_OK).await;
     assert_eq!(ok["userId"], user.id);
     ws
+}
+
+/// A WebSocket opened by hand (so the test controls reads, writes and resets), authenticated:
+/// the auth reply (op 7) has arrived.
+pub async fn raw_ws(addr: std::net::SocketAddr, token: &str, room: u64) -> TcpStream {
+    use gochat_gateway::testkit::{client_frame, UPGRADE};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(UPGRADE).await.unwrap();
+    let auth = json!({"authToken": token, "roomId": room}).to_string();
+    s.write_all(&client_frame(true, 1, auth.as_bytes())).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("\"op\":7") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before auth");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    s
 }
 
 /// POSTs `body` to `base` + `path` (a REST API not started by this process) and returns the

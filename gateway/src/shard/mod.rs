@@ -32,6 +32,11 @@ pub struct ShardLimits {
     pub auth_timeout_secs: u32,
     /// Pending output per connection; a peer over it is a slow consumer and is dropped.
     pub max_outbound_bytes: usize,
+    /// Frames a client may send per second on average (0: no limit) ...
+    pub client_frames_per_sec: u32,
+    /// ... and at once above it. Frames over the limit are dropped; a client that sends as many
+    /// again without slowing down is closed.
+    pub client_frame_burst: u32,
     /// Connections this shard accepts.
     pub max_connections: usize,
     /// How long a closing connection may take to write its last bytes before it is dropped.
@@ -46,6 +51,8 @@ impl Default for ShardLimits {
             idle_timeout_secs: 60,
             auth_timeout_secs: 10,
             max_outbound_bytes: 256 * 1024,
+            client_frames_per_sec: 20,
+            client_frame_burst: 60,
             max_connections: 1_000_000,
             close_grace_secs: 5,
         }
@@ -147,6 +154,10 @@ pub struct ShardStats {
     pub auth_failures: AtomicU64,
     /// Closes the protocol decided: a client close, a violation, a refused handshake.
     pub protocol_closes: AtomicU64,
+    /// Client frames dropped over the rate limit.
+    pub frames_throttled: AtomicU64,
+    /// Clients closed for flooding (they went on sending far over the limit).
+    pub flood_closes: AtomicU64,
 }
 
 struct Conn {
@@ -159,6 +170,11 @@ struct Conn {
     dirty: bool,
     /// The fingerprint of the token it authenticated with, so a logout can close it.
     session: u64,
+    /// Rate limit: frames it may still send, when that was last topped up (s), and frames
+    /// dropped since it last had credit.
+    credit: u16,
+    credit_at: u32,
+    over: u16,
     /// When this connection's live timer entry fires.
     timer_at: u32,
     closing: bool,
@@ -270,6 +286,9 @@ impl Shard {
             ping_sent: false,
             dirty: false,
             session: 0,
+            credit: self.limits.client_frame_burst.min(u16::MAX as u32) as u16,
+            credit_at: now,
+            over: 0,
             timer_at: 0,
             closing: false,
             room_pos: 0,
@@ -301,6 +320,9 @@ impl Shard {
             self.arm(key, ping_at);
         }
         for output in outputs.drain(..) {
+            if !matches!(output, Output::Close) && !self.admit(key, now) {
+                continue;
+            }
             match output {
                 Output::Send(bytes) => self.queue(key, bytes),
                 Output::Message(body) => self.on_message(key, &body),
@@ -311,6 +333,47 @@ impl Shard {
             }
         }
         self.outputs = outputs;
+    }
+
+    /// Whether one more client frame (a message, or a ping that owes a pong) is within the
+    /// rate limit. Over it the frame is dropped (the first drop is told with op 8); a client
+    /// that sends as many again as its burst without slowing down is closed with 1008.
+    fn admit(&mut self, key: u32, now: u32) -> bool {
+        let limits = &self.limits;
+        let Some(conn) = self.conns.get_mut(key as usize).filter(|c| !c.closing) else {
+            return false;
+        };
+        if limits.client_frames_per_sec == 0 || conn.phase == Phase::Echo {
+            return true;
+        }
+        let burst = limits.client_frame_burst.min(u16::MAX as u32);
+        if now > conn.credit_at {
+            let earned = (now - conn.credit_at).saturating_mul(limits.client_frames_per_sec);
+            conn.credit = (conn.credit as u32).saturating_add(earned).min(burst) as u16;
+            conn.credit_at = now;
+        }
+        if conn.credit > 0 {
+            conn.credit -= 1;
+            conn.over = 0;
+            return true;
+        }
+        conn.over = conn.over.saturating_add(1);
+        self.stats.frames_throttled.fetch_add(1, Ordering::Relaxed);
+        let (over, transport) = (conn.over as u32, conn.codec.transport());
+        if over > burst {
+            self.stats.flood_closes.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(conn = conn.id, "flooding client closed");
+            if transport == Transport::WebSocket {
+                self.queue(key, protocol::error_frame(transport, "too many messages, connection closed"));
+            }
+            self.begin_close(key, Some((1008, "too many messages")));
+        } else if over == 1 {
+            self.queue(
+                key,
+                protocol::error_frame(transport, "too many messages, slow down; some were dropped"),
+            );
+        }
+        false
     }
 
     fn on_message(&mut self, key: u32, body: &[u8]) {

@@ -65,6 +65,53 @@ fn an_ended_session_closes_only_its_own_sockets() {
     assert!(!s.is_closing(b), "another user with the same token text was closed");
 }
 
+/// Room sends (effects) a client's frames produce.
+fn room_sends(s: &mut Shard) -> usize {
+    s.take_effects().filter(|e| matches!(e, Effect::RoomSend { .. })).count()
+}
+
+#[test]
+fn a_client_over_its_frame_rate_is_throttled_then_closed() {
+    let limits = ShardLimits { client_frames_per_sec: 10, client_frame_burst: 20, ..ShardLimits::default() };
+    let mut s = Shard::new(0, 1, limits, 0);
+    // The upgrade's reply and the auth frame took 2 of the burst of 20.
+    let (a, _) = live_ws(&mut s, 1, 7);
+    let send = |s: &mut Shard, n: usize, now: u32| {
+        for _ in 0..n {
+            s.on_data(a, &mut client_frame(true, 1, br#"{"op":3,"msg":"x"}"#), now);
+        }
+    };
+    send(&mut s, 18, 0);
+    assert_eq!(room_sends(&mut s), 18, "the burst passes");
+    send(&mut s, 5, 0);
+    assert_eq!(room_sends(&mut s), 0, "over the burst, frames are dropped");
+    let out = written(&mut s, a);
+    assert_eq!(out.windows(9).filter(|w| w == b"slow down").count(), 1, "told once");
+    // A second later it has earned 10 more, and the drops start over.
+    send(&mut s, 12, 1);
+    assert_eq!(room_sends(&mut s), 10);
+    assert!(!s.is_closing(a), "a client a little over the rate is throttled, not closed");
+    assert_eq!(s.stats().frames_throttled.load(Ordering::Relaxed), 7);
+    // A flood: more than the burst again without slowing down.
+    send(&mut s, 30, 1);
+    assert_eq!(room_sends(&mut s), 0);
+    assert!(s.is_closing(a), "a flooding client is closed");
+    let out = written(&mut s, a);
+    assert!(out.windows(17).any(|w| w == b"too many messages"), "and told why");
+    assert_eq!(s.stats().flood_closes.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn no_frame_limit_when_it_is_zero() {
+    let limits = ShardLimits { client_frames_per_sec: 0, client_frame_burst: 1, ..ShardLimits::default() };
+    let mut s = Shard::new(0, 1, limits, 0);
+    let (a, _) = live_ws(&mut s, 1, 7);
+    for _ in 0..1000 {
+        s.on_data(a, &mut client_frame(true, 1, br#"{"op":3,"msg":"x"}"#), 0);
+    }
+    assert_eq!(room_sends(&mut s), 1000);
+}
+
 #[test]
 fn removal_keeps_the_other_members_and_tells_logic() {
     let mut s = shard();
