@@ -127,6 +127,43 @@ impl Proc {
     }
 }
 
+/// A failure to inject into a running cluster, as `gochat cluster --faults` names it:
+/// `kill-worker-1`, `restart-gateway-2`, `kill-control-1`, `restart-redis`, `restart-etcd`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Kill(Role, usize),
+    Restart(Role, usize),
+    RestartRedis,
+    RestartEtcd,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "restart-redis" => return Ok(Fault::RestartRedis),
+            "restart-etcd" => return Ok(Fault::RestartEtcd),
+            _ => {}
+        }
+        let bad = || {
+            anyhow::anyhow!("unknown fault {s:?}: kill-ROLE-N, restart-ROLE-N, restart-redis or restart-etcd")
+        };
+        let (action, member) = s.split_once('-').ok_or_else(bad)?;
+        let (role, n) = member.rsplit_once('-').ok_or_else(bad)?;
+        let role = [Role::Gateway, Role::Control, Role::Worker]
+            .into_iter()
+            .find(|r| r.as_str() == role)
+            .ok_or_else(bad)?;
+        let n: usize = n.parse().ok().filter(|n| *n > 0).ok_or_else(bad)?;
+        match action {
+            "kill" => Ok(Fault::Kill(role, n)),
+            "restart" => Ok(Fault::Restart(role, n)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// Where a member listens.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -386,6 +423,23 @@ impl LocalCluster {
         self.etcd.wait_ready(Duration::from_secs(20))
     }
 
+    /// Injects `fault`; a restart returns once the process is ready again.
+    pub fn inject(&mut self, fault: Fault) -> anyhow::Result<()> {
+        match fault {
+            Fault::Kill(role, n) => {
+                anyhow::ensure!(self.members().filter(|m| m.role == role).count() >= n, "no {role} {n}");
+                self.kill(role, n);
+                Ok(())
+            }
+            Fault::Restart(role, n) => {
+                anyhow::ensure!(self.members().filter(|m| m.role == role).count() >= n, "no {role} {n}");
+                self.restart(role, n)
+            }
+            Fault::RestartRedis => self.restart_redis(),
+            Fault::RestartEtcd => self.restart_etcd(),
+        }
+    }
+
     /// Where the logs are.
     pub fn dir(&self) -> &Path {
         &self.spec.dir
@@ -419,6 +473,23 @@ impl Drop for LocalCluster {
     fn drop(&mut self) {
         if self.members.iter().any(|(_, p)| p.child.is_some()) || self.redis.child.is_some() {
             self.shutdown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_bad_ones_are_named() {
+        assert_eq!("kill-worker-1".parse::<Fault>().unwrap(), Fault::Kill(Role::Worker, 1));
+        assert_eq!("restart-gateway-2".parse::<Fault>().unwrap(), Fault::Restart(Role::Gateway, 2));
+        assert_eq!("restart-redis".parse::<Fault>().unwrap(), Fault::RestartRedis);
+        assert_eq!("restart-etcd".parse::<Fault>().unwrap(), Fault::RestartEtcd);
+        for bad in ["kill-worker-0", "kill-queue-1", "stop-worker-1", "kill-worker", "restart-redis-1"] {
+            let e = bad.parse::<Fault>().unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
         }
     }
 }

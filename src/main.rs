@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
+use std::time::Duration;
 
-use gochat::cluster::{ClusterSpec, LocalCluster};
+use gochat::cluster::{ClusterSpec, Fault, LocalCluster};
 use gochat::discovery::{self, DiscoveryKind, Registration, Role};
 use gochat::roles::{Up, WorkerHandle};
 use gochat::Config;
@@ -60,6 +61,11 @@ enum Command {
         /// Where the cluster may create its database.
         #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
         postgres: String,
+        /// Failures to inject, as SECONDS:FAULT after start, e.g.
+        /// `20:kill-worker-1,35:restart-worker-1,50:restart-redis`. Faults: kill-ROLE-N,
+        /// restart-ROLE-N (ROLE: gateway, control, worker), restart-redis, restart-etcd.
+        #[arg(long, value_delimiter = ',', value_parser = parse_timed_fault)]
+        faults: Vec<(f64, Fault)>,
     },
 }
 
@@ -84,15 +90,16 @@ fn main() -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    if let Command::Cluster { gateways, controls, workers, dir, postgres } = command {
-        return run_cluster(ClusterSpec {
+    if let Command::Cluster { gateways, controls, workers, dir, postgres, faults } = command {
+        let spec = ClusterSpec {
             gateways,
             controls,
             workers,
             postgres_admin_url: postgres,
             driver: cfg.gateway.driver,
             ..ClusterSpec::new(std::env::current_exe()?, dir)
-        });
+        };
+        return run_cluster(spec, faults);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(run(command, cfg))
@@ -191,24 +198,54 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_cluster(spec: ClusterSpec) -> anyhow::Result<()> {
+fn run_cluster(spec: ClusterSpec, mut faults: Vec<(f64, Fault)>) -> anyhow::Result<()> {
     if !cfg!(feature = "etcd") {
         anyhow::bail!(
             "the local cluster uses etcd discovery: build with `cargo build --release --features etcd`"
         );
     }
-    let cluster = LocalCluster::start(spec)?;
+    let mut cluster = LocalCluster::start(spec)?;
+    let started = std::time::Instant::now();
     println!("local cluster up (Redis {}, etcd {}):", cluster.redis_url(), cluster.etcd_url());
     for m in cluster.members() {
         let public = m.public.map(|a| a.to_string()).unwrap_or_default();
         println!("  {:<10} {:<18} {}", m.id, public, m.config.display());
     }
     println!("logs in {}; Ctrl-C to stop.", cluster.dir().display());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(shutdown_signal());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(rt) = rt {
+            rt.block_on(shutdown_signal());
+        }
+        let _ = stop_tx.send(());
+    });
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut stopped = false;
+    for (at, fault) in faults {
+        let wait = Duration::from_secs_f64(at).saturating_sub(started.elapsed());
+        if stop_rx.recv_timeout(wait).is_ok() {
+            stopped = true;
+            break;
+        }
+        match cluster.inject(fault) {
+            Ok(()) => println!("{:>7.1} s  {fault:?}", started.elapsed().as_secs_f64()),
+            Err(e) => println!("{:>7.1} s  {fault:?} failed: {e:#}", started.elapsed().as_secs_f64()),
+        }
+    }
+    if !stopped {
+        let _ = stop_rx.recv();
+    }
     println!("stopping…");
     cluster.stop();
     Ok(())
+}
+
+/// `SECONDS:FAULT`, for `gochat cluster --faults`.
+fn parse_timed_fault(s: &str) -> anyhow::Result<(f64, Fault)> {
+    let (at, fault) = s.split_once(':').context("a fault is SECONDS:FAULT")?;
+    let at: f64 = at.trim().parse().ok().filter(|t: &f64| *t >= 0.0).context("SECONDS must be a number")?;
+    Ok((at, fault.trim().parse()?))
 }
 
 /// A queue-worker that finds logic and the gateways the configured way: listed in `[worker]`,

@@ -9,7 +9,8 @@
 //! - [`server`]: the server's processes (memory, CPU by pid or port), kernel slab, and a local
 //!   gochat-rs cluster the bench can start per driver.
 //! - [`scenario`]: `connections`, `fanout`, `latency`, `private`; [`echo`]: raw echo
-//!   throughput and the fastwebsockets-on-tokio baseline server.
+//!   throughput and the fastwebsockets-on-tokio baseline server; [`sequence`]: numbered
+//!   messages through node failures (losses, duplicates, order, time to recover).
 //! - [`result`], [`report`]: the JSON result of a run, and markdown tables and SVG charts.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod fleets;
 pub mod report;
 pub mod result;
 pub mod scenario;
+pub mod sequence;
 pub mod server;
 pub mod worker;
 pub mod wsclient;

@@ -9,7 +9,7 @@ use gochat_bench::fleets::ClientOpts;
 use gochat_bench::result::RunResult;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
 use gochat_bench::server::{Cluster, ServerProcs};
-use gochat_bench::{report, worker};
+use gochat_bench::{report, sequence, worker};
 
 /// Load generator for gochat-compatible servers (gochat-rs, gochat, anything speaking its
 /// REST API and WebSocket protocol).
@@ -173,6 +173,32 @@ enum Command {
         #[arg(long, default_value = "bench-report")]
         to: PathBuf,
     },
+    /// A numbered message stream into one room while nodes fail (kill them meanwhile, e.g. with
+    /// `gochat cluster --faults`): per receiver, messages lost while connected, missed while
+    /// away, duplicates, out of order, and time to come back. Fails when any was lost while
+    /// connected or arrived twice.
+    Sequence {
+        /// Every control's REST API (default: --api); pushes move to the next on failure.
+        #[arg(long, value_delimiter = ',')]
+        control_apis: Vec<String>,
+        /// Every gateway's WebSocket address (default: --ws); receivers move to the next one
+        /// when theirs goes away.
+        #[arg(long, value_delimiter = ',')]
+        gateway_ws: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        receivers: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds to send.
+        #[arg(long, default_value_t = 60.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 4242)]
+        room: u64,
+        /// How long an accepted message may take to arrive, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        grace_ms: u64,
+    },
     /// (internal) A client worker process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -189,6 +215,38 @@ fn main() -> anyhow::Result<()> {
             let md = report::write(&results, &to)?;
             println!("{md}");
             eprintln!("written to {}", to.join("report.md").display());
+            Ok(())
+        }
+        Command::Sequence { control_apis, gateway_ws, receivers, rate, duration, room, grace_ms } => {
+            let or =
+                |list: Vec<String>, one: &str| if list.is_empty() { vec![one.to_string()] } else { list };
+            let params = sequence::SequenceParams {
+                apis: or(control_apis, &cli.server.api),
+                gateways: or(gateway_ws, &cli.server.ws)
+                    .iter()
+                    .map(|g| resolve(g))
+                    .collect::<Result<_, _>>()?,
+                path: cli.server.path.clone(),
+                receivers,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+                room,
+                grace: Duration::from_millis(grace_ms),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let result = rt.block_on(sequence::run(params))?;
+            result.print();
+            std::fs::create_dir_all(&cli.server.out)?;
+            let file = cli.server.out.join(format!("sequence-{}.json", result.started_at.replace(':', "")));
+            std::fs::write(&file, serde_json::to_string_pretty(&result)?)?;
+            eprintln!("result: {}", file.display());
+            let broken = ["lost_while_connected", "duplicates"]
+                .into_iter()
+                .filter(|k| result.figures[*k].as_u64() != Some(0))
+                .collect::<Vec<_>>();
+            if !broken.is_empty() {
+                bail!("guarantee broken: {}", broken.join(", "));
+            }
             Ok(())
         }
         command => run(&cli.server, &command),
@@ -361,7 +419,7 @@ fn scenario_run(
             };
             echo::run(target.ws, path, &target.label, &p)
         }
-        Command::Report { .. } | Command::Worker | Command::EchoServer { .. } => {
+        Command::Report { .. } | Command::Worker | Command::EchoServer { .. } | Command::Sequence { .. } => {
             unreachable!("handled in main")
         }
     }
@@ -427,5 +485,23 @@ fn raise_open_files_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+        // Global and scenario options must not share a name (clap fails only when parsing).
+        let cli =
+            super::Cli::try_parse_from(["bench", "--gateways", "2", "sequence", "--gateway-ws", "a:1,b:2"]);
+        let Ok(super::Cli { command: super::Command::Sequence { gateway_ws, .. }, server }) = cli else {
+            panic!("sequence options do not parse")
+        };
+        assert_eq!((gateway_ws.len(), server.gateways), (2, Some(2)));
     }
 }
