@@ -156,6 +156,7 @@ async fn all_delivered(what: &str, inboxes: &[&Inbox], sent: &[String], in_order
 async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
     let mut c = start_cluster();
     let (alice, bob, carol) = (user(&c, "alice").await, user(&c, "bob").await, user(&c, "carol").await);
+    let dave = user(&c, "dave").await;
     let a = Inbox::spawn(ws_at(&ws_url(&c, 1), &alice, 1).await);
     let b = Inbox::spawn(ws_at(&ws_url(&c, 2), &bob, 1).await);
     let cc = Inbox::spawn(ws_at(&ws_url(&c, 2), &carol, 1).await);
@@ -184,6 +185,25 @@ async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
     }
     all_delivered("messages around a killed worker", &[&a, &b, &cc], &sent, false).await;
     c.restart(Role::Worker, 1).unwrap();
+
+    // kill -9 a control mid-stream: the other one takes every push and new sockets' auth;
+    // sockets already open stay, and every accepted message arrives once, in order.
+    let sent: Vec<String> = (0..60).map(|i| format!("during control loss {i}")).collect();
+    for (i, m) in sent.iter().enumerate() {
+        if i == 20 {
+            c.kill(Role::Control, 1);
+        }
+        push_room(&c, 2, &carol, 1, m).await;
+    }
+    all_delivered("messages around a killed control", &[&a, &b, &cc], &sent, true).await;
+    let late = Inbox::spawn(ws_at(&ws_url(&c, 1), &dave, 1).await);
+    push_user(&c, 2, &bob, &dave, "auth without control 1").await;
+    eventually("a socket opened after control 1 died gets messages", || async {
+        late.msgs(2) == ["auth without control 1"]
+    })
+    .await;
+    assert!(!a.ended() && !b.ended() && !cc.ended(), "a socket dropped by a control's death");
+    c.restart(Role::Control, 1).unwrap();
 
     // kill -9 gateway 2: its users reconnect to gateway 1 and get later private messages.
     c.kill(Role::Gateway, 2);

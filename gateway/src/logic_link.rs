@@ -21,6 +21,8 @@ const ROOM_SEND_BACKLOG: usize = 1024;
 /// of calls that time out (and are cancelled) only slows it further.
 const AUTH_CALLS_IN_FLIGHT: usize = 8;
 const AUTH_BATCH: usize = 128;
+/// Retries of an auth call that found its control unavailable (50 ms, doubling).
+const AUTH_RETRIES: usize = 4;
 
 /// A socket waiting for logic's answer to its auth frame.
 struct PendingAuth {
@@ -128,7 +130,7 @@ impl Link {
     }
 
     async fn auth(mut self, batch: Vec<PendingAuth>) {
-        let requests = batch
+        let requests: Vec<ConnOpenRequest> = batch
             .iter()
             .map(|a| ConnOpenRequest {
                 token: a.token.clone(),
@@ -138,22 +140,33 @@ impl Link {
                 conn_id: a.conn_id,
             })
             .collect();
-        let results: Vec<Result<AuthedUser, AuthRefused>> =
-            match self.logic.conn_open(ConnOpenBatch { requests }).await {
-                Ok(reply) if reply.get_ref().results.len() == batch.len() => reply
-                    .into_inner()
-                    .results
-                    .into_iter()
-                    .map(|r| match r.user {
-                        Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
-                        None => Err(auth_refusal(&tonic::Status::new(Code::from(r.code), r.message))),
-                    })
-                    .collect(),
-                Ok(_) => {
-                    batch.iter().map(|_| Err(refused(1011, "logic answered a different count"))).collect()
+        // A control that died leaves calls on its connection failing as unavailable; the
+        // balanced channel sends a retry to a live one (opening a connection is idempotent).
+        let mut delay = Duration::from_millis(50);
+        let mut answer = self.logic.conn_open(ConnOpenBatch { requests: requests.clone() }).await;
+        for _ in 0..AUTH_RETRIES {
+            match &answer {
+                Err(status) if status.code() == Code::Unavailable => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    answer = self.logic.conn_open(ConnOpenBatch { requests: requests.clone() }).await;
                 }
-                Err(status) => batch.iter().map(|_| Err(auth_refusal(&status))).collect(),
-            };
+                _ => break,
+            }
+        }
+        let results: Vec<Result<AuthedUser, AuthRefused>> = match answer {
+            Ok(reply) if reply.get_ref().results.len() == batch.len() => reply
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| match r.user {
+                    Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
+                    None => Err(auth_refusal(&tonic::Status::new(Code::from(r.code), r.message))),
+                })
+                .collect(),
+            Ok(_) => batch.iter().map(|_| Err(refused(1011, "logic answered a different count"))).collect(),
+            Err(status) => batch.iter().map(|_| Err(auth_refusal(&status))).collect(),
+        };
         for (a, result) in batch.into_iter().zip(results) {
             if matches!(&result, Err(r) if r.close_code != 1008) {
                 // Logic may have recorded the connection before failing or timing out: undo it.
