@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
 use gochat_proto::peers;
 use gochat_queue_worker::Queue;
@@ -50,7 +51,7 @@ impl Control {
             StateKind::Redis => State::Redis(
                 RedisState::open(&cfg.redis_url, &cfg.redis_prefix, session_ttl)
                     .await
-                    .map_err(|e| Error::Config(format!("state on {}: {e}", cfg.redis_url)))?,
+                    .map_err(|e| Error::Config(format!("state on {}: {e}", redact_url(&cfg.redis_url))))?,
             ),
         };
         let logic = Arc::new(Logic::new(store.clone(), state, queue, &cfg));
