@@ -330,6 +330,11 @@ impl LocalCluster {
                 cfg.control.redis_url = self.redis_url.clone();
                 cfg.control.gateway_lease_secs = 3;
                 cfg.control.demo_users = Some(false);
+                // Every client of a local cluster comes from loopback, and tests push faster
+                // than a person.
+                cfg.control.login_per_minute = 0;
+                cfg.control.register_per_minute = 0;
+                cfg.control.push_per_second = 0;
                 (public, grpc) = (Some(api), Some(g));
             }
             Role::Gateway => {

@@ -12,7 +12,7 @@ use gochat::Config;
 use gochat_control::Control;
 use gochat_gateway::driver::DriverChoice;
 use gochat_gateway::Gateway;
-use gochat_proto::peers;
+use gochat_proto::{config_format, peers};
 use gochat_queue_worker::{Queue, QueueKind, Worker};
 
 /// gochat-rs: a gochat-compatible IM system with a thread-per-core connection gateway.
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
     match command {
         Command::Up => {
-            let database = cfg.control.database.clone();
+            let database = config_format::redact_url(&cfg.control.database);
             let up = Up::start(cfg).await?;
             let a = up.addresses();
             println!("gochat-rs is up (embedded: in-process queue, static discovery, {database})");
@@ -189,7 +189,11 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             let whoami = format!("pid:{}", std::process::id());
             let registration =
                 Registration::start(&cfg.discovery, Role::Worker, &cfg.worker.id, &whoami).await?;
-            println!("worker reading {} stream(s) at {}", cfg.queue.redis.streams, cfg.queue.redis.url);
+            println!(
+                "worker reading {} stream(s) at {}",
+                cfg.queue.redis.streams,
+                config_format::redact_url(&cfg.queue.redis.url)
+            );
             shutdown_signal().await;
             registration.shutdown().await;
             worker.shutdown().await;

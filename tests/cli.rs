@@ -153,3 +153,144 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// With every log at trace level (ours and every library's), a session's life — register, a
+/// wrong password, login, sockets, pushes, logout — leaves no password, token or password hash
+/// in the process's output.
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let dir = tempdir();
+    let redis = common::RedisPrefix::new("secrets");
+    let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());
+    let db = dir.join("users.sqlite3");
+    let config = format!(
+        r#"
+[gateway]
+ws_listen = "127.0.0.1:{ws}"
+tcp_listen = "off"
+grpc_listen = "127.0.0.1:{gw_grpc}"
+shards = 1
+
+[control]
+api_listen = "127.0.0.1:{api}"
+site_listen = "off"
+grpc_listen = "127.0.0.1:{grpc}"
+database = "sqlite://{db}"
+state = "redis"
+redis_url = "{redis_url}"
+redis_prefix = "{prefix}"
+node_id = 1
+"#,
+        db = db.display(),
+        redis_url = redis.url,
+        prefix = redis.prefix,
+    );
+    let path = dir.join("gochat.toml");
+    std::fs::write(&path, config).unwrap();
+    let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
+    let child = gochat()
+        .args(["--config", path.to_str().unwrap(), "up"])
+        .env("RUST_LOG", "trace")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+
+    let base = format!("http://127.0.0.1:{api}");
+    let http = reqwest::Client::new();
+    eventually("gochat up answers", || async {
+        http.post(format!("{base}/user/checkAuth")).body("{}").send().await.is_ok()
+    })
+    .await;
+    let (alice, bob) = (common::unique("alice"), common::unique("bob"));
+    let (alice_pw, bob_pw, guess) = ("Alice-Secret-7f3a9c", "Bob-Secret-0d41e2", "Wrong-Guess-5b6c8d");
+    let call = |path: &'static str, body: serde_json::Value| {
+        let base = base.clone();
+        async move { common::post(&base, path, body).await }
+    };
+    let mut tokens = Vec::new();
+    for (name, pw) in [(&alice, alice_pw), (&bob, bob_pw)] {
+        let r = call("/user/register", json!({"userName": name, "passWord": pw})).await;
+        assert_eq!(r["code"], 0, "{r}");
+        tokens.push(r["data"].as_str().unwrap().to_string());
+    }
+    let r = call("/user/login", json!({"userName": alice, "passWord": guess})).await;
+    assert_eq!(r["code"], 1);
+    let r = call("/user/register", json!({"userName": alice, "passWord": guess})).await;
+    assert_eq!(r["code"], 1, "taken");
+    let r = call("/user/login", json!({"userName": alice, "passWord": alice_pw})).await;
+    let alice_token = r["data"].as_str().unwrap().to_string();
+    tokens.push(alice_token.clone());
+    let me = call("/user/checkAuth", json!({"authToken": alice_token})).await;
+    let bob_token = tokens[1].clone();
+    let bob_me = call("/user/checkAuth", json!({"authToken": bob_token})).await;
+    let user = |token: &str, me: &serde_json::Value| common::User {
+        token: token.to_string(),
+        id: me["data"]["userId"].as_u64().unwrap(),
+        name: me["data"]["userName"].as_str().unwrap().to_string(),
+    };
+    let ws_url = format!("ws://127.0.0.1:{ws}/ws");
+    let mut wa = common::ws_at(&ws_url, &user(&alice_token, &me), 1).await;
+    let mut wb = common::ws_at(&ws_url, &user(&bob_token, &bob_me), 1).await;
+    // A forged token on a socket, too.
+    let (mut forged, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    use futures_util::SinkExt;
+    let fake = "f".repeat(48);
+    forged
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            json!({"authToken": fake, "roomId": 1}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let r = call("/push/pushRoom", json!({"authToken": alice_token, "roomId": 1, "msg": "hello room"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let bob_id = bob_me["data"]["userId"].as_u64().unwrap().to_string();
+    let r =
+        call("/push/push", json!({"authToken": alice_token, "toUserId": bob_id, "roomId": 1, "msg": "psst"}))
+            .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(wb.recv_op(wire::OP_SINGLE_SEND).await["msg"], "psst");
+    assert_eq!(wa.recv_op(wire::OP_ROOM_SEND).await["msg"], "hello room");
+    for path in ["/push/count", "/push/getRoomInfo"] {
+        assert_eq!(call(path, json!({"authToken": alice_token, "roomId": 1})).await["code"], 0);
+    }
+    for token in &tokens {
+        assert_eq!(call("/user/logout", json!({"authToken": token})).await["code"], 0);
+        assert_eq!(call("/user/checkAuth", json!({"authToken": token})).await["code"], 40000);
+    }
+    wa.close().await;
+    wb.close().await;
+    assert!(tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap(), "stops cleanly");
+
+    let store = gochat_control::store::UserStore::open(&format!("sqlite://{}", db.display())).await.unwrap();
+    let mut hashes = Vec::new();
+    for name in [&alice, &bob, &"demo".to_string()] {
+        hashes.push(store.by_name(name).await.unwrap().expect("stored").password);
+    }
+    store.close().await;
+    let logs = std::fs::read_to_string(&out).unwrap() + &std::fs::read_to_string(&err).unwrap();
+    assert!(logs.lines().filter(|l| l.contains("TRACE")).count() > 100, "trace logging was on:\n{logs}");
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("alice's password", alice_pw.into()),
+        ("bob's password", bob_pw.into()),
+        ("a wrong password", guess.into()),
+        ("a forged token", fake),
+    ];
+    secrets.extend(tokens.iter().map(|t| ("a session token", t.clone())));
+    for h in &hashes {
+        secrets.push(("a password hash", h.clone()));
+        // The salt and the hash on their own, too.
+        secrets.extend(h.rsplit('$').take(2).map(|part| ("part of a password hash", part.to_string())));
+    }
+    secrets.push(("a password hash", "$argon2".into()));
+    for (what, secret) in &secrets {
+        if let Some(at) = logs.find(secret.as_str()) {
+            let line = logs[..at].lines().count();
+            panic!(
+                "{what} in the logs, line {line}: {}",
+                logs[at.saturating_sub(200)..].chars().take(400).collect::<String>()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -46,6 +46,13 @@ fn unknown_fields_and_bad_values_are_errors() {
     assert!(cfg.validate().unwrap_err().to_string().contains("node_id"), "shared state needs a node number");
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
+    let cfg = Config::parse("[control]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n").unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("trusted_proxies") && err.contains("proxy.local"), "{err}");
+    let cfg = Config::parse("[control]\npush_burst = 0\n").unwrap();
+    assert!(cfg.validate().unwrap_err().to_string().contains("push_burst"));
+    let cfg = Config::parse("[control]\npush_per_second = 0\npush_burst = 0\n").unwrap();
+    cfg.validate().expect("no burst needed without a limit");
 }
 
 #[test]

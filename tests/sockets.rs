@@ -111,6 +111,7 @@ async fn private_message_to_offline_or_unknown_user_is_a_clean_error() {
     assert_eq!(r["code"], 1);
     // Still serving.
     let mut wb = s.ws(&b, 1).await;
+    let _wa = s.ws(&a, 1).await;
     s.push_room(&a, 1, "still here").await;
     assert_eq!(wb.recv_op(wire::OP_ROOM_SEND).await["msg"], "still here");
     s.shutdown().await;

@@ -116,6 +116,11 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `[control]` settings of a spawned cluster: every bench client comes from loopback, users
+/// are made by the thousand, and pushers need no socket in the rooms they push to.
+const BENCH_CONTROL: &str =
+    "login_per_minute = 0\nregister_per_minute = 0\npush_per_second = 0\nopen_rooms = true\n";
+
 /// A local gochat-rs cluster: one control (with its queue-worker) and `gateways` gateway
 /// processes sharing the WebSocket port with `SO_REUSEPORT`.
 pub struct Cluster {
@@ -166,9 +171,10 @@ impl Cluster {
         let common = format!(
             "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
              grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
-             session_ttl_secs = 864000\n\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
+             session_ttl_secs = 864000\n{bench_control}\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
             db = dir.join("users.sqlite3").display(),
-            list = list.join(", ")
+            list = list.join(", "),
+            bench_control = BENCH_CONTROL,
         );
         let mut children = Vec::new();
         let spawn = |path: &Path, role: &str, log: &str| -> anyhow::Result<Child> {

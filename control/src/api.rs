@@ -1,12 +1,14 @@
 //! gochat's REST API, byte for byte: `POST` + JSON body, HTTP 200 with the envelope
 //! `{"code","message","data"}`, CORS open, the session token in the body.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use gochat_proto::wire;
@@ -14,8 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::limits::{client_key, retry_secs, RateLimits, TrustedProxies};
 use crate::logic::{Logic, LogicError};
 use crate::state::Session;
+use crate::ControlConfig;
 
 pub const CODE_SUCCESS: i64 = 0;
 pub const CODE_FAIL: i64 = 1;
@@ -71,15 +75,56 @@ fn from_error(e: LogicError) -> Response {
     }
 }
 
-/// The REST router. `max_body` bounds request bodies.
-pub fn router(logic: Arc<Logic>, max_body: usize) -> Router {
-    Router::new().fallback(dispatch).with_state(logic).layer(axum::extract::DefaultBodyLimit::max(max_body))
+/// What the REST handlers share.
+struct Api {
+    logic: Arc<Logic>,
+    limits: Arc<RateLimits>,
+    proxies: TrustedProxies,
+    max_body: usize,
+}
+
+/// The REST router; serve it with connect info (`SocketAddr`), which the per-address rate
+/// limits key on.
+pub fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -> Router {
+    let proxies = TrustedProxies::new(&cfg.trusted_proxies).expect("validated with the config");
+    let api = Api { logic, limits, proxies, max_body: cfg.max_body_bytes };
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(api))
+        .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes))
+}
+
+/// Why a route did not succeed.
+enum Refusal {
+    Logic(LogicError),
+    /// A rate limit: retry after this long.
+    TooMany(Duration),
+}
+
+impl From<LogicError> for Refusal {
+    fn from(e: LogicError) -> Self {
+        Self::Logic(e)
+    }
+}
+
+fn refused(r: Refusal) -> Response {
+    match r {
+        Refusal::Logic(e) => from_error(e),
+        Refusal::TooMany(wait) => {
+            let secs = retry_secs(wait);
+            let mut res = fail(format!("too many requests, retry in {secs} s"));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            res
+        }
+    }
 }
 
 async fn dispatch(
-    State(logic): State<Arc<Logic>>,
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if method == Method::OPTIONS {
@@ -90,63 +135,93 @@ async fn dispatch(
     if method != Method::POST {
         return fail("please check request url !");
     }
+    // Before anything else, so a refused client costs no parsing and no password hash.
+    let per_address = match uri.path() {
+        "/user/login" => Some(&api.limits.login),
+        "/user/register" => Some(&api.limits.register),
+        _ => None,
+    };
+    if let Some(limit) = per_address {
+        if let Err(wait) = limit.take(client_key(api.proxies.client(peer, &headers))) {
+            return refused(Refusal::TooMany(wait));
+        }
+    }
     let body = match body {
         Ok(b) => b,
+        Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => {
+            return fail(format!("request body too large (max {} bytes)", api.max_body))
+        }
         Err(rejection) => return fail(format!("request body refused: {}", rejection.body_text())),
     };
-    route(&logic, uri.path(), &body).await.unwrap_or_else(from_error)
+    api.route(uri.path(), &body).await.unwrap_or_else(refused)
 }
 
-async fn route(logic: &Logic, path: &str, body: &[u8]) -> Result<Response, LogicError> {
-    let empty = || Value::String(String::new());
-    Ok(match path {
-        "/user/register" => {
-            let c = credentials(body)?;
-            let token = logic.register(&c.user_name, &c.pass_word).await?;
-            success("register success", Value::String(token))
-        }
-        "/user/login" => {
-            let c = credentials(body)?;
-            let token = logic.login(&c.user_name, &c.pass_word).await?;
-            success("login success", Value::String(token))
-        }
-        "/user/checkAuth" => {
-            let s = session(logic, body).await?;
-            success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
-        }
-        "/user/logout" => {
-            logic.logout(&token(body)?).await?;
-            success("logout ok!", Value::Null)
-        }
-        "/push/push" => {
-            let from = session(logic, body).await?;
-            let b: PushBody = parse(body)?;
-            logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await?;
-            success("ok", Value::Null)
-        }
-        "/push/pushRoom" => {
-            let from = session(logic, body).await?;
-            let b: RoomBody = parse(body)?;
-            logic.push_room(&from, b.room_id, &b.msg).await?;
-            success("ok", empty())
-        }
-        "/push/count" => {
-            session(logic, body).await?;
-            logic.push_count(parse::<RoomOnly>(body)?.room_id).await?;
-            success("ok", empty())
-        }
-        "/push/getRoomInfo" => {
-            session(logic, body).await?;
-            logic.push_room_info(parse::<RoomOnly>(body)?.room_id).await?;
-            success("ok", empty())
-        }
-        _ => fail("please check request url !"),
-    })
+impl Api {
+    async fn route(&self, path: &str, body: &[u8]) -> Result<Response, Refusal> {
+        let logic = &self.logic;
+        let empty = || Value::String(String::new());
+        Ok(match path {
+            "/user/register" => {
+                let c = credentials(body)?;
+                let token = logic.register(&c.user_name, &c.pass_word).await?;
+                success("register success", Value::String(token))
+            }
+            "/user/login" => {
+                let c = credentials(body)?;
+                let token = logic.login(&c.user_name, &c.pass_word).await?;
+                success("login success", Value::String(token))
+            }
+            "/user/checkAuth" => {
+                let s = session(logic, body).await?;
+                success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
+            }
+            "/user/logout" => {
+                logic.logout(&token(body)?).await?;
+                success("logout ok!", Value::Null)
+            }
+            "/push/push" => {
+                let from = self.pusher(body).await?;
+                let b: PushBody = parse(body)?;
+                logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await?;
+                success("ok", Value::Null)
+            }
+            "/push/pushRoom" => {
+                let from = self.pusher(body).await?;
+                let b: RoomBody = parse(body)?;
+                logic.push_room(&from, b.room_id, &b.msg).await?;
+                success("ok", empty())
+            }
+            "/push/count" => {
+                self.pusher(body).await?;
+                logic.push_count(parse::<RoomOnly>(body)?.room_id).await?;
+                success("ok", empty())
+            }
+            "/push/getRoomInfo" => {
+                self.pusher(body).await?;
+                logic.push_room_info(parse::<RoomOnly>(body)?.room_id).await?;
+                success("ok", empty())
+            }
+            _ => fail("please check request url !"),
+        })
+    }
+
+    /// The sender of a push route, within its rate limit.
+    async fn pusher(&self, body: &[u8]) -> Result<Session, Refusal> {
+        let from = session(&self.logic, body).await?;
+        self.limits.push.take(from.user_id).map_err(Refusal::TooMany)?;
+        Ok(from)
+    }
 }
 
-/// Parses a route's body; a bad body is a code 1 with serde's explanation.
+/// Parses a route's body, a JSON object; a bad body is a code 1 with serde's explanation.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, LogicError> {
-    serde_json::from_slice(body).map_err(|e| LogicError::Refused(format!("bad request body: {e}")))
+    let bad = |why: &dyn std::fmt::Display| LogicError::Refused(format!("bad request body: {why}"));
+    // serde would take a JSON array for a struct, its fields in order.
+    match body.trim_ascii_start().first() {
+        Some(b'{') => serde_json::from_slice(body).map_err(|e| bad(&e)),
+        None => Err(bad(&"empty, expected a JSON object")),
+        Some(_) => Err(bad(&"expected a JSON object")),
+    }
 }
 
 /// A `/user/register` or `/user/login` body.
@@ -171,7 +246,7 @@ struct AuthOnly {
 /// The body's `authToken`; gochat checks it before the route's own fields, so a missing or
 /// malformed one is a session error (40000), not a bad body.
 fn token(body: &[u8]) -> Result<String, LogicError> {
-    serde_json::from_slice::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| LogicError::Session)
+    parse::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| LogicError::Session)
 }
 
 async fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {

@@ -61,6 +61,24 @@ pub struct ControlConfig {
     pub max_body_bytes: usize,
     /// How often rooms whose members changed get their count and member list, in ms.
     pub room_update_interval_ms: u64,
+    /// Login attempts per client address and minute (0: no limit), and the burst allowed.
+    pub login_per_minute: u32,
+    pub login_burst: u32,
+    /// Registrations per client address and minute (0: no limit), and the burst allowed.
+    pub register_per_minute: u32,
+    pub register_burst: u32,
+    /// Pushes (`push`, `pushRoom`, `count`, `getRoomInfo`) per user and second (0: no limit),
+    /// and the burst allowed.
+    pub push_per_second: u32,
+    pub push_burst: u32,
+    /// Clients (addresses, users) each rate limit remembers; past it the least recently seen
+    /// are forgotten.
+    pub rate_limit_entries: usize,
+    /// Peers (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For` names the client,
+    /// for the per-address limits; others are the client themselves.
+    pub trusted_proxies: Vec<String>,
+    /// Whether users may push to rooms they have no socket in (gochat: yes).
+    pub open_rooms: bool,
 }
 
 impl Default for ControlConfig {
@@ -85,6 +103,15 @@ impl Default for ControlConfig {
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,
             room_update_interval_ms: 500,
+            login_per_minute: 10,
+            login_burst: 20,
+            register_per_minute: 5,
+            register_burst: 10,
+            push_per_second: 50,
+            push_burst: 100,
+            rate_limit_entries: 100_000,
+            trusted_proxies: Vec::new(),
+            open_rooms: false,
         }
     }
 }
@@ -130,6 +157,21 @@ impl ControlConfig {
         }
         if self.room_update_interval_ms == 0 {
             return err("room_update_interval_ms must be above 0".into());
+        }
+        for (name, rate, burst) in [
+            ("login", self.login_per_minute, self.login_burst),
+            ("register", self.register_per_minute, self.register_burst),
+            ("push", self.push_per_second, self.push_burst),
+        ] {
+            if rate > 0 && burst == 0 {
+                return err(format!("{name}_burst must be at least 1 while {name} is limited"));
+            }
+        }
+        if self.rate_limit_entries < 100 {
+            return err("rate_limit_entries must be at least 100".into());
+        }
+        if let Err(e) = crate::limits::TrustedProxies::new(&self.trusted_proxies) {
+            return err(format!("trusted_proxies: {e}"));
         }
         Ok(())
     }

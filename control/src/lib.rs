@@ -8,6 +8,7 @@
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
 //! - [`ids`]: unique, time-ordered message ids.
 //! - [`logic`]: the operations behind both the REST API and the gRPC service.
+//! - [`limits`]: the REST API's rate limits, per client address and per user.
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
@@ -17,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod grpc;
 pub mod ids;
+pub mod limits;
 pub mod logic;
 pub mod password;
 pub mod server;

@@ -18,6 +18,8 @@ use crate::{password, ControlConfig};
 pub const MAX_USER_NAME: usize = 32;
 /// Longest password accepted, in bytes.
 pub const MAX_PASSWORD: usize = 128;
+/// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
+pub const NOT_MEMBER: &str = "join the room first";
 
 /// Why an operation failed; the message is what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +60,7 @@ pub struct Logic {
     state: State,
     queue: Arc<dyn Queue>,
     max_message_bytes: usize,
+    open_rooms: bool,
     gateway_lease: std::time::Duration,
     /// When the state store last failed a lease renewal or a sweep.
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -73,6 +76,7 @@ impl Logic {
             state,
             queue,
             max_message_bytes: cfg.max_message_bytes,
+            open_rooms: cfg.open_rooms,
             gateway_lease: std::time::Duration::from_secs(cfg.gateway_lease_secs),
             store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
@@ -106,7 +110,8 @@ impl Logic {
 
     pub async fn login(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
         const BAD: &str = "no this user or password error!";
-        if user_name.is_empty() || pass.is_empty() || pass.len() > MAX_PASSWORD {
+        // A name no one could register is no one's, and a NUL would be a PostgreSQL error.
+        if check_credentials(user_name, pass).is_err() {
             return Err(LogicError::refused(BAD));
         }
         let user = self.store.by_name(user_name).await?;
@@ -170,10 +175,24 @@ impl Logic {
         self.publish_id(id, Target::UserId(to_user_id), body).await
     }
 
-    /// A room message (op 3) from `from`.
+    /// A room message (op 3) from `from` through the REST API: unless rooms are open, only from
+    /// a user with a socket in the room.
     pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
+        self.room_message(from, room_id, msg, !self.open_rooms).await
+    }
+
+    async fn room_message(
+        &self,
+        from: &Session,
+        room_id: u64,
+        msg: &str,
+        members_only: bool,
+    ) -> Result<(), LogicError> {
         self.check_message(msg)?;
         check_room(room_id)?;
+        if members_only && !self.state.is_member(room_id, from.user_id).await? {
+            return Err(LogicError::refused(NOT_MEMBER));
+        }
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
         self.publish_id(id, Target::RoomId(room_id), body).await
@@ -303,12 +322,13 @@ impl Logic {
         .await
     }
 
-    /// A room message sent on a socket by an authenticated user.
+    /// A room message sent on a socket by an authenticated user. Sockets send only to their
+    /// own room, so membership needs no check.
     pub async fn send_room(&self, from_user_id: u64, room_id: u64, msg: &str) -> Result<(), LogicError> {
         let Some(name) = self.user_name(from_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {from_user_id}")));
         };
-        self.push_room(&Session { user_id: from_user_id, user_name: name }, room_id, msg).await
+        self.room_message(&Session { user_id: from_user_id, user_name: name }, room_id, msg, false).await
     }
 
     /// Membership changed: send the new count and member list (gochat sent an empty frame).
@@ -391,13 +411,20 @@ fn check_credentials(user_name: &str, pass: &str) -> Result<(), LogicError> {
     if user_name.is_empty() || user_name.chars().count() > MAX_USER_NAME {
         return Err(LogicError::refused(format!("userName must be 1 to {MAX_USER_NAME} characters")));
     }
-    if user_name.trim() != user_name || user_name.chars().any(char::is_control) {
-        return Err(LogicError::refused("userName must not have control characters or surrounding spaces"));
+    if user_name.trim() != user_name || user_name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(LogicError::refused(
+            "userName must not have control or text-direction characters, or surrounding spaces",
+        ));
     }
     if pass.is_empty() || pass.len() > MAX_PASSWORD {
         return Err(LogicError::refused(format!("passWord must be 1 to {MAX_PASSWORD} bytes")));
     }
     Ok(())
+}
+
+/// Unicode's Bidi_Control characters: invisible, and able to make a name show as another.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn check_room(room_id: u64) -> Result<(), LogicError> {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
 use gochat_proto::peers;
 use gochat_queue_worker::Queue;
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::StateKind;
 use crate::grpc::LogicGrpc;
+use crate::limits::RateLimits;
 use crate::logic::Logic;
 use crate::state::{RedisState, State};
 use crate::store::UserStore;
@@ -26,6 +28,8 @@ pub struct ControlHandle {
     pub site_addr: Option<SocketAddr>,
     pub grpc_addr: SocketAddr,
     pub logic: Arc<Logic>,
+    /// The REST API's rate limits, with their refusal counts.
+    pub limits: Arc<RateLimits>,
     site_ws_port: Arc<AtomicU16>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -47,7 +51,7 @@ impl Control {
             StateKind::Redis => State::Redis(
                 RedisState::open(&cfg.redis_url, &cfg.redis_prefix, session_ttl)
                     .await
-                    .map_err(|e| Error::Config(format!("state on {}: {e}", cfg.redis_url)))?,
+                    .map_err(|e| Error::Config(format!("state on {}: {e}", redact_url(&cfg.redis_url))))?,
             ),
         };
         let logic = Arc::new(Logic::new(store.clone(), state, queue, &cfg));
@@ -70,7 +74,9 @@ impl Control {
         };
         let mut tasks = Vec::new();
         let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
-        let app = api::router(logic.clone(), cfg.max_body_bytes);
+        let limits = Arc::new(RateLimits::new(&cfg));
+        let app = api::router(logic.clone(), limits.clone(), &cfg)
+            .into_make_service_with_connect_info::<SocketAddr>();
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(until_stopped(rx)).await {
@@ -103,7 +109,7 @@ impl Control {
             }
         }));
         tracing::info!(%api_addr, ?site_addr, %grpc_addr, "control listening");
-        Ok(ControlHandle { api_addr, site_addr, grpc_addr, logic, site_ws_port, stop, tasks, store })
+        Ok(ControlHandle { api_addr, site_addr, grpc_addr, logic, limits, site_ws_port, stop, tasks, store })
     }
 }
 

@@ -7,11 +7,22 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 
 /// A stored user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserRow {
     pub id: u64,
     pub user_name: String,
+    /// The password's hash.
     pub password: String,
+}
+
+impl std::fmt::Debug for UserRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRow")
+            .field("id", &self.id)
+            .field("user_name", &self.user_name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Users in SQLite (the embedded default) or PostgreSQL (production), chosen by the URL.

@@ -183,3 +183,65 @@ async fn a_sweep_never_touches_connections_opened_after_the_claim_and_resumes_if
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "nothing left to resume");
     }
 }
+
+#[tokio::test]
+async fn membership_is_per_room_and_lasts_while_any_connection_does() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        assert!(!s.is_member(5, 1).await.unwrap());
+        s.conn_open("g1", 0, 1, &a, 5).await.unwrap();
+        s.conn_open("g2", 0, 2, &a, 5).await.unwrap();
+        assert!(s.is_member(5, 1).await.unwrap());
+        assert!(!s.is_member(6, 1).await.unwrap(), "another room");
+        assert!(!s.is_member(5, 2).await.unwrap(), "another user");
+        s.conn_close("g1", 1).await.unwrap();
+        assert!(s.is_member(5, 1).await.unwrap(), "one connection left");
+        s.conn_close("g2", 2).await.unwrap();
+        assert!(!s.is_member(5, 1).await.unwrap());
+    }
+}
+
+/// A room push over REST from a user with no socket in the room: refused unless rooms are
+/// open; socket sends (always to the socket's own room) are never asked.
+#[tokio::test]
+async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
+    use gochat_control::logic::{Logic, LogicError, NOT_MEMBER};
+    use gochat_control::store::UserStore;
+    use gochat_queue_worker::MemoryQueue;
+
+    for open_rooms in [false, true] {
+        for (s, _keys) in stores(Duration::from_secs(60)).await {
+            let cfg = gochat_control::ControlConfig { open_rooms, ..Default::default() };
+            let queue = std::sync::Arc::new(MemoryQueue::new(100));
+            let store = UserStore::open("sqlite::memory:").await.unwrap();
+            let logic = Logic::new(store, s, queue.clone(), &cfg);
+            let token = logic.register("alice", "pw-1").await.unwrap();
+            let alice = logic.check_auth(&token).await.unwrap();
+
+            let outsider = logic.push_room(&alice, 7, "hi").await;
+            if open_rooms {
+                assert_eq!(outsider, Ok(()));
+            } else {
+                assert_eq!(outsider, Err(LogicError::Refused(NOT_MEMBER.into())));
+            }
+            // Bad input is reported as such, before membership.
+            assert!(
+                matches!(logic.push_room(&alice, 0, "hi").await, Err(LogicError::Refused(m)) if m.contains("roomId"))
+            );
+            assert!(
+                matches!(logic.push_room(&alice, 7, "").await, Err(LogicError::Refused(m)) if m.contains("empty"))
+            );
+            logic.send_room(alice.user_id, 7, "from a socket").await.unwrap();
+
+            logic.conn_open(&token, 7, "g1", 0, 1).await.unwrap();
+            logic.push_room(&alice, 7, "member").await.unwrap();
+            let outside = logic.push_room(&alice, 8, "next door").await;
+            assert_eq!(outside.is_ok(), open_rooms, "membership is per room");
+            logic.conn_close("g1", 1).await.unwrap();
+            let left = logic.push_room(&alice, 7, "after leaving").await;
+            assert_eq!(left.is_ok(), open_rooms, "membership ends with the socket");
+            let accepted = 2 + 3 * usize::from(open_rooms);
+            assert_eq!(queue.len(), accepted, "open_rooms = {open_rooms}");
+        }
+    }
+}

@@ -9,6 +9,24 @@
 
 pub mod logic {
     tonic::include_proto!("gochat.logic");
+
+    impl std::fmt::Debug for ConnOpenRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ConnOpenRequest")
+                .field("token", &"<redacted>")
+                .field("room_id", &self.room_id)
+                .field("gateway_id", &self.gateway_id)
+                .field("shard", &self.shard)
+                .field("conn_id", &self.conn_id)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for CheckAuthRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("CheckAuthRequest").field("token", &"<redacted>").finish()
+        }
+    }
 }
 
 pub mod gateway {

@@ -80,7 +80,7 @@ pub struct ErrorReply {
 /// What a client sends on a socket: the WebSocket auth frame `{"authToken","roomId"}`, or a TCP
 /// body (`op` 6 to authenticate, `op` 3 with `msg` to send to the room). Other fields gochat's
 /// clients send (`fromUserId`, …) are ignored: the sender is always the token's user.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientRequest {
     #[serde(default)]
@@ -112,6 +112,17 @@ pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 /// builds (every control and gateway must agree); a collision would need the same user too.
 pub fn session_fingerprint(token: &str) -> u64 {
     token.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl std::fmt::Debug for ClientRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRequest")
+            .field("auth_token", &"<redacted>")
+            .field("room_id", &self.room_id)
+            .field("op", &self.op)
+            .field("msg", &self.msg)
+            .finish()
+    }
 }
 
 /// Magic prefix of a TCP frame.

@@ -23,7 +23,8 @@ pub fn driver() -> gochat_gateway::driver::DriverChoice {
         .map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| d.parse().expect("GOCHAT_TEST_DRIVER"))
 }
 
-/// A config with every listener on a free loopback port and an in-memory database.
+/// A config with every listener on a free loopback port, an in-memory database and no rate
+/// limits.
 pub fn test_config() -> Config {
     let mut cfg = Config::default();
     let any = "127.0.0.1:0".parse().unwrap();
@@ -36,6 +37,11 @@ pub fn test_config() -> Config {
     cfg.gateway.grpc_listen = any;
     cfg.gateway.shards = 2;
     cfg.gateway.driver = driver();
+    // Every test client comes from 127.0.0.1 and pushes faster than a person; the limits have
+    // tests of their own.
+    cfg.control.login_per_minute = 0;
+    cfg.control.register_per_minute = 0;
+    cfg.control.push_per_second = 0;
     cfg
 }
 
@@ -308,4 +314,65 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("not true in time: {what}");
+}
+
+/// A PostgreSQL database of its own on the machine's server (`POSTGRES_ADMIN_URL`, default
+/// postgres@127.0.0.1:5432), made with `psql` and dropped when this is.
+pub struct PgDatabase {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create(what: &str) -> Self {
+        let admin = std::env::var("POSTGRES_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = unique(&format!("gochat_test_{what}_{}_", std::process::id()));
+        psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let url = format!("{}/{name}", admin.rsplit_once('/').expect("a database URL").0);
+        Self { admin, name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Redis keys under a prefix of their own (`REDIS_URL`, default 127.0.0.1:6379), deleted when
+/// this is dropped.
+pub struct RedisPrefix {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    pub fn new(what: &str) -> Self {
+        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        Self { url, prefix: unique(&format!("gochat-test-{what}-{}-", std::process::id())) }
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
 }

@@ -147,6 +147,10 @@ impl MemoryState {
             .unwrap_or_default()
     }
 
+    pub fn is_member(&self, room_id: u64, user_id: u64) -> bool {
+        self.lock().rooms.get(&room_id).is_some_and(|m| m.contains_key(&user_id))
+    }
+
     /// Gateways hosting members of `room_id`.
     pub fn room_gateways(&self, room_id: u64) -> Vec<String> {
         self.lock().room_gateways.get(&room_id).map(|g| g.keys().cloned().collect()).unwrap_or_default()

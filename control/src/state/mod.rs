@@ -140,6 +140,14 @@ impl State {
         }
     }
 
+    /// Whether `user_id` has a live connection in `room_id`.
+    pub async fn is_member(&self, room_id: u64, user_id: u64) -> Result<bool, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.is_member(room_id, user_id)),
+            Self::Redis(s) => s.is_member(room_id, user_id).await,
+        }
+    }
+
     pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
         match self {
             Self::Memory(s) => Ok(s.is_online(user_id)),

@@ -282,6 +282,10 @@ impl RedisState {
         self.conn.clone().hgetall(self.key(&format!("room:{room_id}:names"))).await.map_err(err)
     }
 
+    pub async fn is_member(&self, room_id: u64, user_id: u64) -> Result<bool, StateError> {
+        self.conn.clone().hexists(self.key(&format!("room:{room_id}:members")), user_id).await.map_err(err)
+    }
+
     pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
         self.conn.clone().exists(self.key(&format!("user:{user_id}:routes"))).await.map_err(err)
     }

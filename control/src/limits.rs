@@ -1,0 +1,334 @@
+//! Rate limits of the REST API: token buckets per client IP (login, register) and per user
+//! (pushes), in this process's memory.
+//!
+//! Memory is bounded: each limiter keeps its buckets in two generations. Using a bucket moves it
+//! to the current one; the current one becomes the previous (and the previous is dropped) when
+//! it holds half the allowed entries, or when a whole refill period has passed. A bucket dropped
+//! for age was idle long enough to be full again, so forgetting it changes nothing; one dropped
+//! for room (a flood of new addresses or users) starts over full, so a flood can only weaken the
+//! limit of the least recently seen clients, never grow memory or refuse clients it never saw.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+
+use crate::ControlConfig;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Generations<K> {
+    current: HashMap<K, Bucket>,
+    previous: HashMap<K, Bucket>,
+    started: Instant,
+}
+
+/// One token bucket per key.
+pub struct Limiter<K> {
+    /// Tokens per second; 0: no limit.
+    rate: f64,
+    burst: f64,
+    /// How long an empty bucket takes to fill.
+    refill: Duration,
+    max_entries: usize,
+    buckets: Mutex<Generations<K>>,
+    refused: AtomicU64,
+}
+
+impl<K: Hash + Eq + Copy> Limiter<K> {
+    /// `rate` tokens per second up to `burst`, at most `max_entries` keys remembered; a rate of
+    /// 0 limits nothing.
+    pub fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
+        let burst = f64::from(burst.max(1));
+        let refill = if rate > 0.0 { Duration::from_secs_f64(burst / rate) } else { Duration::MAX };
+        Self {
+            rate,
+            burst,
+            refill,
+            max_entries: max_entries.max(2),
+            buckets: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                started: Instant::now(),
+            }),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.rate > 0.0
+    }
+
+    /// Takes a token from `key`'s bucket; when it has none, how long until it has one.
+    pub fn take(&self, key: K) -> Result<(), Duration> {
+        if !self.is_on() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if g.current.len() >= self.max_entries / 2 || now.duration_since(g.started) >= self.refill {
+            g.previous = std::mem::take(&mut g.current);
+            g.started = now;
+        }
+        let full = Bucket { tokens: self.burst, at: now };
+        let seen = g.previous.remove(&key).unwrap_or(full);
+        let bucket = g.current.entry(key).or_insert(seen);
+        let tokens =
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate).min(self.burst);
+        bucket.at = now;
+        if tokens >= 1.0 {
+            bucket.tokens = tokens - 1.0;
+            return Ok(());
+        }
+        bucket.tokens = tokens;
+        drop(g);
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+    }
+
+    /// Requests refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Keys remembered now.
+    pub fn entries(&self) -> usize {
+        let g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        g.current.len() + g.previous.len()
+    }
+}
+
+/// A client address as a limiter key: IPv4 (also IPv4-mapped IPv6) whole, IPv6 by its /64,
+/// the block one subscriber usually holds, so rotating through it gains nothing.
+pub fn client_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(v4.to_ipv6_mapped()),
+            None => u128::from(v6) & !u128::from(u64::MAX),
+        },
+    }
+}
+
+/// The REST API's limits.
+pub struct RateLimits {
+    /// Login attempts per client address.
+    pub login: Limiter<u128>,
+    /// Registrations per client address.
+    pub register: Limiter<u128>,
+    /// Pushes (`push`, `pushRoom`, `count`, `getRoomInfo`) per user.
+    pub push: Limiter<u64>,
+}
+
+impl RateLimits {
+    pub fn new(cfg: &ControlConfig) -> Self {
+        let n = cfg.rate_limit_entries;
+        Self {
+            login: Limiter::new(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst, n),
+            register: Limiter::new(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst, n),
+            push: Limiter::new(f64::from(cfg.push_per_second), cfg.push_burst, n),
+        }
+    }
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`), or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an address or a network like 10.0.0.0/8");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => {
+                (a.parse::<IpAddr>().map_err(|_| bad())?, Some(p.parse::<u8>().map_err(|_| bad())?))
+            }
+            None => (s.parse::<IpAddr>().map_err(|_| bad())?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let masked = |bits: u128, width: u8| {
+            let keep = u32::from(self.prefix);
+            if keep == 0 {
+                0
+            } else {
+                bits >> (u32::from(width) - keep)
+            }
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                masked(u32::from(n).into(), 32) == masked(u32::from(a).into(), 32)
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => masked(n.into(), 128) == masked(a.into(), 128),
+            _ => false,
+        }
+    }
+}
+
+/// Which peers are proxies whose `X-Forwarded-For` names the client.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Parses the config's list (validated before).
+    pub fn new(list: &[String]) -> Result<Self, String> {
+        list.iter().map(|s| s.parse()).collect::<Result<_, _>>().map(Self)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
+    /// address in `X-Forwarded-For` that is not one (what clients write further left is not
+    /// to be believed).
+    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.ip();
+        if !self.trusts(client) {
+            return client;
+        }
+        let hops: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for hop in hops.iter().rev() {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// What a refused client is told: whole seconds, at least one.
+pub fn retry_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let l = Limiter::new(10.0, 3, 100);
+        for _ in 0..3 {
+            assert!(l.take(1u64).is_ok());
+        }
+        let wait = l.take(1).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(l.take(2).is_ok(), "keys are separate");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(l.take(1).is_ok(), "refilled");
+        assert_eq!(l.refused(), 1);
+    }
+
+    #[test]
+    fn a_rate_of_zero_limits_nothing() {
+        let l = Limiter::new(0.0, 0, 100);
+        assert!((0..10_000).all(|_| l.take(1u64).is_ok()));
+        assert_eq!(l.entries(), 0, "and remembers nothing");
+    }
+
+    #[test]
+    fn a_flood_of_keys_stays_within_its_bound_and_active_clients_keep_their_bucket() {
+        let l = Limiter::new(1.0 / 60.0, 2, 1000);
+        l.take(u128::MAX).unwrap();
+        l.take(u128::MAX).unwrap();
+        assert!(l.take(u128::MAX).is_err());
+        for k in 0..100_000u128 {
+            let _ = l.take(k);
+            assert!(l.entries() <= 1000);
+            // A client still active through the flood stays limited.
+            if k % 200 == 0 {
+                assert!(l.take(u128::MAX).is_err(), "the active client's bucket was forgotten at {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten_once_full_again() {
+        let l = Limiter::new(100.0, 1, 1000);
+        for k in 0..10u64 {
+            l.take(k).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        l.take(100).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        l.take(101).unwrap();
+        assert!(l.entries() <= 2, "idle full buckets dropped: {}", l.entries());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(v4), client_key(mapped));
+        assert_ne!(client_key(v4), client_key("192.0.2.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let proxies = TrustedProxies::new(&["10.0.0.0/8".into(), "fd00::1".into()]).unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "203.0.113.9, 198.51.100.1".parse().unwrap());
+        h.append("x-forwarded-for", "10.1.2.3".parse().unwrap());
+        let peer = |s: &str| SocketAddr::new(s.parse().unwrap(), 1);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Through two trusted hops, the first untrusted one from the right is the client.
+        assert_eq!(proxies.client(peer("10.0.0.1"), &h), ip("198.51.100.1"));
+        assert_eq!(proxies.client(peer("::ffff:10.0.0.1"), &h), ip("198.51.100.1"));
+        assert_eq!(proxies.client(peer("fd00::1"), &h), ip("198.51.100.1"));
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(proxies.client(peer("192.0.2.1"), &h), ip("192.0.2.1"));
+        // A trusted peer without the header, or with garbage in it, is taken as it is.
+        assert_eq!(proxies.client(peer("10.0.0.1"), &HeaderMap::new()), ip("10.0.0.1"));
+        let mut junk = HeaderMap::new();
+        junk.append("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(proxies.client(peer("10.0.0.1"), &junk), ip("10.0.0.1"));
+        assert!(TrustedProxies::new(&["10.0.0.0/33".into()]).is_err());
+        assert!(TrustedProxies::new(&["proxy.local".into()]).is_err());
+        assert!("0.0.0.0/0".parse::<IpNet>().unwrap().contains(ip("8.8.8.8")));
+    }
+
+    #[test]
+    fn retry_is_whole_seconds_rounded_up() {
+        assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_secs(Duration::from_secs(6)), 6);
+        assert_eq!(retry_secs(Duration::from_millis(6001)), 7);
+    }
+}
