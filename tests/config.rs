@@ -15,6 +15,18 @@ fn example_config_is_the_defaults() {
 }
 
 #[test]
+fn only_client_listeners_face_the_network_by_default() {
+    // gRPC between roles (gateway stats, logic, pushes) has no authentication: it must not be on
+    // a public address unless an operator puts it there.
+    let c = Config::default();
+    let internal = [c.control.grpc_listen, c.gateway.grpc_listen];
+    assert!(internal.iter().all(|a| a.ip().is_loopback()), "{internal:?}");
+    // The REST API and the page are behind a proxy or load balancer in production.
+    assert!(c.control.api_listen.ip().is_loopback() && c.control.site_listen.unwrap().ip().is_loopback());
+    assert!(!c.gateway.ws_listen.ip().is_loopback(), "clients connect to the gateway directly");
+}
+
+#[test]
 fn unknown_fields_and_bad_values_are_errors() {
     let err = Config::parse("[gateway]\nshardz = 2\n").unwrap_err().to_string();
     assert!(err.contains("shardz"), "{err}");
