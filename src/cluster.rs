@@ -366,7 +366,8 @@ impl LocalCluster {
                 role.as_str().into(),
             ],
             log: self.spec.dir.canonicalize()?.join(format!("{id}.log")),
-            ready: grpc,
+            // Clients' port: a gateway announces itself (gRPC) before it takes clients.
+            ready: public.or(grpc),
             child: None,
         };
         proc.spawn()?;

@@ -129,17 +129,27 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             up.shutdown().await;
         }
         Command::Gateway => {
-            let gateway = match cfg.discovery.kind {
-                DiscoveryKind::Static => Gateway::start(cfg.gateway.clone()).await?,
+            let (gateway, registration) = match cfg.discovery.kind {
+                DiscoveryKind::Static => {
+                    let gateway = Gateway::start(cfg.gateway.clone()).await?;
+                    let advertise = advertised(cfg.gateway.grpc_advertise.as_deref(), gateway.grpc_addr);
+                    let registration =
+                        Registration::start(&cfg.discovery, Role::Gateway, &gateway.id, &advertise).await?;
+                    (gateway, registration)
+                }
                 DiscoveryKind::Etcd => {
+                    // Announced before any client is accepted: workers drop what they would push
+                    // to a gateway they do not know.
+                    let grpc = Gateway::bind_grpc(&cfg.gateway).await?;
+                    let advertise = advertised(cfg.gateway.grpc_advertise.as_deref(), grpc.local_addr()?);
+                    let registration =
+                        Registration::start(&cfg.discovery, Role::Gateway, &cfg.gateway.id, &advertise)
+                            .await?;
                     let controls = discovery::watch(&cfg.discovery, Role::Control).await?;
                     let connect = move || peers::balanced_channel(controls.clone());
-                    Gateway::start_with_logic(cfg.gateway.clone(), connect).await?
+                    (Gateway::start_with_logic(cfg.gateway.clone(), grpc, connect).await?, registration)
                 }
             };
-            let advertise = advertised(cfg.gateway.grpc_advertise.as_deref(), gateway.grpc_addr);
-            let registration =
-                Registration::start(&cfg.discovery, Role::Gateway, &gateway.id, &advertise).await?;
             println!(
                 "gateway {} listening: ws://{} , tcp {:?}, gRPC {}",
                 gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.grpc_addr

@@ -43,14 +43,26 @@ impl Gateway {
     pub async fn start(cfg: GatewayConfig) -> Result<GatewayHandle, Error> {
         peers::channel(&cfg.logic).map_err(|e| Error::Logic(format!("{:?}: {e}", cfg.logic)))?;
         let address = cfg.logic.clone();
-        Self::start_with_logic(cfg, move || peers::channel(&address).expect("checked above")).await
+        let grpc = Self::bind_grpc(&cfg).await?;
+        Self::start_with_logic(cfg, grpc, move || peers::channel(&address).expect("checked above")).await
     }
 
-    /// As [`Gateway::start`], reaching logic through channels `connect` makes (e.g. balanced
-    /// over the controls discovery finds). Lease renewals get a connection of their own, so a
-    /// flood of socket authentications never delays them.
+    /// Binds the gRPC listener workers push to, so its address can be announced (discovery)
+    /// before [`Gateway::start_with_logic`] accepts any client: a worker must know a gateway
+    /// before logic routes messages to it.
+    pub async fn bind_grpc(cfg: &GatewayConfig) -> Result<tokio::net::TcpListener, Error> {
+        tokio::net::TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })
+    }
+
+    /// As [`Gateway::start`], serving gRPC on `grpc_listener` and reaching logic through
+    /// channels `connect` makes (e.g. balanced over the controls discovery finds). Lease
+    /// renewals get a connection of their own, so a flood of socket authentications never
+    /// delays them.
     pub async fn start_with_logic(
         cfg: GatewayConfig,
+        grpc_listener: tokio::net::TcpListener,
         connect: impl Fn() -> Channel,
     ) -> Result<GatewayHandle, Error> {
         cfg.validate()?;
@@ -70,9 +82,6 @@ impl Gateway {
             }
             None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
         };
-        let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
-            .await
-            .map_err(|source| Error::Bind { addr: cfg.grpc_listen, source })?;
         let grpc_addr = grpc_listener.local_addr()?;
         let logic = LogicClient::new(logic);
         let id: Arc<str> = cfg.id.as_str().into();
