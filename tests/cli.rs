@@ -2,10 +2,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, Tcp};
+use common::{eventually, KillOnDrop, Tcp};
 use gochat_proto::wire;
 use serde_json::json;
 
@@ -48,16 +48,15 @@ fn tempdir() -> std::path::PathBuf {
 }
 
 /// Stops a child with SIGINT (Ctrl-C) and returns whether it exited cleanly.
-fn interrupt(mut child: Child) -> bool {
+fn interrupt(mut child: KillOnDrop) -> bool {
     // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
     for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status.success();
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
     false
 }
 
@@ -115,6 +114,7 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(KillOnDrop)
             .unwrap()
     };
     let children: Vec<_> = roles.iter().map(|r| spawn(r)).collect();
@@ -194,6 +194,7 @@ node_id = 1
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
 
     let base = format!("http://127.0.0.1:{api}");

@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Server};
+use common::{eventually, KillOnDrop, Server};
 use gochat_proto::wire;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,13 +151,4 @@ async fn a_peer_that_never_closes_is_cut_off_after_the_linger() {
         "expected a reset, got {after:?}"
     );
     s.shutdown().await;
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

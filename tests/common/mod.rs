@@ -135,6 +135,16 @@ impl Server {
     }
 }
 
+/// A child process killed however the test ends, so a failed assertion leaves none behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct User {
     pub token: String,
     pub id: u64,
