@@ -74,6 +74,22 @@ async fn several_connections_count_once() {
 }
 
 #[tokio::test]
+async fn a_close_that_arrives_before_its_open_wins() {
+    // A gateway gave up on a slow auth call and undid it; the open lands afterwards.
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        assert_eq!(s.conn_close("g1", 20).await.unwrap(), None);
+        assert_eq!(s.conn_open("g1", 0, 20, &a, 5).await.unwrap(), None, "recorded after its close");
+        assert_eq!(s.room_count(5).await.unwrap(), 0);
+        assert!(!s.is_online(1).await.unwrap());
+        // Other connections, and the same id on another gateway, are not affected.
+        assert_eq!(s.conn_open("g2", 0, 20, &a, 5).await.unwrap(), join(5));
+        assert_eq!(s.conn_open("g1", 0, 21, &user(2, "b"), 5).await.unwrap(), join(5));
+        assert_eq!(s.room_count(5).await.unwrap(), 2);
+    }
+}
+
+#[tokio::test]
 async fn gateway_reset_forgets_its_connections() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();

@@ -33,6 +33,8 @@ struct Inner {
     room_gateways: HashMap<u64, BTreeMap<String, u32>>,
     /// gateway → when its lease runs out.
     leases: HashMap<String, Instant>,
+    /// Closes that found no connection, until when they are remembered.
+    closed: HashMap<(String, u64), Instant>,
 }
 
 pub struct MemoryState {
@@ -88,7 +90,7 @@ impl MemoryState {
     ) -> Option<RoomChange> {
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
-        if inner.conns.contains_key(&key) {
+        if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
             return None;
         }
         inner.conns.insert(key, Conn { user_id: session.user_id, room_id, shard });
@@ -108,7 +110,15 @@ impl MemoryState {
     /// Forgets a connection. Idempotent; returns the change when the user left its room.
     pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Option<RoomChange> {
         let mut inner = self.lock();
-        let conn = inner.conns.remove(&(gateway.to_string(), conn_id))?;
+        let key = (gateway.to_string(), conn_id);
+        let Some(conn) = inner.conns.remove(&key) else {
+            let now = Instant::now();
+            if inner.closed.len() % 1024 == 1023 {
+                inner.closed.retain(|_, until| *until > now);
+            }
+            inner.closed.insert(key, now + super::CLOSED_TOMBSTONE);
+            return None;
+        };
         inner.unlink(gateway, &conn)
     }
 

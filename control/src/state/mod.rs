@@ -14,6 +14,10 @@ use std::time::Duration;
 pub use memory::MemoryState;
 pub use redis::RedisState;
 
+/// How long a close that found no connection is remembered: a gateway undoes an auth call it
+/// gave up on (timed out) with a close, which can reach the state before the open it undoes.
+pub const CLOSED_TOMBSTONE: Duration = Duration::from_secs(60);
+
 /// A logged-in user's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -91,7 +95,8 @@ impl State {
         }
     }
 
-    /// Forgets a connection. Idempotent; returns the change when the user left its room.
+    /// Forgets a connection. Idempotent; returns the change when the user left its room. A
+    /// connection not (yet) recorded is never recorded later ([`CLOSED_TOMBSTONE`]).
     pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Option<RoomChange>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),

@@ -8,6 +8,8 @@
 //!   `room:{id}:names`: user id → name, for member lists;
 //! - `room:{id}:gws`: hash gateway → connections, so broadcasts go only where members are;
 //! - `gateways`: sorted set gateway → lease expiry (ms, Redis clock);
+//! - `gw:{gateway}:closed:{conn}`: a close that found no connection, for a minute, so an open
+//!   that arrives after it (a timed-out auth undone by the gateway) is not recorded;
 //! - `sweeps`: hash of the connection hashes of expired gateways, moved aside
 //!   (`gw:{gateway}:sweep:{nonce}`) and not yet closed → their gateway.
 //!
@@ -27,6 +29,7 @@ use super::{RoomChange, Routes, Session, StateError};
 const SWEEP_CHUNK: usize = 500;
 
 const OPEN: &str = r"
+if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
@@ -36,13 +39,16 @@ return 0
 ";
 
 const CLOSE: &str = r"
-local p, gw, left = ARGV[1], ARGV[2], {}
+local p, gw, tomb, left = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}
 local function dec(key, field)
   if redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) return true end
   return false
 end
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local v = redis.call('HGET', KEYS[1], ARGV[i])
+  if not v and tomb > 0 then
+    redis.call('SET', p .. ':gw:' .. gw .. ':closed:' .. ARGV[i], 1, 'EX', tomb)
+  end
   if v then
     redis.call('HDEL', KEYS[1], ARGV[i])
     local user, room, shard = string.match(v, '^(%d+),(%d+),(%d+)$')
@@ -157,6 +163,7 @@ impl RedisState {
             .key(self.key(&format!("room:{room_id}:gws")))
             .key(self.key(&format!("room:{room_id}:members")))
             .key(self.key(&format!("room:{room_id}:names")))
+            .key(self.key(&format!("gw:{gateway}:closed:{conn_id}")))
             .arg(conn_id)
             .arg(format!("{},{room_id},{shard}", session.user_id))
             .arg(format!("{gateway}\t{shard}"))
@@ -171,18 +178,21 @@ impl RedisState {
 
     /// Forgets connections of `gateway`; returns the rooms users left, each once.
     pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Vec<RoomChange>, StateError> {
-        self.close_from(gateway, &self.key(&format!("gw:{gateway}:conns")), conn_ids).await
+        let conns = self.key(&format!("gw:{gateway}:conns"));
+        self.close_from(gateway, &conns, conn_ids, super::CLOSED_TOMBSTONE.as_secs()).await
     }
 
-    /// Forgets connections of `gateway` listed in the hash `conns`.
+    /// Forgets connections of `gateway` listed in the hash `conns`; those not there get a
+    /// tombstone for `tombstone_secs` (0: none).
     async fn close_from(
         &self,
         gateway: &str,
         conns: &str,
         conn_ids: &[u64],
+        tombstone_secs: u64,
     ) -> Result<Vec<RoomChange>, StateError> {
         let mut call = self.close.key(conns);
-        call.arg(&self.prefix).arg(gateway);
+        call.arg(&self.prefix).arg(gateway).arg(tombstone_secs);
         for id in conn_ids {
             call.arg(id);
         }
@@ -206,7 +216,7 @@ impl RedisState {
             if ids.is_empty() {
                 break;
             }
-            changes.extend(self.close_from(gateway, conns, &ids).await?);
+            changes.extend(self.close_from(gateway, conns, &ids, 0).await?);
         }
         changes.sort_unstable();
         changes.dedup();
