@@ -104,7 +104,12 @@ impl LogicService for LogicGrpc {
         &self,
         req: Request<GatewayResetRequest>,
     ) -> Result<Response<ConnCloseReply>, Status> {
-        self.0.gateway_reset(&req.into_inner().gateway_id).await.map_err(status)?;
+        // Finished even if the gateway stops waiting (a reset of many connections can outlast
+        // its deadline): a reset left half done would leave users online that are gone.
+        let logic = self.0.clone();
+        let gateway = req.into_inner().gateway_id;
+        let reset = tokio::spawn(async move { logic.gateway_reset(&gateway).await });
+        reset.await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
     }
 }

@@ -91,6 +91,16 @@ end
 return redis.call('HGETALL', KEYS[2])
 ";
 
+/// Moves a gateway's connections hash aside to a sweep key listed in `sweeps` (as `CLAIM`
+/// does for an expired gateway), so a restarted gateway's new connections land in a fresh hash
+/// while the old ones are closed, and a reset cut short is finished by the next sweep.
+const RESET: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[3], KEYS[2], ARGV[1])
+return 1
+";
+
 pub struct RedisState {
     conn: ConnectionManager,
     prefix: String,
@@ -99,6 +109,7 @@ pub struct RedisState {
     close: Script,
     lease: Script,
     claim: Script,
+    reset: Script,
 }
 
 fn err(e: redis::RedisError) -> StateError {
@@ -123,6 +134,7 @@ impl RedisState {
             close: Script::new(CLOSE),
             lease: Script::new(LEASE),
             claim: Script::new(CLAIM),
+            reset: Script::new(RESET),
         })
     }
 
@@ -203,7 +215,22 @@ impl RedisState {
     }
 
     pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
-        self.close_all(gateway, &self.key(&format!("gw:{gateway}:conns"))).await
+        let moved = self.key(&format!("gw:{gateway}:sweep:{}", nonce()));
+        let claimed: i64 = self
+            .reset
+            .key(self.key(&format!("gw:{gateway}:conns")))
+            .key(&moved)
+            .key(self.key("sweeps"))
+            .arg(gateway)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        if claimed == 0 {
+            return Ok(Vec::new());
+        }
+        let changes = self.close_all(gateway, &moved).await?;
+        let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(err)?;
+        Ok(changes)
     }
 
     /// Closes every connection listed in `conns` (a gateway's hash, or one moved aside for a
@@ -268,16 +295,12 @@ impl RedisState {
     /// sweep to do, (moved connections key, gateway), including unfinished earlier ones.
     #[doc(hidden)]
     pub async fn claim_expired(&self) -> Result<Vec<(String, String)>, StateError> {
-        let nonce = format!(
-            "{:x}",
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
-        );
         let pairs: Vec<String> = self
             .claim
             .key(self.key("gateways"))
             .key(self.key("sweeps"))
             .arg(&self.prefix)
-            .arg(nonce)
+            .arg(nonce())
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(err)?;
@@ -332,4 +355,10 @@ impl RedisState {
 fn parse_session(value: &str) -> Option<Session> {
     let (id, name) = value.split_once('\t')?;
     Some(Session { user_id: id.parse().ok()?, user_name: name.to_string() })
+}
+
+/// A name for a sweep key no other sweep uses.
+fn nonce() -> String {
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{at:x}{:04x}", rand::random::<u16>())
 }
