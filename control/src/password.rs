@@ -68,4 +68,13 @@ mod tests {
         assert!(!super::verify("111112".into(), Some(h)).await);
         assert!(!super::verify("111111".into(), None).await);
     }
+
+    #[tokio::test]
+    async fn cost_is_at_least_owasps_minimum() {
+        // OWASP's argon2id floor: 19 MiB of memory, 2 passes.
+        let h = super::hash("x".into()).await;
+        let parsed = argon2::password_hash::PasswordHash::new(&h).unwrap();
+        let param = |name: &str| parsed.params.get_decimal(name).unwrap();
+        assert!(param("m") >= 19 * 1024 && param("t") >= 2 && param("p") >= 1, "{h}");
+    }
 }
