@@ -171,6 +171,7 @@ impl Gateway for Ingress {
                 rooms: s.rooms.load(Ordering::Relaxed),
                 frames_out: s.frames_out.load(Ordering::Relaxed),
                 slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
+                tls_handshake_failures: s.tls_handshake_failures.load(Ordering::Relaxed),
             })
             .collect();
         Ok(Response::new(StatsReply { gateway_id: self.gateway_id.to_string(), shards }))

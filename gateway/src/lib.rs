@@ -37,4 +37,6 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("logic endpoint: {0}")]
     Logic(String),
+    #[error("wss certificate: {0}")]
+    Tls(#[from] gochat_proto::tls::TlsError),
 }
