@@ -195,6 +195,13 @@ async fn wss_and_ws_members_share_a_room() {
     let m = plain.recv_op(wire::OP_ROOM_SEND).await;
     assert_eq!((m["msg"].as_str(), m["fromUserId"].as_u64()), (Some("over tls"), Some(b.id)));
     assert_eq!(secure.recv_op(wire::OP_ROOM_SEND).await["msg"], "over tls");
+    // A second connection of the same client resumes its session (no certificate signature).
+    let config = client_config(&[&ca]);
+    let (first, _) = wss(wss_addr, config.clone(), &b, 31).await;
+    let (again, _) = tls_connect(wss_addr, config).await.unwrap();
+    assert_eq!(again.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    drop(again);
+    first.close().await;
     // A clean close over TLS: the close frame comes back and the gateway lets go.
     secure.close().await;
     eventually("the wss connection is gone", || async { s.up.gateway_conns() == 1 }).await;
@@ -293,17 +300,17 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     let wss_addr = s.up.gateway.wss_addr.unwrap();
     let api_addr = s.up.control.api_addr;
     let api = format!("https://127.0.0.1:{}", api_addr.port());
-    let trust_both = client_config(&[&ca1, &ca2]);
     let http = https_client(&[&ca1, &ca2]);
     let (a, b) = (user_at(&http, &api, "a").await, user_at(&http, &api, "b").await);
-    let (mut old, shown) = wss(wss_addr, trust_both.clone(), &a, 34).await;
+    let (mut old, shown) = wss(wss_addr, client_config(&[&ca1, &ca2]), &a, 34).await;
     assert_eq!(shown, leaf1.der);
-    assert_eq!(tls_connect(api_addr, trust_both.clone()).await.unwrap().1, leaf1.der);
+    assert_eq!(tls_connect(api_addr, client_config(&[&ca1, &ca2])).await.unwrap().1, leaf1.der);
 
     files.install(&ca2, &leaf2);
-    let shown_now = |addr| {
-        let config = trust_both.clone();
-        async move { tls_connect(addr, config).await.map(|(_, leaf)| leaf).unwrap_or_default() }
+    // A client of its own each time: one resuming an earlier session is shown no certificate.
+    let both = [&ca1, &ca2];
+    let shown_now = |addr| async move {
+        tls_connect(addr, client_config(&both)).await.map(|(_, leaf)| leaf).unwrap_or_default()
     };
     eventually("new wss handshakes get the new certificate", || async {
         shown_now(wss_addr).await == leaf2.der
@@ -313,7 +320,7 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
         shown_now(api_addr).await == leaf2.der
     })
     .await;
-    let (mut new, shown) = wss(wss_addr, trust_both.clone(), &b, 34).await;
+    let (mut new, shown) = wss(wss_addr, client_config(&[&ca1, &ca2]), &b, 34).await;
     assert_eq!(shown, leaf2.der);
     // The connection opened under the old certificate goes on, both ways.
     let r = post(&http, &api, "/push/pushRoom", json!({"authToken": b.token, "roomId": 34, "msg": "after"}))
@@ -341,7 +348,7 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     assert_eq!(shown_now(wss_addr).await, leaf2.der);
     assert_eq!(shown_now(api_addr).await, leaf2.der);
     let c = user_at(&http, &api, "c").await;
-    let (mut third, shown) = wss(wss_addr, trust_both.clone(), &c, 34).await;
+    let (mut third, shown) = wss(wss_addr, client_config(&[&ca1, &ca2]), &c, 34).await;
     assert_eq!(shown, leaf2.der);
     post(&http, &api, "/push/pushRoom", json!({"authToken": c.token, "roomId": 34, "msg": "still"})).await;
     for ws in [&mut old, &mut new, &mut third] {
@@ -388,4 +395,102 @@ async fn bad_certificate_files_are_startup_errors() {
     cfg.control.tls_key = Some(other);
     let err = start_err(cfg).await;
     assert!(err.contains("does not match") && err.contains("HTTPS"), "{err}");
+}
+
+/// Gateway memory per idle authenticated connection, plain ws against wss, each counted in a
+/// gochat process of its own (RSS before and after). A measurement, run by hand:
+/// `cargo test --test tls -- --ignored --nocapture idle_memory` (`GOCHAT_IDLE_CONNS`, default
+/// 2000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn idle_memory_per_connection() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on this process with a live rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let n: usize = std::env::var("GOCHAT_IDLE_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let ca = Ca::new("memory");
+    let files = CertFiles::new();
+    files.install(&ca, &ca.leaf());
+    for tls in [false, true] {
+        let (before, after) = idle_rss(&files, &ca, tls, n).await;
+        println!(
+            "{}: {n} idle authenticated connections: gateway process RSS {before} -> {after} kB, {} B per connection",
+            if tls { "wss" } else { "ws" },
+            (after.saturating_sub(before)) * 1024 / n as u64
+        );
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn idle_rss(files: &CertFiles, ca: &Ca, tls: bool, n: usize) -> (u64, u64) {
+    use futures_util::StreamExt;
+    let [api, grpc, ws, wss_port, gw] = [(); 5].map(|_| common::free_port());
+    let driver = std::env::var("GOCHAT_TEST_DRIVER").unwrap_or_else(|_| "epoll".into());
+    let config = format!(
+        "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"off\"\nwss_listen = \"127.0.0.1:{wss_port}\"\n\
+         tls_cert = \"{cert}\"\ntls_key = \"{key}\"\ngrpc_listen = \"127.0.0.1:{gw}\"\nshards = 1\ndriver = \"{driver}\"\n\
+         [control]\napi_listen = \"127.0.0.1:{api}\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\nsite_listen = \"off\"\n\
+         database = \"sqlite://{db}\"\n",
+        cert = files.cert().display(),
+        key = files.key().display(),
+        db = files.0.join(format!("users-{tls}.sqlite3")).display(),
+    );
+    let path = files.0.join("memory.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gochat"))
+        .args(["--config", path.to_str().unwrap(), "up"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let base = format!("http://127.0.0.1:{api}");
+    let http = reqwest::Client::new();
+    eventually("gochat up answers", || async {
+        http.post(format!("{base}/user/login")).body("{}").send().await.is_ok()
+    })
+    .await;
+    let login = common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await;
+    let token = login["data"].as_str().unwrap().to_string();
+    let auth = common::post(&base, "/user/checkAuth", json!({"authToken": token})).await;
+    let demo = User { token, id: auth["data"]["userId"].as_u64().unwrap(), name: "demo".into() };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = rss_kb(child.0.id());
+    let config = client_config(&[ca]);
+    let (demo, config) = (&demo, &config);
+    let url = format!("ws://127.0.0.1:{ws}/ws");
+    let conns: Vec<Ws> = futures_util::stream::iter(0..n)
+        .map(|_| {
+            let url = url.clone();
+            async move {
+                match tls {
+                    true => wss(([127, 0, 0, 1], wss_port).into(), config.clone(), demo, 1).await.0,
+                    false => common::ws_at(&url, demo, 1).await,
+                }
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(conns.len(), n);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after = rss_kb(child.0.id());
+    drop(conns);
+    (before, after)
 }

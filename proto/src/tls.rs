@@ -182,6 +182,11 @@ impl ServerCert {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Stateless resumption tickets: a reconnecting client skips the certificate signature
+        // (cheaper reconnect storms) and the server keeps nothing per client for it. The
+        // default would keep resumable sessions in one small cache behind a lock shared by
+        // every shard.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Arc::new(config))
     }
 
