@@ -108,6 +108,17 @@ impl Proc {
         self.signal(libc::SIGKILL);
         if let Some(mut child) = self.child.take() {
             let _ = child.wait();
+            // An io_uring gateway's listeners outlive the process until the kernel has torn its
+            // rings down; a successor sharing the port (SO_REUSEPORT) would see connections
+            // land on them and be reset. Wait until nothing answers there.
+            if let Some(port) = self.ready {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline
+                    && TcpStream::connect_timeout(&port, Duration::from_millis(100)).is_ok()
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
     }
 
@@ -332,9 +343,7 @@ impl LocalCluster {
                 cfg.control.demo_users = Some(false);
                 // Every client of a local cluster comes from loopback, and tests push faster
                 // than a person.
-                cfg.control.login_per_minute = 0;
-                cfg.control.register_per_minute = 0;
-                cfg.control.push_per_second = 0;
+                cfg.control = cfg.control.without_rate_limits();
                 (public, grpc) = (Some(api), Some(g));
             }
             Role::Gateway => {

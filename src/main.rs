@@ -112,11 +112,15 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             let up = Up::start(cfg).await?;
             let a = up.addresses();
             println!("gochat-rs is up (embedded: in-process queue, static discovery, {database})");
+            let http = if a.https { "https" } else { "http" };
             if let Some(site) = a.site {
-                println!("  page        http://{site}/");
+                println!("  page        {http}://{site}/");
             }
-            println!("  REST API    http://{}", a.api);
+            println!("  REST API    {http}://{}", a.api);
             println!("  WebSocket   ws://{}{}", a.ws, a.ws_path);
+            if let Some(wss) = a.wss {
+                println!("  WebSocket   wss://{wss}{}", a.ws_path);
+            }
             if let Some(tcp) = a.tcp {
                 println!("  TCP         {tcp}");
             }
@@ -151,8 +155,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 }
             };
             println!(
-                "gateway {} listening: ws://{} , tcp {:?}, gRPC {}",
-                gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.grpc_addr
+                "gateway {} listening: ws://{} , tcp {:?}, wss {:?}, gRPC {}",
+                gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.wss_addr, gateway.grpc_addr
             );
             shutdown_signal().await;
             registration.shutdown().await;
@@ -171,7 +175,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 QueueKind::Redis => None,
             };
             println!(
-                "control listening: REST http://{}, logic gRPC {}, page {:?}{}",
+                "control listening: REST {}://{}, logic gRPC {}, page {:?}{}",
+                if control.https() { "https" } else { "http" },
                 control.api_addr,
                 control.grpc_addr,
                 control.site_addr,

@@ -51,6 +51,9 @@ pub struct Addresses {
     pub ws: SocketAddr,
     pub ws_path: String,
     pub tcp: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    /// Whether the REST API and the page serve HTTPS.
+    pub https: bool,
     pub logic_grpc: SocketAddr,
     pub gateway_grpc: SocketAddr,
 }
@@ -74,7 +77,19 @@ impl Up {
                 return Err(e.into());
             }
         };
-        control.set_site_ws_port(gateway.ws_addr.port());
+        // A page loaded over HTTPS may only open wss://.
+        let page_ws = match (control.https(), gateway.wss_addr) {
+            (true, Some(wss)) => wss,
+            (true, None) => {
+                tracing::warn!(
+                    "the page is served over HTTPS but the gateway has no wss_listen: browsers will refuse \
+                     its plain WebSocket"
+                );
+                gateway.ws_addr
+            }
+            (false, _) => gateway.ws_addr,
+        };
+        control.set_site_ws_port(page_ws.port());
         cfg.worker.logic = grpc_url(control.grpc_addr);
         cfg.worker.gateways =
             vec![GatewayAddr { id: gateway.id.to_string(), grpc: grpc_url(gateway.grpc_addr) }];
@@ -89,6 +104,8 @@ impl Up {
             ws: self.gateway.ws_addr,
             ws_path: self.ws_path.clone(),
             tcp: self.gateway.tcp_addr,
+            wss: self.gateway.wss_addr,
+            https: self.control.https(),
             logic_grpc: self.control.grpc_addr,
             gateway_grpc: self.gateway.grpc_addr,
         }

@@ -54,6 +54,22 @@ fn unknown_fields_and_bad_values_are_errors() {
     );
     let err = Config::parse("[gateway]\ntcp_listen = \"nowhere\"\n").unwrap_err().to_string();
     assert!(err.contains("nowhere") && err.contains("off"), "{err}");
+    // TLS settings go together, and a certificate that does not load is a config error.
+    let cfg = Config::parse("[gateway]\nwss_listen = \"127.0.0.1:0\"\n").unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("tls_cert") && err.contains("tls_key"), "{err}");
+    let cfg = Config::parse("[gateway]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").unwrap();
+    assert!(cfg.validate().unwrap_err().to_string().contains("wss_listen is off"));
+    let cfg = Config::parse(
+        "[gateway]\nwss_listen = \"127.0.0.1:0\"\ntls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"\n",
+    )
+    .unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/c.pem") && err.contains("cannot read"), "{err}");
+    let cfg = Config::parse("[control]\ntls_cert = \"c.pem\"\n").unwrap();
+    assert!(cfg.validate().unwrap_err().to_string().contains("go together"));
+    let cfg = Config::parse("[gateway]\nwss_listen = \"off\"\n").unwrap();
+    assert_eq!(cfg.gateway.wss_listen, None);
     let cfg = Config::parse("[control]\nstate = \"redis\"\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("node_id"), "shared state needs a node number");
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();

@@ -26,6 +26,11 @@ pub struct ControlConfig {
     /// The web page (gochat: `:8080`); `"off"` to disable.
     #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub site_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first): with `tls_key`, the REST API and the page serve
+    /// HTTPS (logic gRPC stays plain). Read again when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
     /// Serve the page from this folder instead of the copy built into the binary.
     pub site_dir: Option<PathBuf>,
     /// The WebSocket port and path the page connects to (the gateway's).
@@ -87,6 +92,8 @@ impl Default for ControlConfig {
             id: "control-1".into(),
             api_listen: "127.0.0.1:7070".parse().expect("literal"),
             site_listen: Some("127.0.0.1:8080".parse().expect("literal")),
+            tls_cert: None,
+            tls_key: None,
             site_dir: None,
             site_ws_port: 7000,
             site_ws_path: "/ws".into(),
@@ -173,6 +180,26 @@ impl ControlConfig {
         if let Err(e) = crate::limits::TrustedProxies::new(&self.trusted_proxies) {
             return err(format!("trusted_proxies: {e}"));
         }
+        self.tls_files()?;
         Ok(())
+    }
+
+    /// Turns the REST rate limits off: for load generators and tests that register and push
+    /// from one address far faster than people do.
+    pub fn without_rate_limits(mut self) -> Self {
+        (self.login_per_minute, self.register_per_minute, self.push_per_second) = (0, 0, 0);
+        self
+    }
+
+    /// The certificate and key HTTPS serves with (none: plain HTTP), checked to load.
+    pub fn tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, crate::Error> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => {
+                gochat_proto::tls::read_pair(cert, key)?;
+                Ok(Some((cert.clone(), key.clone())))
+            }
+            _ => Err(crate::Error::Config("tls_cert and tls_key go together".into())),
+        }
     }
 }

@@ -12,11 +12,13 @@
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
+//! - [`https`]: TLS for the REST API and the page, when a certificate is configured.
 //! - [`server`]: binds and runs the three listeners.
 
 pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod https;
 pub mod ids;
 pub mod limits;
 pub mod logic;
@@ -42,4 +44,6 @@ pub enum Error {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("HTTPS certificate: {0}")]
+    Tls(#[from] gochat_proto::tls::TlsError),
 }

@@ -8,12 +8,14 @@ use std::time::Duration;
 use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
 use gochat_proto::peers;
+use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
 use gochat_queue_worker::Queue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::StateKind;
 use crate::grpc::LogicGrpc;
+use crate::https::TlsListener;
 use crate::limits::RateLimits;
 use crate::logic::Logic;
 use crate::state::{RedisState, State};
@@ -27,6 +29,8 @@ pub struct ControlHandle {
     pub api_addr: SocketAddr,
     pub site_addr: Option<SocketAddr>,
     pub grpc_addr: SocketAddr,
+    /// The HTTPS certificate (its reload counts), when HTTPS is on.
+    pub tls_cert: Option<Arc<ServerCert>>,
     pub logic: Arc<Logic>,
     /// The REST API's rate limits, with their refusal counts.
     pub limits: Arc<RateLimits>,
@@ -34,10 +38,46 @@ pub struct ControlHandle {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     store: UserStore,
+    /// Reloads the HTTPS certificate while control runs.
+    tls_watch: Option<Watch>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { addr, source })
+}
+
+async fn until_stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Serves `app` on `listener`, under TLS when `tls` is set, until `stopped`.
+fn serve_http(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    stopped: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    use axum::serve::ListenerExt;
+    // The client's address reaches handlers (`ConnectInfo<SocketAddr>`) for the rate limits.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move {
+        let served = match tls {
+            None => axum::serve(listener, app).with_graceful_shutdown(until_stopped(stopped)).await,
+            Some(config) => match TlsListener::new(listener, config) {
+                // `tap_io` gives the TLS listener axum's connect info for any listener address.
+                Ok(listener) => {
+                    axum::serve(listener.tap_io(|_| {}), app)
+                        .with_graceful_shutdown(until_stopped(stopped))
+                        .await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{what} stopped");
+        }
+    })
 }
 
 impl Control {
@@ -58,6 +98,11 @@ impl Control {
         if cfg.demo_users == Some(true) {
             logic.seed_demo_users().await.map_err(|e| Error::Config(format!("seeding demo users: {e}")))?;
         }
+        let cert = match cfg.tls_files()? {
+            Some((cert, key)) => Some(ServerCert::load(&cert, &key)?),
+            None => None,
+        };
+        let tls = cert.as_ref().map(ServerCert::server_config).transpose()?;
         let api_listener = bind(cfg.api_listen).await?;
         let api_addr = api_listener.local_addr()?;
         let grpc_listener = bind(cfg.grpc_listen).await?;
@@ -69,29 +114,15 @@ impl Control {
         let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
         let (stop, stopped) = watch::channel(false);
-        let until_stopped = move |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
         let mut tasks = Vec::new();
         let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
         let limits = Arc::new(RateLimits::new(&cfg));
-        let app = api::router(logic.clone(), limits.clone(), &cfg)
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let rx = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(api_listener, app).with_graceful_shutdown(until_stopped(rx)).await {
-                tracing::error!(error = %e, "REST API stopped");
-            }
-        }));
+        let app = api::router(logic.clone(), limits.clone(), &cfg);
+        tasks.push(serve_http(api_listener, tls.clone(), app, stopped.clone(), "REST API"));
         if let Some(listener) = site_listener {
             let app =
                 site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
-            let rx = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(until_stopped(rx)).await {
-                    tracing::error!(error = %e, "site stopped");
-                }
-            }));
+            tasks.push(serve_http(listener, tls.clone(), app, stopped.clone(), "site"));
         }
         let every = Duration::from_millis(cfg.room_update_interval_ms);
         tasks.push(tokio::spawn(logic.clone().send_room_updates(every, stopped.clone())));
@@ -108,12 +139,30 @@ impl Control {
                 tracing::error!(error = %e, "logic gRPC stopped");
             }
         }));
-        tracing::info!(%api_addr, ?site_addr, %grpc_addr, "control listening");
-        Ok(ControlHandle { api_addr, site_addr, grpc_addr, logic, limits, site_ws_port, stop, tasks, store })
+        let tls_watch = cert.clone().map(|c| c.watch(POLL_INTERVAL, "control HTTPS"));
+        tracing::info!(%api_addr, ?site_addr, %grpc_addr, https = cert.is_some(), "control listening");
+        Ok(ControlHandle {
+            api_addr,
+            site_addr,
+            grpc_addr,
+            tls_cert: cert,
+            logic,
+            limits,
+            site_ws_port,
+            stop,
+            tasks,
+            store,
+            tls_watch,
+        })
     }
 }
 
 impl ControlHandle {
+    /// Whether the REST API and the page serve HTTPS.
+    pub fn https(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
     /// Points the page at the gateway's WebSocket port (known once the gateway is bound).
     pub fn set_site_ws_port(&self, port: u16) {
         self.site_ws_port.store(port, Ordering::Relaxed);
@@ -121,6 +170,7 @@ impl ControlHandle {
 
     /// Stops accepting, lets requests in flight finish, closes the database.
     pub async fn shutdown(self) {
+        drop(self.tls_watch);
         let _ = self.stop.send(true);
         for task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {

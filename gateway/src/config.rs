@@ -1,6 +1,7 @@
 //! Gateway configuration.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,14 @@ pub struct GatewayConfig {
     /// TCP `v1` listener (gochat: `:7001`); `"off"` to disable.
     #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub tcp_listen: Option<SocketAddr>,
+    /// WebSocket under TLS (`wss://`, same path) with `tls_cert` and `tls_key`; `"off"` (the
+    /// default) to disable.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
+    pub wss_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) for `wss_listen`; read again when it changes.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
     /// gRPC listener for pushes from queue-workers.
     pub grpc_listen: SocketAddr,
     /// Address queue-workers use to reach `grpc_listen` (defaults to it).
@@ -74,6 +83,9 @@ impl Default for GatewayConfig {
             ws_path: protocol.ws_path,
             ws_echo_path: None,
             tcp_listen: Some("0.0.0.0:7001".parse().expect("literal")),
+            wss_listen: None,
+            tls_cert: None,
+            tls_key: None,
             grpc_listen: "127.0.0.1:7100".parse().expect("literal"),
             grpc_advertise: None,
             logic: "http://127.0.0.1:6900".into(),
@@ -129,7 +141,23 @@ impl GatewayConfig {
             return err("inbox_capacity and max_connections must be above 0");
         }
         crate::driver::Driver::resolve(self.driver)?;
+        self.tls_files()?;
         Ok(())
+    }
+
+    /// The certificate and key files `wss_listen` serves with (none when it is off), checked
+    /// to load.
+    pub fn tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, crate::Error> {
+        let err = |m: &str| Err(crate::Error::Config(m.to_string()));
+        match (self.wss_listen, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => Ok(None),
+            (Some(_), Some(cert), Some(key)) => {
+                gochat_proto::tls::read_pair(cert, key)?;
+                Ok(Some((cert.clone(), key.clone())))
+            }
+            (Some(_), _, _) => err("wss_listen needs tls_cert and tls_key"),
+            (None, _, _) => err("tls_cert and tls_key are set but wss_listen is off"),
+        }
     }
 
     /// Shards to run: the configured count, or one per CPU.

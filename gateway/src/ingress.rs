@@ -174,6 +174,7 @@ impl Gateway for Ingress {
                 slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
                 frames_throttled: s.frames_throttled.load(Ordering::Relaxed),
                 flood_closes: s.flood_closes.load(Ordering::Relaxed),
+                tls_handshake_failures: s.tls_handshake_failures.load(Ordering::Relaxed),
             })
             .collect();
         Ok(Response::new(StatsReply { gateway_id: self.gateway_id.to_string(), shards }))

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`protocol`]: sans-IO WebSocket handshake and framing, TCP `v1` framing, gochat's client
-//!   requests. Bytes in, messages and owed bytes out.
+//!   requests, and TLS for `wss://` (rustls' sans-IO server connection). Bytes in, messages and
+//!   owed bytes out.
 //! - [`shard`]: one shard's connections, rooms, users and timers (single-threaded, no locks),
 //!   its bounded [`shard::Inbox`], and the effects it asks of logic.
 //! - [`driver`]: what drives a shard's sockets — the native io_uring driver, or the epoll driver
@@ -37,4 +38,6 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("logic endpoint: {0}")]
     Logic(String),
+    #[error("wss certificate: {0}")]
+    Tls(#[from] gochat_proto::tls::TlsError),
 }

@@ -9,11 +9,12 @@ use gochat_proto::gateway::gateway_server::GatewayServer;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::GatewayResetRequest;
 use gochat_proto::peers;
+use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::driver::{self, Clock, Driver, ShardSetup};
+use crate::driver::{self, Clock, Driver, Endpoint, ShardSetup};
 use crate::ingress::{Ingress, Seen};
 use crate::protocol::Transport;
 use crate::shard::{Command, Inbox, Shard, ShardStats};
@@ -26,6 +27,9 @@ pub struct GatewayHandle {
     pub id: Arc<str>,
     pub ws_addr: SocketAddr,
     pub tcp_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
+    /// The wss certificate (its reload counts), when wss is on.
+    pub tls_cert: Option<Arc<ServerCert>>,
     pub grpc_addr: SocketAddr,
     pub driver: Driver,
     pub shards: usize,
@@ -35,6 +39,8 @@ pub struct GatewayHandle {
     grpc_stop: watch::Sender<bool>,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     lease_task: tokio::task::JoinHandle<()>,
+    /// Reloads the wss certificate while the gateway runs.
+    tls_watch: Option<Watch>,
 }
 
 impl Gateway {
@@ -75,13 +81,13 @@ impl Gateway {
         }
         let shards = cfg.shard_count();
         let (ws_listeners, ws_addr) = bind_reuseport(cfg.ws_listen, shards)?;
-        let (tcp_listeners, tcp_addr) = match cfg.tcp_listen {
-            Some(addr) => {
-                let (l, a) = bind_reuseport(addr, shards)?;
-                (l.into_iter().map(Some).collect(), Some(a))
-            }
-            None => ((0..shards).map(|_| None).collect::<Vec<_>>(), None),
+        let (tcp_listeners, tcp_addr) = bind_optional(cfg.tcp_listen, shards)?;
+        let cert = match cfg.tls_files()? {
+            Some((cert, key)) => Some(ServerCert::load(&cert, &key)?),
+            None => None,
         };
+        let tls_config = cert.as_ref().map(ServerCert::server_config).transpose()?;
+        let (wss_listeners, wss_addr) = bind_optional(cfg.wss_listen, shards)?;
         let grpc_addr = grpc_listener.local_addr()?;
         let logic = LogicClient::new(logic);
         let id: Arc<str> = cfg.id.as_str().into();
@@ -98,11 +104,16 @@ impl Gateway {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut stats = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
-        for (i, (ws, tcp)) in ws_listeners.into_iter().zip(tcp_listeners).enumerate() {
-            let shard = Shard::new(i as u32, epoch, limits.clone(), clock.now());
+        let per_shard = ws_listeners.into_iter().zip(tcp_listeners).zip(wss_listeners);
+        for (i, ((ws, tcp), wss)) in per_shard.enumerate() {
+            let mut shard = Shard::new(i as u32, epoch, limits.clone(), clock.now());
+            if let Some(config) = &tls_config {
+                shard.set_tls(config.clone());
+            }
             stats.push(shard.stats());
-            let mut listeners = vec![(ws, Transport::WebSocket)];
-            listeners.extend(tcp.map(|l| (l, Transport::Tcp)));
+            let mut listeners = vec![(ws, Endpoint::plain(Transport::WebSocket))];
+            listeners.extend(tcp.map(|l| (l, Endpoint::plain(Transport::Tcp))));
+            listeners.extend(wss.map(|l| (l, Endpoint { transport: Transport::WebSocket, tls: true })));
             let setup = ShardSetup {
                 shard,
                 listeners,
@@ -148,11 +159,14 @@ impl Gateway {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),
         );
-        tracing::info!(%ws_addr, ?tcp_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
+        let tls_watch = cert.clone().map(|c| c.watch(POLL_INTERVAL, "gateway wss"));
+        tracing::info!(%ws_addr, ?tcp_addr, ?wss_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
         Ok(GatewayHandle {
             id,
             ws_addr,
             tcp_addr,
+            wss_addr,
+            tls_cert: cert,
             grpc_addr,
             driver,
             shards,
@@ -162,6 +176,7 @@ impl Gateway {
             grpc_stop,
             grpc_task,
             lease_task,
+            tls_watch,
         })
     }
 }
@@ -172,8 +187,14 @@ impl GatewayHandle {
         self.stats.iter().map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
+    /// wss connections whose TLS handshake failed, over all shards.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.stats.iter().map(|s| s.tls_handshake_failures.load(std::sync::atomic::Ordering::Relaxed)).sum()
+    }
+
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
+        drop(self.tls_watch);
         // Stop taking batches first, so no pusher waits on a shard that is going away.
         let _ = self.grpc_stop.send(true);
         self.lease_task.abort();
@@ -198,6 +219,21 @@ async fn reset_routes(mut logic: LogicClient<Channel>, id: &str) {
     let req = GatewayResetRequest { gateway_id: id.to_string() };
     if let Err(status) = logic.gateway_reset(req).await {
         tracing::warn!(%status, "could not reset this gateway's routes in logic; stale ones expire later");
+    }
+}
+
+/// As [`bind_reuseport`] for a listener that may be off: one `None` per shard then.
+#[allow(clippy::type_complexity)]
+fn bind_optional(
+    addr: Option<SocketAddr>,
+    n: usize,
+) -> Result<(Vec<Option<std::net::TcpListener>>, Option<SocketAddr>), Error> {
+    match addr {
+        Some(addr) => {
+            let (l, a) = bind_reuseport(addr, n)?;
+            Ok((l.into_iter().map(Some).collect(), Some(a)))
+        }
+        None => Ok(((0..n).map(|_| None).collect(), None)),
     }
 }
 

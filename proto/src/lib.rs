@@ -4,6 +4,7 @@
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
 //! - [`config_format`]: config-file value formats the roles share.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
+//! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
 
@@ -39,4 +40,5 @@ pub mod queue {
 
 pub mod config_format;
 pub mod peers;
+pub mod tls;
 pub mod wire;

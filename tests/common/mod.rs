@@ -39,9 +39,7 @@ pub fn test_config() -> Config {
     cfg.gateway.driver = driver();
     // Every test client comes from 127.0.0.1 and pushes faster than a person; the limits have
     // tests of their own.
-    cfg.control.login_per_minute = 0;
-    cfg.control.register_per_minute = 0;
-    cfg.control.push_per_second = 0;
+    cfg.control = cfg.control.without_rate_limits();
     cfg
 }
 

@@ -14,8 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Clock, ShardSetup};
-use crate::protocol::Transport;
+use super::{Clock, Endpoint, ShardSetup};
 use crate::shard::{Effect, Inbox, Shard};
 
 const SCRATCH: usize = 64 * 1024;
@@ -41,10 +40,10 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
             effects,
             stop_accept: Notify::new(),
         });
-        for (listener, transport) in listeners {
+        for (listener, endpoint) in listeners {
             listener.set_nonblocking(true)?;
             let listener = TcpListener::from_std(listener)?;
-            tokio::task::spawn_local(driver.clone().accept_loop(listener, transport));
+            tokio::task::spawn_local(driver.clone().accept_loop(listener, endpoint));
         }
         tokio::task::spawn_local(driver.clone().tick_loop());
         driver.inbox_loop(&inbox).await?;
@@ -81,7 +80,7 @@ struct EpollShard {
 }
 
 impl EpollShard {
-    async fn accept_loop(self: Rc<Self>, listener: TcpListener, transport: Transport) {
+    async fn accept_loop(self: Rc<Self>, listener: TcpListener, endpoint: Endpoint) {
         let mut backoff = Duration::from_millis(10);
         loop {
             let accepted = tokio::select! {
@@ -95,8 +94,11 @@ impl EpollShard {
                         tracing::debug!(%peer, "connection refused: shard at its limit");
                         continue;
                     }
-                    super::tune_accepted(socket2::SockRef::from(&stream), transport);
-                    let (key, id) = self.shard.borrow_mut().open(transport, self.clock.now());
+                    super::tune_accepted(socket2::SockRef::from(&stream), endpoint.transport);
+                    let Some((key, id)) = endpoint.open(&mut self.shard.borrow_mut(), self.clock.now())
+                    else {
+                        continue;
+                    };
                     {
                         let mut sockets = self.sockets.borrow_mut();
                         if sockets.len() <= key as usize {

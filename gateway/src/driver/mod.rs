@@ -73,10 +73,32 @@ impl Driver {
     }
 }
 
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub transport: Transport,
+    /// Under TLS (the wss listener).
+    pub tls: bool,
+}
+
+impl Endpoint {
+    pub const fn plain(transport: Transport) -> Self {
+        Self { transport, tls: false }
+    }
+
+    /// Registers a connection accepted here; `None` when the shard could not take it.
+    pub fn open(self, shard: &mut Shard, now: u32) -> Option<(u32, u64)> {
+        match self.tls {
+            false => Some(shard.open(self.transport, now)),
+            true => shard.open_tls(now),
+        }
+    }
+}
+
 /// Everything one shard thread starts with.
 pub struct ShardSetup {
     pub shard: Shard,
-    pub listeners: Vec<(TcpListener, Transport)>,
+    pub listeners: Vec<(TcpListener, Endpoint)>,
     pub inbox: Arc<Inbox>,
     pub effects: mpsc::UnboundedSender<(u32, Effect)>,
     /// How long a shutdown waits for connections to close.

@@ -24,8 +24,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 use tokio::sync::mpsc;
 
-use super::{Clock, ShardSetup};
-use crate::protocol::Transport;
+use super::{Clock, Endpoint, ShardSetup};
 use crate::shard::{Effect, Inbox, Shard};
 
 const RING_ENTRIES: u32 = 4096;
@@ -213,7 +212,7 @@ struct Io {
 
 struct Listener {
     fd: OwnedFd,
-    transport: Transport,
+    endpoint: Endpoint,
     armed: bool,
     retry: Box<types::Timespec>,
 }
@@ -258,9 +257,9 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
         by_key: Vec::new(),
         listeners: listeners
             .into_iter()
-            .map(|(l, transport)| Listener {
+            .map(|(l, endpoint)| Listener {
                 fd: OwnedFd::from(l),
-                transport,
+                endpoint,
                 armed: false,
                 retry: Box::new(types::Timespec::new().nsec(100_000_000)),
             })
@@ -435,14 +434,14 @@ impl Driver {
         } else {
             // SAFETY: a successful accept completion carries a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(res as RawFd) };
-            self.open(fd, self.listeners[i].transport);
+            self.open(fd, self.listeners[i].endpoint);
         }
         if !self.listeners[i].armed && !self.shard.is_shutting_down() {
             self.arm_accept(i);
         }
     }
 
-    fn open(&mut self, fd: OwnedFd, transport: Transport) {
+    fn open(&mut self, fd: OwnedFd, endpoint: Endpoint) {
         if !self.shard.has_room() {
             tracing::debug!("connection refused: shard at its limit");
             return;
@@ -453,8 +452,8 @@ impl Driver {
             return;
         }
         let _ = socket2::SockRef::from(&fd).set_nonblocking(true);
-        super::tune_accepted(socket2::SockRef::from(&fd), transport);
-        let (key, id) = self.shard.open(transport, self.clock.now());
+        super::tune_accepted(socket2::SockRef::from(&fd), endpoint.transport);
+        let Some((key, id)) = endpoint.open(&mut self.shard, self.clock.now()) else { return };
         self.next_gen = self.next_gen.wrapping_add(1);
         let slot = self.ios.insert(Io {
             fd,

@@ -1,9 +1,11 @@
-//! The sans-IO protocol: WebSocket and TCP `v1` framing, and gochat's client requests.
-//! Bytes in, messages and owed bytes out; the drivers, tests and fuzzers drive the same code.
+//! The sans-IO protocol: WebSocket and TCP `v1` framing, gochat's client requests, and TLS for
+//! `wss://`. Bytes in, messages and owed bytes out; the drivers, tests and fuzzers drive the
+//! same code.
 
 pub mod codec;
 pub mod handshake;
 pub mod session;
+pub mod tls;
 pub mod ws;
 
 use bytes::Bytes;

@@ -5,6 +5,7 @@
 pub mod inbox;
 pub mod outbound;
 pub mod timer;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,6 +159,8 @@ pub struct ShardStats {
     pub frames_throttled: AtomicU64,
     /// Clients closed for flooding (they went on sending far over the limit).
     pub flood_closes: AtomicU64,
+    /// wss connections whose TLS handshake failed (plain clients, scanners, untrusting clients).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 struct Conn {
@@ -182,6 +185,9 @@ struct Conn {
     room_pos: u32,
     user_pos: u32,
     out: OutQueue,
+    /// A wss connection: its session is in the shard's `tls` table, and what is queued in `out`
+    /// is encrypted. (A flag in padding, so plain connections carry nothing for TLS.)
+    tls: bool,
 }
 
 /// Member lists keyed by room or user, with O(1) removal through positions kept in `Conn`.
@@ -226,6 +232,7 @@ pub struct Shard {
     outputs: Vec<Output>,
     shutting_down: bool,
     stats: Arc<ShardStats>,
+    tls: tls::TlsConns,
 }
 
 impl Shard {
@@ -244,6 +251,7 @@ impl Shard {
             outputs: Vec::new(),
             shutting_down: false,
             stats: Arc::default(),
+            tls: tls::TlsConns::default(),
         }
     }
 
@@ -294,6 +302,7 @@ impl Shard {
             room_pos: 0,
             user_pos: 0,
             out: OutQueue::default(),
+            tls: false,
         }) as u32;
         self.arm(key, now + self.limits.auth_timeout_secs);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
@@ -312,6 +321,15 @@ impl Shard {
         };
         conn.last_rx = now;
         conn.ping_sent = false;
+        if conn.tls {
+            return self.on_tls_data(key, input, now);
+        }
+        self.feed(key, input, now);
+    }
+
+    /// Bytes for the connection's codec (decrypted, for TLS).
+    fn feed(&mut self, key: u32, input: &mut [u8], now: u32) {
+        let conn = &mut self.conns[key as usize];
         let mut outputs = std::mem::take(&mut self.outputs);
         conn.codec.feed(input, &self.limits.protocol, &mut outputs);
         if conn.phase == Phase::AwaitAuth && conn.codec.is_echo() {
@@ -419,15 +437,15 @@ impl Shard {
     pub fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Room { room_id, frames } => {
-                let Self { rooms, conns, dirty, limits, stats, .. } = self;
+                let Self { rooms, conns, dirty, limits, stats, tls, .. } = self;
                 for &key in rooms.members(room_id) {
-                    queue_to(conns, dirty, limits, stats, key, &frames);
+                    queue_to(conns, dirty, limits, stats, tls, key, &frames);
                 }
             }
             Command::User { user_id, frames } => {
-                let Self { users, conns, dirty, limits, stats, .. } = self;
+                let Self { users, conns, dirty, limits, stats, tls, .. } = self;
                 for &key in users.members(user_id) {
-                    queue_to(conns, dirty, limits, stats, key, &frames);
+                    queue_to(conns, dirty, limits, stats, tls, key, &frames);
                 }
             }
             Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),
@@ -558,7 +576,7 @@ impl Shard {
     /// Queues `bytes` for the connection at `key`.
     fn queue(&mut self, key: u32, bytes: Bytes) {
         let frames = Framed { ws: bytes.clone(), tcp: bytes };
-        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, key, &frames);
+        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, &frames);
     }
 
     /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
@@ -580,6 +598,7 @@ impl Shard {
         if let Some(frame) = frame {
             self.queue(key, frame);
         }
+        self.close_tls(key);
         let conn = &mut self.conns[key as usize];
         conn.closing = true;
         if !conn.dirty {
@@ -630,6 +649,9 @@ impl Shard {
             return;
         }
         let conn = self.conns.remove(key as usize);
+        if conn.tls {
+            self.tls.forget(key);
+        }
         if let Phase::Live { user_id, room_id } = conn.phase {
             if let Some(moved) = self.rooms.remove(room_id, conn.room_pos) {
                 self.conns[moved as usize].room_pos = conn.room_pos;
@@ -660,6 +682,7 @@ fn queue_to(
     dirty: &mut Vec<u32>,
     limits: &ShardLimits,
     stats: &ShardStats,
+    tls: &mut tls::TlsConns,
     key: u32,
     frames: &Framed,
 ) {
@@ -678,7 +701,12 @@ fn queue_to(
         conn.out.clear();
         conn.closing = true;
     } else {
-        conn.out.push(frame.clone());
+        if conn.tls {
+            // Encrypted for this connection alone: a broadcast costs one encryption per member.
+            conn.out.push(tls.seal(key, frame));
+        } else {
+            conn.out.push(frame.clone());
+        }
         stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
     if !conn.dirty {
