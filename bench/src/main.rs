@@ -198,6 +198,10 @@ enum Command {
         /// How long an accepted message may take to arrive, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         grace_ms: u64,
+        /// Idle clients besides the receivers, reconnecting the same way (a connect storm when
+        /// a gateway dies).
+        #[arg(long, default_value_t = 0)]
+        storm: usize,
     },
     /// (internal) A client worker process, driven over stdin/stdout.
     #[command(hide = true)]
@@ -217,7 +221,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!("written to {}", to.join("report.md").display());
             Ok(())
         }
-        Command::Sequence { control_apis, gateway_ws, receivers, rate, duration, room, grace_ms } => {
+        Command::Sequence { control_apis, gateway_ws, receivers, rate, duration, room, grace_ms, storm } => {
             let or =
                 |list: Vec<String>, one: &str| if list.is_empty() { vec![one.to_string()] } else { list };
             let params = sequence::SequenceParams {
@@ -232,6 +236,7 @@ fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs_f64(duration),
                 room,
                 grace: Duration::from_millis(grace_ms),
+                storm,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let result = rt.block_on(sequence::run(params))?;

@@ -31,12 +31,16 @@ pub struct SequenceParams {
     pub room: u64,
     /// How long after its acceptance a message may take to arrive before it counts as lost.
     pub grace: Duration,
+    /// Idle clients besides the receivers, spread over the gateways and reconnecting the same
+    /// way: when a gateway dies, its share storms the others.
+    pub storm: usize,
 }
 
 /// One receiver's record: numbers in arrival order, and when it was connected.
 #[derive(Default)]
 struct Record {
-    got: Vec<u64>,
+    /// Numbers in arrival order, with when each arrived.
+    got: Vec<(u64, Instant)>,
     /// (authenticated, lost) — `lost` is `None` while connected.
     connected: Vec<(Instant, Option<Instant>)>,
 }
@@ -61,6 +65,9 @@ pub struct Tally {
     pub reconnects: u64,
     /// Longest time from losing its gateway to being authenticated again.
     pub longest_away_ms: u64,
+    /// Acceptance → arrival of each message's first copy, in microseconds.
+    #[serde(skip)]
+    pub latencies_us: Vec<u64>,
 }
 
 /// `accepted[i]` = when message `i` was accepted (`None`: refused by every control).
@@ -68,7 +75,7 @@ fn tally(accepted: &[Option<Instant>], record: &Record, grace: Duration, end: In
     let mut t = Tally::default();
     let mut seen = vec![0u32; accepted.len()];
     let mut highest = None;
-    for &n in &record.got {
+    for &(n, arrived) in &record.got {
         let Some(slot) = seen.get_mut(n as usize) else { continue };
         *slot += 1;
         if *slot > 1 {
@@ -76,6 +83,9 @@ fn tally(accepted: &[Option<Instant>], record: &Record, grace: Duration, end: In
             continue;
         }
         t.received += 1;
+        if let Some(at) = accepted[n as usize] {
+            t.latencies_us.push(arrived.saturating_duration_since(at).as_micros() as u64);
+        }
         if highest.is_some_and(|h| n < h) {
             t.out_of_order += 1;
         }
@@ -117,9 +127,17 @@ pub async fn run(p: SequenceParams) -> anyhow::Result<RunResult> {
         let room = p.room;
         tasks.push(tokio::spawn(async move { receive(i, gateways, path, token, room, stop, record).await }));
     }
-    // Every receiver in before the first message.
+    let storm: Vec<Arc<Mutex<Record>>> = (0..p.storm).map(|_| Arc::default()).collect();
+    for (i, record) in storm.iter().enumerate() {
+        let (gateways, path, token, stop, record) =
+            (p.gateways.clone(), p.path.clone(), user.token.clone(), stop.clone(), record.clone());
+        // A room of their own: they are load, not receivers.
+        let room = p.room + 1;
+        tasks.push(tokio::spawn(async move { receive(i, gateways, path, token, room, stop, record).await }));
+    }
+    // Every receiver (and idle client) in before the first message.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while records.iter().any(|r| r.lock().unwrap().connected.is_empty()) {
+    while records.iter().chain(&storm).any(|r| r.lock().unwrap().connected.is_empty()) {
         anyhow::ensure!(Instant::now() < deadline, "receivers did not connect within 20 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -173,6 +191,21 @@ pub async fn run(p: SequenceParams) -> anyhow::Result<RunResult> {
     result.figure("out_of_order", sum(|t| t.out_of_order));
     result.figure("reconnects", sum(|t| t.reconnects));
     result.figure("longest_away_ms", tallies.iter().map(|t| t.longest_away_ms).max().unwrap_or(0));
+    let mut latencies: Vec<u64> = tallies.iter().flat_map(|t| t.latencies_us.iter().copied()).collect();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len().max(1)) - 1;
+        latencies.get(i).map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    result.figure("latency_p50_ms", quantile(0.50));
+    result.figure("latency_p99_ms", quantile(0.99));
+    result.figure("latency_max_ms", quantile(1.0));
+    if p.storm > 0 {
+        let storm: Vec<Tally> = storm.iter().map(|r| tally(&[], &r.lock().unwrap(), p.grace, end)).collect();
+        result.param("storm_clients", p.storm);
+        result.figure("storm_reconnects", storm.iter().map(|t| t.reconnects).sum::<u64>());
+        result.figure("storm_longest_away_ms", storm.iter().map(|t| t.longest_away_ms).max().unwrap_or(0));
+    }
     result.figure("per_receiver", serde_json::to_value(&tallies)?);
     Ok(result)
 }
@@ -244,7 +277,7 @@ async fn session(
                         Some(7) => r.connected.push((Instant::now(), None)),
                         Some(3) => {
                             if let Some(n) = v["msg"].as_str().and_then(|m| m.strip_prefix("seq:")) {
-                                r.got.extend(n.parse::<u64>().ok());
+                                r.got.extend(n.parse::<u64>().ok().map(|n| (n, Instant::now())));
                             }
                         }
                         _ => {}
@@ -274,7 +307,7 @@ mod tests {
         accepted[3] = None;
         let record = Record {
             // Away from 350 to 650 ms; 1 lost while connected, 6 twice, 8 before 7.
-            got: vec![0, 2, 6, 6, 8, 7, 9],
+            got: [0, 2, 6, 6, 8, 7, 9].map(|n| (n, at(n * 100 + 30))).to_vec(),
             connected: vec![(at(0), Some(at(350))), (at(650), None)],
         };
         let t = tally(&accepted, &record, Duration::from_millis(200), at(2000));
@@ -288,6 +321,7 @@ mod tests {
                 out_of_order: 1,
                 reconnects: 1,
                 longest_away_ms: 300,
+                latencies_us: vec![30_000; 6],
             }
         );
     }

@@ -115,7 +115,19 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<Outgoi
                     failed += 1;
                 }
                 tracing::warn!(gateway = %id, error = %e, failed, "gateway unreachable; retrying");
-                tokio::time::sleep(backoff).await;
+                // Batches that come while it is down fail at once (the queue delivers them
+                // again): a worker waiting on a dead gateway would hold up every other one.
+                let retry = tokio::time::sleep(backoff);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        () = &mut retry => break,
+                        batch = batches.recv() => match batch {
+                            Some(_failed) => {}
+                            None => return,
+                        },
+                    }
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
@@ -165,5 +177,25 @@ async fn link(id: String, endpoint: Endpoint, mut batches: mpsc::Receiver<Outgoi
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_for_a_dead_gateway_fail_at_once_while_it_backs_off() {
+        // A port nothing listens on: connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dead = GatewayAddr { id: "g1".into(), grpc: format!("http://127.0.0.1:{port}") };
+        let mut pool = GatewayPool::fixed(&[dead]).unwrap();
+        let started = std::time::Instant::now();
+        // Without failing early, these would wait out backoffs of 50 ms doubling to 2 s (5 s).
+        for _ in 0..8 {
+            let acked = pool.send("g1", PushBatch::default()).await.expect("g1 is known");
+            assert!(acked.await.is_err(), "a batch for a dead gateway was acknowledged");
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "batches waited {:?}", started.elapsed());
     }
 }
