@@ -6,6 +6,7 @@
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
+//! - [`rest`]: gochat's REST requests — routes and their JSON bodies — parsed without I/O.
 
 pub mod logic {
     tonic::include_proto!("gochat.logic");
@@ -21,4 +22,5 @@ pub mod queue {
 
 pub mod config_format;
 pub mod peers;
+pub mod rest;
 pub mod wire;
