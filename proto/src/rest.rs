@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::wire::lenient_id;
+use crate::wire::{clip_refusal, lenient_id};
 
 /// Why a request was refused before anything was looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,8 @@ pub fn credentials(body: &[u8]) -> Result<Credentials, RequestError> {
 
 /// Parses a route's body; a bad body is a code 1 with serde's explanation.
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
-    serde_json::from_slice(body).map_err(|e| RequestError::BadBody(format!("bad request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| RequestError::BadBody(clip_refusal(format!("bad request body: {e}"))))
 }
 
 #[derive(Deserialize)]
@@ -167,5 +168,15 @@ mod tests {
         assert!(matches!(parse_request("/user/logout", b"[]"), Err(RequestError::Session)));
         assert!(matches!(action("/push/count", r#"{"authToken":"t"}"#), Err(RequestError::BadBody(_))));
         assert_eq!(action("/user/checkAuth", r#"{"authToken":"t","x":[]}"#), Ok(Action::CheckAuth));
+    }
+
+    #[test]
+    fn a_refusal_does_not_grow_with_the_body() {
+        let body = format!(r#""{}""#, "x".repeat(60_000));
+        let Err(RequestError::BadBody(message)) = parse_request("/user/login", body.as_bytes()) else {
+            panic!("a bad body")
+        };
+        assert!(message.len() <= crate::wire::MAX_REFUSAL, "{} bytes", message.len());
+        assert!(message.ends_with("expected struct Credentials at line 1 column 60002"), "{message}");
     }
 }
