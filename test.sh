@@ -37,6 +37,7 @@ fi
 export KOSOKU="$PWD/target/kosoku/bin/kosoku"
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
@@ -47,6 +48,10 @@ else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"
     drivers=epoll
 fi
+
+# Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
+# figures are in the README). Its build is instrumented, in fuzz/target.
+fuzz/run.sh 15
 
 # The web page in headless Chromium (Debian's), driven by playwright-core from npm, against a
 # real `gochat up`; screenshots land in test-artifacts/.

@@ -23,8 +23,14 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_gets_everything() {
     // 7.2 MB: over what loopback's buffers hold (4 MiB send buffer, the reader's window) and
     // the 256 KiB queue bound.
     let pushes = 800;
+    // The reader that keeps up must never be a slow consumer itself: at most 16 messages
+    // (144 KB) behind, however the machine schedules this test.
+    let read = std::sync::atomic::AtomicUsize::new(0);
     let sender = async {
         for i in 0..pushes {
+            while i - read.load(std::sync::atomic::Ordering::Relaxed) > 16 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let r = s.push_room(&b, 30, &format!("{i} {big}")).await;
             assert_eq!(r["code"], 0, "{r}");
         }
@@ -34,6 +40,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_gets_everything() {
             let m = ws.recv_op(wire::OP_ROOM_SEND).await;
             let msg = m["msg"].as_str().unwrap();
             assert!(msg.starts_with(&format!("{i} ")), "message {i} missing or out of order");
+            read.store(i + 1, std::sync::atomic::Ordering::Relaxed);
         }
     };
     tokio::join!(sender, reader);

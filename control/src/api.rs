@@ -1,5 +1,6 @@
 //! gochat's REST API, byte for byte: `POST` + JSON body, HTTP 200 with the envelope
-//! `{"code","message","data"}`, CORS open, the session token in the body.
+//! `{"code","message","data"}`, CORS open, the session token in the body. Routes and bodies are
+//! parsed by [`gochat_proto::rest`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,14 +12,13 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use gochat_proto::wire;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+pub use gochat_proto::rest::Credentials;
+use gochat_proto::rest::{self, Action, Request, RequestError};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::limits::{client_key, retry_secs, RateLimits, TrustedProxies};
 use crate::logic::{Logic, LogicError};
-use crate::state::Session;
 use crate::ControlConfig;
 
 pub const CODE_SUCCESS: i64 = 0;
@@ -107,6 +107,22 @@ impl From<LogicError> for Refusal {
     }
 }
 
+impl From<RequestError> for Refusal {
+    fn from(e: RequestError) -> Self {
+        Self::Logic(e.into())
+    }
+}
+
+impl From<RequestError> for LogicError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::UnknownRoute => LogicError::Refused("please check request url !".into()),
+            RequestError::Session => LogicError::Session,
+            RequestError::BadBody(m) => LogicError::Refused(m),
+        }
+    }
+}
+
 fn refused(r: Refusal) -> Response {
     match r {
         Refusal::Logic(e) => from_error(e),
@@ -160,120 +176,53 @@ impl Api {
     async fn route(&self, path: &str, body: &[u8]) -> Result<Response, Refusal> {
         let logic = &self.logic;
         let empty = || Value::String(String::new());
-        Ok(match path {
-            "/user/register" => {
-                let c = credentials(body)?;
+        Ok(match rest::parse_request(path, body)? {
+            Request::Register(c) => {
                 let token = logic.register(&c.user_name, &c.pass_word).await?;
                 success("register success", Value::String(token))
             }
-            "/user/login" => {
-                let c = credentials(body)?;
+            Request::Login(c) => {
                 let token = logic.login(&c.user_name, &c.pass_word).await?;
                 success("login success", Value::String(token))
             }
-            "/user/checkAuth" => {
-                let s = session(logic, body).await?;
-                success("auth success", serde_json::json!({"userId": s.user_id, "userName": s.user_name}))
-            }
-            "/user/logout" => {
-                logic.logout(&token(body)?).await?;
+            Request::Logout { token } => {
+                logic.logout(&token).await?;
                 success("logout ok!", Value::Null)
             }
-            "/push/push" => {
-                let from = self.pusher(body).await?;
-                let b: PushBody = parse(body)?;
-                logic.push_user(&from, b.to_user_id, b.room_id, &b.msg).await?;
-                success("ok", Value::Null)
+            Request::Authed { token, action } => {
+                let from = logic.check_auth(&token).await?;
+                // Right after the session, before the body's verdict: every push route counts.
+                if path.starts_with("/push/") {
+                    self.limits.push.take(from.user_id).map_err(Refusal::TooMany)?;
+                }
+                match action? {
+                    Action::CheckAuth => success(
+                        "auth success",
+                        serde_json::json!({"userId": from.user_id, "userName": from.user_name}),
+                    ),
+                    Action::Push { to_user_id, room_id, msg } => {
+                        logic.push_user(&from, to_user_id, room_id, &msg).await?;
+                        success("ok", Value::Null)
+                    }
+                    Action::PushRoom { room_id, msg } => {
+                        logic.push_room(&from, room_id, &msg).await?;
+                        success("ok", empty())
+                    }
+                    Action::Count { room_id } => {
+                        logic.push_count(room_id).await?;
+                        success("ok", empty())
+                    }
+                    Action::RoomInfo { room_id } => {
+                        logic.push_room_info(room_id).await?;
+                        success("ok", empty())
+                    }
+                }
             }
-            "/push/pushRoom" => {
-                let from = self.pusher(body).await?;
-                let b: RoomBody = parse(body)?;
-                logic.push_room(&from, b.room_id, &b.msg).await?;
-                success("ok", empty())
-            }
-            "/push/count" => {
-                self.pusher(body).await?;
-                logic.push_count(parse::<RoomOnly>(body)?.room_id).await?;
-                success("ok", empty())
-            }
-            "/push/getRoomInfo" => {
-                self.pusher(body).await?;
-                logic.push_room_info(parse::<RoomOnly>(body)?.room_id).await?;
-                success("ok", empty())
-            }
-            _ => fail("please check request url !"),
         })
-    }
-
-    /// The sender of a push route, within its rate limit.
-    async fn pusher(&self, body: &[u8]) -> Result<Session, Refusal> {
-        let from = session(&self.logic, body).await?;
-        self.limits.push.take(from.user_id).map_err(Refusal::TooMany)?;
-        Ok(from)
-    }
-}
-
-/// Parses a route's body, a JSON object; a bad body is a code 1 with serde's explanation.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, LogicError> {
-    let bad = |why: &dyn std::fmt::Display| LogicError::Refused(format!("bad request body: {why}"));
-    // serde would take a JSON array for a struct, its fields in order.
-    match body.trim_ascii_start().first() {
-        Some(b'{') => serde_json::from_slice(body).map_err(|e| bad(&e)),
-        None => Err(bad(&"empty, expected a JSON object")),
-        Some(_) => Err(bad(&"expected a JSON object")),
     }
 }
 
 /// A `/user/register` or `/user/login` body.
-#[derive(Deserialize)]
-pub struct Credentials {
-    #[serde(rename = "userName")]
-    pub user_name: String,
-    #[serde(rename = "passWord")]
-    pub pass_word: String,
-}
-
 pub fn credentials(body: &[u8]) -> Result<Credentials, LogicError> {
-    parse(body)
-}
-
-#[derive(Deserialize)]
-struct AuthOnly {
-    #[serde(rename = "authToken")]
-    auth_token: String,
-}
-
-/// The body's `authToken`; gochat checks it before the route's own fields, so a missing or
-/// malformed one is a session error (40000), not a bad body.
-fn token(body: &[u8]) -> Result<String, LogicError> {
-    parse::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| LogicError::Session)
-}
-
-async fn session(logic: &Logic, body: &[u8]) -> Result<Session, LogicError> {
-    logic.check_auth(&token(body)?).await
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PushBody {
-    msg: String,
-    #[serde(deserialize_with = "wire::lenient_id")]
-    to_user_id: u64,
-    #[serde(default, deserialize_with = "wire::lenient_id")]
-    room_id: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RoomBody {
-    msg: String,
-    #[serde(deserialize_with = "wire::lenient_id")]
-    room_id: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RoomOnly {
-    #[serde(deserialize_with = "wire::lenient_id")]
-    room_id: u64,
+    Ok(rest::credentials(body)?)
 }

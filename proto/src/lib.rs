@@ -7,6 +7,7 @@
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
+//! - [`rest`]: gochat's REST requests — routes and their JSON bodies — parsed without I/O.
 
 pub mod logic {
     tonic::include_proto!("gochat.logic");
@@ -40,5 +41,6 @@ pub mod queue {
 
 pub mod config_format;
 pub mod peers;
+pub mod rest;
 pub mod tls;
 pub mod wire;

@@ -96,13 +96,15 @@ pub struct ClientRequest {
 /// Deserializes an id sent as a number or a numeric string (gochat's clients send both).
 pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error;
-    match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => {
-            n.as_u64().ok_or_else(|| D::Error::custom(format!("{n} is not a valid id")))
-        }
-        serde_json::Value::String(s) => {
+    use serde_json::Value;
+    match Value::deserialize(d)? {
+        Value::Number(n) => n.as_u64().ok_or_else(|| D::Error::custom(format!("{n} is not a valid id"))),
+        Value::String(s) => {
             s.trim().parse().map_err(|_| D::Error::custom(format!("{s:?} is not a valid id")))
         }
+        // Named, not written out: an array or object may be as large as the request.
+        Value::Array(_) => Err(D::Error::custom("an array is not a valid id")),
+        Value::Object(_) => Err(D::Error::custom("an object is not a valid id")),
         other => Err(D::Error::custom(format!("{other} is not a valid id"))),
     }
 }
@@ -123,6 +125,28 @@ impl std::fmt::Debug for ClientRequest {
             .field("msg", &self.msg)
             .finish()
     }
+}
+
+/// The longest explanation a client is sent for a refused request (op 8, a REST code 1).
+pub const MAX_REFUSAL: usize = 256;
+
+/// `message` cut to at most [`MAX_REFUSAL`] bytes, keeping its start and its end around an
+/// ellipsis. serde's explanations quote the offending value whole, and a refusal must not
+/// grow with what the client sent; the end says what was expected, and where.
+pub fn clip_refusal(message: String) -> String {
+    const TAIL: usize = 64;
+    if message.len() <= MAX_REFUSAL {
+        return message;
+    }
+    let mut head = MAX_REFUSAL - TAIL - '…'.len_utf8();
+    while !message.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = message.len() - TAIL;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &message[..head], &message[tail..])
 }
 
 /// Magic prefix of a TCP frame.
@@ -242,6 +266,19 @@ mod tests {
         let b: ClientRequest = serde_json::from_str(r#"{"authToken":"t","roomId":"1"}"#).unwrap();
         assert_eq!(a, b);
         assert!(serde_json::from_str::<ClientRequest>(r#"{"roomId":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn refusals_are_clipped_around_an_ellipsis() {
+        assert_eq!(clip_refusal("short".into()), "short");
+        let long = format!("invalid type: string \"{}\", expected i32 at line 1 column 999", "é".repeat(500));
+        let clipped = clip_refusal(long);
+        assert!(clipped.len() <= MAX_REFUSAL, "{}", clipped.len());
+        assert!(clipped.starts_with("invalid type: string \"éé"), "{clipped}");
+        assert!(clipped.contains("é…é") && clipped.ends_with("\", expected i32 at line 1 column 999"));
+        let id =
+            serde_json::from_str::<ClientRequest>(&format!(r#"{{"roomId":[{}0]}}"#, "1e15,".repeat(1000)));
+        assert!(id.unwrap_err().to_string().starts_with("an array is not a valid id"));
     }
 
     #[test]

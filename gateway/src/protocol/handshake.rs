@@ -35,6 +35,10 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_or
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
+        // The limit holds however the head arrives: a head read whole is not let off.
+        Ok(httparse::Status::Complete(n)) if n > MAX_REQUEST_HEAD => {
+            return reject("431 Request Header Fields Too Large", "request head too large")
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => return Upgrade::Incomplete,
         Ok(httparse::Status::Partial) => {
@@ -153,6 +157,9 @@ mod tests {
         assert_eq!(status(v8.as_bytes(), "/ws"), "426");
         let huge = [b"GET /ws HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_REQUEST_HEAD]].concat();
         assert_eq!(status(&huge, "/ws"), "431");
+        let whole = String::from_utf8_lossy(GOOD)
+            .replace("Host: x", &format!("Host: {}", "x".repeat(MAX_REQUEST_HEAD)));
+        assert_eq!(status(whole.as_bytes(), "/ws"), "431", "a complete head over the limit, in one read");
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
     let req: ClientRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return Request::Refuse { message: format!("bad JSON: {e}"), fatal: phase == Phase::AwaitAuth }
+            let message = wire::clip_refusal(format!("bad JSON: {e}"));
+            return Request::Refuse { message, fatal: phase == Phase::AwaitAuth };
         }
     };
     match phase {
@@ -122,5 +123,15 @@ mod tests {
         );
         assert!(matches!(interpret(LIVE, b"{bad"), Request::Refuse { fatal: false, .. }));
         assert!(matches!(interpret(LIVE, br#"{"op":42}"#), Request::Refuse { fatal: false, .. }));
+    }
+
+    #[test]
+    fn a_refusal_does_not_grow_with_the_request() {
+        // serde quotes a value of the wrong type whole: this one came to 260 bytes when found.
+        let body = format!(r#""{}"authTo1"#, "!".repeat(10_000));
+        let Request::Refuse { message, .. } = interpret(LIVE, body.as_bytes()) else { panic!("refused") };
+        assert!(message.len() <= wire::MAX_REFUSAL, "{} bytes", message.len());
+        assert!(message.starts_with("bad JSON: invalid type: string \"!!!"), "{message}");
+        assert!(message.ends_with("expected struct ClientRequest at line 1 column 10002"), "{message}");
     }
 }
