@@ -354,6 +354,8 @@ impl LocalCluster {
                 cfg.gateway.grpc_listen = g;
                 cfg.gateway.shards = self.spec.shards;
                 cfg.gateway.driver = self.spec.driver;
+                // Inside `stop`'s grace: a drain closes its clients spread over this.
+                cfg.gateway.drain_secs = 2;
                 (public, grpc) = (Some(ws), Some(g));
             }
             Role::Worker => cfg.worker.id = id.into(),

@@ -160,6 +160,14 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             );
             shutdown_signal().await;
             registration.shutdown().await;
+            if cfg.gateway.drain_secs > 0 {
+                println!(
+                    "draining: closing {} connections over {} s",
+                    gateway.connections(),
+                    cfg.gateway.drain_secs
+                );
+                gateway.drain(Duration::from_secs(cfg.gateway.drain_secs)).await;
+            }
             gateway.shutdown().await;
         }
         Command::Control => {

@@ -360,6 +360,40 @@ async fn shutdown_closes_sockets_with_going_away() {
 }
 
 #[tokio::test]
+async fn a_drain_closes_sockets_a_few_at_a_time_and_takes_no_new_ones() {
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let mut sockets = Vec::new();
+    for _ in 0..12 {
+        sockets.push(s.ws(&a, 40).await);
+    }
+    let started = std::time::Instant::now();
+    let drain = s.up.gateway.drain(Duration::from_secs(3));
+    let watch = async {
+        // When each socket is closed, and how.
+        let mut ends = Vec::new();
+        for ws in &mut sockets {
+            let end = ws.recv_end().await;
+            ends.push((end, started.elapsed()));
+        }
+        // A new client during the drain is not taken.
+        let refused = tokio_tungstenite::connect_async(s.ws_url()).await.is_err();
+        (ends, refused)
+    };
+    let ((), (ends, refused)) = tokio::join!(drain, watch);
+    assert!(refused, "a draining gateway took a new connection");
+    for (end, _) in &ends {
+        assert_eq!(*end, End::Close(1012, "service restarting, reconnect".into()));
+    }
+    let last = ends.iter().map(|(_, at)| *at).max().unwrap();
+    let first = ends.iter().map(|(_, at)| *at).min().unwrap();
+    assert!(last - first >= Duration::from_millis(1500), "not spread: all closed within {:?}", last - first);
+    assert!(last <= Duration::from_secs(5), "the last close came after {last:?}");
+    assert_eq!(s.up.gateway_conns(), 0);
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn gateway_stats_count_connections_per_shard() {
     use gochat_proto::gateway::gateway_client::GatewayClient;
     use gochat_proto::gateway::StatsRequest;

@@ -199,7 +199,8 @@ impl Cluster {
             let cfg = format!(
                 "{common}\n[gateway]\nid = \"gateway-{n}\"\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
                  grpc_listen = \"127.0.0.1:{p}\"\nlogic = \"http://127.0.0.1:{grpc}\"\nshards = {shards}\n\
-                 driver = \"{driver}\"\nmax_connections = {max_conns_per_gateway}\nws_echo_path = \"/echo\"\n",
+                 driver = \"{driver}\"\nmax_connections = {max_conns_per_gateway}\nws_echo_path = \"/echo\"\n\
+                 drain_secs = 0\n",
                 n = i + 1
             );
             let path = dir.join(format!("gateway-{}.toml", i + 1));

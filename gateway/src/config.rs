@@ -71,6 +71,9 @@ pub struct GatewayConfig {
     pub dedup_window: usize,
     /// How long shutdown waits for connections to close, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// `gochat gateway` on SIGTERM/Ctrl-C: leaves discovery, takes no new connections and
+    /// closes the open ones spread over this many seconds (0: all at once).
+    pub drain_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -104,6 +107,7 @@ impl Default for GatewayConfig {
             inbox_capacity: 4096,
             dedup_window: 65_536,
             shutdown_grace_ms: 2000,
+            drain_secs: 10,
         }
     }
 }

@@ -192,6 +192,21 @@ impl GatewayHandle {
         self.stats.iter().map(|s| s.tls_handshake_failures.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
+    /// Takes no new connections and closes the open ones spread over `within` (1012: clients
+    /// reconnect, to another gateway, a few at a time instead of all at once); returns when
+    /// they are all closed, or `within` and the close grace have passed.
+    pub async fn drain(&self, within: Duration) {
+        let within_secs = within.as_secs().clamp(1, u32::MAX as u64) as u32;
+        for inbox in self.inboxes.iter() {
+            inbox.push_wait(Command::Drain { within_secs }).await;
+        }
+        let grace = Duration::from_secs(crate::shard::ShardLimits::default().close_grace_secs.into());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(within_secs.into()) + grace;
+        while self.connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
         drop(self.tls_watch);

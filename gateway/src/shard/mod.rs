@@ -118,6 +118,9 @@ pub enum Command {
     /// Close every connection and keep running: logic lost track of them (this gateway was
     /// taken for dead), so clients must reconnect to be routable again.
     CloseAll,
+    /// Take no new connections and close the open ones spread over `within_secs`, so their
+    /// clients reconnect elsewhere a few at a time (1012, "service restarting").
+    Drain { within_secs: u32 },
     /// Close every connection and stop.
     Shutdown,
 }
@@ -231,6 +234,8 @@ pub struct Shard {
     effects: Vec<Effect>,
     outputs: Vec<Output>,
     shutting_down: bool,
+    /// Draining: no new connections, and every open one closed by this time (s).
+    drain_by: Option<u32>,
     stats: Arc<ShardStats>,
     tls: tls::TlsConns,
 }
@@ -250,6 +255,7 @@ impl Shard {
             effects: Vec::new(),
             outputs: Vec::new(),
             shutting_down: false,
+            drain_by: None,
             stats: Arc::default(),
             tls: tls::TlsConns::default(),
         }
@@ -277,7 +283,7 @@ impl Shard {
 
     /// Whether another connection may be accepted.
     pub fn has_room(&self) -> bool {
-        !self.shutting_down && self.conns.len() < self.limits.max_connections
+        !self.shutting_down && self.drain_by.is_none() && self.conns.len() < self.limits.max_connections
     }
 
     /// Registers an accepted connection; returns its key and gateway-unique id.
@@ -469,6 +475,10 @@ impl Shard {
                 }
             }
             Command::CloseAll => self.close_all(1012, "service restarted, reconnect"),
+            Command::Drain { within_secs } => {
+                let now = self.wheel.now();
+                self.drain_by = Some(now + within_secs.max(1));
+            }
             Command::Shutdown => {
                 self.shutting_down = true;
                 self.close_all(1001, "server shutting down");
@@ -519,6 +529,10 @@ impl Shard {
     pub fn on_tick(&mut self, now: u32) {
         let mut due = Vec::new();
         self.wheel.advance(now, |key, id, at| due.push((key, id, at)));
+        if let Some(by) = self.drain_by {
+            // After the advance, so a close's grace counts from now.
+            self.drain_some(now, by);
+        }
         for (key, id, at) in due {
             let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == id) else {
                 continue;
@@ -563,6 +577,16 @@ impl Shard {
                     self.arm(key, at);
                 }
             }
+        }
+    }
+
+    /// Closes this tick's share of the open connections, so the last go by `by`.
+    fn drain_some(&mut self, now: u32, by: u32) {
+        let open: Vec<u32> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k as u32).collect();
+        // This tick and each one up to and including `by`.
+        let ticks_left = (by.saturating_sub(now) + 1) as usize;
+        for &key in open.iter().take(open.len().div_ceil(ticks_left)) {
+            self.begin_close(key, Some((1012, "service restarting, reconnect")));
         }
     }
 

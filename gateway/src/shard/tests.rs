@@ -113,6 +113,25 @@ fn no_frame_limit_when_it_is_zero() {
 }
 
 #[test]
+fn a_drain_refuses_new_connections_and_spreads_the_closes_until_its_deadline() {
+    let mut s = shard();
+    let keys: Vec<u32> = (0..10).map(|u| live_ws(&mut s, u, 7).0).collect();
+    assert!(s.has_room());
+    s.on_command(Command::Drain { within_secs: 5 });
+    assert!(!s.has_room(), "a draining shard takes no new connections");
+    let closing = |s: &Shard| keys.iter().filter(|&&k| s.is_closing(k)).count();
+    let mut per_tick = Vec::new();
+    for now in 1..=5 {
+        let before = closing(&s);
+        s.on_tick(now);
+        per_tick.push(closing(&s) - before);
+    }
+    assert_eq!(per_tick, [2, 2, 2, 2, 2], "spread over the ticks, all closed by the deadline");
+    let out = written(&mut s, keys[0]);
+    assert_eq!(out[..4], [0x88, 31, 0x03, 0xf4], "close 1012 'service restarting, reconnect'");
+}
+
+#[test]
 fn removal_keeps_the_other_members_and_tells_logic() {
     let mut s = shard();
     let (a, a_id) = live_ws(&mut s, 1, 7);
