@@ -367,6 +367,9 @@ async fn a_drain_closes_sockets_a_few_at_a_time_and_takes_no_new_ones() {
     for _ in 0..12 {
         sockets.push(s.ws(&a, 40).await);
     }
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(common::grpc_health(s.up.gateway.grpc_addr).await, ServingStatus::Serving);
+    assert_eq!(common::grpc_health(s.up.control.grpc_addr).await, ServingStatus::Serving);
     let started = std::time::Instant::now();
     let drain = s.up.gateway.drain(Duration::from_secs(3));
     let watch = async {
@@ -382,6 +385,8 @@ async fn a_drain_closes_sockets_a_few_at_a_time_and_takes_no_new_ones() {
     };
     let ((), (ends, refused)) = tokio::join!(drain, watch);
     assert!(refused, "a draining gateway took a new connection");
+    let health = common::grpc_health(s.up.gateway.grpc_addr).await;
+    assert_eq!(health, ServingStatus::NotServing, "a draining gateway still says it serves");
     for (end, _) in &ends {
         assert_eq!(*end, End::Close(1012, "service restarting, reconnect".into()));
     }

@@ -129,9 +129,13 @@ impl Control {
         let sweep_every = Duration::from_secs(cfg.gateway_lease_secs).div_f32(4.0);
         tasks.push(tokio::spawn(logic.clone().sweep_gateways(sweep_every, stopped.clone())));
         let grpc = LogicServer::new(LogicGrpc(logic.clone()));
+        // grpc.health.v1 for probes and load balancers: serving while the process runs.
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<LogicServer<LogicGrpc>>().await;
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .add_service(health)
                 .add_service(grpc)
                 .serve_with_incoming_shutdown(peers::incoming(grpc_listener), until_stopped(rx))
                 .await;

@@ -41,6 +41,7 @@ pub struct GatewayHandle {
     lease_task: tokio::task::JoinHandle<()>,
     /// Reloads the wss certificate while the gateway runs.
     tls_watch: Option<Watch>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl Gateway {
@@ -152,8 +153,12 @@ impl Gateway {
             stopping: stop_rx.clone(),
         };
         let mut stop_rx = stop_rx;
+        // grpc.health.v1: serving until a drain starts, so probes and balancers move away.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<GatewayServer<Ingress>>().await;
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
+                .add_service(health_service)
                 .add_service(GatewayServer::new(ingress))
                 .serve_with_incoming_shutdown(peers::incoming(grpc_listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
@@ -177,6 +182,7 @@ impl Gateway {
             grpc_task,
             lease_task,
             tls_watch,
+            health,
         })
     }
 }
@@ -197,6 +203,8 @@ impl GatewayHandle {
     /// they are all closed, or `within` and the close grace have passed.
     pub async fn drain(&self, within: Duration) {
         let within_secs = within.as_secs().clamp(1, u32::MAX as u64) as u32;
+        self.health.set_not_serving::<GatewayServer<Ingress>>().await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         for inbox in self.inboxes.iter() {
             inbox.push_wait(Command::Drain { within_secs }).await;
         }

@@ -133,6 +133,17 @@ impl Server {
     }
 }
 
+/// What the grpc.health.v1 service at `addr` says of the whole server.
+pub async fn grpc_health(
+    addr: std::net::SocketAddr,
+) -> tonic_health::pb::health_check_response::ServingStatus {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = gochat_proto::peers::channel(&format!("http://{addr}")).expect("a gRPC address");
+    let mut client = HealthClient::new(channel);
+    let reply = client.check(HealthCheckRequest { service: String::new() }).await.expect("health check");
+    reply.into_inner().status()
+}
+
 /// A child process killed however the test ends, so a failed assertion leaves none behind.
 pub struct KillOnDrop(pub std::process::Child);
 
