@@ -399,6 +399,35 @@ async fn a_drain_closes_sockets_a_few_at_a_time_and_takes_no_new_ones() {
 }
 
 #[tokio::test]
+async fn the_gateway_serves_prometheus_metrics_on_its_admin_listener() {
+    let mut cfg = common::test_config();
+    cfg.gateway.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let s = Server::start_with(cfg).await;
+    let a = s.user("a").await;
+    let mut ws = s.ws(&a, 41).await;
+    s.push_room(&a, 41, "counted").await;
+    ws.recv_op(wire::OP_ROOM_SEND).await;
+    let url = format!("http://{}/metrics", s.up.gateway.admin_addr.expect("admin listener on"));
+    let res = reqwest::get(&url).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = res.text().await.unwrap();
+    // Summed over the shards, each line labelled with its shard and driver.
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("gochat_gateway_{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("connections"), 1, "{text}");
+    assert!(sum("frames_out_total") >= 2, "the auth reply and the message: {text}");
+    assert_eq!(sum("draining"), 0);
+    let driver = s.up.gateway.driver.name();
+    assert!(text.contains(&format!("shard=\"1\",driver=\"{driver}\"")), "{text}");
+    assert!(text.contains("# TYPE gochat_gateway_frames_out_total counter"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn gateway_stats_count_connections_per_shard() {
     use gochat_proto::gateway::gateway_client::GatewayClient;
     use gochat_proto::gateway::StatsRequest;

@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     /// default) to disable.
     #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub wss_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`) for operators; `"off"` (the default) to disable.
+    /// Keep it off the public network.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
+    pub admin_listen: Option<SocketAddr>,
     /// PEM certificate chain (leaf first) for `wss_listen`; read again when it changes.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
@@ -87,6 +91,7 @@ impl Default for GatewayConfig {
             ws_echo_path: None,
             tcp_listen: Some("0.0.0.0:7001".parse().expect("literal")),
             wss_listen: None,
+            admin_listen: None,
             tls_cert: None,
             tls_key: None,
             grpc_listen: "127.0.0.1:7100".parse().expect("literal"),

@@ -11,6 +11,7 @@
 //! - [`ingress`]: the gRPC `Gateway` service: batches from queue-workers, framed once, handed to
 //!   the shards' inboxes.
 //! - [`logic_link`]: carries the shards' effects (auth, close, room sends) to logic over gRPC.
+//! - [`metrics`]: the shards' counters in Prometheus' text format, on the admin listener.
 //! - [`server`]: binds the listeners, starts the pinned shard threads and the gRPC server, and
 //!   shuts them down.
 //! - [`testkit`]: drives a shard without sockets, as a client would (tests, benches, fuzzers).
@@ -19,6 +20,7 @@ pub mod config;
 pub mod driver;
 pub mod ingress;
 pub mod logic_link;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

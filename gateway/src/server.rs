@@ -31,6 +31,8 @@ pub struct GatewayHandle {
     /// The wss certificate (its reload counts), when wss is on.
     pub tls_cert: Option<Arc<ServerCert>>,
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served, when `admin_listen` is on.
+    pub admin_addr: Option<SocketAddr>,
     pub driver: Driver,
     pub shards: usize,
     inboxes: Arc<[Arc<Inbox>]>,
@@ -42,6 +44,8 @@ pub struct GatewayHandle {
     /// Reloads the wss certificate while the gateway runs.
     tls_watch: Option<Watch>,
     health: tonic_health::server::HealthReporter,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -164,6 +168,28 @@ impl Gateway {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),
         );
+        let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (admin_addr, admin_task) = match cfg.admin_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind { addr, source })?;
+                let bound = listener.local_addr()?;
+                let metrics = crate::metrics::Metrics {
+                    gateway_id: id.clone(),
+                    driver: driver.name(),
+                    stats: stats.clone(),
+                    draining: draining.clone(),
+                };
+                let task = tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, metrics.router()).await {
+                        tracing::error!(error = %e, "gateway metrics stopped");
+                    }
+                });
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
         let tls_watch = cert.clone().map(|c| c.watch(POLL_INTERVAL, "gateway wss"));
         tracing::info!(%ws_addr, ?tcp_addr, ?wss_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
         Ok(GatewayHandle {
@@ -173,6 +199,7 @@ impl Gateway {
             wss_addr,
             tls_cert: cert,
             grpc_addr,
+            admin_addr,
             driver,
             shards,
             inboxes,
@@ -183,6 +210,8 @@ impl Gateway {
             lease_task,
             tls_watch,
             health,
+            draining,
+            admin_task,
         })
     }
 }
@@ -203,6 +232,7 @@ impl GatewayHandle {
     /// they are all closed, or `within` and the close grace have passed.
     pub async fn drain(&self, within: Duration) {
         let within_secs = within.as_secs().clamp(1, u32::MAX as u64) as u32;
+        self.draining.store(true, std::sync::atomic::Ordering::Relaxed);
         self.health.set_not_serving::<GatewayServer<Ingress>>().await;
         self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         for inbox in self.inboxes.iter() {
@@ -218,6 +248,9 @@ impl GatewayHandle {
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
         drop(self.tls_watch);
+        if let Some(task) = &self.admin_task {
+            task.abort();
+        }
         // Stop taking batches first, so no pusher waits on a shard that is going away.
         let _ = self.grpc_stop.send(true);
         self.lease_task.abort();
