@@ -240,11 +240,7 @@ fn main() -> anyhow::Result<()> {
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let result = rt.block_on(sequence::run(params))?;
-            result.print();
-            std::fs::create_dir_all(&cli.server.out)?;
-            let file = cli.server.out.join(format!("sequence-{}.json", result.started_at.replace(':', "")));
-            std::fs::write(&file, serde_json::to_string_pretty(&result)?)?;
-            eprintln!("result: {}", file.display());
+            save(&result, &cli.server.out, "sequence")?;
             let broken = ["lost_while_connected", "duplicates"]
                 .into_iter()
                 .filter(|k| result.figures[*k].as_u64() != Some(0))
@@ -336,18 +332,8 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
             args.quiet,
         )?);
     }
-    std::fs::create_dir_all(&args.out)?;
     for r in &results {
-        r.print();
-        let file = args.out.join(format!(
-            "{}-{}-{}-{}.json",
-            r.scenario,
-            r.label,
-            connections,
-            r.started_at.replace(':', "")
-        ));
-        std::fs::write(&file, serde_json::to_string_pretty(r)?)?;
-        eprintln!("result: {}", file.display());
+        save(r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;
     }
     if results.len() > 1 {
         print_ratios(&results);
@@ -355,6 +341,16 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
     if results.is_empty() {
         bail!("no run completed");
     }
+    Ok(())
+}
+
+/// Prints a run's result and writes it to `out` as `{stem}-{start time}.json`.
+fn save(r: &RunResult, out: &std::path::Path, stem: &str) -> anyhow::Result<()> {
+    r.print();
+    std::fs::create_dir_all(out)?;
+    let file = out.join(format!("{stem}-{}.json", r.started_at.replace(':', "")));
+    std::fs::write(&file, serde_json::to_string_pretty(r)?)?;
+    eprintln!("result: {}", file.display());
     Ok(())
 }
 

@@ -118,23 +118,15 @@ pub async fn run(p: SequenceParams) -> anyhow::Result<RunResult> {
     // One user for the sender and every receiver: it stays a member of the room while any of
     // its sockets is connected, so pushes are accepted whichever gateway is down.
     let user = apis[0].users("bench-seq-", 1, 1).await.context("bench user")?.remove(0);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let records: Vec<Arc<Mutex<Record>>> = (0..p.receivers).map(|_| Arc::default()).collect();
-    let mut tasks = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        let (gateways, path, token, stop, record) =
-            (p.gateways.clone(), p.path.clone(), user.token.clone(), stop.clone(), record.clone());
-        let room = p.room;
-        tasks.push(tokio::spawn(async move { receive(i, gateways, path, token, room, stop, record).await }));
-    }
     let storm: Vec<Arc<Mutex<Record>>> = (0..p.storm).map(|_| Arc::default()).collect();
-    for (i, record) in storm.iter().enumerate() {
-        let (gateways, path, token, stop, record) =
-            (p.gateways.clone(), p.path.clone(), user.token.clone(), stop.clone(), record.clone());
-        // A room of their own: they are load, not receivers.
-        let room = p.room + 1;
-        tasks.push(tokio::spawn(async move { receive(i, gateways, path, token, room, stop, record).await }));
-    }
+    let client = |i: usize, room: u64, record: &Arc<Mutex<Record>>| {
+        let (gateways, path, token) = (p.gateways.clone(), p.path.clone(), user.token.clone());
+        tokio::spawn(receive(i, gateways, path, token, room, record.clone()))
+    };
+    let mut tasks: Vec<_> = records.iter().enumerate().map(|(i, r)| client(i, p.room, r)).collect();
+    // The storm's clients in a room of their own: they are load, not receivers.
+    tasks.extend(storm.iter().enumerate().map(|(i, r)| client(i, p.room + 1, r)));
     // Every receiver (and idle client) in before the first message.
     let deadline = Instant::now() + Duration::from_secs(20);
     while records.iter().chain(&storm).any(|r| r.lock().unwrap().connected.is_empty()) {
@@ -165,7 +157,6 @@ pub async fn run(p: SequenceParams) -> anyhow::Result<RunResult> {
     }
     tokio::time::sleep(p.grace).await;
     let end = Instant::now();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.abort();
     }
@@ -210,23 +201,20 @@ pub async fn run(p: SequenceParams) -> anyhow::Result<RunResult> {
     Ok(result)
 }
 
-/// One receiver: connected to a gateway, and to the next one whenever it loses it.
+/// One receiver: connected to a gateway, and to the next one whenever it loses it, until its
+/// task is aborted.
 async fn receive(
     index: usize,
     gateways: Vec<SocketAddr>,
     path: String,
     token: String,
     room: u64,
-    stop: Arc<std::sync::atomic::AtomicBool>,
     record: Arc<Mutex<Record>>,
 ) {
-    let mut attempt = 0usize;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    for attempt in 0.. {
         let gateway = gateways[(index + attempt) % gateways.len()];
-        attempt += 1;
-        if let Err(e) = session(gateway, &path, &token, room, &record).await {
-            let _ = e; // gone: counted by the gap in `connected`
-        }
+        // However it ended, the gap in `connected` counts it.
+        let _ = session(gateway, &path, &token, room, &record).await;
         if let Some(last) = record.lock().unwrap().connected.last_mut() {
             last.1.get_or_insert_with(Instant::now);
         }

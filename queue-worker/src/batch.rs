@@ -103,13 +103,17 @@ mod tests {
     use super::*;
     use gochat_proto::queue::QueueMessage;
 
+    /// Queue entry `id`, carrying message id `id`.
+    fn d(id: u32, target: Target, body: &str) -> Delivery {
+        Delivery {
+            id: id.to_string(),
+            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
+        }
+    }
+
     #[test]
     fn groups_in_order() {
         let mut g = Grouped::default();
-        let d = |id: u32, target, body: &str| Delivery {
-            id: id.to_string(),
-            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
-        };
         g.add(d(1, Target::RoomId(1), "a"));
         g.add(d(2, Target::UserId(9), "p"));
         g.add(d(3, Target::RoomId(2), "x"));
@@ -125,10 +129,6 @@ mod tests {
         use gochat_proto::logic::{ShardAddress, UserRoute};
         use gochat_proto::queue::SessionEnd;
         let mut g = Grouped::default();
-        let d = |id: u32, target, body: &str| Delivery {
-            id: id.to_string(),
-            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
-        };
         g.add(d(1, Target::UserId(9), "p"));
         g.add(d(2, Target::SessionEnd(SessionEnd { user_id: 9, session: 77 }), ""));
         g.add(d(3, Target::SessionEnd(SessionEnd { user_id: 5, session: 88 }), ""));
