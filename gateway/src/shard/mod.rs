@@ -387,10 +387,7 @@ impl Shard {
         if over > burst {
             self.stats.flood_closes.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(conn = conn.id, "flooding client closed");
-            if transport == Transport::WebSocket {
-                self.queue(key, protocol::error_frame(transport, "too many messages, connection closed"));
-            }
-            self.begin_close(key, Some((1008, "too many messages")));
+            self.refuse_and_close(key, "too many messages, connection closed", "too many messages");
         } else if over == 1 {
             self.queue(
                 key,
@@ -427,11 +424,7 @@ impl Shard {
             }
             Request::Refuse { message, fatal } => {
                 if fatal {
-                    // gochat's clients cannot see a close reason: say it in a frame too.
-                    if transport == Transport::WebSocket {
-                        self.queue(key, protocol::error_frame(transport, &message));
-                    }
-                    self.begin_close(key, Some((1008, &message)));
+                    self.refuse_and_close(key, &message, &message);
                 } else {
                     self.queue(key, protocol::error_frame(transport, &message));
                 }
@@ -461,11 +454,7 @@ impl Shard {
                     .filter(|&key| sessions.contains(&self.conns[key as usize].session))
                     .collect();
                 for key in ended {
-                    // As for a refused auth: gochat's clients cannot see a close reason.
-                    if self.conns[key as usize].codec.transport() == Transport::WebSocket {
-                        self.queue(key, protocol::error_frame(Transport::WebSocket, "logged out"));
-                    }
-                    self.begin_close(key, Some((1008, "logged out")));
+                    self.refuse_and_close(key, "logged out", "logged out");
                 }
             }
             Command::Notice { key, conn_id, message } => {
@@ -601,6 +590,15 @@ impl Shard {
     fn queue(&mut self, key: u32, bytes: Bytes) {
         let frames = Framed { ws: bytes.clone(), tcp: bytes };
         queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, &frames);
+    }
+
+    /// Closes with 1008 and `reason`, after an op 8 `notice` on a WebSocket: gochat's clients
+    /// cannot see a close reason (a TCP client gets the reason as its error frame).
+    fn refuse_and_close(&mut self, key: u32, notice: &str, reason: &str) {
+        if self.conns.get(key as usize).is_some_and(|c| c.codec.transport() == Transport::WebSocket) {
+            self.queue(key, protocol::error_frame(Transport::WebSocket, notice));
+        }
+        self.begin_close(key, Some((1008, reason)));
     }
 
     /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
