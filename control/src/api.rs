@@ -216,6 +216,14 @@ impl Api {
                         logic.push_room_info(room_id).await?;
                         success("ok", empty())
                     }
+                    Action::History { room_id, limit } => {
+                        let (position, bodies) = logic.history(&from, room_id, limit).await?;
+                        // Stored bodies are the JSON objects clients were sent.
+                        let messages: Vec<Value> =
+                            bodies.iter().filter_map(|b| serde_json::from_slice(b).ok()).collect();
+                        let data = serde_json::json!({"epoch": position.epoch, "seq": position.seq, "messages": messages});
+                        success("ok", data)
+                    }
                 }
             }
         })

@@ -84,6 +84,21 @@ pub struct ControlConfig {
     pub trusted_proxies: Vec<String>,
     /// Whether users may push to rooms they have no socket in (gochat: yes).
     pub open_rooms: bool,
+    /// Room messages each room keeps for clients that reconnect (0: no history; messages then
+    /// carry no `seq`), in the state store.
+    pub history_size: usize,
+    /// Room messages older than this many seconds are no longer kept; a room quiet this long
+    /// starts a new epoch.
+    pub history_ttl_secs: u64,
+    /// Private messages kept per user until a client acknowledges them (0: none; a message to
+    /// an offline user is then refused, as gochat did).
+    pub inbox_size: usize,
+    /// Kept private messages older than this many seconds are dropped.
+    pub inbox_ttl_secs: u64,
+    /// Rooms with more online users than this get no member list (op 5) when members change,
+    /// and `/push/getRoomInfo` is refused for them: a list sent to every member on every join
+    /// would grow with the square of the room. Their members get op 4 and op 9 as others do.
+    pub room_info_max_members: u64,
 }
 
 impl Default for ControlConfig {
@@ -119,6 +134,11 @@ impl Default for ControlConfig {
             rate_limit_entries: 100_000,
             trusted_proxies: Vec::new(),
             open_rooms: false,
+            history_size: 100,
+            history_ttl_secs: 600,
+            inbox_size: 1000,
+            inbox_ttl_secs: 7 * 86_400,
+            room_info_max_members: 1000,
         }
     }
 }
@@ -174,6 +194,17 @@ impl ControlConfig {
                 return err(format!("{name}_burst must be at least 1 while {name} is limited"));
             }
         }
+        if self.history_size > 10_000 {
+            return err("history_size must be at most 10000".into());
+        }
+        if self.inbox_size > 100_000 {
+            return err("inbox_size must be at most 100000".into());
+        }
+        if (self.history_size > 0 && self.history_ttl_secs == 0)
+            || (self.inbox_size > 0 && self.inbox_ttl_secs == 0)
+        {
+            return err("history_ttl_secs and inbox_ttl_secs must be above 0 while their store is on".into());
+        }
         if self.rate_limit_entries < 100 {
             return err("rate_limit_entries must be at least 100".into());
         }
@@ -189,6 +220,18 @@ impl ControlConfig {
     pub fn without_rate_limits(mut self) -> Self {
         (self.login_per_minute, self.register_per_minute, self.push_per_second) = (0, 0, 0);
         self
+    }
+
+    pub fn history_limits(&self) -> crate::history::Limits {
+        let max_age = std::time::Duration::from_secs(self.history_ttl_secs);
+        crate::history::Limits { size: self.history_size, max_age }
+    }
+
+    pub fn inbox_limits(&self) -> crate::inbox::Limits {
+        crate::inbox::Limits {
+            size: self.inbox_size,
+            max_age: std::time::Duration::from_secs(self.inbox_ttl_secs),
+        }
     }
 
     /// The certificate and key HTTPS serves with (none: plain HTTP), checked to load.

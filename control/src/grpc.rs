@@ -4,12 +4,16 @@ use std::sync::Arc;
 
 use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
-    CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenBatch, ConnOpenResult, ConnOpenResults,
-    GatewayLeaseReply, GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, RoomRoute, RouteReply,
+    AckBatch, AckReplies, CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenBatch, ConnOpenResult,
+    ConnOpenResults, GatewayLeaseReply, GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, Joined,
+    Pending, RoomJoinRequest, RoomLeaveReply, RoomLeaveRequest, RoomPosition, RoomRoute, RouteReply,
     RouteRequest, SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
 };
+use gochat_proto::wire::Position;
 use tonic::{Request, Response, Status};
 
+use crate::history::Recovery;
+use crate::inbox::Chunk;
 use crate::logic::{Logic, LogicError};
 use crate::state::Session;
 
@@ -27,15 +31,48 @@ fn user(s: Session) -> User {
     User { user_id: s.user_id, user_name: s.user_name }
 }
 
+fn since(p: Option<RoomPosition>) -> Option<Position> {
+    p.map(|p| Position { epoch: p.epoch, seq: p.seq })
+}
+
+fn joined(r: Option<Recovery>) -> Joined {
+    let Some(r) = r else { return Joined::default() };
+    Joined {
+        position: Some(RoomPosition { epoch: r.position.epoch, seq: r.position.seq }),
+        recovered: r.recovered,
+        bodies: r.bodies,
+    }
+}
+
+fn pending(c: Chunk) -> Pending {
+    Pending { bodies: c.bodies, ids: c.ids, more: c.more }
+}
+
 #[tonic::async_trait]
 impl LogicService for LogicGrpc {
     async fn conn_open(&self, req: Request<ConnOpenBatch>) -> Result<Response<ConnOpenResults>, Status> {
         let opens = req.into_inner().requests.into_iter().map(|r| async move {
-            match self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await {
-                Ok(session) => ConnOpenResult { user: Some(user(session)), code: 0, message: String::new() },
+            let since = since(r.since);
+            match self
+                .0
+                .conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id, since.as_ref(), r.acks)
+                .await
+            {
+                Ok(opened) => ConnOpenResult {
+                    user: Some(user(opened.session)),
+                    code: 0,
+                    message: String::new(),
+                    joined: Some(joined(opened.joined)),
+                    pending: Some(pending(opened.kept)),
+                },
                 Err(e) => {
                     let s = status(e);
-                    ConnOpenResult { user: None, code: s.code() as i32, message: s.message().to_string() }
+                    ConnOpenResult {
+                        user: None,
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                        ..ConnOpenResult::default()
+                    }
                 }
             }
         });
@@ -47,6 +84,35 @@ impl LogicService for LogicGrpc {
         let r = req.into_inner();
         self.0.conn_close(&r.gateway_id, r.conn_id).await.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
+    }
+
+    async fn room_join(&self, req: Request<RoomJoinRequest>) -> Result<Response<Joined>, Status> {
+        let r = req.into_inner();
+        let since = since(r.since);
+        let recovery = self
+            .0
+            .room_join(&r.gateway_id, r.conn_id, r.user_id, r.room_id, since.as_ref())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(joined(recovery)))
+    }
+
+    async fn room_leave(&self, req: Request<RoomLeaveRequest>) -> Result<Response<RoomLeaveReply>, Status> {
+        let r = req.into_inner();
+        self.0.room_leave(&r.gateway_id, r.conn_id, r.room_id).await.map_err(status)?;
+        Ok(Response::new(RoomLeaveReply {}))
+    }
+
+    async fn ack(&self, req: Request<AckBatch>) -> Result<Response<AckReplies>, Status> {
+        let acks = req.into_inner().acks.into_iter().map(|a| async move {
+            match self.0.ack(a.user_id, &a.ids, a.more).await {
+                Ok(chunk) => Ok(pending(chunk)),
+                Err(e) => Err(status(e)),
+            }
+        });
+        // One answer per ack; a store failure fails the call, and the gateway's acks stay kept.
+        let pending = futures_util::future::join_all(acks).await.into_iter().collect::<Result<_, _>>()?;
+        Ok(Response::new(AckReplies { pending }))
     }
 
     async fn check_auth(&self, req: Request<CheckAuthRequest>) -> Result<Response<User>, Status> {

@@ -41,6 +41,12 @@ impl MessageIds {
     }
 }
 
+/// The smallest id of a message made at Unix millisecond `unix_ms` or later: ids below it are
+/// of earlier messages.
+pub fn first_at(unix_ms: u64) -> u64 {
+    unix_ms.saturating_sub(EPOCH_MS) << (NODE_BITS + SEQ_BITS)
+}
+
 /// A node number from a control's id, for configs that do not set one.
 pub fn node_of(id: &str) -> u16 {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
@@ -64,6 +70,15 @@ mod tests {
             prev = id;
         }
         assert_ne!(MessageIds::new(6).next() & !0xfff, ids.next() & !0xfff, "nodes differ");
+    }
+
+    #[test]
+    fn ids_sort_after_the_first_id_of_their_time() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let id = MessageIds::new(MAX_NODE).next();
+        assert!(id >= first_at(before));
+        assert!(id < first_at(before + 60_000));
+        assert_eq!(first_at(0), 0);
     }
 
     #[test]

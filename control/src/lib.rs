@@ -6,6 +6,8 @@
 //! - [`store`]: users in SQL (SQLite through sqlx, with migrations).
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
+//! - [`history`]: each room's numbered recent messages, for clients that reconnect.
+//! - [`inbox`]: private messages kept until their user's client acknowledges them.
 //! - [`ids`]: unique, time-ordered message ids.
 //! - [`logic`]: the operations behind both the REST API and the gRPC service.
 //! - [`limits`]: the REST API's rate limits, per client address and per user.
@@ -18,8 +20,10 @@
 pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod history;
 pub mod https;
 pub mod ids;
+pub mod inbox;
 pub mod limits;
 pub mod logic;
 pub mod password;

@@ -3,14 +3,18 @@
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::{QueueMessage, SessionEnd};
-use gochat_proto::wire::{self, ChatMessage};
+use gochat_proto::wire::{self, ChatMessage, Position};
 use gochat_queue_worker::Queue;
 use rand::RngCore;
 
+use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
-use crate::state::{RoomChange, Routes, Session, State, StateError};
+use crate::inbox::{self, Inbox};
+use crate::state::{NoConnection, RoomChange, Routes, Session, State, StateError};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
 
@@ -20,6 +24,24 @@ pub const MAX_USER_NAME: usize = 32;
 pub const MAX_PASSWORD: usize = 128;
 /// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
 pub const NOT_MEMBER: &str = "join the room first";
+/// Joins and leaves one presence update (op 9) lists; the rest are counted in its `more`.
+pub const PRESENCE_MAX_LISTED: usize = 100;
+
+/// What a socket that authenticated gets.
+#[derive(Debug)]
+pub struct Opened {
+    pub session: Session,
+    /// Where the room of its auth frame stands, with what it missed (None: no room, or no
+    /// history).
+    pub joined: Option<Recovery>,
+    /// Private messages kept for the user.
+    pub kept: inbox::Chunk,
+}
+
+/// A room's joins and leaves since its last update, per user: whether the user was in the room
+/// before the first of them and is now, so one who left and came back is no change.
+#[derive(Debug, Default)]
+struct RoomEvents(BTreeMap<u64, (bool, bool, String)>);
 
 /// Why an operation failed; the message is what the client is told.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +80,8 @@ impl From<sqlx::Error> for LogicError {
 pub struct Logic {
     store: UserStore,
     state: State,
+    history: History,
+    inbox: Inbox,
     queue: Arc<dyn Queue>,
     max_message_bytes: usize,
     open_rooms: bool,
@@ -66,13 +90,17 @@ pub struct Logic {
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     ids: MessageIds,
     /// Rooms whose members changed since the last room update went out.
-    changed_rooms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    changed_rooms: std::sync::Mutex<BTreeMap<u64, RoomEvents>>,
+    room_info_max_members: u64,
+    history_size: usize,
 }
 
 impl Logic {
     pub fn new(store: UserStore, state: State, queue: Arc<dyn Queue>, cfg: &ControlConfig) -> Self {
         Self {
             store,
+            history: state.history(cfg.history_limits()),
+            inbox: state.inbox(cfg.inbox_limits()),
             state,
             queue,
             max_message_bytes: cfg.max_message_bytes,
@@ -81,6 +109,8 @@ impl Logic {
             store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
             changed_rooms: std::sync::Mutex::default(),
+            room_info_max_members: cfg.room_info_max_members,
+            history_size: cfg.history_size,
         }
     }
 
@@ -142,7 +172,7 @@ impl Logic {
         let end = SessionEnd { user_id: session.user_id, session: wire::session_fingerprint(token) };
         // The session is gone already (no new socket can use it); a lost close is logged and
         // the logout still succeeds, as the user asked.
-        if self.publish(Target::SessionEnd(end), Vec::new()).await.is_err() {
+        if self.publish_body(Target::SessionEnd(end), Vec::new()).await.is_err() {
             tracing::warn!(
                 user_id = session.user_id,
                 "logout: the sockets of the session were not told to close"
@@ -155,7 +185,8 @@ impl Logic {
         Ok(self.store.by_id(user_id).await?.map(|u| u.user_name))
     }
 
-    /// A private message (op 2) to `to_user_id`.
+    /// A private message (op 2) to `to_user_id`: kept until a client of theirs has it (when
+    /// the inbox is on), and sent now if they are online.
     pub async fn push_user(
         &self,
         from: &Session,
@@ -167,12 +198,29 @@ impl Logic {
         let Some(to_name) = self.user_name(to_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {to_user_id}")));
         };
-        if !self.state.is_online(to_user_id).await? {
+        let online = self.state.is_online(to_user_id).await?;
+        let kept = self.inbox.is_on();
+        if !online && !kept {
             return Err(LogicError::refused(format!("user {to_name} is not online")));
         }
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
-        self.publish_id(id, Target::UserId(to_user_id), body).await
+        if kept && self.inbox.keep(to_user_id, id, &body).await?.is_err() {
+            return Err(LogicError::refused(format!(
+                "{to_name} has too many unread messages; try again later"
+            )));
+        }
+        if !online {
+            return Ok(());
+        }
+        let sent = self
+            .publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0, kept })
+            .await;
+        if sent.is_err() && kept {
+            // Refused to the sender, so not kept either: a retry must not deliver it twice.
+            self.inbox.ack(to_user_id, &[id]).await?;
+        }
+        sent
     }
 
     /// A room message (op 3) from `from` through the REST API: unless rooms are open, only from
@@ -181,6 +229,7 @@ impl Logic {
         self.room_message(from, room_id, msg, !self.open_rooms).await
     }
 
+    /// A room message, numbered in the room's history when it keeps one.
     async fn room_message(
         &self,
         from: &Session,
@@ -195,19 +244,47 @@ impl Logic {
         }
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
-        self.publish_id(id, Target::RoomId(room_id), body).await
+        let (position, body) = self.history.append(room_id, body).await?;
+        let seq = position.map_or(0, |p| p.seq);
+        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq, kept: false }).await
+    }
+
+    /// The room's position and last `limit` messages (at most what it keeps), oldest first,
+    /// for a client that must reload; only to a user in the room unless rooms are open.
+    pub async fn history(
+        &self,
+        from: &Session,
+        room_id: u64,
+        limit: Option<usize>,
+    ) -> Result<(Position, Vec<Vec<u8>>), LogicError> {
+        check_room(room_id)?;
+        if !self.open_rooms && !self.state.is_member(room_id, from.user_id).await? {
+            return Err(LogicError::refused(NOT_MEMBER));
+        }
+        let limit = limit.unwrap_or(self.history_size).min(self.history_size);
+        self.history
+            .latest(room_id, limit)
+            .await?
+            .ok_or_else(|| LogicError::refused("rooms keep no history here"))
     }
 
     /// Broadcasts the room's online count (op 4).
     pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
         let body = wire::RoomCount { count: self.state.room_count(room_id).await?, op: wire::OP_ROOM_COUNT };
-        self.publish(Target::RoomId(room_id), to_json(&body)).await
+        self.publish_body(Target::RoomId(room_id), to_json(&body)).await
     }
 
-    /// Broadcasts the room's member list (op 5).
+    /// Broadcasts the room's member list (op 5), for rooms of up to `room_info_max_members`.
     pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
+        let count = self.state.room_count(room_id).await?;
+        if count > self.room_info_max_members {
+            return Err(LogicError::refused(format!(
+                "room {room_id} has more than {} users online: its member list is not sent",
+                self.room_info_max_members
+            )));
+        }
         let members = self.state.room_members(room_id).await?;
         let body = wire::RoomInfo {
             op: wire::OP_ROOM_INFO,
@@ -215,10 +292,14 @@ impl Logic {
             count: members.len() as u64,
             room_user_info: members,
         };
-        self.publish(Target::RoomId(room_id), to_json(&body)).await
+        self.publish_body(Target::RoomId(room_id), to_json(&body)).await
     }
 
-    /// A socket authenticated: record it and tell the room when a user joined.
+    /// A socket authenticated: record it in `room_id` (0: none yet), and tell the room when a
+    /// user joined. It gets the room's position (with what it missed since `since`) and the
+    /// private messages kept for the user; to a socket that does not acknowledge (`acks`),
+    /// those count as delivered.
+    #[allow(clippy::too_many_arguments)]
     pub async fn conn_open(
         &self,
         token: &str,
@@ -226,17 +307,61 @@ impl Logic {
         gateway: &str,
         shard: u32,
         conn_id: u64,
-    ) -> Result<Session, LogicError> {
+        since: Option<&Position>,
+        acks: bool,
+    ) -> Result<Opened, LogicError> {
         let session = self.check_auth(token).await?;
-        check_room(room_id)?;
         if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id).await? {
             self.room_changed(change);
         }
-        Ok(session)
+        let joined = match room_id {
+            0 => None,
+            _ => self.history.join(room_id, since).await?,
+        };
+        let kept = self.inbox.chunk(session.user_id, 0, !acks).await?;
+        Ok(Opened { session, joined, kept })
+    }
+
+    /// An authenticated socket joins another room: its position there, with what it missed.
+    pub async fn room_join(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        user_id: u64,
+        room_id: u64,
+        since: Option<&Position>,
+    ) -> Result<Option<Recovery>, LogicError> {
+        check_room(room_id)?;
+        let Some(user_name) = self.user_name(user_id).await? else {
+            return Err(LogicError::refused(format!("no user with id {user_id}")));
+        };
+        match self.state.conn_join(gateway, conn_id, &Session { user_id, user_name }, room_id).await? {
+            Err(NoConnection) => {
+                return Err(LogicError::refused("this connection is not known here: reconnect"))
+            }
+            Ok(change) => change.into_iter().for_each(|c| self.room_changed(c)),
+        }
+        Ok(self.history.join(room_id, since).await?)
+    }
+
+    pub async fn room_leave(&self, gateway: &str, conn_id: u64, room_id: u64) -> Result<(), LogicError> {
+        if let Some(change) = self.state.conn_leave(gateway, conn_id, room_id).await? {
+            self.room_changed(change);
+        }
+        Ok(())
+    }
+
+    /// A client of `user_id` has these private messages; with `more`, the next kept ones.
+    pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<inbox::Chunk, LogicError> {
+        self.inbox.ack(user_id, ids).await?;
+        match more {
+            true => Ok(self.inbox.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?),
+            false => Ok(inbox::Chunk::default()),
+        }
     }
 
     pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<(), LogicError> {
-        if let Some(change) = self.state.conn_close(gateway, conn_id).await? {
+        for change in self.state.conn_close(gateway, conn_id).await? {
             self.room_changed(change);
         }
         Ok(())
@@ -331,14 +456,21 @@ impl Logic {
         self.room_message(&Session { user_id: from_user_id, user_name: name }, room_id, msg, false).await
     }
 
-    /// Membership changed: send the new count and member list (gochat sent an empty frame).
+    /// Membership changed: noted for the room's next update.
     fn room_changed(&self, change: RoomChange) {
-        self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()).insert(change.room_id);
+        let mut rooms = self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let events = rooms.entry(change.room_id).or_default();
+        let event = events.0.entry(change.user_id).or_insert((!change.joined, false, String::new()));
+        event.1 = change.joined;
+        if change.joined {
+            event.2 = change.user_name;
+        }
     }
 
-    /// Sends each changed room its count (op 4) and member list (op 5) — gochat sent an empty
-    /// frame — at most once per `every`, so a join storm costs one update per room, not one
-    /// per join to every member.
+    /// Sends each room whose members changed its count (op 4), its member list (op 5, rooms of
+    /// up to `room_info_max_members`) — gochat sent an empty frame — and who joined and left
+    /// (op 9), at most once per `every`: a join storm costs one update per room, not one per
+    /// join to every member.
     pub async fn send_room_updates(
         self: Arc<Self>,
         every: std::time::Duration,
@@ -346,15 +478,46 @@ impl Logic {
     ) {
         periodically(every, stop, || async {
             let rooms = std::mem::take(&mut *self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()));
-            for room_id in rooms {
-                for result in [self.push_count(room_id).await, self.push_room_info(room_id).await] {
-                    if let Err(e) = result {
-                        tracing::warn!(room = room_id, error = %e, "room update not sent");
-                    }
+            for (room_id, events) in rooms {
+                if let Err(e) = self.room_update(room_id, events).await {
+                    tracing::warn!(room = room_id, error = %e, "room update not sent");
                 }
             }
         })
         .await
+    }
+
+    async fn room_update(&self, room_id: u64, events: RoomEvents) -> Result<(), LogicError> {
+        let count = self.state.room_count(room_id).await?;
+        let body = wire::RoomCount { count, op: wire::OP_ROOM_COUNT };
+        self.publish_body(Target::RoomId(room_id), to_json(&body)).await?;
+        if count <= self.room_info_max_members {
+            self.push_room_info(room_id).await?;
+        }
+        let mut presence = wire::Presence {
+            op: wire::OP_PRESENCE,
+            room_id,
+            count,
+            joined: BTreeMap::new(),
+            left: Vec::new(),
+            more: 0,
+        };
+        for (user_id, (was_in, is_in, name)) in events.0 {
+            if was_in == is_in {
+                continue;
+            }
+            if presence.joined.len() + presence.left.len() == PRESENCE_MAX_LISTED {
+                presence.more += 1;
+            } else if is_in {
+                presence.joined.insert(user_id.to_string(), name);
+            } else {
+                presence.left.push(user_id.to_string());
+            }
+        }
+        if presence.joined.is_empty() && presence.left.is_empty() && presence.more == 0 {
+            return Ok(());
+        }
+        self.publish_body(Target::RoomId(room_id), to_json(&presence)).await
     }
 
     fn check_message(&self, msg: &str) -> Result<(), LogicError> {
@@ -370,12 +533,14 @@ impl Logic {
         Ok(())
     }
 
-    async fn publish(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.publish_id(self.ids.next(), target, body).await
+    /// Enqueues a body with an id of its own and nothing else (counts, member lists, ends).
+    async fn publish_body(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
+        self.publish(QueueMessage { target: Some(target), body, id: self.ids.next(), seq: 0, kept: false })
+            .await
     }
 
-    async fn publish_id(&self, id: u64, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.queue.publish(QueueMessage { target: Some(target), body, id }).await.map_err(|e| {
+    async fn publish(&self, message: QueueMessage) -> Result<(), LogicError> {
+        self.queue.publish(message).await.map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");
             LogicError::Internal("server busy, message not sent".into())
         })
@@ -454,6 +619,8 @@ fn chat_message(
         op,
         create_time: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
         msg_id: id.to_string(),
+        seq: None,
+        epoch: String::new(),
     })
 }
 

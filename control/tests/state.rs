@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gochat_control::state::{RedisState, RoomChange, Routes, Session, State};
+use gochat_control::state::{NoConnection, RedisState, RoomChange, Routes, Session, State};
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -37,18 +37,22 @@ fn user(id: u64, name: &str) -> Session {
     Session { user_id: id, user_name: name.into() }
 }
 
-fn join(room_id: u64) -> Option<RoomChange> {
-    Some(RoomChange { room_id })
+fn joined(room_id: u64, who: &Session) -> Option<RoomChange> {
+    Some(RoomChange::joined(room_id, who))
+}
+
+fn left(room_id: u64, user_id: u64) -> Vec<RoomChange> {
+    vec![RoomChange::left(room_id, user_id)]
 }
 
 #[tokio::test]
 async fn several_connections_count_once() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
-        let a = user(1, "a");
-        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), join(1));
+        let (a, b) = (user(1, "a"), user(2, "b"));
+        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), joined(1, &a));
         assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), None, "idempotent");
         assert_eq!(s.conn_open("g2", 1, 11, &a, 1).await.unwrap(), None, "second connection, same user");
-        assert_eq!(s.conn_open("g1", 1, 12, &user(2, "b"), 1).await.unwrap(), join(1));
+        assert_eq!(s.conn_open("g1", 1, 12, &b, 1).await.unwrap(), joined(1, &b));
         assert_eq!(s.room_count(1).await.unwrap(), 2);
         let mut routes = s.routes(&[1, 2], &[1, 3]).await.unwrap();
         routes.rooms[0].sort();
@@ -61,10 +65,10 @@ async fn several_connections_count_once() {
             }
         );
 
-        assert_eq!(s.conn_close("g1", 10).await.unwrap(), None, "a still has a connection");
-        assert_eq!(s.conn_close("g1", 10).await.unwrap(), None, "idempotent");
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), [], "a still has a connection");
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), [], "idempotent");
         assert_eq!(s.room_count(1).await.unwrap(), 2);
-        assert_eq!(s.conn_close("g2", 11).await.unwrap(), join(1));
+        assert_eq!(s.conn_close("g2", 11).await.unwrap(), left(1, 1));
         assert_eq!(s.room_count(1).await.unwrap(), 1);
         assert!(!s.is_online(1).await.unwrap());
         assert!(s.is_online(2).await.unwrap());
@@ -77,14 +81,14 @@ async fn several_connections_count_once() {
 async fn a_close_that_arrives_before_its_open_wins() {
     // A gateway gave up on a slow auth call and undid it; the open lands afterwards.
     for (s, _keys) in stores(Duration::from_secs(60)).await {
-        let a = user(1, "a");
-        assert_eq!(s.conn_close("g1", 20).await.unwrap(), None);
+        let (a, b) = (user(1, "a"), user(2, "b"));
+        assert_eq!(s.conn_close("g1", 20).await.unwrap(), []);
         assert_eq!(s.conn_open("g1", 0, 20, &a, 5).await.unwrap(), None, "recorded after its close");
         assert_eq!(s.room_count(5).await.unwrap(), 0);
         assert!(!s.is_online(1).await.unwrap());
         // Other connections, and the same id on another gateway, are not affected.
-        assert_eq!(s.conn_open("g2", 0, 20, &a, 5).await.unwrap(), join(5));
-        assert_eq!(s.conn_open("g1", 0, 21, &user(2, "b"), 5).await.unwrap(), join(5));
+        assert_eq!(s.conn_open("g2", 0, 20, &a, 5).await.unwrap(), joined(5, &a));
+        assert_eq!(s.conn_open("g1", 0, 21, &b, 5).await.unwrap(), joined(5, &b));
         assert_eq!(s.room_count(5).await.unwrap(), 2);
     }
 }
@@ -95,7 +99,9 @@ async fn gateway_reset_forgets_its_connections() {
         s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
         s.conn_open("g1", 0, 2, &user(2, "b"), 6).await.unwrap();
         s.conn_open("g2", 0, 3, &user(2, "b"), 6).await.unwrap();
-        assert_eq!(s.gateway_reset("g1").await.unwrap(), vec![RoomChange { room_id: 5 }]);
+        let mut changes = s.gateway_reset("g1").await.unwrap();
+        changes.sort();
+        assert_eq!(changes, left(5, 1), "b is still in 6 through g2");
         assert_eq!(s.room_count(5).await.unwrap(), 0);
         assert_eq!(s.room_count(6).await.unwrap(), 1);
         assert_eq!(s.routes(&[5, 6], &[]).await.unwrap().rooms, vec![vec![], vec!["g2".to_string()]]);
@@ -109,9 +115,10 @@ async fn a_gateway_reset_larger_than_one_sweep_chunk_leaves_nothing() {
             s.conn_open("g1", 0, conn, &user(conn, "u"), 1 + conn % 3).await.unwrap();
         }
         assert_eq!(s.room_count(1).await.unwrap(), 400);
-        let mut changes = s.gateway_reset("g1").await.unwrap();
-        changes.sort();
-        assert_eq!(changes, [1, 2, 3].map(|room_id| RoomChange { room_id }));
+        let changes = s.gateway_reset("g1").await.unwrap();
+        assert_eq!(changes.len(), 1200, "every user left its room");
+        let rooms: std::collections::BTreeSet<u64> = changes.iter().map(|c| c.room_id).collect();
+        assert_eq!(rooms, [1, 2, 3].into());
         for room in 1..=3 {
             assert_eq!(s.room_count(room).await.unwrap(), 0);
         }
@@ -134,7 +141,7 @@ async fn a_gateway_reset_of_many_connections_leaves_none() {
             futures_util::future::join_all(opens).await;
         }
         assert_eq!(s.room_count(7).await.unwrap(), 30_000);
-        assert_eq!(s.gateway_reset("g1").await.unwrap(), vec![RoomChange { room_id: 7 }]);
+        assert_eq!(s.gateway_reset("g1").await.unwrap().len(), 30_000);
         assert_eq!(s.room_count(7).await.unwrap(), 0, "every connection forgotten");
         assert!(s.routes(&[7], &[]).await.unwrap().rooms[0].is_empty());
     }
@@ -148,10 +155,7 @@ async fn expired_gateways_are_swept_and_told_so() {
         s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
         s.conn_open("g2", 0, 2, &user(2, "b"), 5).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            s.sweep_expired().await.unwrap(),
-            vec![("g1".to_string(), vec![RoomChange { room_id: 5 }])]
-        );
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "swept once");
         assert_eq!(s.room_count(5).await.unwrap(), 1);
         assert!(!s.is_online(1).await.unwrap());
@@ -190,10 +194,7 @@ async fn a_sweep_never_touches_connections_opened_after_the_claim_and_resumes_if
         assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "told it was swept");
         s.conn_open("g1", 0, 2, &user(2, "b"), 5).await.unwrap();
         // The next sweep finishes the claimed one, and only that.
-        assert_eq!(
-            s.sweep_expired().await.unwrap(),
-            vec![("g1".to_string(), vec![RoomChange { room_id: 5 }])]
-        );
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
         assert_eq!(s.room_members(5).await.unwrap(), [("2".to_string(), "b".to_string())].into());
         assert_eq!(s.routes(&[5], &[1, 2]).await.unwrap().users, vec![vec![], vec![("g1".to_string(), 0)]]);
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "nothing left to resume");
@@ -214,6 +215,42 @@ async fn membership_is_per_room_and_lasts_while_any_connection_does() {
         assert!(s.is_member(5, 1).await.unwrap(), "one connection left");
         s.conn_close("g2", 2).await.unwrap();
         assert!(!s.is_member(5, 1).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_connection_joins_and_leaves_several_rooms() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let (a, b) = (user(1, "a"), user(2, "b"));
+        assert_eq!(s.conn_open("g1", 3, 1, &a, 0).await.unwrap(), None, "in no room yet");
+        assert!(s.is_online(1).await.unwrap());
+        assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(joined(5, &a)));
+        assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(None), "idempotent");
+        assert_eq!(s.conn_join("g1", 1, &a, 6).await.unwrap(), Ok(joined(6, &a)));
+        assert_eq!(s.conn_join("g1", 99, &a, 6).await.unwrap(), Err(NoConnection), "an unknown connection");
+        s.conn_open("g2", 0, 2, &b, 6).await.unwrap();
+        s.conn_open("g2", 0, 3, &a, 6).await.unwrap();
+        assert_eq!((s.room_count(5).await.unwrap(), s.room_count(6).await.unwrap()), (1, 2));
+        let mut routes = s.routes(&[5, 6], &[]).await.unwrap().rooms;
+        routes[1].sort();
+        assert_eq!(routes, [vec!["g1".to_string()], vec!["g1".to_string(), "g2".to_string()]]);
+        assert_eq!(s.conn_leave("g1", 1, 6).await.unwrap(), None, "a is in 6 through g2");
+        assert_eq!(s.conn_leave("g1", 1, 6).await.unwrap(), None, "idempotent");
+        assert_eq!(s.routes(&[6], &[]).await.unwrap().rooms, [vec!["g2".to_string()]]);
+        assert_eq!(s.conn_leave("g1", 1, 5).await.unwrap(), Some(RoomChange::left(5, 1)));
+        assert_eq!(s.room_count(5).await.unwrap(), 0);
+        assert_eq!(s.conn_join("g1", 1, &a, 7).await.unwrap(), Ok(joined(7, &a)), "after leaving its first");
+        // Its close takes it out of the rooms it is still in.
+        assert_eq!(s.conn_close("g1", 1).await.unwrap(), left(7, 1));
+        let mut changes = s.conn_close("g2", 3).await.unwrap();
+        changes.extend(s.conn_close("g2", 2).await.unwrap());
+        changes.sort();
+        assert_eq!(changes, [RoomChange::left(6, 1), RoomChange::left(6, 2)]);
+        for room in [5, 6, 7] {
+            assert_eq!(s.room_count(room).await.unwrap(), 0);
+            assert!(s.routes(&[room], &[]).await.unwrap().rooms[0].is_empty());
+        }
+        assert!(!s.is_online(1).await.unwrap());
     }
 }
 
@@ -249,7 +286,7 @@ async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
             );
             logic.send_room(alice.user_id, 7, "from a socket").await.unwrap();
 
-            logic.conn_open(&token, 7, "g1", 0, 1).await.unwrap();
+            logic.conn_open(&token, 7, "g1", 0, 1, None, false).await.unwrap();
             logic.push_room(&alice, 7, "member").await.unwrap();
             let outside = logic.push_room(&alice, 8, "next door").await;
             assert_eq!(outside.is_ok(), open_rooms, "membership is per room");
@@ -260,4 +297,65 @@ async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
             assert_eq!(queue.len(), accepted, "open_rooms = {open_rooms}");
         }
     }
+}
+
+/// Room updates: a user who joined and left between two updates is no change; one who left
+/// and came back neither; the others are listed once, with the count.
+#[tokio::test]
+async fn presence_updates_net_out_users_who_came_and_went() {
+    use gochat_control::logic::Logic;
+    use gochat_control::store::UserStore;
+    use gochat_queue_worker::{MemoryQueue, Queue};
+
+    let queue = std::sync::Arc::new(MemoryQueue::new(100));
+    let store = UserStore::open("sqlite::memory:").await.unwrap();
+    let cfg = gochat_control::ControlConfig::default();
+    let logic =
+        std::sync::Arc::new(Logic::new(store, State::memory(Duration::from_secs(60)), queue.clone(), &cfg));
+    let mut tokens = Vec::new();
+    for name in ["stays", "blinks", "returns", "leaves"] {
+        tokens.push(logic.register(name, "pw-1").await.unwrap());
+    }
+    let ids: Vec<u64> = futures_util::future::join_all(tokens.iter().map(|t| logic.check_auth(t)))
+        .await
+        .into_iter()
+        .map(|s| s.unwrap().user_id)
+        .collect();
+    // Before: "returns" and "leaves" are in the room, and that was reported.
+    logic.conn_open(&tokens[2], 5, "g1", 0, 3, None, false).await.unwrap();
+    logic.conn_open(&tokens[3], 5, "g1", 0, 4, None, false).await.unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let every = Duration::from_millis(600);
+    let task = tokio::spawn(logic.clone().send_room_updates(every, stopped));
+    tokio::time::sleep(every + every / 2).await;
+    while !queue.read(100, Duration::from_millis(1)).await.unwrap().is_empty() {}
+    // Within one update: all of these.
+    logic.conn_open(&tokens[0], 5, "g1", 0, 1, None, false).await.unwrap();
+    logic.conn_open(&tokens[1], 5, "g1", 0, 2, None, false).await.unwrap();
+    logic.conn_close("g1", 2).await.unwrap();
+    logic.conn_close("g1", 3).await.unwrap();
+    logic.conn_open(&tokens[2], 5, "g1", 0, 5, None, false).await.unwrap();
+    logic.conn_close("g1", 4).await.unwrap();
+    tokio::time::sleep(every).await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let bodies: Vec<serde_json::Value> = queue
+        .read(100, Duration::from_millis(10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| serde_json::from_slice(&d.message.body).unwrap())
+        .collect();
+    let presence: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["op"] == 9).collect();
+    assert_eq!(presence.len(), 1, "{bodies:?}");
+    assert_eq!(
+        presence[0],
+        &serde_json::json!({
+            "op": 9, "roomId": 5, "count": 2,
+            "joined": {ids[0].to_string(): "stays"},
+            "left": [ids[3].to_string()],
+        })
+    );
+    let counts: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["op"] == 4).collect();
+    assert_eq!(counts, [&serde_json::json!({"count": 2, "op": 4})]);
 }

@@ -11,13 +11,7 @@ use gochat_gateway::testkit::{client_frame, live_ws, written, UPGRADE};
 use gochat_proto::wire::{self, MAX_REFUSAL};
 use libfuzzer_sys::fuzz_target;
 
-const PHASES: [Phase; 5] = [
-    Phase::AwaitAuth,
-    Phase::Authenticating { room_id: 1 },
-    Phase::Live { user_id: 1, room_id: 1 },
-    Phase::Live { user_id: 2, room_id: 0 },
-    Phase::Echo,
-];
+const PHASES: [Phase; 4] = [Phase::AwaitAuth, Phase::Authenticating, Phase::Live { user_id: 1 }, Phase::Echo];
 
 fuzz_target!(|data: &[u8]| {
     interpret_in_every_phase(data);
@@ -28,21 +22,37 @@ fn interpret_in_every_phase(data: &[u8]) {
     let parsed = serde_json::from_slice::<wire::ClientRequest>(data).ok();
     for phase in PHASES {
         let request = session::interpret(phase, data);
+        let live = matches!(phase, Phase::Live { .. });
         match &request {
-            Request::Auth { token, room_id } => {
+            Request::Auth { token, room_id, since, acks } => {
                 assert_eq!(phase, Phase::AwaitAuth);
                 let req = parsed.as_ref().expect("auth from a request that parses");
                 assert!(!token.is_empty() && *token == req.auth_token && *room_id == req.room_id);
+                assert_eq!((since, *acks), (&req.since(), req.acks));
                 assert!(matches!(req.op, None | Some(wire::OP_BUILD_TCP_CONN)));
             }
-            Request::AlreadyJoined => {
+            Request::Reauth { room_id } => {
                 let req = parsed.as_ref().expect("a request that parses");
-                assert!(matches!(phase, Phase::Live { room_id, .. } if room_id == req.room_id));
+                assert!(live && *room_id == req.room_id && !req.auth_token.is_empty());
             }
-            Request::RoomSend { msg } => {
+            Request::Join { room_id, since } => {
                 let req = parsed.as_ref().expect("a request that parses");
-                assert!(matches!(phase, Phase::Live { .. }));
+                assert!(live && *room_id != 0 && req.op == Some(wire::OP_JOIN));
+                assert_eq!((*room_id, since), (req.room_id, &req.since()));
+            }
+            Request::Leave { room_id } => {
+                let req = parsed.as_ref().expect("a request that parses");
+                assert!(live && *room_id != 0 && (req.op, req.room_id) == (Some(wire::OP_LEAVE), *room_id));
+            }
+            Request::RoomSend { room_id, msg } => {
+                let req = parsed.as_ref().expect("a request that parses");
+                assert!(live && *room_id == req.room_id);
                 assert_eq!((req.op, req.msg.as_ref()), (Some(wire::OP_ROOM_SEND), Some(msg)));
+            }
+            Request::Ack { ids } => {
+                let req = parsed.as_ref().expect("a request that parses");
+                assert!(live && req.op == Some(wire::OP_ACK) && *ids == req.msg_ids);
+                assert!(!ids.is_empty() && ids.len() <= wire::MAX_ACK_IDS);
             }
             Request::Refuse { message, fatal } => {
                 assert!(!message.is_empty());
@@ -81,7 +91,7 @@ fn through_a_shard(data: &[u8]) {
     let mut auths = Vec::new();
     for effect in s.take_effects() {
         match effect {
-            Effect::Auth { key, conn_id, token, room_id } => {
+            Effect::Auth { key, conn_id, token, room_id, .. } => {
                 assert!((key, conn_id) == (ws_new, ws_new_id) || (key, conn_id) == (tcp_new, tcp_new_id));
                 assert!(!token.is_empty());
                 auths.push((key, conn_id, room_id));
@@ -95,7 +105,21 @@ fn through_a_shard(data: &[u8]) {
                 assert_eq!(room_id, 1, "the connection's own room");
                 assert!(msg.len() <= data.len());
             }
-            Effect::Closed { .. } => panic!("a closed effect with no connection gone"),
+            Effect::Join { key, conn_id, user_id, .. }
+            | Effect::Ack { reply_to: Some((key, conn_id)), user_id, .. } => {
+                assert!(
+                    (key, conn_id, user_id) == (ws_live, ws_live_id, 1)
+                        || (key, conn_id, user_id) == (tcp_live, tcp_live_id, 3),
+                    "a join or ack from a connection that is not live"
+                );
+            }
+            Effect::Leave { conn_id, room_id } => {
+                assert!(conn_id == ws_live_id || conn_id == tcp_live_id);
+                assert_eq!(room_id, 1, "left only what it was in");
+            }
+            other @ (Effect::Closed { .. } | Effect::Ack { reply_to: None, .. }) => {
+                panic!("{other:?} with no connection gone and no message written")
+            }
         }
     }
     // One message earns at most a short reply (and a close), never an echo of its size.
@@ -119,14 +143,14 @@ fn through_a_shard(data: &[u8]) {
         let result = if i == 0 {
             live.insert(conn_id, 0);
             rooms.push(room_id);
-            Ok(AuthedUser { user_id: 10, user_name: "new".into() })
+            Ok(Box::new(AuthedUser { user_id: 10, user_name: "new".into(), ..AuthedUser::default() }))
         } else {
             Err(AuthRefused { close_code: 1008, message: "bad token".into() })
         };
         s.on_command(Command::AuthDone { key, conn_id, result });
     }
     s.on_command(Command::Room { room_id: 1, frames: Framed::encode(&[data]) });
-    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[data]) });
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[data]), ids: vec![1], kept: false });
     s.on_tick(1000);
     let mut dirty = Vec::new();
     s.take_dirty(&mut dirty);
@@ -145,8 +169,14 @@ fn through_a_shard(data: &[u8]) {
         assert_eq!(s.room_members(room), 0);
     }
     for effect in s.take_effects() {
-        let Effect::Closed { conn_id } = effect else { panic!("{effect:?} after the connections closed") };
-        *live.get_mut(&conn_id).expect("a closed effect for a connection logic knew") += 1;
+        match effect {
+            Effect::Closed { conn_id } => {
+                *live.get_mut(&conn_id).expect("a closed effect for a connection logic knew") += 1
+            }
+            // A join logic never answered is undone when its time is up.
+            Effect::Leave { conn_id, .. } => assert!(live.contains_key(&conn_id), "a leave for a stranger"),
+            other => panic!("{other:?} after the connections closed"),
+        }
     }
     assert!(live.values().all(|&n| n == 1), "closed effects per connection: {live:?}");
 }
@@ -159,8 +189,8 @@ fn live_tcp(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
     wire::encode_tcp_frame(auth.as_bytes(), &mut frame).expect("a small frame");
     s.on_data(key, &mut frame, 0);
     assert!(matches!(s.take_effects().next(), Some(Effect::Auth { .. })));
-    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
+    let ok = AuthedUser { user_id: user, user_name: format!("u{user}"), ..AuthedUser::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
     assert!(!written(s, key).is_empty());
     (key, id)
 }

@@ -8,8 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::Value;
 
-const AUTHED: [&str; 5] =
-    ["/user/checkAuth", "/push/push", "/push/pushRoom", "/push/count", "/push/getRoomInfo"];
+const AUTHED: [&str; 6] =
+    ["/user/checkAuth", "/push/push", "/push/pushRoom", "/push/count", "/push/getRoomInfo", "/push/history"];
 
 #[derive(Deserialize)]
 struct Id(#[serde(deserialize_with = "wire::lenient_id")] u64);
@@ -86,6 +86,12 @@ fuzz_target!(|data: &[u8]| {
                     }
                     Ok(Action::Count { room_id } | Action::RoomInfo { room_id }) => {
                         body.agrees("roomId", 0, id_of, room_id);
+                    }
+                    Ok(Action::History { room_id, limit }) => {
+                        body.agrees("roomId", 0, id_of, room_id);
+                        if let Some(limit) = limit {
+                            body.agrees("limit", 1, |v| v.as_u64().map(|n| n as usize), limit);
+                        }
                     }
                     Err(e) => bad_body(e),
                 }

@@ -69,6 +69,8 @@ pub struct GatewayConfig {
     pub client_frame_burst: u32,
     /// Connections accepted per gateway process (spread over the shards).
     pub max_connections: usize,
+    /// Rooms one connection may be in at once (joined with op 10).
+    pub max_rooms_per_conn: usize,
     /// Commands a shard's inbox holds before senders wait.
     pub inbox_capacity: usize,
     /// Message ids remembered to drop a message delivered twice (0: no duplicate check).
@@ -109,6 +111,7 @@ impl Default for GatewayConfig {
             client_frames_per_sec: shard.client_frames_per_sec,
             client_frame_burst: shard.client_frame_burst,
             max_connections: 1_000_000,
+            max_rooms_per_conn: shard.max_rooms_per_conn,
             inbox_capacity: 4096,
             dedup_window: 65_536,
             shutdown_grace_ms: 2000,
@@ -146,8 +149,8 @@ impl GatewayConfig {
         if self.client_frames_per_sec > 0 && !(1..=u16::MAX as u32).contains(&self.client_frame_burst) {
             return err("client_frame_burst must be 1 to 65535 when client_frames_per_sec is set");
         }
-        if self.inbox_capacity == 0 || self.max_connections == 0 {
-            return err("inbox_capacity and max_connections must be above 0");
+        if self.inbox_capacity == 0 || self.max_connections == 0 || self.max_rooms_per_conn == 0 {
+            return err("inbox_capacity, max_connections and max_rooms_per_conn must be above 0");
         }
         crate::driver::Driver::resolve(self.driver)?;
         self.tls_files()?;
@@ -195,6 +198,7 @@ impl GatewayConfig {
             client_frame_burst: self.client_frame_burst,
             max_connections: self.max_connections.div_ceil(shards),
             close_grace_secs: ShardLimits::default().close_grace_secs,
+            max_rooms_per_conn: self.max_rooms_per_conn,
         }
     }
 }

@@ -49,20 +49,25 @@ impl Seen {
     /// each shard holding the user), so a batch is never checked against itself.
     pub fn filter_batch(&mut self, batch: &mut PushBatch) -> usize {
         let mut dropped = 0;
-        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &[u64]| {
+        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &[u64], seqs: Option<&mut Vec<u64>>| {
             if ids.len() != bodies.len() {
                 return;
             }
             let before = bodies.len();
-            let mut keep = ids.iter().map(|id| !self.delivered(*id));
-            bodies.retain(|_| keep.next().unwrap_or(true));
+            let keep: Vec<bool> = ids.iter().map(|id| !self.delivered(*id)).collect();
+            let mut k = keep.iter();
+            bodies.retain(|_| *k.next().unwrap_or(&true));
+            if let Some(seqs) = seqs.filter(|s| s.len() == keep.len()) {
+                let mut k = keep.iter();
+                seqs.retain(|_| *k.next().unwrap_or(&true));
+            }
             dropped += before - bodies.len();
         };
         for room in &mut batch.rooms {
-            filter(&mut room.bodies, &room.ids);
+            filter(&mut room.bodies, &room.ids, Some(&mut room.seqs));
         }
         for user in &mut batch.users {
-            filter(&mut user.bodies, &user.ids);
+            filter(&mut user.bodies, &user.ids, None);
         }
         let ids: Vec<u64> = batch
             .rooms
@@ -98,7 +103,7 @@ impl Ingress {
             if room.bodies.is_empty() {
                 continue;
             }
-            let frames = Framed::encode(&room.bodies);
+            let frames = Framed::encode_numbered(&room.bodies, &room.seqs);
             for inbox in self.inboxes.iter() {
                 inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
             }
@@ -112,7 +117,8 @@ impl Ingress {
             if !user.bodies.is_empty() {
                 let frames = Framed::encode(&user.bodies);
                 for inbox in inboxes {
-                    inbox.push_wait(Command::User { user_id: user.user_id, frames: frames.clone() }).await;
+                    let (user_id, ids, kept) = (user.user_id, user.ids.clone(), user.kept);
+                    inbox.push_wait(Command::User { user_id, frames: frames.clone(), ids, kept }).await;
                 }
             }
             if !user.end_sessions.is_empty() {
@@ -193,7 +199,12 @@ mod tests {
             batch_id: 1,
             rooms: rooms
                 .iter()
-                .map(|(room_id, ids)| RoomPush { room_id: *room_id, bodies: bodies(ids), ids: ids.to_vec() })
+                .map(|(room_id, ids)| RoomPush {
+                    room_id: *room_id,
+                    bodies: bodies(ids),
+                    ids: ids.to_vec(),
+                    seqs: ids.iter().map(|id| id + 100).collect(),
+                })
                 .collect(),
             users: users
                 .iter()
@@ -203,6 +214,7 @@ mod tests {
                     bodies: bodies(ids),
                     ids: ids.to_vec(),
                     end_sessions: vec![],
+                    kept: false,
                 })
                 .collect(),
         }
@@ -218,12 +230,13 @@ mod tests {
         let mut again = batch(&[(7, &[1, 0, 2])], &[(9, 1, &[3])]);
         assert_eq!(seen.filter_batch(&mut again), 3, "ids 1, 2 and 3 again; 0 has no id");
         assert_eq!(again.rooms[0].bodies, vec![b"0".to_vec()]);
+        assert_eq!(again.rooms[0].seqs, [100], "numbers follow their bodies");
         let mut later = batch(&[(7, &[4])], &[]);
         assert_eq!(seen.filter_batch(&mut later), 0);
         let mut old = batch(&[(7, &[1])], &[]);
         assert_eq!(seen.filter_batch(&mut old), 0, "1 fell out of a window of 3");
         let mut no_ids = PushBatch {
-            rooms: vec![RoomPush { room_id: 1, bodies: vec![b"x".to_vec()], ids: vec![] }],
+            rooms: vec![RoomPush { room_id: 1, bodies: vec![b"x".to_vec()], ids: vec![], seqs: vec![] }],
             ..Default::default()
         };
         assert_eq!(seen.filter_batch(&mut no_ids), 0);

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::{
-    ConnCloseRequest, ConnOpenBatch, ConnOpenRequest, GatewayLeaseRequest, SendRoomRequest,
+    self as pb, AckBatch, ConnCloseRequest, ConnOpenBatch, ConnOpenRequest, GatewayLeaseRequest,
+    RoomJoinRequest, RoomLeaveRequest, RoomPosition, SendRoomRequest,
 };
+use gochat_proto::wire::Position;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox};
+use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox, JoinAnswer, Kept};
 
 /// Room sends from sockets waiting for logic; past this, senders are told to slow down.
 const ROOM_SEND_BACKLOG: usize = 1024;
@@ -21,8 +23,13 @@ const ROOM_SEND_BACKLOG: usize = 1024;
 /// of calls that time out (and are cancelled) only slows it further.
 const AUTH_CALLS_IN_FLIGHT: usize = 8;
 const AUTH_BATCH: usize = 128;
-/// Retries of an auth call that found its control unavailable (50 ms, doubling).
-const AUTH_RETRIES: usize = 4;
+/// Retries of a call that found its control unavailable (50 ms, doubling).
+const UNAVAILABLE_RETRIES: usize = 4;
+/// Acknowledgements waiting for logic; past this they are dropped (the messages stay kept
+/// and reach the user again: at least once).
+const ACK_BACKLOG: usize = 4096;
+/// Acknowledgements per call.
+const ACK_BATCH: usize = 256;
 
 /// A socket waiting for logic's answer to its auth frame.
 struct PendingAuth {
@@ -31,6 +38,15 @@ struct PendingAuth {
     conn_id: u64,
     token: String,
     room_id: u64,
+    since: Option<Position>,
+    acks: bool,
+}
+
+/// Acknowledged private messages on their way to logic.
+struct PendingAck {
+    shard: u32,
+    reply_to: Option<(u32, u64)>,
+    ack: pb::Ack,
 }
 
 #[derive(Clone)]
@@ -59,13 +75,30 @@ pub async fn run(
     // Room sends go through one queue, in order, so a client's messages keep their order.
     let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
     tokio::spawn(link.clone().send_rooms(backlog));
+    let (acks, ack_backlog) = mpsc::channel(ACK_BACKLOG);
+    tokio::spawn(link.clone().send_acks(ack_backlog));
     while let Some((shard, effect)) = effects.recv().await {
         match effect {
-            Effect::Auth { key, conn_id, token, room_id } => {
-                let _ = auths.send(PendingAuth { shard, key, conn_id, token, room_id });
+            Effect::Auth { key, conn_id, token, room_id, since, acks } => {
+                let _ = auths.send(PendingAuth { shard, key, conn_id, token, room_id, since, acks });
             }
             Effect::Closed { conn_id } => {
                 tokio::spawn(link.clone().closed(conn_id));
+            }
+            Effect::Join { key, conn_id, user_id, room_id, since } => {
+                tokio::spawn(link.clone().join(shard, key, conn_id, user_id, room_id, since));
+            }
+            Effect::Leave { conn_id, room_id } => {
+                tokio::spawn(link.clone().leave(conn_id, room_id));
+            }
+            Effect::Ack { reply_to, user_id, ids, more } => {
+                let ack = PendingAck { shard, reply_to, ack: pb::Ack { user_id, ids, more } };
+                if acks.try_send(ack).is_err() {
+                    tracing::warn!(
+                        user_id,
+                        "acknowledgements backlogged: one dropped (its messages stay kept)"
+                    );
+                }
             }
             send @ Effect::RoomSend { .. } => {
                 if let Err(mpsc::error::TrySendError::Full((shard, Effect::RoomSend { key, conn_id, .. }))) =
@@ -129,7 +162,7 @@ impl Link {
         }
     }
 
-    async fn auth(mut self, batch: Vec<PendingAuth>) {
+    async fn auth(self, batch: Vec<PendingAuth>) {
         let requests: Vec<ConnOpenRequest> = batch
             .iter()
             .map(|a| ConnOpenRequest {
@@ -138,29 +171,30 @@ impl Link {
                 gateway_id: self.gateway_id.to_string(),
                 shard: a.shard,
                 conn_id: a.conn_id,
+                since: a.since.clone().map(position),
+                acks: a.acks,
             })
             .collect();
         // A control that died leaves calls on its connection failing as unavailable; the
         // balanced channel sends a retry to a live one (opening a connection is idempotent).
-        let mut delay = Duration::from_millis(50);
-        let mut answer = self.logic.conn_open(ConnOpenBatch { requests: requests.clone() }).await;
-        for _ in 0..AUTH_RETRIES {
-            match &answer {
-                Err(status) if status.code() == Code::Unavailable => {
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    answer = self.logic.conn_open(ConnOpenBatch { requests: requests.clone() }).await;
-                }
-                _ => break,
-            }
-        }
-        let results: Vec<Result<AuthedUser, AuthRefused>> = match answer {
+        let batch_req = ConnOpenBatch { requests };
+        let answer = retry_unavailable(|| {
+            let (mut logic, req) = (self.logic.clone(), batch_req.clone());
+            async move { logic.conn_open(req).await }
+        })
+        .await;
+        let results: Vec<Result<Box<AuthedUser>, AuthRefused>> = match answer {
             Ok(reply) if reply.get_ref().results.len() == batch.len() => reply
                 .into_inner()
                 .results
                 .into_iter()
                 .map(|r| match r.user {
-                    Some(u) => Ok(AuthedUser { user_id: u.user_id, user_name: u.user_name }),
+                    Some(u) => Ok(Box::new(AuthedUser {
+                        user_id: u.user_id,
+                        user_name: u.user_name,
+                        joined: join_answer(r.joined.unwrap_or_default()),
+                        kept: kept(r.pending.unwrap_or_default()),
+                    })),
                     None => Err(auth_refusal(&tonic::Status::new(Code::from(r.code), r.message))),
                 })
                 .collect(),
@@ -216,11 +250,135 @@ impl Link {
         }
     }
 
+    /// Joins a live socket to another room and hands the shard logic's answer.
+    async fn join(
+        self,
+        shard: u32,
+        key: u32,
+        conn_id: u64,
+        user_id: u64,
+        room_id: u64,
+        since: Option<Position>,
+    ) {
+        let req = RoomJoinRequest {
+            gateway_id: self.gateway_id.to_string(),
+            conn_id,
+            user_id,
+            room_id,
+            since: since.map(position),
+        };
+        let answer = retry_unavailable(|| {
+            let (mut logic, req) = (self.logic.clone(), req.clone());
+            async move { logic.room_join(req).await }
+        })
+        .await;
+        let result = match answer {
+            Ok(joined) => Ok(Box::new(join_answer(joined.into_inner()))),
+            Err(status) => Err(match status.code() {
+                Code::InvalidArgument | Code::NotFound => status.message().to_string(),
+                _ => {
+                    tracing::warn!(room_id, %status, "room join from a socket failed");
+                    format!("joining room {room_id} failed: service unavailable, try again")
+                }
+            }),
+        };
+        if let Some(inbox) = self.inboxes.get(shard as usize) {
+            inbox.push_wait(Command::JoinDone { key, conn_id, room_id, result }).await;
+        }
+    }
+
+    /// Tells logic a socket left a room, retrying while logic is away (a lost leave would keep
+    /// the user in the room).
+    async fn leave(self, conn_id: u64, room_id: u64) {
+        let req = RoomLeaveRequest { gateway_id: self.gateway_id.to_string(), conn_id, room_id };
+        let done = retry_unavailable(|| {
+            let (mut logic, req) = (self.logic.clone(), req.clone());
+            async move { logic.room_leave(req).await }
+        })
+        .await;
+        if let Err(status) = done {
+            tracing::warn!(conn_id, room_id, %status, "logic did not take a room leave");
+        }
+    }
+
+    /// Sends acknowledgements to logic in batches, and the next kept messages logic answers to
+    /// the connections that asked for more.
+    async fn send_acks(self, mut backlog: mpsc::Receiver<PendingAck>) {
+        while let Some(first) = backlog.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < ACK_BATCH {
+                match backlog.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let req = AckBatch { acks: batch.iter().map(|a| a.ack.clone()).collect() };
+            let answer = retry_unavailable(|| {
+                let (mut logic, req) = (self.logic.clone(), req.clone());
+                async move { logic.ack(req).await }
+            })
+            .await;
+            let replies = match answer {
+                Ok(r) => r.into_inner().pending,
+                Err(status) => {
+                    // The messages stay kept and reach the user again.
+                    tracing::warn!(%status, acks = batch.len(), "acknowledgements not taken");
+                    continue;
+                }
+            };
+            for (ack, pending) in batch.into_iter().zip(replies) {
+                let (Some((key, conn_id)), true) = (ack.reply_to, ack.ack.more) else { continue };
+                if let Some(inbox) = self.inboxes.get(ack.shard as usize) {
+                    inbox.push_wait(Command::Kept { key, conn_id, kept: kept(pending) }).await;
+                }
+            }
+        }
+    }
+
     async fn notice(&self, shard: u32, key: u32, conn_id: u64, message: &str) {
         if let Some(inbox) = self.inboxes.get(shard as usize) {
             inbox.push_wait(Command::Notice { key, conn_id, message: message.to_string() }).await;
         }
     }
+}
+
+/// Runs `call` again while it finds its control unavailable (50 ms, doubling): a control that
+/// died leaves calls on its connection failing so, and the balanced channel sends the retry to
+/// a live one. Only for calls that are safe to repeat.
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut answer = call().await;
+    for _ in 0..UNAVAILABLE_RETRIES {
+        match &answer {
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                answer = call().await;
+            }
+            _ => break,
+        }
+    }
+    answer
+}
+
+fn position(p: Position) -> RoomPosition {
+    RoomPosition { epoch: p.epoch, seq: p.seq }
+}
+
+fn join_answer(j: pb::Joined) -> JoinAnswer {
+    JoinAnswer {
+        position: j.position.map(|p| Position { epoch: p.epoch, seq: p.seq }),
+        recovered: j.recovered,
+        bodies: j.bodies,
+    }
+}
+
+fn kept(p: pb::Pending) -> Kept {
+    Kept { bodies: p.bodies, more: p.more }
 }
 
 fn refused(close_code: u16, message: &str) -> AuthRefused {

@@ -51,9 +51,11 @@ pub fn live_ws_with_token(s: &mut Shard, user: u64, room: u64, token: &str) -> (
     let auth = format!(r#"{{"authToken":"{token}","roomId":{room}}}"#);
     s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
     let effects: Vec<_> = s.take_effects().collect();
-    assert_eq!(effects, vec![Effect::Auth { key, conn_id: id, token: token.to_string(), room_id: room }]);
-    let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
+    let auth =
+        Effect::Auth { key, conn_id: id, token: token.to_string(), room_id: room, since: None, acks: false };
+    assert_eq!(effects, vec![auth]);
+    let ok = AuthedUser { user_id: user, user_name: format!("u{user}"), ..AuthedUser::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
     let out = written(s, key);
     assert!(out.starts_with(b"HTTP/1.1 101"));
     (key, id)

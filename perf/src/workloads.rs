@@ -113,6 +113,8 @@ fn chat_message() -> ChatMessage {
         op: 3,
         create_time: "2026-11-27 01:02:03".into(),
         msg_id: "123456789012345678".into(),
+        seq: None,
+        epoch: String::new(),
     }
 }
 
@@ -165,6 +167,8 @@ fn worker_batch_encode() {
                 target: Some(if i % 8 == 0 { Target::UserId(i) } else { Target::RoomId(i % 50) }),
                 body: body.clone(),
                 id: i + 1,
+                seq: i + 1,
+                kept: false,
             },
         })
         .collect();

@@ -20,6 +20,8 @@ pub mod logic {
                 .field("gateway_id", &self.gateway_id)
                 .field("shard", &self.shard)
                 .field("conn_id", &self.conn_id)
+                .field("since", &self.since)
+                .field("acks", &self.acks)
                 .finish()
         }
     }

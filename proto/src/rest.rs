@@ -36,10 +36,26 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     CheckAuth,
-    Push { to_user_id: u64, room_id: u64, msg: String },
-    PushRoom { room_id: u64, msg: String },
-    Count { room_id: u64 },
-    RoomInfo { room_id: u64 },
+    Push {
+        to_user_id: u64,
+        room_id: u64,
+        msg: String,
+    },
+    PushRoom {
+        room_id: u64,
+        msg: String,
+    },
+    Count {
+        room_id: u64,
+    },
+    RoomInfo {
+        room_id: u64,
+    },
+    /// The room's last messages (at most `limit`), for a client that must reload.
+    History {
+        room_id: u64,
+        limit: Option<usize>,
+    },
 }
 
 /// Parses a `POST` to `path` with `body`.
@@ -64,6 +80,10 @@ pub fn parse_request(path: &str, body: &[u8]) -> Result<Request, RequestError> {
         "/push/getRoomInfo" => {
             authed(|body| Ok(Action::RoomInfo { room_id: parse::<RoomOnly>(body)?.room_id }))
         }
+        "/push/history" => authed(|body| {
+            let b: HistoryBody = parse(body)?;
+            Ok(Action::History { room_id: b.room_id, limit: b.limit })
+        }),
         _ => Err(RequestError::UnknownRoute),
     }
 }
@@ -131,6 +151,15 @@ struct RoomOnly {
     room_id: u64,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryBody {
+    #[serde(deserialize_with = "lenient_id")]
+    room_id: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +196,18 @@ mod tests {
             action("/push/getRoomInfo", r#"{"authToken":"t","roomId":3}"#),
             Ok(Action::RoomInfo { room_id: 3 })
         );
+        assert_eq!(
+            action("/push/history", r#"{"authToken":"t","roomId":3,"limit":20}"#),
+            Ok(Action::History { room_id: 3, limit: Some(20) })
+        );
+        assert_eq!(
+            action("/push/history", r#"{"authToken":"t","roomId":"3"}"#),
+            Ok(Action::History { room_id: 3, limit: None })
+        );
+        assert!(matches!(
+            action("/push/history", r#"{"authToken":"t","roomId":3,"limit":-1}"#),
+            Err(RequestError::BadBody(_))
+        ));
     }
 
     #[test]

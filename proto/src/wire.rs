@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use std::io::Write;
+
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Private message (server → client).
@@ -18,6 +20,23 @@ pub const OP_BUILD_TCP_CONN: i32 = 6;
 pub const OP_AUTH_OK: i32 = 7;
 /// A request from the client the server could not act on (additive).
 pub const OP_ERROR: i32 = 8;
+/// Who joined and left a room since the last update, coalesced (server → client, additive).
+pub const OP_PRESENCE: i32 = 9;
+/// Join a room on an open socket (client → server), and its answer (server → client).
+pub const OP_JOIN: i32 = 10;
+/// Leave a room on an open socket (client → server), and its answer (server → client).
+pub const OP_LEAVE: i32 = 11;
+/// Acknowledge private messages (client → server): they are not kept for the user any more.
+pub const OP_ACK: i32 = 12;
+
+/// Where a room's history stands: `seq` counts the room's messages within `epoch`. A new epoch
+/// (the history was lost or expired) starts counting again, so positions of another epoch say
+/// nothing about this one.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub seq: u64,
+}
 
 /// An op 2 / op 3 message body, as gochat's clients render it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +56,25 @@ pub struct ChatMessage {
     /// same message delivered twice has the same id (additive: not in gochat).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub msg_id: String,
+    /// Room messages of a room that keeps history: the message's number in the room and the
+    /// history's epoch (additive). Always the last fields, so a store can append them to a body
+    /// it already holds ([`with_position`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+}
+
+/// `body` (a JSON object serialized without a position) with `"seq"` and `"epoch"` as its last
+/// fields: the same bytes as serializing it with them set.
+pub fn with_position(body: &[u8], seq: u64, epoch: &str) -> Vec<u8> {
+    let open = body.strip_suffix(b"}").unwrap_or(body);
+    let mut out = Vec::with_capacity(open.len() + 40 + epoch.len());
+    out.extend_from_slice(open);
+    let _ = write!(out, r#","seq":{seq},"epoch":"#);
+    serde_json::to_writer(&mut out, epoch).expect("a string serializes");
+    out.push(b'}');
+    out
 }
 
 /// Op 4.
@@ -67,6 +105,66 @@ pub struct AuthOk {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user_name: String,
     pub room_id: u64,
+    /// The room's position and, when the client asked to recover, whether it got every message
+    /// it missed (flattened: `epoch`, `seq`, `recovered`).
+    #[serde(flatten)]
+    pub joined: JoinedRoom,
+    /// Private messages still waiting for the user after the ones sent with this reply (a
+    /// client that acknowledges gets them as it acknowledges).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pending: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Where a room a socket joined stands, and whether what it missed was recovered.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JoinedRoom {
+    /// Unset when the room keeps no history.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Only when the client asked to recover: true when the missed messages follow (as op 3,
+    /// oldest first); false when the gap is too old or of another epoch, so the client must
+    /// reload the room (`/push/history`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+/// Op 10 (joined) and op 11 (left): the answer to a join or leave on an open socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomReply {
+    pub op: i32,
+    pub room_id: u64,
+    #[serde(flatten)]
+    pub joined: JoinedRoom,
+}
+
+/// Op 9: who joined and left a room since its last update, coalesced per room: a user who left
+/// and came back (or the reverse) within one update is in neither list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub op: i32,
+    pub room_id: u64,
+    /// Users online in the room now.
+    pub count: u64,
+    /// user id (as a string) → user name.
+    pub joined: BTreeMap<String, String>,
+    /// user ids, as strings.
+    pub left: Vec<String>,
+    /// Joins and leaves not listed, beyond the per-update cap (a client that shows members
+    /// should fetch the list with `/push/getRoomInfo`).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub more: u64,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Op 8: a client request was refused; the connection stays open unless said otherwise.
@@ -91,10 +189,48 @@ pub struct ClientRequest {
     pub op: Option<i32>,
     #[serde(default)]
     pub msg: Option<String>,
+    /// Auth and join: the last position the client saw in the room, to get what it missed.
+    #[serde(default)]
+    pub epoch: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_id")]
+    pub seq: Option<u64>,
+    /// Auth: this client acknowledges private messages (op 12), so they are kept until it does.
+    #[serde(default)]
+    pub acks: bool,
+    /// Op 12: the ids of the private messages acknowledged.
+    #[serde(default, deserialize_with = "lenient_ids")]
+    pub msg_ids: Vec<u64>,
 }
+
+impl ClientRequest {
+    /// The position to recover from, when the client sent one.
+    pub fn since(&self) -> Option<Position> {
+        Some(Position { epoch: self.epoch.clone()?, seq: self.seq? })
+    }
+}
+
+fn lenient_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    lenient_number(d).map(Some)
+}
+
+fn lenient_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    use serde::de::Error;
+    let values = Vec::<serde_json::Value>::deserialize(d)?;
+    if values.len() > MAX_ACK_IDS {
+        return Err(D::Error::custom(format!("at most {MAX_ACK_IDS} ids at once")));
+    }
+    values.into_iter().map(|v| lenient_id(v).map_err(D::Error::custom)).collect()
+}
+
+/// Most message ids one acknowledgement may carry.
+pub const MAX_ACK_IDS: usize = 256;
 
 /// Deserializes an id sent as a number or a numeric string (gochat's clients send both).
 pub fn lenient_id<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    lenient_number(d)
+}
+
+fn lenient_number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     use serde::de::Error;
     use serde_json::Value;
     match Value::deserialize(d)? {
@@ -123,6 +259,10 @@ impl std::fmt::Debug for ClientRequest {
             .field("room_id", &self.room_id)
             .field("op", &self.op)
             .field("msg", &self.msg)
+            .field("epoch", &self.epoch)
+            .field("seq", &self.seq)
+            .field("acks", &self.acks)
+            .field("msg_ids", &self.msg_ids)
             .finish()
     }
 }

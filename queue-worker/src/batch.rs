@@ -8,11 +8,15 @@ use gochat_proto::queue::queue_message::Target;
 
 use crate::Delivery;
 
-/// Messages for one room or user, in order, with their message ids.
+/// Messages for one room or user, in order, with their message ids and (rooms) their
+/// numbers in the room's history.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Bodies {
     pub bodies: Vec<Vec<u8>>,
     pub ids: Vec<u64>,
+    pub seqs: Vec<u64>,
+    /// Private messages control keeps until acknowledged.
+    pub kept: bool,
 }
 
 /// One batch's messages, grouped.
@@ -43,6 +47,8 @@ impl Grouped {
         };
         to.bodies.push(delivery.message.body);
         to.ids.push(delivery.message.id);
+        to.seqs.push(delivery.message.seq);
+        to.kept |= delivery.message.kept;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,12 +75,13 @@ impl Grouped {
             };
             let mut gateways = room.gateway_ids.into_iter().peekable();
             while let Some(gateway) = gateways.next() {
-                let Bodies { bodies, ids } =
+                let Bodies { bodies, ids, seqs, .. } =
                     if gateways.peek().is_some() { bodies.clone() } else { std::mem::take(&mut bodies) };
                 per_gateway.entry(gateway).or_default().rooms.push(RoomPush {
                     room_id: room.room_id,
                     bodies,
                     ids,
+                    seqs,
                 });
             }
         }
@@ -91,6 +98,7 @@ impl Grouped {
                     bodies: bodies.bodies.clone(),
                     ids: bodies.ids.clone(),
                     end_sessions: end_sessions.clone(),
+                    kept: bodies.kept,
                 });
             }
         }
@@ -107,7 +115,13 @@ mod tests {
     fn d(id: u32, target: Target, body: &str) -> Delivery {
         Delivery {
             id: id.to_string(),
-            message: QueueMessage { target: Some(target), body: body.into(), id: id.into() },
+            message: QueueMessage {
+                target: Some(target),
+                body: body.into(),
+                id: id.into(),
+                seq: 0,
+                kept: false,
+            },
         }
     }
 
@@ -118,10 +132,37 @@ mod tests {
         g.add(d(2, Target::UserId(9), "p"));
         g.add(d(3, Target::RoomId(2), "x"));
         g.add(d(4, Target::RoomId(1), "b"));
-        assert_eq!(g.rooms[&1], Bodies { bodies: vec![b"a".to_vec(), b"b".to_vec()], ids: vec![1, 4] });
-        assert_eq!(g.rooms[&2], Bodies { bodies: vec![b"x".to_vec()], ids: vec![3] });
-        assert_eq!(g.users[&9], Bodies { bodies: vec![b"p".to_vec()], ids: vec![2] });
+        assert_eq!(g.rooms[&1].bodies, [b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!((&g.rooms[&1].ids[..], &g.rooms[&1].seqs[..]), (&[1, 4][..], &[0, 0][..]));
+        assert_eq!((&g.rooms[&2].bodies[..], &g.rooms[&2].ids[..]), (&[b"x".to_vec()][..], &[3][..]));
+        assert_eq!((&g.users[&9].bodies[..], &g.users[&9].ids[..]), (&[b"p".to_vec()][..], &[2][..]));
         assert_eq!(g.ids, ["1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn history_numbers_and_kept_flags_travel_with_their_messages() {
+        use gochat_proto::logic::{RoomRoute, ShardAddress, UserRoute};
+        let mut g = Grouped::default();
+        for (id, seq) in [(1, 7), (2, 8)] {
+            let message =
+                QueueMessage { target: Some(Target::RoomId(1)), body: b"m".to_vec(), id, seq, kept: false };
+            g.add(Delivery { id: id.to_string(), message });
+        }
+        let private =
+            QueueMessage { target: Some(Target::UserId(9)), body: b"p".to_vec(), id: 3, seq: 0, kept: true };
+        g.add(Delivery { id: "3".into(), message: private });
+        let route = RouteReply {
+            rooms: vec![RoomRoute { room_id: 1, gateway_ids: vec!["g1".into(), "g2".into()] }],
+            users: vec![UserRoute {
+                user_id: 9,
+                shards: vec![ShardAddress { gateway_id: "g1".into(), shard: 0 }],
+            }],
+        };
+        let (per_gateway, _) = g.split(route);
+        for gateway in ["g1", "g2"] {
+            assert_eq!(per_gateway[gateway].rooms[0].seqs, [7, 8], "{gateway}");
+        }
+        assert!(per_gateway["g1"].users[0].kept);
     }
 
     #[test]

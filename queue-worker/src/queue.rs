@@ -130,7 +130,7 @@ mod tests {
     use gochat_proto::queue::queue_message::Target;
 
     fn msg(room: u64) -> QueueMessage {
-        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec(), id: 0 }
+        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec(), ..Default::default() }
     }
 
     #[tokio::test]

@@ -32,7 +32,7 @@ async fn cleanup(cfg: &RedisQueueConfig) {
 }
 
 fn room(room: u64, body: &str) -> QueueMessage {
-    QueueMessage { target: Some(Target::RoomId(room)), body: body.as_bytes().to_vec(), id: 0 }
+    QueueMessage { target: Some(Target::RoomId(room)), body: body.as_bytes().to_vec(), ..Default::default() }
 }
 
 async fn read_all(q: &RedisQueue, n: usize) -> Vec<gochat_queue_worker::Delivery> {
@@ -53,7 +53,9 @@ async fn round_trip_in_order_per_room_and_acked() {
     for i in 0..50 {
         q.publish(room(7, &format!("m{i}"))).await.unwrap();
     }
-    q.publish(QueueMessage { target: Some(Target::UserId(3)), body: b"p".to_vec(), id: 0 }).await.unwrap();
+    q.publish(QueueMessage { target: Some(Target::UserId(3)), body: b"p".to_vec(), ..Default::default() })
+        .await
+        .unwrap();
     let got = read_all(&q, 51).await;
     assert_eq!(got.len(), 51);
     let room7: Vec<String> = got

@@ -99,6 +99,14 @@ impl Server {
         ws_at(&self.ws_url(), user, room).await
     }
 
+    /// A WebSocket that sent `auth` as its auth frame; returns it with the auth reply (op 7).
+    pub async fn ws_auth(&self, auth: Value) -> (Ws, Value) {
+        let mut ws = self.ws_raw().await;
+        ws.send_json(auth).await;
+        let ok = ws.recv_op(wire::OP_AUTH_OK).await;
+        (ws, ok)
+    }
+
     pub async fn ws_raw(&self) -> Ws {
         let (stream, _) = tokio_tungstenite::connect_async(self.ws_url()).await.expect("ws connects");
         Ws(stream)

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use super::{RoomChange, Session};
 
-/// Where a live connection is.
+/// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Conn {
     user_id: u64,
-    room_id: u64,
+    rooms: Vec<u64>,
     shard: u32,
 }
 
@@ -79,7 +79,8 @@ impl MemoryState {
         (expires > Instant::now()).then_some(session)
     }
 
-    /// Records a live connection. Idempotent; returns the change when the user newly joined.
+    /// Records a live connection, in `room_id` unless 0. Idempotent; returns the change when
+    /// the user newly joined the room.
     pub fn conn_open(
         &self,
         gateway: &str,
@@ -93,22 +94,43 @@ impl MemoryState {
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
             return None;
         }
-        inner.conns.insert(key, Conn { user_id: session.user_id, room_id, shard });
+        inner.conns.insert(key, Conn { user_id: session.user_id, rooms: Vec::new(), shard });
         *inner
             .user_routes
             .entry(session.user_id)
             .or_default()
             .entry((gateway.to_string(), shard))
             .or_default() += 1;
-        *inner.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
-        let member = inner.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
-        member.user_name.clone_from(&session.user_name);
-        member.conns += 1;
-        (member.conns == 1).then_some(RoomChange { room_id })
+        if room_id == 0 {
+            return None;
+        }
+        inner.enter(gateway, conn_id, session, room_id).unwrap_or(None)
     }
 
-    /// Forgets a connection. Idempotent; returns the change when the user left its room.
-    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Option<RoomChange> {
+    /// Adds a recorded connection to `room_id`; None when there is no such connection (it
+    /// closed), else the change when the user newly joined.
+    pub fn conn_join(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Option<Option<RoomChange>> {
+        self.lock().enter(gateway, conn_id, session, room_id)
+    }
+
+    /// Takes a connection out of `room_id`; the change when its user left the room.
+    pub fn conn_leave(&self, gateway: &str, conn_id: u64, room_id: u64) -> Option<RoomChange> {
+        let mut inner = self.lock();
+        let conn = inner.conns.get_mut(&(gateway.to_string(), conn_id))?;
+        let at = conn.rooms.iter().position(|r| *r == room_id)?;
+        conn.rooms.swap_remove(at);
+        let user_id = conn.user_id;
+        inner.leave_room(gateway, user_id, room_id)
+    }
+
+    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left.
+    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Vec<RoomChange> {
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         let Some(conn) = inner.conns.remove(&key) else {
@@ -117,7 +139,7 @@ impl MemoryState {
                 inner.closed.retain(|_, until| *until > now);
             }
             inner.closed.insert(key, now + super::CLOSED_TOMBSTONE);
-            return None;
+            return Vec::new();
         };
         inner.unlink(gateway, &conn)
     }
@@ -134,11 +156,7 @@ impl MemoryState {
         let mut changes = Vec::new();
         for (id, conn) in gone {
             inner.conns.remove(&(gateway.to_string(), id));
-            if let Some(change) = inner.unlink(gateway, &conn) {
-                if !changes.contains(&change) {
-                    changes.push(change);
-                }
-            }
+            changes.extend(inner.unlink(gateway, &conn));
         }
         changes
     }
@@ -197,20 +215,47 @@ impl MemoryState {
 }
 
 impl Inner {
-    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Option<RoomChange> {
-        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
-        decrement(&mut self.room_gateways, conn.room_id, &gateway.to_string());
-        let members = self.rooms.get_mut(&conn.room_id)?;
-        let member = members.get_mut(&conn.user_id)?;
+    /// Adds a recorded connection to a room: None without such a connection, else the change
+    /// when the user newly joined.
+    fn enter(
+        &mut self,
+        gateway: &str,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Option<Option<RoomChange>> {
+        let conn = self.conns.get_mut(&(gateway.to_string(), conn_id))?;
+        if conn.rooms.contains(&room_id) {
+            return Some(None);
+        }
+        conn.rooms.push(room_id);
+        *self.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
+        let member = self.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
+        member.user_name.clone_from(&session.user_name);
+        member.conns += 1;
+        Some((member.conns == 1).then(|| RoomChange::joined(room_id, session)))
+    }
+
+    /// A connection of `user_id` on `gateway` is out of `room_id`: the change when that was
+    /// the user's last one there.
+    fn leave_room(&mut self, gateway: &str, user_id: u64, room_id: u64) -> Option<RoomChange> {
+        decrement(&mut self.room_gateways, room_id, &gateway.to_string());
+        let members = self.rooms.get_mut(&room_id)?;
+        let member = members.get_mut(&user_id)?;
         member.conns -= 1;
         if member.conns > 0 {
             return None;
         }
-        members.remove(&conn.user_id);
+        members.remove(&user_id);
         if members.is_empty() {
-            self.rooms.remove(&conn.room_id);
+            self.rooms.remove(&room_id);
         }
-        Some(RoomChange { room_id: conn.room_id })
+        Some(RoomChange::left(room_id, user_id))
+    }
+
+    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Vec<RoomChange> {
+        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
+        conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect()
     }
 }
 

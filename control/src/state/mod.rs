@@ -26,10 +26,29 @@ pub struct Session {
 }
 
 /// A room's membership changed: a user joined (first connection) or left (last one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RoomChange {
     pub room_id: u64,
+    pub user_id: u64,
+    /// Whether the user joined (else left).
+    pub joined: bool,
+    /// The user's name, when it joined.
+    pub user_name: String,
 }
+
+impl RoomChange {
+    pub fn joined(room_id: u64, session: &Session) -> Self {
+        Self { room_id, user_id: session.user_id, joined: true, user_name: session.user_name.clone() }
+    }
+
+    pub fn left(room_id: u64, user_id: u64) -> Self {
+        Self { room_id, user_id, joined: false, user_name: String::new() }
+    }
+}
+
+/// The connection a join names is not recorded (it closed, or never authenticated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoConnection;
 
 /// The state store failed; the operation did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +71,26 @@ pub enum State {
 impl State {
     pub fn memory(session_ttl: Duration) -> Self {
         Self::Memory(MemoryState::new(session_ttl))
+    }
+
+    /// A room history where this state is: in this process, or on the same Redis.
+    pub fn history(&self, limits: crate::history::Limits) -> crate::history::History {
+        use crate::history::{History, MemoryHistory, RedisHistory};
+        match self {
+            _ if limits.size == 0 => History::Off,
+            Self::Memory(_) => History::Memory(MemoryHistory::new(limits)),
+            Self::Redis(s) => History::Redis(RedisHistory::new(s.connection(), s.prefix(), limits)),
+        }
+    }
+
+    /// Kept private messages where this state is: in this process, or on the same Redis.
+    pub fn inbox(&self, limits: crate::inbox::Limits) -> crate::inbox::Inbox {
+        use crate::inbox::{Inbox, MemoryInbox, RedisInbox};
+        match self {
+            _ if limits.size == 0 => Inbox::Off,
+            Self::Memory(_) => Inbox::Memory(MemoryInbox::new(limits)),
+            Self::Redis(s) => Inbox::Redis(RedisInbox::new(s.connection(), s.prefix(), limits)),
+        }
     }
 
     pub async fn create_session(&self, token: String, session: Session) -> Result<(), StateError> {
@@ -80,7 +119,8 @@ impl State {
         }
     }
 
-    /// Records a live connection. Idempotent; returns the change when the user newly joined.
+    /// Records a live connection, in `room_id` unless 0. Idempotent; returns the change when
+    /// the user newly joined the room.
     pub async fn conn_open(
         &self,
         gateway: &str,
@@ -95,16 +135,43 @@ impl State {
         }
     }
 
-    /// Forgets a connection. Idempotent; returns the change when the user left its room. A
-    /// connection not (yet) recorded is never recorded later ([`CLOSED_TOMBSTONE`]).
-    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Option<RoomChange>, StateError> {
+    /// Adds a recorded connection to another room; the change when the user newly joined it.
+    pub async fn conn_join(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Result<Result<Option<RoomChange>, NoConnection>, StateError> {
         match self {
-            Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
-            Self::Redis(s) => Ok(s.conn_close(gateway, &[conn_id]).await?.into_iter().next()),
+            Self::Memory(s) => Ok(s.conn_join(gateway, conn_id, session, room_id).ok_or(NoConnection)),
+            Self::Redis(s) => s.conn_join(gateway, conn_id, session, room_id).await,
         }
     }
 
-    /// Forgets every connection of `gateway`; returns the rooms that lost members.
+    /// Takes a connection out of one of its rooms. Idempotent; the change when its user left.
+    pub async fn conn_leave(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        room_id: u64,
+    ) -> Result<Option<RoomChange>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.conn_leave(gateway, conn_id, room_id)),
+            Self::Redis(s) => s.conn_leave(gateway, conn_id, room_id).await,
+        }
+    }
+
+    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left. A
+    /// connection not (yet) recorded is never recorded later ([`CLOSED_TOMBSTONE`]).
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Vec<RoomChange>, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
+            Self::Redis(s) => s.conn_close(gateway, &[conn_id]).await,
+        }
+    }
+
+    /// Forgets every connection of `gateway`; returns the changes of the rooms that lost members.
     pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.gateway_reset(gateway)),

@@ -2,7 +2,8 @@
 //!
 //! Keys (under `prefix`), each small and read without scanning:
 //! - `session:{token}`: `user_id \t user_name`, expiring with the session;
-//! - `gw:{gateway}:conns`: hash connection id → `user,room,shard`, what a gateway holds;
+//! - `gw:{gateway}:conns`: hash connection id → `user,room,shard[,room…]`, what a gateway
+//!   holds (its first room, 0 once left, and the rooms it joined after);
 //! - `user:{id}:routes`: hash `gateway \t shard` → connections, for private messages;
 //! - `room:{id}:members`: hash user id → connections (the count is its length) and
 //!   `room:{id}:names`: user id → name, for member lists;
@@ -23,27 +24,90 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{RoomChange, Routes, Session, StateError};
+use super::{NoConnection, RoomChange, Routes, Session, StateError};
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
 const SWEEP_CHUNK: usize = 500;
 
-const OPEN: &str = r"
-if redis.call('EXISTS', KEYS[6]) == 1 then return 0 end
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-redis.call('HSET', KEYS[5], ARGV[5], ARGV[6])
-if redis.call('HINCRBY', KEYS[4], ARGV[5], 1) == 1 then return 1 end
-return 0
-";
-
-const CLOSE: &str = r"
-local p, gw, tomb, left = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}
+/// What the connection scripts share: a connection's record, and a user's entering and
+/// leaving a room (true when it was the user's first or last connection there).
+const CONN_LIB: &str = r"
+local function parse(v)
+  local f = {}
+  for x in string.gmatch(v, '[^,]+') do table.insert(f, x) end
+  local rooms = {}
+  if f[2] ~= '0' then table.insert(rooms, f[2]) end
+  for i = 4, #f do table.insert(rooms, f[i]) end
+  return f[1], f[3], rooms
+end
+local function record(user, shard, rooms)
+  local rest = ''
+  for i = 2, #rooms do rest = rest .. ',' .. rooms[i] end
+  return user .. ',' .. (rooms[1] or '0') .. ',' .. shard .. rest
+end
 local function dec(key, field)
   if redis.call('HINCRBY', key, field, -1) <= 0 then redis.call('HDEL', key, field) return true end
   return false
 end
+local function enter(p, gw, room, user, name)
+  redis.call('HINCRBY', p .. ':room:' .. room .. ':gws', gw, 1)
+  redis.call('HSET', p .. ':room:' .. room .. ':names', user, name)
+  return redis.call('HINCRBY', p .. ':room:' .. room .. ':members', user, 1) == 1
+end
+local function leave(p, gw, room, user)
+  dec(p .. ':room:' .. room .. ':gws', gw)
+  if dec(p .. ':room:' .. room .. ':members', user) then
+    redis.call('HDEL', p .. ':room:' .. room .. ':names', user)
+    return true
+  end
+  return false
+end
+";
+
+/// KEYS: the gateway's connections, the user's routes, the close tombstone. ARGV: prefix,
+/// gateway, connection, user, shard, room (0: none), name. 1 when the user joined the room.
+const OPEN: &str = r"
+local p, gw, conn, user, shard, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('HSETNX', KEYS[1], conn, user .. ',' .. room .. ',' .. shard) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], gw .. '\t' .. shard, 1)
+if room ~= '0' and enter(p, gw, room, user, name) then return 1 end
+return 0
+";
+
+/// KEYS: the gateway's connections. ARGV: prefix, gateway, connection, room, name. -1 without
+/// such a connection, 1 when its user joined the room.
+const JOIN: &str = r"
+local p, gw, conn, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local v = redis.call('HGET', KEYS[1], conn)
+if not v then return -1 end
+local user, shard, rooms = parse(v)
+for _, r in ipairs(rooms) do if r == room then return 0 end end
+table.insert(rooms, room)
+redis.call('HSET', KEYS[1], conn, record(user, shard, rooms))
+if enter(p, gw, room, user, name) then return 1 end
+return 0
+";
+
+/// KEYS: the gateway's connections. ARGV: prefix, gateway, connection, room. The user's id
+/// when it left the room, else 0.
+const LEAVE: &str = r"
+local p, gw, conn, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local v = redis.call('HGET', KEYS[1], conn)
+if not v then return 0 end
+local user, shard, rooms = parse(v)
+local kept, found = {}, false
+for _, r in ipairs(rooms) do if r == room then found = true else table.insert(kept, r) end end
+if not found then return 0 end
+redis.call('HSET', KEYS[1], conn, record(user, shard, kept))
+if leave(p, gw, room, user) then return tonumber(user) end
+return 0
+";
+
+/// KEYS: a connections hash. ARGV: prefix, gateway, tombstone seconds (0: none), connections.
+/// The (room, user) pairs of the rooms users left, flat.
+const CLOSE: &str = r"
+local p, gw, tomb, left = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}
 for i = 4, #ARGV do
   local v = redis.call('HGET', KEYS[1], ARGV[i])
   if not v and tomb > 0 then
@@ -51,12 +115,13 @@ for i = 4, #ARGV do
   end
   if v then
     redis.call('HDEL', KEYS[1], ARGV[i])
-    local user, room, shard = string.match(v, '^(%d+),(%d+),(%d+)$')
+    local user, shard, rooms = parse(v)
     dec(p .. ':user:' .. user .. ':routes', gw .. '\t' .. shard)
-    dec(p .. ':room:' .. room .. ':gws', gw)
-    if dec(p .. ':room:' .. room .. ':members', user) then
-      redis.call('HDEL', p .. ':room:' .. room .. ':names', user)
-      table.insert(left, room)
+    for _, room in ipairs(rooms) do
+      if leave(p, gw, room, user) then
+        table.insert(left, room)
+        table.insert(left, user)
+      end
     end
   end
 end
@@ -106,6 +171,8 @@ pub struct RedisState {
     prefix: String,
     session_ttl: Duration,
     open: Script,
+    join: Script,
+    leave: Script,
     close: Script,
     lease: Script,
     claim: Script,
@@ -130,12 +197,23 @@ impl RedisState {
             conn,
             prefix: prefix.to_string(),
             session_ttl,
-            open: Script::new(OPEN),
-            close: Script::new(CLOSE),
+            open: Script::new(&[CONN_LIB, OPEN].concat()),
+            join: Script::new(&[CONN_LIB, JOIN].concat()),
+            leave: Script::new(&[CONN_LIB, LEAVE].concat()),
+            close: Script::new(&[CONN_LIB, CLOSE].concat()),
             lease: Script::new(LEASE),
             claim: Script::new(CLAIM),
             reset: Script::new(RESET),
         })
+    }
+
+    /// The connection to this Redis, for the stores that live beside the state.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn key(&self, rest: &str) -> String {
@@ -172,23 +250,65 @@ impl RedisState {
             .open
             .key(self.key(&format!("gw:{gateway}:conns")))
             .key(self.key(&format!("user:{}:routes", session.user_id)))
-            .key(self.key(&format!("room:{room_id}:gws")))
-            .key(self.key(&format!("room:{room_id}:members")))
-            .key(self.key(&format!("room:{room_id}:names")))
             .key(self.key(&format!("gw:{gateway}:closed:{conn_id}")))
-            .arg(conn_id)
-            .arg(format!("{},{room_id},{shard}", session.user_id))
-            .arg(format!("{gateway}\t{shard}"))
+            .arg(&self.prefix)
             .arg(gateway)
+            .arg(conn_id)
             .arg(session.user_id)
+            .arg(shard)
+            .arg(room_id)
             .arg(&session.user_name)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(err)?;
-        Ok((joined == 1).then_some(RoomChange { room_id }))
+        Ok((joined == 1).then(|| RoomChange::joined(room_id, session)))
     }
 
-    /// Forgets connections of `gateway`; returns the rooms users left, each once.
+    pub async fn conn_join(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Result<Result<Option<RoomChange>, NoConnection>, StateError> {
+        let joined: i64 = self
+            .join
+            .key(self.key(&format!("gw:{gateway}:conns")))
+            .arg(&self.prefix)
+            .arg(gateway)
+            .arg(conn_id)
+            .arg(room_id)
+            .arg(&session.user_name)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(match joined {
+            -1 => Err(NoConnection),
+            1 => Ok(Some(RoomChange::joined(room_id, session))),
+            _ => Ok(None),
+        })
+    }
+
+    pub async fn conn_leave(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        room_id: u64,
+    ) -> Result<Option<RoomChange>, StateError> {
+        let user: u64 = self
+            .leave
+            .key(self.key(&format!("gw:{gateway}:conns")))
+            .arg(&self.prefix)
+            .arg(gateway)
+            .arg(conn_id)
+            .arg(room_id)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok((user != 0).then(|| RoomChange::left(room_id, user)))
+    }
+
+    /// Forgets connections of `gateway`; returns the changes of the rooms users left.
     pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Vec<RoomChange>, StateError> {
         let conns = self.key(&format!("gw:{gateway}:conns"));
         self.close_from(gateway, &conns, conn_ids, super::CLOSED_TOMBSTONE.as_secs()).await
@@ -208,10 +328,8 @@ impl RedisState {
         for id in conn_ids {
             call.arg(id);
         }
-        let mut left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(err)?;
-        left.sort_unstable();
-        left.dedup();
-        Ok(left.into_iter().map(|room_id| RoomChange { room_id }).collect())
+        let left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(err)?;
+        Ok(left.chunks(2).map(|pair| RoomChange::left(pair[0], pair[1])).collect())
     }
 
     pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
@@ -245,8 +363,6 @@ impl RedisState {
             }
             changes.extend(self.close_from(gateway, conns, &ids, 0).await?);
         }
-        changes.sort_unstable();
-        changes.dedup();
         Ok(changes)
     }
 

@@ -1,6 +1,6 @@
 //! gochat's client requests, interpreted against a connection's phase.
 
-use gochat_proto::wire::{self, ClientRequest};
+use gochat_proto::wire::{self, ClientRequest, Position};
 
 /// Where a connection stands with authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,9 +8,9 @@ pub enum Phase {
     /// Waiting for the auth frame (WebSocket) or op 6 (TCP).
     AwaitAuth,
     /// The token is being checked.
-    Authenticating { room_id: u64 },
-    /// Authenticated and in a room.
-    Live { user_id: u64, room_id: u64 },
+    Authenticating,
+    /// Authenticated; its rooms are the shard's to know.
+    Live { user_id: u64 },
     /// On the echo endpoint: no auth, the codec answers every message.
     Echo,
 }
@@ -18,12 +18,19 @@ pub enum Phase {
 /// What a client message asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// Check the token and join the room.
-    Auth { token: String, room_id: u64 },
-    /// A repeated auth for the room the connection is already in: nothing to do.
-    AlreadyJoined,
-    /// Send `msg` to the connection's room, as the connection's user.
-    RoomSend { msg: String },
+    /// Check the token and join the room (0: none yet), recovering from `since`; `acks`: the
+    /// client acknowledges private messages.
+    Auth { token: String, room_id: u64, since: Option<Position>, acks: bool },
+    /// A repeated auth frame (gochat's clients may send one again): answered, nothing changes.
+    Reauth { room_id: u64 },
+    /// Join another room (op 10), recovering from `since`.
+    Join { room_id: u64, since: Option<Position> },
+    /// Leave one of its rooms (op 11).
+    Leave { room_id: u64 },
+    /// Send `msg` to one of the connection's rooms (0: the one it authenticated into).
+    RoomSend { room_id: u64, msg: String },
+    /// Private messages the client has (op 12).
+    Ack { ids: Vec<u64> },
     /// Refused; reply with `message`. `fatal` closes the connection.
     Refuse { message: String, fatal: bool },
 }
@@ -37,11 +44,15 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
             return Request::Refuse { message, fatal: phase == Phase::AwaitAuth };
         }
     };
+    let refuse = |message: &str| Request::Refuse { message: message.into(), fatal: false };
     match phase {
         Phase::AwaitAuth => match req.op {
-            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => {
-                Request::Auth { token: req.auth_token, room_id: req.room_id }
-            }
+            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => Request::Auth {
+                since: req.since(),
+                acks: req.acks,
+                room_id: req.room_id,
+                token: req.auth_token,
+            },
             None | Some(wire::OP_BUILD_TCP_CONN) => {
                 Request::Refuse { message: "authToken is required".into(), fatal: true }
             }
@@ -50,35 +61,23 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
                 fatal: true,
             },
         },
-        Phase::Authenticating { .. } => {
-            Request::Refuse { message: "authentication is in progress".into(), fatal: false }
-        }
-        Phase::Echo => Request::Refuse { message: "echo connections take no requests".into(), fatal: false },
-        Phase::Live { room_id, .. } => match (req.op, req.msg) {
-            (Some(wire::OP_ROOM_SEND), Some(msg)) if req.room_id == room_id || req.room_id == 0 => {
-                Request::RoomSend { msg }
-            }
-            (Some(wire::OP_ROOM_SEND), Some(_)) => Request::Refuse {
-                message: format!("this connection is in room {room_id}, not {}", req.room_id),
-                fatal: false,
+        Phase::Authenticating => refuse("authentication is in progress"),
+        Phase::Echo => refuse("echo connections take no requests"),
+        Phase::Live { .. } => match req.op {
+            Some(wire::OP_ROOM_SEND) => match req.msg {
+                Some(msg) => Request::RoomSend { room_id: req.room_id, msg },
+                None => refuse("op 3 needs msg"),
             },
-            (Some(wire::OP_ROOM_SEND), None) => {
-                Request::Refuse { message: "op 3 needs msg".into(), fatal: false }
+            Some(wire::OP_JOIN) if req.room_id == 0 => refuse("op 10 needs a roomId above 0"),
+            Some(wire::OP_JOIN) => Request::Join { room_id: req.room_id, since: req.since() },
+            Some(wire::OP_LEAVE) if req.room_id == 0 => refuse("op 11 needs a roomId above 0"),
+            Some(wire::OP_LEAVE) => Request::Leave { room_id: req.room_id },
+            Some(wire::OP_ACK) if req.msg_ids.is_empty() => refuse("op 12 needs msgIds"),
+            Some(wire::OP_ACK) => Request::Ack { ids: req.msg_ids },
+            None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => {
+                Request::Reauth { room_id: req.room_id }
             }
-            (None | Some(wire::OP_BUILD_TCP_CONN), _) if !req.auth_token.is_empty() => {
-                if req.room_id == room_id {
-                    Request::AlreadyJoined
-                } else {
-                    Request::Refuse {
-                        message: format!(
-                            "this connection is in room {room_id}; reconnect to join room {}",
-                            req.room_id
-                        ),
-                        fatal: false,
-                    }
-                }
-            }
-            _ => Request::Refuse { message: "unknown request".into(), fatal: false },
+            _ => refuse("unknown request"),
         },
     }
 }
@@ -87,17 +86,32 @@ pub fn interpret(phase: Phase, body: &[u8]) -> Request {
 mod tests {
     use super::*;
 
-    const LIVE: Phase = Phase::Live { user_id: 1, room_id: 1 };
+    const LIVE: Phase = Phase::Live { user_id: 1 };
+
+    fn auth(token: &str, room_id: u64) -> Request {
+        Request::Auth { token: token.into(), room_id, since: None, acks: false }
+    }
 
     #[test]
     fn auth_frames() {
+        assert_eq!(interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":1}"#), auth("t", 1));
+        assert_eq!(interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":2,"op":6}"#), auth("t", 2));
         assert_eq!(
-            interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":1}"#),
-            Request::Auth { token: "t".into(), room_id: 1 }
+            interpret(
+                Phase::AwaitAuth,
+                br#"{"authToken":"t","roomId":2,"epoch":"ab","seq":"7","acks":true}"#
+            ),
+            Request::Auth {
+                token: "t".into(),
+                room_id: 2,
+                since: Some(Position { epoch: "ab".into(), seq: 7 }),
+                acks: true
+            }
         );
         assert_eq!(
-            interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":2,"op":6}"#),
-            Request::Auth { token: "t".into(), room_id: 2 }
+            interpret(Phase::AwaitAuth, br#"{"authToken":"t","roomId":2,"seq":7}"#),
+            auth("t", 2),
+            "a seq without its epoch is no position"
         );
         assert!(matches!(
             interpret(Phase::AwaitAuth, br#"{"roomId":1}"#),
@@ -112,15 +126,37 @@ mod tests {
 
     #[test]
     fn live_requests() {
-        assert_eq!(interpret(LIVE, br#"{"authToken":"t","roomId":1}"#), Request::AlreadyJoined);
-        assert!(matches!(
-            interpret(LIVE, br#"{"authToken":"t","roomId":2}"#),
-            Request::Refuse { fatal: false, .. }
-        ));
+        assert_eq!(interpret(LIVE, br#"{"authToken":"t","roomId":1}"#), Request::Reauth { room_id: 1 });
         assert_eq!(
             interpret(LIVE, br#"{"op":3,"msg":"hi","roomId":1,"fromUserId":99}"#),
-            Request::RoomSend { msg: "hi".into() }
+            Request::RoomSend { room_id: 1, msg: "hi".into() }
         );
+        assert_eq!(
+            interpret(LIVE, br#"{"op":3,"msg":"hi"}"#),
+            Request::RoomSend { room_id: 0, msg: "hi".into() }
+        );
+        assert_eq!(
+            interpret(LIVE, br#"{"op":10,"roomId":"5","epoch":"e","seq":0}"#),
+            Request::Join { room_id: 5, since: Some(Position { epoch: "e".into(), seq: 0 }) }
+        );
+        assert_eq!(interpret(LIVE, br#"{"op":11,"roomId":5}"#), Request::Leave { room_id: 5 });
+        assert_eq!(interpret(LIVE, br#"{"op":12,"msgIds":["12",13]}"#), Request::Ack { ids: vec![12, 13] });
+        for bad in [
+            r#"{"op":10}"#,
+            r#"{"op":11,"roomId":0}"#,
+            r#"{"op":12}"#,
+            r#"{"op":12,"msgIds":"1"}"#,
+            r#"{"op":12,"msgIds":[-1]}"#,
+            r#"{"op":10,"roomId":1,"seq":-3}"#,
+        ] {
+            assert!(
+                matches!(interpret(LIVE, bad.as_bytes()), Request::Refuse { fatal: false, .. }),
+                "{bad} was taken"
+            );
+        }
+        let many = format!(r#"{{"op":12,"msgIds":[{}1]}}"#, "1,".repeat(wire::MAX_ACK_IDS));
+        let Request::Refuse { message, .. } = interpret(LIVE, many.as_bytes()) else { panic!("taken") };
+        assert!(message.contains("at most 256 ids"), "{message}");
         assert!(matches!(interpret(LIVE, b"{bad"), Request::Refuse { fatal: false, .. }));
         assert!(matches!(interpret(LIVE, br#"{"op":42}"#), Request::Refuse { fatal: false, .. }));
     }

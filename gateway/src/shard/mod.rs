@@ -2,23 +2,28 @@
 //! driver-agnostic: the driver feeds it bytes, commands and ticks, and drains the output it
 //! queued (`take_dirty` / `out_mut`), the connections to close, and the effects for logic.
 
+mod framed;
 pub mod inbox;
+mod joins;
 pub mod outbound;
+mod rooms;
 pub mod timer;
 mod tls;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gochat_proto::wire;
+use gochat_proto::wire::{self, JoinedRoom, Position};
 use slab::Slab;
 
 use crate::protocol::session::{self, Phase, Request};
 use crate::protocol::{self, ws, Codec, Limits, Output, Transport};
+pub use framed::Framed;
 pub use inbox::Inbox;
+use joins::{Joins, Offer};
 pub use outbound::OutQueue;
+use rooms::{Index, Rooms};
 use timer::TimerWheel;
 
 /// Connection timing and bounds.
@@ -42,6 +47,8 @@ pub struct ShardLimits {
     pub max_connections: usize,
     /// How long a closing connection may take to write its last bytes before it is dropped.
     pub close_grace_secs: u32,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_conn: usize,
 }
 
 impl Default for ShardLimits {
@@ -56,42 +63,40 @@ impl Default for ShardLimits {
             client_frame_burst: 60,
             max_connections: 1_000_000,
             close_grace_secs: 5,
+            max_rooms_per_conn: 32,
         }
     }
 }
 
-/// A JSON batch framed once per transport; every member gets a reference.
-#[derive(Debug, Clone)]
-pub struct Framed {
-    pub ws: Bytes,
-    pub tcp: Bytes,
-}
-
-impl Framed {
-    /// Frames `bodies` back to back, once for WebSocket and once for TCP.
-    pub fn encode<B: AsRef<[u8]>>(bodies: &[B]) -> Self {
-        let size: usize = bodies.iter().map(|b| b.as_ref().len() + 10).sum();
-        let (mut ws, mut tcp) = (Vec::with_capacity(size), Vec::with_capacity(size));
-        for body in bodies {
-            protocol::append_frame(Transport::WebSocket, body.as_ref(), &mut ws);
-            protocol::append_frame(Transport::Tcp, body.as_ref(), &mut tcp);
-        }
-        Self { ws: ws.into(), tcp: tcp.into() }
-    }
-
-    fn for_transport(&self, t: Transport) -> &Bytes {
-        match t {
-            Transport::WebSocket => &self.ws,
-            Transport::Tcp => &self.tcp,
-        }
-    }
-}
-
-/// The user a token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The user a token belongs to, with what logic has for the new connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthedUser {
     pub user_id: u64,
     pub user_name: String,
+    /// The answer to the join of the room in the auth frame.
+    pub joined: JoinAnswer,
+    /// Private messages kept for the user.
+    pub kept: Kept,
+}
+
+/// What logic answered a join: where the room's history stands, and what the connection
+/// missed since the position it gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinAnswer {
+    /// None when the room keeps no history.
+    pub position: Option<Position>,
+    /// Only when the connection asked to recover: whether `bodies` are all it missed.
+    pub recovered: Option<bool>,
+    /// The missed room messages, oldest first.
+    pub bodies: Vec<Vec<u8>>,
+}
+
+/// Private messages kept for a user until a client of theirs acknowledges them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub bodies: Vec<Vec<u8>>,
+    /// How many more are kept after these.
+    pub more: u32,
 }
 
 /// Why a connection's auth failed, with the WebSocket close code it earns.
@@ -106,10 +111,17 @@ pub struct AuthRefused {
 pub enum Command {
     /// Write to every local member of a room.
     Room { room_id: u64, frames: Framed },
-    /// Write to every local connection of a user.
-    User { user_id: u64, frames: Framed },
-    /// The answer to an [`Effect::Auth`].
-    AuthDone { key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused> },
+    /// Write to every local connection of a user. `kept`: logic keeps these messages (ids
+    /// `ids`) until acknowledged, so a connection that does not acknowledge acknowledges them
+    /// by receiving them.
+    User { user_id: u64, frames: Framed, ids: Vec<u64>, kept: bool },
+    /// The answer to an [`Effect::Auth`] (boxed, as are the other answers: they are rare, and
+    /// every command in an inbox takes the room of the largest).
+    AuthDone { key: u32, conn_id: u64, result: Result<Box<AuthedUser>, AuthRefused> },
+    /// The answer to an [`Effect::Join`]: the join, or why not.
+    JoinDone { key: u32, conn_id: u64, room_id: u64, result: Result<Box<JoinAnswer>, String> },
+    /// More private messages kept for a connection that acknowledged the last ones.
+    Kept { key: u32, conn_id: u64, kept: Kept },
     /// Close the user's connections that authenticated with these sessions
     /// ([`wire::session_fingerprint`]): the user logged out.
     EndSessions { user_id: u64, sessions: Vec<u64> },
@@ -133,6 +145,8 @@ pub enum Effect {
         conn_id: u64,
         token: String,
         room_id: u64,
+        since: Option<Position>,
+        acks: bool,
     },
     /// A connection logic knows about (it authenticated) is gone.
     Closed {
@@ -145,6 +159,28 @@ pub enum Effect {
         user_id: u64,
         room_id: u64,
         msg: String,
+    },
+    /// A live connection joins another room, recovering from `since`.
+    Join {
+        key: u32,
+        conn_id: u64,
+        user_id: u64,
+        room_id: u64,
+        since: Option<Position>,
+    },
+    /// A connection logic knows about left one of its rooms.
+    Leave {
+        conn_id: u64,
+        room_id: u64,
+    },
+    /// Private messages of `user_id` a client has. `reply_to`: the connection that acknowledged
+    /// and, when `more`, wants the next kept ones (none: written to a connection that does not
+    /// acknowledge).
+    Ack {
+        reply_to: Option<(u32, u64)>,
+        user_id: u64,
+        ids: Vec<u64>,
+        more: bool,
     },
 }
 
@@ -184,39 +220,27 @@ struct Conn {
     /// When this connection's live timer entry fires.
     timer_at: u32,
     closing: bool,
-    /// Position in the room's and the user's member lists (valid when live).
+    /// Its first room (0: none) and its place in that room's member list; the others are in
+    /// the shard's `rooms`.
+    room: u64,
     room_pos: u32,
+    /// Its place in the user's member list (valid when live).
     user_pos: u32,
     out: OutQueue,
     /// A wss connection: its session is in the shard's `tls` table, and what is queued in `out`
-    /// is encrypted. (A flag in padding, so plain connections carry nothing for TLS.)
+    /// is encrypted. (Flags in padding, so plain connections carry nothing for TLS.)
     tls: bool,
+    /// Joining a room: its room frames go through the shard's `joins`.
+    joining: bool,
+    /// Acknowledges private messages (op 12).
+    acks: bool,
+    /// Was told more private messages are kept for it: its next ack asks for them.
+    kept_more: bool,
 }
 
-/// Member lists keyed by room or user, with O(1) removal through positions kept in `Conn`.
-#[derive(Default)]
-struct Index(HashMap<u64, Vec<u32>>);
-
-impl Index {
-    fn insert(&mut self, id: u64, key: u32) -> u32 {
-        let list = self.0.entry(id).or_default();
-        list.push(key);
-        (list.len() - 1) as u32
-    }
-
-    /// Removes the member at `pos`; returns the key moved into `pos`, if any.
-    fn remove(&mut self, id: u64, pos: u32) -> Option<u32> {
-        let list = self.0.get_mut(&id)?;
-        list.swap_remove(pos as usize);
-        let moved = list.get(pos as usize).copied();
-        if list.is_empty() {
-            self.0.remove(&id);
-        }
-        moved
-    }
-
-    fn members(&self, id: u64) -> &[u32] {
-        self.0.get(&id).map_or(&[], Vec::as_slice)
+impl rooms::Member for Conn {
+    fn first_room(&mut self) -> (&mut u64, &mut u32) {
+        (&mut self.room, &mut self.room_pos)
     }
 }
 
@@ -227,7 +251,8 @@ pub struct Shard {
     limits: ShardLimits,
     conns: Slab<Conn>,
     next_seq: u64,
-    rooms: Index,
+    rooms: Rooms,
+    joins: Joins,
     users: Index,
     wheel: TimerWheel,
     dirty: Vec<u32>,
@@ -248,7 +273,8 @@ impl Shard {
             limits,
             conns: Slab::new(),
             next_seq: 0,
-            rooms: Index::default(),
+            rooms: Rooms::default(),
+            joins: Joins::default(),
             users: Index::default(),
             wheel: TimerWheel::new(now),
             dirty: Vec::new(),
@@ -305,10 +331,14 @@ impl Shard {
             over: 0,
             timer_at: 0,
             closing: false,
+            room: 0,
             room_pos: 0,
             user_pos: 0,
             out: OutQueue::default(),
             tls: false,
+            joining: false,
+            acks: false,
+            kept_more: false,
         }) as u32;
         self.arm(key, now + self.limits.auth_timeout_secs);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
@@ -405,22 +435,66 @@ impl Shard {
             return;
         }
         let (id, transport) = (conn.id, conn.codec.transport());
+        let user_id = match conn.phase {
+            Phase::Live { user_id } => user_id,
+            _ => 0,
+        };
         match session::interpret(conn.phase, body) {
-            Request::Auth { token, room_id } => {
-                conn.phase = Phase::Authenticating { room_id };
+            Request::Auth { token, room_id, since, acks } => {
+                conn.phase = Phase::Authenticating;
                 conn.session = wire::session_fingerprint(&token);
-                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id });
+                conn.acks = acks;
+                self.begin_join(key, room_id);
+                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id, since, acks });
             }
-            Request::AlreadyJoined => {
-                if let Phase::Live { user_id, room_id } = conn.phase {
-                    let frame = auth_ok_frame(transport, user_id, "", room_id);
+            Request::Reauth { room_id } => {
+                if self.rooms.contains(conn, key, room_id) {
+                    let frame = auth_ok_frame(transport, user_id, "", room_id, JoinedRoom::default(), 0);
                     self.queue(key, frame);
+                } else {
+                    let message = format!("this connection is not in room {room_id}; join it with op 10");
+                    self.queue(key, protocol::error_frame(transport, &message));
                 }
             }
-            Request::RoomSend { msg } => {
-                if let Phase::Live { user_id, room_id } = conn.phase {
-                    self.effects.push(Effect::RoomSend { key, conn_id: id, user_id, room_id, msg });
+            Request::Join { room_id, since } => {
+                if self.rooms.contains(conn, key, room_id) {
+                    // A join in progress answers when logic does; otherwise it is done already.
+                    if !self.joins.waiting(key, room_id) {
+                        self.queue(key, room_reply(transport, wire::OP_JOIN, room_id, JoinedRoom::default()));
+                    }
+                } else if self.rooms.count(conn, key) >= self.limits.max_rooms_per_conn {
+                    let message = format!("at most {} rooms per connection", self.limits.max_rooms_per_conn);
+                    self.queue(key, protocol::error_frame(transport, &message));
+                } else {
+                    self.begin_join(key, room_id);
+                    self.effects.push(Effect::Join { key, conn_id: id, user_id, room_id, since });
                 }
+            }
+            Request::Leave { room_id } => {
+                if self.rooms.leave(&mut self.conns, key, room_id) {
+                    self.joins.end(key, room_id);
+                    self.sync_joining(key);
+                    self.effects.push(Effect::Leave { conn_id: id, room_id });
+                    self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+                }
+                self.queue(key, room_reply(transport, wire::OP_LEAVE, room_id, JoinedRoom::default()));
+            }
+            Request::RoomSend { room_id, msg } => {
+                let room_id = if room_id == 0 { conn.room } else { room_id };
+                let joined = self.rooms.contains(conn, key, room_id) && !self.joins.waiting(key, room_id);
+                if joined {
+                    self.effects.push(Effect::RoomSend { key, conn_id: id, user_id, room_id, msg });
+                } else {
+                    let message = match room_id {
+                        0 => "this connection is in no room: join one with op 10".to_string(),
+                        _ => format!("this connection is not in room {room_id}"),
+                    };
+                    self.queue(key, protocol::error_frame(transport, &message));
+                }
+            }
+            Request::Ack { ids } => {
+                let more = std::mem::take(&mut conn.kept_more);
+                self.effects.push(Effect::Ack { reply_to: Some((key, id)), user_id, ids, more });
             }
             Request::Refuse { message, fatal } => {
                 if fatal {
@@ -432,22 +506,111 @@ impl Shard {
         }
     }
 
+    /// Lists `key` in `room_id` (0: none) at once, holding the room's frames for it until
+    /// logic answers the join, so nothing published meanwhile is missed.
+    fn begin_join(&mut self, key: u32, room_id: u64) {
+        if room_id == 0 || !self.rooms.join(&mut self.conns, key, room_id) {
+            return;
+        }
+        self.joins.start(key, room_id, self.wheel.now());
+        self.conns[key as usize].joining = true;
+        self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Logic answered `key`'s join of `room_id`: `reply` (built from the answer, told whether
+    /// messages were missed while holding) and `then`, then what it recovered, then what was
+    /// held.
+    fn finish_join(
+        &mut self,
+        key: u32,
+        room_id: u64,
+        answer: JoinAnswer,
+        reply: impl FnOnce(JoinedRoom) -> Bytes,
+        then: Option<Bytes>,
+    ) {
+        let transport = self.conns[key as usize].codec.transport();
+        let through = match answer.recovered {
+            Some(true) => answer.position.as_ref().map(|p| p.seq),
+            _ => None,
+        };
+        let released = self.joins.answered(key, room_id, through, transport, self.wheel.now());
+        self.sync_joining(key);
+        let mut joined = JoinedRoom { recovered: answer.recovered, ..JoinedRoom::default() };
+        if let Some(p) = answer.position {
+            (joined.epoch, joined.seq) = (p.epoch, Some(p.seq));
+        }
+        if released.as_ref().is_some_and(|r| r.overflowed) {
+            joined.recovered = Some(false);
+        }
+        // One write: the queue's bound is for what the client does not read, and all of this
+        // was bounded already (held frames here, recovered messages by logic).
+        let mut out = reply(joined).to_vec();
+        out.extend(then.iter().flatten());
+        if !answer.bodies.is_empty() {
+            out.extend_from_slice(Framed::encode(&answer.bodies).for_transport(transport));
+        }
+        for part in released.into_iter().flat_map(|r| r.parts) {
+            out.extend_from_slice(&part);
+        }
+        self.queue(key, out.into());
+    }
+
+    fn sync_joining(&mut self, key: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.joining = self.joins.any(key);
+        }
+    }
+
     /// A command from the inbox.
     pub fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Room { room_id, frames } => {
-                let Self { rooms, conns, dirty, limits, stats, tls, .. } = self;
+                let Self { rooms, conns, dirty, limits, stats, tls, joins, .. } = self;
                 for &key in rooms.members(room_id) {
-                    queue_to(conns, dirty, limits, stats, tls, key, &frames);
+                    let conn = &mut conns[key as usize];
+                    if !conn.joining {
+                        queue_to(conns, dirty, limits, stats, tls, key, &frames);
+                        continue;
+                    }
+                    let transport = conn.codec.transport();
+                    match joins.offer(key, room_id, &frames, transport, limits.max_outbound_bytes / 4) {
+                        Offer::Pass => queue_to(conns, dirty, limits, stats, tls, key, &frames),
+                        Offer::Taken => {}
+                        Offer::Parts(parts) => {
+                            for part in parts {
+                                queue_to(conns, dirty, limits, stats, tls, key, &Framed::raw(part));
+                            }
+                            conns[key as usize].joining = joins.any(key);
+                        }
+                    }
                 }
             }
-            Command::User { user_id, frames } => {
+            Command::User { user_id, frames, ids, kept } => {
                 let Self { users, conns, dirty, limits, stats, tls, .. } = self;
+                let mut delivered_unacked = false;
                 for &key in users.members(user_id) {
                     queue_to(conns, dirty, limits, stats, tls, key, &frames);
+                    delivered_unacked |= !conns[key as usize].acks;
+                }
+                if kept && delivered_unacked && !ids.is_empty() {
+                    self.effects.push(Effect::Ack { reply_to: None, user_id, ids, more: false });
                 }
             }
             Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),
+            Command::JoinDone { key, conn_id, room_id, result } => {
+                self.join_done(key, conn_id, room_id, result)
+            }
+            Command::Kept { key, conn_id, kept } => {
+                let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == conn_id) else {
+                    return;
+                };
+                conn.kept_more = kept.more > 0;
+                if !kept.bodies.is_empty() {
+                    let frames = Framed::encode(&kept.bodies);
+                    let frame = frames.for_transport(conn.codec.transport()).clone();
+                    self.queue(key, frame);
+                }
+            }
             Command::EndSessions { user_id, sessions } => {
                 let ended: Vec<u32> = (self.users.members(user_id).iter())
                     .copied()
@@ -482,7 +645,7 @@ impl Shard {
         }
     }
 
-    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<AuthedUser, AuthRefused>) {
+    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<Box<AuthedUser>, AuthRefused>) {
         let conn = match self.conns.get_mut(key as usize) {
             Some(c) if c.id == conn_id && !c.closing => c,
             _ => {
@@ -493,23 +656,65 @@ impl Shard {
                 return;
             }
         };
-        let Phase::Authenticating { room_id } = conn.phase else {
+        if conn.phase != Phase::Authenticating {
             return;
-        };
+        }
         match result {
             Ok(user) => {
-                conn.phase = Phase::Live { user_id: user.user_id, room_id };
-                conn.room_pos = self.rooms.insert(room_id, key);
+                let user = *user;
+                conn.phase = Phase::Live { user_id: user.user_id };
                 conn.user_pos = self.users.insert(user.user_id, key);
-                let frame = auth_ok_frame(conn.codec.transport(), user.user_id, &user.user_name, room_id);
+                conn.kept_more = conn.acks && user.kept.more > 0;
+                let (transport, room_id) = (conn.codec.transport(), conn.room);
                 let ping_at = conn.last_rx + self.limits.ping_after_secs;
-                self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
-                self.queue(key, frame);
+                let (name, more) = (user.user_name, user.kept.more);
+                let reply = |joined| auth_ok_frame(transport, user.user_id, &name, room_id, joined, more);
+                // Kept private messages right after the reply, before anything of the room.
+                let kept = (!user.kept.bodies.is_empty())
+                    .then(|| Framed::encode(&user.kept.bodies).for_transport(transport).clone());
+                if room_id == 0 {
+                    self.queue(key, reply(JoinedRoom::default()));
+                    if let Some(kept) = kept {
+                        self.queue(key, kept);
+                    }
+                } else {
+                    self.finish_join(key, room_id, user.joined, reply, kept);
+                }
                 self.arm(key, ping_at);
             }
             Err(refused) => {
                 self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                self.rooms.leave_all(&mut self.conns, key);
+                self.joins.forget(key);
+                self.sync_joining(key);
+                self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
                 self.begin_close(key, Some((refused.close_code, &refused.message)));
+            }
+        }
+    }
+
+    fn join_done(&mut self, key: u32, conn_id: u64, room_id: u64, result: Result<Box<JoinAnswer>, String>) {
+        let live = self.conns.get(key as usize).is_some_and(|c| c.id == conn_id && !c.closing);
+        if !live || !self.joins.waiting(key, room_id) {
+            // Left, or gone, while logic was answering: if logic recorded the join, undo it (a
+            // connection that is gone was undone with its close).
+            if live && result.is_ok() {
+                self.effects.push(Effect::Leave { conn_id, room_id });
+            }
+            return;
+        }
+        let transport = self.conns[key as usize].codec.transport();
+        match result {
+            Ok(answer) => {
+                let reply = |joined| room_reply(transport, wire::OP_JOIN, room_id, joined);
+                self.finish_join(key, room_id, *answer, reply, None)
+            }
+            Err(message) => {
+                self.rooms.leave(&mut self.conns, key, room_id);
+                self.joins.end(key, room_id);
+                self.sync_joining(key);
+                self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+                self.queue(key, protocol::error_frame(transport, &message));
             }
         }
     }
@@ -522,6 +727,7 @@ impl Shard {
             // After the advance, so a close's grace counts from now.
             self.drain_some(now, by);
         }
+        self.expire_joins(now);
         for (key, id, at) in due {
             let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == id) else {
                 continue;
@@ -540,7 +746,7 @@ impl Shard {
             }
             let silent = now.saturating_sub(conn.last_rx);
             match conn.phase {
-                Phase::AwaitAuth | Phase::Authenticating { .. } => {
+                Phase::AwaitAuth | Phase::Authenticating => {
                     let deadline = conn.opened + self.limits.auth_timeout_secs;
                     if now >= deadline {
                         self.begin_close(key, Some((1008, "authentication timeout")));
@@ -569,6 +775,25 @@ impl Shard {
         }
     }
 
+    /// Ends joins that are over: skips past their time, and joins logic never answered, which
+    /// are undone (an authenticating connection's is undone by its auth timeout).
+    fn expire_joins(&mut self, now: u32) {
+        for (key, unanswered) in self.joins.expire(now) {
+            self.sync_joining(key);
+            let Some(room_id) = unanswered else { continue };
+            let Some(conn) = self.conns.get(key as usize).filter(|c| !c.closing) else { continue };
+            if !matches!(conn.phase, Phase::Live { .. }) {
+                continue;
+            }
+            let (conn_id, transport) = (conn.id, conn.codec.transport());
+            self.rooms.leave(&mut self.conns, key, room_id);
+            self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+            self.effects.push(Effect::Leave { conn_id, room_id });
+            let message = format!("joining room {room_id} timed out, try again");
+            self.queue(key, protocol::error_frame(transport, &message));
+        }
+    }
+
     /// Closes this tick's share of the open connections, so the last go by `by`.
     fn drain_some(&mut self, now: u32, by: u32) {
         let open: Vec<u32> = self.conns.iter().filter(|(_, c)| !c.closing).map(|(k, _)| k as u32).collect();
@@ -588,7 +813,7 @@ impl Shard {
 
     /// Queues `bytes` for the connection at `key`.
     fn queue(&mut self, key: u32, bytes: Bytes) {
-        let frames = Framed { ws: bytes.clone(), tcp: bytes };
+        let frames = Framed::raw(bytes);
         queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, &frames);
     }
 
@@ -670,20 +895,19 @@ impl Shard {
         if !self.conns.contains(key as usize) {
             return;
         }
+        self.rooms.leave_all(&mut self.conns, key);
+        self.joins.forget(key);
         let conn = self.conns.remove(key as usize);
         if conn.tls {
             self.tls.forget(key);
         }
-        if let Phase::Live { user_id, room_id } = conn.phase {
-            if let Some(moved) = self.rooms.remove(room_id, conn.room_pos) {
-                self.conns[moved as usize].room_pos = conn.room_pos;
-            }
+        if let Phase::Live { user_id } = conn.phase {
             if let Some(moved) = self.users.remove(user_id, conn.user_pos) {
                 self.conns[moved as usize].user_pos = conn.user_pos;
             }
             self.effects.push(Effect::Closed { conn_id: conn.id });
-            self.stats.rooms.store(self.rooms.0.len() as u64, Ordering::Relaxed);
         }
+        self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
@@ -737,14 +961,29 @@ fn queue_to(
     }
 }
 
-fn auth_ok_frame(transport: Transport, user_id: u64, user_name: &str, room_id: u64) -> Bytes {
+fn auth_ok_frame(
+    transport: Transport,
+    user_id: u64,
+    user_name: &str,
+    room_id: u64,
+    joined: JoinedRoom,
+    pending: u32,
+) -> Bytes {
     let body = serde_json::to_vec(&wire::AuthOk {
         op: wire::OP_AUTH_OK,
         user_id,
         user_name: user_name.to_string(),
         room_id,
+        joined,
+        pending,
     })
     .expect("auth reply serializes");
+    protocol::frame_body(transport, &body)
+}
+
+/// Op 10 or op 11: the answer to a join or leave.
+fn room_reply(transport: Transport, op: i32, room_id: u64, joined: JoinedRoom) -> Bytes {
+    let body = serde_json::to_vec(&wire::RoomReply { op, room_id, joined }).expect("room reply serializes");
     protocol::frame_body(transport, &body)
 }
 

@@ -42,7 +42,7 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (a1, _) = live_ws(&mut s, 1, 7);
     let (a2, _) = live_ws(&mut s, 1, 9);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) });
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]), ids: vec![5], kept: false });
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
 }
 
@@ -157,8 +157,8 @@ fn auth_answer_for_a_closed_connection_is_undone() {
     assert_eq!(s.take_effects().count(), 1);
     s.remove(key);
     assert_eq!(s.take_effects().count(), 0, "logic never heard of it");
-    let ok = AuthedUser { user_id: 1, user_name: "u".into() };
-    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
+    let ok = AuthedUser { user_id: 1, user_name: "u".into(), ..AuthedUser::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
     assert_eq!(s.take_effects().collect::<Vec<_>>(), vec![Effect::Closed { conn_id: id }]);
 }
 
@@ -290,4 +290,283 @@ fn notices_reach_only_their_connection() {
     s.on_command(Command::Notice { key: b, conn_id: a_id, message: "stale".into() });
     assert!(String::from_utf8_lossy(&written(&mut s, a)).contains("too fast"));
     assert!(!s.has_output(b));
+}
+
+/// Sends a client JSON frame on a live WebSocket.
+fn say(s: &mut Shard, key: u32, json: &str) {
+    s.on_data(key, &mut client_frame(true, 1, json.as_bytes()), 0);
+}
+
+/// The JSON bodies of the server text frames queued for `key` (short frames only).
+fn bodies(s: &mut Shard, key: u32) -> Vec<serde_json::Value> {
+    let out = written(s, key);
+    let mut at = 0;
+    let mut got = Vec::new();
+    while at + 2 <= out.len() {
+        let (op, len) = (out[at] & 0x0f, out[at + 1] as usize);
+        let (len, head) = match len {
+            126 => (u16::from_be_bytes([out[at + 2], out[at + 3]]) as usize, 4),
+            n => (n, 2),
+        };
+        if op == 1 {
+            got.push(serde_json::from_slice(&out[at + head..at + head + len]).expect("a JSON body"));
+        }
+        at += head + len;
+    }
+    got
+}
+
+fn numbered(room: u64, seqs: &[u64]) -> Framed {
+    let bodies: Vec<String> = seqs
+        .iter()
+        .map(|s| format!(r#"{{"op":3,"roomId":{room},"msg":"m{s}","seq":{s},"epoch":"e"}}"#))
+        .collect();
+    Framed::encode_numbered(&bodies, seqs)
+}
+
+fn msgs(bodies: &[serde_json::Value]) -> Vec<String> {
+    bodies.iter().filter(|b| b["op"] == 3).map(|b| b["msg"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_connection_joins_and_leaves_rooms_over_the_socket() {
+    let mut s = shard();
+    let (a, a_id) = live_ws(&mut s, 1, 7);
+    let (b, _) = live_ws(&mut s, 2, 8);
+    say(&mut s, a, r#"{"op":10,"roomId":8}"#);
+    let effects: Vec<_> = s.take_effects().collect();
+    assert_eq!(effects, [Effect::Join { key: a, conn_id: a_id, user_id: 1, room_id: 8, since: None }]);
+    s.on_command(Command::Room { room_id: 8, frames: numbered(8, &[1]) });
+    assert!(!s.has_output(a), "held until logic answers");
+    let position = Some(Position { epoch: "e".into(), seq: 0 });
+    let answer = JoinAnswer { position, ..JoinAnswer::default() };
+    s.on_command(Command::JoinDone { key: a, conn_id: a_id, room_id: 8, result: Ok(Box::new(answer)) });
+    let got = bodies(&mut s, a);
+    assert_eq!(got[0], serde_json::json!({"op": 10, "roomId": 8, "epoch": "e", "seq": 0}));
+    assert_eq!(msgs(&got), ["m1"], "what arrived meanwhile follows the answer");
+    // Now in both rooms: each room's messages, and sends to either.
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[5]) });
+    s.on_command(Command::Room { room_id: 8, frames: numbered(8, &[2]) });
+    assert_eq!(msgs(&bodies(&mut s, a)), ["m5", "m2"]);
+    assert_eq!(msgs(&bodies(&mut s, b)), ["m1", "m2"]);
+    say(&mut s, a, r#"{"op":3,"roomId":8,"msg":"to 8"}"#);
+    say(&mut s, a, r#"{"op":3,"msg":"to the first"}"#);
+    let sends: Vec<u64> = s
+        .take_effects()
+        .filter_map(|e| match e {
+            Effect::RoomSend { room_id, .. } => Some(room_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, [8, 7]);
+    say(&mut s, a, r#"{"op":3,"roomId":9,"msg":"x"}"#);
+    assert_eq!(s.take_effects().count(), 0);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("not in room 9"));
+    // Leaving the first room keeps the other.
+    say(&mut s, a, r#"{"op":11,"roomId":7}"#);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [Effect::Leave { conn_id: a_id, room_id: 7 }]);
+    assert_eq!(bodies(&mut s, a), [serde_json::json!({"op": 11, "roomId": 7})]);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[6]) });
+    s.on_command(Command::Room { room_id: 8, frames: numbered(8, &[3]) });
+    assert_eq!(msgs(&bodies(&mut s, a)), ["m3"]);
+    say(&mut s, a, r#"{"op":3,"msg":"first room gone"}"#);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("in no room"));
+    // Closing takes it out of every room, and logic hears of it once.
+    s.remove(a);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [Effect::Closed { conn_id: a_id }]);
+    assert_eq!((s.room_members(7), s.room_members(8)), (0, 1));
+}
+
+#[test]
+fn joins_are_idempotent_bounded_and_undone_when_left_before_the_answer() {
+    let limits = ShardLimits { max_rooms_per_conn: 2, ..ShardLimits::default() };
+    let mut s = Shard::new(0, 1, limits, 0);
+    let (a, a_id) = live_ws(&mut s, 1, 7);
+    say(&mut s, a, r#"{"op":10,"roomId":7}"#);
+    assert_eq!(s.take_effects().count(), 0, "already in it");
+    assert_eq!(bodies(&mut s, a), [serde_json::json!({"op": 10, "roomId": 7})]);
+    say(&mut s, a, r#"{"op":10,"roomId":8}"#);
+    say(&mut s, a, r#"{"op":10,"roomId":8}"#);
+    assert_eq!(s.take_effects().count(), 1, "one join in progress");
+    assert!(bodies(&mut s, a).is_empty(), "the answer comes from logic");
+    say(&mut s, a, r#"{"op":10,"roomId":9}"#);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("at most 2 rooms"));
+    say(&mut s, a, r#"{"op":3,"roomId":8,"msg":"too early"}"#);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("not in room 8"));
+    say(&mut s, a, r#"{"op":11,"roomId":8}"#);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [Effect::Leave { conn_id: a_id, room_id: 8 }]);
+    let _ = bodies(&mut s, a);
+    let answer = Ok(Box::default());
+    s.on_command(Command::JoinDone { key: a, conn_id: a_id, room_id: 8, result: answer });
+    assert_eq!(
+        s.take_effects().collect::<Vec<_>>(),
+        [Effect::Leave { conn_id: a_id, room_id: 8 }],
+        "a join logic recorded after the leave is undone"
+    );
+    assert!(bodies(&mut s, a).is_empty());
+    assert_eq!(s.room_members(8), 0);
+    // A refused join leaves it out, and says why.
+    say(&mut s, a, r#"{"op":10,"roomId":9}"#);
+    let _ = s.take_effects().count();
+    s.on_command(Command::JoinDone { key: a, conn_id: a_id, room_id: 9, result: Err("no".into()) });
+    assert_eq!(bodies(&mut s, a)[0]["message"], "no");
+    assert_eq!(s.room_members(9), 0);
+    // A join logic never answers is given up.
+    say(&mut s, a, r#"{"op":10,"roomId":9}"#);
+    let _ = s.take_effects().count();
+    s.on_tick(joins::ANSWER_SECS);
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [Effect::Leave { conn_id: a_id, room_id: 9 }]);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("timed out"));
+    assert_eq!(s.room_members(9), 0);
+}
+
+#[test]
+fn a_reconnecting_client_gets_what_it_missed_once_and_in_order() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let _ = written(&mut s, key);
+    say(&mut s, key, r#"{"authToken":"t","roomId":7,"epoch":"e","seq":3}"#);
+    let since = Some(Position { epoch: "e".into(), seq: 3 });
+    assert_eq!(
+        s.take_effects().collect::<Vec<_>>(),
+        [Effect::Auth { key, conn_id: id, token: "t".into(), room_id: 7, since, acks: false }]
+    );
+    // While logic looks: 6 and 7 arrive live (6 is also in the history logic reads).
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[6, 7]) });
+    assert!(!s.has_output(key), "nothing before the auth answer");
+    let joined = JoinAnswer {
+        position: Some(Position { epoch: "e".into(), seq: 6 }),
+        recovered: Some(true),
+        bodies: [4, 5, 6]
+            .iter()
+            .map(|s| format!(r#"{{"op":3,"msg":"m{s}","seq":{s}}}"#).into_bytes())
+            .collect(),
+    };
+    let user = AuthedUser { user_id: 1, user_name: "u1".into(), joined, kept: Kept::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(user)) });
+    let got = bodies(&mut s, key);
+    assert_eq!(
+        got[0],
+        serde_json::json!({"op": 7, "userId": 1, "userName": "u1", "roomId": 7, "epoch": "e", "seq": 6, "recovered": true})
+    );
+    assert_eq!(msgs(&got), ["m4", "m5", "m6", "m7"]);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[8]) });
+    assert_eq!(msgs(&bodies(&mut s, key)), ["m8"]);
+}
+
+#[test]
+fn late_live_copies_of_recovered_messages_are_dropped() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let _ = written(&mut s, key);
+    say(&mut s, key, r#"{"authToken":"t","roomId":7,"epoch":"e","seq":1}"#);
+    let _ = s.take_effects().count();
+    let joined = JoinAnswer {
+        position: Some(Position { epoch: "e".into(), seq: 3 }),
+        recovered: Some(true),
+        bodies: vec![br#"{"op":3,"msg":"m2"}"#.to_vec(), br#"{"op":3,"msg":"m3"}"#.to_vec()],
+    };
+    let user = AuthedUser { user_id: 1, user_name: "u1".into(), joined, kept: Kept::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(user)) });
+    assert_eq!(msgs(&bodies(&mut s, key)), ["m2", "m3"]);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[2, 3]) });
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[br#"{"op":4,"count":1}"#]) });
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[3, 4]) });
+    let got = bodies(&mut s, key);
+    assert_eq!(msgs(&got), ["m4"]);
+    assert_eq!(got.iter().filter(|b| b["op"] == 4).count(), 1, "unnumbered frames pass");
+}
+
+#[test]
+fn a_join_that_held_too_much_tells_the_client_to_reload() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    say(&mut s, key, r#"{"authToken":"t","roomId":7}"#);
+    let _ = s.take_effects().count();
+    let _ = written(&mut s, key);
+    for n in 0..5 {
+        let body = format!(r#"{{"op":3,"msg":"{}"}}"#, "x".repeat(90 + n));
+        s.on_command(Command::Room { room_id: 7, frames: Framed::encode_numbered(&[body], &[n as u64 + 1]) });
+    }
+    let position = Some(Position { epoch: "e".into(), seq: 0 });
+    let user = AuthedUser {
+        user_id: 1,
+        user_name: "u1".into(),
+        joined: JoinAnswer { position, ..JoinAnswer::default() },
+        kept: Kept::default(),
+    };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(user)) });
+    let got = bodies(&mut s, key);
+    assert_eq!(got[0]["recovered"], false, "it missed some while joining: {}", got[0]);
+    assert_eq!(msgs(&got).len(), 2, "what fit in its bound (a quarter of 1000 bytes) is sent");
+}
+
+#[test]
+fn kept_private_messages_come_right_after_the_auth_reply() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    say(&mut s, key, r#"{"authToken":"t","roomId":7,"acks":true}"#);
+    assert!(matches!(s.take_effects().next(), Some(Effect::Auth { acks: true, .. })));
+    let _ = written(&mut s, key);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]) });
+    let kept = Kept { bodies: vec![br#"{"op":2,"msg":"while away","msgId":"9"}"#.to_vec()], more: 4 };
+    let user = AuthedUser { user_id: 1, user_name: "u1".into(), joined: JoinAnswer::default(), kept };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(user)) });
+    let got = bodies(&mut s, key);
+    let ops: Vec<_> = got.iter().map(|b| b["op"].as_i64().unwrap()).collect();
+    assert_eq!(ops, [7, 2, 3]);
+    assert_eq!(got[0]["pending"], 4);
+    // Its ack asks for the next ones, and they come when logic answers.
+    say(&mut s, key, r#"{"op":12,"msgIds":["9"]}"#);
+    let ack = Effect::Ack { reply_to: Some((key, id)), user_id: 1, ids: vec![9], more: true };
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [ack]);
+    say(&mut s, key, r#"{"op":12,"msgIds":["10"]}"#);
+    assert!(matches!(s.take_effects().next(), Some(Effect::Ack { more: false, .. })), "asked once");
+    let next = Kept { bodies: vec![br#"{"op":2,"msg":"next","msgId":"10"}"#.to_vec()], more: 0 };
+    s.on_command(Command::Kept { key, conn_id: id, kept: next });
+    assert_eq!(bodies(&mut s, key)[0]["msg"], "next");
+}
+
+#[test]
+fn kept_messages_written_to_a_client_that_does_not_acknowledge_are_acknowledged_for_it() {
+    let mut s = shard();
+    let (old, _) = live_ws(&mut s, 1, 7);
+    let frames = Framed::encode(&[br#"{"op":2,"msg":"hi","msgId":"5"}"#]);
+    s.on_command(Command::User { user_id: 1, frames: frames.clone(), ids: vec![5], kept: true });
+    assert!(s.has_output(old));
+    let implicit = Effect::Ack { reply_to: None, user_id: 1, ids: vec![5], more: false };
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [implicit]);
+    s.on_command(Command::User { user_id: 1, frames, ids: vec![6], kept: false });
+    assert_eq!(s.take_effects().count(), 0, "messages not kept need no acknowledgement");
+    s.on_command(Command::User { user_id: 2, frames: Framed::encode(&[b"{}"]), ids: vec![7], kept: true });
+    assert_eq!(s.take_effects().count(), 0, "nobody of the user here");
+}
+
+#[test]
+fn a_repeated_auth_frame_for_another_room_points_at_op_10() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    say(&mut s, a, r#"{"authToken":"t1","roomId":7}"#);
+    assert_eq!(bodies(&mut s, a), [serde_json::json!({"op": 7, "userId": 1, "roomId": 7})]);
+    say(&mut s, a, r#"{"authToken":"t1","roomId":8}"#);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("op 10"));
+    assert_eq!(s.take_effects().count(), 0);
+}
+
+#[test]
+fn a_refused_auth_leaves_the_room_it_was_listed_in() {
+    let mut s = shard();
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    say(&mut s, key, r#"{"authToken":"bad","roomId":7}"#);
+    assert_eq!(s.room_members(7), 1, "listed while logic looks");
+    let refused = AuthRefused { close_code: 1008, message: "invalid token".into() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Err(refused) });
+    assert_eq!(s.room_members(7), 0);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]) });
+    assert!(!written(&mut s, key).windows(2).any(|w| w == b"m1"), "nothing of the room reaches it");
 }

@@ -175,10 +175,17 @@ mod tests {
         send(s, key, &mut c, &client_frame(true, 1, auth.as_bytes()));
         assert_eq!(
             s.take_effects().collect::<Vec<_>>(),
-            vec![Effect::Auth { key, conn_id: id, token: format!("t{user}"), room_id: room }]
+            vec![Effect::Auth {
+                key,
+                conn_id: id,
+                token: format!("t{user}"),
+                room_id: room,
+                since: None,
+                acks: false
+            }]
         );
-        let ok = AuthedUser { user_id: user, user_name: format!("u{user}") };
-        s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(ok) });
+        let ok = AuthedUser { user_id: user, user_name: format!("u{user}"), ..AuthedUser::default() };
+        s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
         let reply = client_input(&mut c, &written(s, key));
         assert!(String::from_utf8_lossy(&reply).contains("\"op\":7"));
         (key, c)
