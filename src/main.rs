@@ -173,10 +173,38 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         Command::Control => {
             cfg.control.demo_users.get_or_insert(false);
             let queue = cfg.queue.open().await?;
-            let control = Control::start(cfg.control.clone(), queue.clone()).await?;
+            // Without a configured node id, claim one in etcd under the lease this control then
+            // registers with: its message ids carry the number from the first one.
+            let claimed = match (cfg.discovery.kind, cfg.control.node_id) {
+                (DiscoveryKind::Etcd, None) => {
+                    let (registration, node_id) =
+                        Registration::claim_node_id(&cfg.discovery, &cfg.control.id).await?;
+                    println!("control {} claimed node id {node_id} in etcd", cfg.control.id);
+                    cfg.control.node_id = Some(node_id);
+                    Some(registration)
+                }
+                _ => None,
+            };
+            let control = match Control::start(cfg.control.clone(), queue.clone()).await {
+                Ok(control) => control,
+                Err(e) => {
+                    // Free the claimed number now rather than when the lease runs out.
+                    if let Some(registration) = claimed {
+                        registration.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            };
             let advertise = advertised(cfg.control.grpc_advertise.as_deref(), control.grpc_addr);
-            let registration =
-                Registration::start(&cfg.discovery, Role::Control, &cfg.control.id, &advertise).await?;
+            let registration = match claimed {
+                Some(registration) => {
+                    registration.announce(&advertise).await?;
+                    registration
+                }
+                None => {
+                    Registration::start(&cfg.discovery, Role::Control, &cfg.control.id, &advertise).await?
+                }
+            };
             // The in-process queue is only reachable from this process: run its worker here.
             let worker = match cfg.queue.kind {
                 QueueKind::Memory => Some(WorkerHandle::start(worker(&cfg, queue.clone()).await?)),
@@ -190,13 +218,24 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 control.site_addr,
                 if worker.is_some() { " (with an in-process queue-worker)" } else { "" }
             );
-            shutdown_signal().await;
+            let node_id_lost = tokio::select! {
+                _ = shutdown_signal() => false,
+                _ = registration.node_id_lost() => true,
+            };
             registration.shutdown().await;
             if let Some(worker) = worker {
                 worker.shutdown().await;
             }
             queue.close();
             control.shutdown().await;
+            if node_id_lost {
+                // Going on would stamp ids another control stamps too; a restart claims afresh.
+                anyhow::bail!(
+                    "node id {} was taken by another control while this one was cut off from etcd; \
+                     stopped so that a restart claims a free one",
+                    cfg.control.node_id.unwrap_or_default()
+                );
+            }
         }
         Command::Cluster { .. } => unreachable!("run without a runtime of its own"),
         Command::Worker => {

@@ -73,6 +73,10 @@ fn unknown_fields_and_bad_values_are_errors() {
     assert_eq!(cfg.gateway.wss_listen, None);
     let cfg = Config::parse("[control]\nstate = \"redis\"\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("node_id"), "shared state needs a node number");
+    let cfg = Config::parse("[control]\nstate = \"redis\"\n[discovery]\nkind = \"etcd\"\n").unwrap();
+    if cfg!(feature = "etcd") {
+        cfg.validate().expect("with etcd discovery, `gochat control` claims a node number");
+    }
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
     let cfg = Config::parse("[control]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n").unwrap();
