@@ -14,6 +14,8 @@ use gochat_gateway::driver::DriverChoice;
 use gochat_gateway::Gateway;
 use gochat_proto::{config_format, peers};
 use gochat_queue_worker::{Queue, QueueKind, Worker};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// gochat-rs: a gochat-compatible IM system with a thread-per-core connection gateway.
 #[derive(Parser)]
@@ -45,6 +47,13 @@ enum Command {
     Control,
     /// A queue-worker only (needs a shared queue such as Redis Streams).
     Worker,
+    /// Asks a gRPC port (control's or a gateway's) for its `grpc.health.v1` status and exits
+    /// with 0 only when it is SERVING: a health check for containers and supervisors.
+    Health {
+        /// The gRPC address, e.g. http://127.0.0.1:7100 for a gateway.
+        #[arg(default_value = "http://127.0.0.1:6900")]
+        address: String,
+    },
     /// A local cluster on loopback for demos: its own Redis and etcd, a database on the local
     /// PostgreSQL, and gateways, controls and workers as separate processes. Needs a build with
     /// `--features etcd`, and redis-server, etcd and psql on the PATH.
@@ -238,6 +247,22 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             }
         }
         Command::Cluster { .. } => unreachable!("run without a runtime of its own"),
+        Command::Health { address } => {
+            let channel = peers::endpoint(&address)
+                .with_context(|| format!("{address:?} is not a gRPC address"))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {address}"))?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .with_context(|| format!("health check of {address}"))?;
+            let status = reply.into_inner().status();
+            if status != ServingStatus::Serving {
+                anyhow::bail!("{address}: {}", status.as_str_name());
+            }
+            println!("{address}: {}", status.as_str_name());
+        }
         Command::Worker => {
             if cfg.queue.kind == QueueKind::Memory {
                 anyhow::bail!(
