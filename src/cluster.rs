@@ -328,7 +328,7 @@ impl LocalCluster {
             Role::Control => {
                 let (api, g) = (free_addr()?, free_addr()?);
                 cfg.control.id = id.into();
-                cfg.control.node_id = id.rsplit('-').next().and_then(|n| n.parse().ok());
+                // No node_id: each control claims a free one in etcd, as in production.
                 cfg.control.api_listen = api;
                 cfg.control.grpc_listen = g;
                 cfg.control.site_listen = Some(free_addr()?);

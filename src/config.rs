@@ -4,7 +4,7 @@ use std::path::Path;
 
 use gochat_control::ControlConfig;
 
-use crate::discovery::DiscoveryConfig;
+use crate::discovery::{DiscoveryConfig, DiscoveryKind};
 use gochat_gateway::GatewayConfig;
 use gochat_queue_worker::{QueueConfig, WorkerConfig};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,12 @@ impl Config {
     /// Checks every section.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.gateway.validate()?;
-        self.control.validate()?;
+        if self.discovery.kind == DiscoveryKind::Etcd && self.control.node_id.is_none() {
+            // `gochat control` claims a node id in etcd and sets it before the control starts.
+            ControlConfig { node_id: Some(0), ..self.control.clone() }.validate()?;
+        } else {
+            self.control.validate()?;
+        }
         self.worker.validate()?;
         self.queue.validate()?;
         self.discovery.validate()?;

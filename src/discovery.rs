@@ -8,8 +8,19 @@
 //! Static discovery (addresses from the role sections of the config) is the embedded default and
 //! needs neither etcd nor protoc. Everything etcd-specific is behind the cargo feature `etcd`.
 //!
+//! Node ids: a control without `[control] node_id` claims one with
+//! [`Registration::claim_node_id`]: `{prefix}/node-ids/{n}` = its id, created under its lease
+//! only where no key exists, for the first free `n` from `node_of(id)` on (modulo 1024). The
+//! claim lives and dies with the lease. When the lease is lost, re-registering puts the same
+//! number on the new lease if it is free or still on the old lease; if another control took it
+//! meanwhile (this one was cut off for longer than the lease TTL), the claim is not taken back
+//! and [`Registration::node_id_lost`] resolves: the id generator cannot change its node under
+//! running traffic, so `gochat control` stops with an error and its supervisor restarts it with
+//! a fresh claim.
+//!
 //! Failure handling (etcd kind):
-//! - [`Registration::start`] and [`watch`] fail if etcd does not answer at start (~3 s).
+//! - [`Registration::start`], [`Registration::claim_node_id`] and [`watch`] fail if etcd does
+//!   not answer at start (~3 s).
 //! - After that nothing here ever ends the process: when the lease is lost (etcd restarted or
 //!   unreachable, keep-alive errors, TTL 0) the keep-alive task warns and re-registers with a
 //!   new lease, backing off from 100 ms to 5 s; a watcher that loses its watch (error, stream
@@ -162,6 +173,47 @@ impl Registration {
         }
     }
 
+    /// With `kind = etcd`: grants a lease and claims a node number for message ids under it (see
+    /// the module doc), announcing no address until [`announce`](Self::announce), so a control
+    /// can stamp its ids with the number before it serves. Static discovery has nowhere to claim
+    /// from: an error (set `[control] node_id` instead).
+    pub async fn claim_node_id(cfg: &DiscoveryConfig, id: &str) -> anyhow::Result<(Self, u16)> {
+        match cfg.kind {
+            DiscoveryKind::Static => anyhow::bail!(
+                "static discovery cannot claim a node id for control {id:?}: set [control] node_id"
+            ),
+            #[cfg(feature = "etcd")]
+            DiscoveryKind::Etcd => {
+                let (keeper, node_id) = etcd::Keeper::claim_node_id(cfg, id).await?;
+                Ok((Self { keeper: Some(keeper) }, node_id))
+            }
+            #[cfg(not(feature = "etcd"))]
+            DiscoveryKind::Etcd => anyhow::bail!("discovery.kind = \"etcd\": {NO_ETCD}"),
+        }
+    }
+
+    /// Puts `{prefix}/{role}/{id}` = `addr` under the lease (replacing an address announced
+    /// before), and keeps it there across re-registrations. Fails if etcd does not answer within
+    /// a few seconds. A no-op with static discovery.
+    pub async fn announce(&self, addr: &str) -> anyhow::Result<()> {
+        #[cfg(feature = "etcd")]
+        if let Some(keeper) = &self.keeper {
+            return keeper.announce(addr).await;
+        }
+        let _ = addr;
+        Ok(())
+    }
+
+    /// Resolves once the node id this registration claimed was taken by another control while
+    /// the lease was lost; never, for a registration that claimed none.
+    pub async fn node_id_lost(&self) {
+        #[cfg(feature = "etcd")]
+        if let Some(keeper) = &self.keeper {
+            return keeper.node_id_lost().await;
+        }
+        std::future::pending().await
+    }
+
     /// Revokes the lease (the key disappears at once) and stops the keep-alive task. If etcd is
     /// unreachable the revoke gives up after ~2 s and the key expires within the lease TTL.
     pub async fn shutdown(self) {
@@ -199,13 +251,14 @@ mod etcd {
 
     use anyhow::{anyhow, Context};
     use etcd_client::{
-        Client, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-        WatchOptions,
+        Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
+        PutOptions, Txn, TxnOp, WatchOptions,
     };
-    use tokio::sync::{oneshot, watch};
+    use gochat_control::ids::{node_of, MAX_NODE};
+    use tokio::sync::{mpsc, oneshot, watch};
     use tokio::task::JoinHandle;
     use tokio::time::{sleep, timeout, Instant, MissedTickBehavior};
-    use tracing::{debug, info, warn};
+    use tracing::{debug, error, info, warn};
 
     use super::{DiscoveryConfig, Members, Role};
 
@@ -214,6 +267,8 @@ mod etcd {
     const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
     /// Revoking on shutdown: don't hold a shutdown up for long when etcd is away.
     const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Announcing an address: one put, after a re-registration in progress.
+    const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(10);
     /// HTTP/2 pings on the connection, so a silently dead etcd fails the watch stream. etcd
     /// answers pings more frequent than every 5 s with GOAWAY.
     const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -341,38 +396,130 @@ mod etcd {
         endpoints: Vec<String>,
         role: Role,
         id: String,
-        addr: String,
+        /// The address put under `key`; `None` until announced.
+        addr: Option<String>,
         key: String,
         ttl_secs: u64,
+        /// `{prefix}/node-ids/{n}`, once this member has claimed node id `n`.
+        node_id_key: Option<String>,
+        /// Set when re-registering found the node id taken by another member.
+        node_id_lost: watch::Sender<bool>,
     }
 
-    /// A registered member: its key is on `lease`, kept alive through `keeper`.
+    /// A registered member: its keys are on `lease`, kept alive through `keeper`.
     struct Session {
         client: Client,
         lease: i64,
         keeper: LeaseKeeper,
         acks: LeaseKeepAliveStream,
+        /// Registering found the member's node id held by another member.
+        node_id_taken: bool,
     }
 
+    /// An address to announce, and where to say whether it was put.
+    type Announcement = (String, oneshot::Sender<anyhow::Result<()>>);
+
     impl Member {
-        /// Grants a lease, puts the key on it and opens the keep-alive stream. `previous` is the
-        /// lease this process held before (a key found on it is ours, not a duplicate).
-        async fn register(&self, previous: Option<i64>) -> anyhow::Result<Session> {
+        /// Checks the identity; also returns the receiver of `node_id_lost`.
+        fn new(
+            cfg: &DiscoveryConfig,
+            role: Role,
+            id: &str,
+            addr: Option<&str>,
+        ) -> anyhow::Result<(Self, watch::Receiver<bool>)> {
+            cfg.validate()?;
+            if id.is_empty() || id.contains('/') {
+                anyhow::bail!("discovery: member id {id:?} must be non-empty and without '/'");
+            }
+            if addr.is_some_and(str::is_empty) {
+                anyhow::bail!("discovery: member {role}/{id} has an empty address");
+            }
+            let (node_id_lost, lost) = watch::channel(false);
+            let member = Self {
+                endpoints: cfg.etcd_endpoints.clone(),
+                role,
+                id: id.to_owned(),
+                addr: addr.map(str::to_owned),
+                key: format!("{}{id}", member_dir(&cfg.prefix, role)),
+                ttl_secs: cfg.lease_ttl_secs,
+                node_id_key: None,
+                node_id_lost,
+            };
+            Ok((member, lost))
+        }
+
+        /// Grants a lease, opens its keep-alive stream and puts the keys on it. `ours` are the
+        /// leases this process held before: a key found on one of them is its own, not a
+        /// duplicate's, and its node id there is moved, not lost. A lease granted here that may
+        /// still hold keys after a failure is added to `ours`.
+        async fn register(&self, ours: &mut Vec<i64>) -> anyhow::Result<Session> {
             let mut client = connect(&self.endpoints).await?;
             let ttl = i64::try_from(self.ttl_secs).unwrap_or(i64::MAX);
             let lease = call("lease grant", RPC_TIMEOUT, client.lease_grant(ttl, None)).await?.id();
+            // The stream first: once the keys are visible, the registration is complete.
+            let (keeper, acks) =
+                call("lease keep-alive", RPC_TIMEOUT, client.lease_keep_alive(lease)).await?;
+            match self.put_keys(&mut client, lease, ours).await {
+                Ok(node_id_taken) => Ok(Session { client, lease, keeper, acks, node_id_taken }),
+                Err(e) => {
+                    // Keys already put go with the lease; if etcd is away for that too, the
+                    // next attempt must know they are this process's.
+                    if call("lease revoke", REVOKE_TIMEOUT, client.lease_revoke(lease)).await.is_err() {
+                        ours.push(lease);
+                    }
+                    Err(e)
+                }
+            }
+        }
+
+        /// Puts this member's node id (if it holds one) and address (once announced) on `lease`;
+        /// returns whether the node id was found held by another member.
+        async fn put_keys(&self, client: &mut Client, lease: i64, ours: &[i64]) -> anyhow::Result<bool> {
+            let mut node_id_taken = false;
+            // A lost node id is not taken back from its new holder.
+            if let Some(key) = self.node_id_key.as_deref().filter(|_| !*self.node_id_lost.borrow()) {
+                if !reclaim_node_id(client, key, &self.id, lease, ours).await? {
+                    node_id_taken = true;
+                    let holder = call("get", RPC_TIMEOUT, client.get(key, None)).await.ok().and_then(|r| {
+                        r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+                    });
+                    error!(
+                        role = %self.role,
+                        id = %self.id,
+                        %key,
+                        holder = holder.as_deref().unwrap_or("unknown"),
+                        "discovery: this member's node id was taken by another while its lease was lost; \
+                         message ids could repeat"
+                    );
+                }
+            }
+            if let Some(addr) = &self.addr {
+                self.put_addr(client, addr, lease, ours).await?;
+            }
+            Ok(node_id_taken)
+        }
+
+        /// Puts `key` = `addr` on `lease`, warning when it takes the key over from a lease not
+        /// among `ours`.
+        async fn put_addr(
+            &self,
+            client: &mut Client,
+            addr: &str,
+            lease: i64,
+            ours: &[i64],
+        ) -> anyhow::Result<()> {
             let put = call(
                 "put",
                 RPC_TIMEOUT,
                 client.put(
                     self.key.as_str(),
-                    self.addr.as_str(),
+                    addr,
                     Some(PutOptions::new().with_lease(lease).with_prev_key()),
                 ),
             )
             .await?;
             if let Some(prev) = put.prev_key() {
-                if Some(prev.lease()) != previous {
+                if !ours.contains(&prev.lease()) {
                     warn!(
                         role = %self.role,
                         id = %self.id,
@@ -384,23 +531,38 @@ mod etcd {
                     );
                 }
             }
-            let (keeper, acks) =
-                call("lease keep-alive", RPC_TIMEOUT, client.lease_keep_alive(lease)).await?;
-            Ok(Session { client, lease, keeper, acks })
+            Ok(())
         }
 
-        /// Registers again until it works, backing off; tidies the previous lease away.
+        /// Puts `addr` on the session's lease and keeps it for later re-registrations.
+        async fn announce(&mut self, session: &mut Session, addr: String) -> anyhow::Result<()> {
+            self.put_addr(&mut session.client, &addr, session.lease, &[session.lease]).await?;
+            info!(
+                role = %self.role,
+                id = %self.id,
+                %addr,
+                lease_ttl_secs = self.ttl_secs,
+                key = %self.key,
+                "discovery: registered in etcd"
+            );
+            self.addr = Some(addr);
+            Ok(())
+        }
+
+        /// Registers again until it works, backing off; tidies the previous leases away.
         async fn reregister(&self, previous: i64, backoff: &mut Backoff) -> Session {
+            let mut ours = vec![previous];
             loop {
                 sleep(backoff.next_delay()).await;
-                match self.register(Some(previous)).await {
+                match self.register(&mut ours).await {
                     Ok(mut session) => {
-                        // The key has moved to the new lease; the old one, if it survived,
-                        // holds nothing now. Failing here is harmless: it expires.
-                        if let Err(e) =
-                            call("lease revoke", REVOKE_TIMEOUT, session.client.lease_revoke(previous)).await
-                        {
-                            debug!(error = %e, "discovery: old lease not revoked");
+                        // The keys have moved to the new lease; the old ones, if they survived,
+                        // hold nothing now. Failing here is harmless: they expire.
+                        for old in ours {
+                            let revoked = session.client.lease_revoke(old);
+                            if let Err(e) = call("lease revoke", REVOKE_TIMEOUT, revoked).await {
+                                debug!(error = %e, "discovery: old lease not revoked");
+                            }
                         }
                         return session;
                     }
@@ -414,7 +576,7 @@ mod etcd {
             }
         }
 
-        /// Revokes the session's lease so the key disappears at once.
+        /// Revokes the session's lease so the keys disappear at once.
         async fn revoke(&self, session: &mut Session) {
             match call("lease revoke", REVOKE_TIMEOUT, session.client.lease_revoke(session.lease)).await {
                 Ok(_) => info!(role = %self.role, id = %self.id, "discovery: deregistered from etcd"),
@@ -456,9 +618,15 @@ mod etcd {
             }
         }
 
-        /// The keep-alive task: refresh, and on loss re-register, until stopped. `stop` fired
-        /// means shut down (revoke); `stop` dropped means abandon (the lease expires).
-        async fn run(self, mut session: Session, mut stop: oneshot::Receiver<()>) {
+        /// The keep-alive task: refresh, and on loss re-register, until stopped; announces
+        /// addresses as they come. `stop` fired means shut down (revoke); `stop` dropped means
+        /// abandon (the lease expires).
+        async fn run(
+            mut self,
+            mut session: Session,
+            mut stop: oneshot::Receiver<()>,
+            mut announcements: mpsc::Receiver<Announcement>,
+        ) {
             let mut backoff = Backoff::new();
             loop {
                 let since = Instant::now();
@@ -468,6 +636,10 @@ mod etcd {
                             self.revoke(&mut session).await;
                         }
                         return;
+                    }
+                    Some((addr, reply)) = announcements.recv() => {
+                        let _ = reply.send(self.announce(&mut session, addr).await);
+                        continue;
                     }
                     why = self.keep_alive(&mut session) => why,
                 };
@@ -491,10 +663,16 @@ mod etcd {
                     }
                     fresh = self.reregister(session.lease, &mut backoff) => fresh,
                 };
+                // Told only now that the new session is in place, so a shutdown it prompts
+                // revokes the new lease rather than the lost one.
+                if session.node_id_taken {
+                    self.node_id_lost.send_replace(true);
+                }
                 info!(
                     role = %self.role,
                     id = %self.id,
-                    addr = %self.addr,
+                    addr = self.addr.as_deref().unwrap_or("not announced"),
+                    node_id_key = self.node_id_key.as_deref().unwrap_or("none"),
                     lease_ttl_secs = self.ttl_secs,
                     "discovery: re-registered in etcd"
                 );
@@ -502,11 +680,83 @@ mod etcd {
         }
     }
 
+    /// `{prefix}/node-ids/`: where node ids are claimed.
+    pub(super) fn node_id_dir(prefix: &str) -> String {
+        format!("{}/node-ids/", prefix.trim_end_matches('/'))
+    }
+
+    /// The numbers to try for a node id, in order: `preferred`, then up, wrapping at 1024.
+    pub(super) fn node_id_candidates(preferred: u16) -> impl Iterator<Item = u16> {
+        (0..=MAX_NODE).map(move |k| (preferred + k) % (MAX_NODE + 1))
+    }
+
+    /// Puts `key` = `value` on `lease` if `key` does not exist; returns whether it did.
+    async fn create_on_lease(
+        client: &mut Client,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> anyhow::Result<bool> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+        Ok(call("txn", RPC_TIMEOUT, client.txn(txn)).await?.succeeded())
+    }
+
+    /// Claims, for `id` on `lease`, the first number from `preferred` on that has no key in
+    /// `dir`. Numbers seen taken are skipped; one taken between the read and the claim moves
+    /// on to the next.
+    async fn claim_free_node_id(
+        client: &mut Client,
+        dir: &str,
+        id: &str,
+        lease: i64,
+        preferred: u16,
+    ) -> anyhow::Result<u16> {
+        let (taken, _) = read_members(client, dir).await?;
+        for n in node_id_candidates(preferred) {
+            let number = n.to_string();
+            if !taken.contains_key(&number)
+                && create_on_lease(client, &format!("{dir}{number}"), id, lease).await?
+            {
+                return Ok(n);
+            }
+        }
+        anyhow::bail!("every node id (0-{MAX_NODE}) is taken under {dir}")
+    }
+
+    /// Puts the node id `key` = `id` on `lease` if the number is free, or still on one of `ours`
+    /// (this member's leases before); false if another member holds it now.
+    async fn reclaim_node_id(
+        client: &mut Client,
+        key: &str,
+        id: &str,
+        lease: i64,
+        ours: &[i64],
+    ) -> anyhow::Result<bool> {
+        if create_on_lease(client, key, id, lease).await? {
+            return Ok(true);
+        }
+        for &old in ours {
+            let txn = Txn::new().when([Compare::lease(key, CompareOp::Equal, old)]).and_then([TxnOp::put(
+                key,
+                id,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+            if call("txn", RPC_TIMEOUT, client.txn(txn)).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The running keep-alive task of a [`Registration`](super::Registration).
     #[derive(Debug)]
     pub(super) struct Keeper {
         stop: Option<oneshot::Sender<()>>,
         task: Option<JoinHandle<()>>,
+        announcements: mpsc::Sender<Announcement>,
+        node_id_lost: watch::Receiver<bool>,
     }
 
     impl Keeper {
@@ -516,22 +766,8 @@ mod etcd {
             id: &str,
             addr: &str,
         ) -> anyhow::Result<Self> {
-            cfg.validate()?;
-            if id.is_empty() || id.contains('/') {
-                anyhow::bail!("discovery: member id {id:?} must be non-empty and without '/'");
-            }
-            if addr.is_empty() {
-                anyhow::bail!("discovery: member {role}/{id} has an empty address");
-            }
-            let member = Member {
-                endpoints: cfg.etcd_endpoints.clone(),
-                role,
-                id: id.to_owned(),
-                addr: addr.to_owned(),
-                key: format!("{}{id}", member_dir(&cfg.prefix, role)),
-                ttl_secs: cfg.lease_ttl_secs,
-            };
-            let session = member.register(None).await.with_context(|| {
+            let (member, lost) = Member::new(cfg, role, id, Some(addr))?;
+            let session = member.register(&mut Vec::new()).await.with_context(|| {
                 format!("cannot register {role} {id:?} in etcd at {}", cfg.etcd_endpoints.join(", "))
             })?;
             info!(
@@ -542,9 +778,65 @@ mod etcd {
                 key = %member.key,
                 "discovery: registered in etcd"
             );
+            Ok(Self::spawn(member, session, lost))
+        }
+
+        /// A control's lease with a node id claimed on it, and the number.
+        pub(super) async fn claim_node_id(cfg: &DiscoveryConfig, id: &str) -> anyhow::Result<(Self, u16)> {
+            let (mut member, lost) = Member::new(cfg, Role::Control, id, None)?;
+            let endpoints = cfg.etcd_endpoints.join(", ");
+            let mut session = member
+                .register(&mut Vec::new())
+                .await
+                .with_context(|| format!("cannot register control {id:?} in etcd at {endpoints}"))?;
+            let dir = node_id_dir(&cfg.prefix);
+            let claimed = claim_free_node_id(&mut session.client, &dir, id, session.lease, node_of(id)).await;
+            let node_id = match claimed {
+                Ok(n) => n,
+                Err(e) => {
+                    member.revoke(&mut session).await;
+                    return Err(e.context(format!(
+                        "cannot claim a node id for control {id:?} in etcd at {endpoints}"
+                    )));
+                }
+            };
+            let key = format!("{dir}{node_id}");
+            info!(%id, node_id, %key, preferred = node_of(id), "discovery: node id claimed in etcd");
+            member.node_id_key = Some(key);
+            Ok((Self::spawn(member, session, lost), node_id))
+        }
+
+        fn spawn(member: Member, session: Session, node_id_lost: watch::Receiver<bool>) -> Self {
             let (stop, stopped) = oneshot::channel();
-            let task = tokio::spawn(member.run(session, stopped));
-            Ok(Self { stop: Some(stop), task: Some(task) })
+            let (announcements, to_announce) = mpsc::channel(1);
+            let task = tokio::spawn(member.run(session, stopped, to_announce));
+            Self { stop: Some(stop), task: Some(task), announcements, node_id_lost }
+        }
+
+        pub(super) async fn announce(&self, addr: &str) -> anyhow::Result<()> {
+            if addr.is_empty() {
+                anyhow::bail!("discovery: cannot announce an empty address");
+            }
+            let (reply, answer) = oneshot::channel();
+            let ended = || anyhow!("discovery: the keep-alive task has ended");
+            self.announcements.send((addr.to_owned(), reply)).await.map_err(|_| ended())?;
+            // Waits out a re-registration in progress, but not an etcd that stays away.
+            match timeout(ANNOUNCE_TIMEOUT, answer).await {
+                Ok(Ok(put)) => put.with_context(|| format!("cannot announce {addr} in etcd")),
+                Ok(Err(_)) => Err(ended()),
+                Err(_) => Err(anyhow!(
+                    "cannot announce {addr} in etcd: not registered within {} s",
+                    ANNOUNCE_TIMEOUT.as_secs()
+                )),
+            }
+        }
+
+        pub(super) async fn node_id_lost(&self) {
+            let mut lost = self.node_id_lost.clone();
+            if lost.wait_for(|lost| *lost).await.is_err() {
+                // The task ended (shut down) with the node id still held.
+                std::future::pending::<()>().await;
+            }
         }
 
         pub(super) async fn shutdown(mut self) {
@@ -748,6 +1040,18 @@ mod etcd {
         }
 
         #[test]
+        fn node_ids_are_tried_from_the_preferred_one_round_the_ring() {
+            assert_eq!(node_id_dir("/gochat/"), "/gochat/node-ids/");
+            let order: Vec<u16> = node_id_candidates(1022).collect();
+            assert_eq!(order.len(), 1024);
+            assert_eq!(order[..4], [1022, 1023, 0, 1]);
+            assert_eq!(order[1023], 1021);
+            let mut all = order.clone();
+            all.sort_unstable();
+            assert!(all.iter().copied().eq(0..=MAX_NODE), "each number once");
+        }
+
+        #[test]
         fn puts_deletes_and_rereads_report_changes() {
             let mut m = BTreeMap::new();
             assert!(put_member(&mut m, Role::Gateway, "a", "http://a:1"));
@@ -841,6 +1145,8 @@ mod tests {
         reg.shutdown().await;
         let err = watch(&cfg, Role::Gateway).await.unwrap_err().to_string();
         assert!(err.contains("static discovery has no watch"), "{err}");
+        let err = Registration::claim_node_id(&cfg, "c-1").await.unwrap_err().to_string();
+        assert!(err.contains("set [control] node_id"), "{err}");
     }
 
     #[test]

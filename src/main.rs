@@ -14,6 +14,8 @@ use gochat_gateway::driver::DriverChoice;
 use gochat_gateway::Gateway;
 use gochat_proto::{config_format, peers};
 use gochat_queue_worker::{Queue, QueueKind, Worker};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// gochat-rs: a gochat-compatible IM system with a thread-per-core connection gateway.
 #[derive(Parser)]
@@ -45,6 +47,13 @@ enum Command {
     Control,
     /// A queue-worker only (needs a shared queue such as Redis Streams).
     Worker,
+    /// Asks a gRPC port (control's or a gateway's) for its `grpc.health.v1` status and exits
+    /// with 0 only when it is SERVING: a health check for containers and supervisors.
+    Health {
+        /// The gRPC address, e.g. http://127.0.0.1:7100 for a gateway.
+        #[arg(default_value = "http://127.0.0.1:6900")]
+        address: String,
+    },
     /// A local cluster on loopback for demos: its own Redis and etcd, a database on the local
     /// PostgreSQL, and gateways, controls and workers as separate processes. Needs a build with
     /// `--features etcd`, and redis-server, etcd and psql on the PATH.
@@ -173,10 +182,38 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
         Command::Control => {
             cfg.control.demo_users.get_or_insert(false);
             let queue = cfg.queue.open().await?;
-            let control = Control::start(cfg.control.clone(), queue.clone()).await?;
+            // Without a configured node id, claim one in etcd under the lease this control then
+            // registers with: its message ids carry the number from the first one.
+            let claimed = match (cfg.discovery.kind, cfg.control.node_id) {
+                (DiscoveryKind::Etcd, None) => {
+                    let (registration, node_id) =
+                        Registration::claim_node_id(&cfg.discovery, &cfg.control.id).await?;
+                    println!("control {} claimed node id {node_id} in etcd", cfg.control.id);
+                    cfg.control.node_id = Some(node_id);
+                    Some(registration)
+                }
+                _ => None,
+            };
+            let control = match Control::start(cfg.control.clone(), queue.clone()).await {
+                Ok(control) => control,
+                Err(e) => {
+                    // Free the claimed number now rather than when the lease runs out.
+                    if let Some(registration) = claimed {
+                        registration.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            };
             let advertise = advertised(cfg.control.grpc_advertise.as_deref(), control.grpc_addr);
-            let registration =
-                Registration::start(&cfg.discovery, Role::Control, &cfg.control.id, &advertise).await?;
+            let registration = match claimed {
+                Some(registration) => {
+                    registration.announce(&advertise).await?;
+                    registration
+                }
+                None => {
+                    Registration::start(&cfg.discovery, Role::Control, &cfg.control.id, &advertise).await?
+                }
+            };
             // The in-process queue is only reachable from this process: run its worker here.
             let worker = match cfg.queue.kind {
                 QueueKind::Memory => Some(WorkerHandle::start(worker(&cfg, queue.clone()).await?)),
@@ -190,15 +227,42 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 control.site_addr,
                 if worker.is_some() { " (with an in-process queue-worker)" } else { "" }
             );
-            shutdown_signal().await;
+            let node_id_lost = tokio::select! {
+                _ = shutdown_signal() => false,
+                _ = registration.node_id_lost() => true,
+            };
             registration.shutdown().await;
             if let Some(worker) = worker {
                 worker.shutdown().await;
             }
             queue.close();
             control.shutdown().await;
+            if node_id_lost {
+                // Going on would stamp ids another control stamps too; a restart claims afresh.
+                anyhow::bail!(
+                    "node id {} was taken by another control while this one was cut off from etcd; \
+                     stopped so that a restart claims a free one",
+                    cfg.control.node_id.unwrap_or_default()
+                );
+            }
         }
         Command::Cluster { .. } => unreachable!("run without a runtime of its own"),
+        Command::Health { address } => {
+            let channel = peers::endpoint(&address)
+                .with_context(|| format!("{address:?} is not a gRPC address"))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach {address}"))?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .with_context(|| format!("health check of {address}"))?;
+            let status = reply.into_inner().status();
+            if status != ServingStatus::Serving {
+                anyhow::bail!("{address}: {}", status.as_str_name());
+            }
+            println!("{address}: {}", status.as_str_name());
+        }
         Command::Worker => {
             if cfg.queue.kind == QueueKind::Memory {
                 anyhow::bail!(

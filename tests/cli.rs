@@ -1,4 +1,4 @@
-//! The `gochat` binary: config checks, and control and gateway as two processes.
+//! The `gochat` binary: config checks, health checks, and control and gateway as two processes.
 
 mod common;
 
@@ -147,10 +147,24 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
     client.send_json(json!({"op": 3, "msg": "across processes", "roomId": 2})).await;
     assert_eq!(client.recv_op(wire::OP_ROOM_SEND).await["msg"], "across processes");
 
+    // `gochat health` answers for both gRPC ports while they serve, and fails once they are gone.
+    let health = |port: u16| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            gochat().args(["health", &format!("http://127.0.0.1:{port}")]).output().unwrap()
+        });
+        let out = out.await.unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    for port in [grpc, gw_grpc] {
+        let (ok, said) = health(port).await;
+        assert!(ok && said.contains("SERVING"), "health of :{port}: {said}");
+    }
+
     for child in children.into_iter().rev() {
         let ok = tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap();
         assert!(ok, "every role stops cleanly on Ctrl-C");
     }
+    assert!(!health(grpc).await.0, "no health from a stopped control");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -2,7 +2,7 @@
 //! free ports with its own data directory.
 #![cfg(feature = "etcd")]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gochat::discovery::{self, DiscoveryConfig, DiscoveryKind, Members, Registration, Role};
+use gochat_control::ids::node_of;
 
 /// One etcd server; killed and its data directory removed on drop.
 struct Etcd {
@@ -325,4 +326,135 @@ async fn an_unreachable_etcd_fails_start_clearly() {
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     let err = format!("{:#}", discovery::watch(&cfg, Role::Gateway).await.unwrap_err());
     assert!(err.contains("cannot read gateway members from etcd"), "{err}");
+}
+
+/// `n` control ids that prefer the same node id (`node_of`), found by trying names.
+fn colliding_control_ids(n: usize) -> Vec<String> {
+    let mut by_node: HashMap<u16, Vec<String>> = HashMap::new();
+    (0u32..)
+        .find_map(|i| {
+            let id = format!("control-{i}");
+            let same = by_node.entry(node_of(&id)).or_default();
+            same.push(id);
+            (same.len() == n).then(|| same.clone())
+        })
+        .expect("a collision among 2^32 names")
+}
+
+fn node_id_key(n: u16) -> String {
+    format!("/gochat-test/node-ids/{n}")
+}
+
+/// The value, lease and create revision of `key`, if present.
+async fn get_with_revision(etcd: &Etcd, key: &str) -> Option<(String, i64, i64)> {
+    let resp = etcd.client().await.get(key, None).await.unwrap();
+    resp.kvs().first().map(|kv| (kv.value_str().unwrap().to_owned(), kv.lease(), kv.create_revision()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_that_prefer_one_node_id_claim_different_ones_and_a_freed_one_is_taken_again() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let cfg = etcd.config(30);
+    let ids = colliding_control_ids(3);
+    let preferred = node_of(&ids[0]);
+    let (first, first_node) = Registration::claim_node_id(&cfg, &ids[0]).await.unwrap();
+    let (second, second_node) = Registration::claim_node_id(&cfg, &ids[1]).await.unwrap();
+    assert_eq!(first_node, preferred);
+    assert_eq!(second_node, (preferred + 1) % 1024, "the next free number");
+    let (holder, lease) = etcd.get(&node_id_key(first_node)).await.unwrap();
+    assert_eq!(holder, ids[0]);
+    assert_eq!(etcd.get(&node_id_key(second_node)).await.unwrap().0, ids[1]);
+
+    // The address is announced later, on the lease that holds the node id.
+    let controls = discovery::watch(&cfg, Role::Control).await.unwrap();
+    assert!(controls.borrow().is_empty(), "nothing announced before announce()");
+    first.announce("http://10.0.0.1:6900").await.unwrap();
+    members_become(&controls, &[(&ids[0], "http://10.0.0.1:6900")], PROMPTLY).await;
+    assert_eq!(
+        etcd.get(&format!("/gochat-test/control/{}", ids[0])).await,
+        Some(("http://10.0.0.1:6900".into(), lease))
+    );
+
+    // Revoking the lease frees the number for the next control that prefers it.
+    first.shutdown().await;
+    assert_eq!(etcd.get(&node_id_key(first_node)).await, None);
+    members_become(&controls, &[], PROMPTLY).await;
+    let (third, third_node) = Registration::claim_node_id(&cfg, &ids[2]).await.unwrap();
+    assert_eq!(third_node, first_node);
+    assert_eq!(etcd.get(&node_id_key(third_node)).await.unwrap().0, ids[2]);
+    second.shutdown().await;
+    third.shutdown().await;
+    assert_eq!(etcd.get(&node_id_key(second_node)).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_gets_the_same_node_id_back() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    // Long enough that the lease outlives the etcd restart below.
+    let cfg = etcd.config(10);
+    let (control, node_id) = Registration::claim_node_id(&cfg, "c-1").await.unwrap();
+    control.announce("http://10.0.0.1:6900").await.unwrap();
+    let key = node_id_key(node_id);
+    let member = "/gochat-test/control/c-1";
+    let (_, first_lease, _) = get_with_revision(&etcd, &key).await.unwrap();
+
+    // The lease ends behind the control's back (as when it expires): both keys go with it, and
+    // re-registering creates them again, with the same number, on a new lease. The next
+    // keep-alive (every TTL/3) finds out.
+    etcd.client().await.lease_revoke(first_lease).await.unwrap();
+    let within = Duration::from_secs(cfg.lease_ttl_secs / 3) + PROMPTLY;
+    // The address is put last: once it is back too, the registration is complete.
+    let (second_lease, created) = eventually("both keys back on a new lease", within, || async {
+        let (holder, lease, created) = get_with_revision(&etcd, &key).await?;
+        let addr = etcd.get(member).await?;
+        (lease != first_lease && addr == ("http://10.0.0.1:6900".into(), lease)).then(|| {
+            assert_eq!(holder, "c-1");
+            (lease, created)
+        })
+    })
+    .await;
+
+    // An etcd restart breaks the keep-alive stream while the lease lives on: the number moves from
+    // the old lease to the new one (the same key: its create revision stays).
+    etcd.restart().await;
+    let third_lease = eventually("the node id moved to a new lease", Duration::from_secs(15), || async {
+        match get_with_revision(&etcd, &key).await {
+            Some((holder, lease, again)) if lease != second_lease => {
+                assert_eq!((holder.as_str(), again), ("c-1", created), "moved, not created again");
+                Some(lease)
+            }
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(etcd.get(member).await, Some(("http://10.0.0.1:6900".into(), third_lease)));
+    let lost = tokio::time::timeout(Duration::from_secs(1), control.node_id_lost()).await;
+    assert!(lost.is_err(), "the node id is still this control's");
+    control.shutdown().await;
+    assert_eq!(etcd.get(&key).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_taken_while_the_lease_was_lost_is_reported_and_left_alone() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let cfg = etcd.config(6);
+    let (control, node_id) = Registration::claim_node_id(&cfg, "c-1").await.unwrap();
+    control.announce("http://10.0.0.1:6900").await.unwrap();
+    let key = node_id_key(node_id);
+    let (_, lease) = etcd.get(&key).await.unwrap();
+    // Another control takes the number (the key leaves c-1's lease), then c-1's lease is lost.
+    let mut client = etcd.client().await;
+    client.put(key.as_str(), "c-2", None).await.unwrap();
+    client.lease_revoke(lease).await.unwrap();
+    let within = Duration::from_secs(cfg.lease_ttl_secs / 3) + PROMPTLY;
+    tokio::time::timeout(within, control.node_id_lost()).await.expect("the loss is reported");
+    assert_eq!(etcd.get(&key).await, Some(("c-2".into(), 0)), "not taken back");
+    // The control is still found while it stops.
+    let controls = discovery::watch(&cfg, Role::Control).await.unwrap();
+    members_become(&controls, &[("c-1", "http://10.0.0.1:6900")], PROMPTLY).await;
+    control.shutdown().await;
+    assert_eq!(etcd.get(&key).await.map(|(holder, _)| holder).as_deref(), Some("c-2"));
 }

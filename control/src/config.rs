@@ -38,8 +38,8 @@ pub struct ControlConfig {
     pub site_ws_path: String,
     /// The logic gRPC service, for gateways and queue-workers.
     pub grpc_listen: SocketAddr,
-    /// This control's node number in message ids (0–1023), unique in the cluster; unset: derived
-    /// from `id`.
+    /// This control's node number in message ids (0–1023), unique in the cluster; unset: claimed
+    /// in etcd with etcd discovery (`gochat control`), otherwise derived from `id`.
     pub node_id: Option<u16>,
     /// Address gateways and workers use to reach `grpc_listen` (defaults to it).
     pub grpc_advertise: Option<String>,
@@ -154,8 +154,9 @@ impl ControlConfig {
         }
         if self.state == StateKind::Redis && self.node_id.is_none() {
             return err(
-                "node_id is required with state = \"redis\": several controls stamp message ids, and \
-                 each needs a node number of its own (0-1023)"
+                "node_id is required with state = \"redis\" (unless discovery is etcd, where `gochat \
+                 control` claims a free one): several controls stamp message ids, and each needs a node \
+                 number of its own (0-1023)"
                     .into(),
             );
         }
