@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
 //! - [`config_format`]: config-file value formats the roles share.
+//! - [`ids`]: the layout of message ids, and the creation time each one carries.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
@@ -40,6 +41,7 @@ pub mod queue {
 }
 
 pub mod config_format;
+pub mod ids;
 pub mod peers;
 pub mod rest;
 pub mod tls;
