@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Delivery;
 use crate::shard::{Command, Framed, Inbox, ShardStats};
 
 /// The ids of the last messages delivered, so a message the queue delivers again (after a
@@ -49,20 +50,24 @@ impl Seen {
     /// each shard holding the user), so a batch is never checked against itself.
     pub fn filter_batch(&mut self, batch: &mut PushBatch) -> usize {
         let mut dropped = 0;
-        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &[u64]| {
+        // Ids stay beside their bodies: the delivery latency is observed from what is kept.
+        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &mut Vec<u64>| {
             if ids.len() != bodies.len() {
                 return;
             }
             let before = bodies.len();
-            let mut keep = ids.iter().map(|id| !self.delivered(*id));
-            bodies.retain(|_| keep.next().unwrap_or(true));
+            (*bodies, *ids) = std::mem::take(bodies)
+                .into_iter()
+                .zip(std::mem::take(ids))
+                .filter(|(_, id)| !self.delivered(*id))
+                .unzip();
             dropped += before - bodies.len();
         };
         for room in &mut batch.rooms {
-            filter(&mut room.bodies, &room.ids);
+            filter(&mut room.bodies, &mut room.ids);
         }
         for user in &mut batch.users {
-            filter(&mut user.bodies, &user.ids);
+            filter(&mut user.bodies, &mut user.ids);
         }
         let ids: Vec<u64> = batch
             .rooms
@@ -82,6 +87,7 @@ pub struct Ingress {
     pub seen: Arc<std::sync::Mutex<Seen>>,
     pub inboxes: Arc<[Arc<Inbox>]>,
     pub stats: Arc<[Arc<ShardStats>]>,
+    pub delivery: Arc<Delivery>,
     /// Becomes true at shutdown: push streams end so the gRPC server can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -91,7 +97,9 @@ impl Ingress {
     /// members), a user's to the shard that holds the user.
     pub async fn deliver(&self, mut batch: PushBatch) {
         let repeats = self.seen.lock().unwrap_or_else(|p| p.into_inner()).filter_batch(&mut batch);
+        self.delivery.batches.inc();
         if repeats > 0 {
+            self.delivery.duplicates.add(repeats as u64);
             tracing::debug!(repeats, "messages delivered before were dropped");
         }
         for room in batch.rooms {
@@ -102,6 +110,7 @@ impl Ingress {
             for inbox in self.inboxes.iter() {
                 inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
             }
+            self.delivery.handed_off(room.bodies.len(), &room.ids);
         }
         for user in batch.users {
             // The shard that holds the user; all of them when it is not one of ours.
@@ -114,6 +123,7 @@ impl Ingress {
                 for inbox in inboxes {
                     inbox.push_wait(Command::User { user_id: user.user_id, frames: frames.clone() }).await;
                 }
+                self.delivery.handed_off(user.bodies.len(), &user.ids);
             }
             if !user.end_sessions.is_empty() {
                 for inbox in inboxes {
@@ -218,6 +228,8 @@ mod tests {
         let mut again = batch(&[(7, &[1, 0, 2])], &[(9, 1, &[3])]);
         assert_eq!(seen.filter_batch(&mut again), 3, "ids 1, 2 and 3 again; 0 has no id");
         assert_eq!(again.rooms[0].bodies, vec![b"0".to_vec()]);
+        assert_eq!(again.rooms[0].ids, [0], "ids stay beside their bodies");
+        assert!(again.users[0].ids.is_empty());
         let mut later = batch(&[(7, &[4])], &[]);
         assert_eq!(seen.filter_batch(&mut later), 0);
         let mut old = batch(&[(7, &[1])], &[]);
