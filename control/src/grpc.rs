@@ -32,8 +32,12 @@ impl LogicService for LogicGrpc {
     async fn conn_open(&self, req: Request<ConnOpenBatch>) -> Result<Response<ConnOpenResults>, Status> {
         let opens = req.into_inner().requests.into_iter().map(|r| async move {
             match self.0.conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id).await {
-                Ok(session) => ConnOpenResult { user: Some(user(session)), code: 0, message: String::new() },
+                Ok(session) => {
+                    self.0.counts.socket_auths_accepted.inc();
+                    ConnOpenResult { user: Some(user(session)), code: 0, message: String::new() }
+                }
                 Err(e) => {
+                    self.0.counts.socket_auths_refused.inc();
                     let s = status(e);
                     ConnOpenResult { user: None, code: s.code() as i32, message: s.message().to_string() }
                 }

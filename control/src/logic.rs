@@ -10,6 +10,7 @@ use gochat_queue_worker::Queue;
 use rand::RngCore;
 
 use crate::ids::{self, MessageIds};
+use crate::metrics::LogicCounts;
 use crate::state::{RoomChange, Routes, Session, State, StateError};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
@@ -67,6 +68,8 @@ pub struct Logic {
     ids: MessageIds,
     /// Rooms whose members changed since the last room update went out.
     changed_rooms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    /// For the admin listener.
+    pub counts: LogicCounts,
 }
 
 impl Logic {
@@ -81,6 +84,7 @@ impl Logic {
             store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
             changed_rooms: std::sync::Mutex::default(),
+            counts: LogicCounts::default(),
         }
     }
 
@@ -309,6 +313,7 @@ impl Logic {
             match self.state.sweep_expired().await {
                 Ok(swept) => {
                     for (gateway, changes) in swept {
+                        self.counts.gateways_swept.inc();
                         tracing::warn!(%gateway, rooms = changes.len(), "gateway lease expired: its connections are forgotten");
                         changes.into_iter().for_each(|c| self.room_changed(c));
                     }
@@ -375,7 +380,9 @@ impl Logic {
     }
 
     async fn publish_id(&self, id: u64, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.queue.publish(QueueMessage { target: Some(target), body, id }).await.map_err(|e| {
+        let published = self.queue.publish(QueueMessage { target: Some(target), body, id }).await;
+        self.counts.enqueue(target, published.is_ok());
+        published.map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");
             LogicError::Internal("server busy, message not sent".into())
         })
