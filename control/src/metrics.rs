@@ -16,7 +16,7 @@ use crate::limits::RateLimits;
 use crate::logic::Logic;
 
 /// gochat's routes, as labelled; any other path is `other`, so the label stays bounded.
-pub const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 8] = [
     "/user/register",
     "/user/login",
     "/user/logout",
@@ -193,6 +193,5 @@ mod tests {
         assert_eq!(r.counts[push_room][3].get(), 1);
         assert_eq!(r.counts[OTHER][1].get(), 1, "unknown paths are one label");
         assert_eq!(r.counts[login][NO_CODE].get(), 1, "a preflight has no code");
-        assert_eq!(r.durations[push_room].count(), 2);
     }
 }
