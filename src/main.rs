@@ -135,6 +135,16 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             }
             println!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc);
             println!("  gateway     {} shards, {} driver", up.gateway.shards, up.gateway.driver.name());
+            let admin = [
+                ("gateway", up.gateway.admin_addr),
+                ("control", up.control.admin_addr),
+                ("worker", up.worker.admin_addr),
+            ];
+            for (role, addr) in admin {
+                if let Some(addr) = addr {
+                    println!("  metrics     {role} http://{addr}/metrics");
+                }
+            }
             println!("  demo users  demo, test, admin (password 111111)");
             println!("Ctrl-C to stop.");
             shutdown_signal().await;
@@ -216,7 +226,9 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             };
             // The in-process queue is only reachable from this process: run its worker here.
             let worker = match cfg.queue.kind {
-                QueueKind::Memory => Some(WorkerHandle::start(worker(&cfg, queue.clone()).await?)),
+                QueueKind::Memory => Some(
+                    WorkerHandle::start(worker(&cfg, queue.clone()).await?, cfg.worker.admin_listen).await?,
+                ),
                 QueueKind::Redis => None,
             };
             println!(
@@ -271,7 +283,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 );
             }
             let queue = cfg.queue.open().await?;
-            let worker = WorkerHandle::start(worker(&cfg, queue.clone()).await?);
+            let worker =
+                WorkerHandle::start(worker(&cfg, queue.clone()).await?, cfg.worker.admin_listen).await?;
             // Workers take no calls: their entry says which process holds the id.
             let whoami = format!("pid:{}", std::process::id());
             let registration =

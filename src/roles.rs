@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context;
 use gochat_control::{Control, ControlHandle};
 use gochat_gateway::{Gateway, GatewayHandle};
+use gochat_proto::metrics::Exporter;
 use gochat_queue_worker::gateways::GatewayAddr;
 use gochat_queue_worker::{Queue, Worker};
 use tokio::sync::oneshot;
@@ -15,20 +17,33 @@ use crate::Config;
 
 /// A running in-process queue-worker.
 pub struct WorkerHandle {
+    /// Where `/metrics` is served, when `admin_listen` is on.
+    pub admin_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    admin: Option<Exporter>,
 }
 
 impl WorkerHandle {
-    pub fn start(worker: Worker) -> Self {
+    /// Runs `worker`, serving its metrics on `admin_listen` when set.
+    pub async fn start(worker: Worker, admin_listen: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let admin = match admin_listen {
+            Some(addr) => {
+                let metrics = worker.metrics();
+                let exporter = Exporter::start(addr, "worker", move || metrics.render()).await;
+                Some(exporter.with_context(|| format!("worker admin_listen {addr}"))?)
+            }
+            None => None,
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(worker.run(async {
             let _ = stopped.await;
         }));
-        Self { stop, task }
+        Ok(Self { admin_addr: admin.as_ref().map(|a| a.addr), stop, task, admin })
     }
 
     pub async fn shutdown(self) {
+        drop(self.admin);
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
@@ -38,7 +53,7 @@ impl WorkerHandle {
 pub struct Up {
     pub control: ControlHandle,
     pub gateway: GatewayHandle,
-    worker: WorkerHandle,
+    pub worker: WorkerHandle,
     queue: Arc<dyn Queue>,
     ws_path: String,
 }
@@ -93,7 +108,18 @@ impl Up {
         cfg.worker.logic = grpc_url(control.grpc_addr);
         cfg.worker.gateways =
             vec![GatewayAddr { id: gateway.id.to_string(), grpc: grpc_url(gateway.grpc_addr) }];
-        let worker = WorkerHandle::start(Worker::new(cfg.worker.clone(), queue.clone())?);
+        let worker = match Worker::new(cfg.worker.clone(), queue.clone()) {
+            Ok(w) => WorkerHandle::start(w, cfg.worker.admin_listen).await,
+            Err(e) => Err(e.into()),
+        };
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                gateway.shutdown().await;
+                control.shutdown().await;
+                return Err(e);
+            }
+        };
         Ok(Self { control, gateway, worker, queue, ws_path: cfg.gateway.ws_path })
     }
 

@@ -28,7 +28,8 @@ fn only_client_listeners_face_the_network_by_default() {
     // The REST API and the page are behind a proxy or load balancer in production.
     assert!(c.control.api_listen.ip().is_loopback() && c.control.site_listen.unwrap().ip().is_loopback());
     assert!(!c.gateway.ws_listen.ip().is_loopback(), "clients connect to the gateway directly");
-    assert_eq!(c.gateway.admin_listen, None, "metrics are served only when asked for");
+    let admin = [c.gateway.admin_listen, c.control.admin_listen, c.worker.admin_listen];
+    assert_eq!(admin, [None; 3], "metrics are served only when asked for");
 }
 
 #[test]

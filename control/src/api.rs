@@ -41,6 +41,7 @@ pub fn envelope(code: i64, message: impl Into<String>, data: Value) -> Vec<u8> {
 fn reply(code: i64, message: impl Into<String>, data: Value) -> Response {
     let body = envelope(code, message, data);
     let mut res = (StatusCode::OK, body).into_response();
+    res.extensions_mut().insert(crate::metrics::Code(code));
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     cors(h);

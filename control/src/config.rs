@@ -26,6 +26,10 @@ pub struct ControlConfig {
     /// The web page (gochat: `:8080`); `"off"` to disable.
     #[serde(with = "gochat_proto::config_format::optional_listen")]
     pub site_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`) for operators; `"off"` (the default) to disable.
+    /// Keep it off the public network.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
+    pub admin_listen: Option<SocketAddr>,
     /// PEM certificate chain (leaf first): with `tls_key`, the REST API and the page serve
     /// HTTPS (logic gRPC stays plain). Read again when it changes.
     pub tls_cert: Option<PathBuf>,
@@ -107,6 +111,7 @@ impl Default for ControlConfig {
             id: "control-1".into(),
             api_listen: "127.0.0.1:7070".parse().expect("literal"),
             site_listen: Some("127.0.0.1:8080".parse().expect("literal")),
+            admin_listen: None,
             tls_cert: None,
             tls_key: None,
             site_dir: None,

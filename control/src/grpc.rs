@@ -58,14 +58,18 @@ impl LogicService for LogicGrpc {
                 .conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id, since.as_ref(), r.acks)
                 .await
             {
-                Ok(opened) => ConnOpenResult {
-                    user: Some(user(opened.session)),
-                    code: 0,
-                    message: String::new(),
-                    joined: Some(joined(opened.joined)),
-                    pending: Some(pending(opened.kept)),
-                },
+                Ok(opened) => {
+                    self.0.counts.socket_auths_accepted.inc();
+                    ConnOpenResult {
+                        user: Some(user(opened.session)),
+                        code: 0,
+                        message: String::new(),
+                        joined: Some(joined(opened.joined)),
+                        pending: Some(pending(opened.kept)),
+                    }
+                }
                 Err(e) => {
+                    self.0.counts.socket_auths_refused.inc();
                     let s = status(e);
                     ConnOpenResult {
                         user: None,

@@ -1,14 +1,12 @@
 //! Message ids: 64 bits, unique across controls and roughly time-ordered (the snowflake
-//! layout): 41 bits of milliseconds since 2025-01-01, 10 bits of node, 12 bits of sequence.
+//! layout of [`gochat_proto::ids`]): 41 bits of milliseconds since 2025-01-01, 10 bits of node,
+//! 12 bits of sequence.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// 2025-01-01T00:00:00Z in Unix milliseconds.
-const EPOCH_MS: u64 = 1_735_689_600_000;
-const NODE_BITS: u32 = 10;
-const SEQ_BITS: u32 = 12;
-pub const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
+pub use gochat_proto::ids::MAX_NODE;
+use gochat_proto::ids::{EPOCH_MS, NODE_BITS, SEQ_BITS};
 
 pub struct MessageIds {
     node: u64,
@@ -70,6 +68,9 @@ mod tests {
             prev = id;
         }
         assert_ne!(MessageIds::new(6).next() & !0xfff, ids.next() & !0xfff, "nodes differ");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let stamped = gochat_proto::ids::unix_ms(ids.next());
+        assert!(stamped.abs_diff(now) < 1000, "an id tells when it was made: {stamped} vs {now}");
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
 //! - [`https`]: TLS for the REST API and the page, when a certificate is configured.
-//! - [`server`]: binds and runs the three listeners.
+//! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications and
+//!   gateway sweeps in Prometheus' text format, on the admin listener.
+//! - [`server`]: binds and runs the listeners.
 
 pub mod api;
 pub mod config;
@@ -26,6 +28,7 @@ pub mod ids;
 pub mod inbox;
 pub mod limits;
 pub mod logic;
+pub mod metrics;
 pub mod password;
 pub mod server;
 pub mod site;

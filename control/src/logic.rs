@@ -14,6 +14,7 @@ use rand::RngCore;
 use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
 use crate::inbox::{self, Inbox};
+use crate::metrics::LogicCounts;
 use crate::state::{NoConnection, RoomChange, Routes, Session, State, StateError};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
@@ -93,6 +94,8 @@ pub struct Logic {
     changed_rooms: std::sync::Mutex<BTreeMap<u64, RoomEvents>>,
     room_info_max_members: u64,
     history_size: usize,
+    /// For the admin listener.
+    pub counts: LogicCounts,
 }
 
 impl Logic {
@@ -111,6 +114,7 @@ impl Logic {
             changed_rooms: std::sync::Mutex::default(),
             room_info_max_members: cfg.room_info_max_members,
             history_size: cfg.history_size,
+            counts: LogicCounts::default(),
         }
     }
 
@@ -434,6 +438,7 @@ impl Logic {
             match self.state.sweep_expired().await {
                 Ok(swept) => {
                     for (gateway, changes) in swept {
+                        self.counts.gateways_swept.inc();
                         tracing::warn!(%gateway, rooms = changes.len(), "gateway lease expired: its connections are forgotten");
                         changes.into_iter().for_each(|c| self.room_changed(c));
                     }
@@ -540,7 +545,12 @@ impl Logic {
     }
 
     async fn publish(&self, message: QueueMessage) -> Result<(), LogicError> {
-        self.queue.publish(message).await.map_err(|e| {
+        let target = message.target;
+        let published = self.queue.publish(message).await;
+        if let Some(target) = target {
+            self.counts.enqueue(target, published.is_ok());
+        }
+        published.map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");
             LogicError::Internal("server busy, message not sent".into())
         })

@@ -1,4 +1,5 @@
-//! Starting and stopping control: the REST API, the page and the logic gRPC service.
+//! Starting and stopping control: the REST API, the page, the logic gRPC service and the
+//! admin listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
+use gochat_proto::metrics::Exporter;
 use gochat_proto::peers;
 use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
 use gochat_queue_worker::Queue;
@@ -18,6 +20,7 @@ use crate::grpc::LogicGrpc;
 use crate::https::TlsListener;
 use crate::limits::RateLimits;
 use crate::logic::Logic;
+use crate::metrics::{self, Metrics, Requests};
 use crate::state::{RedisState, State};
 use crate::store::UserStore;
 use crate::{api, site, ControlConfig, Error};
@@ -34,12 +37,16 @@ pub struct ControlHandle {
     pub logic: Arc<Logic>,
     /// The REST API's rate limits, with their refusal counts.
     pub limits: Arc<RateLimits>,
+    /// Where `/metrics` is served, when `admin_listen` is on.
+    pub admin_addr: Option<SocketAddr>,
     site_ws_port: Arc<AtomicU16>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     store: UserStore,
     /// Reloads the HTTPS certificate while control runs.
     tls_watch: Option<Watch>,
+    /// Serves `/metrics` until control shuts down.
+    admin: Option<Exporter>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
@@ -112,12 +119,27 @@ impl Control {
             None => None,
         };
         let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let limits = Arc::new(RateLimits::new(&cfg));
+        let requests = Arc::new(Requests::default());
+        let admin = match cfg.admin_listen {
+            Some(addr) => {
+                let metrics = Metrics {
+                    control_id: cfg.id.as_str().into(),
+                    requests: requests.clone(),
+                    logic: logic.clone(),
+                    limits: limits.clone(),
+                };
+                let exporter = Exporter::start(addr, "control", move || metrics.render()).await;
+                Some(exporter.map_err(|source| Error::Bind { addr, source })?)
+            }
+            None => None,
+        };
 
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
-        let limits = Arc::new(RateLimits::new(&cfg));
-        let app = api::router(logic.clone(), limits.clone(), &cfg);
+        let app = api::router(logic.clone(), limits.clone(), &cfg)
+            .layer(axum::middleware::from_fn_with_state(requests, metrics::track));
         tasks.push(serve_http(api_listener, tls.clone(), app, stopped.clone(), "REST API"));
         if let Some(listener) = site_listener {
             let app =
@@ -152,11 +174,13 @@ impl Control {
             tls_cert: cert,
             logic,
             limits,
+            admin_addr: admin.as_ref().map(|a| a.addr),
             site_ws_port,
             stop,
             tasks,
             store,
             tls_watch,
+            admin,
         })
     }
 }
@@ -175,6 +199,7 @@ impl ControlHandle {
     /// Stops accepting, lets requests in flight finish, closes the database.
     pub async fn shutdown(self) {
         drop(self.tls_watch);
+        drop(self.admin);
         let _ = self.stop.send(true);
         for task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Delivery;
 use crate::shard::{Command, Framed, Inbox, ShardStats};
 
 /// The ids of the last messages delivered, so a message the queue delivers again (after a
@@ -49,25 +50,26 @@ impl Seen {
     /// each shard holding the user), so a batch is never checked against itself.
     pub fn filter_batch(&mut self, batch: &mut PushBatch) -> usize {
         let mut dropped = 0;
-        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &[u64], seqs: Option<&mut Vec<u64>>| {
+        // Ids and numbers stay beside their bodies: the delivery latency is observed from what
+        // is kept, and a joining connection is cut at a number.
+        let mut filter = |bodies: &mut Vec<Vec<u8>>, ids: &mut Vec<u64>, seqs: Option<&mut Vec<u64>>| {
             if ids.len() != bodies.len() {
                 return;
             }
             let before = bodies.len();
             let keep: Vec<bool> = ids.iter().map(|id| !self.delivered(*id)).collect();
-            let mut k = keep.iter();
-            bodies.retain(|_| *k.next().unwrap_or(&true));
+            retain_kept(bodies, &keep);
+            retain_kept(ids, &keep);
             if let Some(seqs) = seqs.filter(|s| s.len() == keep.len()) {
-                let mut k = keep.iter();
-                seqs.retain(|_| *k.next().unwrap_or(&true));
+                retain_kept(seqs, &keep);
             }
             dropped += before - bodies.len();
         };
         for room in &mut batch.rooms {
-            filter(&mut room.bodies, &room.ids, Some(&mut room.seqs));
+            filter(&mut room.bodies, &mut room.ids, Some(&mut room.seqs));
         }
         for user in &mut batch.users {
-            filter(&mut user.bodies, &user.ids, None);
+            filter(&mut user.bodies, &mut user.ids, None);
         }
         let ids: Vec<u64> = batch
             .rooms
@@ -81,12 +83,19 @@ impl Seen {
     }
 }
 
+/// Keeps the items of `v` whose place in `keep` is true.
+fn retain_kept<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut k = keep.iter();
+    v.retain(|_| *k.next().unwrap_or(&true));
+}
+
 #[derive(Clone)]
 pub struct Ingress {
     pub gateway_id: Arc<str>,
     pub seen: Arc<std::sync::Mutex<Seen>>,
     pub inboxes: Arc<[Arc<Inbox>]>,
     pub stats: Arc<[Arc<ShardStats>]>,
+    pub delivery: Arc<Delivery>,
     /// Becomes true at shutdown: push streams end so the gRPC server can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -96,7 +105,9 @@ impl Ingress {
     /// members), a user's to the shard that holds the user.
     pub async fn deliver(&self, mut batch: PushBatch) {
         let repeats = self.seen.lock().unwrap_or_else(|p| p.into_inner()).filter_batch(&mut batch);
+        self.delivery.batches.inc();
         if repeats > 0 {
+            self.delivery.duplicates.add(repeats as u64);
             tracing::debug!(repeats, "messages delivered before were dropped");
         }
         for room in batch.rooms {
@@ -107,6 +118,7 @@ impl Ingress {
             for inbox in self.inboxes.iter() {
                 inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
             }
+            self.delivery.handed_off(room.bodies.len(), &room.ids);
         }
         for user in batch.users {
             // The shard that holds the user; all of them when it is not one of ours.
@@ -120,6 +132,7 @@ impl Ingress {
                     let (user_id, ids, kept) = (user.user_id, user.ids.clone(), user.kept);
                     inbox.push_wait(Command::User { user_id, frames: frames.clone(), ids, kept }).await;
                 }
+                self.delivery.handed_off(user.bodies.len(), &user.ids);
             }
             if !user.end_sessions.is_empty() {
                 for inbox in inboxes {
@@ -231,6 +244,8 @@ mod tests {
         assert_eq!(seen.filter_batch(&mut again), 3, "ids 1, 2 and 3 again; 0 has no id");
         assert_eq!(again.rooms[0].bodies, vec![b"0".to_vec()]);
         assert_eq!(again.rooms[0].seqs, [100], "numbers follow their bodies");
+        assert_eq!(again.rooms[0].ids, [0], "ids stay beside their bodies");
+        assert!(again.users[0].ids.is_empty());
         let mut later = batch(&[(7, &[4])], &[]);
         assert_eq!(seen.filter_batch(&mut later), 0);
         let mut old = batch(&[(7, &[1])], &[]);

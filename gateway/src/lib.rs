@@ -11,7 +11,8 @@
 //! - [`ingress`]: the gRPC `Gateway` service: batches from queue-workers, framed once, handed to
 //!   the shards' inboxes.
 //! - [`logic_link`]: carries the shards' effects (auth, close, room sends) to logic over gRPC.
-//! - [`metrics`]: the shards' counters in Prometheus' text format, on the admin listener.
+//! - [`metrics`]: the shards' counters and the ingress' delivery counts and latency, in
+//!   Prometheus' text format, on the admin listener.
 //! - [`server`]: binds the listeners, starts the pinned shard threads and the gRPC server, and
 //!   shuts them down.
 //! - [`testkit`]: drives a shard without sockets, as a client would (tests, benches, fuzzers).

@@ -1,16 +1,47 @@
 //! Prometheus metrics on the admin listener: each shard's counters, labelled by shard and
-//! driver, read from the same atomics the gRPC `Stats` call reads.
+//! driver, read from the same atomics the gRPC `Stats` call reads; and what the ingress counts
+//! of the batches it hands to the shards.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 
 use crate::shard::ShardStats;
+
+/// The ingress' counts: batches in, messages handed to the shards, repeats dropped, and how old
+/// each message was when it was handed over.
+#[derive(Debug)]
+pub struct Delivery {
+    pub batches: Counter,
+    pub messages: Counter,
+    pub duplicates: Counter,
+    latency: Histogram,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            batches: Counter::default(),
+            messages: Counter::default(),
+            duplicates: Counter::default(),
+            latency: Histogram::new(LATENCY_SECONDS),
+        }
+    }
+}
+
+impl Delivery {
+    /// `messages` went to the shards just now, with these ids (one observation each, nothing
+    /// per member).
+    pub fn handed_off(&self, messages: usize, ids: &[u64]) {
+        self.messages.add(messages as u64);
+        let now = SystemTime::now();
+        for age in ids.iter().filter_map(|id| gochat_proto::ids::age(*id, now)) {
+            self.latency.observe(age);
+        }
+    }
+}
 
 /// What `/metrics` reads.
 #[derive(Clone)]
@@ -19,59 +50,63 @@ pub struct Metrics {
     pub driver: &'static str,
     pub stats: Arc<[Arc<ShardStats>]>,
     pub draining: Arc<AtomicBool>,
+    pub delivery: Arc<Delivery>,
 }
 
 impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         type Read = fn(&ShardStats) -> &AtomicU64;
-        let families: [(&str, &str, &str, Read); 9] = [
-            ("connections", "gauge", "Open client connections.", |s| &s.connections),
-            ("rooms", "gauge", "Rooms with a member on the shard.", |s| &s.rooms),
-            ("frames_out_total", "counter", "Frames queued to clients.", |s| &s.frames_out),
-            ("slow_consumer_closes_total", "counter", "Clients dropped for not reading.", |s| {
+        let families: [(&str, Kind, &str, Read); 9] = [
+            ("connections", Kind::Gauge, "Open client connections.", |s| &s.connections),
+            ("rooms", Kind::Gauge, "Rooms with a member on the shard.", |s| &s.rooms),
+            ("frames_out_total", Kind::Counter, "Frames queued to clients.", |s| &s.frames_out),
+            ("slow_consumer_closes_total", Kind::Counter, "Clients dropped for not reading.", |s| {
                 &s.slow_consumer_closes
             }),
-            ("auth_failures_total", "counter", "Socket authentications refused.", |s| &s.auth_failures),
-            ("protocol_closes_total", "counter", "Closes the protocol decided.", |s| &s.protocol_closes),
-            ("frames_throttled_total", "counter", "Client frames dropped over the rate limit.", |s| {
+            ("auth_failures_total", Kind::Counter, "Socket authentications refused.", |s| &s.auth_failures),
+            ("protocol_closes_total", Kind::Counter, "Closes the protocol decided.", |s| &s.protocol_closes),
+            ("frames_throttled_total", Kind::Counter, "Client frames dropped over the rate limit.", |s| {
                 &s.frames_throttled
             }),
-            ("flood_closes_total", "counter", "Clients closed for flooding.", |s| &s.flood_closes),
-            ("tls_handshake_failures_total", "counter", "wss handshakes that failed.", |s| {
+            ("flood_closes_total", Kind::Counter, "Clients closed for flooding.", |s| &s.flood_closes),
+            ("tls_handshake_failures_total", Kind::Counter, "wss handshakes that failed.", |s| {
                 &s.tls_handshake_failures
             }),
         ];
-        let mut out = String::new();
+        let mut text = Text::default();
+        let gateway = ("gateway", &*self.gateway_id);
         for (name, kind, help, read) in families {
-            let _ = writeln!(out, "# HELP gochat_gateway_{name} {help}\n# TYPE gochat_gateway_{name} {kind}");
+            let name = format!("gochat_gateway_{name}");
+            text.family(&name, kind, help);
             for (shard, stats) in self.stats.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "gochat_gateway_{name}{{gateway=\"{}\",shard=\"{shard}\",driver=\"{}\"}} {}",
-                    self.gateway_id,
-                    self.driver,
-                    read(stats).load(Ordering::Relaxed)
-                );
+                let shard = shard.to_string();
+                let labels = [gateway, ("shard", &shard), ("driver", self.driver)];
+                text.sample(&name, &labels, read(stats).load(Ordering::Relaxed));
             }
         }
         let draining = self.draining.load(Ordering::Relaxed) as u8;
-        let _ = writeln!(
-            out,
-            "# HELP gochat_gateway_draining 1 while the gateway drains.\n# TYPE gochat_gateway_draining gauge\n\
-             gochat_gateway_draining{{gateway=\"{}\"}} {draining}",
-            self.gateway_id
+        text.family("gochat_gateway_draining", Kind::Gauge, "1 while the gateway drains.").sample(
+            "gochat_gateway_draining",
+            &[gateway],
+            draining,
         );
-        out
-    }
-
-    pub fn router(self) -> Router {
-        Router::new().route(
-            "/metrics",
-            get(move || {
-                let body = self.render();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
-            }),
-        )
+        let d = &self.delivery;
+        let counters = [
+            ("gochat_gateway_batches_total", "Batches received from queue-workers.", &d.batches),
+            ("gochat_gateway_messages_total", "Messages handed to the shards.", &d.messages),
+            (
+                "gochat_gateway_duplicates_dropped_total",
+                "Messages dropped as delivered before (a queue redelivery).",
+                &d.duplicates,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            text.family(name, Kind::Counter, help).sample(name, &[gateway], counter.get());
+        }
+        let latency = "gochat_gateway_delivery_latency_seconds";
+        text.family(latency, Kind::Histogram, "From a message's id time to its hand-off to the shards.")
+            .histogram(latency, &[gateway], &d.latency);
+        text.finish()
     }
 }

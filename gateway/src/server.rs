@@ -8,6 +8,7 @@ use std::time::Duration;
 use gochat_proto::gateway::gateway_server::GatewayServer;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::GatewayResetRequest;
+use gochat_proto::metrics::Exporter;
 use gochat_proto::peers;
 use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -16,6 +17,7 @@ use tonic::transport::Channel;
 
 use crate::driver::{self, Clock, Driver, Endpoint, ShardSetup};
 use crate::ingress::{Ingress, Seen};
+use crate::metrics::{Delivery, Metrics};
 use crate::protocol::Transport;
 use crate::shard::{Command, Inbox, Shard, ShardStats};
 use crate::{logic_link, Error, GatewayConfig};
@@ -45,7 +47,8 @@ pub struct GatewayHandle {
     tls_watch: Option<Watch>,
     health: tonic_health::server::HealthReporter,
     draining: Arc<std::sync::atomic::AtomicBool>,
-    admin_task: Option<tokio::task::JoinHandle<()>>,
+    /// Serves `/metrics` until the gateway shuts down.
+    admin: Option<Exporter>,
 }
 
 impl Gateway {
@@ -149,11 +152,13 @@ impl Gateway {
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
+        let delivery = Arc::new(Delivery::default());
         let ingress = Ingress {
             gateway_id: id.clone(),
             seen: Arc::new(std::sync::Mutex::new(Seen::new(cfg.dedup_window))),
             inboxes: inboxes.clone(),
             stats: stats.clone(),
+            delivery: delivery.clone(),
             stopping: stop_rx.clone(),
         };
         let mut stop_rx = stop_rx;
@@ -169,26 +174,19 @@ impl Gateway {
                 }),
         );
         let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (admin_addr, admin_task) = match cfg.admin_listen {
+        let admin = match cfg.admin_listen {
             Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Bind { addr, source })?;
-                let bound = listener.local_addr()?;
-                let metrics = crate::metrics::Metrics {
+                let metrics = Metrics {
                     gateway_id: id.clone(),
                     driver: driver.name(),
                     stats: stats.clone(),
                     draining: draining.clone(),
+                    delivery,
                 };
-                let task = tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, metrics.router()).await {
-                        tracing::error!(error = %e, "gateway metrics stopped");
-                    }
-                });
-                (Some(bound), Some(task))
+                let exporter = Exporter::start(addr, "gateway", move || metrics.render()).await;
+                Some(exporter.map_err(|source| Error::Bind { addr, source })?)
             }
-            None => (None, None),
+            None => None,
         };
         let tls_watch = cert.clone().map(|c| c.watch(POLL_INTERVAL, "gateway wss"));
         tracing::info!(%ws_addr, ?tcp_addr, ?wss_addr, %grpc_addr, shards, driver = driver.name(), gateway = %id, "gateway listening");
@@ -199,7 +197,7 @@ impl Gateway {
             wss_addr,
             tls_cert: cert,
             grpc_addr,
-            admin_addr,
+            admin_addr: admin.as_ref().map(|a| a.addr),
             driver,
             shards,
             inboxes,
@@ -211,7 +209,7 @@ impl Gateway {
             tls_watch,
             health,
             draining,
-            admin_task,
+            admin,
         })
     }
 }
@@ -248,9 +246,7 @@ impl GatewayHandle {
     /// Closes every connection (with a going-away close), stops the shards and the gRPC server.
     pub async fn shutdown(self) {
         drop(self.tls_watch);
-        if let Some(task) = &self.admin_task {
-            task.abort();
-        }
+        drop(self.admin);
         // Stop taking batches first, so no pusher waits on a shard that is going away.
         let _ = self.grpc_stop.send(true);
         self.lease_task.abort();

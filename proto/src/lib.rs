@@ -3,6 +3,9 @@
 //! # Layout
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
 //! - [`config_format`]: config-file value formats the roles share.
+//! - [`ids`]: the layout of message ids, and the creation time each one carries.
+//! - [`metrics`]: Prometheus' text format (counters, histograms) and the admin listener every
+//!   role serves `GET /metrics` on.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
@@ -42,6 +45,8 @@ pub mod queue {
 }
 
 pub mod config_format;
+pub mod ids;
+pub mod metrics;
 pub mod peers;
 pub mod rest;
 pub mod tls;

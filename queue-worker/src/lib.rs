@@ -9,9 +9,12 @@
 //! - [`gateways`]: discovery of gateway addresses (static for now) and one long-lived `Push`
 //!   stream per gateway.
 //! - [`worker`]: the loop — read by size or age, route through logic, push.
+//! - [`metrics`]: what the worker counts (reads, pushes per gateway, failures, queue lag, push
+//!   latency) in Prometheus' text format, for its admin listener.
 
 pub mod batch;
 pub mod gateways;
+pub mod metrics;
 pub mod queue;
 pub mod redis_queue;
 pub mod worker;

@@ -1,6 +1,8 @@
 //! The worker loop: read by size or age, route through logic, push to gateways.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,8 @@ use tonic::transport::Channel;
 
 use crate::batch::Grouped;
 use crate::gateways::{GatewayAddr, GatewayPool};
-use crate::{Error, Queue};
+use crate::metrics::{Outcome, WorkerMetrics};
+use crate::{Delivery, Error, Queue};
 
 /// How long a batch may wait for its gateways' acknowledgements.
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -31,6 +34,10 @@ pub struct WorkerConfig {
     pub batch_age_us: u64,
     /// Static discovery: the gateways to push to.
     pub gateways: Vec<GatewayAddr>,
+    /// Prometheus metrics (`GET /metrics`) for operators; `"off"` (the default) to disable.
+    /// Keep it off the public network.
+    #[serde(with = "gochat_proto::config_format::optional_listen")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -41,6 +48,7 @@ impl Default for WorkerConfig {
             batch_max: 512,
             batch_age_us: 1000,
             gateways: vec![GatewayAddr { id: "gateway-1".into(), grpc: "http://127.0.0.1:7100".into() }],
+            admin_listen: None,
         }
     }
 }
@@ -69,6 +77,7 @@ pub struct Worker {
     gateways: GatewayPool,
     cfg: WorkerConfig,
     next_batch: u64,
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl Worker {
@@ -79,7 +88,7 @@ impl Worker {
         let logic = peers::channel(&cfg.logic)
             .map_err(|e| Error::Config(format!("logic address {:?}: {e}", cfg.logic)))?;
         let gateways = GatewayPool::fixed(&cfg.gateways)?;
-        Ok(Self { queue, logic: LogicClient::new(logic), gateways, cfg, next_batch: 0 })
+        Ok(Self::assemble(cfg, queue, LogicClient::new(logic), gateways))
     }
 
     /// A worker that reaches logic through `logic` and follows the gateways in `gateways`
@@ -91,8 +100,22 @@ impl Worker {
         gateways: Members,
     ) -> Result<Self, Error> {
         cfg.validate()?;
-        let gateways = GatewayPool::following(gateways);
-        Ok(Self { queue, logic: LogicClient::new(logic), gateways, cfg, next_batch: 0 })
+        Ok(Self::assemble(cfg, queue, LogicClient::new(logic), GatewayPool::following(gateways)))
+    }
+
+    fn assemble(
+        cfg: WorkerConfig,
+        queue: Arc<dyn Queue>,
+        logic: LogicClient<Channel>,
+        gateways: GatewayPool,
+    ) -> Self {
+        let metrics = Arc::new(WorkerMetrics::new(&cfg.id));
+        Self { queue, logic, gateways, cfg, next_batch: 0, metrics }
+    }
+
+    /// What this worker counts, for its admin listener.
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        self.metrics.clone()
     }
 
     /// Runs until `shutdown` completes or the queue closes.
@@ -105,7 +128,11 @@ impl Worker {
             };
             match grouped {
                 Ok(g) if g.is_empty() => {}
-                Ok(g) => self.push(g).await,
+                Ok(g) => {
+                    self.metrics.pending.store(g.ids.len() as u64, Ordering::Relaxed);
+                    self.push(g).await;
+                    self.metrics.pending.store(0, Ordering::Relaxed);
+                }
                 Err(Error::Closed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "queue read failed");
@@ -118,7 +145,7 @@ impl Worker {
     /// Waits for a first message, then gathers more until the batch is full or old enough.
     async fn collect(&self) -> Result<Grouped, Error> {
         let mut grouped = Grouped::default();
-        let first = self.queue.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
+        let first = self.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
         if first.is_empty() {
             return Ok(grouped);
         }
@@ -130,7 +157,7 @@ impl Worker {
             if left.is_zero() {
                 break;
             }
-            let more = self.queue.read(self.cfg.batch_max - count, left).await?;
+            let more = self.read(self.cfg.batch_max - count, left).await?;
             if more.is_empty() {
                 break;
             }
@@ -140,6 +167,12 @@ impl Worker {
         Ok(grouped)
     }
 
+    async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
+        let read = self.queue.read(max, wait).await?;
+        self.metrics.read(&read);
+        Ok(read)
+    }
+
     /// Routes a batch through logic and pushes one `PushBatch` per gateway.
     async fn push(&mut self, grouped: Grouped) {
         let req =
@@ -147,37 +180,56 @@ impl Worker {
         let route = match self.route(req).await {
             Ok(r) => r,
             Err(status) => {
+                self.metrics.routing_failures.inc();
                 tracing::error!(%status, messages = grouped.ids.len(), "routing failed; batch dropped");
                 return;
             }
         };
         let (per_gateway, ids) = grouped.split(route);
+        let sent = tokio::time::Instant::now();
         let mut acks = Vec::with_capacity(per_gateway.len());
         for (gateway, mut batch) in per_gateway {
             self.next_batch += 1;
             batch.batch_id = self.next_batch;
             match self.gateways.send(&gateway, batch).await {
-                Some(acked) => acks.push(acked),
+                Some(acked) => acks.push((gateway, acked)),
                 // Not in discovery: gone (its routes are swept once its lease runs out) or not
                 // registered yet. Asking the queue again would not reach it either.
                 None => {
+                    self.metrics.pushed(&gateway, Outcome::NotInDiscovery);
                     tracing::warn!(%gateway, "gateway not in discovery; its part of the batch is dropped")
                 }
             }
         }
         // Acknowledge the queue only once every gateway took its part: otherwise the entries
         // stay pending and are delivered again (at-least-once).
-        let all = futures_util::future::join_all(acks);
-        match tokio::time::timeout(ACK_WAIT, all).await {
-            Ok(results) if results.iter().all(Result::is_ok) => {
-                if let Err(e) = self.queue.ack(&ids).await {
-                    tracing::warn!(error = %e, "queue ack failed; the batch will be delivered again");
-                }
-            }
-            _ => tracing::warn!(
+        let deadline = sent + ACK_WAIT;
+        let waits = acks.into_iter().map(|(gateway, acked)| async move {
+            let outcome = match tokio::time::timeout_at(deadline, acked).await {
+                Ok(Ok(())) => Outcome::Acked,
+                Ok(Err(_)) => Outcome::LinkDown,
+                Err(_) => Outcome::AckTimeout,
+            };
+            (gateway, outcome)
+        });
+        let outcomes = futures_util::future::join_all(waits).await;
+        outcomes.iter().for_each(|(gateway, outcome)| self.metrics.pushed(gateway, *outcome));
+        if !outcomes.iter().all(|(_, outcome)| *outcome == Outcome::Acked) {
+            tracing::warn!(
                 messages = ids.len(),
                 "not every gateway acknowledged the batch; left for redelivery"
-            ),
+            );
+            return;
+        }
+        if !outcomes.is_empty() {
+            self.metrics.push.observe(sent.elapsed());
+        }
+        match self.queue.ack(&ids).await {
+            Ok(()) => self.metrics.acked.add(ids.len() as u64),
+            Err(e) => {
+                self.metrics.ack_failures.inc();
+                tracing::warn!(error = %e, "queue ack failed; the batch will be delivered again");
+            }
         }
     }
 

@@ -1,0 +1,197 @@
+//! Prometheus metrics on control's admin listener: REST requests by route and gochat code and
+//! their durations, messages enqueued, rate-limit refusals, socket authentications and gateway
+//! sweeps.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
+use gochat_proto::queue::queue_message::Target;
+
+use crate::api::{CODE_FAIL, CODE_SESSION, CODE_SUCCESS, CODE_UNKNOWN};
+use crate::limits::RateLimits;
+use crate::logic::Logic;
+
+/// gochat's routes, as labelled; any other path is `other`, so the label stays bounded.
+const ROUTES: [&str; 8] = [
+    "/user/register",
+    "/user/login",
+    "/user/logout",
+    "/user/checkAuth",
+    "/push/push",
+    "/push/pushRoom",
+    "/push/count",
+    "/push/getRoomInfo",
+];
+const OTHER: usize = ROUTES.len();
+
+/// The gochat codes, as labelled; `none` is an answer without an envelope (a CORS preflight).
+const CODES: [(i64, &str); 4] =
+    [(CODE_SUCCESS, "0"), (CODE_FAIL, "1"), (CODE_UNKNOWN, "-1"), (CODE_SESSION, "40000")];
+const NO_CODE: usize = CODES.len();
+
+/// The gochat code a REST response carries, left on it for [`track`].
+#[derive(Debug, Clone, Copy)]
+pub struct Code(pub i64);
+
+/// REST requests by route and code, and their durations by route.
+#[derive(Debug)]
+pub struct Requests {
+    counts: [[Counter; CODES.len() + 1]; ROUTES.len() + 1],
+    durations: [Histogram; ROUTES.len() + 1],
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Self {
+            counts: Default::default(),
+            durations: std::array::from_fn(|_| Histogram::new(LATENCY_SECONDS)),
+        }
+    }
+}
+
+impl Requests {
+    fn record(&self, path: &str, code: Option<i64>, took: Duration) {
+        let route = ROUTES.iter().position(|r| *r == path).unwrap_or(OTHER);
+        let code = code.and_then(|c| CODES.iter().position(|(known, _)| *known == c)).unwrap_or(NO_CODE);
+        self.counts[route][code].inc();
+        self.durations[route].observe(took);
+    }
+}
+
+/// A middleware layer over the REST router: counts and times every request.
+pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let path = req.uri().path().to_string();
+    let res = next.run(req).await;
+    requests.record(&path, res.extensions().get::<Code>().map(|c| c.0), started.elapsed());
+    res
+}
+
+/// The target kinds of enqueued messages, as labelled.
+const KINDS: [&str; 3] = ["room", "user", "session_end"];
+
+/// What logic counts as it works.
+#[derive(Debug, Default)]
+pub struct LogicCounts {
+    enqueued: [Counter; KINDS.len()],
+    enqueue_failures: [Counter; KINDS.len()],
+    pub socket_auths_accepted: Counter,
+    pub socket_auths_refused: Counter,
+    /// Gateways whose lease ran out and whose connections were forgotten.
+    pub gateways_swept: Counter,
+}
+
+impl LogicCounts {
+    /// A message for `target` was enqueued, or refused by the queue.
+    pub fn enqueue(&self, target: Target, ok: bool) {
+        let kind = match target {
+            Target::RoomId(_) => 0,
+            Target::UserId(_) => 1,
+            Target::SessionEnd(_) => 2,
+        };
+        let counters = if ok { &self.enqueued } else { &self.enqueue_failures };
+        counters[kind].inc();
+    }
+}
+
+/// What `/metrics` reads.
+#[derive(Clone)]
+pub struct Metrics {
+    pub control_id: Arc<str>,
+    pub requests: Arc<Requests>,
+    pub logic: Arc<Logic>,
+    pub limits: Arc<RateLimits>,
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut text = Text::default();
+        let control = ("control", &*self.control_id);
+        let routes = || ROUTES.iter().copied().chain(["other"]).enumerate();
+        let requests = "gochat_control_requests_total";
+        text.family(requests, Kind::Counter, "REST requests by route and gochat code.");
+        for (r, route) in routes() {
+            let codes = CODES.iter().map(|(_, label)| *label).chain(["none"]);
+            for (c, code) in codes.enumerate() {
+                let labels = [control, ("route", route), ("code", code)];
+                text.sample(requests, &labels, self.requests.counts[r][c].get());
+            }
+        }
+        let duration = "gochat_control_request_duration_seconds";
+        text.family(duration, Kind::Histogram, "REST request durations by route.");
+        for (r, route) in routes() {
+            text.histogram(duration, &[control, ("route", route)], &self.requests.durations[r]);
+        }
+        let counts = &self.logic.counts;
+        for (name, help, counters) in [
+            ("gochat_control_enqueued_total", "Messages enqueued, by target kind.", &counts.enqueued),
+            (
+                "gochat_control_enqueue_failures_total",
+                "Messages the queue refused, by target kind.",
+                &counts.enqueue_failures,
+            ),
+        ] {
+            text.family(name, Kind::Counter, help);
+            for (kind, counter) in KINDS.iter().zip(counters) {
+                text.sample(name, &[control, ("kind", kind)], counter.get());
+            }
+        }
+        let limited = "gochat_control_rate_limited_total";
+        text.family(limited, Kind::Counter, "REST requests refused by a rate limit.");
+        let limits = &self.limits;
+        let refused = [
+            ("login", limits.login.refused()),
+            ("register", limits.register.refused()),
+            ("push", limits.push.refused()),
+        ];
+        for (limit, refused) in refused {
+            text.sample(limited, &[control, ("limit", limit)], refused);
+        }
+        let auths = "gochat_control_socket_auths_total";
+        text.family(auths, Kind::Counter, "Socket authentications (ConnOpen) by result.");
+        for (result, counter) in
+            [("accepted", &counts.socket_auths_accepted), ("refused", &counts.socket_auths_refused)]
+        {
+            text.sample(auths, &[control, ("result", result)], counter.get());
+        }
+        let swept = "gochat_control_gateways_swept_total";
+        text.family(swept, Kind::Counter, "Gateways whose lease ran out: their connections were forgotten.")
+            .sample(swept, &[control], counts.gateways_swept.get());
+        text.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_labelled_route_is_one_of_gochats() {
+        for route in ROUTES {
+            let parsed = gochat_proto::rest::parse_request(route, b"{}");
+            assert!(
+                !matches!(parsed, Err(gochat_proto::rest::RequestError::UnknownRoute)),
+                "{route} is not a route"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_known_route_and_code() {
+        let r = Requests::default();
+        r.record("/push/pushRoom", Some(CODE_SUCCESS), Duration::from_millis(3));
+        r.record("/push/pushRoom", Some(CODE_SESSION), Duration::from_millis(3));
+        r.record("/nope/../user/login", Some(CODE_FAIL), Duration::from_millis(1));
+        r.record("/user/login", None, Duration::ZERO);
+        let push_room = ROUTES.iter().position(|p| *p == "/push/pushRoom").unwrap();
+        let login = ROUTES.iter().position(|p| *p == "/user/login").unwrap();
+        assert_eq!(r.counts[push_room][0].get(), 1);
+        assert_eq!(r.counts[push_room][3].get(), 1);
+        assert_eq!(r.counts[OTHER][1].get(), 1, "unknown paths are one label");
+        assert_eq!(r.counts[login][NO_CODE].get(), 1, "a preflight has no code");
+    }
+}

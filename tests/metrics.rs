@@ -1,0 +1,121 @@
+//! Every role's admin listener: what it exports moves with real traffic, and the Grafana
+//! dashboard asks only for metrics some role exports.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use common::Server;
+use gochat_proto::wire;
+
+/// A scrape of `/metrics` at `addr`.
+async fn scrape(addr: Option<SocketAddr>) -> String {
+    let url = format!("http://{}/metrics", addr.expect("admin listener on"));
+    let res = reqwest::get(&url).await.expect("metrics reachable");
+    assert_eq!(res.headers()["content-type"], "text/plain; version=0.0.4");
+    res.text().await.unwrap()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn value(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// The sample names a scrape may hold, from its `# TYPE` lines; checks that every sample
+/// belongs to one.
+fn exported(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        names.insert(name.to_string());
+        if kind == "histogram" {
+            names.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")));
+        }
+    }
+    for sample in text.lines().filter(|l| !l.starts_with('#')) {
+        let name = sample.split(['{', ' ']).next().unwrap();
+        assert!(names.contains(name), "{name} has no # TYPE line:\n{text}");
+        assert!(sample.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "{sample}");
+    }
+    names
+}
+
+/// Every `expr` in a Grafana dashboard.
+fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value.as_str() {
+                    Some(expr) if key == "expr" => out.push(expr.to_string()),
+                    _ => exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| exprs(item, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_role_exports_metrics_that_move_and_the_dashboard_uses_only_those() {
+    let mut cfg = common::test_config();
+    let any = Some("127.0.0.1:0".parse().unwrap());
+    (cfg.gateway.admin_listen, cfg.control.admin_listen, cfg.worker.admin_listen) = (any, any, any);
+    let s = Server::start_with(cfg).await;
+    let a = s.user("metrics").await;
+    let mut ws = s.ws(&a, 61).await;
+    let sent = s.push_room(&a, 61, "measured").await;
+    assert_eq!(sent["code"], 0, "{sent}");
+    ws.recv_op(wire::OP_ROOM_SEND).await;
+
+    let up = &s.up;
+    let (gateway, control, worker) = (up.gateway.admin_addr, up.control.admin_addr, up.worker.admin_addr);
+    // The worker acknowledges its batch, and the gateway counts the hand-off, around the frame
+    // reaching the client, not strictly before it.
+    common::eventually("every role counted the message", || async {
+        let (g, c, w) = (scrape(gateway).await, scrape(control).await, scrape(worker).await);
+        value(&c, "gochat_control_enqueued_total", &["kind=\"room\""]) >= 1.0
+            && value(&c, "gochat_control_requests_total", &["route=\"/push/pushRoom\"", "code=\"0\""]) >= 1.0
+            && value(&c, "gochat_control_socket_auths_total", &["result=\"accepted\""]) >= 1.0
+            && value(&w, "gochat_worker_batches_total", &["gateway=\"gateway-1\""]) >= 1.0
+            && value(&w, "gochat_worker_queue_lag_seconds_count", &[]) >= 1.0
+            && value(&w, "gochat_worker_push_seconds_count", &[]) >= 1.0
+            && value(&g, "gochat_gateway_delivery_latency_seconds_count", &[]) >= 1.0
+            && value(&g, "gochat_gateway_messages_total", &[]) >= 1.0
+    })
+    .await;
+    let c = scrape(control).await;
+    assert_eq!(value(&c, "gochat_control_requests_total", &["route=\"/push/pushRoom\""]), 1.0, "{c}");
+    assert_eq!(
+        value(&c, "gochat_control_request_duration_seconds_count", &["route=\"/push/pushRoom\""]),
+        1.0
+    );
+    assert_eq!(value(&c, "gochat_control_enqueue_failures_total", &[]), 0.0);
+
+    let mut names = BTreeSet::new();
+    for text in [scrape(gateway).await, c, scrape(worker).await] {
+        names.extend(exported(&text));
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/gochat.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let mut all = Vec::new();
+    exprs(&dashboard, &mut all);
+    assert!(all.len() >= 20, "{} queries", all.len());
+    let mut used = BTreeSet::new();
+    for expr in &all {
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+        used.extend(words.filter(|w| w.starts_with("gochat_")).map(str::to_string));
+    }
+    let unknown: Vec<_> = used.difference(&names).collect();
+    assert!(unknown.is_empty(), "the dashboard asks for metrics no role exports: {unknown:?}");
+    for role in ["gochat_gateway_", "gochat_worker_", "gochat_control_"] {
+        assert!(used.iter().any(|n| n.starts_with(role)), "no {role}* panel");
+    }
+    s.shutdown().await;
+}
