@@ -1,0 +1,122 @@
+//! Private messages kept until acknowledged, through real sockets against `gochat up` (both
+//! gateway drivers: GOCHAT_TEST_DRIVER): delivered when their user comes back, again to a
+//! client that acknowledges until it does, once to a client that does not (gochat's).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Server, User, Ws};
+use gochat_proto::wire;
+use serde_json::{json, Value};
+
+async fn push(s: &Server, from: &User, to: &User, msg: &str) -> Value {
+    s.api(
+        "/push/push",
+        json!({"authToken": from.token, "msg": msg, "toUserId": to.id.to_string(), "roomId": 1}),
+    )
+    .await
+}
+
+/// The private messages (op 2) arriving within `d`.
+async fn privates_within(ws: &mut Ws, d: Duration) -> Vec<Value> {
+    ws.frames_within(d).await.into_iter().filter(|f| f["op"] == wire::OP_SINGLE_SEND).collect()
+}
+
+fn texts(messages: &[Value]) -> Vec<&str> {
+    messages.iter().map(|m| m["msg"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn messages_to_an_offline_user_wait_for_them() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    for i in 1..=3 {
+        let r = push(&s, &a, &b, &format!("while away {i}")).await;
+        assert_eq!(r["code"], 0, "kept for later: {r}");
+    }
+    // gochat's client: the messages come right after the auth reply, and count as delivered.
+    let (mut wb, ok) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+    assert!(ok.get("pending").is_none(), "{ok}");
+    let got = privates_within(&mut wb, Duration::from_millis(500)).await;
+    assert_eq!(texts(&got), ["while away 1", "while away 2", "while away 3"]);
+    assert!(got.iter().all(|m| m["fromUserId"] == a.id && m["msgId"].is_string()));
+    wb.close().await;
+    let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+    assert!(privates_within(&mut wb, Duration::from_millis(400)).await.is_empty(), "not again");
+    // Live ones reach it as before, and do not come back either.
+    assert_eq!(push(&s, &a, &b, "live").await["code"], 0);
+    assert_eq!(texts(&privates_within(&mut wb, Duration::from_millis(500)).await), ["live"]);
+    wb.close().await;
+    common::eventually("the gateway has acknowledged the live one", || async {
+        let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+        privates_within(&mut wb, Duration::from_millis(100)).await.is_empty()
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_acknowledges_gets_what_it_did_not_acknowledge_again() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    push(&s, &a, &b, "one").await;
+    push(&s, &a, &b, "two").await;
+    let got = privates_within(&mut wb, Duration::from_millis(500)).await;
+    assert_eq!(texts(&got), ["one", "two"]);
+    wb.send_json(json!({"op": wire::OP_ACK, "msgIds": [got[0]["msgId"]]})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wb.close().await;
+    // At least once: "two" again, with the same id.
+    let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    let again = privates_within(&mut wb, Duration::from_millis(500)).await;
+    assert_eq!(texts(&again), ["two"]);
+    assert_eq!(again[0]["msgId"], got[1]["msgId"]);
+    wb.send_json(json!({"op": wire::OP_ACK, "msgIds": [again[0]["msgId"]]})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wb.close().await;
+    let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    assert!(privates_within(&mut wb, Duration::from_millis(400)).await.is_empty());
+    // Bad acknowledgements are answered; the socket stays.
+    for bad in [json!({"op": 12}), json!({"op": 12, "msgIds": ["x"]}), json!({"op": 12, "msgIds": 5})] {
+        wb.send_json(bad.clone()).await;
+        assert_eq!(wb.recv_op(wire::OP_ERROR).await["op"], wire::OP_ERROR, "{bad}");
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_kept_messages_come_a_chunk_per_acknowledgement() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    for i in 0..130 {
+        assert_eq!(push(&s, &a, &b, &format!("k{i}")).await["code"], 0);
+    }
+    let (mut wb, ok) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    assert_eq!(ok["pending"], 30, "{ok}");
+    let first = privates_within(&mut wb, Duration::from_millis(500)).await;
+    assert_eq!(first.len(), 100);
+    let ids: Vec<Value> = first.iter().map(|m| m["msgId"].clone()).collect();
+    wb.send_json(json!({"op": wire::OP_ACK, "msgIds": ids})).await;
+    let rest = privates_within(&mut wb, Duration::from_millis(500)).await;
+    let all: Vec<&str> = texts(&first).into_iter().chain(texts(&rest)).collect();
+    assert_eq!(all, (0..130).map(|i| format!("k{i}")).collect::<Vec<_>>(), "every one, in order");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_full_inbox_refuses_more_and_says_so() {
+    let mut cfg = common::test_config();
+    cfg.control.inbox_size = 2;
+    let s = Server::start_with(cfg).await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    assert_eq!(push(&s, &a, &b, "1").await["code"], 0);
+    assert_eq!(push(&s, &a, &b, "2").await["code"], 0);
+    let r = push(&s, &a, &b, "3").await;
+    assert_eq!(r["code"], 1);
+    assert_eq!(r["message"], format!("{} has too many unread messages; try again later", b.name));
+    let r = s.api("/push/push", json!({"authToken": a.token, "msg": "x", "toUserId": "999999"})).await;
+    assert_eq!(r["message"], "no user with id 999999");
+    s.shutdown().await;
+}
