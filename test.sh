@@ -42,7 +42,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if why=$(cargo run --quiet --locked --features etcd -- --driver io_uring --check 2>&1); then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test metrics
+    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics
     drivers=epoll,io_uring
 else
     echo "SKIPPED: the gateway tests under io_uring: ${why##*: }"

@@ -17,6 +17,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use gochat_proto::binary::SUBPROTOCOL;
+use gochat_proto::client::{self, client_frame, server_frame, ClientFrame, ServerFrame};
+use prost::Message as _;
+
 use crate::wsclient;
 
 /// Prefix of a message the bench sent: `bench:<sequence>:<send time in µs since the epoch>`.
@@ -39,6 +43,17 @@ pub struct FleetSpec {
     pub conns: Vec<ConnSpec>,
     /// Handshakes in flight at once.
     pub connect_concurrency: usize,
+    /// What the connections speak and do.
+    pub client: ClientKind,
+}
+
+/// How the bench's connections talk to the server.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ClientKind {
+    /// The binary protocol (`gochat-pb`) instead of gochat's JSON.
+    pub binary: bool,
+    /// Acknowledge private messages (op 12), so the server keeps them until then.
+    pub acks: bool,
 }
 
 /// Counters and histograms of a fleet, as reported to the coordinator.
@@ -130,6 +145,7 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
         });
         let gate = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
         let host = spec.ws.to_string();
+        let kind = spec.client;
         for conn in spec.conns {
             let (shared, gate, host, path) = (shared.clone(), gate.clone(), host.clone(), spec.path.clone());
             let (addr, source) = (spec.ws, spec.source_ip);
@@ -139,7 +155,8 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                 let mut backoff = Duration::from_millis(500);
                 for attempt in 1..=CONNECT_ATTEMPTS {
                     let permit = gate.acquire().await.expect("semaphore open");
-                    let result = connection(&shared, addr, source, &host, &path, &conn, Some(permit)).await;
+                    let at = Endpoint { addr, source, host: &host, path: &path, kind };
+                    let result = connection(&shared, &at, &conn, Some(permit)).await;
                     let retry = {
                         let mut stats = shared.stats.borrow_mut();
                         let failed = result.is_err();
@@ -205,21 +222,28 @@ async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpSt
     Ok(stream)
 }
 
+/// Where a connection goes, and how it talks.
+struct Endpoint<'a> {
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    host: &'a str,
+    path: &'a str,
+    kind: ClientKind,
+}
+
 /// One connection's life. `Ok(true)` when the server closed it after auth.
 async fn connection(
     shared: &Shared,
-    addr: SocketAddr,
-    source: Option<Ipv4Addr>,
-    host: &str,
-    path: &str,
+    at: &Endpoint<'_>,
     spec: &ConnSpec,
     mut permit: Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> io::Result<bool> {
     let started = Instant::now();
-    let mut stream = tokio::time::timeout(Duration::from_secs(30), connect(addr, source))
+    let mut stream = tokio::time::timeout(Duration::from_secs(30), connect(at.addr, at.source))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.write_all(&wsclient::upgrade_request(host, path)).await?;
+    let offer = at.kind.binary.then_some(SUBPROTOCOL);
+    stream.write_all(&wsclient::upgrade_request(at.host, at.path, offer)).await?;
     let mut head = Vec::with_capacity(256);
     let body_at = loop {
         let mut buf = [0u8; 512];
@@ -230,13 +254,30 @@ async fn connection(
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during upgrade"));
         }
         head.extend_from_slice(&buf[..n]);
-        if let Some(at) = wsclient::upgrade_response(&head)? {
-            break at;
+        if let Some(end) = wsclient::upgrade_response(&head)? {
+            break end;
         }
     };
+    if at.kind.binary && !wsclient::agreed(&head[..body_at], SUBPROTOCOL) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the server did not take the binary protocol",
+        ));
+    }
     let mut auth = Vec::with_capacity(128);
-    let body = serde_json::json!({"authToken": spec.token, "roomId": spec.room}).to_string();
-    wsclient::masked_frame(0x1, body.as_bytes(), &mut auth);
+    if at.kind.binary {
+        let a = client::Auth {
+            auth_token: spec.token.clone(),
+            room_id: spec.room,
+            since: None,
+            acks: at.kind.acks,
+        };
+        let frame = ClientFrame { kind: Some(client_frame::Kind::Auth(a)) }.encode_to_vec();
+        wsclient::masked_frame(0x2, &frame, &mut auth);
+    } else {
+        let body = serde_json::json!({"authToken": spec.token, "roomId": spec.room, "acks": at.kind.acks});
+        wsclient::masked_frame(0x1, body.to_string().as_bytes(), &mut auth);
+    }
     stream.write_all(&auth).await?;
 
     let mut pending: Vec<u8> = head.split_off(body_at);
@@ -244,7 +285,7 @@ async fn connection(
     let mut authed = false;
     loop {
         if !pending.is_empty() {
-            let (used, event) = process(shared, &pending, &mut owed, started, &mut authed);
+            let (used, event) = process(shared, &pending, &mut owed, started, &mut authed, at.kind);
             pending.drain(..used);
             if let Event::Closed(why) = event {
                 return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
@@ -267,7 +308,7 @@ async fn connection(
             Err(e) => return if authed { Ok(true) } else { Err(e) },
         };
         if pending.is_empty() {
-            let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed);
+            let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed, at.kind);
             pending.extend_from_slice(&scratch[used..n]);
             if let Event::Closed(why) = event {
                 return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
@@ -293,10 +334,42 @@ enum Event {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ServerJson<'a> {
     op: i32,
     #[serde(borrow, default)]
-    msg: Option<&'a str>,
+    msg: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    msg_id: Option<&'a str>,
+}
+
+/// What the bench reads of a server message, in either protocol: its op, text and id.
+fn read_message(opcode: u8, payload: &[u8]) -> Option<(i32, Option<String>, u64)> {
+    match opcode {
+        0x1 => {
+            let j = serde_json::from_slice::<ServerJson>(payload).ok()?;
+            Some((j.op, j.msg.map(|m| m.into_owned()), j.msg_id.and_then(|id| id.parse().ok()).unwrap_or(0)))
+        }
+        0x2 => {
+            let f = ServerFrame::decode(payload).ok()?;
+            match f.body {
+                Some(server_frame::Body::Message(m)) => Some((f.op, Some(m.msg), m.msg_id)),
+                _ => Some((f.op, None, 0)),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// An acknowledgement of private message `id`, masked, onto `out`.
+fn ack(id: u64, kind: ClientKind, out: &mut Vec<u8>) {
+    if kind.binary {
+        let frame = ClientFrame { kind: Some(client_frame::Kind::Ack(client::Ack { msg_ids: vec![id] })) };
+        wsclient::masked_frame(0x2, &frame.encode_to_vec(), out);
+    } else {
+        let body = format!(r#"{{"op":12,"msgIds":["{id}"]}}"#);
+        wsclient::masked_frame(0x1, body.as_bytes(), out);
+    }
 }
 
 /// Handles the whole frames at the start of `buf`; returns the bytes used.
@@ -306,25 +379,29 @@ fn process(
     owed: &mut Vec<u8>,
     started: Instant,
     authed: &mut bool,
+    kind: ClientKind,
 ) -> (usize, Event) {
     let mut at = 0;
     let mut stats = shared.stats.borrow_mut();
     while let Ok(Some((frame, len))) = wsclient::parse_frame(&buf[at..]) {
         at += len;
         match frame.opcode {
-            0x1 => match serde_json::from_slice::<ServerJson>(frame.payload) {
-                Ok(j) if j.op == 7 && !*authed => {
+            0x1 | 0x2 => match read_message(frame.opcode, frame.payload) {
+                Some((7, _, _)) if !*authed => {
                     *authed = true;
                     stats.snap.connected += 1;
                     let _ = stats.connect.record(started.elapsed().as_micros().max(1) as u64);
                 }
-                Ok(j) if j.op == 2 || j.op == 3 => {
-                    if j.op == 3 {
+                Some((op @ (2 | 3), msg, id)) => {
+                    if op == 3 {
                         stats.snap.room_frames += 1;
                     } else {
                         stats.snap.private_frames += 1;
+                        if kind.acks && id != 0 {
+                            ack(id, kind, owed);
+                        }
                     }
-                    if let Some(sent) = j.msg.and_then(sent_micros) {
+                    if let Some(sent) = msg.as_deref().and_then(sent_micros) {
                         stats.snap.marked += 1;
                         let _ = stats.latency.record(now_micros().saturating_sub(sent).max(1));
                     }
@@ -376,6 +453,19 @@ mod tests {
         assert!(now_micros() >= sent);
         assert_eq!(sent_micros("hello"), None);
         assert_eq!(sent_micros("bench:1:x"), None);
+    }
+
+    #[test]
+    fn messages_read_alike_in_both_protocols() {
+        let json = br#"{"code":0,"msg":"bench:1:2","op":2,"msgId":"77","fromUserId":1}"#;
+        let binary = gochat_proto::binary::server_frame(json);
+        let want = Some((2, Some("bench:1:2".to_string()), 77));
+        assert_eq!(read_message(0x1, json), want);
+        assert_eq!(read_message(0x2, &binary), want);
+        let mut acks = (Vec::new(), Vec::new());
+        ack(77, ClientKind { binary: false, acks: true }, &mut acks.0);
+        ack(77, ClientKind { binary: true, acks: true }, &mut acks.1);
+        assert_eq!((acks.0[0], acks.1[0]), (0x81, 0x82));
     }
 
     #[test]

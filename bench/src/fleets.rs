@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::engine::{new_hist, ConnSpec, FleetSpec, Snapshot};
+use crate::engine::{new_hist, ClientKind, ConnSpec, FleetSpec, Snapshot};
 use crate::worker::Fleet;
 
 /// Where fleets run.
@@ -20,6 +20,8 @@ pub struct ClientOpts {
     /// The `bench` executable for worker processes.
     pub exe: PathBuf,
     pub connect_concurrency: usize,
+    /// What the connections speak and do.
+    pub kind: ClientKind,
 }
 
 /// Connections one worker process takes at most: the open-file limit is 20,000 a process.
@@ -120,6 +122,7 @@ impl Fleets {
                 },
                 conns,
                 connect_concurrency: opts.connect_concurrency,
+                client: opts.kind,
             };
             fleets.push(if procs == 0 { Fleet::thread(spec) } else { Fleet::process(&opts.exe, &spec)? });
         }

@@ -5,10 +5,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use gochat_bench::echo::{self, EchoParams};
+use gochat_bench::engine::ClientKind;
 use gochat_bench::fleets::ClientOpts;
 use gochat_bench::result::RunResult;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
-use gochat_bench::server::{Cluster, ServerProcs};
+use gochat_bench::server::{Cluster, ClusterSpec, ServerProcs};
 use gochat_bench::{report, sequence, worker};
 
 /// Load generator for gochat-compatible servers (gochat-rs, gochat, anything speaking its
@@ -66,12 +67,30 @@ struct ServerArgs {
     /// Handshakes in flight per client process.
     #[arg(long, global = true, default_value_t = 256)]
     connect_concurrency: usize,
+    /// What the client connections speak: gochat's `json`, or the `binary` protocol
+    /// (protobuf, the `gochat-pb` subprotocol).
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    protocol: Protocol,
+    /// The client connections acknowledge private messages (op 12), so the server keeps them
+    /// until they do (without, every delivery counts as acknowledged).
+    #[arg(long, global = true)]
+    acks: bool,
+    /// With --spawn: a `[control]` setting for the cluster, as KEY=VALUE in TOML (e.g.
+    /// `history_size=0`); repeatable.
+    #[arg(long = "control-set", global = true, value_name = "KEY=VALUE")]
+    control_set: Vec<String>,
     /// Append each run's result (JSON) to this directory.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
     /// No progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Json,
+    Binary,
 }
 
 #[derive(Subcommand)]
@@ -259,6 +278,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         procs: args.procs,
         exe: std::env::current_exe().context("own executable")?,
         connect_concurrency: args.connect_concurrency,
+        kind: ClientKind { binary: args.protocol == Protocol::Binary, acks: args.acks },
     };
     let connections = match command {
         Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
@@ -291,14 +311,21 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         Some(gochat) => {
             let gateways = args.gateways.unwrap_or(connections.div_ceil(15_000).max(1));
             for driver in &args.drivers {
-                let cluster =
-                    match Cluster::start(gochat, driver, gateways, 19_000, &args.queue, args.batch_age_us) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
-                            continue;
-                        }
-                    };
+                let spec = ClusterSpec {
+                    driver,
+                    gateways,
+                    max_conns_per_gateway: 19_000,
+                    queue: &args.queue,
+                    batch_age_us: args.batch_age_us,
+                    control_settings: &args.control_set,
+                };
+                let cluster = match Cluster::start(gochat, &spec) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
+                        continue;
+                    }
+                };
                 let target = Target {
                     api: cluster.api.clone(),
                     ws: cluster.ws,
@@ -312,6 +339,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
                 let mut result = result?;
                 result.param("gateway_processes", gateways);
                 result.param("queue", &args.queue);
+                result.param("control_settings", &args.control_set);
                 results.push(result);
             }
         }
@@ -331,6 +359,10 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
             command,
             args.quiet,
         )?);
+    }
+    for r in &mut results {
+        r.param("protocol", format!("{:?}", args.protocol).to_lowercase());
+        r.param("acks", args.acks);
     }
     for r in &results {
         save(r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;

@@ -134,15 +134,28 @@ pub struct Cluster {
     redis_prefix: Option<String>,
 }
 
+/// What a spawned cluster runs.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec<'a> {
+    pub driver: &'a str,
+    pub gateways: usize,
+    pub max_conns_per_gateway: usize,
+    /// `memory` (the worker inside control) or `redis`.
+    pub queue: &'a str,
+    pub batch_age_us: u64,
+    /// Lines `KEY=VALUE` added to `[control]`, after the bench's own.
+    pub control_settings: &'a [String],
+}
+
 impl Cluster {
-    pub fn start(
-        gochat: &Path,
-        driver: &str,
-        gateways: usize,
-        max_conns_per_gateway: usize,
-        queue: &str,
-        batch_age_us: u64,
-    ) -> anyhow::Result<Self> {
+    pub fn start(gochat: &Path, spec: &ClusterSpec<'_>) -> anyhow::Result<Self> {
+        let ClusterSpec { driver, gateways, max_conns_per_gateway, queue, batch_age_us, control_settings } =
+            spec.clone();
+        for setting in control_settings {
+            if !setting.contains('=') {
+                bail!("--control-set {setting:?}: expected KEY=VALUE");
+            }
+        }
         if !gochat.is_file() {
             bail!("no gochat binary at {} (build it: cargo build --release)", gochat.display());
         }
@@ -171,10 +184,11 @@ impl Cluster {
         let common = format!(
             "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
              grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
-             session_ttl_secs = 864000\n{bench_control}\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
+             session_ttl_secs = 864000\n{bench_control}{settings}\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
             db = dir.join("users.sqlite3").display(),
             list = list.join(", "),
             bench_control = BENCH_CONTROL,
+            settings = control_settings.iter().map(|s| format!("{s}\n")).collect::<String>(),
         );
         let mut children = Vec::new();
         let spawn = |path: &Path, role: &str, log: &str| -> anyhow::Result<Child> {

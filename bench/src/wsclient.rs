@@ -4,14 +4,24 @@
 
 use std::io;
 
-/// The upgrade request for `path` on `host`.
-pub fn upgrade_request(host: &str, path: &str) -> Vec<u8> {
+/// The upgrade request for `path` on `host`, offering `subprotocol` when given.
+pub fn upgrade_request(host: &str, path: &str, subprotocol: Option<&str>) -> Vec<u8> {
+    let offer = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
     // Any 16-byte nonce is valid; the server's answer is checked for the status only.
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: Z29jaGF0LWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: Z29jaGF0LWJlbmNoLWtleQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
+}
+
+/// Whether the response head `head` agreed to `subprotocol`.
+pub fn agreed(head: &[u8], subprotocol: &str) -> bool {
+    String::from_utf8_lossy(head).lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("sec-websocket-protocol") && value.trim() == subprotocol
+        })
+    })
 }
 
 /// Where the response head ends, once it is complete; an error when it is not a 101.
@@ -107,6 +117,15 @@ mod tests {
         let mut payload = out[6..].to_vec();
         fastwebsockets::unmask(&mut payload, mask);
         assert_eq!(payload, b"hello");
+    }
+
+    #[test]
+    fn subprotocols_are_offered_and_checked() {
+        let req = String::from_utf8(upgrade_request("h", "/ws", Some("gochat-pb"))).unwrap();
+        assert!(req.ends_with("Sec-WebSocket-Protocol: gochat-pb\r\n\r\n"), "{req}");
+        assert!(!String::from_utf8(upgrade_request("h", "/ws", None)).unwrap().contains("Protocol"));
+        assert!(agreed(b"HTTP/1.1 101 OK\r\nsec-websocket-protocol:  gochat-pb\r\n\r\n", "gochat-pb"));
+        assert!(!agreed(b"HTTP/1.1 101 OK\r\n\r\n", "gochat-pb"));
     }
 
     #[test]

@@ -42,7 +42,12 @@ fn target(up: &Up) -> Target {
 }
 
 fn threads() -> ClientOpts {
-    ClientOpts { procs: 0, exe: env!("CARGO_BIN_EXE_bench").into(), connect_concurrency: 16 }
+    ClientOpts {
+        procs: 0,
+        exe: env!("CARGO_BIN_EXE_bench").into(),
+        connect_concurrency: 16,
+        kind: Default::default(),
+    }
 }
 
 fn processes() -> ClientOpts {

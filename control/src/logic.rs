@@ -275,7 +275,11 @@ impl Logic {
     /// Broadcasts the room's online count (op 4).
     pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
-        let body = wire::RoomCount { count: self.state.room_count(room_id).await?, op: wire::OP_ROOM_COUNT };
+        let body = wire::RoomCount {
+            count: self.state.room_count(room_id).await?,
+            op: wire::OP_ROOM_COUNT,
+            room_id,
+        };
         self.publish_body(Target::RoomId(room_id), to_json(&body)).await
     }
 
@@ -494,7 +498,7 @@ impl Logic {
 
     async fn room_update(&self, room_id: u64, events: RoomEvents) -> Result<(), LogicError> {
         let count = self.state.room_count(room_id).await?;
-        let body = wire::RoomCount { count, op: wire::OP_ROOM_COUNT };
+        let body = wire::RoomCount { count, op: wire::OP_ROOM_COUNT, room_id };
         self.publish_body(Target::RoomId(room_id), to_json(&body)).await?;
         if count <= self.room_info_max_members {
             self.push_room_info(room_id).await?;

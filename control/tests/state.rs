@@ -357,5 +357,5 @@ async fn presence_updates_net_out_users_who_came_and_went() {
         })
     );
     let counts: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["op"] == 4).collect();
-    assert_eq!(counts, [&serde_json::json!({"count": 2, "op": 4})]);
+    assert_eq!(counts, [&serde_json::json!({"count": 2, "op": 4, "roomId": 5})]);
 }

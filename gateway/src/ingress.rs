@@ -110,11 +110,13 @@ impl Ingress {
             self.delivery.duplicates.add(repeats as u64);
             tracing::debug!(repeats, "messages delivered before were dropped");
         }
+        // The binary protocol is framed too while any client here speaks it.
+        let binary = self.stats.iter().any(|s| s.binary_connections.load(Ordering::Relaxed) > 0);
         for room in batch.rooms {
             if room.bodies.is_empty() {
                 continue;
             }
-            let frames = Framed::encode_numbered(&room.bodies, &room.seqs);
+            let frames = Framed::encode_numbered(&room.bodies, &room.seqs, binary);
             for inbox in self.inboxes.iter() {
                 inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
             }
@@ -127,7 +129,7 @@ impl Ingress {
                 None => &self.inboxes[..],
             };
             if !user.bodies.is_empty() {
-                let frames = Framed::encode(&user.bodies);
+                let frames = Framed::encode_numbered(&user.bodies, &[], binary);
                 for inbox in inboxes {
                     let (user_id, ids, kept) = (user.user_id, user.ids.clone(), user.kept);
                     inbox.push_wait(Command::User { user_id, frames: frames.clone(), ids, kept }).await;

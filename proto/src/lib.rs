@@ -11,6 +11,8 @@
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
 //! - [`rest`]: gochat's REST requests — routes and their JSON bodies — parsed without I/O.
+//! - [`client`], [`binary`]: the binary client protocol (protobuf over WebSocket binary frames)
+//!   a client may choose instead of JSON, and its translation to and from gochat's JSON ops.
 
 pub mod logic {
     tonic::include_proto!("gochat.logic");
@@ -44,6 +46,12 @@ pub mod queue {
     tonic::include_proto!("gochat.queue");
 }
 
+/// The binary client protocol's messages (`proto/client.proto`); see [`binary`].
+pub mod client {
+    tonic::include_proto!("gochat.client");
+}
+
+pub mod binary;
 pub mod config_format;
 pub mod ids;
 pub mod metrics;

@@ -82,6 +82,9 @@ pub fn with_position(body: &[u8], seq: u64, epoch: &str) -> Vec<u8> {
 pub struct RoomCount {
     pub count: u64,
     pub op: i32,
+    /// Which room (additive: gochat's clients are in one room; a socket may be in several).
+    #[serde(rename = "roomId", default)]
+    pub room_id: u64,
 }
 
 /// Op 5.
@@ -178,7 +181,7 @@ pub struct ErrorReply {
 /// What a client sends on a socket: the WebSocket auth frame `{"authToken","roomId"}`, or a TCP
 /// body (`op` 6 to authenticate, `op` 3 with `msg` to send to the room). Other fields gochat's
 /// clients send (`fromUserId`, …) are ignored: the sender is always the token's user.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClientRequest {
     #[serde(default)]

@@ -18,6 +18,15 @@ pub enum Transport {
     Tcp,
 }
 
+/// How frames are written to a connection: gochat's JSON in WebSocket text frames or TCP `v1`
+/// frames, or the binary protocol (protobuf in WebSocket binary frames) a client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    WsJson,
+    WsBinary,
+    Tcp,
+}
+
 /// What the codec produced from a read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
@@ -48,6 +57,8 @@ pub struct Codec {
     fragment_opcode: Option<OpCode>,
     /// An echo-endpoint connection: messages come straight back.
     echo: bool,
+    /// The client chose the binary protocol at the upgrade.
+    binary: bool,
 }
 
 impl Codec {
@@ -63,11 +74,21 @@ impl Codec {
             fragments: Vec::new(),
             fragment_opcode: None,
             echo: false,
+            binary: false,
         }
     }
 
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// How frames for this connection are written.
+    pub fn wire(&self) -> Wire {
+        match (self.transport, self.binary) {
+            (Transport::Tcp, _) => Wire::Tcp,
+            (Transport::WebSocket, false) => Wire::WsJson,
+            (Transport::WebSocket, true) => Wire::WsBinary,
+        }
     }
 
     /// Whether this connection came in on the echo endpoint.
@@ -140,10 +161,11 @@ impl Codec {
             &limits.allowed_origins,
         ) {
             Upgrade::Incomplete => 0,
-            Upgrade::Accept { response, consumed, echo } => {
+            Upgrade::Accept { response, consumed, echo, binary } => {
                 out.push(Output::Send(response.into()));
                 self.phase = Phase::Frames;
                 self.echo = echo;
+                self.binary = binary;
                 consumed
             }
             Upgrade::Reject { response } => {
@@ -238,7 +260,7 @@ impl Codec {
                 len
             }
             Err(e) => {
-                out.push(Output::Send(super::error_frame(Transport::Tcp, &e.to_string())));
+                out.push(Output::Send(super::error_frame(Wire::Tcp, &e.to_string())));
                 self.close(out);
                 buf.len()
             }

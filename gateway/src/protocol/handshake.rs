@@ -15,8 +15,8 @@ pub enum Upgrade {
     /// More bytes are needed.
     Incomplete,
     /// A valid upgrade: send `response`; the request head took `consumed` bytes. `echo` when
-    /// it was to the echo path.
-    Accept { response: Vec<u8>, consumed: usize, echo: bool },
+    /// it was to the echo path; `binary` when the client chose the binary protocol.
+    Accept { response: Vec<u8>, consumed: usize, echo: bool, binary: bool },
     /// Not an upgrade we take: send `response` and close.
     Reject { response: Vec<u8> },
 }
@@ -80,13 +80,19 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_or
     let Some(key) = header("sec-websocket-key").filter(|k| !k.is_empty()) else {
         return reject("400 Bad Request", "missing Sec-WebSocket-Key");
     };
-    let mut response = Vec::with_capacity(160);
+    // The binary protocol when the client offers it (gochat's clients offer nothing: JSON).
+    let binary = !echo && has_token("sec-websocket-protocol", gochat_proto::binary::SUBPROTOCOL);
+    let mut response = Vec::with_capacity(192);
     response.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     response.extend_from_slice(accept_key(key).as_bytes());
+    if binary {
+        response.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
+        response.extend_from_slice(gochat_proto::binary::SUBPROTOCOL.as_bytes());
+    }
     response.extend_from_slice(b"\r\n\r\n");
-    Upgrade::Accept { response, consumed, echo }
+    Upgrade::Accept { response, consumed, echo, binary }
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -121,7 +127,7 @@ mod tests {
         let mut buf = GOOD.to_vec();
         buf.extend_from_slice(b"\x81");
         match parse_upgrade(&buf, "/ws", None, &[]) {
-            Upgrade::Accept { response, consumed, echo } => {
+            Upgrade::Accept { response, consumed, echo, .. } => {
                 assert!(!echo);
                 assert_eq!(consumed, GOOD.len());
                 let text = String::from_utf8(response).unwrap();
@@ -129,6 +135,25 @@ mod tests {
                 assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_binary_protocol_is_chosen_by_offering_its_subprotocol() {
+        let offering = |protocols: &str| {
+            String::from_utf8_lossy(GOOD)
+                .replace("Host: x\r\n", &format!("Host: x\r\nSec-WebSocket-Protocol: {protocols}\r\n"))
+        };
+        let answer = |buf: &[u8]| match parse_upgrade(buf, "/ws", None, &[]) {
+            Upgrade::Accept { response, binary, .. } => (binary, String::from_utf8(response).unwrap()),
+            other => panic!("{other:?}"),
+        };
+        let (binary, text) = answer(offering("chat, gochat-pb").as_bytes());
+        assert!(binary);
+        assert!(text.contains("\r\nSec-WebSocket-Protocol: gochat-pb\r\n"), "{text}");
+        for json in [GOOD.to_vec(), offering("chat").into_bytes()] {
+            let (binary, text) = answer(&json);
+            assert!(!binary && !text.contains("Sec-WebSocket-Protocol"), "JSON unless asked: {text}");
         }
     }
 

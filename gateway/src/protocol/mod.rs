@@ -11,7 +11,7 @@ pub mod ws;
 use bytes::Bytes;
 use gochat_proto::wire;
 
-pub use codec::{Codec, Output, Transport};
+pub use codec::{Codec, Output, Transport, Wire};
 
 /// Size limits a peer's input is held to.
 #[derive(Debug, Clone)]
@@ -42,36 +42,37 @@ impl Default for Limits {
     }
 }
 
-/// Frames a JSON body for `transport`.
-pub fn frame_body(transport: Transport, body: &[u8]) -> Bytes {
-    match transport {
-        Transport::WebSocket => ws::text_frame(body),
-        Transport::Tcp => {
-            let mut out = Vec::with_capacity(body.len() + wire::TCP_HEADER_LEN);
-            match wire::encode_tcp_frame(body, &mut out) {
-                Ok(()) => out.into(),
-                Err(e) => error_frame(Transport::Tcp, &e.to_string()),
-            }
-        }
-    }
+/// Frames a JSON body for `wire` (as protobuf for the binary protocol).
+pub fn frame_body(wire: Wire, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + wire::TCP_HEADER_LEN + 6);
+    append_frame(wire, body, &mut out);
+    out.into()
 }
 
-/// Appends one framed body to `out` (several messages written as one buffer).
-pub fn append_frame(transport: Transport, body: &[u8], out: &mut Vec<u8>) {
-    match transport {
-        Transport::WebSocket => ws::encode(fastwebsockets::OpCode::Text, body, out),
-        Transport::Tcp => {
-            if wire::encode_tcp_frame(body, out).is_err() {
+/// Appends one framed JSON body to `out` (several messages written as one buffer).
+pub fn append_frame(wire: Wire, body: &[u8], out: &mut Vec<u8>) {
+    match wire {
+        Wire::WsJson => ws::encode(fastwebsockets::OpCode::Text, body, out),
+        Wire::WsBinary => {
+            ws::encode(fastwebsockets::OpCode::Binary, &gochat_proto::binary::server_frame(body), out)
+        }
+        Wire::Tcp => {
+            if let Err(e) = wire::encode_tcp_frame(body, out) {
                 tracing::warn!(len = body.len(), "message too large for a TCP frame; dropped");
+                let refusal =
+                    serde_json::to_vec(&refusal_body(&e.to_string())).expect("error reply serializes");
+                let _ = wire::encode_tcp_frame(&refusal, out);
             }
         }
     }
 }
 
-/// An op 8 error reply, framed for `transport`.
-pub fn error_frame(transport: Transport, message: &str) -> Bytes {
-    let body =
-        serde_json::to_vec(&wire::ErrorReply { op: wire::OP_ERROR, code: 1, message: message.to_string() })
-            .expect("error reply serializes");
-    frame_body(transport, &body)
+fn refusal_body(message: &str) -> wire::ErrorReply {
+    wire::ErrorReply { op: wire::OP_ERROR, code: 1, message: message.to_string() }
+}
+
+/// An op 8 error reply, framed for `wire`.
+pub fn error_frame(wire: Wire, message: &str) -> Bytes {
+    let body = serde_json::to_vec(&refusal_body(message)).expect("error reply serializes");
+    frame_body(wire, &body)
 }

@@ -35,15 +35,27 @@ pub enum Request {
     Refuse { message: String, fatal: bool },
 }
 
-/// Interprets one client message.
+/// Interprets one client message of gochat's JSON protocol.
 pub fn interpret(phase: Phase, body: &[u8]) -> Request {
-    let req: ClientRequest = match serde_json::from_slice(body) {
-        Ok(r) => r,
+    match serde_json::from_slice(body) {
+        Ok(req) => decide(phase, req),
         Err(e) => {
             let message = wire::clip_refusal(format!("bad JSON: {e}"));
-            return Request::Refuse { message, fatal: phase == Phase::AwaitAuth };
+            Request::Refuse { message, fatal: phase == Phase::AwaitAuth }
         }
-    };
+    }
+}
+
+/// Interprets one client message of the binary protocol: the same requests, the same answers.
+pub fn interpret_binary(phase: Phase, body: &[u8]) -> Request {
+    match gochat_proto::binary::client_request(body) {
+        Ok(req) => decide(phase, req),
+        Err(message) => Request::Refuse { message, fatal: phase == Phase::AwaitAuth },
+    }
+}
+
+/// What a client's request asks for, in the connection's phase.
+fn decide(phase: Phase, req: ClientRequest) -> Request {
     let refuse = |message: &str| Request::Refuse { message: message.into(), fatal: false };
     match phase {
         Phase::AwaitAuth => match req.op {

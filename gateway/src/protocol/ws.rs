@@ -105,11 +105,15 @@ pub fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// A text frame holding `body`.
-pub fn text_frame(body: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(body.len() + 10);
-    encode(OpCode::Text, body, &mut out);
-    out.into()
+/// The payload of the (unmasked, whole) server frame at the start of `buf`, and the frame's
+/// length; None when `buf` does not start with one.
+pub fn server_frame_payload(buf: &[u8]) -> Option<(&[u8], usize)> {
+    let (len, head): (usize, usize) = match *buf.get(1)? & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize, 10),
+        n => (n as usize, 2),
+    };
+    Some((buf.get(head..head.checked_add(len)?)?, head + len))
 }
 
 /// A close frame with `code` and `reason`.
@@ -184,9 +188,17 @@ pub(crate) mod tests {
 
     #[test]
     fn encodes_server_frames() {
-        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
-        let long = text_frame(&[b'a'; 300]);
+        let text = |body: &[u8]| {
+            let mut out = Vec::new();
+            encode(OpCode::Text, body, &mut out);
+            out
+        };
+        assert_eq!(text(b"hi"), b"\x81\x02hi");
+        let long = text(&[b'a'; 300]);
         assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(server_frame_payload(&long), Some((&long[4..], 304)));
+        assert_eq!(server_frame_payload(&long[..100]), None, "a part");
+        assert_eq!(server_frame_payload(b"\x81\x02hi\x89"), Some((&b"hi"[..], 4)));
         assert_eq!(&close_frame(1008, "no")[..], b"\x88\x04\x03\xf0no");
         let long = close_frame(1008, &"é".repeat(100));
         assert!(long.len() <= 127);

@@ -4,79 +4,123 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::protocol::{self, Transport};
+use crate::protocol::{self, ws, Wire};
 
-/// A batch of JSON bodies framed once per transport; every member gets a reference.
+/// A batch of JSON bodies framed once per wire format; every member gets a reference. Shared
+/// by the shards a batch goes to (a clone is a reference count).
 #[derive(Debug, Clone)]
-pub struct Framed {
-    pub ws: Bytes,
-    pub tcp: Bytes,
+pub struct Framed(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
+    ws: Bytes,
+    tcp: Bytes,
+    /// In the binary protocol: made when the gateway has a client that chose it.
+    bin: Option<Bytes>,
     /// Room messages with a number in the room's history: where each message ends in each
     /// buffer, so a connection that recovered some of them can be sent the rest alone. None
     /// when no message has a number.
-    marks: Option<Arc<[Mark]>>,
+    marks: Option<Box<[Mark]>>,
 }
 
-/// One message of a batch: its number in the room (0: none) and where it ends.
+/// One message of a batch: its number in the room (0: none) and where it ends in each buffer
+/// (WebSocket JSON, TCP, binary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     seq: u64,
-    ws_end: u32,
-    tcp_end: u32,
+    ends: [u32; 3],
+}
+
+fn slot(wire: Wire) -> usize {
+    match wire {
+        Wire::WsJson => 0,
+        Wire::Tcp => 1,
+        Wire::WsBinary => 2,
+    }
 }
 
 impl Framed {
     /// Frames `bodies` back to back, once for WebSocket and once for TCP.
     pub fn encode<B: AsRef<[u8]>>(bodies: &[B]) -> Self {
-        Self::encode_numbered(bodies, &[])
+        Self::encode_numbered(bodies, &[], false)
     }
 
-    /// As [`Framed::encode`], for room messages numbered `seqs` (same order; empty or 0: none).
-    pub fn encode_numbered<B: AsRef<[u8]>>(bodies: &[B], seqs: &[u64]) -> Self {
+    /// As [`Framed::encode`], for room messages numbered `seqs` (same order; empty or 0: none),
+    /// and in the binary protocol too when `binary`.
+    pub fn encode_numbered<B: AsRef<[u8]>>(bodies: &[B], seqs: &[u64], binary: bool) -> Self {
         let size: usize = bodies.iter().map(|b| b.as_ref().len() + 10).sum();
         let (mut ws, mut tcp) = (Vec::with_capacity(size), Vec::with_capacity(size));
+        let mut bin = Vec::with_capacity(if binary { size } else { 0 });
         let numbered = seqs.len() == bodies.len() && seqs.iter().any(|&s| s != 0);
         let mut marks = Vec::with_capacity(if numbered { bodies.len() } else { 0 });
         for (i, body) in bodies.iter().enumerate() {
-            protocol::append_frame(Transport::WebSocket, body.as_ref(), &mut ws);
-            protocol::append_frame(Transport::Tcp, body.as_ref(), &mut tcp);
+            protocol::append_frame(Wire::WsJson, body.as_ref(), &mut ws);
+            protocol::append_frame(Wire::Tcp, body.as_ref(), &mut tcp);
+            if binary {
+                protocol::append_frame(Wire::WsBinary, body.as_ref(), &mut bin);
+            }
             if numbered {
-                marks.push(Mark { seq: seqs[i], ws_end: ws.len() as u32, tcp_end: tcp.len() as u32 });
+                let ends = [ws.len() as u32, tcp.len() as u32, bin.len() as u32];
+                marks.push(Mark { seq: seqs[i], ends });
             }
         }
-        Self { ws: ws.into(), tcp: tcp.into(), marks: numbered.then(|| marks.into()) }
+        Self(Arc::new(Encoded {
+            ws: ws.into(),
+            tcp: tcp.into(),
+            bin: binary.then(|| bin.into()),
+            marks: numbered.then(|| marks.into()),
+        }))
     }
 
-    /// One frame already framed (the same bytes for either transport).
-    pub fn raw(bytes: Bytes) -> Self {
-        Self { ws: bytes.clone(), tcp: bytes, marks: None }
+    /// The batch in WebSocket text frames (gochat's JSON).
+    pub fn ws(&self) -> &Bytes {
+        &self.0.ws
     }
 
-    pub fn for_transport(&self, t: Transport) -> &Bytes {
-        match t {
-            Transport::WebSocket => &self.ws,
-            Transport::Tcp => &self.tcp,
+    /// The batch for `wire`. A batch framed before the gateway had a binary client is turned
+    /// into the binary protocol here, for the one connection.
+    pub fn for_wire(&self, wire: Wire) -> Bytes {
+        match (wire, &self.0.bin) {
+            (Wire::WsJson, _) => self.0.ws.clone(),
+            (Wire::Tcp, _) => self.0.tcp.clone(),
+            (Wire::WsBinary, Some(bin)) => bin.clone(),
+            (Wire::WsBinary, None) => self.binary_from_ws().0,
         }
+    }
+
+    /// The binary protocol of a batch framed without it, from its WebSocket text frames, with
+    /// where each message ends.
+    fn binary_from_ws(&self) -> (Bytes, Vec<u32>) {
+        let (mut bin, mut ends, mut at) = (Vec::with_capacity(self.0.ws.len()), Vec::new(), 0);
+        while let Some((payload, len)) = ws::server_frame_payload(&self.0.ws[at..]) {
+            protocol::append_frame(Wire::WsBinary, payload, &mut bin);
+            ends.push(bin.len() as u32);
+            at += len;
+        }
+        (bin.into(), ends)
     }
 
     /// The highest message number in the batch (0: none).
     pub fn last_seq(&self) -> u64 {
-        self.marks.as_ref().map_or(0, |m| m.iter().map(|m| m.seq).max().unwrap_or(0))
+        self.0.marks.as_ref().map_or(0, |m| m.iter().map(|m| m.seq).max().unwrap_or(0))
     }
 
-    /// The parts of the batch for `t` without the numbered messages up to `through` (a client
-    /// got those another way): references into the shared buffer, in order. Messages without
-    /// a number are kept.
-    pub fn after(&self, t: Transport, through: u64) -> Vec<Bytes> {
-        let buf = self.for_transport(t);
-        let Some(marks) = &self.marks else { return vec![buf.clone()] };
+    /// The parts of the batch for `wire` without the numbered messages up to `through` (a
+    /// client got those another way): references into the shared buffer, in order. Messages
+    /// without a number are kept.
+    pub fn after(&self, wire: Wire, through: u64) -> Vec<Bytes> {
+        let Some(marks) = &self.0.marks else { return vec![self.for_wire(wire)] };
+        let (buf, converted) = match (wire, &self.0.bin) {
+            (Wire::WsBinary, None) => {
+                let (bin, ends) = self.binary_from_ws();
+                (bin, Some(ends))
+            }
+            _ => (self.for_wire(wire), None),
+        };
         let mut parts = Vec::new();
         let (mut start, mut run) = (0usize, None::<usize>);
-        for m in marks.iter() {
-            let end = match t {
-                Transport::WebSocket => m.ws_end,
-                Transport::Tcp => m.tcp_end,
-            } as usize;
+        for (i, m) in marks.iter().enumerate() {
+            let end = converted.as_ref().map_or(m.ends[slot(wire)], |ends| ends[i]) as usize;
             let keep = m.seq == 0 || m.seq > through;
             match (keep, run) {
                 (true, None) => run = Some(start),
@@ -101,20 +145,32 @@ mod tests {
 
     #[test]
     fn numbered_batches_are_cut_at_message_boundaries() {
-        let bodies = [&b"a"[..], b"bb", b"ccc", b"dddd"];
-        let framed = Framed::encode_numbered(&bodies, &[5, 0, 6, 7]);
+        let bodies = [
+            &br#"{"op":3,"msg":"a"}"#[..],
+            br#"{"op":4,"count":2}"#,
+            br#"{"op":3,"msg":"c"}"#,
+            br#"{"op":3}"#,
+        ];
+        let framed = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], true);
         assert_eq!(framed.last_seq(), 7);
         let whole = Framed::encode(&bodies);
-        assert_eq!(framed.ws, whole.ws, "the same bytes as an unnumbered batch");
+        assert_eq!(framed.ws(), whole.ws(), "the same bytes as an unnumbered batch");
         assert_eq!(whole.last_seq(), 0);
-        for t in [Transport::WebSocket, Transport::Tcp] {
-            let one = |body: &[u8]| Framed::encode(&[body]).for_transport(t).clone();
-            assert_eq!(framed.after(t, 0), [framed.for_transport(t).clone()]);
-            assert_eq!(framed.after(t, 5), [[one(b"bb"), one(b"ccc"), one(b"dddd")].concat()]);
-            assert_eq!(framed.after(t, 6), [one(b"bb"), one(b"dddd")], "the unnumbered message stays");
-            assert_eq!(framed.after(t, 9), [one(b"bb")]);
+        let late = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], false);
+        assert_eq!(late.for_wire(Wire::WsBinary), framed.for_wire(Wire::WsBinary), "made later, the same");
+        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary] {
+            let one = |i: usize| Framed::encode_numbered(&[bodies[i]], &[], true).for_wire(wire);
+            for f in [&framed, &late] {
+                assert_eq!(f.after(wire, 0), [f.for_wire(wire)]);
+                assert_eq!(f.after(wire, 5), [[one(1), one(2), one(3)].concat()]);
+                assert_eq!(f.after(wire, 6), [one(1), one(3)], "the unnumbered message stays");
+                assert_eq!(f.after(wire, 9), [one(1)]);
+            }
         }
-        let shared = framed.after(Transport::WebSocket, 5);
-        assert_eq!(shared[0].as_ptr(), framed.ws[3..].as_ptr(), "a reference, not a copy");
+        let shared = framed.after(Wire::WsJson, 5);
+        let first = bodies[0].len() + 2;
+        assert_eq!(shared[0].as_ptr(), framed.ws()[first..].as_ptr(), "a reference, not a copy");
+        let bin = framed.for_wire(Wire::WsBinary);
+        assert_eq!(bin[0], 0x82, "a binary frame");
     }
 }

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::Framed;
-use crate::protocol::Transport;
+use crate::protocol::Wire;
 
 /// How long after logic's answer live copies of recovered messages are looked for.
 pub(super) const SKIP_SECS: u32 = 10;
@@ -86,14 +86,15 @@ impl Joins {
         key: u32,
         room_id: u64,
         frames: &Framed,
-        t: Transport,
+        t: Wire,
         max_bytes: usize,
     ) -> Offer {
         let Some(joins) = self.0.get_mut(&key) else { return Offer::Pass };
         let Some(i) = joins.iter().position(|j| j.room_id == room_id) else { return Offer::Pass };
         match &mut joins[i].state {
             State::Waiting { held, bytes, overflowed, .. } => {
-                let len = frames.for_transport(t).len();
+                // Counted as JSON: the binary protocol is no larger.
+                let len = frames.ws().len();
                 if *bytes + len > max_bytes {
                     // The client is told it missed messages (recovered: false), as for a gap.
                     *overflowed = true;
@@ -125,7 +126,7 @@ impl Joins {
         key: u32,
         room_id: u64,
         through: Option<u64>,
-        t: Transport,
+        t: Wire,
         now: u32,
     ) -> Option<Released> {
         let joins = self.0.get_mut(&key)?;
@@ -145,7 +146,7 @@ impl Joins {
                     past = frames.last_seq() > through;
                     parts.extend(frames.after(t, through));
                 }
-                _ => parts.push(frames.for_transport(t).clone()),
+                _ => parts.push(frames.for_wire(t)),
             }
         }
         if past {
@@ -199,11 +200,11 @@ impl Joins {
 mod tests {
     use super::*;
 
-    const WS: Transport = Transport::WebSocket;
+    const WS: Wire = Wire::WsJson;
 
     fn numbered(seqs: &[u64]) -> Framed {
         let bodies: Vec<String> = seqs.iter().map(|s| format!("m{s}")).collect();
-        Framed::encode_numbered(&bodies, seqs)
+        Framed::encode_numbered(&bodies, seqs, false)
     }
 
     fn text(parts: &[Bytes]) -> String {

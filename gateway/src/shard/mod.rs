@@ -18,7 +18,7 @@ use gochat_proto::wire::{self, JoinedRoom, Position};
 use slab::Slab;
 
 use crate::protocol::session::{self, Phase, Request};
-use crate::protocol::{self, ws, Codec, Limits, Output, Transport};
+use crate::protocol::{self, ws, Codec, Limits, Output, Transport, Wire};
 pub use framed::Framed;
 pub use inbox::Inbox;
 use joins::{Joins, Offer};
@@ -200,6 +200,8 @@ pub struct ShardStats {
     pub flood_closes: AtomicU64,
     /// wss connections whose TLS handshake failed (plain clients, scanners, untrusting clients).
     pub tls_handshake_failures: AtomicU64,
+    /// Open connections that chose the binary protocol: batches are framed in it too while any are.
+    pub binary_connections: AtomicU64,
 }
 
 struct Conn {
@@ -236,6 +238,8 @@ struct Conn {
     acks: bool,
     /// Was told more private messages are kept for it: its next ack asks for them.
     kept_more: bool,
+    /// Chose the binary protocol (counted in the shard's stats).
+    binary: bool,
 }
 
 impl rooms::Member for Conn {
@@ -339,6 +343,7 @@ impl Shard {
             joining: false,
             acks: false,
             kept_more: false,
+            binary: false,
         }) as u32;
         self.arm(key, now + self.limits.auth_timeout_secs);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
@@ -368,6 +373,10 @@ impl Shard {
         let conn = &mut self.conns[key as usize];
         let mut outputs = std::mem::take(&mut self.outputs);
         conn.codec.feed(input, &self.limits.protocol, &mut outputs);
+        if !conn.binary && conn.codec.wire() == Wire::WsBinary {
+            conn.binary = true;
+            self.stats.binary_connections.fetch_add(1, Ordering::Relaxed);
+        }
         if conn.phase == Phase::AwaitAuth && conn.codec.is_echo() {
             conn.phase = Phase::Echo;
             let ping_at = now + self.limits.ping_after_secs;
@@ -413,16 +422,13 @@ impl Shard {
         }
         conn.over = conn.over.saturating_add(1);
         self.stats.frames_throttled.fetch_add(1, Ordering::Relaxed);
-        let (over, transport) = (conn.over as u32, conn.codec.transport());
+        let (over, wire) = (conn.over as u32, conn.codec.wire());
         if over > burst {
             self.stats.flood_closes.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(conn = conn.id, "flooding client closed");
             self.refuse_and_close(key, "too many messages, connection closed", "too many messages");
         } else if over == 1 {
-            self.queue(
-                key,
-                protocol::error_frame(transport, "too many messages, slow down; some were dropped"),
-            );
+            self.queue(key, protocol::error_frame(wire, "too many messages, slow down; some were dropped"));
         }
         false
     }
@@ -434,12 +440,16 @@ impl Shard {
         if conn.closing {
             return;
         }
-        let (id, transport) = (conn.id, conn.codec.transport());
+        let (id, wire) = (conn.id, conn.codec.wire());
         let user_id = match conn.phase {
             Phase::Live { user_id } => user_id,
             _ => 0,
         };
-        match session::interpret(conn.phase, body) {
+        let request = match conn.binary {
+            true => session::interpret_binary(conn.phase, body),
+            false => session::interpret(conn.phase, body),
+        };
+        match request {
             Request::Auth { token, room_id, since, acks } => {
                 conn.phase = Phase::Authenticating;
                 conn.session = wire::session_fingerprint(&token);
@@ -449,22 +459,22 @@ impl Shard {
             }
             Request::Reauth { room_id } => {
                 if self.rooms.contains(conn, key, room_id) {
-                    let frame = auth_ok_frame(transport, user_id, "", room_id, JoinedRoom::default(), 0);
+                    let frame = auth_ok_frame(wire, user_id, "", room_id, JoinedRoom::default(), 0);
                     self.queue(key, frame);
                 } else {
                     let message = format!("this connection is not in room {room_id}; join it with op 10");
-                    self.queue(key, protocol::error_frame(transport, &message));
+                    self.queue(key, protocol::error_frame(wire, &message));
                 }
             }
             Request::Join { room_id, since } => {
                 if self.rooms.contains(conn, key, room_id) {
                     // A join in progress answers when logic does; otherwise it is done already.
                     if !self.joins.waiting(key, room_id) {
-                        self.queue(key, room_reply(transport, wire::OP_JOIN, room_id, JoinedRoom::default()));
+                        self.queue(key, room_reply(wire, wire::OP_JOIN, room_id, JoinedRoom::default()));
                     }
                 } else if self.rooms.count(conn, key) >= self.limits.max_rooms_per_conn {
                     let message = format!("at most {} rooms per connection", self.limits.max_rooms_per_conn);
-                    self.queue(key, protocol::error_frame(transport, &message));
+                    self.queue(key, protocol::error_frame(wire, &message));
                 } else {
                     self.begin_join(key, room_id);
                     self.effects.push(Effect::Join { key, conn_id: id, user_id, room_id, since });
@@ -477,7 +487,7 @@ impl Shard {
                     self.effects.push(Effect::Leave { conn_id: id, room_id });
                     self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
                 }
-                self.queue(key, room_reply(transport, wire::OP_LEAVE, room_id, JoinedRoom::default()));
+                self.queue(key, room_reply(wire, wire::OP_LEAVE, room_id, JoinedRoom::default()));
             }
             Request::RoomSend { room_id, msg } => {
                 let room_id = if room_id == 0 { conn.room } else { room_id };
@@ -489,7 +499,7 @@ impl Shard {
                         0 => "this connection is in no room: join one with op 10".to_string(),
                         _ => format!("this connection is not in room {room_id}"),
                     };
-                    self.queue(key, protocol::error_frame(transport, &message));
+                    self.queue(key, protocol::error_frame(wire, &message));
                 }
             }
             Request::Ack { ids } => {
@@ -500,7 +510,7 @@ impl Shard {
                 if fatal {
                     self.refuse_and_close(key, &message, &message);
                 } else {
-                    self.queue(key, protocol::error_frame(transport, &message));
+                    self.queue(key, protocol::error_frame(wire, &message));
                 }
             }
         }
@@ -528,12 +538,12 @@ impl Shard {
         reply: impl FnOnce(JoinedRoom) -> Bytes,
         then: Option<Bytes>,
     ) {
-        let transport = self.conns[key as usize].codec.transport();
+        let wire = self.conns[key as usize].codec.wire();
         let through = match answer.recovered {
             Some(true) => answer.position.as_ref().map(|p| p.seq),
             _ => None,
         };
-        let released = self.joins.answered(key, room_id, through, transport, self.wheel.now());
+        let released = self.joins.answered(key, room_id, through, wire, self.wheel.now());
         self.sync_joining(key);
         let mut joined = JoinedRoom { recovered: answer.recovered, ..JoinedRoom::default() };
         if let Some(p) = answer.position {
@@ -546,8 +556,8 @@ impl Shard {
         // was bounded already (held frames here, recovered messages by logic).
         let mut out = reply(joined).to_vec();
         out.extend(then.iter().flatten());
-        if !answer.bodies.is_empty() {
-            out.extend_from_slice(Framed::encode(&answer.bodies).for_transport(transport));
+        for body in &answer.bodies {
+            protocol::append_frame(wire, body, &mut out);
         }
         for part in released.into_iter().flat_map(|r| r.parts) {
             out.extend_from_slice(&part);
@@ -569,16 +579,18 @@ impl Shard {
                 for &key in rooms.members(room_id) {
                     let conn = &mut conns[key as usize];
                     if !conn.joining {
-                        queue_to(conns, dirty, limits, stats, tls, key, &frames);
+                        queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w));
                         continue;
                     }
-                    let transport = conn.codec.transport();
-                    match joins.offer(key, room_id, &frames, transport, limits.max_outbound_bytes / 4) {
-                        Offer::Pass => queue_to(conns, dirty, limits, stats, tls, key, &frames),
+                    let wire = conn.codec.wire();
+                    match joins.offer(key, room_id, &frames, wire, limits.max_outbound_bytes / 4) {
+                        Offer::Pass => {
+                            queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w))
+                        }
                         Offer::Taken => {}
                         Offer::Parts(parts) => {
                             for part in parts {
-                                queue_to(conns, dirty, limits, stats, tls, key, &Framed::raw(part));
+                                queue_to(conns, dirty, limits, stats, tls, key, |_| part);
                             }
                             conns[key as usize].joining = joins.any(key);
                         }
@@ -589,7 +601,7 @@ impl Shard {
                 let Self { users, conns, dirty, limits, stats, tls, .. } = self;
                 let mut delivered_unacked = false;
                 for &key in users.members(user_id) {
-                    queue_to(conns, dirty, limits, stats, tls, key, &frames);
+                    queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w));
                     delivered_unacked |= !conns[key as usize].acks;
                 }
                 if kept && delivered_unacked && !ids.is_empty() {
@@ -606,8 +618,7 @@ impl Shard {
                 };
                 conn.kept_more = kept.more > 0;
                 if !kept.bodies.is_empty() {
-                    let frames = Framed::encode(&kept.bodies);
-                    let frame = frames.for_transport(conn.codec.transport()).clone();
+                    let frame = frame_bodies(conn.codec.wire(), &kept.bodies);
                     self.queue(key, frame);
                 }
             }
@@ -622,7 +633,7 @@ impl Shard {
             }
             Command::Notice { key, conn_id, message } => {
                 if let Some(conn) = self.conns.get(key as usize).filter(|c| c.id == conn_id) {
-                    let frame = protocol::error_frame(conn.codec.transport(), &message);
+                    let frame = protocol::error_frame(conn.codec.wire(), &message);
                     self.queue(key, frame);
                 }
             }
@@ -665,13 +676,12 @@ impl Shard {
                 conn.phase = Phase::Live { user_id: user.user_id };
                 conn.user_pos = self.users.insert(user.user_id, key);
                 conn.kept_more = conn.acks && user.kept.more > 0;
-                let (transport, room_id) = (conn.codec.transport(), conn.room);
+                let (wire, room_id) = (conn.codec.wire(), conn.room);
                 let ping_at = conn.last_rx + self.limits.ping_after_secs;
                 let (name, more) = (user.user_name, user.kept.more);
-                let reply = |joined| auth_ok_frame(transport, user.user_id, &name, room_id, joined, more);
+                let reply = |joined| auth_ok_frame(wire, user.user_id, &name, room_id, joined, more);
                 // Kept private messages right after the reply, before anything of the room.
-                let kept = (!user.kept.bodies.is_empty())
-                    .then(|| Framed::encode(&user.kept.bodies).for_transport(transport).clone());
+                let kept = (!user.kept.bodies.is_empty()).then(|| frame_bodies(wire, &user.kept.bodies));
                 if room_id == 0 {
                     self.queue(key, reply(JoinedRoom::default()));
                     if let Some(kept) = kept {
@@ -703,10 +713,10 @@ impl Shard {
             }
             return;
         }
-        let transport = self.conns[key as usize].codec.transport();
+        let conn_wire = self.conns[key as usize].codec.wire();
         match result {
             Ok(answer) => {
-                let reply = |joined| room_reply(transport, wire::OP_JOIN, room_id, joined);
+                let reply = |joined| room_reply(conn_wire, wire::OP_JOIN, room_id, joined);
                 self.finish_join(key, room_id, *answer, reply, None)
             }
             Err(message) => {
@@ -714,7 +724,7 @@ impl Shard {
                 self.joins.end(key, room_id);
                 self.sync_joining(key);
                 self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
-                self.queue(key, protocol::error_frame(transport, &message));
+                self.queue(key, protocol::error_frame(conn_wire, &message));
             }
         }
     }
@@ -785,12 +795,12 @@ impl Shard {
             if !matches!(conn.phase, Phase::Live { .. }) {
                 continue;
             }
-            let (conn_id, transport) = (conn.id, conn.codec.transport());
+            let (conn_id, wire) = (conn.id, conn.codec.wire());
             self.rooms.leave(&mut self.conns, key, room_id);
             self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
             self.effects.push(Effect::Leave { conn_id, room_id });
             let message = format!("joining room {room_id} timed out, try again");
-            self.queue(key, protocol::error_frame(transport, &message));
+            self.queue(key, protocol::error_frame(wire, &message));
         }
     }
 
@@ -813,15 +823,15 @@ impl Shard {
 
     /// Queues `bytes` for the connection at `key`.
     fn queue(&mut self, key: u32, bytes: Bytes) {
-        let frames = Framed::raw(bytes);
-        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, &frames);
+        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, |_| bytes);
     }
 
     /// Closes with 1008 and `reason`, after an op 8 `notice` on a WebSocket: gochat's clients
     /// cannot see a close reason (a TCP client gets the reason as its error frame).
     fn refuse_and_close(&mut self, key: u32, notice: &str, reason: &str) {
-        if self.conns.get(key as usize).is_some_and(|c| c.codec.transport() == Transport::WebSocket) {
-            self.queue(key, protocol::error_frame(Transport::WebSocket, notice));
+        let ws = self.conns.get(key as usize).map(|c| c.codec.wire()).filter(|w| *w != Wire::Tcp);
+        if let Some(wire) = ws {
+            self.queue(key, protocol::error_frame(wire, notice));
         }
         self.begin_close(key, Some((1008, reason)));
     }
@@ -839,7 +849,7 @@ impl Shard {
             (Some((code, reason)), Transport::WebSocket) if conn.codec.is_open() => {
                 Some(ws::close_frame(code, reason))
             }
-            (Some((_, reason)), Transport::Tcp) => Some(protocol::error_frame(Transport::Tcp, reason)),
+            (Some((_, reason)), Transport::Tcp) => Some(protocol::error_frame(Wire::Tcp, reason)),
             _ => None,
         };
         if let Some(frame) = frame {
@@ -901,6 +911,9 @@ impl Shard {
         if conn.tls {
             self.tls.forget(key);
         }
+        if conn.binary {
+            self.stats.binary_connections.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Phase::Live { user_id } = conn.phase {
             if let Some(moved) = self.users.remove(user_id, conn.user_pos) {
                 self.conns[moved as usize].user_pos = conn.user_pos;
@@ -922,7 +935,8 @@ impl Shard {
     }
 }
 
-/// Queues a reference to `frames` for `key`, dropping the connection when it is over its bound.
+/// Queues `frame` (made for the connection's wire: a reference to a shared buffer, mostly) for
+/// `key`, dropping the connection when it is over its bound.
 fn queue_to(
     conns: &mut Slab<Conn>,
     dirty: &mut Vec<u32>,
@@ -930,7 +944,7 @@ fn queue_to(
     stats: &ShardStats,
     tls: &mut tls::TlsConns,
     key: u32,
-    frames: &Framed,
+    frame: impl FnOnce(Wire) -> Bytes,
 ) {
     let Some(conn) = conns.get_mut(key as usize) else {
         return;
@@ -938,7 +952,7 @@ fn queue_to(
     if conn.closing {
         return;
     }
-    let frame = frames.for_transport(conn.codec.transport());
+    let frame = frame(conn.codec.wire());
     // The bound is on what the peer has not taken yet: an empty queue takes any frame.
     if !conn.out.is_empty() && conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
         // A slow consumer: its queue cannot take a close frame either, so drop it outright.
@@ -949,9 +963,9 @@ fn queue_to(
     } else {
         if conn.tls {
             // Encrypted for this connection alone: a broadcast costs one encryption per member.
-            conn.out.push(tls.seal(key, frame));
+            conn.out.push(tls.seal(key, &frame));
         } else {
-            conn.out.push(frame.clone());
+            conn.out.push(frame);
         }
         stats.frames_out.fetch_add(1, Ordering::Relaxed);
     }
@@ -962,7 +976,7 @@ fn queue_to(
 }
 
 fn auth_ok_frame(
-    transport: Transport,
+    wire: Wire,
     user_id: u64,
     user_name: &str,
     room_id: u64,
@@ -978,13 +992,22 @@ fn auth_ok_frame(
         pending,
     })
     .expect("auth reply serializes");
-    protocol::frame_body(transport, &body)
+    protocol::frame_body(wire, &body)
 }
 
 /// Op 10 or op 11: the answer to a join or leave.
-fn room_reply(transport: Transport, op: i32, room_id: u64, joined: JoinedRoom) -> Bytes {
+fn room_reply(wire: Wire, op: i32, room_id: u64, joined: JoinedRoom) -> Bytes {
     let body = serde_json::to_vec(&wire::RoomReply { op, room_id, joined }).expect("room reply serializes");
-    protocol::frame_body(transport, &body)
+    protocol::frame_body(wire, &body)
+}
+
+/// Bodies for one connection, framed back to back.
+fn frame_bodies(wire: Wire, bodies: &[Vec<u8>]) -> Bytes {
+    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 10).sum());
+    for body in bodies {
+        protocol::append_frame(wire, body, &mut out);
+    }
+    out.into()
 }
 
 #[cfg(test)]

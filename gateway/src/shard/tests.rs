@@ -31,7 +31,7 @@ fn room_broadcast_shares_one_buffer() {
         let out = s.out_mut(key).unwrap();
         let mut iov = [std::io::IoSlice::new(&[]); 4];
         assert_eq!(out.io_slices(&mut iov), 1);
-        assert_eq!(iov[0].as_ptr(), frames.ws.as_ptr(), "a reference to the shared frame, not a copy");
+        assert_eq!(iov[0].as_ptr(), frames.ws().as_ptr(), "a reference to the shared frame, not a copy");
     }
     assert!(!s.has_output(c));
 }
@@ -321,7 +321,7 @@ fn numbered(room: u64, seqs: &[u64]) -> Framed {
         .iter()
         .map(|s| format!(r#"{{"op":3,"roomId":{room},"msg":"m{s}","seq":{s},"epoch":"e"}}"#))
         .collect();
-    Framed::encode_numbered(&bodies, seqs)
+    Framed::encode_numbered(&bodies, seqs, false)
 }
 
 fn msgs(bodies: &[serde_json::Value]) -> Vec<String> {
@@ -489,7 +489,10 @@ fn a_join_that_held_too_much_tells_the_client_to_reload() {
     let _ = written(&mut s, key);
     for n in 0..5 {
         let body = format!(r#"{{"op":3,"msg":"{}"}}"#, "x".repeat(90 + n));
-        s.on_command(Command::Room { room_id: 7, frames: Framed::encode_numbered(&[body], &[n as u64 + 1]) });
+        s.on_command(Command::Room {
+            room_id: 7,
+            frames: Framed::encode_numbered(&[body], &[n as u64 + 1], false),
+        });
     }
     let position = Some(Position { epoch: "e".into(), seq: 0 });
     let user = AuthedUser {
@@ -569,4 +572,69 @@ fn a_refused_auth_leaves_the_room_it_was_listed_in() {
     assert_eq!(s.room_members(7), 0);
     s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]) });
     assert!(!written(&mut s, key).windows(2).any(|w| w == b"m1"), "nothing of the room reaches it");
+}
+
+#[test]
+fn binary_clients_get_the_same_messages_in_protobuf() {
+    use gochat_proto::client::{client_frame, server_frame, Auth, ClientFrame, ServerFrame};
+    use prost::Message as _;
+    let mut s = shard();
+    let (json, _) = live_ws(&mut s, 1, 7);
+    let (key, id) = s.open(Transport::WebSocket, 0);
+    let upgrade =
+        String::from_utf8_lossy(UPGRADE).replace("\r\n\r\n", "\r\nSec-WebSocket-Protocol: gochat-pb\r\n\r\n");
+    s.on_data(key, &mut upgrade.into_bytes(), 0);
+    assert!(String::from_utf8_lossy(&written(&mut s, key)).contains("Sec-WebSocket-Protocol: gochat-pb"));
+    assert_eq!(s.stats().binary_connections.load(Ordering::Relaxed), 1);
+    let auth = Auth { auth_token: "t2".into(), room_id: 7, ..Auth::default() };
+    let frame = ClientFrame { kind: Some(client_frame::Kind::Auth(auth)) }.encode_to_vec();
+    s.on_data(key, &mut client_frame(true, 2, &frame), 0);
+    assert!(matches!(s.take_effects().next(), Some(Effect::Auth { room_id: 7, .. })));
+    let user = AuthedUser { user_id: 2, user_name: "u2".into(), ..AuthedUser::default() };
+    s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(user)) });
+    let binary_frames = |s: &mut Shard| {
+        let out = written(s, key);
+        let mut at = 0;
+        let mut frames = Vec::new();
+        while let Some((payload, len)) = ws::server_frame_payload(&out[at..]) {
+            assert_eq!(out[at], 0x82, "binary frames only");
+            frames.push(ServerFrame::decode(payload).unwrap());
+            at += len;
+        }
+        frames
+    };
+    let ok = binary_frames(&mut s);
+    assert!(
+        matches!(&ok[..], [ServerFrame { op: 7, body: Some(server_frame::Body::AuthOk(a)) }] if a.user_id == 2)
+    );
+    // A batch framed before and after the gateway knew of binary clients: the same to both.
+    for binary in [false, true] {
+        s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]).clone() });
+        let framed = Framed::encode_numbered(&[br#"{"op":3,"roomId":7,"msg":"m2","seq":2}"#], &[2], binary);
+        s.on_command(Command::Room { room_id: 7, frames: framed });
+        let got = binary_frames(&mut s);
+        let texts: Vec<&str> = got
+            .iter()
+            .map(|f| match &f.body {
+                Some(server_frame::Body::Message(m)) => m.msg.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["m1", "m2"]);
+        assert_eq!(msgs(&bodies(&mut s, json)), ["m1", "m2"], "the JSON member is unchanged");
+    }
+    // Its requests are read as JSON ones are, and bad frames are answered.
+    let send = ClientFrame {
+        kind: Some(client_frame::Kind::Send(gochat_proto::client::Send { room_id: 7, msg: "hi".into() })),
+    };
+    s.on_data(key, &mut client_frame(true, 2, &send.encode_to_vec()), 0);
+    assert!(matches!(s.take_effects().next(), Some(Effect::RoomSend { room_id: 7, user_id: 2, .. })));
+    s.on_data(key, &mut client_frame(true, 2, b"\xff\xff"), 0);
+    let refused = binary_frames(&mut s);
+    assert!(
+        matches!(&refused[..], [ServerFrame { op: 8, body: Some(server_frame::Body::Error(e)) }] if e.message.starts_with("bad frame"))
+    );
+    assert!(!s.is_closing(key));
+    s.remove(key);
+    assert_eq!(s.stats().binary_connections.load(Ordering::Relaxed), 0);
 }

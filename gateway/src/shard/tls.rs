@@ -202,12 +202,12 @@ mod tests {
         s.take_dirty(&mut dirty);
         // The plain member shares the broadcast buffer; the TLS member has its own records.
         let plain_out = s.out_mut(plain_key).unwrap().pending_frames(8);
-        assert_eq!(plain_out[0].as_ptr(), frames.ws.as_ptr(), "shared, not copied");
+        assert_eq!(plain_out[0].as_ptr(), frames.ws().as_ptr(), "shared, not copied");
         let tls_out = s.out_mut(tls_key).unwrap().pending_frames(8);
-        assert_ne!(&tls_out[0][..], &frames.ws[..], "encrypted");
+        assert_ne!(&tls_out[0][..], &frames.ws()[..], "encrypted");
         let got = client_input(&mut c, &written(&mut s, tls_key));
-        assert_eq!(got, frames.ws);
-        assert_eq!(written(&mut s, plain_key), frames.ws);
+        assert_eq!(got, &frames.ws()[..]);
+        assert_eq!(written(&mut s, plain_key), &frames.ws()[..]);
     }
 
     #[test]
@@ -273,6 +273,6 @@ mod tests {
         assert_eq!(reused, key);
         let frames = Framed::encode(&[b"{}"]);
         s.on_command(Command::Room { room_id: 1, frames: frames.clone() });
-        assert_eq!(written(&mut s, reused), frames.ws);
+        assert_eq!(written(&mut s, reused), &frames.ws()[..]);
     }
 }
