@@ -86,15 +86,10 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let mut cfg = Config::load(cli.config.as_deref())?;
-    if let Some(driver) = cli.driver {
-        cfg.gateway.driver = driver;
-    }
-    if let Some(shards) = cli.shards {
-        cfg.gateway.shards = shards;
-    }
+    let reloader =
+        Reloader { path: cli.config.clone(), driver: cli.driver, shards: cli.shards, loaded: None };
+    let cfg = reloader.load()?;
     let command = cli.command.unwrap_or(Command::Up);
-    cfg.validate()?;
     if cli.check {
         println!("config ok");
         return Ok(());
@@ -111,14 +106,103 @@ fn main() -> anyhow::Result<()> {
         return run_cluster(spec, faults);
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(command, cfg))
+    let reloader = Reloader { loaded: Some(cfg.clone()), ..reloader };
+    rt.block_on(run(command, cfg, reloader))
 }
 
-async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
+/// The config file read again on SIGHUP, with the same command-line overrides.
+struct Reloader {
+    path: Option<PathBuf>,
+    driver: Option<DriverChoice>,
+    shards: Option<usize>,
+    /// The file as it was last read.
+    loaded: Option<Config>,
+}
+
+impl Reloader {
+    /// The config file (or the defaults), the overrides applied, validated.
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut cfg = Config::load(self.path.as_deref())?;
+        if let Some(driver) = self.driver {
+            cfg.gateway.driver = driver;
+        }
+        if let Some(shards) = self.shards {
+            cfg.gateway.shards = shards;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads the file again and copies what a running process can change into `running`;
+    /// whether anything was. A file that does not load changes nothing.
+    fn reload(&mut self, running: &mut Config) -> bool {
+        if self.path.is_none() {
+            tracing::warn!("SIGHUP: no config file to read again (start with --config)");
+            return false;
+        }
+        let now = match self.load() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "config not reloaded; running on as before");
+                return false;
+            }
+        };
+        let before = self.loaded.replace(now.clone()).unwrap_or_default();
+        match running.reload(&before, &now) {
+            Ok(reload) => {
+                for key in &reload.ignored {
+                    tracing::warn!(setting = %key, "changed in the config file; takes effect at the next restart");
+                }
+                if !reload.applied.is_empty() {
+                    tracing::info!(settings = ?reload.applied, "config reloaded");
+                }
+                !reload.applied.is_empty()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "config not reloaded");
+                false
+            }
+        }
+    }
+}
+
+/// Runs until `stop`; on each SIGHUP meanwhile reads the config file again, and hands the
+/// running config to `apply` when it changed.
+async fn until_stopped<T, F, Fut>(
+    stop: impl std::future::Future<Output = T>,
+    reloader: &mut Reloader,
+    cfg: &mut Config,
+    mut apply: F,
+) -> T
+where
+    F: FnMut(Config) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hangup = async {
+            match &mut hangups {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            out = &mut stop => return out,
+            Some(()) = hangup => {
+                if reloader.reload(cfg) {
+                    apply(cfg.clone()).await;
+                }
+            }
+        }
+    }
+}
+
+async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyhow::Result<()> {
     match command {
         Command::Up => {
             let database = config_format::redact_url(&cfg.control.database);
-            let up = Up::start(cfg).await?;
+            let up = Up::start(cfg.clone()).await?;
             let a = up.addresses();
             println!("gochat-rs is up (embedded: in-process queue, static discovery, {database})");
             let http = if a.https { "https" } else { "http" };
@@ -147,7 +231,12 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
             }
             println!("  demo users  demo, test, admin (password 111111)");
             println!("Ctrl-C to stop.");
-            shutdown_signal().await;
+            until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |c| {
+                up.control.reconfigure(&c.control);
+                let gateway = &up.gateway;
+                async move { gateway.reconfigure(&c.gateway).await }
+            })
+            .await;
             println!("stopping…");
             up.shutdown().await;
         }
@@ -177,7 +266,11 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 "gateway {} listening: ws://{} , tcp {:?}, wss {:?}, gRPC {}",
                 gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.wss_addr, gateway.grpc_addr
             );
-            shutdown_signal().await;
+            until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |c| {
+                let gateway = &gateway;
+                async move { gateway.reconfigure(&c.gateway).await }
+            })
+            .await;
             registration.shutdown().await;
             if cfg.gateway.drain_secs > 0 {
                 println!(
@@ -239,10 +332,17 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 control.site_addr,
                 if worker.is_some() { " (with an in-process queue-worker)" } else { "" }
             );
-            let node_id_lost = tokio::select! {
-                _ = shutdown_signal() => false,
-                _ = registration.node_id_lost() => true,
+            let stop = async {
+                tokio::select! {
+                    _ = shutdown_signal() => false,
+                    _ = registration.node_id_lost() => true,
+                }
             };
+            let node_id_lost = until_stopped(stop, &mut reloader, &mut cfg, |c| {
+                control.reconfigure(&c.control);
+                std::future::ready(())
+            })
+            .await;
             registration.shutdown().await;
             if let Some(worker) = worker {
                 worker.shutdown().await;
@@ -294,7 +394,8 @@ async fn run(command: Command, mut cfg: Config) -> anyhow::Result<()> {
                 cfg.queue.redis.streams,
                 config_format::redact_url(&cfg.queue.redis.url)
             );
-            shutdown_signal().await;
+            // A worker takes nothing from a reload; what changed is named as needing a restart.
+            until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |_| std::future::ready(())).await;
             registration.shutdown().await;
             worker.shutdown().await;
         }

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{eventually, KillOnDrop, Tcp};
+use common::{eventually, KillOnDrop, Tcp, User};
 use gochat_proto::wire;
 use serde_json::json;
 
@@ -165,6 +165,86 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
         assert!(ok, "every role stops cleanly on Ctrl-C");
     }
     assert!(!health(grpc).await.0, "no health from a stopped control");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// SIGHUP reads the config file again: what a running process can change takes effect for the
+/// sockets already open, what needs a restart is named in the log and left as it is, and a file
+/// that does not load changes nothing.
+#[tokio::test]
+async fn sighup_reloads_what_can_change_and_names_the_rest() {
+    let dir = tempdir();
+    let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());
+    let config = |extra_gateway: &str, extra_control: &str| {
+        format!(
+            "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{gw_grpc}\"\n\
+             shards = 1\n{extra_gateway}\n[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"off\"\n\
+             grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite::memory:\"\n{extra_control}\n"
+        )
+    };
+    let path = dir.join("gochat.toml");
+    std::fs::write(&path, config("", "")).unwrap();
+    let log = dir.join("gochat.log");
+    let child = gochat()
+        .args(["--config", path.to_str().unwrap(), "up"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    eventually("control answers", || async {
+        reqwest::Client::new().post(format!("{base}/user/checkAuth")).body("{}").send().await.is_ok()
+    })
+    .await;
+    let r = common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await;
+    let token = r["data"].as_str().unwrap().to_string();
+    let id =
+        common::post(&base, "/user/checkAuth", json!({"authToken": token})).await["data"]["userId"].as_u64();
+    let user = User { token: token.clone(), id: id.unwrap(), name: "demo".into() };
+    let mut socket = common::ws_at(&format!("ws://127.0.0.1:{ws}/ws"), &user, 1).await;
+    let push = |msg: String| {
+        let (base, token) = (base.clone(), token.clone());
+        async move {
+            common::post(&base, "/push/pushRoom", json!({"authToken": token, "roomId": 1, "msg": msg})).await
+        }
+    };
+    assert_eq!(push("x".repeat(200)).await["code"], 0);
+
+    let hangup = || {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+    };
+    std::fs::write(
+        &path,
+        config(
+            "max_rooms_per_conn = 1\ninbox_capacity = 100",
+            "max_message_bytes = 100\nsession_ttl_secs = 60",
+        ),
+    )
+    .unwrap();
+    hangup();
+    eventually("the new message limit holds", || async {
+        push("x".repeat(200)).await["message"] == "msg is too long (max 100 bytes)"
+    })
+    .await;
+    socket.send_json(json!({"op": 10, "roomId": 2})).await;
+    let refused = socket.recv_op(wire::OP_ERROR).await;
+    assert_eq!(refused["message"], "at most 1 rooms per connection", "the open socket has the new limit");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for key in ["gateway.inbox_capacity", "control.session_ttl_secs"] {
+        assert!(logged.contains(key) && logged.contains("next restart"), "{key} not named:\n{logged}");
+    }
+
+    std::fs::write(&path, "[control]\nmax_message_bytes = \"many\"\n").unwrap();
+    hangup();
+    eventually("the bad file is reported", || async {
+        std::fs::read_to_string(&log).unwrap().contains("config not reloaded")
+    })
+    .await;
+    assert_eq!(push("x".repeat(200)).await["message"], "msg is too long (max 100 bytes)", "as before");
+    assert_eq!(push("short".into()).await["code"], 0, "still serving");
+    assert!(tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap());
     let _ = std::fs::remove_dir_all(dir);
 }
 

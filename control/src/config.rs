@@ -149,6 +149,20 @@ impl Default for ControlConfig {
 }
 
 impl ControlConfig {
+    /// The settings a running control takes from its config file again (SIGHUP); changes to
+    /// the others need a restart.
+    pub const RELOADABLE: &'static [&'static str] = &[
+        "login_per_minute",
+        "login_burst",
+        "register_per_minute",
+        "register_burst",
+        "push_per_second",
+        "push_burst",
+        "open_rooms",
+        "max_message_bytes",
+        "room_info_max_members",
+    ];
+
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database.starts_with(p)) {

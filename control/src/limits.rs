@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,15 +31,30 @@ struct Generations<K> {
     started: Instant,
 }
 
-/// One token bucket per key.
-pub struct Limiter<K> {
+/// How fast buckets fill, and how much they hold.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
     /// Tokens per second; 0: no limit.
-    rate: f64,
+    per_sec: f64,
     burst: f64,
     /// How long an empty bucket takes to fill.
     refill: Duration,
+}
+
+impl Rate {
+    fn new(per_sec: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        let refill = if per_sec > 0.0 { Duration::from_secs_f64(burst / per_sec) } else { Duration::MAX };
+        Self { per_sec, burst, refill }
+    }
+}
+
+/// One token bucket per key.
+pub struct Limiter<K> {
+    /// Whether there is a limit, read without the lock.
+    on: AtomicBool,
     max_entries: usize,
-    buckets: Mutex<Generations<K>>,
+    buckets: Mutex<(Rate, Generations<K>)>,
     refused: AtomicU64,
 }
 
@@ -47,24 +62,24 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
     /// `rate` tokens per second up to `burst`, at most `max_entries` keys remembered; a rate of
     /// 0 limits nothing.
     pub fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
-        let burst = f64::from(burst.max(1));
-        let refill = if rate > 0.0 { Duration::from_secs_f64(burst / rate) } else { Duration::MAX };
+        let generations =
+            Generations { current: HashMap::new(), previous: HashMap::new(), started: Instant::now() };
         Self {
-            rate,
-            burst,
-            refill,
+            on: AtomicBool::new(rate > 0.0),
             max_entries: max_entries.max(2),
-            buckets: Mutex::new(Generations {
-                current: HashMap::new(),
-                previous: HashMap::new(),
-                started: Instant::now(),
-            }),
+            buckets: Mutex::new((Rate::new(rate, burst), generations)),
             refused: AtomicU64::new(0),
         }
     }
 
     pub fn is_on(&self) -> bool {
-        self.rate > 0.0
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// A new rate and burst (a config reload); buckets keep their tokens, up to the new burst.
+    pub fn set(&self, rate: f64, burst: u32) {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).0 = Rate::new(rate, burst);
+        self.on.store(rate > 0.0, Ordering::Relaxed);
     }
 
     /// Takes a token from `key`'s bucket; when it has none, how long until it has one.
@@ -73,25 +88,30 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
             return Ok(());
         }
         let now = Instant::now();
-        let mut g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if g.current.len() >= self.max_entries / 2 || now.duration_since(g.started) >= self.refill {
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, g) = &mut *guard;
+        if rate.per_sec <= 0.0 {
+            return Ok(());
+        }
+        if g.current.len() >= self.max_entries / 2 || now.duration_since(g.started) >= rate.refill {
             g.previous = std::mem::take(&mut g.current);
             g.started = now;
         }
-        let full = Bucket { tokens: self.burst, at: now };
+        let full = Bucket { tokens: rate.burst, at: now };
         let seen = g.previous.remove(&key).unwrap_or(full);
         let bucket = g.current.entry(key).or_insert(seen);
         let tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate).min(self.burst);
+            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate.per_sec).min(rate.burst);
         bucket.at = now;
         if tokens >= 1.0 {
             bucket.tokens = tokens - 1.0;
             return Ok(());
         }
         bucket.tokens = tokens;
-        drop(g);
+        let per_sec = rate.per_sec;
+        drop(guard);
         self.refused.fetch_add(1, Ordering::Relaxed);
-        Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        Err(Duration::from_secs_f64((1.0 - tokens) / per_sec))
     }
 
     /// Requests refused since start.
@@ -101,8 +121,8 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
 
     /// Keys remembered now.
     pub fn entries(&self) -> usize {
-        let g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        g.current.len() + g.previous.len()
+        let guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        guard.1.current.len() + guard.1.previous.len()
     }
 }
 
@@ -136,6 +156,13 @@ impl RateLimits {
             register: Limiter::new(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst, n),
             push: Limiter::new(f64::from(cfg.push_per_second), cfg.push_burst, n),
         }
+    }
+
+    /// Takes the rates and bursts of `cfg` (a config reload).
+    pub fn reconfigure(&self, cfg: &ControlConfig) {
+        self.login.set(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst);
+        self.register.set(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst);
+        self.push.set(f64::from(cfg.push_per_second), cfg.push_burst);
     }
 }
 

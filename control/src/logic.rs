@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::{QueueMessage, SessionEnd};
@@ -84,15 +85,16 @@ pub struct Logic {
     history: History,
     inbox: Inbox,
     queue: Arc<dyn Queue>,
-    max_message_bytes: usize,
-    open_rooms: bool,
+    /// Settings a config reload changes (`reconfigure`).
+    max_message_bytes: AtomicUsize,
+    open_rooms: AtomicBool,
     gateway_lease: std::time::Duration,
     /// When the state store last failed a lease renewal or a sweep.
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     ids: MessageIds,
     /// Rooms whose members changed since the last room update went out.
     changed_rooms: std::sync::Mutex<BTreeMap<u64, RoomEvents>>,
-    room_info_max_members: u64,
+    room_info_max_members: AtomicU64,
     history_size: usize,
     /// For the admin listener.
     pub counts: LogicCounts,
@@ -106,13 +108,13 @@ impl Logic {
             inbox: state.inbox(cfg.inbox_limits()),
             state,
             queue,
-            max_message_bytes: cfg.max_message_bytes,
-            open_rooms: cfg.open_rooms,
+            max_message_bytes: AtomicUsize::new(cfg.max_message_bytes),
+            open_rooms: AtomicBool::new(cfg.open_rooms),
             gateway_lease: std::time::Duration::from_secs(cfg.gateway_lease_secs),
             store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
             changed_rooms: std::sync::Mutex::default(),
-            room_info_max_members: cfg.room_info_max_members,
+            room_info_max_members: AtomicU64::new(cfg.room_info_max_members),
             history_size: cfg.history_size,
             counts: LogicCounts::default(),
         }
@@ -120,6 +122,18 @@ impl Logic {
 
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// Takes the settings of `cfg` a running control can change (see
+    /// [`ControlConfig::RELOADABLE`]).
+    pub fn reconfigure(&self, cfg: &ControlConfig) {
+        self.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
+        self.open_rooms.store(cfg.open_rooms, Ordering::Relaxed);
+        self.room_info_max_members.store(cfg.room_info_max_members, Ordering::Relaxed);
+    }
+
+    fn open_rooms(&self) -> bool {
+        self.open_rooms.load(Ordering::Relaxed)
     }
 
     /// Creates gochat's demo users if they are missing.
@@ -230,7 +244,7 @@ impl Logic {
     /// A room message (op 3) from `from` through the REST API: unless rooms are open, only from
     /// a user with a socket in the room.
     pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
-        self.room_message(from, room_id, msg, !self.open_rooms).await
+        self.room_message(from, room_id, msg, !self.open_rooms()).await
     }
 
     /// A room message, numbered in the room's history when it keeps one.
@@ -262,7 +276,7 @@ impl Logic {
         limit: Option<usize>,
     ) -> Result<(Position, Vec<Vec<u8>>), LogicError> {
         check_room(room_id)?;
-        if !self.open_rooms && !self.state.is_member(room_id, from.user_id).await? {
+        if !self.open_rooms() && !self.state.is_member(room_id, from.user_id).await? {
             return Err(LogicError::refused(NOT_MEMBER));
         }
         let limit = limit.unwrap_or(self.history_size).min(self.history_size);
@@ -287,10 +301,10 @@ impl Logic {
     pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
         let count = self.state.room_count(room_id).await?;
-        if count > self.room_info_max_members {
+        let max = self.room_info_max_members.load(Ordering::Relaxed);
+        if count > max {
             return Err(LogicError::refused(format!(
-                "room {room_id} has more than {} users online: its member list is not sent",
-                self.room_info_max_members
+                "room {room_id} has more than {max} users online: its member list is not sent"
             )));
         }
         let members = self.state.room_members(room_id).await?;
@@ -500,7 +514,7 @@ impl Logic {
         let count = self.state.room_count(room_id).await?;
         let body = wire::RoomCount { count, op: wire::OP_ROOM_COUNT, room_id };
         self.publish_body(Target::RoomId(room_id), to_json(&body)).await?;
-        if count <= self.room_info_max_members {
+        if count <= self.room_info_max_members.load(Ordering::Relaxed) {
             self.push_room_info(room_id).await?;
         }
         let mut presence = wire::Presence {
@@ -533,11 +547,9 @@ impl Logic {
         if msg.is_empty() {
             return Err(LogicError::refused("msg must not be empty"));
         }
-        if msg.len() > self.max_message_bytes {
-            return Err(LogicError::refused(format!(
-                "msg is too long (max {} bytes)",
-                self.max_message_bytes
-            )));
+        let max = self.max_message_bytes.load(Ordering::Relaxed);
+        if msg.len() > max {
+            return Err(LogicError::refused(format!("msg is too long (max {max} bytes)")));
         }
         Ok(())
     }

@@ -191,6 +191,12 @@ impl ControlHandle {
         self.tls_cert.is_some()
     }
 
+    /// Takes the settings of `cfg` a running control can change ([`ControlConfig::RELOADABLE`]).
+    pub fn reconfigure(&self, cfg: &ControlConfig) {
+        self.logic.reconfigure(cfg);
+        self.limits.reconfigure(cfg);
+    }
+
     /// Points the page at the gateway's WebSocket port (known once the gateway is bound).
     pub fn set_site_ws_port(&self, port: u16) {
         self.site_ws_port.store(port, Ordering::Relaxed);

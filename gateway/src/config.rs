@@ -121,6 +121,25 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The settings a running gateway takes from its config file again (SIGHUP): the shards'
+    /// limits and timers, for connections open and new; changes to the others need a restart.
+    pub const RELOADABLE: &'static [&'static str] = &[
+        "ws_path",
+        "ws_echo_path",
+        "ping_after_secs",
+        "idle_timeout_secs",
+        "auth_timeout_secs",
+        "max_frame_bytes",
+        "max_message_bytes",
+        "allowed_origins",
+        "max_outbound_bytes",
+        "client_frames_per_sec",
+        "client_frame_burst",
+        "max_connections",
+        "max_rooms_per_conn",
+        "drain_secs",
+    ];
+
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: &str| Err(crate::Error::Config(m.to_string()));
         if self.id.is_empty() {

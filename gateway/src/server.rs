@@ -225,6 +225,15 @@ impl GatewayHandle {
         self.stats.iter().map(|s| s.tls_handshake_failures.load(std::sync::atomic::Ordering::Relaxed)).sum()
     }
 
+    /// Takes the settings of `cfg` a running gateway can change ([`GatewayConfig::RELOADABLE`]):
+    /// every shard gets its new limits.
+    pub async fn reconfigure(&self, cfg: &GatewayConfig) {
+        let limits = cfg.shard_limits();
+        for inbox in self.inboxes.iter() {
+            inbox.push_wait(Command::Limits(Box::new(limits.clone()))).await;
+        }
+    }
+
     /// Takes no new connections and closes the open ones spread over `within` (1012: clients
     /// reconnect, to another gateway, a few at a time instead of all at once); returns when
     /// they are all closed, or `within` and the close grace have passed.

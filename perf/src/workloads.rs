@@ -160,6 +160,7 @@ fn inbox_handoff() {
 
 fn worker_batch_encode() {
     let body = serde_json::to_vec(&chat_message()).expect("serializes");
+    // Room messages numbered in their rooms' histories (the default), private ones kept.
     let deliveries: Vec<Delivery> = (0..512u64)
         .map(|i| Delivery {
             id: format!("0/{i}-0"),
@@ -167,8 +168,8 @@ fn worker_batch_encode() {
                 target: Some(if i % 8 == 0 { Target::UserId(i) } else { Target::RoomId(i % 50) }),
                 body: body.clone(),
                 id: i + 1,
-                seq: i + 1,
-                kept: false,
+                seq: if i % 8 == 0 { 0 } else { i / 50 + 1 },
+                kept: i % 8 == 0,
             },
         })
         .collect();

@@ -33,9 +33,10 @@ pub struct Grouped {
 impl Grouped {
     pub fn add(&mut self, delivery: Delivery) {
         self.ids.push(delivery.id.clone());
-        let to = match delivery.message.target {
-            Some(Target::RoomId(room)) => self.rooms.entry(room).or_default(),
-            Some(Target::UserId(user)) => self.users.entry(user).or_default(),
+        // Only room messages are numbered in a history.
+        let (to, numbered) = match delivery.message.target {
+            Some(Target::RoomId(room)) => (self.rooms.entry(room).or_default(), true),
+            Some(Target::UserId(user)) => (self.users.entry(user).or_default(), false),
             Some(Target::SessionEnd(end)) => {
                 self.ended.entry(end.user_id).or_default().push(end.session);
                 return;
@@ -47,7 +48,9 @@ impl Grouped {
         };
         to.bodies.push(delivery.message.body);
         to.ids.push(delivery.message.id);
-        to.seqs.push(delivery.message.seq);
+        if numbered {
+            to.seqs.push(delivery.message.seq);
+        }
         to.kept |= delivery.message.kept;
     }
 

@@ -133,6 +133,9 @@ pub enum Command {
     /// Take no new connections and close the open ones spread over `within_secs`, so their
     /// clients reconnect elsewhere a few at a time (1012, "service restarting").
     Drain { within_secs: u32 },
+    /// New limits (a config reload): for new connections and, from their next frame or timer,
+    /// for open ones.
+    Limits(Box<ShardLimits>),
     /// Close every connection and stop.
     Shutdown,
 }
@@ -642,6 +645,7 @@ impl Shard {
                 let now = self.wheel.now();
                 self.drain_by = Some(now + within_secs.max(1));
             }
+            Command::Limits(limits) => self.limits = *limits,
             Command::Shutdown => {
                 self.shutting_down = true;
                 self.close_all(1001, "server shutting down");

@@ -638,3 +638,15 @@ fn binary_clients_get_the_same_messages_in_protobuf() {
     s.remove(key);
     assert_eq!(s.stats().binary_connections.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn new_limits_apply_to_the_connections_already_open() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    say(&mut s, a, r#"{"op":10,"roomId":8}"#);
+    assert_eq!(s.take_effects().count(), 1);
+    s.on_command(Command::Limits(Box::new(ShardLimits { max_rooms_per_conn: 2, ..ShardLimits::default() })));
+    say(&mut s, a, r#"{"op":10,"roomId":9}"#);
+    assert_eq!(s.take_effects().count(), 0);
+    assert!(bodies(&mut s, a)[0]["message"].as_str().unwrap().contains("at most 2 rooms"));
+}
