@@ -96,6 +96,13 @@ async fn every_role_exports_metrics_that_move_and_the_dashboard_uses_only_those(
         1.0
     );
     assert_eq!(value(&c, "gochat_control_enqueue_failures_total", &[]), 0.0);
+    assert_eq!(value(&c, "gochat_control_room_joins_total", &["result=\"fresh\""]), 1.0, "the socket's join");
+    let b = s.user("offline").await;
+    let kept =
+        s.api("/push/push", serde_json::json!({"authToken": a.token, "msg": "k", "toUserId": b.id})).await;
+    assert_eq!(kept["code"], 0, "{kept}");
+    let c = scrape(control).await;
+    assert_eq!(value(&c, "gochat_control_kept_messages_total", &["result=\"kept\""]), 1.0);
 
     let mut names = BTreeSet::new();
     for text in [scrape(gateway).await, c, scrape(worker).await] {

@@ -223,10 +223,14 @@ impl Logic {
         }
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
-        if kept && self.inbox.keep(to_user_id, id, &body).await?.is_err() {
-            return Err(LogicError::refused(format!(
-                "{to_name} has too many unread messages; try again later"
-            )));
+        if kept {
+            let full = self.inbox.keep(to_user_id, id, &body).await?.is_err();
+            self.counts.kept[usize::from(full)].inc();
+            if full {
+                return Err(LogicError::refused(format!(
+                    "{to_name} has too many unread messages; try again later"
+                )));
+            }
         }
         if !online {
             return Ok(());
@@ -338,10 +342,25 @@ impl Logic {
         }
         let joined = match room_id {
             0 => None,
-            _ => self.history.join(room_id, since).await?,
+            _ => self.joined(room_id, since).await?,
         };
         let kept = self.inbox.chunk(session.user_id, 0, !acks).await?;
+        self.counts.kept[3].add(kept.ids.len() as u64);
         Ok(Opened { session, joined, kept })
+    }
+
+    /// Where `room_id` stands for a socket joining it, with what it missed since `since`.
+    async fn joined(&self, room_id: u64, since: Option<&Position>) -> Result<Option<Recovery>, LogicError> {
+        let recovery = self.history.join(room_id, since).await?;
+        if let Some(r) = &recovery {
+            let result = match r.recovered {
+                None => 0,
+                Some(true) => 1,
+                Some(false) => 2,
+            };
+            self.counts.joins[result].inc();
+        }
+        Ok(recovery)
     }
 
     /// An authenticated socket joins another room: its position there, with what it missed.
@@ -363,7 +382,7 @@ impl Logic {
             }
             Ok(change) => change.into_iter().for_each(|c| self.room_changed(c)),
         }
-        Ok(self.history.join(room_id, since).await?)
+        self.joined(room_id, since).await
     }
 
     pub async fn room_leave(&self, gateway: &str, conn_id: u64, room_id: u64) -> Result<(), LogicError> {
@@ -376,10 +395,13 @@ impl Logic {
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.
     pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<inbox::Chunk, LogicError> {
         self.inbox.ack(user_id, ids).await?;
-        match more {
-            true => Ok(self.inbox.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?),
-            false => Ok(inbox::Chunk::default()),
+        self.counts.kept[2].add(ids.len() as u64);
+        if !more {
+            return Ok(inbox::Chunk::default());
         }
+        let chunk = self.inbox.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?;
+        self.counts.kept[3].add(chunk.ids.len() as u64);
+        Ok(chunk)
     }
 
     pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<(), LogicError> {

@@ -16,7 +16,7 @@ use crate::limits::RateLimits;
 use crate::logic::Logic;
 
 /// gochat's routes, as labelled; any other path is `other`, so the label stays bounded.
-const ROUTES: [&str; 8] = [
+const ROUTES: [&str; 9] = [
     "/user/register",
     "/user/login",
     "/user/logout",
@@ -25,6 +25,7 @@ const ROUTES: [&str; 8] = [
     "/push/pushRoom",
     "/push/count",
     "/push/getRoomInfo",
+    "/push/history",
 ];
 const OTHER: usize = ROUTES.len();
 
@@ -83,7 +84,17 @@ pub struct LogicCounts {
     pub socket_auths_refused: Counter,
     /// Gateways whose lease ran out and whose connections were forgotten.
     pub gateways_swept: Counter,
+    /// Sockets that joined a room with history, by what they got: `JOINS`.
+    pub joins: [Counter; JOINS.len()],
+    /// Private messages kept, refused for a full inbox, acknowledged, and handed out at connect
+    /// or after an acknowledgement: `KEPT`.
+    pub kept: [Counter; KEPT.len()],
 }
+
+/// How a socket's join of a room went: no recovery asked, everything missed recovered, or
+/// told to reload.
+pub const JOINS: [&str; 3] = ["fresh", "recovered", "reload"];
+pub const KEPT: [&str; 4] = ["kept", "full", "acknowledged", "handed_out"];
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
@@ -157,6 +168,25 @@ impl Metrics {
             [("accepted", &counts.socket_auths_accepted), ("refused", &counts.socket_auths_refused)]
         {
             text.sample(auths, &[control, ("result", result)], counter.get());
+        }
+        for (name, help, labels, counters) in [
+            (
+                "gochat_control_room_joins_total",
+                "Socket joins of rooms with history, by result.",
+                &JOINS[..],
+                &counts.joins[..],
+            ),
+            (
+                "gochat_control_kept_messages_total",
+                "Private messages kept for their user, refused (inbox full), acknowledged, handed out.",
+                &KEPT[..],
+                &counts.kept[..],
+            ),
+        ] {
+            text.family(name, Kind::Counter, help);
+            for (label, counter) in labels.iter().zip(counters) {
+                text.sample(name, &[control, ("result", label)], counter.get());
+            }
         }
         let swept = "gochat_control_gateways_swept_total";
         text.family(swept, Kind::Counter, "Gateways whose lease ran out: their connections were forgotten.")

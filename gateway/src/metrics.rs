@@ -57,7 +57,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         type Read = fn(&ShardStats) -> &AtomicU64;
-        let families: [(&str, Kind, &str, Read); 9] = [
+        let families: [(&str, Kind, &str, Read); 10] = [
             ("connections", Kind::Gauge, "Open client connections.", |s| &s.connections),
             ("rooms", Kind::Gauge, "Rooms with a member on the shard.", |s| &s.rooms),
             ("frames_out_total", Kind::Counter, "Frames queued to clients.", |s| &s.frames_out),
@@ -72,6 +72,9 @@ impl Metrics {
             ("flood_closes_total", Kind::Counter, "Clients closed for flooding.", |s| &s.flood_closes),
             ("tls_handshake_failures_total", Kind::Counter, "wss handshakes that failed.", |s| {
                 &s.tls_handshake_failures
+            }),
+            ("binary_connections", Kind::Gauge, "Open connections on the binary protocol.", |s| {
+                &s.binary_connections
             }),
         ];
         let mut text = Text::default();
