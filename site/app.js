@@ -40,6 +40,8 @@
     // What the message pane shows: `r:<roomId>` or `u:<userId>` (a private thread).
     view: 'r:1',
     rooms: loadRooms(),
+    // The last position seen in each room's history ({epoch, seq}), to recover after a drop.
+    positions: new Map(),
   };
 
   // Conversations by key: the rooms joined, and one thread per private correspondent.
@@ -191,7 +193,7 @@
   function thread(key, title, extra) {
     let t = threads.get(key);
     if (!t) {
-      t = { key, title, items: [], unread: 0, ...extra };
+      t = { key, title, items: [], ids: new Set(), unread: 0, ...extra };
       threads.set(key, t);
     } else if (title) {
       t.title = title;
@@ -264,7 +266,11 @@
     state.ws = ws;
     ws.onopen = () => {
       if (gen !== state.gen) return;
-      ws.send(JSON.stringify({ authToken: state.token, roomId }));
+      // The last position seen in the room gets what was missed; acks keep private messages
+      // on the server until this page has them.
+      const at = state.positions.get(roomId);
+      const since = at ? { epoch: at.epoch, seq: at.seq } : {};
+      ws.send(JSON.stringify({ authToken: state.token, roomId, acks: true, ...since }));
       state.liveTimer = setTimeout(() => goLive(gen), 2000);
     };
     ws.onmessage = (ev) => {
@@ -322,9 +328,9 @@
 
   function handleFrame(f, gen) {
     switch (f.op) {
-      case 7: goLive(gen); break;
-      case 3: if (sameRoom(f)) addMessage(f, false); break;
-      case 2: addMessage(f, true); break;
+      case 7: joined(f); goLive(gen); break;
+      case 3: if (sameRoom(f)) { notePosition(f); addMessage(f, false); } break;
+      case 2: acknowledge(f); addMessage(f, true); break;
       case 4: ui.online.textContent = String(Number(f.count) || 0); break;
       case 5: if (sameRoom(f)) renderMembers(f); break;
       case 8:
@@ -334,6 +340,39 @@
         break;
       default: break;
     }
+  }
+
+  // Where the room stands: what was missed follows when it was recovered; otherwise (a first
+  // visit, or too much missed) the room's recent messages are loaded.
+  function joined(f) {
+    if (!f.epoch || f.recovered === true) return;
+    loadHistory(state.roomId);
+  }
+
+  function notePosition(m) {
+    if (!m.epoch || typeof m.seq !== 'number') return;
+    const at = state.positions.get(state.roomId);
+    if (!at || at.epoch !== m.epoch || m.seq > at.seq) state.positions.set(state.roomId, { epoch: m.epoch, seq: m.seq });
+  }
+
+  async function loadHistory(roomId) {
+    let data;
+    try {
+      data = await api('/push/history', { authToken: state.token, roomId });
+    } catch {
+      return; // no history kept: the room starts empty, as in gochat
+    }
+    if (roomId !== state.roomId || !data || !Array.isArray(data.messages)) return;
+    for (const m of data.messages) addMessage(m, false);
+    const t = threads.get(`r:${roomId}`);
+    if (t) t.items.sort((a, b) => (a.epoch === b.epoch && typeof a.seq === 'number' && typeof b.seq === 'number' ? a.seq - b.seq : 0));
+    if (typeof data.seq === 'number' && data.epoch) notePosition({ epoch: data.epoch, seq: data.seq });
+    if (state.view === `r:${roomId}`) showThread(state.view);
+  }
+
+  function acknowledge(m) {
+    if (!m.msgId || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    state.ws.send(JSON.stringify({ op: 12, msgIds: [String(m.msgId)] }));
   }
 
   // ---- rendering ----
@@ -368,6 +407,11 @@
       thread(key, (mine ? m.toUserName : m.fromUserName) || `user ${other}`, { kind: 'user', userId: Number(other) });
     }
     const t = threads.get(key);
+    // Delivered again (recovery, or a private message not yet acknowledged): shown once.
+    if (m.msgId) {
+      if (t.ids.has(m.msgId)) return;
+      t.ids.add(m.msgId);
+    }
     const item = { ...m, mine, isPrivate };
     t.items.push(item);
     if (t.items.length > MAX_MESSAGES) t.items.shift();

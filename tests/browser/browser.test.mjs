@@ -235,6 +235,20 @@ try {
     await phone.context.close();
   });
 
+  await step('a page that comes in later sees the room\'s recent messages, each once', async () => {
+    const late = await newPage();
+    await late.page.goto(origin);
+    await late.page.fill('#login-user', alice);
+    await late.page.fill('#login-pass', 'secret-123');
+    await late.page.click('#login-btn');
+    await live(late.page);
+    await seesMessage(late.page, 'hello from alice');
+    await seesMessage(late.page, 'from a phone');
+    const copies = await late.page.locator('#messages .msg-text', { hasText: 'hello from alice' }).count();
+    if (copies !== 1) throw new Error(`'hello from alice' shown ${copies} times`);
+    await late.context.close();
+  });
+
   await step('one user goes offline: the other sees the count drop', async () => {
     await until('count back to 2', async () => (await text(a.page, '#online-count')) === '2');
     await b.context.close();
