@@ -5,6 +5,8 @@
 use std::hint::black_box;
 use std::io::IoSlice;
 
+use gochat_control::history::{Limits as HistoryLimits, MemoryHistory};
+use gochat_control::inbox::{Limits as InboxLimits, MemoryInbox};
 use gochat_control::state::{MemoryState, Session};
 use gochat_gateway::protocol::ws;
 use gochat_gateway::shard::{Command, Framed, Inbox, Shard, ShardLimits};
@@ -62,6 +64,21 @@ pub const ALL: &[Workload] = &[
         run: rest_login_minus_hash,
     },
     Workload { name: "token_check", what: "look a session token up among 10,000", run: token_check },
+    Workload {
+        name: "history_append",
+        what: "number a room message and keep it in a room's history of 100 (in memory)",
+        run: history_append,
+    },
+    Workload {
+        name: "inbox_keep_ack",
+        what: "keep a private message for its user and acknowledge it (in memory)",
+        run: inbox_keep_ack,
+    },
+    Workload {
+        name: "binary_transcode",
+        what: "turn one op 3 JSON body into the binary protocol's ServerFrame",
+        run: binary_transcode,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Workload> {
@@ -227,6 +244,35 @@ fn token_check() {
     gate_region(|| {
         i = (i + 7919) % tokens.len();
         black_box(state.session(black_box(&tokens[i])));
+    });
+}
+
+fn history_append() {
+    let history = MemoryHistory::new(HistoryLimits { size: 100, max_age: std::time::Duration::from_secs(600) });
+    for _ in 0..100 {
+        history.append(7, BODY);
+    }
+    gate_region(|| {
+        black_box(history.append(7, black_box(BODY)));
+    });
+}
+
+fn inbox_keep_ack() {
+    let inbox = MemoryInbox::new(InboxLimits { size: 1000, max_age: std::time::Duration::from_secs(3600) });
+    for id in 1..=50 {
+        let _ = inbox.keep(9, id, BODY);
+    }
+    let mut id = 1000;
+    gate_region(|| {
+        id += 1;
+        let _ = black_box(inbox.keep(9, id, black_box(BODY)));
+        inbox.ack(9, &[id]);
+    });
+}
+
+fn binary_transcode() {
+    gate_region(|| {
+        black_box(gochat_proto::binary::server_frame(black_box(BODY)));
     });
 }
 

@@ -31,7 +31,13 @@ impl MemoryInbox {
             });
         }
         let kept = users.entry(user_id).or_default();
-        kept.retain(|_, (at, _)| now.duration_since(*at) < max_age);
+        // Ids are in time order, so the expired ones are the first.
+        while let Some(oldest) = kept.first_entry() {
+            if now.duration_since(oldest.get().0) < max_age {
+                break;
+            }
+            oldest.remove();
+        }
         let out = f(kept);
         if kept.is_empty() {
             users.remove(&user_id);
