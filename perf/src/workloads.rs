@@ -248,7 +248,8 @@ fn token_check() {
 }
 
 fn history_append() {
-    let history = MemoryHistory::new(HistoryLimits { size: 100, max_age: std::time::Duration::from_secs(600) });
+    let history =
+        MemoryHistory::new(HistoryLimits { size: 100, max_age: std::time::Duration::from_secs(600) });
     for _ in 0..100 {
         history.append(7, BODY);
     }
