@@ -4,36 +4,20 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{redis_url, RedisKeys};
 use gochat_control::history::{self, History, RECOVER_MAX_BYTES};
 use gochat_control::inbox::{self, Inbox, CHUNK_MESSAGES};
 use gochat_control::state::{RedisState, State};
 use gochat_proto::wire::{self, Position};
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Keys under a fresh prefix, deleted when dropped.
-struct RedisKeys(String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
-        }
-    }
-}
-
 /// The two kinds of state (in memory, on Redis), each with its keys' guard.
 async fn states() -> Vec<(State, Option<RedisKeys>)> {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    let prefix = format!("gochat-test-history-{}-{nanos}", std::process::id());
+    let keys = RedisKeys::new("history");
     let ttl = Duration::from_secs(60);
-    let redis = RedisState::open(&redis_url(), &prefix, ttl).await.expect("Redis reachable");
-    vec![(State::memory(ttl), None), (State::Redis(redis), Some(RedisKeys(prefix)))]
+    let redis = RedisState::open(&redis_url(), &keys.0, ttl).await.expect("Redis reachable");
+    vec![(State::memory(ttl), None), (State::Redis(redis), Some(keys))]
 }
 
 fn limits(size: usize, max_age: Duration) -> history::Limits {

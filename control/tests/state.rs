@@ -3,34 +3,15 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{redis_url, RedisKeys};
 use gochat_control::state::{NoConnection, RedisState, RoomChange, Routes, Session, State};
 
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A Redis-backed state under a fresh prefix; its keys are deleted when dropped.
-struct RedisKeys(String);
-
-impl Drop for RedisKeys {
-    fn drop(&mut self) {
-        let client = redis::Client::open(redis_url()).unwrap();
-        let mut conn = client.get_connection().unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", self.0)).query(&mut conn).unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
-        }
-    }
-}
-
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
-    let prefix = format!("gochat-test-state-{}-{}", std::process::id(), rand_suffix());
-    let redis = RedisState::open(&redis_url(), &prefix, session_ttl).await.expect("Redis reachable");
-    vec![(State::memory(session_ttl), None), (State::Redis(redis), Some(RedisKeys(prefix)))]
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    let keys = RedisKeys::new("state");
+    let redis = RedisState::open(&redis_url(), &keys.0, session_ttl).await.expect("Redis reachable");
+    vec![(State::memory(session_ttl), None), (State::Redis(redis), Some(keys))]
 }
 
 fn user(id: u64, name: &str) -> Session {

@@ -65,10 +65,6 @@ pub struct RedisHistory {
     read: Script,
 }
 
-fn err(e: redis::RedisError) -> StateError {
-    StateError(e.to_string())
-}
-
 impl RedisHistory {
     /// History on the Redis `conn` already reaches, under `prefix`.
     pub fn new(conn: ConnectionManager, prefix: &str, limits: Limits) -> Self {
@@ -103,7 +99,7 @@ impl RedisHistory {
             .arg(self.limits.size)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok((Position { epoch, seq }, body))
     }
 
@@ -128,7 +124,7 @@ impl RedisHistory {
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         let messages = flat
             .chunks(2)
             .filter_map(|pair| {

@@ -54,10 +54,6 @@ pub struct RedisInbox {
     read: Script,
 }
 
-fn err(e: redis::RedisError) -> StateError {
-    StateError(e.to_string())
-}
-
 /// An id as the member text that sorts as the id does.
 fn member(id: u64) -> String {
     format!("{id:020}")
@@ -99,7 +95,7 @@ impl RedisInbox {
             .arg(self.limits.max_age.as_millis().max(1) as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok(if kept == 1 { Ok(()) } else { Err(Full) })
     }
 
@@ -115,7 +111,7 @@ impl RedisInbox {
             .arg(CHUNK_MESSAGES)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         let read: Vec<(u64, &[u8])> = flat
             .chunks(2)
             .filter_map(|pair| {
@@ -143,6 +139,6 @@ impl RedisInbox {
             .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await
-            .map_err(err)
+            .map_err(StateError::from)
     }
 }

@@ -55,6 +55,12 @@ pub struct NoConnection;
 #[error("state store: {0}")]
 pub struct StateError(pub String);
 
+impl From<::redis::RedisError> for StateError {
+    fn from(e: ::redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// Where a batch of rooms and users is connected: per room the gateways with members, per user
 /// its (gateway, shard) pairs; both in the order asked.
 #[derive(Debug, Default, PartialEq, Eq)]

@@ -179,20 +179,16 @@ pub struct RedisState {
     reset: Script,
 }
 
-fn err(e: redis::RedisError) -> StateError {
-    StateError(e.to_string())
-}
-
 impl RedisState {
     /// Connects to `url`; fails when Redis cannot be reached now. Later outages are errors of
     /// single operations, retried by the connection manager's reconnects.
     pub async fn open(url: &str, prefix: &str, session_ttl: Duration) -> Result<Self, StateError> {
-        let client = redis::Client::open(url).map_err(err)?;
+        let client = redis::Client::open(url).map_err(StateError::from)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(2))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(err)?;
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(StateError::from)?;
         Ok(Self {
             conn,
             prefix: prefix.to_string(),
@@ -223,18 +219,26 @@ impl RedisState {
     pub async fn create_session(&self, token: &str, session: &Session) -> Result<(), StateError> {
         let value = format!("{}\t{}", session.user_id, session.user_name);
         let key = self.key(&format!("session:{token}"));
-        self.conn.clone().set_ex::<_, _, ()>(key, value, self.session_ttl.as_secs()).await.map_err(err)
+        self.conn
+            .clone()
+            .set_ex::<_, _, ()>(key, value, self.session_ttl.as_secs())
+            .await
+            .map_err(StateError::from)
     }
 
     pub async fn session(&self, token: &str) -> Result<Option<Session>, StateError> {
         let value: Option<String> =
-            self.conn.clone().get(self.key(&format!("session:{token}"))).await.map_err(err)?;
+            self.conn.clone().get(self.key(&format!("session:{token}"))).await.map_err(StateError::from)?;
         Ok(value.as_deref().and_then(parse_session))
     }
 
     pub async fn remove_session(&self, token: &str) -> Result<Option<Session>, StateError> {
-        let value: Option<String> =
-            self.conn.clone().get_del(self.key(&format!("session:{token}"))).await.map_err(err)?;
+        let value: Option<String> = self
+            .conn
+            .clone()
+            .get_del(self.key(&format!("session:{token}")))
+            .await
+            .map_err(StateError::from)?;
         Ok(value.as_deref().and_then(parse_session))
     }
 
@@ -260,7 +264,7 @@ impl RedisState {
             .arg(&session.user_name)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok((joined == 1).then(|| RoomChange::joined(room_id, session)))
     }
 
@@ -281,7 +285,7 @@ impl RedisState {
             .arg(&session.user_name)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok(match joined {
             -1 => Err(NoConnection),
             1 => Ok(Some(RoomChange::joined(room_id, session))),
@@ -304,7 +308,7 @@ impl RedisState {
             .arg(room_id)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok((user != 0).then(|| RoomChange::left(room_id, user)))
     }
 
@@ -328,7 +332,7 @@ impl RedisState {
         for id in conn_ids {
             call.arg(id);
         }
-        let left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(err)?;
+        let left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(StateError::from)?;
         Ok(left.chunks(2).map(|pair| RoomChange::left(pair[0], pair[1])).collect())
     }
 
@@ -342,12 +346,12 @@ impl RedisState {
             .arg(gateway)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         if claimed == 0 {
             return Ok(Vec::new());
         }
         let changes = self.close_all(gateway, &moved).await?;
-        let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(err)?;
+        let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(StateError::from)?;
         Ok(changes)
     }
 
@@ -374,7 +378,7 @@ impl RedisState {
             .arg(SWEEP_CHUNK)
             .query_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok(fields.iter().filter_map(|f| f.parse().ok()).collect())
     }
 
@@ -386,7 +390,7 @@ impl RedisState {
             .arg(ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok(had == 1)
     }
 
@@ -396,7 +400,8 @@ impl RedisState {
             // One gateway's failure must not hold the others back; it is resumed next time.
             match self.close_all(&gateway, &moved).await {
                 Ok(changes) => {
-                    let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(err)?;
+                    let _: i64 =
+                        self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(StateError::from)?;
                     swept.push((gateway, changes));
                 }
                 Err(e) => {
@@ -419,24 +424,28 @@ impl RedisState {
             .arg(nonce())
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(err)?;
+            .map_err(StateError::from)?;
         Ok(pairs.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())
     }
 
     pub async fn room_count(&self, room_id: u64) -> Result<u64, StateError> {
-        self.conn.clone().hlen(self.key(&format!("room:{room_id}:members"))).await.map_err(err)
+        self.conn.clone().hlen(self.key(&format!("room:{room_id}:members"))).await.map_err(StateError::from)
     }
 
     pub async fn room_members(&self, room_id: u64) -> Result<BTreeMap<String, String>, StateError> {
-        self.conn.clone().hgetall(self.key(&format!("room:{room_id}:names"))).await.map_err(err)
+        self.conn.clone().hgetall(self.key(&format!("room:{room_id}:names"))).await.map_err(StateError::from)
     }
 
     pub async fn is_member(&self, room_id: u64, user_id: u64) -> Result<bool, StateError> {
-        self.conn.clone().hexists(self.key(&format!("room:{room_id}:members")), user_id).await.map_err(err)
+        self.conn
+            .clone()
+            .hexists(self.key(&format!("room:{room_id}:members")), user_id)
+            .await
+            .map_err(StateError::from)
     }
 
     pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
-        self.conn.clone().exists(self.key(&format!("user:{user_id}:routes"))).await.map_err(err)
+        self.conn.clone().exists(self.key(&format!("user:{user_id}:routes"))).await.map_err(StateError::from)
     }
 
     pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, StateError> {
@@ -447,7 +456,8 @@ impl RedisState {
         for user in user_ids {
             pipe.hkeys(self.key(&format!("user:{user}:routes")));
         }
-        let mut replies: Vec<Vec<String>> = pipe.query_async(&mut self.conn.clone()).await.map_err(err)?;
+        let mut replies: Vec<Vec<String>> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(StateError::from)?;
         let users = replies.split_off(room_ids.len());
         Ok(Routes {
             rooms: replies,
