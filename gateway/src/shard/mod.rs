@@ -520,12 +520,18 @@ impl Shard {
     }
 
     /// Lists `key` in `room_id` (0: none) at once, holding the room's frames for it until
-    /// logic answers the join, so nothing published meanwhile is missed.
+    /// logic answers the join, so nothing published meanwhile is missed. A join in an auth
+    /// frame waits as long as the auth does (its timeout closes the connection); a later one
+    /// is given up after `joins::ANSWER_SECS`.
     fn begin_join(&mut self, key: u32, room_id: u64) {
         if room_id == 0 || !self.rooms.join(&mut self.conns, key, room_id) {
             return;
         }
-        self.joins.start(key, room_id, self.wheel.now());
+        let until = match self.conns[key as usize].phase {
+            Phase::Live { .. } => self.wheel.now() + joins::ANSWER_SECS,
+            _ => u32::MAX,
+        };
+        self.joins.start(key, room_id, until);
         self.conns[key as usize].joining = true;
         self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
     }
@@ -790,15 +796,12 @@ impl Shard {
     }
 
     /// Ends joins that are over: skips past their time, and joins logic never answered, which
-    /// are undone (an authenticating connection's is undone by its auth timeout).
+    /// are undone.
     fn expire_joins(&mut self, now: u32) {
         for (key, unanswered) in self.joins.expire(now) {
             self.sync_joining(key);
             let Some(room_id) = unanswered else { continue };
             let Some(conn) = self.conns.get(key as usize).filter(|c| !c.closing) else { continue };
-            if !matches!(conn.phase, Phase::Live { .. }) {
-                continue;
-            }
             let (conn_id, wire) = (conn.id, conn.codec.wire());
             self.rooms.leave(&mut self.conns, key, room_id);
             self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);

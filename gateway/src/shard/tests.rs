@@ -561,6 +561,20 @@ fn a_repeated_auth_frame_for_another_room_points_at_op_10() {
 }
 
 #[test]
+fn an_auth_that_waits_long_keeps_its_room_held_not_open() {
+    let limits = ShardLimits { auth_timeout_secs: 120, ..ShardLimits::default() };
+    let mut s = Shard::new(0, 1, limits, 0);
+    let (key, _) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let _ = written(&mut s, key);
+    say(&mut s, key, r#"{"authToken":"slow","roomId":7}"#);
+    let _ = s.take_effects().count();
+    s.on_tick(joins::ANSWER_SECS + 1);
+    s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]) });
+    assert!(!s.has_output(key), "an unauthenticated socket gets nothing of the room, however long it waits");
+}
+
+#[test]
 fn a_refused_auth_leaves_the_room_it_was_listed_in() {
     let mut s = shard();
     let (key, id) = s.open(Transport::WebSocket, 0);
