@@ -223,8 +223,8 @@ mod tests {
     #[test]
     fn held_frames_follow_the_recovered_ones_without_repeats() {
         let mut joins = Joins::default();
-        assert!(joins.start(1, 7, 0 + ANSWER_SECS));
-        assert!(!joins.start(1, 7, 0 + ANSWER_SECS), "one join of a room at a time");
+        assert!(joins.start(1, 7, ANSWER_SECS));
+        assert!(!joins.start(1, 7, ANSWER_SECS), "one join of a room at a time");
         assert!(matches!(joins.offer(1, 8, &numbered(&[1]), WS, 1000), Offer::Pass), "another room");
         for seqs in [&[4, 5][..], &[6], &[7, 8]] {
             assert!(matches!(joins.offer(1, 7, &numbered(seqs), WS, 1000), Offer::Taken));
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn late_copies_of_recovered_messages_are_dropped() {
         let mut joins = Joins::default();
-        joins.start(1, 7, 0 + ANSWER_SECS);
+        joins.start(1, 7, ANSWER_SECS);
         let released = joins.answered(1, 7, Some(6), WS, 0).unwrap();
         assert!(released.parts.is_empty());
         assert!(joins.any(1), "still looking for copies");
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn a_join_without_recovery_sends_everything_held() {
         let mut joins = Joins::default();
-        joins.start(1, 7, 0 + ANSWER_SECS);
+        joins.start(1, 7, ANSWER_SECS);
         joins.offer(1, 7, &numbered(&[1]), WS, 1000);
         joins.offer(1, 7, &Framed::encode(&[b"x"]), WS, 1000);
         let released = joins.answered(1, 7, None, WS, 0).unwrap();
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn holding_is_bounded_and_unanswered_joins_expire() {
         let mut joins = Joins::default();
-        joins.start(1, 7, 0 + ANSWER_SECS);
+        joins.start(1, 7, ANSWER_SECS);
         joins.start(2, 7, 10 + ANSWER_SECS);
         let big = Framed::encode(&[vec![b'x'; 100]]);
         for _ in 0..5 {
@@ -276,7 +276,7 @@ mod tests {
         }
         assert_eq!(joins.expire(ANSWER_SECS), [(1, Some(7))], "logic never answered the first");
         assert!(!joins.any(1) && joins.any(2));
-        joins.start(1, 7, 0 + ANSWER_SECS);
+        joins.start(1, 7, ANSWER_SECS);
         for _ in 0..5 {
             joins.offer(1, 7, &big, WS, 250);
         }
