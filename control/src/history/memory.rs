@@ -37,21 +37,25 @@ impl Log {
 
 pub struct MemoryHistory {
     limits: Limits,
-    rooms: Mutex<HashMap<u64, Log>>,
+    /// The logs, and when rooms quiet for the age limit were last forgotten.
+    rooms: Mutex<(HashMap<u64, Log>, Instant)>,
 }
 
 impl MemoryHistory {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, rooms: Mutex::default() }
+        Self { limits, rooms: Mutex::new((HashMap::new(), Instant::now())) }
     }
 
     /// The room's log, live: a log untouched for `max_age` is replaced by one of a new epoch.
     fn with_log<T>(&self, room_id: u64, f: impl FnOnce(&mut Log, Instant) -> T) -> T {
         let now = Instant::now();
-        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-        if rooms.len() % 1024 == 1023 {
-            let max_age = self.limits.max_age;
+        let mut guard = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let (rooms, swept) = &mut *guard;
+        // Once an age limit: what a room keeps is bounded by its size, the rooms by time.
+        let max_age = self.limits.max_age;
+        if now.duration_since(*swept) >= max_age {
             rooms.retain(|_, log| now.duration_since(log.touched) < max_age);
+            *swept = now;
         }
         let log = rooms.entry(room_id).or_insert_with(|| Log::new(now));
         if now.duration_since(log.touched) >= self.limits.max_age {

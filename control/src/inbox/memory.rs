@@ -11,24 +11,28 @@ type Kept = BTreeMap<u64, (Instant, Vec<u8>)>;
 
 pub struct MemoryInbox {
     limits: Limits,
-    users: Mutex<HashMap<u64, Kept>>,
+    /// The users' kept messages, and when expired ones were last dropped for everyone.
+    users: Mutex<(HashMap<u64, Kept>, Instant)>,
 }
 
 impl MemoryInbox {
     pub fn new(limits: Limits) -> Self {
-        Self { limits, users: Mutex::default() }
+        Self { limits, users: Mutex::new((HashMap::new(), Instant::now())) }
     }
 
     /// The user's kept messages, the expired ones dropped.
     fn with_user<T>(&self, user_id: u64, f: impl FnOnce(&mut Kept) -> T) -> T {
         let now = Instant::now();
-        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        let (users, swept) = &mut *guard;
         let max_age = self.limits.max_age;
-        if users.len() % 1024 == 1023 {
+        // Once an age limit, so users who never come back do not keep theirs forever.
+        if now.duration_since(*swept) >= max_age {
             users.retain(|_, kept| {
                 kept.retain(|_, (at, _)| now.duration_since(*at) < max_age);
                 !kept.is_empty()
             });
+            *swept = now;
         }
         let kept = users.entry(user_id).or_default();
         // Ids are in time order, so the expired ones are the first.
