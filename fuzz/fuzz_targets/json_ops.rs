@@ -15,8 +15,24 @@ const PHASES: [Phase; 4] = [Phase::AwaitAuth, Phase::Authenticating, Phase::Live
 
 fuzz_target!(|data: &[u8]| {
     interpret_in_every_phase(data);
+    binary_protocol(data);
     through_a_shard(data);
 });
+
+/// The binary protocol on the same bytes: a client frame is read as the JSON request it stands
+/// for, or refused briefly; any server body turns into a frame that decodes.
+fn binary_protocol(data: &[u8]) {
+    use prost::Message as _;
+    for phase in PHASES {
+        if let Request::Refuse { message, fatal } = session::interpret_binary(phase, data) {
+            assert!(!message.is_empty() && message.len() <= MAX_REFUSAL, "{} bytes", message.len());
+            assert_eq!(fatal, phase == Phase::AwaitAuth, "only an unauthenticated request is fatal");
+        }
+    }
+    let frame = gochat_proto::binary::server_frame(data);
+    let decoded = gochat_proto::client::ServerFrame::decode(&frame[..]).expect("a frame that decodes");
+    assert!(decoded.body.is_some(), "every body has a frame");
+}
 
 fn interpret_in_every_phase(data: &[u8]) {
     let parsed = serde_json::from_slice::<wire::ClientRequest>(data).ok();

@@ -23,8 +23,11 @@ const ROOM_SEND_BACKLOG: usize = 1024;
 /// of calls that time out (and are cancelled) only slows it further.
 const AUTH_CALLS_IN_FLIGHT: usize = 8;
 const AUTH_BATCH: usize = 128;
-/// Retries of a call that found its control unavailable (50 ms, doubling).
-const UNAVAILABLE_RETRIES: usize = 4;
+/// How long a call is tried again while it finds its control unavailable (from 50 ms apart,
+/// doubling up to a second): a little longer than discovery takes to drop a control that died
+/// (its lease, 5 s by default). Until then the balanced channel may keep choosing it: a dead
+/// peer fails at once, so it looks the least loaded.
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(7);
 /// Acknowledgements waiting for logic; past this they are dropped (the messages stay kept
 /// and reach the user again: at least once).
 const ACK_BACKLOG: usize = 4096;
@@ -57,7 +60,9 @@ struct Link {
     auths: Arc<tokio::sync::Semaphore>,
 }
 
-/// Runs until every effect sender (the shards) is gone.
+/// Runs until every effect sender (the shards) is gone, then until the acknowledgements it
+/// holds are with logic: a kept message written to a client must not come to it again after
+/// this gateway stopped.
 pub async fn run(
     mut effects: mpsc::UnboundedReceiver<(u32, Effect)>,
     logic: LogicClient<Channel>,
@@ -76,7 +81,7 @@ pub async fn run(
     let (room_sends, backlog) = mpsc::channel(ROOM_SEND_BACKLOG);
     tokio::spawn(link.clone().send_rooms(backlog));
     let (acks, ack_backlog) = mpsc::channel(ACK_BACKLOG);
-    tokio::spawn(link.clone().send_acks(ack_backlog));
+    let acks_sent = tokio::spawn(link.clone().send_acks(ack_backlog));
     while let Some((shard, effect)) = effects.recv().await {
         match effect {
             Effect::Auth { key, conn_id, token, room_id, since, acks } => {
@@ -109,6 +114,8 @@ pub async fn run(
             }
         }
     }
+    drop(acks);
+    let _ = acks_sent.await;
 }
 
 /// Renews this gateway's lease in logic, a third of its lifetime before it runs out. When logic
@@ -342,27 +349,33 @@ impl Link {
     }
 }
 
-/// Runs `call` again while it finds its control unavailable (50 ms, doubling): a control that
-/// died leaves calls on its connection failing so, and the balanced channel sends the retry to
-/// a live one. Only for calls that are safe to repeat.
+/// Runs `call` again while no control answers it, for up to [`UNAVAILABLE_FOR`]: a control
+/// that died leaves calls failing so (refused, or cut off when its connection broke under a
+/// call), and the balanced channel sends a retry to a live one once discovery has dropped it.
+/// Only for calls that are safe to repeat.
 async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
+    let give_up = tokio::time::Instant::now() + UNAVAILABLE_FOR;
     let mut delay = Duration::from_millis(50);
-    let mut answer = call().await;
-    for _ in 0..UNAVAILABLE_RETRIES {
-        match &answer {
-            Err(status) if status.code() == Code::Unavailable => {
+    loop {
+        match call().await {
+            Err(status) if no_answer(&status) && tokio::time::Instant::now() + delay < give_up => {
                 tokio::time::sleep(delay).await;
-                delay *= 2;
-                answer = call().await;
+                delay = (delay * 2).min(Duration::from_secs(1));
             }
-            _ => break,
+            answer => return answer,
         }
     }
-    answer
+}
+
+/// Whether a call failed without a control's answer: unavailable, or the transport failed
+/// under it (cancelled, broken pipe: such errors carry the transport's error as their source).
+fn no_answer(status: &tonic::Status) -> bool {
+    status.code() == Code::Unavailable
+        || std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 fn position(p: Position) -> RoomPosition {
@@ -396,5 +409,41 @@ fn auth_refusal(status: &tonic::Status) -> AuthRefused {
             tracing::warn!(%status, "logic unavailable for a socket auth");
             refused(1013, "authentication service unavailable, try again")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_control_is_tried_until_discovery_has_dropped_it() {
+        // Calls reach the dead control for as long as its lease lives (5 s), then a live one.
+        let started = tokio::time::Instant::now();
+        let calls = AtomicUsize::new(0);
+        let answer = retry_unavailable(|| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let dead = started.elapsed() < Duration::from_secs(5);
+            async move {
+                if dead {
+                    Err(tonic::Status::unavailable("connection refused"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(answer.is_ok(), "given up before the lease ran out");
+        assert!(calls.load(Ordering::Relaxed) < 15, "spaced out, not a busy loop");
+        let gave_up = retry_unavailable(|| async { Err::<(), _>(tonic::Status::unavailable("down")) }).await;
+        assert_eq!(gave_up.unwrap_err().code(), Code::Unavailable);
+        assert!(started.elapsed() < Duration::from_secs(5) + UNAVAILABLE_FOR + Duration::from_secs(1));
+        let refused =
+            retry_unavailable(|| async { Err::<(), _>(tonic::Status::unauthenticated("bad token")) });
+        let before = tokio::time::Instant::now();
+        assert_eq!(refused.await.unwrap_err().code(), Code::Unauthenticated);
+        assert_eq!(before.elapsed(), Duration::ZERO, "other failures are not retried");
     }
 }

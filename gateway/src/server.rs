@@ -43,6 +43,8 @@ pub struct GatewayHandle {
     grpc_stop: watch::Sender<bool>,
     grpc_task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     lease_task: tokio::task::JoinHandle<()>,
+    /// Carries the shards' effects to logic; ends after the shards, once what it holds is sent.
+    link_task: tokio::task::JoinHandle<()>,
     /// Reloads the wss certificate while the gateway runs.
     tls_watch: Option<Watch>,
     health: tonic_health::server::HealthReporter,
@@ -143,7 +145,7 @@ impl Gateway {
             threads.push(thread);
         }
         drop(effects_tx);
-        tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
+        let link_task = tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
         let lease_task = tokio::spawn(logic_link::keep_lease(
             LogicClient::new(lease_channel),
             id.clone(),
@@ -206,6 +208,7 @@ impl Gateway {
             grpc_stop,
             grpc_task,
             lease_task,
+            link_task,
             tls_watch,
             health,
             draining,
@@ -271,6 +274,9 @@ impl GatewayHandle {
         .await;
         if tokio::time::timeout(Duration::from_secs(5), self.grpc_task).await.is_err() {
             tracing::warn!("gateway gRPC server did not drain in 5 s; left behind");
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.link_task).await.is_err() {
+            tracing::warn!("acknowledgements not all handed to logic in 5 s; those messages may come again");
         }
     }
 }
