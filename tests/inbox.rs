@@ -44,13 +44,44 @@ async fn messages_to_an_offline_user_wait_for_them() {
     wb.close().await;
     let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
     assert!(privates_within(&mut wb, Duration::from_millis(400)).await.is_empty(), "not again");
-    // Live ones reach it as before, and do not come back either.
+    // Live ones reach it as before, and are not kept: they do not come back either.
     assert_eq!(push(&s, &a, &b, "live").await["code"], 0);
     assert_eq!(texts(&privates_within(&mut wb, Duration::from_millis(500)).await), ["live"]);
     wb.close().await;
-    common::eventually("the gateway has acknowledged the live one", || async {
-        let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
-        privates_within(&mut wb, Duration::from_millis(100)).await.is_empty()
+    let (mut wb, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+    assert!(privates_within(&mut wb, Duration::from_millis(400)).await.is_empty(), "not kept");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_both_kinds_of_client_online_messages_are_kept_for_the_one_that_acknowledges() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    // Only gochat's client online: sent as gochat sent it, and not kept.
+    let (mut old, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+    assert_eq!(push(&s, &a, &b, "to gochat's").await["code"], 0);
+    assert_eq!(texts(&privates_within(&mut old, Duration::from_millis(500)).await), ["to gochat's"]);
+    let (mut acking, ok) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    assert!(ok.get("pending").is_none(), "{ok}");
+    assert!(privates_within(&mut acking, Duration::from_millis(400)).await.is_empty(), "nothing kept");
+    // With one that acknowledges online too, both get it and it is kept until acknowledged.
+    assert_eq!(push(&s, &a, &b, "to both").await["code"], 0);
+    assert_eq!(texts(&privates_within(&mut old, Duration::from_millis(500)).await), ["to both"]);
+    assert_eq!(texts(&privates_within(&mut acking, Duration::from_millis(500)).await), ["to both"]);
+    // gochat's client reconnecting does not take it from the one that acknowledges...
+    old.close().await;
+    let (mut old, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1})).await;
+    assert!(privates_within(&mut old, Duration::from_millis(400)).await.is_empty(), "not twice");
+    // ...which gets it again until it acknowledges it.
+    acking.close().await;
+    let (mut acking, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+    let again = privates_within(&mut acking, Duration::from_millis(500)).await;
+    assert_eq!(texts(&again), ["to both"]);
+    acking.send_json(json!({"op": wire::OP_ACK, "msgIds": [again[0]["msgId"]]})).await;
+    old.close().await;
+    common::eventually("the acknowledgement has reached logic", || async {
+        let (mut acking, _) = s.ws_auth(json!({"authToken": b.token, "roomId": 1, "acks": true})).await;
+        privates_within(&mut acking, Duration::from_millis(100)).await.is_empty()
     })
     .await;
     s.shutdown().await;

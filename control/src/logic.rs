@@ -16,7 +16,7 @@ use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
 use crate::inbox::{self, Inbox};
 use crate::metrics::LogicCounts;
-use crate::state::{NoConnection, RoomChange, Routes, Session, State, StateError};
+use crate::state::{NewConn, NoConnection, RoomChange, Routes, Session, State, StateError};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
 
@@ -203,8 +203,10 @@ impl Logic {
         Ok(self.store.by_id(user_id).await?.map(|u| u.user_name))
     }
 
-    /// A private message (op 2) to `to_user_id`: kept until a client of theirs has it (when
-    /// the inbox is on), and sent now if they are online.
+    /// A private message (op 2) to `to_user_id`, sent now if they are online. With the inbox
+    /// on, it is also kept until a client of theirs acknowledges it, when one that does is
+    /// online or none is (then it waits for them); a user online only with clients that do not
+    /// acknowledge (gochat's) gets it as gochat sent it, once at most, and never twice.
     pub async fn push_user(
         &self,
         from: &Session,
@@ -216,8 +218,8 @@ impl Logic {
         let Some(to_name) = self.user_name(to_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {to_user_id}")));
         };
-        let online = self.state.is_online(to_user_id).await?;
-        let kept = self.inbox.is_on();
+        let reach = self.state.reach(to_user_id).await?;
+        let (online, kept) = (reach.online, self.inbox.is_on() && (reach.acking || !reach.online));
         if !online && !kept {
             return Err(LogicError::refused(format!("user {to_name} is not online")));
         }
@@ -235,9 +237,8 @@ impl Logic {
         if !online {
             return Ok(());
         }
-        let sent = self
-            .publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0, kept })
-            .await;
+        let sent =
+            self.publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0 }).await;
         if sent.is_err() && kept {
             // Refused to the sender, so not kept either: a retry must not deliver it twice.
             self.inbox.ack(to_user_id, &[id]).await?;
@@ -268,7 +269,7 @@ impl Logic {
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
         let (position, body) = self.history.append(room_id, body).await?;
         let seq = position.map_or(0, |p| p.seq);
-        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq, kept: false }).await
+        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq }).await
     }
 
     /// The room's position and last `limit` messages (at most what it keeps), oldest first,
@@ -324,7 +325,7 @@ impl Logic {
     /// A socket authenticated: record it in `room_id` (0: none yet), and tell the room when a
     /// user joined. It gets the room's position (with what it missed since `since`) and the
     /// private messages kept for the user; to a socket that does not acknowledge (`acks`),
-    /// those count as delivered.
+    /// those count as delivered, and it gets none while the user has one online that does.
     #[allow(clippy::too_many_arguments)]
     pub async fn conn_open(
         &self,
@@ -337,14 +338,21 @@ impl Logic {
         acks: bool,
     ) -> Result<Opened, LogicError> {
         let session = self.check_auth(token).await?;
-        if let Some(change) = self.state.conn_open(gateway, shard, conn_id, &session, room_id).await? {
+        let conn = NewConn { gateway, shard, conn_id, room_id, acks };
+        if let Some(change) = self.state.conn_open(&conn, &session).await? {
             self.room_changed(change);
         }
         let joined = match room_id {
             0 => None,
             _ => self.joined(room_id, since).await?,
         };
-        let kept = self.inbox.chunk(session.user_id, 0, !acks).await?;
+        // Kept messages are for the clients that acknowledge: one that does not takes them
+        // (each then counts as delivered) only while none that does is online.
+        let kept = if acks || !self.inbox.is_on() || !self.state.reach(session.user_id).await?.acking {
+            self.inbox.chunk(session.user_id, 0, !acks).await?
+        } else {
+            inbox::Chunk::default()
+        };
         self.counts.kept[3].add(kept.ids.len() as u64);
         Ok(Opened { session, joined, kept })
     }
@@ -578,8 +586,7 @@ impl Logic {
 
     /// Enqueues a body with an id of its own and nothing else (counts, member lists, ends).
     async fn publish_body(&self, target: Target, body: Vec<u8>) -> Result<(), LogicError> {
-        self.publish(QueueMessage { target: Some(target), body, id: self.ids.next(), seq: 0, kept: false })
-            .await
+        self.publish(QueueMessage { target: Some(target), body, id: self.ids.next(), seq: 0 }).await
     }
 
     async fn publish(&self, message: QueueMessage) -> Result<(), LogicError> {

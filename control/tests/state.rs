@@ -6,7 +6,7 @@ use std::time::Duration;
 mod common;
 
 use common::{redis_url, RedisKeys};
-use gochat_control::state::{NoConnection, RedisState, RoomChange, Routes, Session, State};
+use gochat_control::state::{NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State};
 
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
     let keys = RedisKeys::new("state");
@@ -16,6 +16,18 @@ async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
 
 fn user(id: u64, name: &str) -> Session {
     Session { user_id: id, user_name: name.into() }
+}
+
+/// Records a socket whose client does not acknowledge private messages.
+async fn open(
+    s: &State,
+    gateway: &str,
+    shard: u32,
+    conn_id: u64,
+    who: &Session,
+    room_id: u64,
+) -> Option<RoomChange> {
+    s.conn_open(&NewConn { gateway, shard, conn_id, room_id, acks: false }, who).await.unwrap()
 }
 
 fn joined(room_id: u64, who: &Session) -> Option<RoomChange> {
@@ -30,10 +42,10 @@ fn left(room_id: u64, user_id: u64) -> Vec<RoomChange> {
 async fn several_connections_count_once() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
-        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), joined(1, &a));
-        assert_eq!(s.conn_open("g1", 0, 10, &a, 1).await.unwrap(), None, "idempotent");
-        assert_eq!(s.conn_open("g2", 1, 11, &a, 1).await.unwrap(), None, "second connection, same user");
-        assert_eq!(s.conn_open("g1", 1, 12, &b, 1).await.unwrap(), joined(1, &b));
+        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, joined(1, &a));
+        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, None, "idempotent");
+        assert_eq!(open(&s, "g2", 1, 11, &a, 1).await, None, "second connection, same user");
+        assert_eq!(open(&s, "g1", 1, 12, &b, 1).await, joined(1, &b));
         assert_eq!(s.room_count(1).await.unwrap(), 2);
         let mut routes = s.routes(&[1, 2], &[1, 3]).await.unwrap();
         routes.rooms[0].sort();
@@ -51,8 +63,8 @@ async fn several_connections_count_once() {
         assert_eq!(s.room_count(1).await.unwrap(), 2);
         assert_eq!(s.conn_close("g2", 11).await.unwrap(), left(1, 1));
         assert_eq!(s.room_count(1).await.unwrap(), 1);
-        assert!(!s.is_online(1).await.unwrap());
-        assert!(s.is_online(2).await.unwrap());
+        assert!(!s.reach(1).await.unwrap().online);
+        assert!(s.reach(2).await.unwrap().online);
         assert_eq!(s.routes(&[1], &[]).await.unwrap().rooms, vec![vec!["g1".to_string()]]);
         assert_eq!(s.room_members(1).await.unwrap(), [("2".to_string(), "b".to_string())].into());
     }
@@ -64,22 +76,46 @@ async fn a_close_that_arrives_before_its_open_wins() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
         assert_eq!(s.conn_close("g1", 20).await.unwrap(), []);
-        assert_eq!(s.conn_open("g1", 0, 20, &a, 5).await.unwrap(), None, "recorded after its close");
+        assert_eq!(open(&s, "g1", 0, 20, &a, 5).await, None, "recorded after its close");
         assert_eq!(s.room_count(5).await.unwrap(), 0);
-        assert!(!s.is_online(1).await.unwrap());
+        assert!(!s.reach(1).await.unwrap().online);
         // Other connections, and the same id on another gateway, are not affected.
-        assert_eq!(s.conn_open("g2", 0, 20, &a, 5).await.unwrap(), joined(5, &a));
-        assert_eq!(s.conn_open("g1", 0, 21, &b, 5).await.unwrap(), joined(5, &b));
+        assert_eq!(open(&s, "g2", 0, 20, &a, 5).await, joined(5, &a));
+        assert_eq!(open(&s, "g1", 0, 21, &b, 5).await, joined(5, &b));
         assert_eq!(s.room_count(5).await.unwrap(), 2);
+    }
+}
+
+#[tokio::test]
+async fn reach_tells_whether_a_client_that_acknowledges_is_online() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        let acking = |gateway, conn_id| NewConn { gateway, shard: 0, conn_id, room_id: 1, acks: true };
+        assert_eq!(s.reach(1).await.unwrap(), Reach { online: false, acking: false });
+        open(&s, "g1", 0, 1, &a, 1).await;
+        assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false });
+        s.conn_open(&acking("g1", 2), &a).await.unwrap();
+        s.conn_open(&acking("g2", 2), &a).await.unwrap();
+        s.conn_open(&acking("g2", 2), &a).await.unwrap();
+        assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: true });
+        s.conn_close("g1", 2).await.unwrap();
+        assert!(s.reach(1).await.unwrap().acking, "one left on g2, counted once");
+        s.gateway_reset("g2").await.unwrap();
+        assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false }, "g2's went with it");
+        s.conn_open(&acking("g1", 3), &a).await.unwrap();
+        s.conn_close("g1", 3).await.unwrap();
+        assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false }, "closed");
+        s.conn_close("g1", 1).await.unwrap();
+        assert_eq!(s.reach(1).await.unwrap(), Reach::default());
     }
 }
 
 #[tokio::test]
 async fn gateway_reset_forgets_its_connections() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
-        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
-        s.conn_open("g1", 0, 2, &user(2, "b"), 6).await.unwrap();
-        s.conn_open("g2", 0, 3, &user(2, "b"), 6).await.unwrap();
+        open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
+        open(&s, "g1", 0, 2, &user(2, "b"), 6).await;
+        open(&s, "g2", 0, 3, &user(2, "b"), 6).await;
         let mut changes = s.gateway_reset("g1").await.unwrap();
         changes.sort();
         assert_eq!(changes, left(5, 1), "b is still in 6 through g2");
@@ -93,7 +129,7 @@ async fn gateway_reset_forgets_its_connections() {
 async fn a_gateway_reset_larger_than_one_sweep_chunk_leaves_nothing() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         for conn in 0..1200 {
-            s.conn_open("g1", 0, conn, &user(conn, "u"), 1 + conn % 3).await.unwrap();
+            open(&s, "g1", 0, conn, &user(conn, "u"), 1 + conn % 3).await;
         }
         assert_eq!(s.room_count(1).await.unwrap(), 400);
         let changes = s.gateway_reset("g1").await.unwrap();
@@ -117,7 +153,7 @@ async fn a_gateway_reset_of_many_connections_leaves_none() {
             let opens = chunk.iter().map(|&c| {
                 let user = user(c, "u");
                 let s = &s;
-                async move { s.conn_open("g1", 0, c, &user, 7).await.unwrap() }
+                async move { open(s, "g1", 0, c, &user, 7).await }
             });
             futures_util::future::join_all(opens).await;
         }
@@ -133,13 +169,13 @@ async fn expired_gateways_are_swept_and_told_so() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         assert!(!s.gateway_lease("g1", Duration::ZERO).await.unwrap(), "a new gateway had no lease");
         assert!(!s.gateway_lease("g2", Duration::from_secs(60)).await.unwrap());
-        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
-        s.conn_open("g2", 0, 2, &user(2, "b"), 5).await.unwrap();
+        open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
+        open(&s, "g2", 0, 2, &user(2, "b"), 5).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "swept once");
         assert_eq!(s.room_count(5).await.unwrap(), 1);
-        assert!(!s.is_online(1).await.unwrap());
+        assert!(!s.reach(1).await.unwrap().online);
         assert!(s.gateway_lease("g2", Duration::from_secs(60)).await.unwrap(), "g2 kept its lease");
         assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "g1 was swept");
     }
@@ -167,13 +203,13 @@ async fn a_sweep_never_touches_connections_opened_after_the_claim_and_resumes_if
     for (s, keys) in stores(Duration::from_secs(60)).await {
         let (State::Redis(redis), Some(_keys)) = (&s, keys) else { continue };
         s.gateway_lease("g1", Duration::ZERO).await.unwrap();
-        s.conn_open("g1", 0, 1, &user(1, "a"), 5).await.unwrap();
+        open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         // A control claims the expired gateway, then stops before closing anything.
         assert_eq!(redis.claim_expired().await.unwrap().len(), 1);
         // Meanwhile the gateway renews and its clients reconnect.
         assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "told it was swept");
-        s.conn_open("g1", 0, 2, &user(2, "b"), 5).await.unwrap();
+        open(&s, "g1", 0, 2, &user(2, "b"), 5).await;
         // The next sweep finishes the claimed one, and only that.
         assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
         assert_eq!(s.room_members(5).await.unwrap(), [("2".to_string(), "b".to_string())].into());
@@ -187,8 +223,8 @@ async fn membership_is_per_room_and_lasts_while_any_connection_does() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let a = user(1, "a");
         assert!(!s.is_member(5, 1).await.unwrap());
-        s.conn_open("g1", 0, 1, &a, 5).await.unwrap();
-        s.conn_open("g2", 0, 2, &a, 5).await.unwrap();
+        open(&s, "g1", 0, 1, &a, 5).await;
+        open(&s, "g2", 0, 2, &a, 5).await;
         assert!(s.is_member(5, 1).await.unwrap());
         assert!(!s.is_member(6, 1).await.unwrap(), "another room");
         assert!(!s.is_member(5, 2).await.unwrap(), "another user");
@@ -203,14 +239,14 @@ async fn membership_is_per_room_and_lasts_while_any_connection_does() {
 async fn a_connection_joins_and_leaves_several_rooms() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
-        assert_eq!(s.conn_open("g1", 3, 1, &a, 0).await.unwrap(), None, "in no room yet");
-        assert!(s.is_online(1).await.unwrap());
+        assert_eq!(open(&s, "g1", 3, 1, &a, 0).await, None, "in no room yet");
+        assert!(s.reach(1).await.unwrap().online);
         assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(joined(5, &a)));
         assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(None), "idempotent");
         assert_eq!(s.conn_join("g1", 1, &a, 6).await.unwrap(), Ok(joined(6, &a)));
         assert_eq!(s.conn_join("g1", 99, &a, 6).await.unwrap(), Err(NoConnection), "an unknown connection");
-        s.conn_open("g2", 0, 2, &b, 6).await.unwrap();
-        s.conn_open("g2", 0, 3, &a, 6).await.unwrap();
+        open(&s, "g2", 0, 2, &b, 6).await;
+        open(&s, "g2", 0, 3, &a, 6).await;
         assert_eq!((s.room_count(5).await.unwrap(), s.room_count(6).await.unwrap()), (1, 2));
         let mut routes = s.routes(&[5, 6], &[]).await.unwrap().rooms;
         routes[1].sort();
@@ -231,7 +267,7 @@ async fn a_connection_joins_and_leaves_several_rooms() {
             assert_eq!(s.room_count(room).await.unwrap(), 0);
             assert!(s.routes(&[room], &[]).await.unwrap().rooms[0].is_empty());
         }
-        assert!(!s.is_online(1).await.unwrap());
+        assert!(!s.reach(1).await.unwrap().online);
     }
 }
 

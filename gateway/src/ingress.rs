@@ -131,8 +131,7 @@ impl Ingress {
             if !user.bodies.is_empty() {
                 let frames = Framed::encode_numbered(&user.bodies, &[], binary);
                 for inbox in inboxes {
-                    let (user_id, ids, kept) = (user.user_id, user.ids.clone(), user.kept);
-                    inbox.push_wait(Command::User { user_id, frames: frames.clone(), ids, kept }).await;
+                    inbox.push_wait(Command::User { user_id: user.user_id, frames: frames.clone() }).await;
                 }
                 self.delivery.handed_off(user.bodies.len(), &user.ids);
             }
@@ -229,7 +228,6 @@ mod tests {
                     bodies: bodies(ids),
                     ids: ids.to_vec(),
                     end_sessions: vec![],
-                    kept: false,
                 })
                 .collect(),
         }

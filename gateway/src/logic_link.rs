@@ -45,10 +45,11 @@ struct PendingAuth {
     acks: bool,
 }
 
-/// Acknowledged private messages on their way to logic.
+/// Acknowledged private messages on their way to logic, from connection `key` of `shard`.
 struct PendingAck {
     shard: u32,
-    reply_to: Option<(u32, u64)>,
+    key: u32,
+    conn_id: u64,
     ack: pb::Ack,
 }
 
@@ -96,8 +97,8 @@ pub async fn run(
             Effect::Leave { conn_id, room_id } => {
                 tokio::spawn(link.clone().leave(conn_id, room_id));
             }
-            Effect::Ack { reply_to, user_id, ids, more } => {
-                let ack = PendingAck { shard, reply_to, ack: pb::Ack { user_id, ids, more } };
+            Effect::Ack { key, conn_id, user_id, ids, more } => {
+                let ack = PendingAck { shard, key, conn_id, ack: pb::Ack { user_id, ids, more } };
                 if acks.try_send(ack).is_err() {
                     tracing::warn!(
                         user_id,
@@ -333,9 +334,9 @@ impl Link {
                     continue;
                 }
             };
-            for (ack, pending) in batch.into_iter().zip(replies) {
-                let (Some((key, conn_id)), true) = (ack.reply_to, ack.ack.more) else { continue };
+            for (ack, pending) in batch.into_iter().zip(replies).filter(|(a, _)| a.ack.more) {
                 if let Some(inbox) = self.inboxes.get(ack.shard as usize) {
+                    let (key, conn_id) = (ack.key, ack.conn_id);
                     inbox.push_wait(Command::Kept { key, conn_id, kept: kept(pending) }).await;
                 }
             }

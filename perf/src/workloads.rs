@@ -177,7 +177,7 @@ fn inbox_handoff() {
 
 fn worker_batch_encode() {
     let body = serde_json::to_vec(&chat_message()).expect("serializes");
-    // Room messages numbered in their rooms' histories (the default), private ones kept.
+    // Room messages numbered in their rooms' histories (the default).
     let deliveries: Vec<Delivery> = (0..512u64)
         .map(|i| Delivery {
             id: format!("0/{i}-0"),
@@ -186,7 +186,6 @@ fn worker_batch_encode() {
                 body: body.clone(),
                 id: i + 1,
                 seq: if i % 8 == 0 { 0 } else { i / 50 + 1 },
-                kept: i % 8 == 0,
             },
         })
         .collect();

@@ -15,8 +15,6 @@ pub struct Bodies {
     pub bodies: Vec<Vec<u8>>,
     pub ids: Vec<u64>,
     pub seqs: Vec<u64>,
-    /// Private messages control keeps until acknowledged.
-    pub kept: bool,
 }
 
 /// One batch's messages, grouped.
@@ -51,7 +49,6 @@ impl Grouped {
         if numbered {
             to.seqs.push(delivery.message.seq);
         }
-        to.kept |= delivery.message.kept;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -101,7 +98,6 @@ impl Grouped {
                     bodies: bodies.bodies.clone(),
                     ids: bodies.ids.clone(),
                     end_sessions: end_sessions.clone(),
-                    kept: bodies.kept,
                 });
             }
         }
@@ -118,13 +114,7 @@ mod tests {
     fn d(id: u32, target: Target, body: &str) -> Delivery {
         Delivery {
             id: id.to_string(),
-            message: QueueMessage {
-                target: Some(target),
-                body: body.into(),
-                id: id.into(),
-                seq: 0,
-                kept: false,
-            },
+            message: QueueMessage { target: Some(target), body: body.into(), id: id.into(), seq: 0 },
         }
     }
 
@@ -143,16 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn history_numbers_and_kept_flags_travel_with_their_messages() {
+    fn history_numbers_travel_with_their_room_messages() {
         use gochat_proto::logic::{RoomRoute, ShardAddress, UserRoute};
         let mut g = Grouped::default();
         for (id, seq) in [(1, 7), (2, 8)] {
-            let message =
-                QueueMessage { target: Some(Target::RoomId(1)), body: b"m".to_vec(), id, seq, kept: false };
+            let message = QueueMessage { target: Some(Target::RoomId(1)), body: b"m".to_vec(), id, seq };
             g.add(Delivery { id: id.to_string(), message });
         }
-        let private =
-            QueueMessage { target: Some(Target::UserId(9)), body: b"p".to_vec(), id: 3, seq: 0, kept: true };
+        let private = QueueMessage { target: Some(Target::UserId(9)), body: b"p".to_vec(), id: 3, seq: 0 };
         g.add(Delivery { id: "3".into(), message: private });
         let route = RouteReply {
             rooms: vec![RoomRoute { room_id: 1, gateway_ids: vec!["g1".into(), "g2".into()] }],
@@ -165,7 +153,6 @@ mod tests {
         for gateway in ["g1", "g2"] {
             assert_eq!(per_gateway[gateway].rooms[0].seqs, [7, 8], "{gateway}");
         }
-        assert!(per_gateway["g1"].users[0].kept);
     }
 
     #[test]

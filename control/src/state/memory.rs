@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{RoomChange, Session};
+use super::{NewConn, Reach, RoomChange, Session};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +13,8 @@ struct Conn {
     user_id: u64,
     rooms: Vec<u64>,
     shard: u32,
+    /// Its client acknowledges private messages.
+    acks: bool,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +33,8 @@ struct Inner {
     user_routes: HashMap<u64, BTreeMap<(String, u32), u32>>,
     /// room → gateways with members, and how many connections each holds.
     room_gateways: HashMap<u64, BTreeMap<String, u32>>,
+    /// user → its connections whose clients acknowledge private messages.
+    acking: HashMap<u64, u32>,
     /// gateway → when its lease runs out.
     leases: HashMap<String, Instant>,
     /// Closes that found no connection, until when they are remembered.
@@ -81,20 +85,17 @@ impl MemoryState {
 
     /// Records a live connection, in `room_id` unless 0. Idempotent; returns the change when
     /// the user newly joined the room.
-    pub fn conn_open(
-        &self,
-        gateway: &str,
-        shard: u32,
-        conn_id: u64,
-        session: &Session,
-        room_id: u64,
-    ) -> Option<RoomChange> {
+    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Option<RoomChange> {
+        let NewConn { gateway, shard, conn_id, room_id, acks } = *conn;
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
             return None;
         }
-        inner.conns.insert(key, Conn { user_id: session.user_id, rooms: Vec::new(), shard });
+        inner.conns.insert(key, Conn { user_id: session.user_id, rooms: Vec::new(), shard, acks });
+        if acks {
+            *inner.acking.entry(session.user_id).or_default() += 1;
+        }
         *inner
             .user_routes
             .entry(session.user_id)
@@ -189,8 +190,12 @@ impl MemoryState {
         self.lock().user_routes.get(&user_id).map(|r| r.keys().cloned().collect()).unwrap_or_default()
     }
 
-    pub fn is_online(&self, user_id: u64) -> bool {
-        self.lock().user_routes.contains_key(&user_id)
+    pub fn reach(&self, user_id: u64) -> Reach {
+        let inner = self.lock();
+        Reach {
+            online: inner.user_routes.contains_key(&user_id),
+            acking: inner.acking.contains_key(&user_id),
+        }
     }
 
     /// Extends `gateway`'s lease; false when it had none (new, or expired and swept).
@@ -255,6 +260,14 @@ impl Inner {
 
     fn unlink(&mut self, gateway: &str, conn: &Conn) -> Vec<RoomChange> {
         decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
+        if conn.acks {
+            if let Some(n) = self.acking.get_mut(&conn.user_id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.acking.remove(&conn.user_id);
+                }
+            }
+        }
         conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect()
     }
 }

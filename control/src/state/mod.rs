@@ -46,6 +46,25 @@ impl RoomChange {
     }
 }
 
+/// A socket that authenticated, as logic records it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewConn<'a> {
+    pub gateway: &'a str,
+    pub shard: u32,
+    pub conn_id: u64,
+    /// Its first room (0: none yet).
+    pub room_id: u64,
+    /// Its client acknowledges private messages.
+    pub acks: bool,
+}
+
+/// Whether a user can get a private message now, and whether a client of theirs acknowledges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub online: bool,
+    pub acking: bool,
+}
+
 /// The connection a join names is not recorded (it closed, or never authenticated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoConnection;
@@ -129,15 +148,12 @@ impl State {
     /// the user newly joined the room.
     pub async fn conn_open(
         &self,
-        gateway: &str,
-        shard: u32,
-        conn_id: u64,
+        conn: &NewConn<'_>,
         session: &Session,
-        room_id: u64,
     ) -> Result<Option<RoomChange>, StateError> {
         match self {
-            Self::Memory(s) => Ok(s.conn_open(gateway, shard, conn_id, session, room_id)),
-            Self::Redis(s) => s.conn_open(gateway, shard, conn_id, session, room_id).await,
+            Self::Memory(s) => Ok(s.conn_open(conn, session)),
+            Self::Redis(s) => s.conn_open(conn, session).await,
         }
     }
 
@@ -226,10 +242,11 @@ impl State {
         }
     }
 
-    pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
+    /// Whether `user_id` is online, and with a client that acknowledges private messages.
+    pub async fn reach(&self, user_id: u64) -> Result<Reach, StateError> {
         match self {
-            Self::Memory(s) => Ok(s.is_online(user_id)),
-            Self::Redis(s) => s.is_online(user_id).await,
+            Self::Memory(s) => Ok(s.reach(user_id)),
+            Self::Redis(s) => s.reach(user_id).await,
         }
     }
 

@@ -4,7 +4,9 @@
 //! - `session:{token}`: `user_id \t user_name`, expiring with the session;
 //! - `gw:{gateway}:conns`: hash connection id → `user,room,shard[,room…]`, what a gateway
 //!   holds (its first room, 0 once left, and the rooms it joined after);
-//! - `user:{id}:routes`: hash `gateway \t shard` → connections, for private messages;
+//! - `user:{id}:routes`: hash `gateway \t shard` → connections, for private messages, and
+//!   `user:{id}:acking`: the user's connections (`gateway \t connection`) whose clients
+//!   acknowledge private messages;
 //! - `room:{id}:members`: hash user id → connections (the count is its length) and
 //!   `room:{id}:names`: user id → name, for member lists;
 //! - `room:{id}:gws`: hash gateway → connections, so broadcasts go only where members are;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{NoConnection, RoomChange, Routes, Session, StateError};
+use super::{NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError};
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
 const SWEEP_CHUNK: usize = 500;
@@ -64,13 +66,15 @@ local function leave(p, gw, room, user)
 end
 ";
 
-/// KEYS: the gateway's connections, the user's routes, the close tombstone. ARGV: prefix,
-/// gateway, connection, user, shard, room (0: none), name. 1 when the user joined the room.
+/// KEYS: the gateway's connections, the user's routes, the close tombstone, the user's acking
+/// connections. ARGV: prefix, gateway, connection, user, shard, room (0: none), name, acks (0
+/// or 1). 1 when the user joined the room.
 const OPEN: &str = r"
 local p, gw, conn, user, shard, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('HSETNX', KEYS[1], conn, user .. ',' .. room .. ',' .. shard) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[2], gw .. '\t' .. shard, 1)
+if ARGV[8] == '1' then redis.call('HSET', KEYS[4], gw .. '\t' .. conn, 1) end
 if room ~= '0' and enter(p, gw, room, user, name) then return 1 end
 return 0
 ";
@@ -117,6 +121,7 @@ for i = 4, #ARGV do
     redis.call('HDEL', KEYS[1], ARGV[i])
     local user, shard, rooms = parse(v)
     dec(p .. ':user:' .. user .. ':routes', gw .. '\t' .. shard)
+    redis.call('HDEL', p .. ':user:' .. user .. ':acking', gw .. '\t' .. ARGV[i])
     for _, room in ipairs(rooms) do
       if leave(p, gw, room, user) then
         table.insert(left, room)
@@ -244,17 +249,16 @@ impl RedisState {
 
     pub async fn conn_open(
         &self,
-        gateway: &str,
-        shard: u32,
-        conn_id: u64,
+        conn: &NewConn<'_>,
         session: &Session,
-        room_id: u64,
     ) -> Result<Option<RoomChange>, StateError> {
+        let NewConn { gateway, shard, conn_id, room_id, acks } = *conn;
         let joined: i64 = self
             .open
             .key(self.key(&format!("gw:{gateway}:conns")))
             .key(self.key(&format!("user:{}:routes", session.user_id)))
             .key(self.key(&format!("gw:{gateway}:closed:{conn_id}")))
+            .key(self.key(&format!("user:{}:acking", session.user_id)))
             .arg(&self.prefix)
             .arg(gateway)
             .arg(conn_id)
@@ -262,6 +266,7 @@ impl RedisState {
             .arg(shard)
             .arg(room_id)
             .arg(&session.user_name)
+            .arg(u8::from(acks))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
@@ -444,8 +449,13 @@ impl RedisState {
             .map_err(StateError::from)
     }
 
-    pub async fn is_online(&self, user_id: u64) -> Result<bool, StateError> {
-        self.conn.clone().exists(self.key(&format!("user:{user_id}:routes"))).await.map_err(StateError::from)
+    pub async fn reach(&self, user_id: u64) -> Result<Reach, StateError> {
+        let (online, acking): (bool, bool) = redis::pipe()
+            .exists(self.key(&format!("user:{user_id}:routes")))
+            .exists(self.key(&format!("user:{user_id}:acking")))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(Reach { online, acking })
     }
 
     pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, StateError> {

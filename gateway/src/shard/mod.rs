@@ -111,10 +111,8 @@ pub struct AuthRefused {
 pub enum Command {
     /// Write to every local member of a room.
     Room { room_id: u64, frames: Framed },
-    /// Write to every local connection of a user. `kept`: logic keeps these messages (ids
-    /// `ids`) until acknowledged, so a connection that does not acknowledge acknowledges them
-    /// by receiving them.
-    User { user_id: u64, frames: Framed, ids: Vec<u64>, kept: bool },
+    /// Write to every local connection of a user.
+    User { user_id: u64, frames: Framed },
     /// The answer to an [`Effect::Auth`] (boxed, as are the other answers: they are rare, and
     /// every command in an inbox takes the room of the largest).
     AuthDone { key: u32, conn_id: u64, result: Result<Box<AuthedUser>, AuthRefused> },
@@ -176,11 +174,11 @@ pub enum Effect {
         conn_id: u64,
         room_id: u64,
     },
-    /// Private messages of `user_id` a client has. `reply_to`: the connection that acknowledged
-    /// and, when `more`, wants the next kept ones (none: written to a connection that does not
-    /// acknowledge).
+    /// Private messages of `user_id` the client of connection `key` has; `more`: it wants the
+    /// next kept ones.
     Ack {
-        reply_to: Option<(u32, u64)>,
+        key: u32,
+        conn_id: u64,
         user_id: u64,
         ids: Vec<u64>,
         more: bool,
@@ -507,7 +505,7 @@ impl Shard {
             }
             Request::Ack { ids } => {
                 let more = std::mem::take(&mut conn.kept_more);
-                self.effects.push(Effect::Ack { reply_to: Some((key, id)), user_id, ids, more });
+                self.effects.push(Effect::Ack { key, conn_id: id, user_id, ids, more });
             }
             Request::Refuse { message, fatal } => {
                 if fatal {
@@ -606,15 +604,10 @@ impl Shard {
                     }
                 }
             }
-            Command::User { user_id, frames, ids, kept } => {
+            Command::User { user_id, frames } => {
                 let Self { users, conns, dirty, limits, stats, tls, .. } = self;
-                let mut delivered_unacked = false;
                 for &key in users.members(user_id) {
                     queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w));
-                    delivered_unacked |= !conns[key as usize].acks;
-                }
-                if kept && delivered_unacked && !ids.is_empty() {
-                    self.effects.push(Effect::Ack { reply_to: None, user_id, ids, more: false });
                 }
             }
             Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),

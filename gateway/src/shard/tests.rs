@@ -42,7 +42,7 @@ fn user_push_reaches_every_connection_of_the_user() {
     let (a1, _) = live_ws(&mut s, 1, 7);
     let (a2, _) = live_ws(&mut s, 1, 9);
     let (b, _) = live_ws(&mut s, 2, 7);
-    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]), ids: vec![5], kept: false });
+    s.on_command(Command::User { user_id: 1, frames: Framed::encode(&[b"{}"]) });
     assert!(s.has_output(a1) && s.has_output(a2) && !s.has_output(b));
 }
 
@@ -525,28 +525,13 @@ fn kept_private_messages_come_right_after_the_auth_reply() {
     assert_eq!(got[0]["pending"], 4);
     // Its ack asks for the next ones, and they come when logic answers.
     say(&mut s, key, r#"{"op":12,"msgIds":["9"]}"#);
-    let ack = Effect::Ack { reply_to: Some((key, id)), user_id: 1, ids: vec![9], more: true };
+    let ack = Effect::Ack { key, conn_id: id, user_id: 1, ids: vec![9], more: true };
     assert_eq!(s.take_effects().collect::<Vec<_>>(), [ack]);
     say(&mut s, key, r#"{"op":12,"msgIds":["10"]}"#);
     assert!(matches!(s.take_effects().next(), Some(Effect::Ack { more: false, .. })), "asked once");
     let next = Kept { bodies: vec![br#"{"op":2,"msg":"next","msgId":"10"}"#.to_vec()], more: 0 };
     s.on_command(Command::Kept { key, conn_id: id, kept: next });
     assert_eq!(bodies(&mut s, key)[0]["msg"], "next");
-}
-
-#[test]
-fn kept_messages_written_to_a_client_that_does_not_acknowledge_are_acknowledged_for_it() {
-    let mut s = shard();
-    let (old, _) = live_ws(&mut s, 1, 7);
-    let frames = Framed::encode(&[br#"{"op":2,"msg":"hi","msgId":"5"}"#]);
-    s.on_command(Command::User { user_id: 1, frames: frames.clone(), ids: vec![5], kept: true });
-    assert!(s.has_output(old));
-    let implicit = Effect::Ack { reply_to: None, user_id: 1, ids: vec![5], more: false };
-    assert_eq!(s.take_effects().collect::<Vec<_>>(), [implicit]);
-    s.on_command(Command::User { user_id: 1, frames, ids: vec![6], kept: false });
-    assert_eq!(s.take_effects().count(), 0, "messages not kept need no acknowledgement");
-    s.on_command(Command::User { user_id: 2, frames: Framed::encode(&[b"{}"]), ids: vec![7], kept: true });
-    assert_eq!(s.take_effects().count(), 0, "nobody of the user here");
 }
 
 #[test]
