@@ -121,8 +121,7 @@ fn through_a_shard(data: &[u8]) {
                 assert_eq!(room_id, 1, "the connection's own room");
                 assert!(msg.len() <= data.len());
             }
-            Effect::Join { key, conn_id, user_id, .. }
-            | Effect::Ack { reply_to: Some((key, conn_id)), user_id, .. } => {
+            Effect::Join { key, conn_id, user_id, .. } | Effect::Ack { key, conn_id, user_id, .. } => {
                 assert!(
                     (key, conn_id, user_id) == (ws_live, ws_live_id, 1)
                         || (key, conn_id, user_id) == (tcp_live, tcp_live_id, 3),
