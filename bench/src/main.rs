@@ -72,7 +72,7 @@ struct ServerArgs {
     #[arg(long, global = true, value_enum, default_value = "json")]
     protocol: Protocol,
     /// The client connections acknowledge private messages (op 12), so the server keeps them
-    /// until they do (without, every delivery counts as acknowledged).
+    /// until they do (without, messages to an online user are sent and not kept).
     #[arg(long, global = true)]
     acks: bool,
     /// With --spawn: a `[control]` setting for the cluster, as KEY=VALUE in TOML (e.g.
