@@ -9,6 +9,8 @@
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -199,8 +201,33 @@ pub struct LocalCluster {
     made_dir: bool,
 }
 
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A loopback address nothing listens on now, for a process started later to bind. A port
+/// the kernel picks (bind to port 0) comes from its ephemeral range, where an outgoing
+/// connection or the next such pick may take it before the process binds; these come from
+/// below that range, in turn from a per-process start, so neither happens.
+pub fn free_addr() -> std::io::Result<SocketAddr> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static START: OnceLock<u32> = OnceLock::new();
+    const LOW: u32 = 10_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768)
+        .max(LOW + 1_000);
+    let span = high - LOW;
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span
+    });
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener.local_addr();
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {LOW}..{high}")))
 }
 
 fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
@@ -508,5 +535,22 @@ mod tests {
             let e = bad.parse::<Fault>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn free_addresses_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .map_or(32_768, |r| {
+                r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32_768)
+            });
+        // Held, as the processes they are for would hold them.
+        let held: Vec<_> = (0..200)
+            .map(|_| std::net::TcpListener::bind(free_addr().unwrap()).expect("free and bindable"))
+            .collect();
+        let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        assert!(ports.iter().all(|&p| (10_000..ephemeral).contains(&p)), "{ports:?}");
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 200, "each handed out once");
     }
 }

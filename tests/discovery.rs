@@ -114,7 +114,7 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    gochat::cluster::free_addr().expect("a free loopback port").port()
 }
 
 fn init_tracing() {

@@ -1,7 +1,7 @@
 //! The server under test: its processes' memory and CPU (found by pid or listening port), the
 //! kernel's slab, and a local gochat-rs cluster the bench can start itself.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,9 +111,9 @@ fn listening_inodes(port: u16) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// A free loopback port (bound and released; fine for a local benchmark).
+/// A free loopback port, for a server started later to bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(gochat::cluster::free_addr()?.port())
 }
 
 /// `[control]` settings of a spawned cluster: every bench client comes from loopback, users
@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn finds_our_own_listener_by_port_and_samples_it() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         // The bench never counts itself; a child holding the socket would be found. (Another
         // test forking a child holds a copy of every descriptor until its exec: ask again.)

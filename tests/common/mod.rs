@@ -210,9 +210,9 @@ pub async fn post(base: &str, path: &str, body: Value) -> Value {
         .expect("envelope is JSON")
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port, for a server started later to bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    gochat::cluster::free_addr().expect("a free loopback port").port()
 }
 
 pub fn unique(prefix: &str) -> String {
