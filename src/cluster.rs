@@ -209,11 +209,7 @@ pub fn free_addr() -> std::io::Result<SocketAddr> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     static START: OnceLock<u32> = OnceLock::new();
     const LOW: u32 = 10_000;
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768)
-        .max(LOW + 1_000);
+    let high = u32::from(ephemeral_low()).max(LOW + 1_000);
     let span = high - LOW;
     let start = *START.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
@@ -228,6 +224,14 @@ pub fn free_addr() -> std::io::Result<SocketAddr> {
         }
     }
     Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {LOW}..{high}")))
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
@@ -539,10 +543,7 @@ mod tests {
 
     #[test]
     fn free_addresses_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .map_or(32_768, |r| {
-                r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(32_768)
-            });
+        let ephemeral = ephemeral_low();
         // Held, as the processes they are for would hold them.
         let held: Vec<_> = (0..200)
             .map(|_| std::net::TcpListener::bind(free_addr().unwrap()).expect("free and bindable"))

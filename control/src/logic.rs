@@ -206,7 +206,7 @@ impl Logic {
     /// A private message (op 2) to `to_user_id`, sent now if they are online. With the inbox
     /// on, it is also kept until a client of theirs acknowledges it, when one that does is
     /// online or none is (then it waits for them); a user online only with clients that do not
-    /// acknowledge (gochat's) gets it as gochat sent it, once at most, and never twice.
+    /// acknowledge (gochat's) gets it as gochat sent it: at most once.
     pub async fn push_user(
         &self,
         from: &Session,
