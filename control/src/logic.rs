@@ -178,7 +178,8 @@ impl Logic {
     }
 
     pub async fn check_auth(&self, token: &str) -> Result<Session, LogicError> {
-        if token.is_empty() {
+        // No issued token is longer: refused without a look-up.
+        if token.is_empty() || token.len() > wire::MAX_TOKEN_BYTES {
             return Err(LogicError::Session);
         }
         self.state.session(token).await?.ok_or(LogicError::Session)

@@ -23,6 +23,17 @@ const ROOM_SEND_BACKLOG: usize = 1024;
 /// of calls that time out (and are cancelled) only slows it further.
 const AUTH_CALLS_IN_FLIGHT: usize = 8;
 const AUTH_BATCH: usize = 128;
+/// What one authentication call may carry, in bytes of tokens and positions: far below the
+/// 4 MiB a gRPC message may have, so no mix of clients' input can fail a call (and with it
+/// the other sockets in it). Tokens are bounded before they get here
+/// ([`gochat_proto::wire::MAX_TOKEN_BYTES`]); this bound holds whatever that bound becomes.
+const AUTH_BATCH_BYTES: usize = 256 * 1024;
+/// Largest answer taken from logic. A `ConnOpen` answer carries, per socket, what it missed
+/// in its room and a chunk of kept messages (64 KiB each at most, plus one message): up to
+/// ~19 MiB for a batch of `AUTH_BATCH` sockets, past gRPC's default 4 MiB. Control bounds each
+/// part, so the sum is allowed in full: one user's kept messages must never fail the call other
+/// users' sockets are in.
+pub const ANSWER_MAX_BYTES: usize = 32 << 20;
 /// How long a call is tried again while it finds its control unavailable (from 50 ms apart,
 /// doubling up to a second): a little longer than discovery takes to drop a control that died
 /// (its lease, 5 s by default). Until then the balanced channel may keep choosing it: a dead
@@ -43,6 +54,13 @@ struct PendingAuth {
     room_id: u64,
     since: Option<Position>,
     acks: bool,
+}
+
+impl PendingAuth {
+    /// About what it adds to a `ConnOpen` call.
+    fn size(&self) -> usize {
+        64 + self.token.len() + self.since.as_ref().map_or(0, |p| p.epoch.len())
+    }
 }
 
 /// Acknowledged private messages on their way to logic, from connection `key` of `shard`.
@@ -154,19 +172,17 @@ impl Link {
     /// at most `AUTH_CALLS_IN_FLIGHT` calls at once.
     async fn batch_auths(self, mut waiting: mpsc::UnboundedReceiver<PendingAuth>) {
         while let Some(first) = waiting.recv().await {
-            let Ok(permit) = self.auths.clone().acquire_owned().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < AUTH_BATCH {
-                match waiting.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
+            let mut next = Some(first);
+            while let Some(first) = next.take() {
+                let Ok(permit) = self.auths.clone().acquire_owned().await else { return };
+                let batch;
+                (batch, next) = take_batch(first, &mut waiting);
+                let link = self.clone();
+                tokio::spawn(async move {
+                    link.auth(batch).await;
+                    drop(permit);
+                });
             }
-            let link = self.clone();
-            tokio::spawn(async move {
-                link.auth(batch).await;
-                drop(permit);
-            });
         }
     }
 
@@ -207,7 +223,14 @@ impl Link {
                 })
                 .collect(),
             Ok(_) => batch.iter().map(|_| Err(refused(1011, "logic answered a different count"))).collect(),
-            Err(status) => batch.iter().map(|_| Err(auth_refusal(&status))).collect(),
+            Err(status) => {
+                let refusal = auth_refusal(&status);
+                if refusal.close_code != 1008 {
+                    // One line per call, not per socket: a call carries up to AUTH_BATCH.
+                    tracing::warn!(%status, sockets = batch.len(), "logic unavailable for socket auths");
+                }
+                batch.iter().map(|_| Err(refusal.clone())).collect()
+            }
         };
         for (a, result) in batch.into_iter().zip(results) {
             if matches!(&result, Err(r) if r.close_code != 1008) {
@@ -350,6 +373,28 @@ impl Link {
     }
 }
 
+/// The sockets of one `ConnOpen` call: `first` and those waiting behind it, in order, up to
+/// `AUTH_BATCH` of them and `AUTH_BATCH_BYTES`; the one that would go past the bytes is handed
+/// back to start the next call.
+fn take_batch(
+    first: PendingAuth,
+    waiting: &mut mpsc::UnboundedReceiver<PendingAuth>,
+) -> (Vec<PendingAuth>, Option<PendingAuth>) {
+    let mut bytes = first.size();
+    let mut batch = vec![first];
+    while batch.len() < AUTH_BATCH {
+        match waiting.try_recv() {
+            Ok(a) if bytes + a.size() > AUTH_BATCH_BYTES => return (batch, Some(a)),
+            Ok(a) => {
+                bytes += a.size();
+                batch.push(a);
+            }
+            Err(_) => break,
+        }
+    }
+    (batch, None)
+}
+
 /// Runs `call` again while no control answers it, for up to [`UNAVAILABLE_FOR`]: a control
 /// that died leaves calls failing so (refused, or cut off when its connection broke under a
 /// call), and the balanced channel sends a retry to a live one once discovery has dropped it.
@@ -406,10 +451,7 @@ fn auth_refusal(status: &tonic::Status) -> AuthRefused {
         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => {
             refused(1008, status.message())
         }
-        _ => {
-            tracing::warn!(%status, "logic unavailable for a socket auth");
-            refused(1013, "authentication service unavailable, try again")
-        }
+        _ => refused(1013, "authentication service unavailable, try again"),
     }
 }
 
@@ -418,6 +460,44 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn a_call_carries_a_bounded_number_of_bytes_whatever_the_tokens() {
+        let (tx, mut waiting) = mpsc::unbounded_channel();
+        let pending = |conn_id, token_len| PendingAuth {
+            shard: 0,
+            key: 0,
+            conn_id,
+            token: "t".repeat(token_len),
+            room_id: 1,
+            since: None,
+            acks: false,
+        };
+        // Large tokens among small ones: 300 sockets waiting at once.
+        for conn_id in 0..300 {
+            tx.send(pending(conn_id, if conn_id % 3 == 0 { 48 } else { 40_000 })).unwrap();
+        }
+        let mut next = waiting.try_recv().ok();
+        let mut seen = Vec::new();
+        while let Some(first) = next.take() {
+            let batch;
+            (batch, next) = take_batch(first, &mut waiting);
+            let bytes: usize = batch.iter().map(PendingAuth::size).sum();
+            assert!(bytes <= AUTH_BATCH_BYTES, "a call of {bytes} bytes");
+            assert!(!batch.is_empty() && batch.len() <= AUTH_BATCH);
+            seen.extend(batch.iter().map(|a| a.conn_id));
+            if next.is_none() {
+                next = waiting.try_recv().ok();
+            }
+        }
+        assert_eq!(seen, (0..300).collect::<Vec<_>>(), "every socket once, in order");
+        // Small tokens still go 128 to a call.
+        for conn_id in 0..200 {
+            tx.send(pending(conn_id, 48)).unwrap();
+        }
+        let first = waiting.try_recv().unwrap();
+        assert_eq!(take_batch(first, &mut waiting).0.len(), AUTH_BATCH);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_unavailable_control_is_tried_until_discovery_has_dropped_it() {

@@ -99,7 +99,7 @@ impl Gateway {
         let tls_config = cert.as_ref().map(ServerCert::server_config).transpose()?;
         let (wss_listeners, wss_addr) = bind_optional(cfg.wss_listen, shards)?;
         let grpc_addr = grpc_listener.local_addr()?;
-        let logic = LogicClient::new(logic);
+        let logic = LogicClient::new(logic).max_decoding_message_size(logic_link::ANSWER_MAX_BYTES);
         let id: Arc<str> = cfg.id.as_str().into();
         reset_routes(logic.clone(), &id).await;
 

@@ -208,9 +208,22 @@ pub struct ClientRequest {
 impl ClientRequest {
     /// The position to recover from, when the client sent one.
     pub fn since(&self) -> Option<Position> {
-        Some(Position { epoch: self.epoch.clone()?, seq: self.seq? })
+        let epoch = self.epoch.as_deref()?;
+        // An epoch longer than any issued one matches none: the client is told to reload, and
+        // what it sent goes no further than here.
+        let epoch = if epoch.len() > MAX_EPOCH_BYTES { String::new() } else { epoch.to_string() };
+        Some(Position { epoch, seq: self.seq? })
     }
 }
+
+/// Longest session token a socket or the REST API takes, in bytes. Control issues 48 hex
+/// digits; the bound leaves room for other token schemes while keeping what one socket's auth
+/// adds to a gateway's batched `ConnOpen` call small. A longer token is refused before it is
+/// batched or looked up.
+pub const MAX_TOKEN_BYTES: usize = 256;
+
+/// Longest room epoch a client may quote (control issues 8 hex digits).
+pub const MAX_EPOCH_BYTES: usize = 32;
 
 fn lenient_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     lenient_number(d).map(Some)

@@ -59,6 +59,10 @@ fn decide(phase: Phase, req: ClientRequest) -> Request {
     let refuse = |message: &str| Request::Refuse { message: message.into(), fatal: false };
     match phase {
         Phase::AwaitAuth => match req.op {
+            None | Some(wire::OP_BUILD_TCP_CONN) if req.auth_token.len() > wire::MAX_TOKEN_BYTES => {
+                let message = format!("authToken is too long (max {} bytes)", wire::MAX_TOKEN_BYTES);
+                Request::Refuse { message, fatal: true }
+            }
             None | Some(wire::OP_BUILD_TCP_CONN) if !req.auth_token.is_empty() => Request::Auth {
                 since: req.since(),
                 acks: req.acks,
@@ -134,6 +138,24 @@ mod tests {
             interpret(Phase::AwaitAuth, br#"{"op":3,"msg":"x"}"#),
             Request::Refuse { fatal: true, .. }
         ));
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_it_goes_anywhere() {
+        let at_limit = "t".repeat(wire::MAX_TOKEN_BYTES);
+        let frame = format!(r#"{{"authToken":"{at_limit}","roomId":1}}"#);
+        assert_eq!(interpret(Phase::AwaitAuth, frame.as_bytes()), auth(&at_limit, 1));
+        let over = format!(r#"{{"authToken":"{at_limit}t","roomId":1}}"#);
+        match interpret(Phase::AwaitAuth, over.as_bytes()) {
+            Request::Refuse { message, fatal: true } => assert!(message.contains("too long"), "{message}"),
+            other => panic!("an oversized token was taken: {other:?}"),
+        }
+        // A quoted epoch longer than any issued one becomes one that matches none.
+        let long_epoch = format!(r#"{{"authToken":"t","roomId":1,"epoch":"{}","seq":3}}"#, "e".repeat(100));
+        let Request::Auth { since, .. } = interpret(Phase::AwaitAuth, long_epoch.as_bytes()) else {
+            panic!("not an auth")
+        };
+        assert_eq!(since, Some(Position { epoch: String::new(), seq: 3 }));
     }
 
     #[test]
