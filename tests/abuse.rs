@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Server, User, WAIT};
+use futures_util::StreamExt;
 use gochat_gateway::testkit::{client_frame, UPGRADE};
 use gochat_proto::wire;
 use serde_json::json;
@@ -155,4 +156,241 @@ async fn sockets_that_each_get_a_chunk_of_kept_messages_fit_one_call() {
         assert_eq!(outcome(s).await, Outcome::In(user.id));
     }
     server.shutdown().await;
+}
+
+/// A connection to `addr` from the loopback address `from`.
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Everything the server sends until it closes the connection; fails when it does not close
+/// it in time.
+async fn until_closed(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "still open after {WAIT:?}; got {:?}", String::from_utf8_lossy(&got));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_page_connections_that_stall_are_closed() {
+    // Before: silent, half-header, half-body and idle connections stayed open for good.
+    let mut cfg = common::test_config();
+    cfg.control.http_header_timeout_ms = 300;
+    cfg.control.http_body_timeout_ms = 300;
+    let server = Server::start_with(cfg).await;
+    let control = &server.up.control;
+    for addr in [control.api_addr, control.site_addr.unwrap()] {
+        let silent = connect_from("127.0.0.1", addr).await;
+        let mut half_head = connect_from("127.0.0.1", addr).await;
+        half_head.write_all(b"POST /user/login HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut half_body = connect_from("127.0.0.1", addr).await;
+        half_body
+            .write_all(b"POST /user/login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"userName\"")
+            .await
+            .unwrap();
+        let mut idle = connect_from("127.0.0.1", addr).await;
+        idle.write_all(b"POST /user/checkAuth HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        for (what, mut s) in [("silent", silent), ("half a head", half_head), ("idle", idle)] {
+            let got = until_closed(&mut s).await;
+            assert!(what != "idle" || got.starts_with("HTTP/1.1 "), "{what}: {got}");
+        }
+        let got = until_closed(&mut half_body).await;
+        if addr == control.api_addr {
+            assert!(got.contains("request body"), "half a body is told why: {got}");
+        }
+    }
+    let counts = &control.connections;
+    assert!(counts.header_timeouts.get() >= 6, "{}", counts.header_timeouts.get());
+    assert!(counts.body_timeouts.get() >= 1, "{}", counts.body_timeouts.get());
+    common::eventually("every place given back", || async { control.connections.open() == 0 }).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_http_connections_are_capped_and_leave_sockets_their_descriptors() {
+    // Before: every connection held open took a descriptor of the process the gateway runs in;
+    // 19,982 of them left none for new sockets or requests.
+    let mut cfg = common::test_config();
+    cfg.control.http_max_connections = 40;
+    cfg.control.http_max_connections_per_address = 20;
+    cfg.control.http_header_timeout_ms = 2_000;
+    let server = Server::start_with(cfg).await;
+    let user = server.user("held").await;
+    let api = server.up.control.api_addr;
+    // The client's kept-alive connection times out first.
+    common::eventually("the REST client's connection closed", || async {
+        server.up.control.connections.open() == 0
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_from("127.0.0.2", api).await);
+    }
+    let mut one_more = connect_from("127.0.0.2", api).await;
+    assert!(until_closed(&mut one_more).await.starts_with("HTTP/1.1 503"), "a 21st from one address");
+    for _ in 0..20 {
+        held.push(connect_from("127.0.0.3", api).await);
+    }
+    common::eventually("every held one taken", || async { server.up.control.connections.open() == 40 }).await;
+    let mut past_the_cap = connect_from("127.0.0.4", server.up.control.site_addr.unwrap()).await;
+    assert!(until_closed(&mut past_the_cap).await.starts_with("HTTP/1.1 503"), "a 41st anywhere");
+    // The gateway takes sockets meanwhile.
+    let mut ws = server.ws(&user, 1).await;
+    // The held ones run out of time, and the API serves again.
+    for s in &mut held {
+        until_closed(s).await;
+    }
+    let r = server.api("/user/checkAuth", json!({"authToken": user.token})).await;
+    assert_eq!(r["data"]["userId"], user.id);
+    ws.send_json(json!({"op": 3, "msg": "still here"})).await;
+    assert_eq!(ws.recv_op(wire::OP_ROOM_SEND).await["msg"], "still here");
+    let counts = &server.up.control.connections;
+    assert_eq!((counts.refused_per_address.get(), counts.refused_full.get()), (1, 1));
+    server.shutdown().await;
+}
+
+/// What the server first answers to HTTP/2's connection preface (prior knowledge).
+async fn answer_to_h2_preface(addr: std::net::SocketAddr) -> Vec<u8> {
+    let mut s = connect_from("127.0.0.1", addr).await;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let mut got = vec![0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut got)).await.unwrap().unwrap_or(0);
+    got.truncate(n);
+    got
+}
+
+/// Whether `answer` starts with an HTTP/2 SETTINGS frame (what an HTTP/2 server sends first).
+fn is_h2_settings(answer: &[u8]) -> bool {
+    answer.len() >= 9 && answer[3] == 0x04
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_is_spoken_only_when_configured() {
+    let server = Server::start().await;
+    for addr in [server.up.control.api_addr, server.up.control.site_addr.unwrap()] {
+        let answer = answer_to_h2_preface(addr).await;
+        assert!(!is_h2_settings(&answer), "HTTP/2 spoken by default: {answer:?}");
+    }
+    server.shutdown().await;
+    let mut cfg = common::test_config();
+    cfg.control.http2 = true;
+    let server = Server::start_with(cfg).await;
+    assert!(is_h2_settings(&answer_to_h2_preface(server.up.control.api_addr).await));
+    server.shutdown().await;
+}
+
+/// A REST client whose connections come from the loopback address `from`.
+fn client_from(from: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn login_from(from: &str, base: &str, name: &str, password: &str) -> serde_json::Value {
+    let body = json!({"userName": name, "passWord": password}).to_string();
+    let res = client_from(from).post(format!("{base}/user/login")).body(body).send().await.unwrap();
+    res.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_is_not_guessed_from_many_addresses() {
+    // Before: login attempts were limited per address only; each new address had its own 20.
+    let mut cfg = common::test_config();
+    (cfg.control.login_per_minute, cfg.control.login_burst) = (10, 20);
+    (cfg.control.login_failures_per_account_per_minute, cfg.control.login_failures_per_account_burst) =
+        (5, 10);
+    let server = Server::start_with(cfg).await;
+    let base = format!("http://{}", server.up.control.api_addr);
+    let victim = server.user("victim").await;
+    let bystander = server.user("bystander").await;
+    // Successes give their token back: the owner logs in as often as the address allows.
+    for i in 0..15 {
+        let r = login_from(&format!("127.0.1.{i}"), &base, &bystander.name, "secret-1").await;
+        assert_eq!(r["code"], 0, "{r}");
+    }
+    for i in 0..10 {
+        let r = login_from(&format!("127.0.2.{i}"), &base, &victim.name, "guess").await;
+        assert_eq!(r["message"], "no this user or password error!", "guess {i}: {r}");
+    }
+    let r = login_from("127.0.2.200", &base, &victim.name, "guess").await;
+    assert!(r["message"].as_str().unwrap().starts_with("too many requests"), "an 11th address: {r}");
+    // Case does not make another account to guess.
+    let r = login_from("127.0.2.201", &base, &victim.name.to_uppercase(), "guess").await;
+    assert!(r["message"].as_str().unwrap().starts_with("too many requests"), "{r}");
+    // Other accounts are not touched, and the victim's open session stays.
+    assert_eq!(login_from("127.0.2.202", &base, &bystander.name, "secret-1").await["code"], 0);
+    let r = server.api("/user/checkAuth", json!({"authToken": victim.token})).await;
+    assert_eq!(r["data"]["userId"], victim.id);
+    assert_eq!(server.up.control.limits.login_account.refused(), 2);
+    server.shutdown().await;
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_leave_memory_where_it_was() {
+    // Before: each password hash's 19 MiB stayed with the allocator of the thread that ran it:
+    // 20 failed logins took a fresh `up` from 57 MB to 369 MB, a few hundred to ~1 GB.
+    let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());
+    let dir = std::env::temp_dir().join(common::unique(&format!("gochat-abuse-{}-", std::process::id())));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{gw_grpc}\"\n\
+         [control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
+         database = \"sqlite::memory:\"\nlogin_per_minute = 0\nlogin_failures_per_account_per_minute = 0\n"
+    );
+    let path = dir.join("gochat.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gochat"))
+        .args(["--config", path.to_str().unwrap(), "up"])
+        .env_remove("GOCHAT_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(common::KillOnDrop)
+        .unwrap();
+    let pid = child.0.id();
+    let base = format!("http://127.0.0.1:{api}");
+    common::eventually("control answers", || async {
+        reqwest::Client::new().post(format!("{base}/user/checkAuth")).body("{}").send().await.is_ok()
+    })
+    .await;
+    assert_eq!(
+        common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await["code"],
+        0
+    );
+    let fresh = rss(pid);
+    // 1,000 failed logins, 8 at a time: wrong passwords and names no one has.
+    let http = reqwest::Client::new();
+    let tries = futures_util::stream::iter(0..1000).map(|i| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let name = if i % 2 == 0 { "demo".to_string() } else { format!("nobody{i}") };
+            let body = json!({"userName": name, "passWord": format!("wrong{i}")}).to_string();
+            let r: serde_json::Value = http
+                .post(format!("{base}/user/login"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["message"], "no this user or password error!");
+        }
+    });
+    futures_util::StreamExt::buffer_unordered(tries, 8).collect::<Vec<()>>().await;
+    let after = rss(pid);
+    eprintln!("RSS: {fresh} B fresh, {after} B after 1,000 failed logins");
+    assert!(after < fresh + (64 << 20), "RSS grew from {fresh} B to {after} B");
+    drop(child);
+    let _ = std::fs::remove_dir_all(dir);
 }

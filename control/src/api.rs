@@ -183,8 +183,15 @@ impl Api {
                 success("register success", Value::String(token))
             }
             Request::Login(c) => {
-                let token = logic.login(&c.user_name, &c.pass_word).await?;
-                success("login success", Value::String(token))
+                // Failed logins count against the account, from any address: anything else
+                // gives its token back.
+                let account = self.limits.account_key(&c.user_name);
+                self.limits.login_account.take(account).map_err(Refusal::TooMany)?;
+                let login = logic.login(&c.user_name, &c.pass_word).await;
+                if !matches!(login, Err(LogicError::Refused(_))) {
+                    self.limits.login_account.give_back(account);
+                }
+                success("login success", Value::String(login?))
             }
             Request::Logout { token } => {
                 logic.logout(&token).await?;

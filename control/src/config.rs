@@ -68,11 +68,31 @@ pub struct ControlConfig {
     pub max_message_bytes: usize,
     /// Largest REST request body, in bytes.
     pub max_body_bytes: usize,
+    /// HTTP connections (REST API and page together) open at once; at most a quarter of the
+    /// process's open-file limit is used, whatever is set. Past it, a connection is answered
+    /// 503 and closed.
+    pub http_max_connections: usize,
+    /// Of those, from one client address (IPv6: one /64); 0: no such cap. Trusted proxies are
+    /// not capped.
+    pub http_max_connections_per_address: usize,
+    /// A request's head (and an HTTPS connection's handshake) must be in within this many ms
+    /// of the connection or of the previous response: also how long an idle connection stays.
+    pub http_header_timeout_ms: u64,
+    /// A request's body must be in within this many ms of its head.
+    pub http_body_timeout_ms: u64,
+    /// Serve HTTP/2 as well (cleartext with prior knowledge, or `h2` over TLS); HTTP/1.1 only
+    /// when off. The header timeout does not apply to HTTP/2 connections.
+    pub http2: bool,
     /// How often rooms whose members changed get their count and member list, in ms.
     pub room_update_interval_ms: u64,
     /// Login attempts per client address and minute (0: no limit), and the burst allowed.
     pub login_per_minute: u32,
     pub login_burst: u32,
+    /// Failed logins per account name and minute, from any address (0: no limit), and the
+    /// burst allowed: a password cannot be guessed from many addresses at once. A name over it
+    /// is refused until a token comes back, to its owner too; sessions already open stay.
+    pub login_failures_per_account_per_minute: u32,
+    pub login_failures_per_account_burst: u32,
     /// Registrations per client address and minute (0: no limit), and the burst allowed.
     pub register_per_minute: u32,
     pub register_burst: u32,
@@ -129,9 +149,16 @@ impl Default for ControlConfig {
             session_ttl_secs: 86_400,
             max_message_bytes: 10 * 1024,
             max_body_bytes: 64 * 1024,
+            http_max_connections: 1024,
+            http_max_connections_per_address: 64,
+            http_header_timeout_ms: 10_000,
+            http_body_timeout_ms: 10_000,
+            http2: false,
             room_update_interval_ms: 500,
             login_per_minute: 10,
             login_burst: 20,
+            login_failures_per_account_per_minute: 5,
+            login_failures_per_account_burst: 10,
             register_per_minute: 5,
             register_burst: 10,
             push_per_second: 50,
@@ -154,6 +181,8 @@ impl ControlConfig {
     pub const RELOADABLE: &'static [&'static str] = &[
         "login_per_minute",
         "login_burst",
+        "login_failures_per_account_per_minute",
+        "login_failures_per_account_burst",
         "register_per_minute",
         "register_burst",
         "push_per_second",
@@ -194,6 +223,12 @@ impl ControlConfig {
         if self.max_message_bytes == 0 || self.max_message_bytes + 1024 > self.max_body_bytes {
             return err("max_message_bytes must be above 0 and at least 1 KiB below max_body_bytes".into());
         }
+        if self.http_max_connections == 0 {
+            return err("http_max_connections must be above 0".into());
+        }
+        if self.http_header_timeout_ms == 0 || self.http_body_timeout_ms == 0 {
+            return err("http_header_timeout_ms and http_body_timeout_ms must be above 0".into());
+        }
         if !self.site_ws_path.starts_with('/') {
             return err("site_ws_path must start with '/'".into());
         }
@@ -207,6 +242,11 @@ impl ControlConfig {
         }
         for (name, rate, burst) in [
             ("login", self.login_per_minute, self.login_burst),
+            (
+                "login_failures_per_account",
+                self.login_failures_per_account_per_minute,
+                self.login_failures_per_account_burst,
+            ),
             ("register", self.register_per_minute, self.register_burst),
             ("push", self.push_per_second, self.push_burst),
         ] {
@@ -239,6 +279,7 @@ impl ControlConfig {
     /// from one address far faster than people do.
     pub fn without_rate_limits(mut self) -> Self {
         (self.login_per_minute, self.register_per_minute, self.push_per_second) = (0, 0, 0);
+        self.login_failures_per_account_per_minute = 0;
         self
     }
 

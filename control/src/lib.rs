@@ -14,7 +14,8 @@
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
-//! - [`https`]: TLS for the REST API and the page, when a certificate is configured.
+//! - [`http`]: serves the REST API and the page (HTTP or HTTPS), connections bounded in number
+//!   and time.
 //! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications and
 //!   gateway sweeps in Prometheus' text format, on the admin listener.
 //! - [`server`]: binds and runs the listeners.
@@ -23,7 +24,7 @@ pub mod api;
 pub mod config;
 pub mod grpc;
 pub mod history;
-pub mod https;
+pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod limits;

@@ -114,6 +114,19 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
         Err(Duration::from_secs_f64((1.0 - tokens) / per_sec))
     }
 
+    /// Returns a token taken for a request that turned out not to count (a login that
+    /// succeeded, for a limit on failures), up to the burst.
+    pub fn give_back(&self, key: K) {
+        if !self.is_on() {
+            return;
+        }
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, g) = &mut *guard;
+        if let Some(bucket) = g.current.get_mut(&key).or_else(|| g.previous.get_mut(&key)) {
+            bucket.tokens = (bucket.tokens + 1.0).min(rate.burst);
+        }
+    }
+
     /// Requests refused since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
@@ -142,6 +155,11 @@ pub fn client_key(ip: IpAddr) -> u128 {
 pub struct RateLimits {
     /// Login attempts per client address.
     pub login: Limiter<u128>,
+    /// Failed logins per account name, from any address ([`RateLimits::account_key`]).
+    pub login_account: Limiter<u64>,
+    /// Keys account names for `login_account`, so names of an attacker's choosing cannot be
+    /// made to share a bucket with someone else's.
+    account_keys: std::collections::hash_map::RandomState,
     /// Registrations per client address.
     pub register: Limiter<u128>,
     /// Pushes (`push`, `pushRoom`, `count`, `getRoomInfo`) per user.
@@ -153,6 +171,12 @@ impl RateLimits {
         let n = cfg.rate_limit_entries;
         Self {
             login: Limiter::new(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst, n),
+            login_account: Limiter::new(
+                f64::from(cfg.login_failures_per_account_per_minute) / 60.0,
+                cfg.login_failures_per_account_burst,
+                n,
+            ),
+            account_keys: Default::default(),
             register: Limiter::new(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst, n),
             push: Limiter::new(f64::from(cfg.push_per_second), cfg.push_burst, n),
         }
@@ -161,8 +185,20 @@ impl RateLimits {
     /// Takes the rates and bursts of `cfg` (a config reload).
     pub fn reconfigure(&self, cfg: &ControlConfig) {
         self.login.set(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst);
+        self.login_account.set(
+            f64::from(cfg.login_failures_per_account_per_minute) / 60.0,
+            cfg.login_failures_per_account_burst,
+        );
         self.register.set(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst);
         self.push.set(f64::from(cfg.push_per_second), cfg.push_burst);
+    }
+}
+
+impl RateLimits {
+    /// The `login_account` key of a name typed at login: case does not make another account.
+    pub fn account_key(&self, user_name: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.account_keys.hash_one(user_name.to_lowercase())
     }
 }
 
@@ -227,7 +263,7 @@ impl TrustedProxies {
         list.iter().map(|s| s.parse()).collect::<Result<_, _>>().map(Self)
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(ip))
     }
 
@@ -277,6 +313,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(120));
         assert!(l.take(1).is_ok(), "refilled");
         assert_eq!(l.refused(), 1);
+    }
+
+    #[test]
+    fn a_token_given_back_is_taken_again_up_to_the_burst() {
+        let l = Limiter::new(1.0 / 60.0, 2, 100);
+        l.take(1u64).unwrap();
+        l.give_back(1);
+        l.give_back(1);
+        l.take(1).unwrap();
+        l.take(1).unwrap();
+        assert!(l.take(1).is_err(), "never more than the burst");
     }
 
     #[test]

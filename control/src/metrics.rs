@@ -12,6 +12,7 @@ use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 use gochat_proto::queue::queue_message::Target;
 
 use crate::api::{CODE_FAIL, CODE_SESSION, CODE_SUCCESS, CODE_UNKNOWN};
+use crate::http::Connections;
 use crate::limits::RateLimits;
 use crate::logic::Logic;
 
@@ -116,6 +117,7 @@ pub struct Metrics {
     pub requests: Arc<Requests>,
     pub logic: Arc<Logic>,
     pub limits: Arc<RateLimits>,
+    pub connections: Arc<Connections>,
 }
 
 impl Metrics {
@@ -156,6 +158,7 @@ impl Metrics {
         let limits = &self.limits;
         let refused = [
             ("login", limits.login.refused()),
+            ("login_account", limits.login_account.refused()),
             ("register", limits.register.refused()),
             ("push", limits.push.refused()),
         ];
@@ -187,6 +190,29 @@ impl Metrics {
             for (label, counter) in labels.iter().zip(counters) {
                 text.sample(name, &[control, ("result", label)], counter.get());
             }
+        }
+        let http = &self.connections;
+        let open = "gochat_control_http_connections";
+        text.family(open, Kind::Gauge, "HTTP connections open (REST API and page).").sample(
+            open,
+            &[control],
+            http.open(),
+        );
+        let cap = "gochat_control_http_connections_max";
+        text.family(cap, Kind::Gauge, "HTTP connections this control holds at most.").sample(
+            cap,
+            &[control],
+            http.cap(),
+        );
+        let closed = "gochat_control_http_refused_total";
+        text.family(closed, Kind::Counter, "HTTP connections refused (503) or cut off, by reason.");
+        for (reason, counter) in [
+            ("full", &http.refused_full),
+            ("per_address", &http.refused_per_address),
+            ("header_timeout", &http.header_timeouts),
+            ("body_timeout", &http.body_timeouts),
+        ] {
+            text.sample(closed, &[control, ("reason", reason)], counter.get());
         }
         let swept = "gochat_control_gateways_swept_total";
         text.family(swept, Kind::Counter, "Gateways whose lease ran out: their connections were forgotten.")

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::StateKind;
 use crate::grpc::LogicGrpc;
-use crate::https::TlsListener;
+use crate::http::{self, Connections};
 use crate::limits::RateLimits;
 use crate::logic::Logic;
 use crate::metrics::{self, Metrics, Requests};
@@ -37,6 +37,8 @@ pub struct ControlHandle {
     pub logic: Arc<Logic>,
     /// The REST API's rate limits, with their refusal counts.
     pub limits: Arc<RateLimits>,
+    /// The HTTP connections of the REST API and the page.
+    pub connections: Arc<Connections>,
     /// Where `/metrics` is served, when `admin_listen` is on.
     pub admin_addr: Option<SocketAddr>,
     site_ws_port: Arc<AtomicU16>,
@@ -55,36 +57,6 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
 
 async fn until_stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-/// Serves `app` on `listener`, under TLS when `tls` is set, until `stopped`.
-fn serve_http(
-    listener: tokio::net::TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    app: axum::Router,
-    stopped: watch::Receiver<bool>,
-    what: &'static str,
-) -> JoinHandle<()> {
-    use axum::serve::ListenerExt;
-    // The client's address reaches handlers (`ConnectInfo<SocketAddr>`) for the rate limits.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let served = match tls {
-            None => axum::serve(listener, app).with_graceful_shutdown(until_stopped(stopped)).await,
-            Some(config) => match TlsListener::new(listener, config) {
-                // `tap_io` gives the TLS listener axum's connect info for any listener address.
-                Ok(listener) => {
-                    axum::serve(listener.tap_io(|_| {}), app)
-                        .with_graceful_shutdown(until_stopped(stopped))
-                        .await
-                }
-                Err(e) => Err(e),
-            },
-        };
-        if let Err(e) = served {
-            tracing::error!(error = %e, "{what} stopped");
-        }
-    })
 }
 
 impl Control {
@@ -120,6 +92,7 @@ impl Control {
         };
         let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let limits = Arc::new(RateLimits::new(&cfg));
+        let connections = Arc::new(Connections::new(&cfg));
         let requests = Arc::new(Requests::default());
         let admin = match cfg.admin_listen {
             Some(addr) => {
@@ -128,6 +101,7 @@ impl Control {
                     requests: requests.clone(),
                     logic: logic.clone(),
                     limits: limits.clone(),
+                    connections: connections.clone(),
                 };
                 let exporter = Exporter::start(addr, "control", move || metrics.render()).await;
                 Some(exporter.map_err(|source| Error::Bind { addr, source })?)
@@ -140,11 +114,18 @@ impl Control {
         let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
         let app = api::router(logic.clone(), limits.clone(), &cfg)
             .layer(axum::middleware::from_fn_with_state(requests, metrics::track));
-        tasks.push(serve_http(api_listener, tls.clone(), app, stopped.clone(), "REST API"));
+        tasks.push(http::serve(
+            api_listener,
+            tls.clone(),
+            app,
+            connections.clone(),
+            stopped.clone(),
+            "REST API",
+        ));
         if let Some(listener) = site_listener {
             let app =
                 site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
-            tasks.push(serve_http(listener, tls.clone(), app, stopped.clone(), "site"));
+            tasks.push(http::serve(listener, tls.clone(), app, connections.clone(), stopped.clone(), "site"));
         }
         let every = Duration::from_millis(cfg.room_update_interval_ms);
         tasks.push(tokio::spawn(logic.clone().send_room_updates(every, stopped.clone())));
@@ -174,6 +155,7 @@ impl Control {
             tls_cert: cert,
             logic,
             limits,
+            connections,
             admin_addr: admin.as_ref().map(|a| a.addr),
             site_ws_port,
             stop,
