@@ -116,10 +116,11 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(gochat::cluster::free_addr()?.port())
 }
 
-/// `[control]` settings of a spawned cluster: every bench client comes from loopback, users
-/// are made by the thousand, and pushers need no socket in the rooms they push to.
-const BENCH_CONTROL: &str =
-    "login_per_minute = 0\nregister_per_minute = 0\npush_per_second = 0\nopen_rooms = true\n";
+/// `[control]` settings of a spawned cluster: every bench client comes from loopback (with
+/// hundreds of REST calls in flight), users are made by the thousand, and pushers need no
+/// socket in the rooms they push to.
+const BENCH_CONTROL: &str = "login_per_minute = 0\nregister_per_minute = 0\npush_per_second = 0\n\
+     http_max_connections_per_address = 0\nopen_rooms = true\n";
 
 /// A local gochat-rs cluster: one control (with its queue-worker) and `gateways` gateway
 /// processes sharing the WebSocket port with `SO_REUSEPORT`.

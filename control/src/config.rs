@@ -275,11 +275,12 @@ impl ControlConfig {
         Ok(())
     }
 
-    /// Turns the REST rate limits off: for load generators and tests that register and push
-    /// from one address far faster than people do.
+    /// Turns the REST rate limits (and the per-address connection cap) off: for load
+    /// generators and tests that register and push from one address far faster than people do.
     pub fn without_rate_limits(mut self) -> Self {
         (self.login_per_minute, self.register_per_minute, self.push_per_second) = (0, 0, 0);
         self.login_failures_per_account_per_minute = 0;
+        self.http_max_connections_per_address = 0;
         self
     }
 
