@@ -394,3 +394,89 @@ async fn failed_logins_leave_memory_where_it_was() {
     drop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_opens_at_most_its_cap_of_sockets() {
+    // Before: one account could open sockets without end, each holding gateway memory.
+    let mut cfg = common::test_config();
+    cfg.control.max_connections_per_user = 4;
+    let server = Server::start_with(cfg).await;
+    let (hog, other) = (server.user("hog").await, server.user("other").await);
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(server.ws(&hog, 1).await);
+    }
+    let mut one_more = server.ws_raw().await;
+    one_more.send_json(json!({"authToken": hog.token, "roomId": 1})).await;
+    match one_more.recv_end().await {
+        common::End::Close(1008, reason) => assert!(reason.contains("too many connections"), "{reason}"),
+        end => panic!("a fifth socket ended {end:?}"),
+    }
+    let _other = server.ws(&other, 1).await;
+    sockets.pop().unwrap().close().await;
+    common::eventually("a closed socket makes room", || async {
+        let mut ws = server.ws_raw().await;
+        ws.send_json(json!({"authToken": hog.token, "roomId": 1})).await;
+        matches!(ws.next_json().await, Ok(v) if v["op"] == wire::OP_AUTH_OK)
+    })
+    .await;
+    assert!(server.up.control.logic.counts.user_connections_refused.get() >= 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sender_cannot_fill_a_users_kept_messages() {
+    // Before: 1,000 messages from one sender filled an offline user's kept messages, and
+    // everyone else was told "too many unread messages" for them, for up to 7 days.
+    let mut cfg = common::test_config();
+    (cfg.control.inbox_size, cfg.control.inbox_per_sender) = (20, 5);
+    let server = Server::start_with(cfg).await;
+    let (spammer, friend, offline) =
+        (server.user("spammer").await, server.user("friend").await, server.user("away").await);
+    let send = |from: &common::User, n: usize| {
+        let body =
+            json!({"authToken": from.token, "toUserId": offline.id, "roomId": 1, "msg": format!("m{n}")});
+        server.api("/push/push", body)
+    };
+    for n in 0..5 {
+        assert_eq!(send(&spammer, n).await["code"], 0);
+    }
+    let r = send(&spammer, 5).await;
+    assert!(r["message"].as_str().unwrap().contains("too many unread messages from you"), "{r}");
+    assert_eq!(send(&friend, 0).await["code"], 0, "others still reach the user");
+    let mut ws = server.ws_auth(json!({"authToken": offline.token, "roomId": 1, "acks": true})).await.0;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(ws.recv_op(wire::OP_SINGLE_SEND).await["fromUserId"].as_u64().unwrap());
+    }
+    assert_eq!(got.iter().filter(|f| **f == friend.id).count(), 1, "{got:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_history_in_memory_is_bounded_over_every_room() {
+    // Before: each room kept its last 100 messages for 10 minutes, and rooms had no bound in
+    // number: 50 sockets × 60 × 10 KiB into separate rooms kept +46 MB after they closed.
+    let mut cfg = common::test_config();
+    cfg.control.open_rooms = true;
+    cfg.control.history_max_bytes = 1 << 20;
+    let server = Server::start_with(cfg).await;
+    let user = server.user("filler").await;
+    let msg = "h".repeat(10_000);
+    for room in 1..=20 {
+        for _ in 0..20 {
+            assert_eq!(server.push_room(&user, room, &msg).await["code"], 0);
+        }
+    }
+    let (history, _) = server.up.control.logic.kept_bytes();
+    let history = history.unwrap();
+    assert!(history <= 1 << 20 && history > 900_000, "{history} bytes kept");
+    // The quietest rooms lost theirs first; each still counts where it is.
+    let history = |room: u64| server.api("/push/history", json!({"authToken": user.token, "roomId": room}));
+    let newest = history(20).await;
+    assert_eq!(newest["data"]["messages"].as_array().unwrap().len(), 20, "{}", newest["message"]);
+    let oldest = history(1).await;
+    assert_eq!(oldest["data"]["messages"].as_array().unwrap().len(), 0);
+    assert_eq!(oldest["data"]["seq"], 20);
+    server.shutdown().await;
+}

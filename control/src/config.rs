@@ -106,6 +106,9 @@ pub struct ControlConfig {
     /// Peers (addresses or networks, `10.0.0.0/8`) whose `X-Forwarded-For` names the client,
     /// for the per-address limits; others are the client themselves.
     pub trusted_proxies: Vec<String>,
+    /// Sockets one user may have open at once, over every gateway (0: no cap); one more is
+    /// refused (close 1008) so one account cannot take a gateway's connections or memory.
+    pub max_connections_per_user: u32,
     /// Whether users may push to rooms they have no socket in (gochat: yes).
     pub open_rooms: bool,
     /// Room messages each room keeps for clients that reconnect (0: no history; messages then
@@ -119,6 +122,16 @@ pub struct ControlConfig {
     pub inbox_size: usize,
     /// Kept private messages older than this many seconds are dropped.
     pub inbox_ttl_secs: u64,
+    /// Of a user's kept private messages, how many may come from one sender (0: no share): past
+    /// it, that sender is refused until the user reads some, and others still reach the user.
+    pub inbox_per_sender: usize,
+    /// Bytes of kept private messages in this process's memory (`state = "memory"`), over every
+    /// user; past it, messages for offline users are refused (0: no bound). On Redis, its
+    /// `maxmemory` bounds them.
+    pub inbox_max_bytes: usize,
+    /// Bytes of room history in this process's memory (`state = "memory"`), over every room;
+    /// past it, the rooms quiet longest lose theirs first (their clients reload). 0: no bound.
+    pub history_max_bytes: usize,
     /// Rooms with more online users than this get no member list (op 5) when members change,
     /// and `/push/getRoomInfo` is refused for them: a list sent to every member on every join
     /// would grow with the square of the room. Their members get op 4 and op 9 as others do.
@@ -165,11 +178,15 @@ impl Default for ControlConfig {
             push_burst: 100,
             rate_limit_entries: 100_000,
             trusted_proxies: Vec::new(),
+            max_connections_per_user: 32,
             open_rooms: false,
             history_size: 100,
             history_ttl_secs: 600,
             inbox_size: 1000,
             inbox_ttl_secs: 7 * 86_400,
+            inbox_per_sender: 100,
+            inbox_max_bytes: 128 << 20,
+            history_max_bytes: 128 << 20,
             room_info_max_members: 1000,
         }
     }
@@ -188,6 +205,7 @@ impl ControlConfig {
         "push_per_second",
         "push_burst",
         "open_rooms",
+        "max_connections_per_user",
         "max_message_bytes",
         "room_info_max_members",
     ];
@@ -275,23 +293,27 @@ impl ControlConfig {
         Ok(())
     }
 
-    /// Turns the REST rate limits (and the per-address connection cap) off: for load
-    /// generators and tests that register and push from one address far faster than people do.
+    /// Turns the REST rate limits and the connection caps per address and per user off: for
+    /// load generators and tests that register, connect and push from one address far faster
+    /// than people do.
     pub fn without_rate_limits(mut self) -> Self {
         (self.login_per_minute, self.register_per_minute, self.push_per_second) = (0, 0, 0);
         self.login_failures_per_account_per_minute = 0;
         self.http_max_connections_per_address = 0;
+        self.max_connections_per_user = 0;
         self
     }
 
     pub fn history_limits(&self) -> crate::history::Limits {
         let max_age = std::time::Duration::from_secs(self.history_ttl_secs);
-        crate::history::Limits { size: self.history_size, max_age }
+        crate::history::Limits { size: self.history_size, max_age, max_bytes: self.history_max_bytes }
     }
 
     pub fn inbox_limits(&self) -> crate::inbox::Limits {
         crate::inbox::Limits {
             size: self.inbox_size,
+            per_sender: self.inbox_per_sender,
+            max_bytes: self.inbox_max_bytes,
             max_age: std::time::Duration::from_secs(self.inbox_ttl_secs),
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::{QueueMessage, SessionEnd};
@@ -14,9 +14,11 @@ use rand::RngCore;
 
 use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
-use crate::inbox::{self, Inbox};
+use crate::inbox::{self, Inbox, NotKept};
 use crate::metrics::LogicCounts;
-use crate::state::{NewConn, NoConnection, RoomChange, Routes, Session, State, StateError};
+use crate::state::{
+    NewConn, NoConnection, RoomChange, Routes, Session, State, StateError, TooManyConnections,
+};
 use crate::store::UserStore;
 use crate::{password, ControlConfig};
 
@@ -88,6 +90,7 @@ pub struct Logic {
     /// Settings a config reload changes (`reconfigure`).
     max_message_bytes: AtomicUsize,
     open_rooms: AtomicBool,
+    max_connections_per_user: AtomicU32,
     gateway_lease: std::time::Duration,
     /// When the state store last failed a lease renewal or a sweep.
     store_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -110,6 +113,7 @@ impl Logic {
             queue,
             max_message_bytes: AtomicUsize::new(cfg.max_message_bytes),
             open_rooms: AtomicBool::new(cfg.open_rooms),
+            max_connections_per_user: AtomicU32::new(cfg.max_connections_per_user),
             gateway_lease: std::time::Duration::from_secs(cfg.gateway_lease_secs),
             store_failed_at: std::sync::Mutex::default(),
             ids: MessageIds::new(cfg.node_id.unwrap_or_else(|| ids::node_of(&cfg.id))),
@@ -124,11 +128,17 @@ impl Logic {
         &self.state
     }
 
+    /// Bytes of room history and of kept private messages, when they are in this process.
+    pub fn kept_bytes(&self) -> (Option<usize>, Option<usize>) {
+        (self.history.bytes(), self.inbox.bytes())
+    }
+
     /// Takes the settings of `cfg` a running control can change (see
     /// [`ControlConfig::RELOADABLE`]).
     pub fn reconfigure(&self, cfg: &ControlConfig) {
         self.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
         self.open_rooms.store(cfg.open_rooms, Ordering::Relaxed);
+        self.max_connections_per_user.store(cfg.max_connections_per_user, Ordering::Relaxed);
         self.room_info_max_members.store(cfg.room_info_max_members, Ordering::Relaxed);
     }
 
@@ -227,12 +237,25 @@ impl Logic {
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
         if kept {
-            let full = self.inbox.keep(to_user_id, id, &body).await?.is_err();
-            self.counts.kept[usize::from(full)].inc();
-            if full {
-                return Err(LogicError::refused(format!(
-                    "{to_name} has too many unread messages; try again later"
-                )));
+            let not_kept = self.inbox.keep(to_user_id, from.user_id, id, &body).await?.err();
+            let (counter, refusal) = match not_kept {
+                None => (0, None),
+                Some(NotKept::Full) => {
+                    (1, Some(format!("{to_name} has too many unread messages; try again later")))
+                }
+                Some(NotKept::SenderShare) => (
+                    4,
+                    Some(format!(
+                        "{to_name} has too many unread messages from you; try again when they have read some"
+                    )),
+                ),
+                Some(NotKept::StoreFull) => {
+                    (5, Some("too many unread messages are kept here; try again later".to_string()))
+                }
+            };
+            self.counts.kept[counter].inc();
+            if let Some(refusal) = refusal {
+                return Err(LogicError::Refused(refusal));
             }
         }
         if !online {
@@ -339,9 +362,16 @@ impl Logic {
         acks: bool,
     ) -> Result<Opened, LogicError> {
         let session = self.check_auth(token).await?;
-        let conn = NewConn { gateway, shard, conn_id, room_id, acks };
-        if let Some(change) = self.state.conn_open(&conn, &session).await? {
-            self.room_changed(change);
+        let max_user_conns = self.max_connections_per_user.load(Ordering::Relaxed);
+        let conn = NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns };
+        match self.state.conn_open(&conn, &session).await? {
+            Ok(change) => change.into_iter().for_each(|c| self.room_changed(c)),
+            Err(TooManyConnections) => {
+                self.counts.user_connections_refused.inc();
+                return Err(LogicError::refused(format!(
+                    "too many connections for this user (max {max_user_conns})"
+                )));
+            }
         }
         let joined = match room_id {
             0 => None,

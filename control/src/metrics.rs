@@ -83,19 +83,22 @@ pub struct LogicCounts {
     enqueue_failures: [Counter; KINDS.len()],
     pub socket_auths_accepted: Counter,
     pub socket_auths_refused: Counter,
+    /// Sockets refused because their user had `max_connections_per_user` open.
+    pub user_connections_refused: Counter,
     /// Gateways whose lease ran out and whose connections were forgotten.
     pub gateways_swept: Counter,
     /// Sockets that joined a room with history, by what they got: `JOINS`.
     pub joins: [Counter; JOINS.len()],
-    /// Private messages kept, refused for a full inbox, acknowledged, and handed out at connect
-    /// or after an acknowledgement: `KEPT`.
+    /// Private messages kept, refused for a full inbox, acknowledged, handed out at connect or
+    /// after an acknowledgement, refused for the sender's full share of an inbox or for a full
+    /// store: `KEPT`.
     pub kept: [Counter; KEPT.len()],
 }
 
 /// How a socket's join of a room went: no recovery asked, everything missed recovered, or
 /// told to reload.
 pub const JOINS: [&str; 3] = ["fresh", "recovered", "reload"];
-pub const KEPT: [&str; 4] = ["kept", "full", "acknowledged", "handed_out"];
+pub const KEPT: [&str; 6] = ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full"];
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
@@ -181,7 +184,7 @@ impl Metrics {
             ),
             (
                 "gochat_control_kept_messages_total",
-                "Private messages kept for their user, refused (inbox full), acknowledged, handed out.",
+                "Private messages kept for their user, refused (inbox full, sender's share full, store full), acknowledged, handed out.",
                 &KEPT[..],
                 &counts.kept[..],
             ),
@@ -214,6 +217,18 @@ impl Metrics {
         ] {
             text.sample(closed, &[control, ("reason", reason)], counter.get());
         }
+        let (history, inbox) = self.logic.kept_bytes();
+        for (name, help, bytes) in [
+            ("gochat_control_history_bytes", "Bytes of room history kept in this process.", history),
+            ("gochat_control_inbox_bytes", "Bytes of private messages kept in this process.", inbox),
+        ] {
+            if let Some(bytes) = bytes {
+                text.family(name, Kind::Gauge, help).sample(name, &[control], bytes);
+            }
+        }
+        let capped = "gochat_control_user_connections_refused_total";
+        text.family(capped, Kind::Counter, "Sockets refused: their user had max_connections_per_user open.")
+            .sample(capped, &[control], counts.user_connections_refused.get());
         let swept = "gochat_control_gateways_swept_total";
         text.family(swept, Kind::Counter, "Gateways whose lease ran out: their connections were forgotten.")
             .sample(swept, &[control], counts.gateways_swept.get());

@@ -21,7 +21,7 @@ async fn states() -> Vec<(State, Option<RedisKeys>)> {
 }
 
 fn limits(size: usize, max_age: Duration) -> history::Limits {
-    history::Limits { size, max_age }
+    history::Limits { size, max_age, max_bytes: 0 }
 }
 
 fn body(text: &str) -> Vec<u8> {
@@ -143,7 +143,7 @@ async fn history_off_numbers_nothing() {
 }
 
 fn inbox_limits(size: usize, max_age: Duration) -> inbox::Limits {
-    inbox::Limits { size, max_age }
+    inbox::Limits { size, per_sender: 0, max_bytes: 0, max_age }
 }
 
 /// A message id made now (ids carry their time; the Redis inbox expires by it).
@@ -158,11 +158,11 @@ async fn private_messages_are_kept_until_acknowledged() {
         let inbox = state.inbox(inbox_limits(3, Duration::from_secs(60)));
         let ids: Vec<u64> = (1..=4).map(id_now).collect();
         for (i, id) in ids.iter().take(3).enumerate() {
-            assert_eq!(inbox.keep(7, *id, format!("m{i}").as_bytes()).await.unwrap(), Ok(()));
+            assert_eq!(inbox.keep(7, 5, *id, format!("m{i}").as_bytes()).await.unwrap(), Ok(()));
         }
-        assert_eq!(inbox.keep(7, ids[0], b"m0").await.unwrap(), Ok(()), "a repeat is no new message");
-        assert!(inbox.keep(7, ids[3], b"m3").await.unwrap().is_err(), "full");
-        assert_eq!(inbox.keep(8, ids[3], b"other").await.unwrap(), Ok(()), "per user");
+        assert_eq!(inbox.keep(7, 5, ids[0], b"m0").await.unwrap(), Ok(()), "a repeat is no new message");
+        assert!(inbox.keep(7, 5, ids[3], b"m3").await.unwrap().is_err(), "full");
+        assert_eq!(inbox.keep(8, 5, ids[3], b"other").await.unwrap(), Ok(()), "per user");
         let all = inbox.chunk(7, 0, false).await.unwrap();
         assert_eq!((all.ids.clone(), all.more), (ids[..3].to_vec(), 0));
         assert_eq!(all.bodies, [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]);
@@ -175,7 +175,7 @@ async fn private_messages_are_kept_until_acknowledged() {
             "taken by a client that does not ack"
         );
         assert!(inbox.chunk(7, 0, false).await.unwrap().ids.is_empty());
-        assert_eq!(inbox.keep(7, ids[3], b"m3").await.unwrap(), Ok(()), "room again");
+        assert_eq!(inbox.keep(7, 5, ids[3], b"m3").await.unwrap(), Ok(()), "room again");
     }
 }
 
@@ -185,7 +185,7 @@ async fn kept_messages_come_in_chunks_and_expire() {
         let inbox = state.inbox(inbox_limits(1000, Duration::from_millis(400)));
         let n = CHUNK_MESSAGES as u64 + 20;
         for seq in 1..=n {
-            inbox.keep(7, id_now(seq), b"m").await.unwrap().unwrap();
+            inbox.keep(7, 5, id_now(seq), b"m").await.unwrap().unwrap();
         }
         let first = inbox.chunk(7, 0, false).await.unwrap();
         assert_eq!((first.ids.len(), first.more), (CHUNK_MESSAGES, 20));
@@ -195,5 +195,34 @@ async fn kept_messages_come_in_chunks_and_expire() {
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(inbox.chunk(7, 0, false).await.unwrap().ids.is_empty(), "expired");
         assert!(matches!(state.inbox(inbox_limits(0, Duration::from_secs(1))), Inbox::Off));
+    }
+}
+
+#[tokio::test]
+async fn one_sender_takes_only_its_share_of_a_users_kept_messages() {
+    for (state, _keys) in states().await {
+        let limits =
+            inbox::Limits { size: 10, per_sender: 3, max_bytes: 0, max_age: Duration::from_millis(400) };
+        let inbox = state.inbox(limits);
+        let ids: Vec<u64> = (1..=8).map(id_now).collect();
+        for id in &ids[..3] {
+            assert_eq!(inbox.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()));
+        }
+        assert_eq!(inbox.keep(7, 66, ids[3], b"spam").await.unwrap(), Err(inbox::NotKept::SenderShare));
+        assert_eq!(inbox.keep(7, 67, ids[4], b"hello").await.unwrap(), Ok(()), "others still reach the user");
+        assert_eq!(inbox.keep(8, 66, ids[5], b"spam").await.unwrap(), Ok(()), "a share is per user");
+        inbox.ack(7, &ids[..1]).await.unwrap();
+        assert_eq!(
+            inbox.keep(7, 66, ids[6], b"spam").await.unwrap(),
+            Ok(()),
+            "a read one gives its place back"
+        );
+        assert_eq!(inbox.chunk(7, 0, true).await.unwrap().ids.len(), 4, "taken");
+        assert_eq!(inbox.keep(7, 66, ids[7], b"spam").await.unwrap(), Ok(()), "taken ones too");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fresh: Vec<u64> = (10..=12).map(id_now).collect();
+        for id in &fresh {
+            assert_eq!(inbox.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()), "expired ones too");
+        }
     }
 }

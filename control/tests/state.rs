@@ -6,7 +6,9 @@ use std::time::Duration;
 mod common;
 
 use common::{redis_url, RedisKeys};
-use gochat_control::state::{NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State};
+use gochat_control::state::{
+    NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State, TooManyConnections,
+};
 
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
     let keys = RedisKeys::new("state");
@@ -27,7 +29,8 @@ async fn open(
     who: &Session,
     room_id: u64,
 ) -> Option<RoomChange> {
-    s.conn_open(&NewConn { gateway, shard, conn_id, room_id, acks: false }, who).await.unwrap()
+    let conn = NewConn { gateway, shard, conn_id, room_id, acks: false, max_user_conns: 0 };
+    s.conn_open(&conn, who).await.unwrap().unwrap()
 }
 
 fn joined(room_id: u64, who: &Session) -> Option<RoomChange> {
@@ -90,19 +93,26 @@ async fn a_close_that_arrives_before_its_open_wins() {
 async fn reach_tells_whether_a_client_that_acknowledges_is_online() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let a = user(1, "a");
-        let acking = |gateway, conn_id| NewConn { gateway, shard: 0, conn_id, room_id: 1, acks: true };
+        let acking = |gateway, conn_id| NewConn {
+            gateway,
+            shard: 0,
+            conn_id,
+            room_id: 1,
+            acks: true,
+            max_user_conns: 0,
+        };
         assert_eq!(s.reach(1).await.unwrap(), Reach { online: false, acking: false });
         open(&s, "g1", 0, 1, &a, 1).await;
         assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false });
-        s.conn_open(&acking("g1", 2), &a).await.unwrap();
-        s.conn_open(&acking("g2", 2), &a).await.unwrap();
-        s.conn_open(&acking("g2", 2), &a).await.unwrap();
+        s.conn_open(&acking("g1", 2), &a).await.unwrap().unwrap();
+        s.conn_open(&acking("g2", 2), &a).await.unwrap().unwrap();
+        s.conn_open(&acking("g2", 2), &a).await.unwrap().unwrap();
         assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: true });
         s.conn_close("g1", 2).await.unwrap();
         assert!(s.reach(1).await.unwrap().acking, "one left on g2, counted once");
         s.gateway_reset("g2").await.unwrap();
         assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false }, "g2's went with it");
-        s.conn_open(&acking("g1", 3), &a).await.unwrap();
+        s.conn_open(&acking("g1", 3), &a).await.unwrap().unwrap();
         s.conn_close("g1", 3).await.unwrap();
         assert_eq!(s.reach(1).await.unwrap(), Reach { online: true, acking: false }, "closed");
         s.conn_close("g1", 1).await.unwrap();
@@ -375,4 +385,33 @@ async fn presence_updates_net_out_users_who_came_and_went() {
     );
     let counts: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["op"] == 4).collect();
     assert_eq!(counts, [&serde_json::json!({"count": 2, "op": 4, "roomId": 5})]);
+}
+
+#[tokio::test]
+async fn a_user_has_at_most_its_cap_of_connections() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let (a, b) = (user(1, "a"), user(2, "b"));
+        let capped = |gateway, conn_id| NewConn {
+            gateway,
+            shard: 0,
+            conn_id,
+            room_id: 1,
+            acks: false,
+            max_user_conns: 3,
+        };
+        for (gateway, conn_id) in [("g1", 1), ("g1", 2), ("g2", 3)] {
+            assert!(s.conn_open(&capped(gateway, conn_id), &a).await.unwrap().is_ok());
+        }
+        assert_eq!(
+            s.conn_open(&capped("g2", 4), &a).await.unwrap(),
+            Err(TooManyConnections),
+            "over gateways"
+        );
+        assert!(s.conn_open(&capped("g1", 1), &a).await.unwrap().is_ok(), "an open repeated is no new one");
+        assert!(s.conn_open(&capped("g1", 5), &b).await.unwrap().is_ok(), "per user");
+        assert_eq!(s.routes(&[], &[1]).await.unwrap().users[0].len(), 2, "the refused one is not routed");
+        s.conn_close("g1", 2).await.unwrap();
+        assert!(s.conn_open(&capped("g2", 4), &a).await.unwrap().is_ok(), "a close makes room");
+        assert_eq!(s.conn_open(&capped("g2", 6), &a).await.unwrap(), Err(TooManyConnections));
+    }
 }

@@ -247,8 +247,11 @@ fn token_check() {
 }
 
 fn history_append() {
-    let history =
-        MemoryHistory::new(HistoryLimits { size: 100, max_age: std::time::Duration::from_secs(600) });
+    let history = MemoryHistory::new(HistoryLimits {
+        size: 100,
+        max_age: std::time::Duration::from_secs(600),
+        max_bytes: 128 << 20,
+    });
     for _ in 0..100 {
         history.append(7, BODY);
     }
@@ -258,14 +261,19 @@ fn history_append() {
 }
 
 fn inbox_keep_ack() {
-    let inbox = MemoryInbox::new(InboxLimits { size: 1000, max_age: std::time::Duration::from_secs(3600) });
+    let inbox = MemoryInbox::new(InboxLimits {
+        size: 1000,
+        per_sender: 100,
+        max_bytes: 128 << 20,
+        max_age: std::time::Duration::from_secs(3600),
+    });
     for id in 1..=50 {
-        let _ = inbox.keep(9, id, BODY);
+        let _ = inbox.keep(9, id % 20, id, BODY);
     }
     let mut id = 1000;
     gate_region(|| {
         id += 1;
-        let _ = black_box(inbox.keep(9, id, black_box(BODY)));
+        let _ = black_box(inbox.keep(9, 3, id, black_box(BODY)));
         inbox.ack(9, &[id]);
     });
 }

@@ -29,6 +29,10 @@ pub struct Limits {
     pub size: usize,
     /// Messages older than this are dropped; a room with no message for this long is forgotten.
     pub max_age: Duration,
+    /// Bytes of messages kept over every room, in this process's memory (0: no bound; on
+    /// Redis, its `maxmemory` is the bound): past it, the oldest messages go first, whatever
+    /// their room.
+    pub max_bytes: usize,
 }
 
 /// What a joining socket gets: where the room stands, and what it missed.
@@ -64,6 +68,14 @@ impl History {
             Self::Off => Ok((None, body)),
             Self::Memory(h) => Ok(h.append(room_id, &body)).map(|(p, b)| (Some(p), b)),
             Self::Redis(h) => h.append(room_id, &body).await.map(|(p, b)| (Some(p), b)),
+        }
+    }
+
+    /// Bytes of messages kept, over every room, when in this process.
+    pub fn bytes(&self) -> Option<usize> {
+        match self {
+            Self::Memory(h) => Some(h.bytes()),
+            _ => None,
         }
     }
 

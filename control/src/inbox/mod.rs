@@ -1,8 +1,9 @@
 //! Private messages kept for their user until a client of theirs acknowledges them (op 12),
-//! bounded per user and in age: delivered live when the user is online, and again when a
-//! client connects, so a client that acknowledges gets every message at least once. A client
-//! that does not acknowledge (gochat's) acknowledges by receiving: the gateway says so when it
-//! writes a message to one, and messages handed to one at connect are dropped at once.
+//! bounded per user, per sender of each user's, in age, and (in memory) in all: delivered live
+//! when the user is online, and again when a client connects, so a client that acknowledges
+//! gets every message at least once. A client that does not acknowledge (gochat's)
+//! acknowledges by receiving: the gateway says so when it writes a message to one, and messages
+//! handed to one at connect are dropped at once.
 //!
 //! Two stores behind one interface, following the state store: [`MemoryInbox`] in this
 //! process (the embedded default) and [`RedisInbox`], shared by several controls.
@@ -27,6 +28,11 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub struct Limits {
     /// Messages per user (0: none kept; a message to an offline user is refused).
     pub size: usize,
+    /// Of those, from one sender (0: no share), so one sender cannot fill a user's inbox.
+    pub per_sender: usize,
+    /// Bytes of messages kept over every user, in this process's memory (0: no bound; on
+    /// Redis, its `maxmemory` is the bound).
+    pub max_bytes: usize,
     /// Messages older than this are dropped.
     pub max_age: Duration,
 }
@@ -39,9 +45,16 @@ pub struct Chunk {
     pub more: u32,
 }
 
-/// The user's inbox is full; the message was not kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Full;
+/// Why a message was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotKept {
+    /// The user has `size` messages kept.
+    Full,
+    /// The user has `per_sender` messages kept from this sender.
+    SenderShare,
+    /// The store holds `max_bytes` of messages.
+    StoreFull,
+}
 
 pub enum Inbox {
     Off,
@@ -54,12 +67,26 @@ impl Inbox {
         !matches!(self, Self::Off)
     }
 
-    /// Keeps message `id` for `user_id` until acknowledged.
-    pub async fn keep(&self, user_id: u64, id: u64, body: &[u8]) -> Result<Result<(), Full>, StateError> {
+    /// Bytes of messages kept, over every user, when in this process.
+    pub fn bytes(&self) -> Option<usize> {
         match self {
-            Self::Off => Ok(Err(Full)),
-            Self::Memory(i) => Ok(i.keep(user_id, id, body)),
-            Self::Redis(i) => i.keep(user_id, id, body).await,
+            Self::Memory(i) => Some(i.bytes()),
+            _ => None,
+        }
+    }
+
+    /// Keeps message `id` from user `from` for `user_id` until acknowledged.
+    pub async fn keep(
+        &self,
+        user_id: u64,
+        from: u64,
+        id: u64,
+        body: &[u8],
+    ) -> Result<Result<(), NotKept>, StateError> {
+        match self {
+            Self::Off => Ok(Err(NotKept::Full)),
+            Self::Memory(i) => Ok(i.keep(user_id, from, id, body)),
+            Self::Redis(i) => i.keep(user_id, from, id, body).await,
         }
     }
 

@@ -1,33 +1,52 @@
 //! Kept private messages on Redis: per user a sorted set of message ids (all scored 0, so they
-//! sort as their zero-padded text, which is their order) and a hash id → body. Message ids
-//! carry their time, so expiry drops the ids below the first id of the oldest time kept.
+//! sort as their zero-padded text, which is their order), a hash id → body, a hash id → sender
+//! and a hash sender → how many it has kept. Message ids carry their time, so expiry drops the
+//! ids below the first id of the oldest time kept.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{take_chunk, Chunk, Full, Limits, CHUNK_MESSAGES};
+use super::{take_chunk, Chunk, Limits, NotKept, CHUNK_MESSAGES};
 use crate::ids;
 use crate::state::StateError;
 
-/// KEYS: ids, bodies. ARGV[1]: the first id still kept (older ones expire). Drops expired ones.
-const EXPIRE: &str = r"
-local old = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[1])
-if #old > 0 then
-  redis.call('ZREM', KEYS[1], unpack(old))
-  redis.call('HDEL', KEYS[2], unpack(old))
+/// KEYS: ids, bodies, senders of ids, counts per sender. `forget` drops ids, and counts them
+/// off their senders.
+const LIB: &str = r"
+local function forget(ids)
+  for at = 1, #ids, 500 do
+    local part = {unpack(ids, at, math.min(at + 499, #ids))}
+    local from = redis.call('HMGET', KEYS[3], unpack(part))
+    for _, s in ipairs(from) do
+      if s and redis.call('HINCRBY', KEYS[4], s, -1) <= 0 then redis.call('HDEL', KEYS[4], s) end
+    end
+    redis.call('ZREM', KEYS[1], unpack(part))
+    redis.call('HDEL', KEYS[2], unpack(part))
+    redis.call('HDEL', KEYS[3], unpack(part))
+  end
 end
 ";
 
-/// ARGV[2]: id, ARGV[3]: body, ARGV[4]: most kept, ARGV[5]: age limit in ms. 0 when full.
+/// ARGV[1]: the first id still kept (older ones expire). Drops expired ones.
+const EXPIRE: &str = r"
+local old = redis.call('ZRANGEBYLEX', KEYS[1], '-', '(' .. ARGV[1])
+if #old > 0 then forget(old) end
+";
+
+/// ARGV[2]: id, ARGV[3]: body, ARGV[4]: most kept, ARGV[5]: age limit in ms, ARGV[6]: sender,
+/// ARGV[7]: most kept from one sender (0: no share). 1 kept, 0 full, -1 the sender's share full.
 const KEEP: &str = r"
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 1 end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+local share = tonumber(ARGV[7])
+if share > 0 and tonumber(redis.call('HGET', KEYS[4], ARGV[6]) or '0') >= share then return -1 end
 redis.call('ZADD', KEYS[1], 0, ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[6])
+redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 return 1
 ";
 
@@ -46,12 +65,18 @@ end
 return {redis.call('ZLEXCOUNT', KEYS[1], ARGV[2], '+'), out}
 ";
 
+/// ARGV: the ids acknowledged.
+const ACK: &str = r"
+forget(ARGV)
+";
+
 pub struct RedisInbox {
     conn: ConnectionManager,
     prefix: String,
     limits: Limits,
     keep: Script,
     read: Script,
+    ack: Script,
 }
 
 /// An id as the member text that sorts as the id does.
@@ -66,14 +91,18 @@ impl RedisInbox {
             conn,
             prefix: prefix.to_string(),
             limits,
-            keep: Script::new(&[EXPIRE, KEEP].concat()),
-            read: Script::new(&[EXPIRE, READ].concat()),
+            keep: Script::new(&[LIB, EXPIRE, KEEP].concat()),
+            read: Script::new(&[LIB, EXPIRE, READ].concat()),
+            ack: Script::new(&[LIB, ACK].concat()),
         }
     }
 
-    fn keys(&self, user_id: u64) -> (String, String) {
+    /// `script` on the user's ids, bodies, senders of ids and counts per sender (`LIB`'s KEYS).
+    fn on_user<'a>(&self, script: &'a Script, user_id: u64) -> redis::ScriptInvocation<'a> {
         let ids = format!("{}:user:{user_id}:inbox", self.prefix);
-        (ids.clone(), format!("{ids}:bodies"))
+        let mut call = script.prepare_invoke();
+        call.key(&ids).key(format!("{ids}:bodies")).key(format!("{ids}:from")).key(format!("{ids}:senders"));
+        call
     }
 
     /// The first id of a message young enough to keep.
@@ -82,30 +111,36 @@ impl RedisInbox {
         member(ids::first_at(now.saturating_sub(self.limits.max_age.as_millis() as u64)))
     }
 
-    pub async fn keep(&self, user_id: u64, id: u64, body: &[u8]) -> Result<Result<(), Full>, StateError> {
-        let (ids, bodies) = self.keys(user_id);
+    pub async fn keep(
+        &self,
+        user_id: u64,
+        from: u64,
+        id: u64,
+        body: &[u8],
+    ) -> Result<Result<(), NotKept>, StateError> {
         let kept: i64 = self
-            .keep
-            .key(ids)
-            .key(bodies)
+            .on_user(&self.keep, user_id)
             .arg(self.oldest_kept())
             .arg(member(id))
             .arg(body)
             .arg(self.limits.size)
             .arg(self.limits.max_age.as_millis().max(1) as u64)
+            .arg(from)
+            .arg(self.limits.per_sender)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        Ok(if kept == 1 { Ok(()) } else { Err(Full) })
+        Ok(match kept {
+            1 => Ok(()),
+            -1 => Err(NotKept::SenderShare),
+            _ => Err(NotKept::Full),
+        })
     }
 
     pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Chunk, StateError> {
-        let (ids, bodies) = self.keys(user_id);
         let start = if after == 0 { "-".to_string() } else { format!("({}", member(after)) };
         let (count, flat): (u32, Vec<Vec<u8>>) = self
-            .read
-            .key(&ids)
-            .key(&bodies)
+            .on_user(&self.read, user_id)
             .arg(self.oldest_kept())
             .arg(start)
             .arg(CHUNK_MESSAGES)
@@ -130,15 +165,10 @@ impl RedisInbox {
         if message_ids.is_empty() {
             return Ok(());
         }
-        let (ids, bodies) = self.keys(user_id);
-        let members: Vec<String> = message_ids.iter().map(|id| member(*id)).collect();
-        redis::pipe()
-            .zrem(ids, &members)
-            .ignore()
-            .hdel(bodies, &members)
-            .ignore()
-            .query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(StateError::from)
+        let mut call = self.on_user(&self.ack, user_id);
+        for id in message_ids {
+            call.arg(member(*id));
+        }
+        call.invoke_async::<()>(&mut self.conn.clone()).await.map_err(StateError::from)
     }
 }

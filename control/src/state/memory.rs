@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{NewConn, Reach, RoomChange, Session};
+use super::{NewConn, Reach, RoomChange, Session, TooManyConnections};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,14 +83,22 @@ impl MemoryState {
         (expires > Instant::now()).then_some(session)
     }
 
-    /// Records a live connection, in `room_id` unless 0. Idempotent; returns the change when
-    /// the user newly joined the room.
-    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Option<RoomChange> {
-        let NewConn { gateway, shard, conn_id, room_id, acks } = *conn;
+    /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
+    /// may. Idempotent; returns the change when the user newly joined the room.
+    pub fn conn_open(
+        &self,
+        conn: &NewConn<'_>,
+        session: &Session,
+    ) -> Result<Option<RoomChange>, TooManyConnections> {
+        let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
-            return None;
+            return Ok(None);
+        }
+        let user_conns: u32 = inner.user_routes.get(&session.user_id).map_or(0, |r| r.values().sum());
+        if max_user_conns > 0 && user_conns >= max_user_conns {
+            return Err(TooManyConnections);
         }
         inner.conns.insert(key, Conn { user_id: session.user_id, rooms: Vec::new(), shard, acks });
         if acks {
@@ -103,9 +111,9 @@ impl MemoryState {
             .entry((gateway.to_string(), shard))
             .or_default() += 1;
         if room_id == 0 {
-            return None;
+            return Ok(None);
         }
-        inner.enter(gateway, conn_id, session, room_id).unwrap_or(None)
+        Ok(inner.enter(gateway, conn_id, session, room_id).unwrap_or(None))
     }
 
     /// Adds a recorded connection to `room_id`; None when there is no such connection (it

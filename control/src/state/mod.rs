@@ -56,7 +56,13 @@ pub struct NewConn<'a> {
     pub room_id: u64,
     /// Its client acknowledges private messages.
     pub acks: bool,
+    /// The most connections its user may have at once (0: no cap).
+    pub max_user_conns: u32,
 }
+
+/// The user has as many connections as it may: the new one is not recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyConnections;
 
 /// Whether a user can get a private message now, and whether a client of theirs acknowledges.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -144,13 +150,13 @@ impl State {
         }
     }
 
-    /// Records a live connection, in `room_id` unless 0. Idempotent; returns the change when
-    /// the user newly joined the room.
+    /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
+    /// may. Idempotent; returns the change when the user newly joined the room.
     pub async fn conn_open(
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Option<RoomChange>, StateError> {
+    ) -> Result<Result<Option<RoomChange>, TooManyConnections>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_open(conn, session)),
             Self::Redis(s) => s.conn_open(conn, session).await,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError};
+use super::{NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError, TooManyConnections};
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
 const SWEEP_CHUNK: usize = 500;
@@ -68,11 +68,19 @@ end
 
 /// KEYS: the gateway's connections, the user's routes, the close tombstone, the user's acking
 /// connections. ARGV: prefix, gateway, connection, user, shard, room (0: none), name, acks (0
-/// or 1). 1 when the user joined the room.
+/// or 1), the most connections the user may have (0: no cap). 1 when the user joined the room,
+/// -1 when the user had as many connections as it may.
 const OPEN: &str = r"
 local p, gw, conn, user, shard, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if redis.call('HSETNX', KEYS[1], conn, user .. ',' .. room .. ',' .. shard) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], conn) == 1 then return 0 end
+local max = tonumber(ARGV[9])
+if max > 0 then
+  local n = 0
+  for _, c in ipairs(redis.call('HVALS', KEYS[2])) do n = n + tonumber(c) end
+  if n >= max then return -1 end
+end
+redis.call('HSET', KEYS[1], conn, user .. ',' .. room .. ',' .. shard)
 redis.call('HINCRBY', KEYS[2], gw .. '\t' .. shard, 1)
 if ARGV[8] == '1' then redis.call('HSET', KEYS[4], gw .. '\t' .. conn, 1) end
 if room ~= '0' and enter(p, gw, room, user, name) then return 1 end
@@ -251,8 +259,8 @@ impl RedisState {
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Option<RoomChange>, StateError> {
-        let NewConn { gateway, shard, conn_id, room_id, acks } = *conn;
+    ) -> Result<Result<Option<RoomChange>, TooManyConnections>, StateError> {
+        let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let joined: i64 = self
             .open
             .key(self.key(&format!("gw:{gateway}:conns")))
@@ -267,10 +275,14 @@ impl RedisState {
             .arg(room_id)
             .arg(&session.user_name)
             .arg(u8::from(acks))
+            .arg(max_user_conns)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        Ok((joined == 1).then(|| RoomChange::joined(room_id, session)))
+        if joined == -1 {
+            return Ok(Err(TooManyConnections));
+        }
+        Ok(Ok((joined == 1).then(|| RoomChange::joined(room_id, session))))
     }
 
     pub async fn conn_join(
