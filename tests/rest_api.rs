@@ -601,22 +601,23 @@ async fn chat_messages_are_limited_in_bytes() {
     s.shutdown().await;
 }
 
-/// Names are 1 to 32 characters (Unicode scalar values, not bytes), without control or
-/// text-direction characters or surrounding spaces; anything else is just text.
+/// Names are 1 to 32 characters (Unicode scalar values, not bytes, in NFKC), without
+/// invisible, control or text-direction characters or spaces at their ends or two in a row;
+/// anything else is just text.
 #[tokio::test]
 async fn user_names_are_unicode_text_counted_in_characters() {
     let s = Server::start().await;
     let length = "userName must be 1 to 32 characters";
-    let chars = "userName must not have control or text-direction characters, or surrounding spaces";
+    let chars = INVISIBLE;
     let id = unique("");
     let cases: Vec<(String, Option<&str>)> = vec![
         ("😀".repeat(31) + &id[..1], None),
         ("😀".repeat(33), Some(length)),
         (format!("{id}{}", "a".repeat(32 - id.len())), None),
         (format!("{id}{}", "a".repeat(33 - id.len())), Some(length)),
-        // Combining marks count as characters of their own.
-        (format!("{id}{}", "e\u{301}".repeat((32 - id.len()) / 2)), None),
-        ("e\u{301}".repeat(17), Some(length)),
+        // Combining marks with no precomposed form count as characters of their own.
+        (format!("{id}{}", "q\u{301}".repeat((32 - id.len()) / 2)), None),
+        ("q\u{301}".repeat(17), Some(length)),
         // A family emoji: five characters joined by zero-width joiners.
         (format!("{id}👩\u{200d}👩\u{200d}👧"), None),
         (format!("{id}שלום"), None),
@@ -631,6 +632,8 @@ async fn user_names_are_unicode_text_counted_in_characters() {
         (format!(" {id}"), Some(chars)),
         (format!("{id}\u{a0}"), Some(chars)),
         (format!("{id}\u{3000}"), Some(chars)),
+        (format!("{id}a  b"), Some(chars)),
+        (format!("{id}\u{200b}"), Some(chars)),
         (String::new(), Some(length)),
     ];
     for (name, refused) in cases {
@@ -696,4 +699,84 @@ async fn names_with_sql_metacharacters_are_just_names_in_every_store() {
         assert_eq!(r["code"], 0, "{database}: {r}");
         s.shutdown().await;
     }
+}
+
+const INVISIBLE: &str = "userName must not have invisible, control or text-direction characters, or spaces at its ends or two in a row";
+const LOOK_ALIKE: &str = "this user name looks like one already taken, please choose another";
+const TAKEN: &str = "this user name already have , please login !!!";
+
+/// The look-alike names of the security review, against the seeded `admin`, `demo` and `test`:
+/// each is refused, either for what it hides or as a look-alike of the name it imitates. The
+/// imitated accounts are untouched, and `Admin` does not log in as `admin`.
+#[tokio::test]
+async fn look_alike_names_are_refused() {
+    let s = Server::start().await;
+    for (name, why) in [
+        ("admin\u{200b}", INVISIBLE),
+        ("\u{feff}demo", INVISIBLE),
+        ("de\u{ad}mo", INVISIBLE),
+        ("te\u{2060}st", INVISIBLE),
+        ("dem\u{43e}", LOOK_ALIKE),
+        ("\u{3164}", INVISIBLE),
+        ("Admin", LOOK_ALIKE),
+        ("ADMIN", LOOK_ALIKE),
+        ("adrnin", LOOK_ALIKE),
+        ("\u{430}dmin", LOOK_ALIKE),
+        ("Test", LOOK_ALIKE),
+        ("ａｄｍｉｎ", TAKEN),
+        ("\u{301}", "userName must not start with a combining mark or have more than 4 in a row"),
+    ] {
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), why, "{name:?}");
+        let r = s.api("/user/login", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), "no this user or password error!", "{name:?}");
+    }
+    // Login is by the exact name (in NFKC): the case of a name is part of it.
+    let r = s.api("/user/login", json!({"userName": "Admin", "passWord": "111111"})).await;
+    assert_eq!(refused_message(&r), "no this user or password error!");
+    let r = s.api("/user/login", json!({"userName": "admin", "passWord": "111111"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+
+    // A look-alike registered first holds its look-alikes too.
+    let id = unique("");
+    let first = format!("\u{412}\u{41e}\u{412}{id}"); // Cyrillic ВОВ
+    let r = s.api("/user/register", json!({"userName": first, "passWord": "pw-1"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    for name in [format!("BOB{id}"), format!("\u{412}\u{43e}\u{432}{id}"), format!("B0B{id}")] {
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), LOOK_ALIKE, "{name:?}");
+    }
+    s.shutdown().await;
+}
+
+/// Names in any script are names; a name typed in a compatibility form (fullwidth letters, a
+/// ligature) is stored in NFKC, shown so, and logs in typed either way.
+#[tokio::test]
+async fn names_are_stored_in_nfkc_and_other_scripts_register() {
+    let s = Server::start().await;
+    let id = unique("");
+    for name in ["张三", "Иван", "Ελένη", "محمد", "नमस्ते", "さくら", "👩\u{200d}💻"]
+    {
+        let name = format!("{name}{id}");
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(r["code"], 0, "{name:?}: {r}");
+        let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+        assert_eq!(me["data"]["userName"], name.as_str());
+    }
+    let r = s.api("/user/register", json!({"userName": format!("ИВАН{id}"), "passWord": "pw-1"})).await;
+    assert_eq!(refused_message(&r), LOOK_ALIKE);
+
+    let wide = format!("ｆｕｌｌ\u{fb01}{id}");
+    let stored = format!("fullfi{id}");
+    let r = s.api("/user/register", json!({"userName": wide, "passWord": "pw-1"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+    assert_eq!(me["data"]["userName"], stored.as_str());
+    for typed in [&wide, &stored] {
+        let r = s.api("/user/login", json!({"userName": typed, "passWord": "pw-1"})).await;
+        assert_eq!(r["code"], 0, "{typed:?}: {r}");
+        let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+        assert_eq!(me["data"]["userName"], stored.as_str());
+    }
+    s.shutdown().await;
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: `[control]` settings.
 //! - [`store`]: users in SQL (SQLite through sqlx, with migrations).
+//! - [`names`]: what a user name may hold, its normal form (NFKC) and its look-alike skeletons.
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
 //! - [`history`]: each room's numbered recent messages, for clients that reconnect.
@@ -29,6 +30,7 @@ pub mod inbox;
 pub mod limits;
 pub mod logic;
 pub mod metrics;
+pub mod names;
 pub mod password;
 pub mod server;
 pub mod site;

@@ -193,6 +193,16 @@ try {
     await c.context.close();
   });
 
+  await step('a look-alike of a taken name is refused clearly', async () => {
+    const c = await newPage();
+    await c.page.goto(origin);
+    await c.page.fill('#login-user', alice.toUpperCase());
+    await c.page.fill('#login-pass', 'whatever-1');
+    await c.page.click('#register-btn');
+    await until('look-alike explained', async () => (await text(c.page, '#auth-error')).includes('looks like'));
+    await c.context.close();
+  });
+
   await step('room chat reaches both, own messages marked, HTML shown as text', async () => {
     await send(a.page, 'hello from alice');
     await seesMessage(a.page, 'hello from alice');
