@@ -161,6 +161,11 @@ async fn a_configured_site_folder_overrides_the_built_in_page() {
     let site = s.up.control.site_addr.unwrap();
     let page = reqwest::get(format!("http://{site}/")).await.unwrap().text().await.unwrap();
     assert_eq!(page, "<p>custom page</p>");
+    // A file of no known type is served as bytes, which a browser may not sniff into a page.
+    std::fs::write(dir.join("notes.xyz"), "<script>alert(1)</script>").unwrap();
+    let res = reqwest::get(format!("http://{site}/notes.xyz")).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/octet-stream");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -777,6 +782,85 @@ async fn names_are_stored_in_nfkc_and_other_scripts_register() {
         assert_eq!(r["code"], 0, "{typed:?}: {r}");
         let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
         assert_eq!(me["data"]["userName"], stored.as_str());
+    }
+    s.shutdown().await;
+}
+
+/// The page: a content security policy that lets it reach exactly its REST API and socket
+/// (on other ports of the host it came from), no framing, no sniffing, no referrer. The REST
+/// API: the same, with a policy that allows nothing, and CORS still open.
+#[tokio::test]
+async fn page_and_api_send_security_headers() {
+    let s = Server::start().await;
+    let site = s.up.control.site_addr.unwrap();
+    let (api, ws) = (s.up.control.api_addr.port(), s.up.gateway.ws_addr.port());
+    let http = reqwest::Client::new();
+    let common = |h: &reqwest::header::HeaderMap, what: &str| {
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
+        h["content-security-policy"].to_str().unwrap().to_string()
+    };
+    for path in ["/", "/index.html", "/app.js", "/style.css", "/config.js", "/nope", "/index.html/"] {
+        let res = http.get(format!("http://{site}{path}")).send().await.unwrap();
+        let csp = common(res.headers(), path);
+        let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+        for want in [
+            "default-src 'self'",
+            &format!("connect-src 'self' http://127.0.0.1:{api} ws://127.0.0.1:{ws}"),
+            "img-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(directives.contains(&want), "{path}: {want:?} not in {csp:?}");
+        }
+    }
+    // The page's host is the one the browser asked for (a policy cannot name an IPv6 address:
+    // any host, on those ports); a Host that is no host name gets no hosts, and cannot add
+    // directives.
+    for (host, want) in [
+        (
+            format!("localhost:{}", site.port()),
+            format!("connect-src 'self' http://localhost:{api} ws://localhost:{ws}"),
+        ),
+        (format!("[::1]:{}", site.port()), format!("connect-src 'self' http://*:{api} ws://*:{ws}")),
+        ("x; script-src *".to_string(), "connect-src 'self'".to_string()),
+    ] {
+        let res = http.get(format!("http://{site}/")).header("host", &host).send().await.unwrap();
+        let csp = common(res.headers(), &host);
+        assert!(csp.split(';').map(str::trim).any(|d| d == want), "{host}: {csp}");
+        assert!(!csp.contains("script-src"), "{host}: {csp}");
+    }
+
+    let api_csp = "default-src 'none'; frame-ancestors 'none'";
+    let posted = http.post(s.api_url("/user/login")).body("{}").send().await.unwrap();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, s.api_url("/user/login"))
+        .header("Origin", "http://example.test")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    let got = http.get(s.api_url("/user/login")).send().await.unwrap();
+    for (what, res) in [("POST", posted), ("OPTIONS", preflight), ("GET", got)] {
+        assert_eq!(common(res.headers(), what), api_csp, "{what}");
+        assert_eq!(res.headers()["access-control-allow-origin"], "*", "{what}");
+    }
+    s.shutdown().await;
+}
+
+/// A path with a trailing slash is no file: `/index.html/` was the page, served as
+/// `application/octet-stream`.
+#[tokio::test]
+async fn paths_with_a_trailing_slash_are_no_files() {
+    let s = Server::start().await;
+    let site = s.up.control.site_addr.unwrap();
+    for path in ["/index.html/", "/app.js/", "/style.css//", "//index.html", "/config.js/"] {
+        let res = reqwest::get(format!("http://{site}{path}")).await.unwrap();
+        let kind = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!((res.status().as_u16(), kind.starts_with("text/plain")), (404, true), "{path}: {kind}");
     }
     s.shutdown().await;
 }

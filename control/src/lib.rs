@@ -15,6 +15,8 @@
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
+//! - [`headers`]: security headers (content security policy, nosniff, no framing, no
+//!   referrer) of the page and the REST API.
 //! - [`https`]: TLS for the REST API and the page, when a certificate is configured.
 //! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications and
 //!   gateway sweeps in Prometheus' text format, on the admin listener.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod headers;
 pub mod history;
 pub mod https;
 pub mod ids;

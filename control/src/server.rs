@@ -142,8 +142,7 @@ impl Control {
             .layer(axum::middleware::from_fn_with_state(requests, metrics::track));
         tasks.push(serve_http(api_listener, tls.clone(), app, stopped.clone(), "REST API"));
         if let Some(listener) = site_listener {
-            let app =
-                site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
+            let app = site::router(&cfg, api_addr.port(), site_ws_port.clone(), tls.is_some());
             tasks.push(serve_http(listener, tls.clone(), app, stopped.clone(), "site"));
         }
         let every = Duration::from_millis(cfg.room_update_interval_ms);
