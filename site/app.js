@@ -15,6 +15,8 @@
   const FRIENDLY = {
     'no this user or password error!': 'Wrong user name or password',
     'this user name already have , please login !!!': 'This user name is taken; log in instead',
+    'this user name looks like one already taken, please choose another':
+      'This user name looks like one already taken; choose another',
   };
 
   const $ = (id) => document.getElementById(id);

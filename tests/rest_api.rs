@@ -161,6 +161,11 @@ async fn a_configured_site_folder_overrides_the_built_in_page() {
     let site = s.up.control.site_addr.unwrap();
     let page = reqwest::get(format!("http://{site}/")).await.unwrap().text().await.unwrap();
     assert_eq!(page, "<p>custom page</p>");
+    // A file of no known type is served as bytes, which a browser may not sniff into a page.
+    std::fs::write(dir.join("notes.xyz"), "<script>alert(1)</script>").unwrap();
+    let res = reqwest::get(format!("http://{site}/notes.xyz")).await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/octet-stream");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
     s.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -601,22 +606,23 @@ async fn chat_messages_are_limited_in_bytes() {
     s.shutdown().await;
 }
 
-/// Names are 1 to 32 characters (Unicode scalar values, not bytes), without control or
-/// text-direction characters or surrounding spaces; anything else is just text.
+/// Names are 1 to 32 characters (Unicode scalar values, not bytes, in NFKC), without
+/// invisible, control or text-direction characters or spaces at their ends or two in a row;
+/// anything else is just text.
 #[tokio::test]
 async fn user_names_are_unicode_text_counted_in_characters() {
     let s = Server::start().await;
     let length = "userName must be 1 to 32 characters";
-    let chars = "userName must not have control or text-direction characters, or surrounding spaces";
+    let chars = INVISIBLE;
     let id = unique("");
     let cases: Vec<(String, Option<&str>)> = vec![
         ("😀".repeat(31) + &id[..1], None),
         ("😀".repeat(33), Some(length)),
         (format!("{id}{}", "a".repeat(32 - id.len())), None),
         (format!("{id}{}", "a".repeat(33 - id.len())), Some(length)),
-        // Combining marks count as characters of their own.
-        (format!("{id}{}", "e\u{301}".repeat((32 - id.len()) / 2)), None),
-        ("e\u{301}".repeat(17), Some(length)),
+        // Combining marks with no precomposed form count as characters of their own.
+        (format!("{id}{}", "q\u{301}".repeat((32 - id.len()) / 2)), None),
+        ("q\u{301}".repeat(17), Some(length)),
         // A family emoji: five characters joined by zero-width joiners.
         (format!("{id}👩\u{200d}👩\u{200d}👧"), None),
         (format!("{id}שלום"), None),
@@ -631,6 +637,8 @@ async fn user_names_are_unicode_text_counted_in_characters() {
         (format!(" {id}"), Some(chars)),
         (format!("{id}\u{a0}"), Some(chars)),
         (format!("{id}\u{3000}"), Some(chars)),
+        (format!("{id}a  b"), Some(chars)),
+        (format!("{id}\u{200b}"), Some(chars)),
         (String::new(), Some(length)),
     ];
     for (name, refused) in cases {
@@ -696,4 +704,163 @@ async fn names_with_sql_metacharacters_are_just_names_in_every_store() {
         assert_eq!(r["code"], 0, "{database}: {r}");
         s.shutdown().await;
     }
+}
+
+const INVISIBLE: &str = "userName must not have invisible, control or text-direction characters, or spaces at its ends or two in a row";
+const LOOK_ALIKE: &str = "this user name looks like one already taken, please choose another";
+const TAKEN: &str = "this user name already have , please login !!!";
+
+/// The look-alike names of the security review, against the seeded `admin`, `demo` and `test`:
+/// each is refused, either for what it hides or as a look-alike of the name it imitates. The
+/// imitated accounts are untouched, and `Admin` does not log in as `admin`.
+#[tokio::test]
+async fn look_alike_names_are_refused() {
+    let s = Server::start().await;
+    for (name, why) in [
+        ("admin\u{200b}", INVISIBLE),
+        ("\u{feff}demo", INVISIBLE),
+        ("de\u{ad}mo", INVISIBLE),
+        ("te\u{2060}st", INVISIBLE),
+        ("dem\u{43e}", LOOK_ALIKE),
+        ("\u{3164}", INVISIBLE),
+        ("Admin", LOOK_ALIKE),
+        ("ADMIN", LOOK_ALIKE),
+        ("adrnin", LOOK_ALIKE),
+        ("\u{430}dmin", LOOK_ALIKE),
+        ("Test", LOOK_ALIKE),
+        ("ａｄｍｉｎ", TAKEN),
+        ("\u{301}", "userName must not start with a combining mark or have more than 4 in a row"),
+    ] {
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), why, "{name:?}");
+        let r = s.api("/user/login", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), "no this user or password error!", "{name:?}");
+    }
+    // Login is by the exact name (in NFKC): the case of a name is part of it.
+    let r = s.api("/user/login", json!({"userName": "Admin", "passWord": "111111"})).await;
+    assert_eq!(refused_message(&r), "no this user or password error!");
+    let r = s.api("/user/login", json!({"userName": "admin", "passWord": "111111"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+
+    // A look-alike registered first holds its look-alikes too.
+    let id = unique("");
+    let first = format!("\u{412}\u{41e}\u{412}{id}"); // Cyrillic ВОВ
+    let r = s.api("/user/register", json!({"userName": first, "passWord": "pw-1"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    for name in [format!("BOB{id}"), format!("\u{412}\u{43e}\u{432}{id}"), format!("B0B{id}")] {
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(refused_message(&r), LOOK_ALIKE, "{name:?}");
+    }
+    s.shutdown().await;
+}
+
+/// Names in any script are names; a name typed in a compatibility form (fullwidth letters, a
+/// ligature) is stored in NFKC, shown so, and logs in typed either way.
+#[tokio::test]
+async fn names_are_stored_in_nfkc_and_other_scripts_register() {
+    let s = Server::start().await;
+    let id = unique("");
+    for name in ["张三", "Иван", "Ελένη", "محمد", "नमस्ते", "さくら", "👩\u{200d}💻"]
+    {
+        let name = format!("{name}{id}");
+        let r = s.api("/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+        assert_eq!(r["code"], 0, "{name:?}: {r}");
+        let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+        assert_eq!(me["data"]["userName"], name.as_str());
+    }
+    let r = s.api("/user/register", json!({"userName": format!("ИВАН{id}"), "passWord": "pw-1"})).await;
+    assert_eq!(refused_message(&r), LOOK_ALIKE);
+
+    let wide = format!("ｆｕｌｌ\u{fb01}{id}");
+    let stored = format!("fullfi{id}");
+    let r = s.api("/user/register", json!({"userName": wide, "passWord": "pw-1"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+    assert_eq!(me["data"]["userName"], stored.as_str());
+    for typed in [&wide, &stored] {
+        let r = s.api("/user/login", json!({"userName": typed, "passWord": "pw-1"})).await;
+        assert_eq!(r["code"], 0, "{typed:?}: {r}");
+        let me = s.api("/user/checkAuth", json!({"authToken": r["data"]})).await;
+        assert_eq!(me["data"]["userName"], stored.as_str());
+    }
+    s.shutdown().await;
+}
+
+/// The page: a content security policy that lets it reach exactly its REST API and socket
+/// (on other ports of the host it came from), no framing, no sniffing, no referrer. The REST
+/// API: the same, with a policy that allows nothing, and CORS still open.
+#[tokio::test]
+async fn page_and_api_send_security_headers() {
+    let s = Server::start().await;
+    let site = s.up.control.site_addr.unwrap();
+    let (api, ws) = (s.up.control.api_addr.port(), s.up.gateway.ws_addr.port());
+    let http = reqwest::Client::new();
+    let common = |h: &reqwest::header::HeaderMap, what: &str| {
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
+        h["content-security-policy"].to_str().unwrap().to_string()
+    };
+    for path in ["/", "/index.html", "/app.js", "/style.css", "/config.js", "/nope", "/index.html/"] {
+        let res = http.get(format!("http://{site}{path}")).send().await.unwrap();
+        let csp = common(res.headers(), path);
+        let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+        for want in [
+            "default-src 'self'",
+            &format!("connect-src 'self' http://127.0.0.1:{api} ws://127.0.0.1:{ws}"),
+            "img-src 'self' data:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(directives.contains(&want), "{path}: {want:?} not in {csp:?}");
+        }
+    }
+    // The page's host is the one the browser asked for (a policy cannot name an IPv6 address:
+    // any host, on those ports); a Host that is no host name gets no hosts, and cannot add
+    // directives.
+    for (host, want) in [
+        (
+            format!("localhost:{}", site.port()),
+            format!("connect-src 'self' http://localhost:{api} ws://localhost:{ws}"),
+        ),
+        (format!("[::1]:{}", site.port()), format!("connect-src 'self' http://*:{api} ws://*:{ws}")),
+        ("x; script-src *".to_string(), "connect-src 'self'".to_string()),
+    ] {
+        let res = http.get(format!("http://{site}/")).header("host", &host).send().await.unwrap();
+        let csp = common(res.headers(), &host);
+        assert!(csp.split(';').map(str::trim).any(|d| d == want), "{host}: {csp}");
+        assert!(!csp.contains("script-src"), "{host}: {csp}");
+    }
+
+    let api_csp = "default-src 'none'; frame-ancestors 'none'";
+    let posted = http.post(s.api_url("/user/login")).body("{}").send().await.unwrap();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, s.api_url("/user/login"))
+        .header("Origin", "http://example.test")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .unwrap();
+    let got = http.get(s.api_url("/user/login")).send().await.unwrap();
+    for (what, res) in [("POST", posted), ("OPTIONS", preflight), ("GET", got)] {
+        assert_eq!(common(res.headers(), what), api_csp, "{what}");
+        assert_eq!(res.headers()["access-control-allow-origin"], "*", "{what}");
+    }
+    s.shutdown().await;
+}
+
+/// A path with a trailing slash is no file: `/index.html/` was the page, served as
+/// `application/octet-stream`.
+#[tokio::test]
+async fn paths_with_a_trailing_slash_are_no_files() {
+    let s = Server::start().await;
+    let site = s.up.control.site_addr.unwrap();
+    for path in ["/index.html/", "/app.js/", "/style.css//", "//index.html", "/config.js/"] {
+        let res = reqwest::get(format!("http://{site}{path}")).await.unwrap();
+        let kind = res.headers()["content-type"].to_str().unwrap().to_string();
+        assert_eq!((res.status().as_u16(), kind.starts_with("text/plain")), (404, true), "{path}: {kind}");
+    }
+    s.shutdown().await;
 }

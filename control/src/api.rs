@@ -93,6 +93,7 @@ pub fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -
         .fallback(dispatch)
         .with_state(Arc::new(api))
         .layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::headers::api))
 }
 
 /// Why a route did not succeed.

@@ -40,6 +40,10 @@ pub struct ControlConfig {
     /// The WebSocket port and path the page connects to (the gateway's).
     pub site_ws_port: u16,
     pub site_ws_path: String,
+    /// The page's `Content-Security-Policy`, replacing the one computed per request (which lets
+    /// the page reach the REST API and the socket on the host it was loaded from). For a proxy
+    /// that rewrites `Host`, or a page meant to be framed somewhere.
+    pub site_csp: Option<String>,
     /// The logic gRPC service, for gateways and queue-workers.
     pub grpc_listen: SocketAddr,
     /// This control's node number in message ids (0–1023), unique in the cluster; unset: claimed
@@ -150,6 +154,7 @@ impl Default for ControlConfig {
             site_dir: None,
             site_ws_port: 7000,
             site_ws_path: "/ws".into(),
+            site_csp: None,
             grpc_listen: "127.0.0.1:6900".parse().expect("literal"),
             grpc_advertise: None,
             node_id: None,
@@ -249,6 +254,11 @@ impl ControlConfig {
         }
         if !self.site_ws_path.starts_with('/') {
             return err("site_ws_path must start with '/'".into());
+        }
+        if let Some(policy) = &self.site_csp {
+            if policy.trim().is_empty() || axum::http::HeaderValue::from_str(policy).is_err() {
+                return err("site_csp must be a policy on one line (visible ASCII)".into());
+            }
         }
         if let Some(dir) = &self.site_dir {
             if !dir.join("index.html").is_file() {

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: `[control]` settings.
 //! - [`store`]: users in SQL (SQLite through sqlx, with migrations).
+//! - [`names`]: what a user name may hold, its normal form (NFKC) and its look-alike skeletons.
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
 //! - [`history`]: each room's numbered recent messages, for clients that reconnect.
@@ -14,6 +15,8 @@
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
+//! - [`headers`]: security headers (content security policy, nosniff, no framing, no
+//!   referrer) of the page and the REST API.
 //! - [`http`]: serves the REST API and the page (HTTP or HTTPS), connections bounded in number
 //!   and time.
 //! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications and
@@ -23,6 +26,7 @@
 pub mod api;
 pub mod config;
 pub mod grpc;
+pub mod headers;
 pub mod history;
 pub mod http;
 pub mod ids;
@@ -30,6 +34,7 @@ pub mod inbox;
 pub mod limits;
 pub mod logic;
 pub mod metrics;
+pub mod names;
 pub mod password;
 pub mod server;
 pub mod site;

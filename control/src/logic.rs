@@ -20,14 +20,17 @@ use crate::state::{
     NewConn, NoConnection, RoomChange, Routes, Session, State, StateError, TooManyConnections,
 };
 use crate::store::UserStore;
-use crate::{password, ControlConfig};
+use crate::{names, password, ControlConfig};
 
-/// Longest user name accepted, in characters.
-pub const MAX_USER_NAME: usize = 32;
+pub use crate::names::MAX_USER_NAME;
 /// Longest password accepted, in bytes.
 pub const MAX_PASSWORD: usize = 128;
 /// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
 pub const NOT_MEMBER: &str = "join the room first";
+/// Why a registration is refused when its name is taken (gochat's words).
+pub const NAME_TAKEN: &str = "this user name already have , please login !!!";
+/// Why a registration is refused when its name looks like a taken one.
+pub const NAME_LOOKS_TAKEN: &str = "this user name looks like one already taken, please choose another";
 /// Joins and leaves one presence update (op 9) lists; the rest are counted in its `more`.
 pub const PRESENCE_MAX_LISTED: usize = 100;
 
@@ -149,30 +152,56 @@ impl Logic {
     /// Creates gochat's demo users if they are missing.
     pub async fn seed_demo_users(&self) -> Result<(), LogicError> {
         for name in ["demo", "test", "admin"] {
-            if self.store.by_name(name).await?.is_none() {
+            let name = names::normalize(name).expect("valid names");
+            // Not when a look-alike holds the name: that user keeps it.
+            if self.store.taken_by(&name).await?.is_none() {
                 let hash = password::hash("111111".into()).await;
-                self.store.create(name, &hash).await?;
+                self.store.create(&name, &hash).await?;
             }
         }
         Ok(())
     }
 
+    /// Registers `user_name` in NFKC (see [`names`]), unless it or a name that looks like it
+    /// is taken.
     pub async fn register(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
-        check_credentials(user_name, pass)?;
+        let name = names::normalize(user_name).map_err(|e| LogicError::refused(e.to_string()))?;
+        check_password(pass)?;
+        // Before the costly hash; `create` is the check that counts.
+        self.check_name_free(&name).await?;
         let hash = password::hash(pass.to_string()).await;
-        match self.store.create(user_name, &hash).await? {
-            Some(id) => self.new_session(Session { user_id: id, user_name: user_name.to_string() }).await,
-            None => Err(LogicError::refused("this user name already have , please login !!!")),
+        match self.store.create(&name, &hash).await? {
+            Some(id) => self.new_session(Session { user_id: id, user_name: name.name }).await,
+            None => {
+                self.check_name_free(&name).await?;
+                Err(LogicError::refused(NAME_TAKEN))
+            }
         }
     }
 
+    async fn check_name_free(&self, name: &names::Name) -> Result<(), LogicError> {
+        match self.store.taken_by(name).await? {
+            None => Ok(()),
+            Some(holder) if holder == name.name => Err(LogicError::refused(NAME_TAKEN)),
+            Some(_) => Err(LogicError::refused(NAME_LOOKS_TAKEN)),
+        }
+    }
+
+    /// Logs in by the exact name, as registered: as typed, or else in NFKC (so `ａｄｍｉｎ`
+    /// typed on a fullwidth keyboard is `admin`). The case is part of a name: `Admin` is not
+    /// `admin`'s, and no one else's either, since registering it is refused.
     pub async fn login(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
         const BAD: &str = "no this user or password error!";
         // A name no one could register is no one's, and a NUL would be a PostgreSQL error.
-        if check_credentials(user_name, pass).is_err() {
+        if !names::may_log_in(user_name) || check_password(pass).is_err() {
             return Err(LogicError::refused(BAD));
         }
-        let user = self.store.by_name(user_name).await?;
+        // As typed first: names of earlier versions were stored as sent.
+        let mut user = self.store.by_name(user_name).await?;
+        let normal = names::nfkc(user_name);
+        if user.is_none() && normal != user_name {
+            user = self.store.by_name(&normal).await?;
+        }
         let stored = user.as_ref().map(|u| u.password.clone());
         if !password::verify(pass.to_string(), stored).await {
             return Err(LogicError::refused(BAD));
@@ -658,24 +687,11 @@ async fn periodically<F, Fut>(
     }
 }
 
-fn check_credentials(user_name: &str, pass: &str) -> Result<(), LogicError> {
-    if user_name.is_empty() || user_name.chars().count() > MAX_USER_NAME {
-        return Err(LogicError::refused(format!("userName must be 1 to {MAX_USER_NAME} characters")));
-    }
-    if user_name.trim() != user_name || user_name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
-        return Err(LogicError::refused(
-            "userName must not have control or text-direction characters, or surrounding spaces",
-        ));
-    }
+fn check_password(pass: &str) -> Result<(), LogicError> {
     if pass.is_empty() || pass.len() > MAX_PASSWORD {
         return Err(LogicError::refused(format!("passWord must be 1 to {MAX_PASSWORD} bytes")));
     }
     Ok(())
-}
-
-/// Unicode's Bidi_Control characters: invisible, and able to make a name show as another.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn check_room(room_id: u64) -> Result<(), LogicError> {

@@ -123,8 +123,7 @@ impl Control {
             "REST API",
         ));
         if let Some(listener) = site_listener {
-            let app =
-                site::router(cfg.site_dir.clone(), api_addr.port(), site_ws_port.clone(), &cfg.site_ws_path);
+            let app = site::router(&cfg, api_addr.port(), site_ws_port.clone(), tls.is_some());
             tasks.push(http::serve(listener, tls.clone(), app, connections.clone(), stopped.clone(), "site"));
         }
         let every = Duration::from_millis(cfg.room_update_interval_ms);

@@ -106,16 +106,27 @@ const origin = `http://127.0.0.1:${site}`;
 mkdirSync(artifacts, { recursive: true });
 const external = [];
 const pageErrors = [];
+// What the page's content security policy refused: reported by the browser as a
+// securitypolicyviolation event, which each page logs to the console (Chromium logs its own
+// line too). A probe page, which provokes refusals, keeps its own.
+const cspViolations = [];
 
-async function newPage(viewport = { width: 1100, height: 720 }) {
+async function newPage(viewport = { width: 1100, height: 720 }, { probe = false } = {}) {
   const context = await browser.newContext({ viewport });
+  await context.addInitScript(() => document.addEventListener('securitypolicyviolation', (e) => {
+    console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
+  }));
   const page = await context.newPage();
   page.on('request', (r) => {
     const u = new URL(r.url());
     if (!['127.0.0.1', 'localhost'].includes(u.hostname) && u.protocol !== 'data:') external.push(r.url());
   });
   page.on('pageerror', (e) => pageErrors.push(e.message));
-  return { context, page };
+  const violations = probe ? [] : cspViolations;
+  page.on('console', (m) => {
+    if (/CSP violation|Content Security Policy/.test(m.text())) violations.push(m.text());
+  });
+  return { context, page, violations };
 }
 
 const shot = (page, name) => page.screenshot({ path: path.join(artifacts, `${name}.png`) });
@@ -190,6 +201,16 @@ try {
     await c.page.fill('#login-pass', 'whatever-1');
     await c.page.click('#register-btn');
     await until('taken name explained', async () => (await text(c.page, '#auth-error')).includes('taken'));
+    await c.context.close();
+  });
+
+  await step('a look-alike of a taken name is refused clearly', async () => {
+    const c = await newPage();
+    await c.page.goto(origin);
+    await c.page.fill('#login-user', alice.toUpperCase());
+    await c.page.fill('#login-pass', 'whatever-1');
+    await c.page.click('#register-btn');
+    await until('look-alike explained', async () => (await text(c.page, '#auth-error')).includes('looks like'));
     await c.context.close();
   });
 
@@ -325,9 +346,20 @@ try {
     await c.context.close();
   });
 
-  await step('nothing was loaded from outside, and no script error', async () => {
+  await step('the content security policy holds: other ports of the host are refused', async () => {
+    const c = await newPage(undefined, { probe: true });
+    await c.page.goto(origin);
+    const blocked = await c.page.evaluate((url) => fetch(url, { method: 'POST' }).then(() => false, () => true),
+      `http://127.0.0.1:${grpc}/`);
+    if (!blocked) throw new Error('a fetch to another port went through');
+    await until('the refusal is reported', async () => c.violations.some((v) => v.includes(`:${grpc}`)));
+    await c.context.close();
+  });
+
+  await step('nothing was loaded from outside, no script error, nothing refused by the policy', async () => {
     if (external.length) throw new Error(`external requests: ${external.join(', ')}`);
     if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join('; ')}`);
+    if (cspViolations.length) throw new Error(`refused by the page's policy: ${cspViolations.join('; ')}`);
   });
 } catch (e) {
   failed = true;
