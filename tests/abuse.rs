@@ -480,3 +480,100 @@ async fn room_history_in_memory_is_bounded_over_every_room() {
     assert_eq!(oldest["data"]["seq"], 20);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_for_a_rooms_member_list_again_and_again_sends_it_once_per_update() {
+    // Before: every /push/getRoomInfo sent the whole member list to every member at once:
+    // 100 calls by one user sent 340 KiB to each of 100 members.
+    let server = Server::start().await;
+    let mut members = Vec::new();
+    for _ in 0..10 {
+        let user = server.user("listed").await;
+        let ws = server.ws(&user, 5).await;
+        members.push((user, ws));
+    }
+    let (asker, watcher) = members.split_at_mut(1);
+    let watcher = &mut watcher[0].1;
+    // The joins' own list, with everyone in it.
+    while watcher.recv_op(wire::OP_ROOM_INFO).await["count"] != 10 {}
+    for _ in 0..100 {
+        let r = server.api("/push/getRoomInfo", json!({"authToken": asker[0].0.token, "roomId": 5})).await;
+        assert_eq!(r["code"], 0, "{r}");
+    }
+    // A list comes; then a marker message: the lists before it are counted.
+    watcher.recv_op(wire::OP_ROOM_INFO).await;
+    server.push_room(&asker[0].0, 5, "marker").await;
+    let mut lists = 1;
+    loop {
+        let frame = watcher.next_json().await.expect("the socket stays open");
+        if frame["op"] == wire::OP_ROOM_INFO {
+            lists += 1;
+        }
+        if frame["msg"] == "marker" {
+            break;
+        }
+    }
+    assert!(lists <= 3, "{lists} member lists for 100 calls");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_users_sockets_together_send_no_faster_than_one_client() {
+    // Before: sends were limited per connection only: 20 sockets of one user, each at its own
+    // limit with 10 KiB messages, got a member who read as fast as it could dropped as a slow
+    // consumer.
+    let mut cfg = common::test_config();
+    (cfg.control.push_per_second, cfg.control.push_burst) = (50, 100);
+    let server = Server::start_with(cfg).await;
+    let (flooder, reader) = (server.user("flooder").await, server.user("reader").await);
+    let mut reader_ws = server.ws(&reader, 9).await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(server.ws(&flooder, 9).await);
+    }
+    let msg = "f".repeat(10_000);
+    // Each socket sends its burst (60) and then 20 a second, for 2 s.
+    let sends = sockets.into_iter().map(|mut ws| {
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                ws.send_json(json!({"op": 3, "msg": msg})).await;
+                if i >= 60 {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+            ws
+        })
+    });
+    let sends: Vec<_> = sends.collect();
+    let mut received = 0;
+    let reading = async {
+        loop {
+            match reader_ws.next_json().await {
+                Ok(v) if v["op"] == wire::OP_ROOM_SEND => received += 1,
+                Ok(_) => {}
+                Err(end) => panic!("the reader was dropped: {end:?} after {received} messages"),
+            }
+            if received >= 100 {
+                break;
+            }
+        }
+    };
+    reading.await;
+    let mut told = 0;
+    for send in sends {
+        let mut ws = send.await.unwrap();
+        while let Ok(Ok(v)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), ws.next_json()).await
+        {
+            if v["op"] == wire::OP_ERROR && v["message"].as_str().is_some_and(|m| m.contains("too fast")) {
+                told += 1;
+            }
+        }
+    }
+    assert!(told > 0, "the flooder was told to slow down");
+    // The reader is still there, and gets what comes next.
+    server.push_room(&reader, 9, "after").await;
+    while reader_ws.recv_op(wire::OP_ROOM_SEND).await["msg"] != "after" {}
+    server.shutdown().await;
+}

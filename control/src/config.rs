@@ -100,8 +100,8 @@ pub struct ControlConfig {
     /// Registrations per client address and minute (0: no limit), and the burst allowed.
     pub register_per_minute: u32,
     pub register_burst: u32,
-    /// Pushes (`push`, `pushRoom`, `count`, `getRoomInfo`) per user and second (0: no limit),
-    /// and the burst allowed.
+    /// Pushes (`push`, `pushRoom`, `count`, `getRoomInfo`, and room messages sent on any of the
+    /// user's sockets) per user and second (0: no limit), and the burst allowed.
     pub push_per_second: u32,
     pub push_burst: u32,
     /// Clients (addresses, users) each rate limit remembers; past it the least recently seen

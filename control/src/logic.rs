@@ -15,6 +15,7 @@ use rand::RngCore;
 use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
 use crate::inbox::{self, Inbox, NotKept};
+use crate::limits::{retry_secs, RateLimits};
 use crate::metrics::LogicCounts;
 use crate::state::{
     NewConn, NoConnection, RoomChange, Routes, Session, State, StateError, TooManyConnections,
@@ -102,6 +103,8 @@ pub struct Logic {
     changed_rooms: std::sync::Mutex<BTreeMap<u64, RoomEvents>>,
     room_info_max_members: AtomicU64,
     history_size: usize,
+    /// Rate limits: the REST API's, and its per-user push limit for socket room sends too.
+    limits: Arc<RateLimits>,
     /// For the admin listener.
     pub counts: LogicCounts,
 }
@@ -123,6 +126,7 @@ impl Logic {
             changed_rooms: std::sync::Mutex::default(),
             room_info_max_members: AtomicU64::new(cfg.room_info_max_members),
             history_size: cfg.history_size,
+            limits: Arc::new(RateLimits::new(cfg)),
             counts: LogicCounts::default(),
         }
     }
@@ -143,6 +147,12 @@ impl Logic {
         self.open_rooms.store(cfg.open_rooms, Ordering::Relaxed);
         self.max_connections_per_user.store(cfg.max_connections_per_user, Ordering::Relaxed);
         self.room_info_max_members.store(cfg.room_info_max_members, Ordering::Relaxed);
+        self.limits.reconfigure(cfg);
+    }
+
+    /// The rate limits the REST API and socket room sends share.
+    pub fn limits(&self) -> &Arc<RateLimits> {
+        &self.limits
     }
 
     fn open_rooms(&self) -> bool {
@@ -344,18 +354,17 @@ impl Logic {
             .ok_or_else(|| LogicError::refused("rooms keep no history here"))
     }
 
-    /// Broadcasts the room's online count (op 4).
+    /// Has the room's online count (op 4) sent, with its next room update: however often it is
+    /// asked, a room gets one per `room_update_interval_ms`.
     pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
-        let body = wire::RoomCount {
-            count: self.state.room_count(room_id).await?,
-            op: wire::OP_ROOM_COUNT,
-            room_id,
-        };
-        self.publish_body(Target::RoomId(room_id), to_json(&body)).await
+        self.update_room(room_id);
+        Ok(())
     }
 
-    /// Broadcasts the room's member list (op 5), for rooms of up to `room_info_max_members`.
+    /// Has the room's member list (op 5) sent, for rooms of up to `room_info_max_members`, with
+    /// its next room update: a list goes to every member, so asked for on every call it grew
+    /// with the square of the room, and one member could have it sent a hundred times a second.
     pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
         let count = self.state.room_count(room_id).await?;
@@ -365,6 +374,12 @@ impl Logic {
                 "room {room_id} has more than {max} users online: its member list is not sent"
             )));
         }
+        self.update_room(room_id);
+        Ok(())
+    }
+
+    /// Broadcasts the room's member list (op 5).
+    async fn send_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         let members = self.state.room_members(room_id).await?;
         let body = wire::RoomInfo {
             op: wire::OP_ROOM_INFO,
@@ -563,10 +578,24 @@ impl Logic {
     /// A room message sent on a socket by an authenticated user. Sockets send only to their
     /// own room, so membership needs no check.
     pub async fn send_room(&self, from_user_id: u64, room_id: u64, msg: &str) -> Result<(), LogicError> {
+        // Per user, over every socket (and the REST pushes): one user's sockets together send
+        // no faster than one client may push.
+        if let Err(wait) = self.limits.push.take(from_user_id) {
+            return Err(LogicError::refused(format!(
+                "sending too fast: message dropped, retry in {} s",
+                retry_secs(wait)
+            )));
+        }
         let Some(name) = self.user_name(from_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {from_user_id}")));
         };
         self.room_message(&Session { user_id: from_user_id, user_name: name }, room_id, msg, false).await
+    }
+
+    /// The room gets its count and member list with its next update, even with no member
+    /// change.
+    fn update_room(&self, room_id: u64) {
+        self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()).entry(room_id).or_default();
     }
 
     /// Membership changed: noted for the room's next update.
@@ -580,10 +609,11 @@ impl Logic {
         }
     }
 
-    /// Sends each room whose members changed its count (op 4), its member list (op 5, rooms of
-    /// up to `room_info_max_members`) — gochat sent an empty frame — and who joined and left
-    /// (op 9), at most once per `every`: a join storm costs one update per room, not one per
-    /// join to every member.
+    /// Sends each room whose members changed (or whose count or list was asked for) its count
+    /// (op 4), its member list (op 5, rooms of up to `room_info_max_members`) — gochat sent an
+    /// empty frame — and who joined and left (op 9), at most once per `every`: a join storm, or
+    /// a storm of `/push/getRoomInfo`, costs one update per room, not one per event to every
+    /// member.
     pub async fn send_room_updates(
         self: Arc<Self>,
         every: std::time::Duration,
@@ -605,7 +635,7 @@ impl Logic {
         let body = wire::RoomCount { count, op: wire::OP_ROOM_COUNT, room_id };
         self.publish_body(Target::RoomId(room_id), to_json(&body)).await?;
         if count <= self.room_info_max_members.load(Ordering::Relaxed) {
-            self.push_room_info(room_id).await?;
+            self.send_room_info(room_id).await?;
         }
         let mut presence = wire::Presence {
             op: wire::OP_PRESENCE,

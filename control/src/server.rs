@@ -91,7 +91,7 @@ impl Control {
             None => None,
         };
         let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        let limits = Arc::new(RateLimits::new(&cfg));
+        let limits = logic.limits().clone();
         let connections = Arc::new(Connections::new(&cfg));
         let requests = Arc::new(Requests::default());
         let admin = match cfg.admin_listen {
@@ -175,7 +175,6 @@ impl ControlHandle {
     /// Takes the settings of `cfg` a running control can change ([`ControlConfig::RELOADABLE`]).
     pub fn reconfigure(&self, cfg: &ControlConfig) {
         self.logic.reconfigure(cfg);
-        self.limits.reconfigure(cfg);
     }
 
     /// Points the page at the gateway's WebSocket port (known once the gateway is bound).
