@@ -57,6 +57,19 @@ async fn rooms_are_separate() {
     s.shutdown().await;
 }
 
+/// A check that nothing arrives cannot pass on a socket that is gone.
+#[tokio::test]
+#[should_panic(expected = "within the window")]
+async fn a_socket_closed_within_a_window_fails_the_check_that_nothing_arrived() {
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let mut ws = s.ws(&a, 1).await;
+    // Logging out closes the session's sockets (op 8, then 1008).
+    assert_eq!(s.api("/user/logout", json!({"authToken": a.token})).await["code"], 0);
+    let got = ws.frames_within(common::WAIT).await;
+    assert!(got.iter().all(|f| f["op"] != wire::OP_ROOM_SEND), "{got:?}");
+}
+
 #[tokio::test]
 async fn private_message_reaches_only_its_target() {
     let s = Server::start().await;

@@ -275,16 +275,28 @@ impl Ws {
         }
     }
 
-    /// Frames that arrive within `d` (none expected in negative checks).
+    /// The JSON text frames that arrive within `d`. Panics if the socket ends meanwhile: a
+    /// dead socket receives nothing, so a check that nothing arrived would pass on it.
     pub async fn frames_within(&mut self, d: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.0.next()).await {
-            if let Message::Text(t) = msg {
-                got.push(serde_json::from_str(&t).unwrap());
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.0.next()).await {
+                Err(_) => return got,
+                Ok(msg) => msg,
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    got.push(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(f))) => {
+                    panic!("the socket was closed ({f:?}) within the window, after {got:?}")
+                }
+                None => panic!("the socket ended within the window, after {got:?}"),
+                Some(Err(e)) => panic!("the socket failed ({e}) within the window, after {got:?}"),
+                Some(Ok(_)) => continue,
             }
         }
-        got
     }
 
     pub async fn close(mut self) {
