@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Server, Ws};
 use gochat_proto::wire;
 use serde_json::{json, Value};
@@ -95,9 +93,33 @@ async fn bad_joins_and_leaves_are_answered_and_the_socket_stays() {
     s.shutdown().await;
 }
 
-/// Presence updates (op 9) arriving within `d`.
-async fn presence_within(ws: &mut Ws, d: Duration) -> Vec<Value> {
-    ws.frames_within(d).await.into_iter().filter(|f| f["op"] == wire::OP_PRESENCE).collect()
+/// Presence updates (op 9) until one after which `done` holds of all of them; the last of
+/// them is the room's state then. Presence ends each room update, so the updates' other frames
+/// (counts, member lists) have come by then too.
+async fn presence_until(ws: &mut Ws, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut updates = Vec::new();
+    while !done(&updates) {
+        updates.push(ws.recv_op(wire::OP_PRESENCE).await);
+    }
+    updates
+}
+
+fn joined_names(updates: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = updates
+        .iter()
+        .flat_map(|u| u["joined"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+fn left_ids(updates: &[Value]) -> Vec<u64> {
+    let mut ids: Vec<u64> = updates
+        .iter()
+        .flat_map(|u| u["left"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().parse().unwrap()))
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test]
@@ -106,9 +128,13 @@ async fn presence_is_coalesced_per_room_and_update() {
     let watcher = s.user("w").await;
     let mut ww = s.ws(&watcher, 5).await;
     // The watcher's own join reaches it as its room's first update.
-    let first = presence_within(&mut ww, Duration::from_millis(1200)).await;
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert_eq!(first[0]["joined"], json!({watcher.id.to_string(): watcher.name}));
+    let first = ww.recv_op(wire::OP_PRESENCE).await;
+    assert_eq!(first["joined"], json!({watcher.id.to_string(): watcher.name}));
+    assert_eq!(
+        (first["count"].as_u64(), first["left"].as_array().map(Vec::len)),
+        (Some(1), Some(0)),
+        "{first}"
+    );
 
     let mut users = Vec::new();
     for i in 0..20 {
@@ -122,36 +148,32 @@ async fn presence_is_coalesced_per_room_and_update() {
     // control tests pin that down), else joined in one and left in the next.
     let blink = s.user("blink").await;
     s.ws(&blink, 5).await.close().await;
-    let updates = presence_within(&mut ww, Duration::from_millis(1500)).await;
-    assert!(!updates.is_empty() && updates.len() <= 4, "20 joins in a few updates, not 20: {updates:?}");
-    let (mut joined, mut left) = (Vec::new(), Vec::new());
-    for u in &updates {
-        assert_eq!(u["roomId"], 5);
-        joined.extend(u["joined"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()));
-        left.extend(u["left"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_string()));
-    }
-    if left == [blink.id.to_string()] {
-        joined.retain(|n| *n != blink.name);
-    }
-    assert!(left.is_empty() || left == [blink.id.to_string()], "{left:?}");
-    joined.sort();
     let mut names: Vec<String> = users.iter().map(|u| u.name.clone()).collect();
     names.sort();
+    // Until all 20 are listed and the count is theirs (so "blink" has gone again if it was listed).
+    let updates = presence_until(&mut ww, |u| {
+        u.last().is_some_and(|l| l["count"] == 21) && names.iter().all(|n| joined_names(u).contains(n))
+    })
+    .await;
+    assert!(updates.len() <= 4, "20 joins in a few updates, not 20: {updates:?}");
+    assert!(updates.iter().all(|u| u["roomId"] == 5), "{updates:?}");
+    let (mut joined, left) = (joined_names(&updates), left_ids(&updates));
+    if left == [blink.id] {
+        joined.retain(|n| *n != blink.name);
+    }
+    assert!(left.is_empty() || left == [blink.id], "{left:?}");
     assert_eq!(joined, names, "everyone listed once");
-    assert_eq!(updates.last().unwrap()["count"], 21);
 
     // Leaves are listed by id.
-    let gone: Vec<u64> = users.iter().take(3).map(|u| u.id).collect();
+    let mut gone: Vec<u64> = users.iter().take(3).map(|u| u.id).collect();
+    gone.sort();
     for ws in sockets.drain(..3) {
         ws.close().await;
     }
-    let updates = presence_within(&mut ww, Duration::from_millis(1500)).await;
-    let mut left: Vec<u64> = updates
-        .iter()
-        .flat_map(|u| u["left"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().parse().unwrap()))
-        .collect();
-    left.sort();
-    assert_eq!(left, gone);
+    let updates = presence_until(&mut ww, |u| gone.iter().all(|id| left_ids(u).contains(id))).await;
+    assert_eq!(left_ids(&updates), gone, "each listed once: {updates:?}");
+    assert_eq!(joined_names(&updates), Vec::<String>::new());
+    assert_eq!(updates.last().unwrap()["count"], 18);
     s.shutdown().await;
 }
 
@@ -165,12 +187,13 @@ async fn a_big_room_gets_counts_and_presence_but_no_member_list() {
     for u in &users {
         ws.push(s.ws(u, 9).await);
     }
-    let frames = ws[0].frames_within(Duration::from_millis(1500)).await;
+    // Every frame until the presence update that says all three are in, which ends its update.
+    let mut frames = Vec::new();
+    while !frames.last().is_some_and(|f: &Value| f["op"] == wire::OP_PRESENCE && f["count"] == 3) {
+        frames.push(ws[0].next_json().await.expect("the socket stays"));
+    }
     let ops: Vec<i64> = frames.iter().filter_map(|f| f["op"].as_i64()).collect();
-    assert!(
-        ops.contains(&(wire::OP_ROOM_COUNT as i64)) && ops.contains(&(wire::OP_PRESENCE as i64)),
-        "{ops:?}"
-    );
+    assert!(ops.contains(&(wire::OP_ROOM_COUNT as i64)), "{ops:?}");
     let last_count = frames.iter().rev().find(|f| f["op"] == wire::OP_ROOM_COUNT).unwrap();
     assert_eq!(last_count["count"], 3);
     let lists: Vec<&Value> = frames.iter().filter(|f| f["op"] == wire::OP_ROOM_INFO).collect();

@@ -326,6 +326,23 @@ async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
     }
 }
 
+/// Reads `queue` until a presence update (op 9, the last body of a room update that has one)
+/// is among what was read; returns the bodies read.
+async fn bodies_through_presence(queue: &gochat_queue_worker::MemoryQueue) -> Vec<serde_json::Value> {
+    use gochat_queue_worker::Queue;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut bodies: Vec<serde_json::Value> = Vec::new();
+    while !bodies.iter().any(|b| b["op"] == 9) {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(!wait.is_zero(), "no presence update in time, after {bodies:?}");
+        let read = queue.read(100, wait).await.unwrap();
+        bodies.extend(
+            read.iter().map(|d| serde_json::from_slice::<serde_json::Value>(&d.message.body).unwrap()),
+        );
+    }
+    bodies
+}
+
 /// Room updates: a user who joined and left between two updates is no change; one who left
 /// and came back neither; the others are listed once, with the count.
 #[tokio::test]
@@ -354,25 +371,30 @@ async fn presence_updates_net_out_users_who_came_and_went() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let every = Duration::from_millis(600);
     let task = tokio::spawn(logic.clone().send_room_updates(every, stopped));
-    tokio::time::sleep(every + every / 2).await;
-    while !queue.read(100, Duration::from_millis(1)).await.unwrap().is_empty() {}
-    // Within one update: all of these.
+    let before = bodies_through_presence(&queue).await;
+    let presence: Vec<&serde_json::Value> = before.iter().filter(|b| b["op"] == 9).collect();
+    assert_eq!(
+        presence,
+        [&serde_json::json!({
+            "op": 9, "roomId": 5, "count": 2,
+            "joined": {ids[2].to_string(): "returns", ids[3].to_string(): "leaves"},
+            "left": [],
+        })]
+    );
+    // Within one update (the last one has just been sent): all of these.
     logic.conn_open(&tokens[0], 5, "g1", 0, 1, None, false).await.unwrap();
     logic.conn_open(&tokens[1], 5, "g1", 0, 2, None, false).await.unwrap();
     logic.conn_close("g1", 2).await.unwrap();
     logic.conn_close("g1", 3).await.unwrap();
     logic.conn_open(&tokens[2], 5, "g1", 0, 5, None, false).await.unwrap();
     logic.conn_close("g1", 4).await.unwrap();
-    tokio::time::sleep(every).await;
+    let mut bodies = bodies_through_presence(&queue).await;
     stop.send(true).unwrap();
     task.await.unwrap();
-    let bodies: Vec<serde_json::Value> = queue
-        .read(100, Duration::from_millis(10))
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| serde_json::from_slice(&d.message.body).unwrap())
-        .collect();
+    // Nothing after it: the presence update ends its room update, and nothing changed since.
+    for d in queue.read(100, Duration::from_millis(10)).await.unwrap() {
+        bodies.push(serde_json::from_slice(&d.message.body).unwrap());
+    }
     let presence: Vec<&serde_json::Value> = bodies.iter().filter(|b| b["op"] == 9).collect();
     assert_eq!(presence.len(), 1, "{bodies:?}");
     assert_eq!(

@@ -20,9 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Count every benchmark, compare with the baseline, run the macro smoke; fail on a regression.
+    /// Count every benchmark, compare with the baseline, run the macro smoke; fail on a
+    /// regression, or on a drop in a count the baseline has not recorded yet.
     Check {
-        /// Allowed growth in percent (default: the baseline's, 3%; a benchmark's own wins).
+        /// Allowed growth in percent (default: the baseline's, 3%; a benchmark's own wins), and so the
+        /// allowed drop where the baseline sets none.
         #[arg(long)]
         threshold: Option<f64>,
         /// Skip the macro smoke run (instruction counts only).
@@ -89,8 +91,10 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("{}", baseline::table(&baseline::compare(&base, &counts)));
             base.benchmarks.retain(|name, _| counts.iter().any(|(n, _)| n == name));
             for (name, instructions) in counts {
-                let threshold_pct = base.benchmarks.get(&name).and_then(|e| e.threshold_pct);
-                base.benchmarks.insert(name, Entry { instructions, threshold_pct });
+                let own = base.benchmarks.get(&name);
+                let (threshold_pct, max_drop_pct) =
+                    (own.and_then(|e| e.threshold_pct), own.and_then(|e| e.max_drop_pct));
+                base.benchmarks.insert(name, Entry { instructions, threshold_pct, max_drop_pct });
             }
             base.save(&cli.baseline)?;
             println!("baseline written: {}", cli.baseline.display());
@@ -104,6 +108,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             let rows = baseline::compare(&base, &count_all()?);
             println!("{}", baseline::table(&rows));
+            print!("{}", baseline::advice(&rows));
             let mut ok = rows.iter().all(|r| !r.failed());
             if !no_smoke {
                 let bounds = base.smoke.as_ref().context("the baseline has no smoke bounds")?;

@@ -5,7 +5,7 @@
 // GOCHAT_TEST_DRIVER (gateway driver), REDIS_URL. Screenshots go to ../../test-artifacts/.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,15 +20,36 @@ const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const prefix = `gochat-site-test-${process.pid}`;
 const WAIT = 15000;
 
-function freePort() {
-  return new Promise((resolve, reject) => {
+// Ports for the server, taken in turn from below the kernel's ephemeral range, as
+// gochat::cluster::free_addr takes them: a port from that range (what a bind to port 0 gets)
+// can be handed to an outgoing connection, or to anyone's bind to port 0, between this pick and
+// the server's bind, or while the test restarts the server on the same ports. The server cannot
+// bind port 0 itself: the page must find it at the same address after the restart.
+function ephemeralLow() {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    if (Number.isInteger(low) && low > 0) return low;
+  } catch { /* not Linux: the usual default */ }
+  return 32768;
+}
+const PORTS_LOW = 10000;
+const PORTS_HIGH = Math.max(ephemeralLow(), PORTS_LOW + 1000);
+let nextPort = (process.pid * 7919 + Date.now()) % (PORTS_HIGH - PORTS_LOW);
+
+function bindable(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+async function freePort() {
+  for (let tries = 0; tries < PORTS_HIGH - PORTS_LOW; tries++) {
+    const port = PORTS_LOW + (nextPort++ % (PORTS_HIGH - PORTS_LOW));
+    if (await bindable(port)) return port;
+  }
+  throw new Error(`no free loopback port in ${PORTS_LOW}..${PORTS_HIGH}`);
 }
 
 function portOpen(port) {
@@ -50,7 +71,7 @@ async function until(what, check, ms = WAIT) {
 
 // ---- the server ----
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-site-'));
-const [api, site, grpc, ws, gw] = await Promise.all([1, 2, 3, 4, 5].map(() => freePort()));
+const [api, site, grpc, ws, gw] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
 const config = path.join(dir, 'gochat.toml');
 writeFileSync(config, `[control]
 api_listen = "127.0.0.1:${api}"
@@ -328,7 +349,9 @@ try {
       };
       await new Promise((resolve) => { socket.onopen = resolve; });
       socket.send(JSON.stringify({ authToken, roomId: 1 }));
-      await new Promise((r) => setTimeout(r, 300));
+      // The auth reply (op 7) comes once logic has the socket in room 1.
+      const ok = await got(7, () => true);
+      if (ok.roomId !== 1) throw new Error(`auth reply: ${JSON.stringify(ok)}`);
       if ((await post('/push/getRoomInfo', { roomId: 1, authToken })).code !== 0) throw new Error('getRoomInfo');
       await got(5, (f) => Object.values(f.roomUserInfo || {}).includes(name));
       if ((await post('/push/count', { roomId: 1, authToken })).code !== 0) throw new Error('count');

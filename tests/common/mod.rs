@@ -275,16 +275,48 @@ impl Ws {
         }
     }
 
-    /// Frames that arrive within `d` (none expected in negative checks).
+    /// The JSON text frames that arrive within `d`. Panics if the socket ends meanwhile: a
+    /// dead socket receives nothing, so a check that nothing arrived would pass on it.
     pub async fn frames_within(&mut self, d: Duration) -> Vec<Value> {
         let mut got = Vec::new();
         let deadline = tokio::time::Instant::now() + d;
-        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.0.next()).await {
-            if let Message::Text(t) = msg {
-                got.push(serde_json::from_str(&t).unwrap());
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.0.next()).await {
+                Err(_) => return got,
+                Ok(msg) => msg,
+            };
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    got.push(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
+                Some(Ok(Message::Close(f))) => {
+                    panic!("the socket was closed ({f:?}) within the window, after {got:?}")
+                }
+                None => panic!("the socket ended within the window, after {got:?}"),
+                Some(Err(e)) => panic!("the socket failed ({e}) within the window, after {got:?}"),
+                Some(Ok(_)) => continue,
             }
         }
-        got
+    }
+
+    /// Sends a room message of its own to `room` (which the socket is in) and returns the
+    /// frames that arrive before it comes back, without it. A positive end to a check that
+    /// something does not arrive: whatever the gateway had already queued for this socket comes
+    /// first, so it is in what this returns; and the socket is alive.
+    pub async fn frames_before_marker(&mut self, room: u64) -> Vec<Value> {
+        let marker = unique("marker ");
+        self.send_json(json!({"op": wire::OP_ROOM_SEND, "roomId": room, "msg": marker})).await;
+        let mut got = Vec::new();
+        loop {
+            let v = self
+                .next_json()
+                .await
+                .unwrap_or_else(|e| panic!("socket ended ({e:?}) waiting for {marker:?}, after {got:?}"));
+            if v["op"] == wire::OP_ROOM_SEND && v["msg"] == marker.as_str() {
+                return got;
+            }
+            got.push(v);
+        }
     }
 
     pub async fn close(mut self) {
@@ -333,10 +365,23 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    eventually_some(what, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// Retries `check` until it returns something or the wait is over; returns what it returned.
+pub async fn eventually_some<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
+        if let Some(v) = check().await {
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
