@@ -46,12 +46,12 @@ cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D war
 
 # The gateway drivers to test: epoll, and io_uring where this machine runs it. Under CI a
 # machine without io_uring fails here, before the long part, unless GOCHAT_SKIP_IO_URING says
-# why it may test epoll only (ci/drivers.sh; ci/drivers.test.sh tests that choice).
-ci/drivers.test.sh
-drivers=$(ci/drivers.sh cargo run --quiet --locked --features etcd -- --driver io_uring --check)
+# why it may test epoll only (.ci/drivers.sh; .ci/drivers.test.sh tests that choice).
+.ci/drivers.test.sh
+drivers=$(.ci/drivers.sh cargo run --quiet --locked --features etcd -- --driver io_uring --check)
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if [[ "$drivers" == *io_uring* ]]; then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics
+    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics --test abuse
 fi
 
 # Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their

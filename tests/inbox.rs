@@ -145,7 +145,10 @@ async fn a_client_that_acknowledges_gets_what_it_did_not_acknowledge_again() {
 
 #[tokio::test]
 async fn many_kept_messages_come_a_chunk_per_acknowledgement() {
-    let s = Server::start().await;
+    // One sender's 130 messages: past the default share of one sender (100).
+    let mut cfg = common::test_config();
+    cfg.control.inbox_per_sender = 0;
+    let s = Server::start_with(cfg).await;
     let (a, b) = (s.user("a").await, s.user("b").await);
     for i in 0..130 {
         assert_eq!(push(&s, &a, &b, &format!("k{i}")).await["code"], 0);

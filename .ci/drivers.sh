@@ -9,7 +9,7 @@
 # profile blocks io_uring"), which is printed. Outside CI a machine without it tests epoll only
 # and says so.
 #
-# usage: ci/drivers.sh PROBE...
+# usage: .ci/drivers.sh PROBE...
 set -uo pipefail
 (($#)) || { echo "usage: $0 PROBE..." >&2; exit 2; }
 

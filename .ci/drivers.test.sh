@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests of ci/drivers.sh: which drivers it picks, and when a machine without io_uring fails CI.
+# Tests of .ci/drivers.sh: which drivers it picks, and when a machine without io_uring fails CI.
 # test.sh runs it; it takes a few milliseconds.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -42,7 +42,7 @@ expect 0 epoll '(GOCHAT_SKIP_IO_URING: runner seccomp blocks it): this kernel ha
 expect 2 '' usage --
 
 if ((failures)); then
-    echo "ci/drivers.test.sh: $failures failed" >&2
+    echo ".ci/drivers.test.sh: $failures failed" >&2
     exit 1
 fi
-echo "ci/drivers.test.sh: ok"
+echo ".ci/drivers.test.sh: ok"
