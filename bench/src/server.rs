@@ -117,10 +117,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// `[control]` settings of a spawned cluster: every bench client comes from loopback (with
-/// hundreds of REST calls in flight), users are made by the thousand, and pushers need no
-/// socket in the rooms they push to.
+/// hundreds of REST calls in flight), users are made by the thousand and share sockets by the
+/// hundred, and pushers need no socket in the rooms they push to.
 const BENCH_CONTROL: &str = "login_per_minute = 0\nregister_per_minute = 0\npush_per_second = 0\n\
-     http_max_connections_per_address = 0\nopen_rooms = true\n";
+     http_max_connections_per_address = 0\nmax_connections_per_user = 0\nopen_rooms = true\n";
 
 /// A local gochat-rs cluster: one control (with its queue-worker) and `gateways` gateway
 /// processes sharing the WebSocket port with `SO_REUSEPORT`.

@@ -1,6 +1,7 @@
 //! Room history in this process's memory: one lock, short critical sections, bounded per room
 //! (count, age) and over every room (bytes).
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -111,22 +112,29 @@ impl Rooms {
                 self.logs.shrink_to_fit();
             }
         }
-        let stale = self.logs.get(&room_id).is_none_or(|log| now.duration_since(log.touched) >= max_age);
-        if stale {
-            self.generations += 1;
-            let log = Log {
-                generation: self.generations,
+        let Rooms { logs, kept, generations, .. } = self;
+        let mut fresh = || {
+            *generations += 1;
+            Log {
+                generation: *generations,
                 epoch: new_epoch(),
                 top: 0,
                 touched: now,
                 messages: VecDeque::new(),
-            };
-            if let Some(old) = self.logs.insert(room_id, log) {
-                self.kept.sub(old.amount());
             }
-        }
-        let log = self.logs.get_mut(&room_id).expect("inserted");
-        self.kept.sub(log.trim(limits, now));
+        };
+        let log = match logs.entry(room_id) {
+            Entry::Vacant(e) => e.insert(fresh()),
+            Entry::Occupied(e) => {
+                let log = e.into_mut();
+                if now.duration_since(log.touched) >= max_age {
+                    kept.sub(log.amount());
+                    *log = fresh();
+                }
+                log
+            }
+        };
+        kept.sub(log.trim(limits, now));
         log
     }
 

@@ -2,6 +2,8 @@
 //! and in all (`max_bytes`).
 
 use std::collections::{BTreeMap, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -11,7 +13,8 @@ use super::{take_chunk, Chunk, Limits, NotKept};
 #[derive(Default)]
 struct Kept {
     messages: BTreeMap<u64, (Instant, u64, Vec<u8>)>,
-    senders: HashMap<u64, usize>,
+    /// Keyed by user ids, which the server assigns: a fast hash is safe.
+    senders: FxHashMap<u64, usize>,
 }
 
 impl Kept {
