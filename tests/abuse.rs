@@ -335,17 +335,16 @@ fn rss(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_leave_memory_where_it_was() {
-    // Before: each password hash's 19 MiB stayed with the allocator of the thread that ran it:
-    // 20 failed logins took a fresh `up` from 57 MB to 369 MB, a few hundred to ~1 GB.
+/// `gochat up` as a process of its own (its memory is measured alone), on free ports with
+/// `control` added to its `[control]` settings; with its REST API's base URL.
+async fn spawn_up(control: &str) -> (common::KillOnDrop, String, std::path::PathBuf) {
     let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());
     let dir = std::env::temp_dir().join(common::unique(&format!("gochat-abuse-{}-", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
         "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{gw_grpc}\"\n\
          [control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{grpc}\"\n\
-         database = \"sqlite::memory:\"\nlogin_per_minute = 0\nlogin_failures_per_account_per_minute = 0\n"
+         database = \"sqlite::memory:\"\n{control}\n"
     );
     let path = dir.join("gochat.toml");
     std::fs::write(&path, config).unwrap();
@@ -357,12 +356,21 @@ async fn failed_logins_leave_memory_where_it_was() {
         .spawn()
         .map(common::KillOnDrop)
         .unwrap();
-    let pid = child.0.id();
     let base = format!("http://127.0.0.1:{api}");
     common::eventually("control answers", || async {
         reqwest::Client::new().post(format!("{base}/user/checkAuth")).body("{}").send().await.is_ok()
     })
     .await;
+    (child, base, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_leave_memory_where_it_was() {
+    // Before: each password hash's 19 MiB stayed with the allocator of the thread that ran it:
+    // 20 failed logins took a fresh `up` from 57 MB to 369 MB, a few hundred to ~1 GB.
+    let (child, base, dir) =
+        spawn_up("login_per_minute = 0\nlogin_failures_per_account_per_minute = 0").await;
+    let pid = child.0.id();
     assert_eq!(
         common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await["code"],
         0
@@ -576,4 +584,40 @@ async fn one_users_sockets_together_send_no_faster_than_one_client() {
     server.push_room(&reader, 9, "after").await;
     while reader_ws.recv_op(wire::OP_ROOM_SEND).await["msg"] != "after" {}
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_that_go_quiet_give_their_memory_back() {
+    // Before: rooms' history was forgotten when they went quiet, but the process kept the
+    // memory: 50 sockets × 60 × 10 KiB into separate rooms kept +46 MB after they closed.
+    let (child, base, dir) = spawn_up("history_ttl_secs = 2\nopen_rooms = true\npush_per_second = 0").await;
+    let pid = child.0.id();
+    let r = common::post(&base, "/user/login", json!({"userName": "demo", "passWord": "111111"})).await;
+    let token = r["data"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let push = |room: u64, msg: String| {
+        let body = json!({"authToken": token, "roomId": room, "msg": msg}).to_string();
+        let request = http.post(format!("{base}/push/pushRoom")).body(body);
+        async move {
+            let r: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            assert_eq!(r["code"], 0, "{r}");
+        }
+    };
+    let before = rss(pid);
+    let pushes = (0..3000u64).map(|i| push(1 + i % 50, format!("{i:>10}").repeat(1000)));
+    futures_util::stream::iter(pushes).buffer_unordered(8).collect::<Vec<()>>().await;
+    let full = rss(pid);
+    // Once the rooms have been quiet for their age limit, the next message forgets them.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    push(99, "wake".into()).await;
+    let after = rss(pid);
+    eprintln!("RSS: {before} B before, {full} B with 50 rooms' history, {after} B after they went quiet");
+    assert!(full > before + (20 << 20), "the history took memory: {before} B -> {full} B");
+    assert!(
+        after < before + (10 << 20),
+        "kept {} B after the rooms were forgotten",
+        after.saturating_sub(before)
+    );
+    drop(child);
+    let _ = std::fs::remove_dir_all(dir);
 }

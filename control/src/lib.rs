@@ -10,6 +10,8 @@
 //! - [`history`]: each room's numbered recent messages, for clients that reconnect.
 //! - [`inbox`]: private messages kept until their user's client acknowledges them.
 //! - [`ids`]: unique, time-ordered message ids.
+//! - [`memory`]: memory freed in bulk (quiet rooms and users forgotten), given back to the
+//!   system.
 //! - [`logic`]: the operations behind both the REST API and the gRPC service.
 //! - [`limits`]: the REST API's rate limits, per client address and per user.
 //! - [`api`]: the REST API, byte-compatible with gochat's.
@@ -33,6 +35,7 @@ pub mod ids;
 pub mod inbox;
 pub mod limits;
 pub mod logic;
+pub mod memory;
 pub mod metrics;
 pub mod names;
 pub mod password;

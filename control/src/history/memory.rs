@@ -107,6 +107,7 @@ impl Rooms {
             });
             self.kept.sub(freed);
             self.swept = now;
+            crate::memory::released(freed.bytes);
             // The table's room too, once most rooms in it are gone.
             if self.logs.capacity() > 4 * self.logs.len() + 1024 {
                 self.logs.shrink_to_fit();

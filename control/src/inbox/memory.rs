@@ -78,6 +78,7 @@ impl MemoryInbox {
             });
             users.bytes -= freed;
             users.swept = now;
+            crate::memory::released(freed);
             // Gone users' slots too, once their number has fallen well below the table's room.
             if users.kept.capacity() > 4 * users.kept.len() + 1024 {
                 users.kept.shrink_to_fit();
