@@ -509,6 +509,9 @@ impl Shard {
             }
             Request::Refuse { message, fatal } => {
                 if fatal {
+                    // Only a client that has not authenticated is refused for good: its auth
+                    // frame was missing, malformed or over the limits.
+                    self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     self.refuse_and_close(key, &message, &message);
                 } else {
                     self.queue(key, protocol::error_frame(wire, &message));

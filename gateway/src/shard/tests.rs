@@ -176,6 +176,21 @@ fn refused_auth_closes_with_the_code() {
 }
 
 #[test]
+fn an_oversized_token_is_refused_and_counted_without_asking_logic() {
+    let mut s = shard();
+    let (key, _) = s.open(Transport::WebSocket, 0);
+    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    let auth =
+        format!(r#"{{"authToken":"{}","roomId":1}}"#, "t".repeat(gochat_proto::wire::MAX_TOKEN_BYTES + 1));
+    s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
+    assert!(s.is_closing(key));
+    assert!(s.take_effects().all(|e| !matches!(e, Effect::Auth { .. })), "logic is not asked");
+    assert_eq!(s.stats().auth_failures.load(Ordering::Relaxed), 1);
+    let out = written(&mut s, key);
+    assert!(String::from_utf8_lossy(&out).contains("authToken is too long"), "{out:?}");
+}
+
+#[test]
 fn slow_consumer_is_dropped_without_touching_others() {
     let mut s = shard();
     let (slow, _) = live_ws(&mut s, 1, 7);
