@@ -272,33 +272,20 @@ impl Conn {
             tower_service::Service::call(&mut app, Request::from_parts(parts, axum::body::Body::new(body)))
         });
         let limits = &self.connections.limits;
-        let served = if limits.http2 {
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                done = conn.as_mut() => done,
-                _ = until_stopped(&mut stopped) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if !limits.http2 {
+            builder = builder.http1_only();
+        }
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let served = tokio::select! {
+            done = conn.as_mut() => done,
+            _ = until_stopped(&mut stopped) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
-        } else {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                done = conn.as_mut() => done,
-                _ = until_stopped(&mut stopped) => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-            .map_err(Into::into)
         };
         if let Err(e) = served {
             let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
