@@ -7,6 +7,7 @@
 //! Here at most [`HASHING`] hashes run at once, each in one of as many buffers allocated once
 //! and reused: hashing costs a fixed amount of memory whatever the load.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -23,27 +24,40 @@ pub fn hashing() -> usize {
 struct Pool {
     turns: tokio::sync::Semaphore,
     buffers: Mutex<Vec<Vec<Block>>>,
+    /// Hashes running now, and the most there were at once.
+    running: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
 }
 
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool { turns: tokio::sync::Semaphore::new(hashing()), buffers: Mutex::default() })
+    POOL.get_or_init(|| Pool {
+        turns: tokio::sync::Semaphore::new(hashing()),
+        buffers: Mutex::default(),
+        running: Default::default(),
+        peak: Default::default(),
+    })
 }
 
-/// Runs `f` with a buffer of the pool, on a blocking thread, when a turn is free.
+/// Runs `f` with a buffer of the pool, on a blocking thread, when a turn is free. The turn and
+/// the buffer go with the blocking task, not with the caller: a request dropped half way (its
+/// client hung up) leaves the hash to finish in its turn, and its buffer to return to the pool.
 async fn with_buffer<T: Send + 'static>(f: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static) -> T {
     let pool = pool();
-    let _turn = pool.turns.acquire().await.expect("never closed");
-    // A turn guarantees a buffer: there are never more buffers than turns.
-    let mut buffer = pool.buffers.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-    let (buffer, out) = tokio::task::spawn_blocking(move || {
+    let turn = pool.turns.acquire().await.expect("never closed");
+    tokio::task::spawn_blocking(move || {
+        // A turn guarantees a buffer: there are never more buffers than turns.
+        let mut buffer = pool.buffers.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        let running = pool.running.fetch_add(1, Ordering::Relaxed) + 1;
+        pool.peak.fetch_max(running, Ordering::Relaxed);
         let out = f(&mut buffer);
-        (buffer, out)
+        pool.running.fetch_sub(1, Ordering::Relaxed);
+        pool.buffers.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
+        drop(turn);
+        out
     })
     .await
-    .expect("hash task");
-    pool.buffers.lock().unwrap_or_else(|p| p.into_inner()).push(buffer);
-    out
+    .expect("hash task")
 }
 
 /// argon2 with `params` into `out`, in `buffer` (grown once if `params` need more).
@@ -153,6 +167,23 @@ mod tests {
         }
         let kept = super::pool().buffers.lock().unwrap().len();
         assert!(kept >= 1 && kept <= super::hashing(), "{kept} buffers for {} turns", super::hashing());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hash_whose_caller_went_away_keeps_its_turn_and_its_buffer() {
+        // Callers dropped mid-hash (clients hanging up): their hashes still take turns.
+        let pool = super::pool();
+        for i in 0..3 * super::hashing() {
+            let verify = tokio::spawn(super::verify(format!("p{i}"), None));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            verify.abort();
+        }
+        let all = pool.turns.acquire_many(super::hashing() as u32).await.unwrap();
+        let buffers = pool.buffers.lock().unwrap().len();
+        assert!(buffers <= super::hashing(), "{buffers} buffers for {} turns", super::hashing());
+        let peak = pool.peak.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(peak <= super::hashing(), "{peak} hashes at once for {} turns", super::hashing());
+        drop(all);
     }
 
     #[tokio::test]
