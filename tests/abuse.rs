@@ -621,3 +621,35 @@ async fn rooms_that_go_quiet_give_their_memory_back() {
     drop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_of_kept_messages_never_stops_live_ones() {
+    // Before: accounts that filled the store of kept messages (messages to users who never
+    // read them) got every private message refused, to users online too, for up to 7 days.
+    let mut cfg = common::test_config();
+    cfg.control.inbox_max_bytes = 32_000;
+    let server = Server::start_with(cfg).await;
+    let sink = server.user("sink").await;
+    let msg = "p".repeat(1500);
+    let mut refused = 0;
+    for _ in 0..20 {
+        let puppet = server.user("puppet").await;
+        let body = json!({"authToken": puppet.token, "toUserId": sink.id, "roomId": 1, "msg": msg});
+        let r = server.api("/push/push", body.clone()).await;
+        if r["code"] != 0 {
+            assert_eq!(r["message"], "too many unread messages are kept here; try again later");
+            refused += 1;
+            continue;
+        }
+        // One sender holds at most a sixteenth of the store.
+        let again = server.api("/push/push", body).await;
+        assert_eq!(again["message"], "too many of your messages are waiting to be read; try again later");
+    }
+    assert!(refused > 0, "the store filled up");
+    let (friend, online) = (server.user("friend").await, server.user("online").await);
+    let mut ws = server.ws_auth(json!({"authToken": online.token, "roomId": 1, "acks": true})).await.0;
+    let body = json!({"authToken": friend.token, "toUserId": online.id, "roomId": 1, "msg": "live"});
+    assert_eq!(server.api("/push/push", body).await["code"], 0, "an online user still gets messages");
+    assert_eq!(ws.recv_op(wire::OP_SINGLE_SEND).await["msg"], "live");
+    server.shutdown().await;
+}

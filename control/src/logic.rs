@@ -275,6 +275,7 @@ impl Logic {
         }
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
+        let mut kept = kept;
         if kept {
             let not_kept = self.inbox.keep(to_user_id, from.user_id, id, &body).await?.err();
             let (counter, refusal) = match not_kept {
@@ -288,6 +289,12 @@ impl Logic {
                         "{to_name} has too many unread messages from you; try again when they have read some"
                     )),
                 ),
+                Some(NotKept::SenderTotal) => {
+                    (6, Some("too many of your messages are waiting to be read; try again later".to_string()))
+                }
+                // A user online gets it as gochat sent it, unkept: a full store never stops
+                // live messages.
+                Some(NotKept::StoreFull) if online => (5, None),
                 Some(NotKept::StoreFull) => {
                     (5, Some("too many unread messages are kept here; try again later".to_string()))
                 }
@@ -296,6 +303,7 @@ impl Logic {
             if let Some(refusal) = refusal {
                 return Err(LogicError::Refused(refusal));
             }
+            kept = not_kept.is_none();
         }
         if !online {
             return Ok(());

@@ -90,15 +90,16 @@ pub struct LogicCounts {
     /// Sockets that joined a room with history, by what they got: `JOINS`.
     pub joins: [Counter; JOINS.len()],
     /// Private messages kept, refused for a full inbox, acknowledged, handed out at connect or
-    /// after an acknowledgement, refused for the sender's full share of an inbox or for a full
-    /// store: `KEPT`.
+    /// after an acknowledgement, refused for the sender's full share of an inbox, for a full
+    /// store, or for the sender's full share of the store: `KEPT`.
     pub kept: [Counter; KEPT.len()],
 }
 
 /// How a socket's join of a room went: no recovery asked, everything missed recovered, or
 /// told to reload.
 pub const JOINS: [&str; 3] = ["fresh", "recovered", "reload"];
-pub const KEPT: [&str; 6] = ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full"];
+pub const KEPT: [&str; 7] =
+    ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full", "sender_total"];
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
@@ -184,7 +185,7 @@ impl Metrics {
             ),
             (
                 "gochat_control_kept_messages_total",
-                "Private messages kept for their user, refused (inbox full, sender's share full, store full), acknowledged, handed out.",
+                "Private messages kept for their user, refused (inbox full, sender's share full, store full, sender's share of the store full), acknowledged, handed out.",
                 &KEPT[..],
                 &counts.kept[..],
             ),

@@ -1,25 +1,53 @@
-//! Kept private messages in this process's memory, bounded per user, per sender of each user's
-//! and in all (`max_bytes`).
+//! Kept private messages in this process's memory, bounded per user, per sender of each user's,
+//! and in all (`max_bytes`, of which one sender may hold a sixteenth).
 
 use std::collections::{BTreeMap, HashMap};
-
-use rustc_hash::FxHashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 use super::{take_chunk, Chunk, Limits, NotKept};
+
+/// The share of `max_bytes` one sender's kept messages may take, over every user: filling the
+/// store, and with it keeping messages for everyone, takes many accounts, not one.
+const SENDER_SHARE_OF_STORE: usize = 16;
+
+/// Bytes kept over every user, and per sender. Keyed by user ids, which the server assigns: a
+/// fast hash is safe.
+#[derive(Default)]
+struct Ledger {
+    bytes: usize,
+    by_sender: FxHashMap<u64, usize>,
+}
+
+impl Ledger {
+    fn add(&mut self, from: u64, bytes: usize) {
+        self.bytes += bytes;
+        *self.by_sender.entry(from).or_default() += bytes;
+    }
+
+    fn sub(&mut self, from: u64, bytes: usize) {
+        self.bytes -= bytes;
+        if let Some(b) = self.by_sender.get_mut(&from) {
+            *b -= bytes;
+            if *b == 0 {
+                self.by_sender.remove(&from);
+            }
+        }
+    }
+}
 
 /// One user's kept messages: id → (kept since, sender, body), and how many each sender has.
 #[derive(Default)]
 struct Kept {
     messages: BTreeMap<u64, (Instant, u64, Vec<u8>)>,
-    /// Keyed by user ids, which the server assigns: a fast hash is safe.
     senders: FxHashMap<u64, usize>,
 }
 
 impl Kept {
     /// Drops message `id`; the bytes it freed.
-    fn remove(&mut self, id: u64) -> usize {
+    fn remove(&mut self, id: u64, ledger: &mut Ledger) -> usize {
         let Some((_, from, body)) = self.messages.remove(&id) else { return 0 };
         if let Some(n) = self.senders.get_mut(&from) {
             *n -= 1;
@@ -27,18 +55,19 @@ impl Kept {
                 self.senders.remove(&from);
             }
         }
+        ledger.sub(from, body.len());
         body.len()
     }
 
     /// Drops the messages kept since before `max_age`; the bytes freed.
-    fn expire(&mut self, now: Instant, max_age: std::time::Duration) -> usize {
+    fn expire(&mut self, now: Instant, max_age: std::time::Duration, ledger: &mut Ledger) -> usize {
         let mut freed = 0;
         // Ids are in time order, so the expired ones are the first.
         while let Some((&id, (at, _, _))) = self.messages.first_key_value() {
             if now.duration_since(*at) < max_age {
                 break;
             }
-            freed += self.remove(id);
+            freed += self.remove(id, ledger);
         }
         freed
     }
@@ -48,8 +77,7 @@ struct Users {
     kept: HashMap<u64, Kept>,
     /// When expired messages were last dropped for everyone.
     swept: Instant,
-    /// Bytes of bodies kept, over every user.
-    bytes: usize,
+    ledger: Ledger,
 }
 
 pub struct MemoryInbox {
@@ -59,42 +87,43 @@ pub struct MemoryInbox {
 
 impl MemoryInbox {
     pub fn new(limits: Limits) -> Self {
-        let users = Users { kept: HashMap::new(), swept: Instant::now(), bytes: 0 };
+        let users = Users { kept: HashMap::new(), swept: Instant::now(), ledger: Ledger::default() };
         Self { limits, users: Mutex::new(users) }
     }
 
-    /// The user's kept messages, the expired ones dropped, with the bytes kept in all.
-    fn with_user<T>(&self, user_id: u64, f: impl FnOnce(&mut Kept, &mut usize) -> T) -> T {
+    /// The user's kept messages, the expired ones dropped, with the ledger of every user's.
+    fn with_user<T>(&self, user_id: u64, f: impl FnOnce(&mut Kept, &mut Ledger) -> T) -> T {
         let now = Instant::now();
         let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let users = &mut *guard;
         let max_age = self.limits.max_age;
         // Once an age limit, so users who never come back do not keep theirs forever.
+        let mut swept = 0;
         if now.duration_since(users.swept) >= max_age {
-            let mut freed = 0;
+            let ledger = &mut users.ledger;
             users.kept.retain(|_, kept| {
-                freed += kept.expire(now, max_age);
+                swept += kept.expire(now, max_age, ledger);
                 !kept.messages.is_empty()
             });
-            users.bytes -= freed;
             users.swept = now;
-            crate::memory::released(freed);
             // Gone users' slots too, once their number has fallen well below the table's room.
             if users.kept.capacity() > 4 * users.kept.len() + 1024 {
                 users.kept.shrink_to_fit();
             }
         }
         let kept = users.kept.entry(user_id).or_default();
-        users.bytes -= kept.expire(now, max_age);
-        let out = f(kept, &mut users.bytes);
+        kept.expire(now, max_age, &mut users.ledger);
+        let out = f(kept, &mut users.ledger);
         if kept.messages.is_empty() {
             users.kept.remove(&user_id);
         }
+        drop(guard);
+        crate::memory::released(swept);
         out
     }
 
     pub fn keep(&self, user_id: u64, from: u64, id: u64, body: &[u8]) -> Result<(), NotKept> {
-        self.with_user(user_id, |kept, bytes| {
+        self.with_user(user_id, |kept, ledger| {
             if kept.messages.contains_key(&id) {
                 return Ok(());
             }
@@ -106,10 +135,16 @@ impl MemoryInbox {
             {
                 return Err(NotKept::SenderShare);
             }
-            if self.limits.max_bytes > 0 && *bytes + body.len() > self.limits.max_bytes {
-                return Err(NotKept::StoreFull);
+            if self.limits.max_bytes > 0 {
+                let sender_bytes = ledger.by_sender.get(&from).copied().unwrap_or(0);
+                if sender_bytes + body.len() > self.limits.max_bytes / SENDER_SHARE_OF_STORE {
+                    return Err(NotKept::SenderTotal);
+                }
+                if ledger.bytes + body.len() > self.limits.max_bytes {
+                    return Err(NotKept::StoreFull);
+                }
             }
-            *bytes += body.len();
+            ledger.add(from, body.len());
             *kept.senders.entry(from).or_default() += 1;
             kept.messages.insert(id, (Instant::now(), from, body.to_vec()));
             Ok(())
@@ -117,23 +152,29 @@ impl MemoryInbox {
     }
 
     pub fn chunk(&self, user_id: u64, after: u64, take: bool) -> Chunk {
-        self.with_user(user_id, |kept, bytes| {
+        self.with_user(user_id, |kept, ledger| {
             let chunk =
                 take_chunk(kept.messages.iter().map(|(id, (_, _, body))| (*id, body.as_slice())), after);
             if take {
-                *bytes -= chunk.ids.iter().map(|id| kept.remove(*id)).sum::<usize>();
+                for id in &chunk.ids {
+                    kept.remove(*id, ledger);
+                }
             }
             chunk
         })
     }
 
     pub fn ack(&self, user_id: u64, ids: &[u64]) {
-        self.with_user(user_id, |kept, bytes| *bytes -= ids.iter().map(|id| kept.remove(*id)).sum::<usize>());
+        self.with_user(user_id, |kept, ledger| {
+            for id in ids {
+                kept.remove(*id, ledger);
+            }
+        });
     }
 
     /// Bytes of bodies kept now, over every user.
     pub fn bytes(&self) -> usize {
-        self.users.lock().unwrap_or_else(|p| p.into_inner()).bytes
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).ledger.bytes
     }
 }
 
@@ -181,14 +222,24 @@ mod tests {
     }
 
     #[test]
-    fn bytes_are_bounded_in_all_and_given_back() {
-        let inbox = MemoryInbox::new(limits(100, 0, 10, Duration::from_secs(60)));
+    fn bytes_are_bounded_in_all_and_per_sender_and_given_back() {
+        let inbox = MemoryInbox::new(limits(100, 0, 160, Duration::from_secs(60)));
+        // A sender holds at most a sixteenth of the store (10 bytes), over every user.
         assert_eq!(inbox.keep(1, 5, 1, b"12345"), Ok(()));
         assert_eq!(inbox.keep(2, 5, 2, b"12345"), Ok(()));
-        assert_eq!(inbox.keep(3, 5, 3, b"1"), Err(NotKept::StoreFull));
-        assert_eq!(inbox.bytes(), 10);
+        assert_eq!(inbox.keep(3, 5, 3, b"1"), Err(NotKept::SenderTotal));
+        for sender in 6..21 {
+            assert_eq!(inbox.keep(3, sender, 100 + sender, b"1234567890"), Ok(()), "sender {sender}");
+        }
+        assert_eq!(inbox.bytes(), 160);
+        assert_eq!(inbox.keep(4, 30, 4, b"1"), Err(NotKept::StoreFull));
         assert_eq!(inbox.chunk(1, 0, true).ids, [1]);
-        assert_eq!(inbox.keep(3, 5, 3, b"1"), Ok(()), "bytes taken are given back");
-        assert_eq!(inbox.bytes(), 6);
+        assert_eq!(inbox.keep(3, 5, 3, b"1"), Ok(()), "bytes taken are given back, to the sender too");
+        assert_eq!(inbox.bytes(), 156);
+        inbox.ack(3, &(106..121).collect::<Vec<_>>());
+        inbox.ack(3, &[3]);
+        inbox.ack(2, &[2, 2]);
+        assert_eq!(inbox.bytes(), 0);
+        assert!(inbox.users.lock().unwrap().ledger.by_sender.is_empty(), "no sender left counted");
     }
 }

@@ -52,6 +52,8 @@ pub enum NotKept {
     Full,
     /// The user has `per_sender` messages kept from this sender.
     SenderShare,
+    /// The sender's messages kept for every user take its share of the store's `max_bytes`.
+    SenderTotal,
     /// The store holds `max_bytes` of messages.
     StoreFull,
 }
