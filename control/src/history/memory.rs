@@ -87,6 +87,8 @@ struct Rooms {
     /// most of it.
     order: VecDeque<(u64, u64, u64)>,
     generations: u64,
+    /// Bytes freed by the last sweep, for the allocator to be told once the lock is released.
+    sweep_freed: usize,
 }
 
 impl Rooms {
@@ -107,7 +109,7 @@ impl Rooms {
             });
             self.kept.sub(freed);
             self.swept = now;
-            crate::memory::released(freed.bytes);
+            self.sweep_freed += freed.bytes;
             // The table's room too, once most rooms in it are gone.
             if self.logs.capacity() > 4 * self.logs.len() + 1024 {
                 self.logs.shrink_to_fit();
@@ -175,12 +177,20 @@ impl MemoryHistory {
             kept: Amount::default(),
             order: VecDeque::new(),
             generations: 0,
+            sweep_freed: 0,
         };
         Self { limits, rooms: Mutex::new(rooms) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Releases the lock, then hands what a sweep freed back to the system.
+    fn unlock(mut rooms: std::sync::MutexGuard<'_, Rooms>) {
+        let freed = std::mem::take(&mut rooms.sweep_freed);
+        drop(rooms);
+        crate::memory::released(freed);
     }
 
     pub fn append(&self, room_id: u64, body: &[u8]) -> (Position, Vec<u8>) {
@@ -199,6 +209,7 @@ impl MemoryHistory {
             rooms.order.push_back(entry);
             rooms.bound(self.limits.max_bytes);
         }
+        Self::unlock(rooms);
         (position, body)
     }
 
@@ -209,6 +220,7 @@ impl MemoryHistory {
         let oldest = log.messages.front().map(|(seq, _, _)| *seq);
         let kept = log.messages.iter().map(|(seq, _, body)| (*seq, body.clone()));
         let (recovered, bodies) = recover(&position, since, oldest, kept);
+        Self::unlock(rooms);
         Recovery { position, recovered, bodies }
     }
 
@@ -216,7 +228,9 @@ impl MemoryHistory {
         let mut rooms = self.lock();
         let log = rooms.live(room_id, &self.limits, Instant::now());
         let skip = log.messages.len().saturating_sub(limit);
-        (log.position(), log.messages.iter().skip(skip).map(|(_, _, b)| b.clone()).collect())
+        let latest = (log.position(), log.messages.iter().skip(skip).map(|(_, _, b)| b.clone()).collect());
+        Self::unlock(rooms);
+        latest
     }
 
     /// Bytes of messages kept now, over every room.
