@@ -306,6 +306,8 @@ async fn one_account_is_not_guessed_from_many_addresses() {
     let base = format!("http://{}", server.up.control.api_addr);
     let victim = server.user("victim").await;
     let bystander = server.user("bystander").await;
+    // The victim's own address, where it logged in before.
+    assert_eq!(login_from("127.0.3.1", &base, &victim.name, "secret-1").await["code"], 0);
     // Successes give their token back: the owner logs in as often as the address allows.
     for i in 0..15 {
         let r = login_from(&format!("127.0.1.{i}"), &base, &bystander.name, "secret-1").await;
@@ -315,16 +317,29 @@ async fn one_account_is_not_guessed_from_many_addresses() {
         let r = login_from(&format!("127.0.2.{i}"), &base, &victim.name, "guess").await;
         assert_eq!(r["message"], "no this user or password error!", "guess {i}: {r}");
     }
+    let locked = |r: &serde_json::Value| {
+        r["message"].as_str().unwrap().starts_with("too many failed logins for this account, retry in")
+    };
     let r = login_from("127.0.2.200", &base, &victim.name, "guess").await;
-    assert!(r["message"].as_str().unwrap().starts_with("too many requests"), "an 11th address: {r}");
-    // Case does not make another account to guess.
+    assert!(locked(&r), "an 11th address: {r}");
+    // Neither case nor a compatibility form makes another account to guess.
     let r = login_from("127.0.2.201", &base, &victim.name.to_uppercase(), "guess").await;
-    assert!(r["message"].as_str().unwrap().starts_with("too many requests"), "{r}");
-    // Other accounts are not touched, and the victim's open session stays.
-    assert_eq!(login_from("127.0.2.202", &base, &bystander.name, "secret-1").await["code"], 0);
+    assert!(locked(&r), "{r}");
+    let fullwidth: String = victim
+        .name
+        .chars()
+        .map(|c| char::from_u32(c as u32 + 0xFEE0).filter(|_| c.is_ascii_graphic()).unwrap_or(c))
+        .collect();
+    let r = login_from("127.0.2.202", &base, &fullwidth, "guess").await;
+    assert!(locked(&r), "{fullwidth}: {r}");
+    // The owner still logs in from where it did before, not from a new address; other
+    // accounts are not touched, and open sessions stay.
+    assert_eq!(login_from("127.0.3.1", &base, &victim.name, "secret-1").await["code"], 0);
+    assert!(locked(&login_from("127.0.3.2", &base, &victim.name, "secret-1").await));
+    assert_eq!(login_from("127.0.2.203", &base, &bystander.name, "secret-1").await["code"], 0);
     let r = server.api("/user/checkAuth", json!({"authToken": victim.token})).await;
     assert_eq!(r["data"]["userId"], victim.id);
-    assert_eq!(server.up.control.limits.login_account.refused(), 2);
+    assert_eq!(server.up.control.limits.login_account.refused(), 4);
     server.shutdown().await;
 }
 

@@ -101,6 +101,8 @@ enum Refusal {
     Logic(LogicError),
     /// A rate limit: retry after this long.
     TooMany(Duration),
+    /// Failed logins of one account, from anywhere: retry after this long.
+    AccountLocked(Duration),
 }
 
 impl From<LogicError> for Refusal {
@@ -128,13 +130,17 @@ impl From<RequestError> for LogicError {
 fn refused(r: Refusal) -> Response {
     match r {
         Refusal::Logic(e) => from_error(e),
-        Refusal::TooMany(wait) => {
-            let secs = retry_secs(wait);
-            let mut res = fail(format!("too many requests, retry in {secs} s"));
-            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            res
-        }
+        Refusal::TooMany(wait) => retry_after(wait, "too many requests"),
+        Refusal::AccountLocked(wait) => retry_after(wait, "too many failed logins for this account"),
     }
+}
+
+/// A refusal for a rate limit: `what`, and when to try again.
+fn retry_after(wait: Duration, what: &str) -> Response {
+    let secs = retry_secs(wait);
+    let mut res = fail(format!("{what}, retry in {secs} s"));
+    res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    res
 }
 
 async fn dispatch(
@@ -154,13 +160,14 @@ async fn dispatch(
         return fail("please check request url !");
     }
     // Before anything else, so a refused client costs no parsing and no password hash.
+    let client = client_key(api.proxies.client(peer, &headers));
     let per_address = match uri.path() {
         "/user/login" => Some(&api.limits.login),
         "/user/register" => Some(&api.limits.register),
         _ => None,
     };
     if let Some(limit) = per_address {
-        if let Err(wait) = limit.take(client_key(api.proxies.client(peer, &headers))) {
+        if let Err(wait) = limit.take(client) {
             return refused(Refusal::TooMany(wait));
         }
     }
@@ -171,11 +178,12 @@ async fn dispatch(
         }
         Err(rejection) => return fail(format!("request body refused: {}", rejection.body_text())),
     };
-    api.route(uri.path(), &body).await.unwrap_or_else(refused)
+    api.route(uri.path(), &body, client).await.unwrap_or_else(refused)
 }
 
 impl Api {
-    async fn route(&self, path: &str, body: &[u8]) -> Result<Response, Refusal> {
+    /// Answers the request at `path` with `body`, from `client` (its [`client_key`]).
+    async fn route(&self, path: &str, body: &[u8], client: u128) -> Result<Response, Refusal> {
         let logic = &self.logic;
         let empty = || Value::String(String::new());
         Ok(match rest::parse_request(path, body)? {
@@ -184,13 +192,21 @@ impl Api {
                 success("register success", Value::String(token))
             }
             Request::Login(c) => {
-                // Failed logins count against the account, from any address: anything else
-                // gives its token back.
-                let account = self.limits.account_key(&c.user_name);
-                self.limits.login_account.take(account).map_err(Refusal::TooMany)?;
+                // Failed logins count against the account, from any address but those it has
+                // logged in from (so an attack from elsewhere does not lock its owner out);
+                // anything but a failed login gives its token back.
+                let limits = &self.limits;
+                let account = limits.account_key(&c.user_name);
+                let counted = !limits.known_clients.knows(account, client);
+                if counted {
+                    limits.login_account.take(account).map_err(Refusal::AccountLocked)?;
+                }
                 let login = logic.login(&c.user_name, &c.pass_word).await;
-                if !matches!(login, Err(LogicError::Refused(_))) {
-                    self.limits.login_account.give_back(account);
+                if counted && !matches!(login, Err(LogicError::Refused(_))) {
+                    limits.login_account.give_back(account);
+                }
+                if login.is_ok() {
+                    limits.known_clients.remember(account, client);
                 }
                 success("login success", Value::String(login?))
             }

@@ -155,8 +155,12 @@ pub fn client_key(ip: IpAddr) -> u128 {
 pub struct RateLimits {
     /// Login attempts per client address.
     pub login: Limiter<u128>,
-    /// Failed logins per account name, from any address ([`RateLimits::account_key`]).
+    /// Failed logins per account name, from any address ([`RateLimits::account_key`]), but
+    /// those of clients the account has logged in from ([`KnownClients`]).
     pub login_account: Limiter<u64>,
+    /// Per account, the client addresses it last logged in from: an attack on the account from
+    /// elsewhere does not lock its owner out.
+    pub known_clients: KnownClients,
     /// Keys account names for `login_account`, so names of an attacker's choosing cannot be
     /// made to share a bucket with someone else's.
     account_keys: std::collections::hash_map::RandomState,
@@ -177,6 +181,7 @@ impl RateLimits {
                 n,
             ),
             account_keys: Default::default(),
+            known_clients: KnownClients::new(n),
             register: Limiter::new(f64::from(cfg.register_per_minute) / 60.0, cfg.register_burst, n),
             push: Limiter::new(f64::from(cfg.push_per_second), cfg.push_burst, n),
         }
@@ -195,10 +200,49 @@ impl RateLimits {
 }
 
 impl RateLimits {
-    /// The `login_account` key of a name typed at login: case does not make another account.
+    /// The `login_account` key of a name typed at login: neither its compatibility form (a
+    /// fullwidth `ａｄｍｉｎ` logs in as `admin`) nor its case makes another account to guess.
     pub fn account_key(&self, user_name: &str) -> u64 {
         use std::hash::BuildHasher;
-        self.account_keys.hash_one(user_name.to_lowercase())
+        self.account_keys.hash_one(crate::names::nfkc(user_name).to_lowercase())
+    }
+}
+
+/// The client addresses each account last logged in from, a few per account, bounded in
+/// accounts as the limiters are (two generations).
+pub struct KnownClients {
+    max_entries: usize,
+    /// The current generation and the previous one: account → its clients, latest first.
+    accounts: Mutex<[HashMap<u64, Vec<u128>>; 2]>,
+}
+
+impl KnownClients {
+    /// Addresses remembered per account.
+    const PER_ACCOUNT: usize = 4;
+
+    pub fn new(max_entries: usize) -> Self {
+        Self { max_entries: max_entries.max(2), accounts: Mutex::default() }
+    }
+
+    /// Whether `account` has logged in from `client`.
+    pub fn knows(&self, account: u64, client: u128) -> bool {
+        let guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let [current, previous] = &*guard;
+        current.get(&account).or_else(|| previous.get(&account)).is_some_and(|c| c.contains(&client))
+    }
+
+    /// `account` logged in from `client`.
+    pub fn remember(&self, account: u64, client: u128) {
+        let mut guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        let [current, previous] = &mut *guard;
+        if current.len() >= self.max_entries / 2 && !current.contains_key(&account) {
+            *previous = std::mem::take(current);
+        }
+        let seen = previous.remove(&account).unwrap_or_default();
+        let clients = current.entry(account).or_insert(seen);
+        clients.retain(|c| *c != client);
+        clients.insert(0, client);
+        clients.truncate(Self::PER_ACCOUNT);
     }
 }
 
@@ -324,6 +368,23 @@ mod tests {
         l.take(1).unwrap();
         l.take(1).unwrap();
         assert!(l.take(1).is_err(), "never more than the burst");
+    }
+
+    #[test]
+    fn accounts_remember_their_last_clients_within_a_bound() {
+        let known = KnownClients::new(100);
+        known.remember(1, 10);
+        assert!(known.knows(1, 10) && !known.knows(1, 11) && !known.knows(2, 10));
+        for client in 11..=14 {
+            known.remember(1, client);
+        }
+        assert!(!known.knows(1, 10), "the oldest of five is forgotten");
+        assert!(known.knows(1, 11) && known.knows(1, 14));
+        for account in 100..10_000 {
+            known.remember(account, 1);
+        }
+        let guard = known.accounts.lock().unwrap();
+        assert!(guard[0].len() + guard[1].len() <= 100);
     }
 
     #[test]
