@@ -212,6 +212,37 @@ async fn rest_and_page_connections_that_stall_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_asks_and_never_reads_is_closed() {
+    // Before: hyper's header timer runs only while it reads a head: a client that sent
+    // requests and never read the answers held its connection for good once they filled the
+    // socket's buffers.
+    let mut cfg = common::test_config();
+    cfg.control.http_header_timeout_ms = 300;
+    let server = Server::start_with(cfg).await;
+    let mut greedy = connect_from("127.0.0.1", server.up.control.site_addr.unwrap()).await;
+    let requests = "GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4000);
+    // The server stops reading while it cannot write: only part of this may go.
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(2), greedy.write_all(requests.as_bytes())).await;
+    let connections = &server.up.control.connections;
+    common::eventually("the stalled connection closed", || async { connections.open() == 0 }).await;
+    assert!(connections.write_timeouts.get() >= 1);
+    drop(greedy);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_http2_on_a_silent_connection_is_still_closed() {
+    // Before: with HTTP/2 on, a connection waited for the preface with no timer.
+    let mut cfg = common::test_config();
+    (cfg.control.http2, cfg.control.http_header_timeout_ms) = (true, 300);
+    let server = Server::start_with(cfg).await;
+    let mut silent = connect_from("127.0.0.1", server.up.control.api_addr).await;
+    until_closed(&mut silent).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_http_connections_are_capped_and_leave_sockets_their_descriptors() {
     // Before: every connection held open took a descriptor of the process the gateway runs in;
     // 19,982 of them left none for new sockets or requests.

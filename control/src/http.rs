@@ -23,6 +23,7 @@ use axum::http::Request;
 use gochat_proto::metrics::Counter;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -34,6 +35,9 @@ use crate::ControlConfig;
 /// What a refused connection is told before it is closed.
 const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n\
 Connection: close\r\nContent-Length: 38\r\n\r\ntoo many connections, try again later\n";
+
+/// The most a request's head may take in a connection's buffer (hyper's default is ~400 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How connections are bounded (from [`ControlConfig`]).
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ pub struct Connections {
     pub header_timeouts: Counter,
     /// Requests whose body was not in within the body timeout.
     pub body_timeouts: Counter,
+    /// Closed for an answer the client did not read for the header timeout.
+    pub write_timeouts: Counter,
     opened: AtomicU64,
 }
 
@@ -113,6 +119,7 @@ impl Connections {
             refused_per_address: Counter::default(),
             header_timeouts: Counter::default(),
             body_timeouts: Counter::default(),
+            write_timeouts: Counter::default(),
             opened: AtomicU64::new(0),
         }
     }
@@ -215,8 +222,11 @@ pub fn serve(
             pause = Duration::from_millis(10);
             while conns.try_join_next().is_some() {}
             let Some(slot) = connections.admit(peer) else {
-                // One write into an empty send buffer: never waits, holds nothing.
-                let _ = stream.try_write(FULL);
+                // One write into an empty send buffer: never waits, holds nothing. Under TLS
+                // there is no handshake to answer in: the connection is only closed.
+                if tls.is_none() {
+                    let _ = stream.try_write(FULL);
+                }
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -245,9 +255,15 @@ impl Conn {
     async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>, stopped: watch::Receiver<bool>) {
         let header_timeout = self.connections.limits.header_timeout;
         match tls {
-            None => self.serve(TokioIo::new(stream), stopped).await,
+            None => {
+                let io = Timed::new(stream, header_timeout, self.connections.clone());
+                self.serve(TokioIo::new(io), stopped).await
+            }
             Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => self.serve(TokioIo::new(tls), stopped).await,
+                Ok(Ok(tls)) => {
+                    let io = Timed::new(tls, header_timeout, self.connections.clone());
+                    self.serve(TokioIo::new(io), stopped).await
+                }
                 Ok(Err(e)) => tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
                     self.connections.header_timeouts.inc();
@@ -276,7 +292,11 @@ impl Conn {
         if !limits.http2 {
             builder = builder.http1_only();
         }
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);
@@ -294,6 +314,111 @@ impl Conn {
             }
             tracing::debug!(peer = %self.peer, error = %e, timed_out, "HTTP connection ended");
         }
+    }
+}
+
+/// A connection's I/O with the deadlines hyper does not keep: a write that makes no progress
+/// for `stall` (a client that sends requests and never reads the answers), and a first byte
+/// within `stall` (before hyper's own header timer runs, as when it looks for HTTP/2's
+/// preface).
+struct Timed<I> {
+    io: I,
+    stall: Duration,
+    write_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    connections: Arc<Connections>,
+}
+
+impl<I> Timed<I> {
+    fn new(io: I, stall: Duration, connections: Arc<Connections>) -> Self {
+        let first_byte = Some(Box::pin(tokio::time::sleep(stall)));
+        Self { io, stall, write_timer: None, first_byte, connections }
+    }
+
+    /// A write that could not go on: fails once it has waited `stall`.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let stall = self.stall;
+        let timer = self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.connections.write_timeouts.inc();
+                Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Timed<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(read) => {
+                if buf.filled().len() > before {
+                    self.first_byte = None;
+                }
+                Poll::Ready(read)
+            }
+            Poll::Pending => match self.first_byte.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => {
+                    self.connections.header_timeouts.inc();
+                    Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()))
+                }
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, data) {
+            Poll::Ready(written) => {
+                self.write_timer = None;
+                Poll::Ready(written)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, data) {
+            Poll::Ready(written) => {
+                self.write_timer = None;
+                Poll::Ready(written)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(flushed) => {
+                self.write_timer = None;
+                Poll::Ready(flushed)
+            }
+            Poll::Pending => self.stalled(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

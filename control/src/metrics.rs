@@ -215,6 +215,7 @@ impl Metrics {
             ("per_address", &http.refused_per_address),
             ("header_timeout", &http.header_timeouts),
             ("body_timeout", &http.body_timeouts),
+            ("write_timeout", &http.write_timeouts),
         ] {
             text.sample(closed, &[control, ("reason", reason)], counter.get());
         }

@@ -211,11 +211,16 @@ async fn one_sender_takes_only_its_share_of_a_users_kept_messages() {
         assert_eq!(inbox.keep(7, 66, ids[3], b"spam").await.unwrap(), Err(inbox::NotKept::SenderShare));
         assert_eq!(inbox.keep(7, 67, ids[4], b"hello").await.unwrap(), Ok(()), "others still reach the user");
         assert_eq!(inbox.keep(8, 66, ids[5], b"spam").await.unwrap(), Ok(()), "a share is per user");
-        inbox.ack(7, &ids[..1]).await.unwrap();
+        inbox.ack(7, &[ids[0], ids[0], ids[0]]).await.unwrap();
         assert_eq!(
             inbox.keep(7, 66, ids[6], b"spam").await.unwrap(),
             Ok(()),
             "a read one gives its place back"
+        );
+        assert_eq!(
+            inbox.keep(7, 66, ids[7], b"spam").await.unwrap(),
+            Err(inbox::NotKept::SenderShare),
+            "once, however often it was acknowledged"
         );
         assert_eq!(inbox.chunk(7, 0, true).await.unwrap().ids.len(), 4, "taken");
         assert_eq!(inbox.keep(7, 66, ids[7], b"spam").await.unwrap(), Ok(()), "taken ones too");

@@ -165,9 +165,13 @@ impl RedisInbox {
         if message_ids.is_empty() {
             return Ok(());
         }
+        // Each id once: `forget` counts every id it is given off its sender.
+        let mut ids = message_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
         let mut call = self.on_user(&self.ack, user_id);
-        for id in message_ids {
-            call.arg(member(*id));
+        for id in ids {
+            call.arg(member(id));
         }
         call.invoke_async::<()>(&mut self.conn.clone()).await.map_err(StateError::from)
     }
