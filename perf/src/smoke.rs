@@ -17,6 +17,9 @@ pub struct Bounds {
     pub min_uring_over_epoll_fanout: f64,
     /// Gateway RSS per idle connection, at most, per driver.
     pub max_rss_bytes_per_conn: std::collections::BTreeMap<String, f64>,
+    /// p99 latency of private messages at 1,000 a second through the embedded default, at most,
+    /// in ms: a stall on the way (Nagle's delay on an internal socket put it near 90 ms) fails.
+    pub max_private_p99_ms: f64,
 }
 
 /// One check's outcome.
@@ -43,8 +46,13 @@ pub fn run(bin_dir: &Path, drivers: &[&str], bounds: &Bounds) -> anyhow::Result<
     // neighbour's burst average out); each driver's best run counts.
     let fanout: &[&str] =
         &["fanout", "--rooms", "100", "--members", "100", "--users", "200", "--messages", "50000"];
-    let scenarios: [&[&str]; 3] =
-        [fanout, fanout, &["connections", "-n", "10000", "--rooms", "100", "--users", "200", "--hold", "2"]];
+    let private: &[&str] = &["private", "--users", "200", "--messages", "5000", "--rate", "1000"];
+    let scenarios: [&[&str]; 4] = [
+        fanout,
+        fanout,
+        &["connections", "-n", "10000", "--rooms", "100", "--users", "200", "--hold", "2"],
+        private,
+    ];
     for args in scenarios {
         let status = Command::new(&bench)
             .arg("--spawn")
@@ -88,6 +96,16 @@ pub fn run(bin_dir: &Path, drivers: &[&str], bounds: &Bounds) -> anyhow::Result<
             value: rss,
             bound: format!("≤ {max}"),
             ok: rss <= max,
+        });
+    }
+    for driver in drivers {
+        let p99 = figure("private", driver, "latency_p99_ms")?;
+        let max = bounds.max_private_p99_ms;
+        checks.push(Check {
+            what: format!("private messages at 1,000/s, p99 (ms), {driver}"),
+            value: p99,
+            bound: format!("≤ {max}"),
+            ok: p99 <= max,
         });
     }
     if drivers.contains(&"epoll") && drivers.contains(&"io_uring") {
