@@ -47,10 +47,13 @@ enum Command {
     Control,
     /// A queue-worker only (needs a shared queue such as Redis Streams).
     Worker,
-    /// Asks a gRPC port (control's or a gateway's) for its `grpc.health.v1` status and exits
-    /// with 0 only when it is SERVING: a health check for containers and supervisors.
+    /// A health check for containers and supervisors, exiting 0 only when healthy: with a path
+    /// (http://127.0.0.1:9100/readyz), asks a role's admin listener over HTTP and needs a 200;
+    /// without one, asks a gRPC port (control's or a gateway's) for its `grpc.health.v1` status
+    /// and needs SERVING.
     Health {
-        /// The gRPC address, e.g. http://127.0.0.1:7100 for a gateway.
+        /// An admin listener's `/healthz` or `/readyz`, or a gRPC address, e.g.
+        /// http://127.0.0.1:7100 for a gateway's.
         #[arg(default_value = "http://127.0.0.1:6900")]
         address: String,
     },
@@ -359,6 +362,14 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
             }
         }
         Command::Cluster { .. } => unreachable!("run without a runtime of its own"),
+        Command::Health { address } if http_path(&address).is_some() => {
+            let (status, body) =
+                http_get(&address).await.with_context(|| format!("health check of {address}"))?;
+            if status != 200 {
+                anyhow::bail!("{address}: {status} {body}");
+            }
+            println!("{address}: {status} {body}");
+        }
         Command::Health { address } => {
             let channel = peers::endpoint(&address)
                 .with_context(|| format!("{address:?} is not a gRPC address"))?
@@ -488,4 +499,39 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The path of an `http://host:port/path` address, when it has one besides `/`.
+fn http_path(address: &str) -> Option<&str> {
+    let rest = address.strip_prefix("http://")?;
+    let path = &rest[rest.find('/')?..];
+    (path != "/").then_some(path)
+}
+
+/// `GET` of an `http://` address with a path: the status code and the body. A plain request
+/// over TCP: admin listeners speak HTTP/1.1 without TLS.
+async fn http_get(address: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = address.strip_prefix("http://").context("not an http:// address")?;
+    let (host, path) = rest.split_at(rest.find('/').context("no path")?);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .context("no answer within 5 s")?
+        .with_context(|| format!("cannot reach {host}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {:?}", answer.lines().next().unwrap_or("")))?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim().to_string();
+    Ok((status, body))
 }

@@ -30,7 +30,9 @@ impl WorkerHandle {
         let admin = match admin_listen {
             Some(addr) => {
                 let metrics = worker.metrics();
-                let exporter = Exporter::start(addr, "worker", move || metrics.render()).await;
+                let readiness = Arc::new(worker.readiness());
+                let ready = gochat_proto::metrics::ready(move || std::future::ready(readiness()));
+                let exporter = Exporter::start(addr, "worker", move || metrics.render(), ready).await;
                 Some(exporter.with_context(|| format!("worker admin_listen {addr}"))?)
             }
             None => None,

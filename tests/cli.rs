@@ -82,13 +82,14 @@ async fn control_worker_and_gateway_over_a_redis_queue() {
 /// room message comes back through all of them.
 async fn separate_processes(queue: &str, roles: &[&str]) {
     let dir = tempdir();
-    let [api, grpc, ws, tcp, gw_grpc] = [(); 5].map(|_| common::free_port());
+    let [api, grpc, ws, tcp, gw_grpc, gw_admin, admin] = [(); 7].map(|_| common::free_port());
     let config = format!(
         r#"
 [gateway]
 ws_listen = "127.0.0.1:{ws}"
 tcp_listen = "127.0.0.1:{tcp}"
 grpc_listen = "127.0.0.1:{gw_grpc}"
+admin_listen = "127.0.0.1:{gw_admin}"
 logic = "http://127.0.0.1:{grpc}"
 shards = 2
 
@@ -96,6 +97,7 @@ shards = 2
 api_listen = "127.0.0.1:{api}"
 site_listen = "127.0.0.1:0"
 grpc_listen = "127.0.0.1:{grpc}"
+admin_listen = "127.0.0.1:{admin}"
 database = "sqlite://{db}"
 
 [worker]
@@ -159,12 +161,31 @@ gateways = [{{ id = "gateway-1", grpc = "http://127.0.0.1:{gw_grpc}" }}]
         let (ok, said) = health(port).await;
         assert!(ok && said.contains("SERVING"), "health of :{port}: {said}");
     }
+    // And over HTTP, on the admin listeners: alive, and ready for traffic.
+    let health_at = |url: String| async move {
+        let out = tokio::task::spawn_blocking(move || gochat().args(["health", &url]).output().unwrap());
+        let out = out.await.unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    for port in [gw_admin, admin] {
+        let (ok, said) = health_at(format!("http://127.0.0.1:{port}/healthz")).await;
+        assert!(ok && said.contains("alive"), "/healthz of :{port}: {said}");
+        eventually("ready over HTTP", || async {
+            health_at(format!("http://127.0.0.1:{port}/readyz")).await.0
+        })
+        .await;
+    }
 
     for child in children.into_iter().rev() {
         let ok = tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap();
         assert!(ok, "every role stops cleanly on Ctrl-C");
     }
     assert!(!health(grpc).await.0, "no health from a stopped control");
+    let (ok, said) = health_at(format!("http://127.0.0.1:{admin}/readyz")).await;
+    assert!(!ok && said.contains("cannot reach"), "a stopped control over HTTP: {said}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -126,3 +126,57 @@ async fn every_role_exports_metrics_that_move_and_the_dashboard_uses_only_those(
     }
     s.shutdown().await;
 }
+
+/// `GET` of `path` on an admin listener: the status code and the JSON body.
+async fn admin_get(addr: Option<SocketAddr>, path: &str) -> (u16, serde_json::Value) {
+    let res = reqwest::get(format!("http://{}{path}", addr.expect("admin listener on"))).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_tells_its_process_its_build_and_whether_it_is_alive_and_ready() {
+    let mut cfg = common::test_config();
+    let any = Some("127.0.0.1:0".parse().unwrap());
+    (cfg.gateway.admin_listen, cfg.control.admin_listen, cfg.worker.admin_listen) = (any, any, any);
+    let s = Server::start_with(cfg).await;
+    let up = &s.up;
+    let roles = [
+        ("gateway", up.gateway.admin_addr),
+        ("control", up.control.admin_addr),
+        ("worker", up.worker.admin_addr),
+    ];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for (role, addr) in roles {
+        let text = scrape(addr).await;
+        exported(&text);
+        let rss = value(&text, "process_resident_memory_bytes", &[]);
+        assert!(rss > 1e6 && rss < 1e10, "{role}: {rss}");
+        let fds = value(&text, "process_open_fds", &[]);
+        assert!(fds >= 10.0 && fds <= value(&text, "process_max_fds", &[]), "{role}: {fds} descriptors");
+        assert!(value(&text, "process_cpu_seconds_total", &[]) > 0.0, "{role}");
+        let started = value(&text, "process_start_time_seconds", &[]);
+        assert!(started > now - 3600.0 && started <= now + 1.0, "{role}: started at {started}, now {now}");
+        let build = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+        assert_eq!(value(&text, "gochat_build_info", &[&build, &format!("role=\"{role}\"")]), 1.0, "{role}");
+        assert_eq!(
+            admin_get(addr, "/healthz").await,
+            (200, serde_json::json!({"status": "alive", "role": role}))
+        );
+        common::eventually(&format!("{role} ready"), || async { admin_get(addr, "/readyz").await.0 == 200 })
+            .await;
+    }
+    // A draining gateway is alive but not ready.
+    let gateway = up.gateway.admin_addr;
+    let drain = up.gateway.drain(std::time::Duration::from_secs(1));
+    let check = async {
+        common::eventually("a draining gateway not ready", || async {
+            admin_get(gateway, "/readyz").await.0 == 503
+        })
+        .await;
+        let (_, body) = admin_get(gateway, "/readyz").await;
+        assert_eq!(body["reason"], "draining", "{body}");
+        assert_eq!(admin_get(gateway, "/healthz").await.0, 200);
+    };
+    tokio::join!(drain, check);
+    s.shutdown().await;
+}

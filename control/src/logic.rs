@@ -135,6 +135,13 @@ impl Logic {
         &self.state
     }
 
+    /// Whether the stores answer: the users' database and the state store (with history and
+    /// kept messages).
+    pub async fn ready(&self) -> Result<(), String> {
+        self.store.ping().await.map_err(|e| format!("user database: {e}"))?;
+        self.state.ping().await.map_err(|e| format!("state store: {e}"))
+    }
+
     /// Bytes of room history and of kept private messages, when they are in this process.
     pub fn kept_bytes(&self) -> (Option<usize>, Option<usize>) {
         (self.history.bytes(), self.inbox.bytes())

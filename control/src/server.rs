@@ -103,7 +103,12 @@ impl Control {
                     limits: limits.clone(),
                     connections: connections.clone(),
                 };
-                let exporter = Exporter::start(addr, "control", move || metrics.render()).await;
+                let ready_logic = logic.clone();
+                let ready = gochat_proto::metrics::ready(move || {
+                    let logic = ready_logic.clone();
+                    async move { logic.ready().await }
+                });
+                let exporter = Exporter::start(addr, "control", move || metrics.render(), ready).await;
                 Some(exporter.map_err(|source| Error::Bind { addr, source })?)
             }
             None => None,

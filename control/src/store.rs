@@ -261,6 +261,14 @@ impl UserStore {
         })
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Self::Sqlite(pool) => pool.close().await,

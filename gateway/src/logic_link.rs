@@ -140,11 +140,19 @@ pub async fn run(
 /// Renews this gateway's lease in logic, a third of its lifetime before it runs out. When logic
 /// says the lease was gone, it took this gateway for dead and forgot its connections: every
 /// shard then closes its connections (1012) so clients reconnect and are routable again.
-pub async fn keep_lease(mut logic: LogicClient<Channel>, gateway_id: Arc<str>, inboxes: Arc<[Arc<Inbox>]>) {
+/// `leased` says whether the last renewal went through.
+pub async fn keep_lease(
+    mut logic: LogicClient<Channel>,
+    gateway_id: Arc<str>,
+    inboxes: Arc<[Arc<Inbox>]>,
+    leased: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut first = true;
     loop {
         let req = GatewayLeaseRequest { gateway_id: gateway_id.to_string() };
-        let every = match logic.gateway_lease(req).await {
+        let renewed = logic.gateway_lease(req).await;
+        leased.store(renewed.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        let every = match renewed {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 if !reply.known && !first {

@@ -146,10 +146,12 @@ impl Gateway {
         }
         drop(effects_tx);
         let link_task = tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
+        let leased = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease_task = tokio::spawn(logic_link::keep_lease(
             LogicClient::new(lease_channel),
             id.clone(),
             inboxes.clone(),
+            leased.clone(),
         ));
 
         let stats: Arc<[Arc<ShardStats>]> = stats.into();
@@ -185,7 +187,19 @@ impl Gateway {
                     draining: draining.clone(),
                     delivery,
                 };
-                let exporter = Exporter::start(addr, "gateway", move || metrics.render()).await;
+                // Ready: logic has its lease (it routes to this gateway), and it is not draining.
+                let (leased, draining) = (leased.clone(), draining.clone());
+                let ready = gochat_proto::metrics::ready(move || {
+                    let verdict = if draining.load(std::sync::atomic::Ordering::Relaxed) {
+                        Err("draining".to_string())
+                    } else if !leased.load(std::sync::atomic::Ordering::Relaxed) {
+                        Err("no lease from logic: it does not route to this gateway".to_string())
+                    } else {
+                        Ok(())
+                    };
+                    std::future::ready(verdict)
+                });
+                let exporter = Exporter::start(addr, "gateway", move || metrics.render(), ready).await;
                 Some(exporter.map_err(|source| Error::Bind { addr, source })?)
             }
             None => None,

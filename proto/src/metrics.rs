@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::http::header;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -155,28 +159,157 @@ pub struct Exporter {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Whether a role is ready for traffic; `Err` says why not, in a few words.
+pub type Ready = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// A [`Ready`] from an async closure.
+pub fn ready<F, Fut>(check: F) -> Ready
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(check()))
+}
+
+/// How long `/readyz` waits for a role's check before it answers that it is not ready.
+const READY_WITHIN: Duration = Duration::from_secs(2);
+
 impl Exporter {
-    /// Binds `addr` and serves on the current tokio runtime; `role` names it in logs.
-    pub async fn start<F>(addr: SocketAddr, role: &'static str, render: F) -> std::io::Result<Self>
+    /// Binds `addr` and serves, on the current tokio runtime: `GET /metrics` (what `render`
+    /// gives, then the process's own metrics and the build), `GET /healthz` (the process
+    /// answers) and `GET /readyz` (what `ready` says). `role` names it in logs and labels.
+    pub async fn start<F>(
+        addr: SocketAddr,
+        role: &'static str,
+        render: F,
+        ready: Ready,
+    ) -> std::io::Result<Self>
     where
         F: Fn() -> String + Clone + Send + Sync + 'static,
     {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = Router::new().route(
-            "/metrics",
-            get(move || {
-                let body = render();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
-            }),
-        );
+        let json = |status: StatusCode, body: serde_json::Value| {
+            (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        };
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let mut body = render();
+                    body.push_str(&process::render(role));
+                    async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
+                }),
+            )
+            .route("/healthz", get(move || async move { json(StatusCode::OK, serde_json::json!({"status": "alive", "role": role})) }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let check = ready();
+                    async move {
+                        let verdict = match tokio::time::timeout(READY_WITHIN, check).await {
+                            Ok(verdict) => verdict,
+                            Err(_) => Err(format!("no answer within {READY_WITHIN:?}")),
+                        };
+                        match verdict {
+                            Ok(()) => json(StatusCode::OK, serde_json::json!({"status": "ready", "role": role})),
+                            Err(reason) => json(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                serde_json::json!({"status": "not ready", "role": role, "reason": reason}),
+                            ),
+                        }
+                    }
+                }),
+            );
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "{role} metrics stopped");
+                tracing::error!(error = %e, "{role} admin listener stopped");
             }
         });
-        tracing::info!(%addr, "{role} metrics at /metrics");
+        tracing::info!(%addr, "{role} admin at /metrics, /healthz, /readyz");
         Ok(Self { addr, task })
+    }
+}
+
+/// The process's own metrics, as Prometheus' client libraries name them, and the build.
+pub mod process {
+    use super::{Kind, Text};
+
+    /// This build's version, and its commit when it was built from a git checkout.
+    pub fn build() -> (&'static str, &'static str) {
+        (env!("CARGO_PKG_VERSION"), env!("GOCHAT_COMMIT"))
+    }
+
+    /// A `/proc` file of this process, as text (empty where there is none).
+    fn proc_file(name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/self/{name}")).unwrap_or_default()
+    }
+
+    pub fn render(role: &str) -> String {
+        let mut text = Text::default();
+        let stat = proc_file("stat");
+        // The fields after the command's closing parenthesis: state is the first (field 3).
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
+        // SAFETY: sysconf reads a constant of the system.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            let name = "process_cpu_seconds_total";
+            text.family(name, Kind::Counter, "Total user and system CPU time spent in seconds.").sample(
+                name,
+                &[],
+                (utime + stime) / ticks,
+            );
+        }
+        let boot = proc_stat_btime();
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            let name = "process_start_time_seconds";
+            text.family(name, Kind::Gauge, "Start time of the process since unix epoch in seconds.").sample(
+                name,
+                &[],
+                boot + start / ticks,
+            );
+        }
+        if let Some(resident) =
+            proc_file("statm").split_whitespace().nth(1).and_then(|p| p.parse::<f64>().ok())
+        {
+            let name = "process_resident_memory_bytes";
+            text.family(name, Kind::Gauge, "Resident memory size in bytes.").sample(
+                name,
+                &[],
+                resident * page as f64,
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let name = "process_open_fds";
+            text.family(name, Kind::Gauge, "Number of open file descriptors.").sample(name, &[], fds.count());
+        }
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit into the struct it is given.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            let name = "process_max_fds";
+            text.family(name, Kind::Gauge, "Maximum number of open file descriptors.").sample(
+                name,
+                &[],
+                limit.rlim_cur,
+            );
+        }
+        let (version, commit) = build();
+        let name = "gochat_build_info";
+        text.family(name, Kind::Gauge, "The build: its version and commit, and the role it runs.").sample(
+            name,
+            &[("version", version), ("commit", commit), ("role", role)],
+            1,
+        );
+        text.finish()
+    }
+
+    /// When the machine booted, in seconds since the unix epoch.
+    fn proc_stat_btime() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|b| b.trim().parse().ok())
     }
 }
 

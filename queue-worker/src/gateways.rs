@@ -50,6 +50,11 @@ impl GatewayPool {
         Self { members, links: HashMap::new() }
     }
 
+    /// The gateways discovery knows, as they change.
+    pub fn members(&self) -> Members {
+        self.members.clone()
+    }
+
     /// Brings the links in line with the member set: new gateways get a link, gone ones lose it
     /// (their link ends once its queue is drained).
     fn sync(&mut self) {

@@ -46,6 +46,8 @@ pub struct WorkerMetrics {
     queue_lag: Histogram,
     /// From a batch's send to the last gateway's acknowledgement.
     pub push: Histogram,
+    /// Whether the last read of the queue went through.
+    pub queue_ok: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerMetrics {
@@ -59,6 +61,7 @@ impl WorkerMetrics {
             pending: AtomicU64::new(0),
             gateways: Mutex::default(),
             queue_lag: Histogram::new(LATENCY_SECONDS),
+            queue_ok: std::sync::atomic::AtomicBool::new(true),
             push: Histogram::new(LATENCY_SECONDS),
         }
     }

@@ -118,6 +118,21 @@ impl Worker {
         self.metrics.clone()
     }
 
+    /// Whether it is ready for traffic: its last read of the queue went through, and discovery
+    /// knows a gateway to push to.
+    pub fn readiness(&self) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+        let (metrics, gateways) = (self.metrics.clone(), self.gateways.members());
+        move || {
+            if !metrics.queue_ok.load(Ordering::Relaxed) {
+                return Err("the queue does not answer".into());
+            }
+            if gateways.borrow().is_empty() {
+                return Err("no gateway known to push to".into());
+            }
+            Ok(())
+        }
+    }
+
     /// Runs until `shutdown` completes or the queue closes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -168,7 +183,9 @@ impl Worker {
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
-        let read = self.queue.read(max, wait).await?;
+        let read = self.queue.read(max, wait).await;
+        self.metrics.queue_ok.store(read.is_ok(), Ordering::Relaxed);
+        let read = read?;
         self.metrics.read(&read);
         Ok(read)
     }

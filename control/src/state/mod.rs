@@ -232,6 +232,14 @@ impl State {
         }
     }
 
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), StateError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(s) => s.ping().await,
+        }
+    }
+
     /// user id (as a string) → user name, for a room.
     pub async fn room_members(&self, room_id: u64) -> Result<BTreeMap<String, String>, StateError> {
         match self {

@@ -445,6 +445,10 @@ impl RedisState {
         Ok(pairs.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())
     }
 
+    pub async fn ping(&self) -> Result<(), StateError> {
+        redis::cmd("PING").query_async::<()>(&mut self.conn.clone()).await.map_err(StateError::from)
+    }
+
     pub async fn room_count(&self, room_id: u64) -> Result<u64, StateError> {
         self.conn.clone().hlen(self.key(&format!("room:{room_id}:members"))).await.map_err(StateError::from)
     }
