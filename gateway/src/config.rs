@@ -6,6 +6,15 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::DriverChoice;
+
+/// Whether shard threads are pinned to CPUs (`[gateway] pin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pin {
+    /// Pinned when the process has a shard for each CPU it may use.
+    Auto,
+    Off,
+}
 use crate::protocol::Limits;
 use crate::shard::ShardLimits;
 
@@ -43,8 +52,14 @@ pub struct GatewayConfig {
     pub grpc_advertise: Option<String>,
     /// Logic (control) gRPC endpoint.
     pub logic: String,
-    /// Shards (pinned threads); 0 means one per CPU.
+    /// Shards (threads, each with its own listeners and connections); 0 means one per CPU this
+    /// process may use (its affinity: `taskset`, a cpuset, a container's CPUs).
     pub shards: usize,
+    /// Whether shard threads are pinned to CPUs: `auto` pins shard i to the i-th CPU the
+    /// process may use when it has a shard for each of them (it owns its CPUs); with fewer
+    /// shards than CPUs (several gateways sharing a host) they are left to the scheduler, which
+    /// spreads them instead of stacking every gateway's first shard on one CPU. `off` never pins.
+    pub pin: Pin,
     /// `auto`, `epoll` or `io_uring`.
     pub driver: DriverChoice,
     /// Ping a silent WebSocket peer after this many seconds.
@@ -100,6 +115,7 @@ impl Default for GatewayConfig {
             grpc_advertise: None,
             logic: "http://127.0.0.1:6900".into(),
             shards: 0,
+            pin: Pin::Auto,
             driver: DriverChoice::Auto,
             ping_after_secs: shard.ping_after_secs,
             idle_timeout_secs: shard.idle_timeout_secs,
@@ -191,12 +207,20 @@ impl GatewayConfig {
         }
     }
 
-    /// Shards to run: the configured count, or one per CPU.
+    /// Shards to run: the configured count, or one per CPU the process may use.
     pub fn shard_count(&self) -> usize {
         match self.shards {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => crate::driver::sys::allowed_cpus().len(),
             n => n,
         }
+    }
+
+    /// The CPU each shard is pinned to (none: left to the scheduler), given the CPUs the
+    /// process may use.
+    pub fn placement(&self, allowed: &[usize]) -> Vec<Option<usize>> {
+        let shards = self.shard_count();
+        let pin = self.pin == Pin::Auto && !allowed.is_empty() && shards >= allowed.len();
+        (0..shards).map(|i| pin.then(|| allowed[i % allowed.len()])).collect()
     }
 
     pub fn shard_limits(&self) -> ShardLimits {
@@ -219,5 +243,22 @@ impl GatewayConfig {
             close_grace_secs: ShardLimits::default().close_grace_secs,
             max_rooms_per_conn: self.max_rooms_per_conn,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_pinned_within_the_allowed_cpus_only_when_they_take_them_all() {
+        let with = |shards, pin| GatewayConfig { shards, pin, ..GatewayConfig::default() };
+        // A gateway with a shard for each allowed CPU takes them, in order: not CPUs 0 and 1.
+        assert_eq!(with(2, Pin::Auto).placement(&[4, 6]), [Some(4), Some(6)]);
+        // More shards than CPUs wrap around within them (`taskset -c 1` with 2 shards).
+        assert_eq!(with(2, Pin::Auto).placement(&[1]), [Some(1), Some(1)]);
+        // Fewer shards than CPUs (gateways sharing a host): none pinned, so they spread.
+        assert_eq!(with(1, Pin::Auto).placement(&[0, 1]), [None]);
+        assert_eq!(with(2, Pin::Off).placement(&[0, 1]), [None, None]);
     }
 }

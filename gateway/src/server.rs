@@ -111,7 +111,16 @@ impl Gateway {
         let clock = Clock::start();
         let limits = cfg.shard_limits();
         let epoch = process_epoch();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allowed = driver::sys::allowed_cpus();
+        let placement = cfg.placement(&allowed);
+        match placement.first() {
+            Some(Some(_)) => {
+                tracing::info!(cpus = ?placement.iter().flatten().collect::<Vec<_>>(), "shards pinned")
+            }
+            _ => {
+                tracing::info!(shards, ?allowed, pin = ?cfg.pin, "shards not pinned: they share the CPUs the process may use")
+            }
+        }
         let mut stats = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
         let per_shard = ws_listeners.into_iter().zip(tcp_listeners).zip(wss_listeners);
@@ -132,8 +141,13 @@ impl Gateway {
                 grace: Duration::from_millis(cfg.shutdown_grace_ms),
             };
             let inbox = inboxes[i].clone();
+            let cpu = placement[i];
             let thread = std::thread::Builder::new().name(format!("gochat-shard-{i}")).spawn(move || {
-                driver::sys::pin_to_cpu(i % cpus);
+                if let Some(cpu) = cpu {
+                    if let Err(e) = driver::sys::pin_to_cpu(cpu) {
+                        tracing::warn!(shard = i, cpu, error = %e, "could not pin the shard thread; it runs unpinned");
+                    }
+                }
                 let result = driver::run(driver, setup, clock);
                 // However the shard ended, nobody may wait on its inbox any more.
                 inbox.close();

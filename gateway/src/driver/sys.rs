@@ -37,10 +37,28 @@ pub fn is_readable(fd: &OwnedFd) -> bool {
     unsafe { libc::poll(&mut p, 1, 0) == 1 }
 }
 
-/// Pins the calling thread to one CPU (best effort).
-pub fn pin_to_cpu(cpu: usize) {
+/// The CPUs this process may run on (its affinity: `taskset`, a cpuset, a container's
+/// limits), in order; all of them when that cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size into it, and
+    // CPU_ISSET reads within it for cpu < CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            let cpus: Vec<usize> =
+                (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+/// Pins the calling thread to one CPU; a failure is told, with the reason.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return;
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is past CPU_SETSIZE")));
     }
     // SAFETY: cpu_set_t is plain data; CPU_SET stays within it for cpu < CPU_SETSIZE.
     let failed = unsafe {
@@ -49,6 +67,7 @@ pub fn pin_to_cpu(cpu: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
     };
     if failed {
-        tracing::debug!(cpu, error = %io::Error::last_os_error(), "could not pin shard thread");
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
 }
