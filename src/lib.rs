@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`cluster`]: a local cluster of separate processes (Redis, etcd, PostgreSQL, gateways,
 //!   controls, workers) for tests and demos (`gochat cluster`).
-//! - [`config`]: the TOML config file, a section per role.
+//! - [`config`]: the TOML config file, a section per role, and any key from the environment
+//!   (`GOCHAT_<SECTION>__<KEY>`).
 //! - [`discovery`]: how the roles find each other — static addresses from the config (the
 //!   default), or etcd leases and watches (cargo feature `etcd`).
 //! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).

@@ -21,12 +21,17 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML config file (sections [gateway], [control], [worker]); defaults otherwise.
+    /// TOML config file (sections [gateway], [control], [worker], [queue], [discovery]);
+    /// defaults otherwise. Any key can also be set as GOCHAT_<SECTION>__<KEY>, over the file.
     #[arg(long, short, global = true, env = "GOCHAT_CONFIG")]
     config: Option<PathBuf>,
     /// Validate the config and exit.
     #[arg(long, global = true)]
     check: bool,
+    /// With --check: print the effective config (defaults, file, GOCHAT_<SECTION>__<KEY>
+    /// variables, flags) as TOML, secrets redacted.
+    #[arg(long, global = true, requires = "check")]
+    print: bool,
     /// Gateway driver: auto, epoll or io_uring.
     #[arg(long, global = true, env = "GOCHAT_DRIVER")]
     driver: Option<DriverChoice>,
@@ -86,12 +91,23 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let reloader =
-        Reloader { path: cli.config.clone(), driver: cli.driver, shards: cli.shards, loaded: None };
+    let env = std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(gochat::config::is_key_var));
+    let reloader = Reloader {
+        path: cli.config.clone(),
+        env: env.collect(),
+        driver: cli.driver,
+        shards: cli.shards,
+        loaded: None,
+    };
     let cfg = reloader.load()?;
     let command = cli.command.unwrap_or(Command::Up);
     if cli.check {
-        println!("config ok");
+        if cli.print {
+            println!("# The effective config: defaults < file < GOCHAT_<SECTION>__<KEY> < flags; secrets redacted.");
+            print!("{}", cfg.redacted_toml()?);
+        } else {
+            println!("config ok");
+        }
         return Ok(());
     }
     if let Command::Cluster { gateways, controls, workers, dir, postgres, faults } = command {
@@ -110,9 +126,11 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(command, cfg, reloader))
 }
 
-/// The config file read again on SIGHUP, with the same command-line overrides.
+/// The config file read again on SIGHUP, with the same variables and command-line overrides.
 struct Reloader {
     path: Option<PathBuf>,
+    /// The `GOCHAT_<SECTION>__<KEY>` variables, as they were at start.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     driver: Option<DriverChoice>,
     shards: Option<usize>,
     /// The file as it was last read.
@@ -120,9 +138,9 @@ struct Reloader {
 }
 
 impl Reloader {
-    /// The config file (or the defaults), the overrides applied, validated.
+    /// The config file (or the defaults), the variables and the flags over it, validated.
     fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.path.as_deref())?;
+        let mut cfg = Config::load_with_env(self.path.as_deref(), self.env.iter().cloned())?;
         if let Some(driver) = self.driver {
             cfg.gateway.driver = driver;
         }
