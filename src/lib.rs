@@ -8,6 +8,7 @@
 //!   (`GOCHAT_<SECTION>__<KEY>`).
 //! - [`discovery`]: how the roles find each other — static addresses from the config (the
 //!   default), or etcd leases and watches (cargo feature `etcd`).
+//! - [`logging`]: the log on stderr, text or JSON lines.
 //! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).
 //! - `main.rs`: the CLI — parse, load and validate config, start tracing, run, wait for Ctrl-C,
 //!   shut down.
@@ -18,6 +19,7 @@
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod logging;
 pub mod roles;
 
 pub use config::Config;

@@ -552,3 +552,117 @@ node_id = 1
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Each line of `text` as a JSON log record with its time, level, target, message and fields;
+/// panics naming the first line that is not one.
+fn json_records(what: &str, text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| {
+            let record: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what} line {}: not JSON ({e}): {line}", n + 1));
+            let ok = record["time"].as_str().is_some_and(|t| t.len() >= 20 && t.ends_with('Z'))
+                && ["TRACE", "DEBUG", "INFO", "WARN", "ERROR"]
+                    .contains(&record["level"].as_str().unwrap_or(""))
+                && record["target"].as_str().is_some_and(|t| !t.is_empty())
+                && record["message"].is_string()
+                && record["fields"].is_object()
+                && record.get("spans").is_none_or(|s| {
+                    s.as_array().is_some_and(|s| s.iter().all(|span| span["name"].is_string()))
+                });
+            assert!(ok, "{what} line {}: not a log record: {line}", n + 1);
+            record
+        })
+        .collect()
+}
+
+/// `--log-format json`: a whole `gochat up` session at debug level — start, register, login,
+/// a socket, a room message and a private one, Ctrl-C — writes nothing but JSON records, one
+/// per line, on both its outputs. `GOCHAT_LOG_FORMAT=json` does the same, and a start that
+/// fails says why in a record too.
+#[tokio::test]
+async fn json_logs_are_one_record_per_line_for_a_whole_session() {
+    let dir = tempdir();
+    let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());
+    let config = format!(
+        "[gateway]\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"off\"\ngrpc_listen = \"127.0.0.1:{gw_grpc}\"\n\
+         shards = 1\n[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"off\"\n\
+         grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite::memory:\"\n"
+    );
+    let path = dir.join("gochat.toml");
+    std::fs::write(&path, config).unwrap();
+    let (out, err) = (dir.join("stdout.log"), dir.join("stderr.log"));
+    let child = gochat()
+        .args(["--log-format", "json", "--config", path.to_str().unwrap(), "up"])
+        .env("RUST_LOG", "debug")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .map(KillOnDrop)
+        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    eventually("gochat up answers", || async {
+        reqwest::Client::new().post(format!("{base}/user/checkAuth")).body("{}").send().await.is_ok()
+    })
+    .await;
+    let mut users = Vec::new();
+    for name in [common::unique("json-a"), common::unique("json-b")] {
+        let r =
+            common::post(&base, "/user/register", json!({"userName": name, "passWord": "pw-123456"})).await;
+        assert_eq!(r["code"], 0, "{r}");
+        let r = common::post(&base, "/user/login", json!({"userName": name, "passWord": "pw-123456"})).await;
+        let token = r["data"].as_str().unwrap().to_string();
+        let me = common::post(&base, "/user/checkAuth", json!({"authToken": token})).await;
+        users.push(User { token, id: me["data"]["userId"].as_u64().unwrap(), name });
+    }
+    let url = format!("ws://127.0.0.1:{ws}/ws");
+    let (mut a, mut b) = (common::ws_at(&url, &users[0], 1).await, common::ws_at(&url, &users[1], 1).await);
+    let r =
+        common::post(&base, "/push/pushRoom", json!({"authToken": users[0].token, "roomId": 1, "msg": "hi"}))
+            .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(b.recv_op(wire::OP_ROOM_SEND).await["msg"], "hi");
+    let to = users[1].id.to_string();
+    let body = json!({"authToken": users[0].token, "toUserId": to, "roomId": 1, "msg": "psst"});
+    assert_eq!(common::post(&base, "/push/push", body).await["code"], 0);
+    assert_eq!(b.recv_op(wire::OP_SINGLE_SEND).await["msg"], "psst");
+    assert_eq!(a.recv_op(wire::OP_ROOM_SEND).await["msg"], "hi");
+    a.close().await;
+    b.close().await;
+    assert!(tokio::task::spawn_blocking(move || interrupt(child)).await.unwrap(), "stops cleanly");
+
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    let mut records = json_records("stderr", &stderr);
+    records.extend(json_records("stdout", &std::fs::read_to_string(&out).unwrap()));
+    assert!(records.len() > 20, "debug logging was on:\n{stderr}");
+    let said = |level: &str, message: &str| {
+        records
+            .iter()
+            .any(|r| r["level"] == level && r["message"].as_str().is_some_and(|m| m.contains(message)))
+    };
+    assert!(said("INFO", "gochat-rs is up") && said("INFO", "stopping"), "the banner is logged:\n{stderr}");
+    assert!(said("DEBUG", ""), "debug records too");
+    let listening = records.iter().find(|r| r["message"] == "control listening").expect("control listening");
+    assert_eq!(listening["fields"]["api_addr"], format!("127.0.0.1:{api}"), "fields keep their names");
+    assert_eq!(listening["fields"]["https"], false, "and their types");
+
+    // From the environment; and an error that stops the start is a record as well.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&format!("127.0.0.1:{api}"), &busy)).unwrap();
+    let out = gochat()
+        .args(["--config", path.to_str().unwrap(), "up"])
+        .env("GOCHAT_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the API's port is taken");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let records = json_records("stderr", &stderr);
+    json_records("stdout", &String::from_utf8_lossy(&out.stdout));
+    assert!(
+        records.iter().any(|r| r["level"] == "ERROR" && r["message"].as_str().unwrap().contains(&busy)),
+        "the error names the address:\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
