@@ -87,6 +87,17 @@ fn unknown_fields_and_bad_values_are_errors() {
     let cfg = Config::parse("[control]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n").unwrap();
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("trusted_proxies") && err.contains("proxy.local"), "{err}");
+    // The page's API and socket: paths on its origin or full URLs, nothing a policy would misread.
+    let cfg =
+        Config::parse("[control]\nsite_api_url = \"/api\"\nsite_ws_url = \"wss://chat.example.com/ws\"\n")
+            .unwrap();
+    cfg.validate().expect("a path and a URL");
+    for (key, bad) in
+        [("site_api_url", "api"), ("site_api_url", "wss://h"), ("site_ws_url", "/ws; script-src *")]
+    {
+        let cfg = Config::parse(&format!("[control]\n{key} = {bad:?}\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains(key), "{key} = {bad:?}");
+    }
     let cfg = Config::parse("[control]\npush_burst = 0\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("push_burst"));
     let cfg = Config::parse("[control]\npush_per_second = 0\npush_burst = 0\n").unwrap();
