@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use gochat_proto::config_format::redact_url;
 use serde::{Deserialize, Serialize};
 
 /// Where sessions, connections, rooms and routes live.
@@ -230,7 +231,10 @@ impl ControlConfig {
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database.starts_with(p)) {
-            return err(format!("database {:?}: expected a sqlite: or postgres:// URL", self.database));
+            return err(format!(
+                "database {:?}: expected a sqlite: or postgres:// URL",
+                redact_url(&self.database)
+            ));
         }
         if self.id.is_empty() {
             return err("id must not be empty".into());
@@ -247,7 +251,7 @@ impl ControlConfig {
             return err(format!("node_id must be 0 to {}", crate::ids::MAX_NODE));
         }
         if self.state == StateKind::Redis && !self.redis_url.starts_with("redis") {
-            return err(format!("redis_url {:?}: expected a redis:// URL", self.redis_url));
+            return err(format!("redis_url {:?}: expected a redis:// URL", redact_url(&self.redis_url)));
         }
         if !(2..=300).contains(&self.gateway_lease_secs) {
             return err("gateway_lease_secs must be 2 to 300".into());
