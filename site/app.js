@@ -2,8 +2,14 @@
 
 (() => {
   const cfg = Object.assign({ apiPort: 7070, wsPort: 7000, wsPath: '/ws' }, window.GOCHAT_CONFIG || {});
-  const API = `${location.protocol}//${location.hostname}:${cfg.apiPort}`;
-  const WS = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${cfg.wsPort}${cfg.wsPath}`;
+  // The REST API and the socket: at the configured URLs (a path such as /api is on this page's
+  // own origin, so one HTTPS host can serve all three), or on ports of this page's host.
+  const API = cfg.apiUrl
+    ? new URL(cfg.apiUrl, location.href).href.replace(/\/+$/, '')
+    : `${location.protocol}//${location.hostname}:${cfg.apiPort}`;
+  const WS = cfg.wsUrl
+    ? socketUrl(cfg.wsUrl)
+    : `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${cfg.wsPort}${cfg.wsPath}`;
   const TOKEN_KEY = 'authToken';
   const EXPIRED = 'Your session has expired, please log in again';
   const SESSION_ERROR = 40000;
@@ -56,6 +62,14 @@
     } catch {
       return [];
     }
+  }
+
+  // `url` against this page's address, as a socket's: http: becomes ws:, https: wss:.
+  function socketUrl(url) {
+    const u = new URL(url, location.href);
+    if (u.protocol === 'http:') u.protocol = 'ws:';
+    else if (u.protocol === 'https:') u.protocol = 'wss:';
+    return u.href;
   }
 
   class ApiError extends Error {

@@ -67,11 +67,19 @@ struct Proc {
 impl Proc {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        // Each member has a config of its own: none of this process's settings (a config key's
+        // variable would set the same listener in every member).
+        for (name, _) in std::env::vars_os() {
+            let name_str = name.to_string_lossy();
+            if crate::config::is_key_var(&name_str)
+                || ["GOCHAT_CONFIG", "GOCHAT_DRIVER", "GOCHAT_SHARDS"].contains(&&*name_str)
+            {
+                command.env_remove(&name);
+            }
+        }
+        let child = command
             .args(&self.args)
-            .env_remove("GOCHAT_CONFIG")
-            .env_remove("GOCHAT_DRIVER")
-            .env_remove("GOCHAT_SHARDS")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

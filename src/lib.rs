@@ -4,9 +4,11 @@
 //! # Layout
 //! - [`cluster`]: a local cluster of separate processes (Redis, etcd, PostgreSQL, gateways,
 //!   controls, workers) for tests and demos (`gochat cluster`).
-//! - [`config`]: the TOML config file, a section per role.
+//! - [`config`]: the TOML config file, a section per role, and any key from the environment
+//!   (`GOCHAT_<SECTION>__<KEY>`).
 //! - [`discovery`]: how the roles find each other — static addresses from the config (the
 //!   default), or etcd leases and watches (cargo feature `etcd`).
+//! - [`logging`]: the log on stderr, text or JSON lines.
 //! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).
 //! - `main.rs`: the CLI — parse, load and validate config, start tracing, run, wait for Ctrl-C,
 //!   shut down.
@@ -17,6 +19,7 @@
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod logging;
 pub mod roles;
 
 pub use config::Config;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use gochat::cluster::{ClusterSpec, Fault, LocalCluster};
 use gochat::discovery::{self, DiscoveryKind, Registration, Role};
+use gochat::logging::{self, LogFormat};
 use gochat::roles::{Up, WorkerHandle};
 use gochat::Config;
 use gochat_control::Control;
@@ -21,12 +22,20 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML config file (sections [gateway], [control], [worker]); defaults otherwise.
+    /// TOML config file (sections [gateway], [control], [worker], [queue], [discovery]);
+    /// defaults otherwise. Any key can also be set as GOCHAT_<SECTION>__<KEY>, over the file.
     #[arg(long, short, global = true, env = "GOCHAT_CONFIG")]
     config: Option<PathBuf>,
     /// Validate the config and exit.
     #[arg(long, global = true)]
     check: bool,
+    /// With --check: print the effective config (defaults, file, GOCHAT_<SECTION>__<KEY>
+    /// variables, flags) as TOML, secrets redacted.
+    #[arg(long, global = true, requires = "check")]
+    print: bool,
+    /// Log format on stderr: text, or json (one object per line).
+    #[arg(long, global = true, env = "GOCHAT_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
     /// Gateway driver: auto, epoll or io_uring.
     #[arg(long, global = true, env = "GOCHAT_DRIVER")]
     driver: Option<DriverChoice>,
@@ -83,18 +92,37 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let reloader =
-        Reloader { path: cli.config.clone(), driver: cli.driver, shards: cli.shards, loaded: None };
+    logging::init(cli.log_format);
+    let log_format = cli.log_format;
+    match start(cli) {
+        // A JSON log keeps even the last words in a record.
+        Err(e) if log_format == LogFormat::Json => {
+            tracing::error!("{e:#}");
+            std::process::exit(1);
+        }
+        done => done,
+    }
+}
+
+fn start(cli: Cli) -> anyhow::Result<()> {
+    let say = Say(cli.log_format);
+    let env = std::env::vars_os().filter(|(name, _)| name.to_str().is_some_and(gochat::config::is_key_var));
+    let reloader = Reloader {
+        path: cli.config.clone(),
+        env: env.collect(),
+        driver: cli.driver,
+        shards: cli.shards,
+        loaded: None,
+    };
     let cfg = reloader.load()?;
     let command = cli.command.unwrap_or(Command::Up);
     if cli.check {
-        println!("config ok");
+        if cli.print {
+            println!("# The effective config: defaults < file < GOCHAT_<SECTION>__<KEY> < flags; secrets redacted.");
+            print!("{}", cfg.redacted_toml()?);
+        } else {
+            println!("config ok");
+        }
         return Ok(());
     }
     if let Command::Cluster { gateways, controls, workers, dir, postgres, faults } = command {
@@ -110,12 +138,28 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let reloader = Reloader { loaded: Some(cfg.clone()), ..reloader };
-    rt.block_on(run(command, cfg, reloader))
+    rt.block_on(run(command, cfg, reloader, say))
 }
 
-/// The config file read again on SIGHUP, with the same command-line overrides.
+/// What a running role tells its operator (addresses, stopping): printed to stdout, or with
+/// a JSON log an `INFO` record, so that every line of output is one.
+#[derive(Clone, Copy)]
+struct Say(LogFormat);
+
+impl Say {
+    fn line(self, line: impl std::fmt::Display) {
+        match self.0 {
+            LogFormat::Text => println!("{line}"),
+            LogFormat::Json => tracing::info!(target: "gochat", "{}", line.to_string().trim()),
+        }
+    }
+}
+
+/// The config file read again on SIGHUP, with the same variables and command-line overrides.
 struct Reloader {
     path: Option<PathBuf>,
+    /// The `GOCHAT_<SECTION>__<KEY>` variables, as they were at start.
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     driver: Option<DriverChoice>,
     shards: Option<usize>,
     /// The file as it was last read.
@@ -123,9 +167,9 @@ struct Reloader {
 }
 
 impl Reloader {
-    /// The config file (or the defaults), the overrides applied, validated.
+    /// The config file (or the defaults), the variables and the flags over it, validated.
     fn load(&self) -> anyhow::Result<Config> {
-        let mut cfg = Config::load(self.path.as_deref())?;
+        let mut cfg = Config::load_with_env(self.path.as_deref(), self.env.iter().cloned())?;
         if let Some(driver) = self.driver {
             cfg.gateway.driver = driver;
         }
@@ -201,27 +245,33 @@ where
     }
 }
 
-async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyhow::Result<()> {
+async fn run(command: Command, mut cfg: Config, mut reloader: Reloader, say: Say) -> anyhow::Result<()> {
     match command {
         Command::Up => {
             let database = config_format::redact_url(&cfg.control.database);
             let up = Up::start(cfg.clone()).await?;
             let a = up.addresses();
-            println!("gochat-rs is up (embedded: in-process queue, static discovery, {database})");
+            say.line(format_args!(
+                "gochat-rs is up (embedded: in-process queue, static discovery, {database})"
+            ));
             let http = if a.https { "https" } else { "http" };
             if let Some(site) = a.site {
-                println!("  page        {http}://{site}/");
+                say.line(format_args!("  page        {http}://{site}/"));
             }
-            println!("  REST API    {http}://{}", a.api);
-            println!("  WebSocket   ws://{}{}", a.ws, a.ws_path);
+            say.line(format_args!("  REST API    {http}://{}", a.api));
+            say.line(format_args!("  WebSocket   ws://{}{}", a.ws, a.ws_path));
             if let Some(wss) = a.wss {
-                println!("  WebSocket   wss://{wss}{}", a.ws_path);
+                say.line(format_args!("  WebSocket   wss://{wss}{}", a.ws_path));
             }
             if let Some(tcp) = a.tcp {
-                println!("  TCP         {tcp}");
+                say.line(format_args!("  TCP         {tcp}"));
             }
-            println!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc);
-            println!("  gateway     {} shards, {} driver", up.gateway.shards, up.gateway.driver.name());
+            say.line(format_args!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc));
+            say.line(format_args!(
+                "  gateway     {} shards, {} driver",
+                up.gateway.shards,
+                up.gateway.driver.name()
+            ));
             let admin = [
                 ("gateway", up.gateway.admin_addr),
                 ("control", up.control.admin_addr),
@@ -229,18 +279,18 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
             ];
             for (role, addr) in admin {
                 if let Some(addr) = addr {
-                    println!("  metrics     {role} http://{addr}/metrics");
+                    say.line(format_args!("  metrics     {role} http://{addr}/metrics"));
                 }
             }
-            println!("  demo users  demo, test, admin (password 111111)");
-            println!("Ctrl-C to stop.");
+            say.line(format_args!("  demo users  demo, test, admin (password 111111)"));
+            say.line(format_args!("Ctrl-C to stop."));
             until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |c| {
                 up.control.reconfigure(&c.control);
                 let gateway = &up.gateway;
                 async move { gateway.reconfigure(&c.gateway).await }
             })
             .await;
-            println!("stopping…");
+            say.line(format_args!("stopping…"));
             up.shutdown().await;
         }
         Command::Gateway => {
@@ -265,10 +315,10 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
                     (Gateway::start_with_logic(cfg.gateway.clone(), grpc, connect).await?, registration)
                 }
             };
-            println!(
+            say.line(format_args!(
                 "gateway {} listening: ws://{} , tcp {:?}, wss {:?}, gRPC {}",
                 gateway.id, gateway.ws_addr, gateway.tcp_addr, gateway.wss_addr, gateway.grpc_addr
-            );
+            ));
             until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |c| {
                 let gateway = &gateway;
                 async move { gateway.reconfigure(&c.gateway).await }
@@ -276,11 +326,11 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
             .await;
             registration.shutdown().await;
             if cfg.gateway.drain_secs > 0 {
-                println!(
+                say.line(format_args!(
                     "draining: closing {} connections over {} s",
                     gateway.connections(),
                     cfg.gateway.drain_secs
-                );
+                ));
                 gateway.drain(Duration::from_secs(cfg.gateway.drain_secs)).await;
             }
             gateway.shutdown().await;
@@ -294,7 +344,7 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
                 (DiscoveryKind::Etcd, None) => {
                     let (registration, node_id) =
                         Registration::claim_node_id(&cfg.discovery, &cfg.control.id).await?;
-                    println!("control {} claimed node id {node_id} in etcd", cfg.control.id);
+                    say.line(format_args!("control {} claimed node id {node_id} in etcd", cfg.control.id));
                     cfg.control.node_id = Some(node_id);
                     Some(registration)
                 }
@@ -327,14 +377,14 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
                 ),
                 QueueKind::Redis => None,
             };
-            println!(
+            say.line(format_args!(
                 "control listening: REST {}://{}, logic gRPC {}, page {:?}{}",
                 if control.https() { "https" } else { "http" },
                 control.api_addr,
                 control.grpc_addr,
                 control.site_addr,
                 if worker.is_some() { " (with an in-process queue-worker)" } else { "" }
-            );
+            ));
             let stop = async {
                 tokio::select! {
                     _ = shutdown_signal() => false,
@@ -400,11 +450,11 @@ async fn run(command: Command, mut cfg: Config, mut reloader: Reloader) -> anyho
             let whoami = format!("pid:{}", std::process::id());
             let registration =
                 Registration::start(&cfg.discovery, Role::Worker, &cfg.worker.id, &whoami).await?;
-            println!(
+            say.line(format_args!(
                 "worker reading {} stream(s) at {}",
                 cfg.queue.redis.streams,
                 config_format::redact_url(&cfg.queue.redis.url)
-            );
+            ));
             // A worker takes nothing from a reload; what changed is named as needing a restart.
             until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |_| std::future::ready(())).await;
             registration.shutdown().await;

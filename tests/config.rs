@@ -84,9 +84,29 @@ fn unknown_fields_and_bad_values_are_errors() {
     }
     let cfg = Config::parse("[control]\ndatabase = \"mysql://x\"\n").unwrap();
     assert!(cfg.validate().is_err());
+    // A URL refused is named without its password.
+    for (text, key) in [
+        ("[control]\ndatabase = \"mysql://u:Pw-1@db/x\"\n", "database"),
+        ("[control]\nstate = \"redis\"\nnode_id = 1\nredis_url = \"http://u:Pw-1@h\"\n", "redis_url"),
+        ("[queue]\nkind = \"redis\"\n[queue.redis]\nurl = \"http://u:Pw-1@h\"\n", "queue url"),
+    ] {
+        let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains("u:***@") && !err.contains("Pw-1"), "{err}");
+    }
     let cfg = Config::parse("[control]\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.local\"]\n").unwrap();
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("trusted_proxies") && err.contains("proxy.local"), "{err}");
+    // The page's API and socket: paths on its origin or full URLs, nothing a policy would misread.
+    let cfg =
+        Config::parse("[control]\nsite_api_url = \"/api\"\nsite_ws_url = \"wss://chat.example.com/ws\"\n")
+            .unwrap();
+    cfg.validate().expect("a path and a URL");
+    for (key, bad) in
+        [("site_api_url", "api"), ("site_api_url", "wss://h"), ("site_ws_url", "/ws; script-src *")]
+    {
+        let cfg = Config::parse(&format!("[control]\n{key} = {bad:?}\n")).unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains(key), "{key} = {bad:?}");
+    }
     let cfg = Config::parse("[control]\npush_burst = 0\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("push_burst"));
     let cfg = Config::parse("[control]\npush_per_second = 0\npush_burst = 0\n").unwrap();

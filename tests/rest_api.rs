@@ -150,6 +150,41 @@ async fn site_is_served_with_its_config() {
     s.shutdown().await;
 }
 
+/// One origin: with `site_api_url` and `site_ws_url` paths, `/config.js` sends the page there,
+/// its policy lets it open the socket on its own host and port, and the REST API answers under
+/// the API's path as well as at its root (a proxy passes `/api/…` on as it is).
+#[tokio::test]
+async fn site_urls_send_the_page_through_its_own_origin() {
+    let mut cfg = common::test_config();
+    cfg.control.site_api_url = Some("/api".into());
+    cfg.control.site_ws_url = Some("/ws".into());
+    let s = Server::start_with(cfg).await;
+    let site = s.up.control.site_addr.unwrap();
+    let config = reqwest::get(format!("http://{site}/config.js")).await.unwrap().text().await.unwrap();
+    assert!(config.contains(r#""apiUrl":"/api""#) && config.contains(r#""wsUrl":"/ws""#), "{config}");
+    let http = reqwest::Client::new();
+    let page = http.get(format!("http://{site}/")).header("host", "chat.example.com").send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("connect-src 'self' ws://chat.example.com wss://chat.example.com;"),
+        "only its own origin: {csp}"
+    );
+
+    let name = unique("proxied");
+    let r = s.api("/api/user/register", json!({"userName": name, "passWord": "pw-1"})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    let token = r["data"].as_str().unwrap();
+    let r = s.api("/api/user/checkAuth?x=1", json!({"authToken": token})).await;
+    assert_eq!(r["data"]["userName"], name.as_str(), "{r}");
+    let r = s.api("/user/checkAuth", json!({"authToken": token})).await;
+    assert_eq!(r["data"]["userName"], name.as_str(), "and at the root, as gochat's clients call it: {r}");
+    for elsewhere in ["/apix/user/checkAuth", "/api", "/x/api/user/checkAuth"] {
+        let r = s.api(elsewhere, json!({"authToken": token})).await;
+        assert_eq!(r["message"], "please check request url !", "{elsewhere}: {r}");
+    }
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_configured_site_folder_overrides_the_built_in_page() {
     let dir = std::env::temp_dir().join(unique(&format!("gochat-site-{}-", std::process::id())));

@@ -96,6 +96,36 @@ pub fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -
         .layer(axum::middleware::from_fn(crate::headers::api))
 }
 
+/// `app`, answering under `prefix` too: `{prefix}/user/login` as `/user/login`, for a proxy
+/// that sends a path of the page's origin to the REST API as it is (`site_api_url = "/api"`).
+pub fn also_under(app: Router, prefix: &str) -> Router {
+    let prefix: Arc<str> = prefix.into();
+    app.layer(axum::middleware::map_request_with_state(prefix, strip_prefix))
+}
+
+async fn strip_prefix(
+    State(prefix): State<Arc<str>>,
+    mut request: axum::extract::Request,
+) -> axum::extract::Request {
+    let uri = request.uri();
+    let rest = uri.path().strip_prefix(&*prefix).filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    if let Some(rest) = rest {
+        let path = if rest.is_empty() { "/" } else { rest };
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let mut parts = uri.clone().into_parts();
+        if let Ok(pq) = path_and_query.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(stripped) = Uri::from_parts(parts) {
+                *request.uri_mut() = stripped;
+            }
+        }
+    }
+    request
+}
+
 /// Why a route did not succeed.
 enum Refusal {
     Logic(LogicError),

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use gochat_proto::config_format::redact_url;
 use serde::{Deserialize, Serialize};
 
 /// Where sessions, connections, rooms and routes live.
@@ -37,9 +38,19 @@ pub struct ControlConfig {
     pub tls_key: Option<PathBuf>,
     /// Serve the page from this folder instead of the copy built into the binary.
     pub site_dir: Option<PathBuf>,
-    /// The WebSocket port and path the page connects to (the gateway's).
+    /// The WebSocket port and path the page connects to (the gateway's), on the host it was
+    /// loaded from.
     pub site_ws_port: u16,
     pub site_ws_path: String,
+    /// Where the page finds the REST API, instead of `api_listen`'s port on its host: a path on
+    /// the page's own origin (`/api`), for one origin behind a proxy that sends it to the REST
+    /// API, or a full URL (`https://api.example.com`). The REST API answers under that path
+    /// too (`/api/user/login` as `/user/login`), so the proxy need not rewrite it.
+    pub site_api_url: Option<String>,
+    /// Where the page opens its socket, instead of `site_ws_port` and `site_ws_path` on its
+    /// host: a path on the page's own origin (`/ws`: `wss://` under an HTTPS page), or a full
+    /// URL (`wss://chat.example.com/ws`; `http(s)://` is taken as `ws(s)://`).
+    pub site_ws_url: Option<String>,
     /// The page's `Content-Security-Policy`, replacing the one computed per request (which lets
     /// the page reach the REST API and the socket on the host it was loaded from). For a proxy
     /// that rewrites `Host`, or a page meant to be framed somewhere.
@@ -154,6 +165,8 @@ impl Default for ControlConfig {
             site_dir: None,
             site_ws_port: 7000,
             site_ws_path: "/ws".into(),
+            site_api_url: None,
+            site_ws_url: None,
             site_csp: None,
             grpc_listen: "127.0.0.1:6900".parse().expect("literal"),
             grpc_advertise: None,
@@ -218,7 +231,10 @@ impl ControlConfig {
     pub fn validate(&self) -> Result<(), crate::Error> {
         let err = |m: String| Err(crate::Error::Config(m));
         if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| self.database.starts_with(p)) {
-            return err(format!("database {:?}: expected a sqlite: or postgres:// URL", self.database));
+            return err(format!(
+                "database {:?}: expected a sqlite: or postgres:// URL",
+                redact_url(&self.database)
+            ));
         }
         if self.id.is_empty() {
             return err("id must not be empty".into());
@@ -235,7 +251,7 @@ impl ControlConfig {
             return err(format!("node_id must be 0 to {}", crate::ids::MAX_NODE));
         }
         if self.state == StateKind::Redis && !self.redis_url.starts_with("redis") {
-            return err(format!("redis_url {:?}: expected a redis:// URL", self.redis_url));
+            return err(format!("redis_url {:?}: expected a redis:// URL", redact_url(&self.redis_url)));
         }
         if !(2..=300).contains(&self.gateway_lease_secs) {
             return err("gateway_lease_secs must be 2 to 300".into());
@@ -254,6 +270,15 @@ impl ControlConfig {
         }
         if !self.site_ws_path.starts_with('/') {
             return err("site_ws_path must start with '/'".into());
+        }
+        for (name, url, schemes) in [
+            ("site_api_url", &self.site_api_url, &["http", "https"][..]),
+            ("site_ws_url", &self.site_ws_url, &["ws", "wss", "http", "https"][..]),
+        ] {
+            if let Some(url) = url {
+                crate::site::SiteUrl::parse(url, schemes)
+                    .map_err(|e| crate::Error::Config(format!("{name} {url:?}: {e}")))?;
+            }
         }
         if let Some(policy) = &self.site_csp {
             if policy.trim().is_empty() || axum::http::HeaderValue::from_str(policy).is_err() {
@@ -312,6 +337,14 @@ impl ControlConfig {
         self.http_max_connections_per_address = 0;
         self.max_connections_per_user = 0;
         self
+    }
+
+    /// The path the REST API also answers under: `site_api_url`'s, without its last `/`
+    /// (none for a URL with no path, or `/`).
+    pub fn api_path_prefix(&self) -> Option<String> {
+        let url = crate::site::SiteUrl::parse(self.site_api_url.as_deref()?, &["http", "https"]).ok()?;
+        let path = url.path().trim_end_matches('/');
+        (!path.is_empty()).then(|| path.to_owned())
     }
 
     pub fn history_limits(&self) -> crate::history::Limits {

@@ -117,8 +117,11 @@ impl Control {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let site_ws_port = Arc::new(AtomicU16::new(cfg.site_ws_port));
-        let app = api::router(logic.clone(), limits.clone(), &cfg)
+        let mut app = api::router(logic.clone(), limits.clone(), &cfg)
             .layer(axum::middleware::from_fn_with_state(requests, metrics::track));
+        if let Some(prefix) = cfg.api_path_prefix() {
+            app = api::also_under(app, &prefix);
+        }
         tasks.push(http::serve(
             api_listener,
             tls.clone(),

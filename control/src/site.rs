@@ -1,6 +1,7 @@
 //! Serves the web page: built into the binary, or from a configured folder, plus `/config.js`
-//! telling the page where the API and the socket are. Every response carries the page's
-//! content security policy ([`page_policy`]) and the other security headers.
+//! telling the page where the API and the socket are: ports on the host it was loaded from, or
+//! URLs ([`SiteUrl`]: paths on its own origin, for one origin behind a proxy). Every response
+//! carries the page's content security policy ([`page_policy`]) and the other security headers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -22,6 +23,9 @@ struct Site {
     api_port: u16,
     ws_port: Arc<AtomicU16>,
     ws_path: String,
+    /// `site_api_url`, `site_ws_url`: where the page goes instead of the ports.
+    api_url: Option<SiteUrl>,
+    ws_url: Option<SiteUrl>,
     https: bool,
     /// `site_csp`: a policy replacing the computed one.
     policy: Option<HeaderValue>,
@@ -34,11 +38,16 @@ struct Site {
 pub fn router(cfg: &ControlConfig, api_port: u16, ws_port: Arc<AtomicU16>, https: bool) -> Router {
     let policy =
         cfg.site_csp.as_deref().map(|p| HeaderValue::from_str(p).expect("validated with the config"));
+    let url = |url: &Option<String>, schemes: &[&str]| {
+        url.as_deref().map(|u| SiteUrl::parse(u, schemes).expect("validated with the config"))
+    };
     let site = Arc::new(Site {
         dir: cfg.site_dir.clone(),
         api_port,
         ws_port,
         ws_path: cfg.site_ws_path.clone(),
+        api_url: url(&cfg.site_api_url, &["http", "https"]),
+        ws_url: url(&cfg.site_ws_url, &["ws", "wss", "http", "https"]),
         https,
         policy,
     });
@@ -48,24 +57,129 @@ pub fn router(cfg: &ControlConfig, api_port: u16, ws_port: Arc<AtomicU16>, https
         .with_state(site)
 }
 
-/// The page's policy: its own scripts, styles and images (and the empty `data:` icon); its
-/// REST API and socket, which are on other ports of the host the browser loaded it from, so
-/// `'self'` does not cover them; no plugins, no `<base>`, forms only to itself, framed by no
-/// one. The host is the request's `Host`, when it is a DNS name or an IPv4 address; a policy
-/// cannot name an IPv6 address, so for one the page may reach the two ports on any host. A
-/// `Host` that is neither gets `'self'` only (a browser always sends a valid one).
-pub fn page_policy(host: Option<&str>, https: bool, api_port: u16, ws_port: u16) -> String {
-    let (http, ws) = if https { ("https", "wss") } else { ("http", "ws") };
-    let connect = match host.and_then(host_name) {
-        Some(h) => {
-            let h = if h.starts_with('[') { "*" } else { h };
-            format!("'self' {http}://{h}:{api_port} {ws}://{h}:{ws_port}")
+/// Where the page sends its REST calls or opens its socket, as `site_api_url` and
+/// `site_ws_url` say: a path on the page's own origin, or a full URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteUrl {
+    /// `/api`: on the origin the page was loaded from.
+    Path(String),
+    /// `https://api.example.com/v1`: elsewhere.
+    Url { scheme: String, authority: String, path: String },
+}
+
+impl SiteUrl {
+    /// Parses `url`: a path from `/` (not `//`), or `scheme://host[:port][/path]` with a scheme
+    /// of `schemes`, a DNS name or an IPv4 address, and no user, query or fragment. Paths are
+    /// held to `A-Z a-z 0-9 - . _ ~ % /`, so that nothing in them reads as more than a path in
+    /// a policy or a script.
+    pub fn parse(url: &str, schemes: &[&str]) -> Result<Self, String> {
+        let path_ok = |path: &str| {
+            path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%/".contains(&b))
+                && !path.split('/').any(|seg| seg == "." || seg == "..")
+        };
+        if let Some(rest) = url.strip_prefix('/') {
+            if rest.starts_with('/') || !path_ok(url) {
+                return Err(
+                    "a path on the page's origin is /name[/name…], of letters, digits and -._~%".into()
+                );
+            }
+            return Ok(Self::Path(url.to_owned()));
         }
-        None => "'self'".to_string(),
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!("expected a path from / (e.g. /api) or a {} URL", schemes.join(", ")));
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        if !schemes.contains(&scheme.as_str()) {
+            return Err(format!("the scheme must be one of {}", schemes.join(", ")));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.starts_with('[') {
+            return Err("a content security policy cannot name an IPv6 address: use a host name".into());
+        }
+        if host_name(authority) != Some(authority.split(':').next().unwrap_or_default()) {
+            return Err(format!("{authority:?} is not host[:port]"));
+        }
+        if !path_ok(path) {
+            return Err("the path may hold letters, digits and -._~%/ only, with no query".into());
+        }
+        Ok(Self::Url { scheme, authority: authority.to_owned(), path: path.to_owned() })
+    }
+
+    /// The path: all of a [`SiteUrl::Path`], the part after the host of a URL.
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Path(path) | Self::Url { path, .. } => path,
+        }
+    }
+
+    /// As configured (the scheme in lowercase).
+    fn text(&self) -> String {
+        match self {
+            Self::Path(path) => path.clone(),
+            Self::Url { scheme, authority, path } => format!("{scheme}://{authority}{path}"),
+        }
+    }
+}
+
+/// Where the page reaches its REST API or its socket, for its policy.
+#[derive(Debug, Clone, Copy)]
+pub enum Reach<'a> {
+    /// This port of the host the page was loaded from.
+    Port(u16),
+    /// A configured URL.
+    Url(&'a SiteUrl),
+}
+
+/// The page's policy: its own scripts, styles and images (and the empty `data:` icon); its
+/// REST API and socket (`api`, `ws`), which are on other ports of the host the browser loaded
+/// it from (so `'self'` does not cover them), or at the configured URLs; no plugins, no
+/// `<base>`, forms only to itself, framed by no one. The host is the request's `Host`, when it
+/// is a DNS name or an IPv4 address; a policy cannot name an IPv6 address, so for one the page
+/// may reach the two ports on any host. A `Host` that is neither gets `'self'` only (a browser
+/// always sends a valid one). A socket on the page's own origin is named with `ws:` and `wss:`
+/// (not every browser counts either as `'self'`), both unless the page is served over TLS: a
+/// proxy in front may be what serves HTTPS.
+pub fn page_policy(host: Option<&str>, https: bool, api: Reach<'_>, ws: Reach<'_>) -> String {
+    let (http_scheme, ws_scheme) = if https { ("https", "wss") } else { ("http", "ws") };
+    let host = host.and_then(|h| Some((host_name(h)?, h)));
+    // The request's host (any host for an IPv6 address), and its port as the `Host` gave it.
+    let on_host = |port: &str| {
+        host.map(|(name, _)| {
+            let name = if name.starts_with('[') { "*" } else { name };
+            format!("{name}{port}")
+        })
     };
+    let mut connect = vec!["'self'".to_string()];
+    match api {
+        Reach::Port(port) => {
+            connect.extend(on_host(&format!(":{port}")).map(|h| format!("{http_scheme}://{h}")))
+        }
+        Reach::Url(SiteUrl::Path(_)) => {}
+        Reach::Url(SiteUrl::Url { scheme, authority, .. }) => connect.push(format!("{scheme}://{authority}")),
+    }
+    match ws {
+        Reach::Port(port) => {
+            connect.extend(on_host(&format!(":{port}")).map(|h| format!("{ws_scheme}://{h}")))
+        }
+        Reach::Url(SiteUrl::Path(_)) => {
+            let own = host.and_then(|(name, given)| on_host(&given[name.len()..]));
+            for scheme in if https { &["wss"][..] } else { &["ws", "wss"][..] } {
+                connect.extend(own.as_ref().map(|h| format!("{scheme}://{h}")));
+            }
+        }
+        Reach::Url(SiteUrl::Url { scheme, authority, .. }) => {
+            let scheme = match scheme.as_str() {
+                "http" => "ws",
+                "https" => "wss",
+                other => other,
+            };
+            connect.push(format!("{scheme}://{authority}"));
+        }
+    }
     format!(
-        "default-src 'self'; connect-src {connect}; img-src 'self' data:; object-src 'none'; \
-         base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        "default-src 'self'; connect-src {}; img-src 'self' data:; object-src 'none'; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        connect.join(" ")
     )
 }
 
@@ -91,7 +205,10 @@ async fn headers(State(site): State<Arc<Site>>, request: Request, next: Next) ->
         Some(p) => p.clone(),
         None => {
             let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
-            let policy = page_policy(host, site.https, site.api_port, site.ws_port.load(Ordering::Relaxed));
+            let api = site.api_url.as_ref().map_or(Reach::Port(site.api_port), Reach::Url);
+            let ws_port = site.ws_port.load(Ordering::Relaxed);
+            let ws = site.ws_url.as_ref().map_or(Reach::Port(ws_port), Reach::Url);
+            let policy = page_policy(host, site.https, api, ws);
             HeaderValue::try_from(policy).expect("a policy of checked hosts is a header value")
         }
     };
@@ -103,11 +220,16 @@ async fn headers(State(site): State<Arc<Site>>, request: Request, next: Next) ->
 async fn serve(State(site): State<Arc<Site>>, uri: Uri) -> Response {
     let path = uri.path().strip_prefix('/').unwrap_or(uri.path());
     if path == "config.js" {
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "apiPort": site.api_port,
             "wsPort": site.ws_port.load(Ordering::Relaxed),
             "wsPath": site.ws_path,
         });
+        for (key, url) in [("apiUrl", &site.api_url), ("wsUrl", &site.ws_url)] {
+            if let Some(url) = url {
+                config[key] = url.text().into();
+            }
+        }
         return file("config.js", format!("window.GOCHAT_CONFIG = {config};\n").into_bytes());
     }
     let path = if path.is_empty() { "index.html" } else { path };
@@ -162,7 +284,11 @@ mod tests {
     use super::*;
 
     fn connect_src(host: Option<&str>, https: bool) -> String {
-        let policy = page_policy(host, https, 7070, 7000);
+        connect_src_to(host, https, Reach::Port(7070), Reach::Port(7000))
+    }
+
+    fn connect_src_to(host: Option<&str>, https: bool, api: Reach<'_>, ws: Reach<'_>) -> String {
+        let policy = page_policy(host, https, api, ws);
         let connect = policy.split("; ").find(|d| d.starts_with("connect-src ")).unwrap();
         connect.to_string()
     }
@@ -187,6 +313,74 @@ mod tests {
         ] {
             assert_eq!(connect_src(host, https), format!("connect-src {want}"), "{host:?}");
         }
+    }
+
+    #[test]
+    fn configured_urls_replace_the_ports() {
+        let parse = |u: &str| SiteUrl::parse(u, &["ws", "wss", "http", "https"]).unwrap();
+        let (api, ws) = (parse("/api"), parse("/ws"));
+        for (host, https, want) in [
+            (Some("chat.example.com"), true, "'self' wss://chat.example.com"),
+            (Some("127.0.0.1:8080"), false, "'self' ws://127.0.0.1:8080 wss://127.0.0.1:8080"),
+            (Some("[::1]:8080"), false, "'self' ws://*:8080 wss://*:8080"),
+            (Some("x; script-src *"), false, "'self'"),
+            (None, true, "'self'"),
+        ] {
+            let got = connect_src_to(host, https, Reach::Url(&api), Reach::Url(&ws));
+            assert_eq!(got, format!("connect-src {want}"), "{host:?}");
+        }
+        let (api, ws) = (parse("https://api.example.com:8443/v1"), parse("https://chat.example.com/ws"));
+        assert_eq!(
+            connect_src_to(Some("page.example.com"), true, Reach::Url(&api), Reach::Url(&ws)),
+            "connect-src 'self' https://api.example.com:8443 wss://chat.example.com",
+            "http(s) names the socket as ws(s)"
+        );
+        let ws = parse("WS://gw.example.com:7000/ws");
+        assert_eq!(
+            connect_src_to(Some("h"), false, Reach::Port(7070), Reach::Url(&ws)),
+            "connect-src 'self' http://h:7070 ws://gw.example.com:7000"
+        );
+    }
+
+    #[test]
+    fn site_urls_are_paths_or_plain_urls() {
+        let api = |u: &str| SiteUrl::parse(u, &["http", "https"]);
+        assert_eq!(api("/api"), Ok(SiteUrl::Path("/api".into())));
+        assert_eq!(api("/"), Ok(SiteUrl::Path("/".into())));
+        assert_eq!(api("/a/b-c_d.e~%20/").map(|u| u.path().to_owned()), Ok("/a/b-c_d.e~%20/".into()));
+        assert_eq!(
+            api("HTTPS://api.example.com:8443/v1"),
+            Ok(SiteUrl::Url {
+                scheme: "https".into(),
+                authority: "api.example.com:8443".into(),
+                path: "/v1".into()
+            })
+        );
+        assert_eq!(api("http://10.0.0.1").map(|u| u.path().to_owned()), Ok(String::new()));
+        for bad in [
+            "",
+            "api",
+            "//evil.example/api",
+            "/api?x=1",
+            "/api#x",
+            "/a b",
+            "/a;b",
+            "/a,b",
+            "/a'b",
+            "/../x",
+            "/a/./b",
+            "ws://h/ws",
+            "ftp://h",
+            "https://",
+            "https://u:p@h",
+            "https://h:80x",
+            "https://[::1]:7070",
+            "https://h/x?y",
+            "https://h x",
+        ] {
+            assert!(api(bad).is_err(), "{bad:?} taken");
+        }
+        assert!(SiteUrl::parse("wss://h/ws", &["ws", "wss", "http", "https"]).is_ok());
     }
 
     #[test]
@@ -215,7 +409,7 @@ mod tests {
 
     #[test]
     fn the_policy_keeps_the_page_to_itself() {
-        let policy = page_policy(Some("h"), false, 1, 2);
+        let policy = page_policy(Some("h"), false, Reach::Port(1), Reach::Port(2));
         for want in [
             "default-src 'self'",
             "img-src 'self' data:",

@@ -27,15 +27,36 @@ pub mod optional_listen {
     }
 }
 
-/// A service URL fit to print or log: the password of `scheme://user:password@host/…`, if any,
-/// replaced by `***`.
+/// A service URL fit to print or log: the password of `scheme://user:password@host/…`, and the
+/// value of a `password` query parameter (`postgres://host/db?password=…`), if any, replaced by
+/// `***`.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_string() };
-    match rest[..at].split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_string(),
+    let rest = match rest[..authority_end].rfind('@').and_then(|at| Some((at, rest[..at].split_once(':')?))) {
+        Some((at, (user, _password))) => format!("{user}:***{}", &rest[at..]),
+        None => rest.to_string(),
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest.as_str(), None),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => rest.to_string(),
+    };
+    match fragment {
+        Some(f) => format!("{scheme}://{rest}#{f}"),
+        None => format!("{scheme}://{rest}"),
     }
 }
 
@@ -55,5 +76,14 @@ mod tests {
         assert_eq!(redact_url("sqlite://gochat.sqlite3"), "sqlite://gochat.sqlite3");
         assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
         assert_eq!(redact_url("redis://h/x?a=b@c:d"), "redis://h/x?a=b@c:d");
+        assert_eq!(
+            redact_url("postgres://db/gochat?sslmode=require&password=s3cr3t&user=gochat"),
+            "postgres://db/gochat?sslmode=require&password=***&user=gochat"
+        );
+        assert_eq!(redact_url("postgres://u:p@db/x?Password=q#f"), "postgres://u:***@db/x?Password=***#f");
+        assert_eq!(
+            redact_url("postgres://db/x?passwords=1&password"),
+            "postgres://db/x?passwords=1&password"
+        );
     }
 }

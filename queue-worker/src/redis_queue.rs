@@ -60,8 +60,9 @@ impl RedisQueueConfig {
         if self.streams == 0 || self.max_len == 0 || self.claim_idle_ms == 0 {
             return Err(Error::Config("queue: streams, max_len and claim_idle_ms must be above 0".into()));
         }
-        redis::Client::open(self.url.as_str())
-            .map_err(|e| Error::Config(format!("queue url {:?}: {e}", self.url)))?;
+        redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::Config(format!("queue url {:?}: {e}", gochat_proto::config_format::redact_url(&self.url)))
+        })?;
         Ok(())
     }
 

@@ -1,11 +1,13 @@
 // End-to-end tests of the web page in headless Chromium, against a real `gochat up` (sessions
-// in Redis, so they outlive the server restart the test makes). Run by ./test.sh:
+// in Redis, so they outlive the server restarts the test makes); last, the page, the REST API
+// and the socket through one origin (a reverse proxy in this file). Run by ./test.sh:
 //   cd tests/browser && npm ci && node browser.test.mjs
 // Env: GOCHAT_BIN (default ../../target/debug/gochat), CHROMIUM (default /usr/bin/chromium),
 // GOCHAT_TEST_DRIVER (gateway driver), REDIS_URL. Screenshots go to ../../test-artifacts/.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -73,7 +75,9 @@ async function until(what, check, ms = WAIT) {
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-site-'));
 const [api, site, grpc, ws, gw] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
 const config = path.join(dir, 'gochat.toml');
-writeFileSync(config, `[control]
+// `control` adds lines to [control].
+const writeConfig = (control = '') => writeFileSync(config, `[control]
+${control}
 api_listen = "127.0.0.1:${api}"
 site_listen = "127.0.0.1:${site}"
 grpc_listen = "127.0.0.1:${grpc}"
@@ -92,6 +96,7 @@ grpc_listen = "127.0.0.1:${gw}"
 shards = 1
 driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
 `);
+writeConfig();
 let server = null;
 
 async function startServer() {
@@ -108,6 +113,45 @@ async function stopServer() {
   proc.kill('SIGTERM');
   await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
   if (proc.exitCode === null) proc.kill('SIGKILL');
+}
+
+// One origin, as an ingress or a reverse proxy with path routing gives it: `/api/…` to the REST
+// API (passed on as it is: control answers under its site_api_url's path), the upgrade of
+// `/ws` to the gateway, anything else to the page. Every path asked for is kept in `seen`.
+function startProxy() {
+  const seen = [];
+  const tunnels = new Set();
+  const front = http.createServer((req, res) => {
+    seen.push(req.url);
+    const port = req.url.startsWith('/api/') ? api : site;
+    const back = http.request({ host: '127.0.0.1', port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    back.on('error', () => { res.writeHead(502); res.end(); });
+    req.pipe(back);
+  });
+  front.on('upgrade', (req, socket, head) => {
+    seen.push(req.url);
+    if (req.url !== '/ws') { socket.destroy(); return; }
+    const back = net.connect(ws, '127.0.0.1', () => {
+      let lines = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) lines += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      back.write(`${lines}\r\n`);
+      back.write(head);
+      socket.pipe(back).pipe(socket);
+    });
+    for (const s of [socket, back]) {
+      tunnels.add(s);
+      s.on('error', () => { socket.destroy(); back.destroy(); });
+      s.on('close', () => { tunnels.delete(s); socket.destroy(); back.destroy(); });
+    }
+  });
+  return new Promise((resolve) => front.listen(0, '127.0.0.1', () => resolve({
+    port: front.address().port,
+    seen,
+    close: () => { for (const s of tunnels) s.destroy(); front.closeAllConnections(); front.close(); },
+  })));
 }
 
 function cleanRedis() {
@@ -154,8 +198,8 @@ const shot = (page, name) => page.screenshot({ path: path.join(artifacts, `${nam
 const text = (page, sel) => page.locator(sel).innerText();
 const live = (page) => page.waitForSelector('#conn-state[data-state="live"]', { timeout: WAIT });
 
-async function register(page, name, pass = 'secret-123') {
-  await page.goto(origin);
+async function register(page, name, pass = 'secret-123', at = origin) {
+  await page.goto(at);
   await page.fill('#login-user', name);
   await page.fill('#login-pass', pass);
   await page.click('#register-btn');
@@ -377,6 +421,35 @@ try {
     if (!blocked) throw new Error('a fetch to another port went through');
     await until('the refusal is reported', async () => c.violations.some((v) => v.includes(`:${grpc}`)));
     await c.context.close();
+  });
+
+  await step('one origin: the page, its API under /api and its socket at /ws through one port', async () => {
+    await stopServer();
+    writeConfig('site_api_url = "/api"\nsite_ws_url = "/ws"');
+    await startServer();
+    const proxy = await startProxy();
+    const front = `http://127.0.0.1:${proxy.port}`;
+    const c = await newPage();
+    const [requests, sockets] = [[], []];
+    c.page.on('request', (r) => requests.push(r.url()));
+    c.page.on('websocket', (w) => sockets.push(w.url()));
+    try {
+      await register(c.page, `oneorigin${process.pid}`, 'secret-123', front);
+      await send(c.page, 'through one origin');
+      await seesMessage(c.page, 'through one origin');
+      await shot(c.page, 'one-origin');
+      const elsewhere = requests.filter((u) => !u.startsWith(`${front}/`));
+      if (elsewhere.length) throw new Error(`requests to another origin: ${elsewhere.join(', ')}`);
+      if (!sockets.length || sockets.some((u) => u !== `ws://127.0.0.1:${proxy.port}/ws`)) {
+        throw new Error(`sockets: ${sockets.join(', ')}`);
+      }
+      for (const want of ['/config.js', '/api/user/register', '/api/push/pushRoom', '/ws']) {
+        if (!proxy.seen.includes(want)) throw new Error(`${want} not through the proxy: ${proxy.seen.join(', ')}`);
+      }
+    } finally {
+      await c.context.close();
+      proxy.close();
+    }
   });
 
   await step('nothing was loaded from outside, no script error, nothing refused by the policy', async () => {
