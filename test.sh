@@ -52,7 +52,7 @@ cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D war
 drivers=$(.ci/drivers.sh cargo run --quiet --locked --features etcd -- --driver io_uring --check)
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if [[ "$drivers" == *io_uring* ]]; then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics --test abuse
+    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics --test abuse --test compat
 fi
 
 # Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
