@@ -148,25 +148,31 @@ fn compose_mounts_files_that_exist_and_every_config_is_mounted() {
     let dir = Path::new(DEPLOY).join("docker");
     let compose = std::fs::read_to_string(dir.join("compose.yml")).unwrap();
     let mut mounted = Vec::new();
-    // `./FILE` in a volume (`./FILE:TARGET:ro`) or in `seccomp=./FILE`.
-    for (at, _) in compose.match_indices("./").filter(|(at, _)| !compose[..*at].ends_with('.')) {
-        let rest = &compose[at + 2..];
-        let name = &rest[..rest.find([':', ' ', '"', '\n']).unwrap_or(rest.len())];
-        assert!(dir.join(name).is_file(), "compose.yml names ./{name}, which deploy/docker does not have");
-        if let Some(target) = rest[name.len()..].strip_prefix(':') {
+    // Paths from this folder: a volume (`- ./FILE:TARGET:ro`, `- ../FILE:TARGET:ro`) or
+    // `seccomp=./FILE`; the build context (`../..`) is a folder.
+    let words =
+        compose.lines().filter(|l| !l.trim_start().starts_with('#')).flat_map(|l| l.split([' ', '"', '=']));
+    for word in words.filter(|w| (w.starts_with("./") || w.starts_with("../")) && *w != "../..") {
+        let (name, target) = word.split_once(':').unwrap_or((word, ""));
+        assert!(dir.join(name).is_file(), "compose.yml names {name}, which deploy/docker does not have");
+        if name.ends_with(".toml") {
             let target = target.split(':').next().unwrap();
             assert!(
                 compose.contains(&format!("\"--config\", \"{target}\"")),
-                "./{name} is mounted at {target}, which no command reads"
+                "{name} is mounted at {target}, which no command reads"
             );
         }
-        mounted.push(name.to_owned());
+        mounted.push(name.trim_start_matches("./").to_owned());
     }
     for config in files_under(&dir, ".toml") {
         let name = config.file_name().unwrap().to_string_lossy().into_owned();
         assert!(mounted.contains(&name), "deploy/docker/{name} is not used by compose.yml");
     }
-    assert!(mounted.iter().any(|m| m == "seccomp-io_uring.json"), "the gateways' seccomp profile");
+    for needed in
+        ["seccomp-io_uring.json", "prometheus.yml", "../grafana/gochat.json", "grafana/datasources.yml"]
+    {
+        assert!(mounted.iter().any(|m| m == needed), "compose.yml does not mount {needed}: {mounted:?}");
+    }
 }
 
 /// Each ConfigMap's `data` entries in a multi-document manifest: (name, key, value), for
