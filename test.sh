@@ -61,7 +61,7 @@ fi
 
 # deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the
 # Dockerfile's image of the binary built above, and a message delivered through it; the base
-# image is made from Debian's packages, about 100 s once per checkout, then about 30 s a run.
+# image is made from Debian's packages once per Docker engine: about 80 s then, 30 s a run after.
 tests/deploy/compose.sh target/debug/gochat
 
 # Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
