@@ -91,8 +91,10 @@ echo "compose.sh: base image ready at $((SECONDS - start)) s"
 
 # gochat's image, from the production Dockerfile with the suite's binary, and the stand-ins.
 printf '[discovery]\nkind = "etcd"\n' > "$work/etcd.toml"
-"$gochat" --config "$work/etcd.toml" --check >/dev/null \
-    || { echo "compose.sh: $gochat is not a build with --features etcd" >&2; exit 1; }
+if ! why=$(RUST_BACKTRACE=0 "$gochat" --config "$work/etcd.toml" --check 2>&1); then
+    echo "compose.sh: $gochat cannot run the compose configs: $(head -1 <<<"$why")" >&2
+    exit 1
+fi
 rm -rf "$work/image" && mkdir "$work/image"
 strip -o "$work/image/gochat" "$gochat"
 image="gochat-rs:compose-test"
