@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # deploy/docker/compose.yml brought up for real, and a message delivered through it: the image
-# of deploy/docker/Dockerfile (with the gochat binary the suite built, GOCHAT_BINARY=prebuilt),
-# PostgreSQL, Redis, etcd, 2 controls, 2 gateways, 2 workers and Prometheus. Then: users
-# register on a control, connect to both gateways, and get a private message from each control
-# and a room message; the gateways start while one control is still down (they wait for any
-# one); every role answers its health check and Prometheus scrapes all six.
+# of deploy/docker/Dockerfile (with the gochat binary the suite built, GOCHAT_BINARY=prebuilt;
+# its compiling stage is run too, from the repository, with a stand-in for cargo), PostgreSQL,
+# Redis, etcd, 2 controls, 2 gateways, 2 workers and Prometheus. Then: users register on a
+# control, connect to both gateways, and get a private message from each control and a room
+# message; the gateways start while one control is still down (they wait for any one); every
+# role answers its health check and Prometheus scrapes all six.
 #
 # No image registry is reachable here, so every image is made locally: a Debian root file
 # system from Debian's packages (mmdebstrap, about 60 s once per Docker engine: the imported
@@ -100,10 +101,16 @@ strip -o "$work/image/gochat" "$gochat"
 image="gochat-rs:compose-test"
 $docker build -q -f deploy/docker/Dockerfile --build-arg GOCHAT_BINARY=prebuilt \
     --build-arg BASE_IMAGE="$base" -t "$image" "$work/image" >/dev/null
-for service in postgres redis etcd prometheus; do
+for service in postgres redis etcd prometheus rust; do
     $docker build -q -f tests/deploy/stand-ins.Dockerfile --target "$service" \
         --build-arg BASE_IMAGE="$base" -t "gochat-test/$service:$key" tests/deploy >/dev/null
 done
+# The Dockerfile's own build stage too, from the repository, with a stand-in for cargo.
+$docker build -q -f deploy/docker/Dockerfile --build-arg RUST_IMAGE="gochat-test/rust:$key" \
+    --build-arg BASE_IMAGE="$base" -t gochat-rs:compose-test-compiled . >/dev/null
+said=$($docker run --rm gochat-rs:compose-test-compiled)
+[ "$said" = "cargo stand-in: build --release --locked --features etcd -p gochat" ] \
+    || { echo "compose.sh: the Dockerfile's build stage: $said" >&2; exit 1; }
 export GOCHAT_IMAGE="$image" POSTGRES_IMAGE="gochat-test/postgres:$key" \
     REDIS_IMAGE="gochat-test/redis:$key" ETCD_IMAGE="gochat-test/etcd:$key" \
     PROMETHEUS_IMAGE="gochat-test/prometheus:$key"
