@@ -38,7 +38,7 @@ NOFILE=$([ "$hard" = unlimited ] || ((hard > 1048576)) && echo 1048576 || echo "
 export NOFILE
 
 dockerd_pid=
-project=gochat-compose-test
+project="gochat-compose-test"
 compose=("$tools/docker-compose" -p "$project" --project-directory deploy/docker
     -f deploy/docker/compose.yml -f tests/deploy/compose.test.yml "${health_override[@]}")
 finish() {
@@ -50,7 +50,8 @@ finish() {
     fi
     "${compose[@]}" down -v -t 5 >/dev/null 2>&1 || true
     if [ -n "$dockerd_pid" ]; then
-        kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null || true
+        kill "$dockerd_pid" 2>/dev/null || true
+        wait "$dockerd_pid" 2>/dev/null || true
     fi
     exit $status
 }

@@ -24,10 +24,9 @@ trap 'rm -rf "$tmp"' EXIT
 for unit in deploy/systemd/*.service; do
     name=$(basename "$unit")
     grep -qx 'ExecReload=/bin/kill -HUP $MAINPID' "$unit" || { echo "FAILED: $name has no SIGHUP reload" >&2; exit 1; }
-    [ "$name" = gochat-gateway@.service ] && name=gochat-gateway@1.service
+    [ "$name" = gochat-gateway@.service ] && name="gochat-gateway@1.service"
     sed "s#/usr/local/bin/gochat#$gochat#g" "$unit" > "$tmp/$name"
-    out=$(cd "$tmp" && systemd-analyze verify "./$name" 2>&1) || true
-    if [ -n "$out" ] || ! (cd "$tmp" && systemd-analyze verify "./$name" >/dev/null 2>&1); then
+    if ! out=$(cd "$tmp" && systemd-analyze verify "./$name" 2>&1) || [ -n "$out" ]; then
         echo "FAILED: systemd-analyze verify $unit: $out" >&2
         exit 1
     fi
