@@ -141,6 +141,17 @@ def compose(path, prometheus, datasources):
     with open(datasources) as f:
         (source,) = yaml.safe_load(f)["datasources"]
     check(source["url"] == "http://prometheus:9090" and source["isDefault"], f"grafana data source {source}")
+    # Grafana's dashboard provider reads the folder the dashboard is mounted in.
+    with open(datasources.replace("datasources.yml", "dashboards.yml")) as f:
+        (provider,) = yaml.safe_load(f)["providers"]
+    mounts = {v["source"].rsplit("/", 2)[-2] + "/" + v["source"].rsplit("/", 1)[-1]: v["target"]
+              for v in services["grafana"]["volumes"] if v["type"] == "bind"}
+    dashboard = mounts.get("grafana/gochat.json", "")
+    check(dashboard.rsplit("/", 1)[0] == provider["options"]["path"],
+          f"grafana: the dashboard is mounted at {dashboard}, the provider reads {provider['options']['path']}")
+    for kind in ("datasources", "dashboards"):
+        check(any(t.startswith(f"/etc/grafana/provisioning/{kind}/") for t in mounts.values()),
+              f"grafana: nothing provisions its {kind}: {mounts}")
     print(f"compose: {len(services)} services checked")
 
 
