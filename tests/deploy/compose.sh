@@ -86,8 +86,11 @@ if ! $docker image inspect "$base" >/dev/null 2>&1; then
         mv "${rootfs%.tar}.part.tar" "$rootfs"
     fi
     $docker import "$rootfs" "$base" >/dev/null
-    # The engine's image store is the cache from here on (for later checkouts too).
+    # The engine's image store is the cache from here on (for later checkouts too); base images
+    # of other package lists are not needed any more.
     rm -f "$rootfs"
+    $docker images --format '{{.Repository}}:{{.Tag}}' | grep '^gochat-test/' | grep -v ":$key\$" \
+        | xargs -r $docker rmi -f >/dev/null
 fi
 echo "compose.sh: base image ready at $((SECONDS - start)) s"
 
