@@ -50,10 +50,20 @@ cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D war
 # why it may test epoll only (.ci/drivers.sh; .ci/drivers.test.sh tests that choice).
 .ci/drivers.test.sh
 drivers=$(.ci/drivers.sh cargo run --quiet --locked --features etcd -- --driver io_uring --check)
+
+# The deploy files, offline: systemd units and sysctl settings, the Kubernetes base and overlays
+# against the Kubernetes schemas, the compose file against the compose schema (tests/deploy/).
+tests/deploy/validate.sh target/debug/gochat
+
 GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
 if [[ "$drivers" == *io_uring* ]]; then
     GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics --test abuse --test compat
 fi
+
+# deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the
+# Dockerfile's image of the binary built above, and a message delivered through it; the base
+# image is made from Debian's packages once per Docker engine: about 80 s then, 30 s a run after.
+tests/deploy/compose.sh target/debug/gochat
 
 # Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
 # figures are in the README). Its build is instrumented, in fuzz/target: about 2.5 minutes from
