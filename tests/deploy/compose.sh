@@ -28,10 +28,6 @@ export DOCKER_BUILDKIT=1
 # Debian's docker.io client builds with its own BuildKit; a newer client without buildx cannot.
 docker=/usr/bin/docker
 
-# Until every role serves /readyz and `gochat health` takes an http:// URL, the checks ask what
-# exists (gRPC health, /metrics): remove this line and compose.health-grpc.yml then.
-health_override=(-f tests/deploy/compose.health-grpc.yml)
-
 # The gateways ask for 1048576 open files; a machine that may not raise its limit gives its own.
 hard=$(ulimit -Hn)
 NOFILE=$([ "$hard" = unlimited ] || ((hard > 1048576)) && echo 1048576 || echo "$hard")
@@ -40,7 +36,7 @@ export NOFILE
 dockerd_pid=
 project="gochat-compose-test"
 compose=("$tools/docker-compose" -p "$project" --project-directory deploy/docker
-    -f deploy/docker/compose.yml -f tests/deploy/compose.test.yml "${health_override[@]}")
+    -f deploy/docker/compose.yml -f tests/deploy/compose.test.yml)
 finish() {
     local status=$?
     if ((status)) && [ -x "$tools/docker-compose" ] && [ -S /var/run/docker.sock ]; then
