@@ -85,8 +85,9 @@ if ! $docker image inspect "$base" >/dev/null 2>&1; then
     # The engine's image store is the cache from here on (for later checkouts too); base images
     # of other package lists are not needed any more.
     rm -f "$rootfs"
-    $docker images --format '{{.Repository}}:{{.Tag}}' | grep '^gochat-test/' | grep -v ":$key\$" \
-        | xargs -r $docker rmi -f >/dev/null
+    # (grep finds nothing on an engine with no other: not a failure under pipefail.)
+    $docker images --format '{{.Repository}}:{{.Tag}}' | { grep '^gochat-test/' || true; } \
+        | { grep -v ":$key\$" || true; } | xargs -r $docker rmi -f >/dev/null
 fi
 echo "compose.sh: base image ready at $((SECONDS - start)) s"
 
