@@ -66,7 +66,7 @@ fi
 tests/deploy/compose.sh target/debug/gochat
 
 # Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
-# figures are in the README). Its build is instrumented, in fuzz/target: about 2.5 minutes from
+# figures are in fuzz/README.md). Its build is instrumented, in fuzz/target: about 2.5 minutes from
 # scratch here, then 10 s per target.
 fuzz/run.sh 10
 

@@ -69,7 +69,7 @@ mod tests {
             breaking.is_empty(),
             "proto/proto/*.proto changed what the previous release (proto/previous/) defined; roles one \
              version apart would not understand each other. Add new fields, messages or methods \
-             instead (README, \"Upgrades\"):\n{}",
+             instead (docs/operations.md, \"Upgrades\"):\n{}",
             breaking.iter().map(|b| format!("- {b}")).collect::<Vec<_>>().join("\n")
         );
     }
