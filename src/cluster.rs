@@ -533,6 +533,51 @@ impl Drop for LocalCluster {
     }
 }
 
+/// `gochat cluster`: starts the cluster and lists its members, injects `faults` (seconds after
+/// start, fault) at their times, and stops it all at Ctrl-C or SIGTERM.
+pub fn run(spec: ClusterSpec, mut faults: Vec<(f64, Fault)>) -> anyhow::Result<()> {
+    if !cfg!(feature = "etcd") {
+        anyhow::bail!(
+            "the local cluster uses etcd discovery: build with `cargo build --release --features etcd`"
+        );
+    }
+    let mut cluster = LocalCluster::start(spec)?;
+    let started = Instant::now();
+    println!("local cluster up (Redis {}, etcd {}):", cluster.redis_url(), cluster.etcd_url());
+    for m in cluster.members() {
+        let public = m.public.map(|a| a.to_string()).unwrap_or_default();
+        println!("  {:<10} {:<18} {}", m.id, public, m.config.display());
+    }
+    println!("logs in {}; Ctrl-C to stop.", cluster.dir().display());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        if let Ok(rt) = rt {
+            rt.block_on(crate::roles::shutdown_signal());
+        }
+        let _ = stop_tx.send(());
+    });
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut stopped = false;
+    for (at, fault) in faults {
+        let wait = Duration::from_secs_f64(at).saturating_sub(started.elapsed());
+        if stop_rx.recv_timeout(wait).is_ok() {
+            stopped = true;
+            break;
+        }
+        match cluster.inject(fault) {
+            Ok(()) => println!("{:>7.1} s  {fault:?}", started.elapsed().as_secs_f64()),
+            Err(e) => println!("{:>7.1} s  {fault:?} failed: {e:#}", started.elapsed().as_secs_f64()),
+        }
+    }
+    if !stopped {
+        let _ = stop_rx.recv();
+    }
+    println!("stopping…");
+    cluster.stop();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

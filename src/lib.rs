@@ -7,11 +7,13 @@
 //! - [`config`]: the TOML config file, a section per role, and any key from the environment
 //!   (`GOCHAT_<SECTION>__<KEY>`).
 //! - [`discovery`]: how the roles find each other — static addresses from the config (the
-//!   default), or etcd leases and watches (cargo feature `etcd`).
+//!   default), or etcd leases and watches (cargo feature `etcd`, in `discovery/etcd/`).
+//! - [`health`]: `gochat health`, the check for containers and supervisors.
 //! - [`logging`]: the log on stderr, text or JSON lines.
-//! - [`roles`]: starting each role (`up` runs all of them in one process, the embedded default).
-//! - `main.rs`: the CLI — parse, load and validate config, start tracing, run, wait for Ctrl-C,
-//!   shut down.
+//! - [`roles`]: starting each role and running it until stopped, reading the config again on
+//!   SIGHUP (`up` runs all of them in one process, the embedded default).
+//! - `main.rs`: the CLI — parse, start tracing, load and validate config, run the role or
+//!   subcommand named.
 //!
 //! The roles themselves are the workspace crates `gochat-gateway`, `gochat-control` and
 //! `gochat-queue-worker`, with `gochat-proto` the contracts between them.
@@ -19,6 +21,7 @@
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod logging;
 pub mod roles;
 

@@ -1,55 +1,17 @@
-//! Starting roles. `up` runs control, a queue-worker and a gateway in one process with the
-//! in-process queue, static discovery and SQLite; they still talk through gRPC as in a cluster.
+//! `gochat up`: control, a queue-worker and a gateway in one process with the in-process
+//! queue, static discovery and SQLite; they still talk through gRPC as in a cluster.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use gochat_control::{Control, ControlHandle};
 use gochat_gateway::{Gateway, GatewayHandle};
-use gochat_proto::metrics::Exporter;
+use gochat_proto::config_format;
 use gochat_queue_worker::gateways::GatewayAddr;
 use gochat_queue_worker::{Queue, Worker};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
+use super::{shutdown_signal, until_stopped, Reloader, Say, WorkerHandle};
 use crate::Config;
-
-/// A running in-process queue-worker.
-pub struct WorkerHandle {
-    /// Where `/metrics` is served, when `admin_listen` is on.
-    pub admin_addr: Option<SocketAddr>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    admin: Option<Exporter>,
-}
-
-impl WorkerHandle {
-    /// Runs `worker`, serving its metrics on `admin_listen` when set.
-    pub async fn start(worker: Worker, admin_listen: Option<SocketAddr>) -> anyhow::Result<Self> {
-        let admin = match admin_listen {
-            Some(addr) => {
-                let metrics = worker.metrics();
-                let readiness = Arc::new(worker.readiness());
-                let ready = gochat_proto::metrics::ready(move || std::future::ready(readiness()));
-                let exporter = Exporter::start(addr, "worker", move || metrics.render(), ready).await;
-                Some(exporter.with_context(|| format!("worker admin_listen {addr}"))?)
-            }
-            None => None,
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(worker.run(async {
-            let _ = stopped.await;
-        }));
-        Ok(Self { admin_addr: admin.as_ref().map(|a| a.addr), stop, task, admin })
-    }
-
-    pub async fn shutdown(self) {
-        drop(self.admin);
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
-}
 
 /// Everything `gochat up` runs.
 pub struct Up {
@@ -151,4 +113,52 @@ impl Up {
         self.queue.close();
         self.control.shutdown().await;
     }
+}
+
+/// `gochat up`: every role until Ctrl-C or SIGTERM.
+pub async fn run(mut cfg: Config, mut reloader: Reloader, say: Say) -> anyhow::Result<()> {
+    let database = config_format::redact_url(&cfg.control.database);
+    let up = Up::start(cfg.clone()).await?;
+    say.line(format_args!("gochat-rs is up (embedded: in-process queue, static discovery, {database})"));
+    say_addresses(&up, say);
+    say.line(format_args!("Ctrl-C to stop."));
+    until_stopped(shutdown_signal(), &mut reloader, &mut cfg, |c| {
+        up.control.reconfigure(&c.control);
+        let gateway = &up.gateway;
+        async move { gateway.reconfigure(&c.gateway).await }
+    })
+    .await;
+    say.line(format_args!("stopping…"));
+    up.shutdown().await;
+    Ok(())
+}
+
+/// The banner's lines after the first: where each role listens, and the demo users.
+fn say_addresses(up: &Up, say: Say) {
+    let a = up.addresses();
+    let http = if a.https { "https" } else { "http" };
+    if let Some(site) = a.site {
+        say.line(format_args!("  page        {http}://{site}/"));
+    }
+    say.line(format_args!("  REST API    {http}://{}", a.api));
+    say.line(format_args!("  WebSocket   ws://{}{}", a.ws, a.ws_path));
+    if let Some(wss) = a.wss {
+        say.line(format_args!("  WebSocket   wss://{wss}{}", a.ws_path));
+    }
+    if let Some(tcp) = a.tcp {
+        say.line(format_args!("  TCP         {tcp}"));
+    }
+    say.line(format_args!("  gRPC        logic {}, gateway {}", a.logic_grpc, a.gateway_grpc));
+    say.line(format_args!("  gateway     {} shards, {} driver", up.gateway.shards, up.gateway.driver.name()));
+    let admin = [
+        ("gateway", up.gateway.admin_addr),
+        ("control", up.control.admin_addr),
+        ("worker", up.worker.admin_addr),
+    ];
+    for (role, addr) in admin {
+        if let Some(addr) = addr {
+            say.line(format_args!("  metrics     {role} http://{addr}/metrics"));
+        }
+    }
+    say.line(format_args!("  demo users  demo, test, admin (password 111111)"));
 }
