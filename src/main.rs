@@ -14,7 +14,8 @@ use gochat_control::Control;
 use gochat_gateway::driver::DriverChoice;
 use gochat_gateway::Gateway;
 use gochat_proto::{config_format, peers};
-use gochat_queue_worker::{Queue, QueueKind, Worker};
+use gochat_queue::{Queue, QueueKind};
+use gochat_queue_worker::Worker;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 

@@ -8,8 +8,9 @@ use anyhow::Context;
 use gochat_control::{Control, ControlHandle};
 use gochat_gateway::{Gateway, GatewayHandle};
 use gochat_proto::metrics::Exporter;
+use gochat_queue::Queue;
 use gochat_queue_worker::gateways::GatewayAddr;
-use gochat_queue_worker::{Queue, Worker};
+use gochat_queue_worker::Worker;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
