@@ -358,7 +358,7 @@ impl LocalCluster {
             },
             ..Config::default()
         };
-        cfg.queue.kind = gochat_queue_worker::QueueKind::Redis;
+        cfg.queue.kind = gochat_queue::QueueKind::Redis;
         cfg.queue.redis.url = self.redis_url.clone();
         cfg.queue.redis.claim_idle_ms = 2000;
         cfg.queue.redis.consumer = Some(id.to_string());

@@ -8,7 +8,8 @@ use gochat_control::ControlConfig;
 
 use crate::discovery::{DiscoveryConfig, DiscoveryKind};
 use gochat_gateway::GatewayConfig;
-use gochat_queue_worker::{QueueConfig, WorkerConfig};
+use gochat_queue::QueueConfig;
+use gochat_queue_worker::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -16,7 +16,8 @@
 //!   subcommand named.
 //!
 //! The roles themselves are the workspace crates `gochat-gateway`, `gochat-control` and
-//! `gochat-queue-worker`, with `gochat-proto` the contracts between them.
+//! `gochat-queue-worker`, with `gochat-proto` the contracts between them and `gochat-queue` the
+//! queue from control to the workers.
 
 pub mod cluster;
 pub mod config;

@@ -27,8 +27,9 @@ use gochat_proto_previous::logic::{
 };
 use gochat_proto_previous::queue::queue_message::Target;
 use gochat_proto_previous::queue::QueueMessage;
+use gochat_queue::{MemoryQueue, Queue, RedisQueue, RedisQueueConfig};
 use gochat_queue_worker::gateways::GatewayAddr;
-use gochat_queue_worker::{MemoryQueue, Queue, RedisQueue, RedisQueueConfig, Worker};
+use gochat_queue_worker::Worker;
 use prost::Message as _;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};

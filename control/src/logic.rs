@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::{QueueMessage, SessionEnd};
 use gochat_proto::wire::{self, ChatMessage, Position};
-use gochat_queue_worker::Queue;
+use gochat_queue::Queue;
 use rand::RngCore;
 
 use crate::history::{History, Recovery};

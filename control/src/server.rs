@@ -11,7 +11,7 @@ use gochat_proto::logic::logic_server::LogicServer;
 use gochat_proto::metrics::Exporter;
 use gochat_proto::peers;
 use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
-use gochat_queue_worker::Queue;
+use gochat_queue::Queue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -287,7 +287,7 @@ async fn a_connection_joins_and_leaves_several_rooms() {
 async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
     use gochat_control::logic::{Logic, LogicError, NOT_MEMBER};
     use gochat_control::store::UserStore;
-    use gochat_queue_worker::MemoryQueue;
+    use gochat_queue::MemoryQueue;
 
     for open_rooms in [false, true] {
         for (s, _keys) in stores(Duration::from_secs(60)).await {
@@ -328,8 +328,8 @@ async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
 
 /// Reads `queue` until a presence update (op 9, the last body of a room update that has one)
 /// is among what was read; returns the bodies read.
-async fn bodies_through_presence(queue: &gochat_queue_worker::MemoryQueue) -> Vec<serde_json::Value> {
-    use gochat_queue_worker::Queue;
+async fn bodies_through_presence(queue: &gochat_queue::MemoryQueue) -> Vec<serde_json::Value> {
+    use gochat_queue::Queue;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut bodies: Vec<serde_json::Value> = Vec::new();
     while !bodies.iter().any(|b| b["op"] == 9) {
@@ -349,7 +349,7 @@ async fn bodies_through_presence(queue: &gochat_queue_worker::MemoryQueue) -> Ve
 async fn presence_updates_net_out_users_who_came_and_went() {
     use gochat_control::logic::Logic;
     use gochat_control::store::UserStore;
-    use gochat_queue_worker::{MemoryQueue, Queue};
+    use gochat_queue::{MemoryQueue, Queue};
 
     let queue = std::sync::Arc::new(MemoryQueue::new(100));
     let store = UserStore::open("sqlite::memory:").await.unwrap();

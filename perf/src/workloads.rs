@@ -15,8 +15,8 @@ use gochat_proto::logic::{RoomRoute, RouteReply, ShardAddress, UserRoute};
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
 use gochat_proto::wire::ChatMessage;
+use gochat_queue::Delivery;
 use gochat_queue_worker::batch::Grouped;
-use gochat_queue_worker::Delivery;
 use prost::Message as _;
 
 /// Times each workload repeats its operation in the measured region.

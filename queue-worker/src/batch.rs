@@ -5,8 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use gochat_proto::gateway::{PushBatch, RoomPush, UserPush};
 use gochat_proto::logic::RouteReply;
 use gochat_proto::queue::queue_message::Target;
-
-use crate::Delivery;
+use gochat_queue::Delivery;
 
 /// Messages for one room or user, in order, with their message ids and (rooms) their
 /// numbers in the room's history.

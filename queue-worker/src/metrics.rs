@@ -7,8 +7,7 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
-
-use crate::Delivery;
+use gochat_queue::Delivery;
 
 /// How one gateway's part of a batch ended (and its slot in [`GatewayCounts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

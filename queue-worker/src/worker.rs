@@ -9,13 +9,14 @@ use std::time::Duration;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::RouteRequest;
 use gochat_proto::peers::{self, Members};
+use gochat_queue::{Delivery, Queue};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use crate::batch::Grouped;
 use crate::gateways::{GatewayAddr, GatewayPool};
 use crate::metrics::{Outcome, WorkerMetrics};
-use crate::{Delivery, Error, Queue};
+use crate::Error;
 
 /// How long a batch may wait for its gateways' acknowledgements.
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -148,7 +149,7 @@ impl Worker {
                     self.push(g).await;
                     self.metrics.pending.store(0, Ordering::Relaxed);
                 }
-                Err(Error::Closed) => return,
+                Err(Error::Queue(gochat_queue::Error::Closed)) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "queue read failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;

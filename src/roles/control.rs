@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use gochat_control::{Control, ControlHandle};
-use gochat_queue_worker::{Queue, QueueKind};
+use gochat_queue::{Queue, QueueKind};
 
 use super::worker::{self, WorkerHandle};
 use super::{advertised, shutdown_signal, until_stopped, Reloader, Say};

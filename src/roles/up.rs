@@ -7,8 +7,9 @@ use std::sync::Arc;
 use gochat_control::{Control, ControlHandle};
 use gochat_gateway::{Gateway, GatewayHandle};
 use gochat_proto::config_format;
+use gochat_queue::Queue;
 use gochat_queue_worker::gateways::GatewayAddr;
-use gochat_queue_worker::{Queue, Worker};
+use gochat_queue_worker::Worker;
 
 use super::{shutdown_signal, until_stopped, Reloader, Say, WorkerHandle};
 use crate::Config;

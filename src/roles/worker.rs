@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use gochat_proto::metrics::Exporter;
 use gochat_proto::{config_format, peers};
-use gochat_queue_worker::{Queue, QueueKind, Worker};
+use gochat_queue::{Queue, QueueKind};
+use gochat_queue_worker::Worker;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -1,4 +1,5 @@
-//! The message queue between control (producer) and queue-workers (consumers).
+//! The [`Queue`] interface control enqueues to and workers read from, and [`MemoryQueue`], the
+//! in-process queue.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
-use gochat_queue_worker::{Queue, RedisQueue, RedisQueueConfig};
+use gochat_queue::{Queue, RedisQueue, RedisQueueConfig};
 
 fn config(consumer: &str, prefix: &str) -> RedisQueueConfig {
     RedisQueueConfig {
@@ -35,7 +35,7 @@ fn room(room: u64, body: &str) -> QueueMessage {
     QueueMessage { target: Some(Target::RoomId(room)), body: body.as_bytes().to_vec(), ..Default::default() }
 }
 
-async fn read_all(q: &RedisQueue, n: usize) -> Vec<gochat_queue_worker::Delivery> {
+async fn read_all(q: &RedisQueue, n: usize) -> Vec<gochat_queue::Delivery> {
     let mut got = Vec::new();
     for _ in 0..50 {
         got.extend(q.read(100, Duration::from_millis(100)).await.unwrap());
