@@ -226,7 +226,11 @@ async fn a_client_that_asks_and_never_reads_is_closed() {
     greedy.write_all(requests.as_bytes()).await.unwrap();
     let connections = &server.up.control.connections;
     common::eventually("the stalled connection closed", || async { connections.open() == 0 }).await;
-    assert!(connections.write_timeouts.get() >= 1);
+    // Closed by the write timer; on a loaded machine the server may have read part of the next
+    // head when the answers stalled, and the header timer closes it first. Either timer is the
+    // fix: before it, neither ran and the connection stayed open.
+    let (writes, heads) = (connections.write_timeouts.get(), connections.header_timeouts.get());
+    assert!(writes + heads >= 1, "closed by neither timer: {writes} write, {heads} header timeouts");
     drop(greedy);
     server.shutdown().await;
 }
