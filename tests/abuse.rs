@@ -665,9 +665,11 @@ async fn rooms_that_go_quiet_give_their_memory_back() {
     push(99, "wake".into()).await;
     let after = rss(pid);
     eprintln!("RSS: {before} B before, {full} B with 50 rooms' history, {after} B after they went quiet");
-    assert!(full > before + (20 << 20), "the history took memory: {before} B -> {full} B");
+    // 30 MB of messages; the allocator reuses some memory the process already had, so the
+    // growth is less (15-18 MB seen). What is asked is that it grows by clearly more than it keeps.
+    assert!(full > before + (10 << 20), "the history took memory: {before} B -> {full} B");
     assert!(
-        after < before + (10 << 20),
+        after < before + (5 << 20),
         "kept {} B after the rooms were forgotten",
         after.saturating_sub(before)
     );
