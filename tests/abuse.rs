@@ -224,6 +224,11 @@ async fn a_client_that_asks_and_never_reads_is_closed() {
     // ~35 MB of answers, which they cannot.
     let requests = "GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
     greedy.write_all(requests.as_bytes()).await.unwrap();
+    // Read the start of the first answer, so the connection is known to be served (until then
+    // no connection is open and the wait below would pass at once), then never read again.
+    let mut start = [0u8; 12];
+    greedy.read_exact(&mut start).await.unwrap();
+    assert_eq!(&start, b"HTTP/1.1 200");
     let connections = &server.up.control.connections;
     common::eventually("the stalled connection closed", || async { connections.open() == 0 }).await;
     // Closed by the write timer; on a loaded machine the server may have read part of the next
