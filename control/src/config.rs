@@ -352,8 +352,8 @@ impl ControlConfig {
         crate::history::Limits { size: self.history_size, max_age, max_bytes: self.history_max_bytes }
     }
 
-    pub fn inbox_limits(&self) -> crate::inbox::Limits {
-        crate::inbox::Limits {
+    pub fn kept_limits(&self) -> crate::kept::Limits {
+        crate::kept::Limits {
             size: self.inbox_size,
             per_sender: self.inbox_per_sender,
             max_bytes: self.inbox_max_bytes,

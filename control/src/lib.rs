@@ -8,7 +8,7 @@
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
 //! - [`history`]: each room's numbered recent messages, for clients that reconnect.
-//! - [`inbox`]: private messages kept until their user's client acknowledges them.
+//! - [`kept`]: private messages kept until their user's client acknowledges them.
 //! - [`ids`]: unique, time-ordered message ids.
 //! - [`memory`]: memory freed in bulk (quiet rooms and users forgotten), given back to the
 //!   system.
@@ -32,7 +32,7 @@ pub mod headers;
 pub mod history;
 pub mod http;
 pub mod ids;
-pub mod inbox;
+pub mod kept;
 pub mod limits;
 pub mod logic;
 pub mod memory;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use gochat_proto::wire::Position;
 
 use super::{periodically, Logic, LogicError, Opened};
-use crate::inbox;
+use crate::kept::Kept;
 use crate::state::{NewConn, Routes, TooManyConnections};
 
 impl Logic {
@@ -43,10 +43,10 @@ impl Logic {
         };
         // Kept messages are for the clients that acknowledge: one that does not takes them
         // (each then counts as delivered) only while none that does is online.
-        let kept = if acks || !self.inbox.is_on() || !self.state.reach(session.user_id).await?.acking {
-            self.inbox.chunk(session.user_id, 0, !acks).await?
+        let kept = if acks || !self.kept.is_on() || !self.state.reach(session.user_id).await?.acking {
+            self.kept.chunk(session.user_id, 0, !acks).await?
         } else {
-            inbox::Chunk::default()
+            Kept::default()
         };
         self.counts.kept[3].add(kept.ids.len() as u64);
         Ok(Opened { session, joined, kept })

@@ -25,7 +25,7 @@ use rand::RngCore;
 
 use crate::history::{History, Recovery};
 use crate::ids::{self, MessageIds};
-use crate::inbox::{self, Inbox};
+use crate::kept::{Kept, KeptStore};
 use crate::limits::RateLimits;
 use crate::metrics::LogicCounts;
 use crate::state::{Session, State, StateError};
@@ -45,7 +45,7 @@ pub struct Opened {
     /// history).
     pub joined: Option<Recovery>,
     /// Private messages kept for the user.
-    pub kept: inbox::Chunk,
+    pub kept: Kept,
 }
 
 /// Why an operation failed; the message is what the client is told.
@@ -86,7 +86,7 @@ pub struct Logic {
     store: UserStore,
     state: State,
     history: History,
-    inbox: Inbox,
+    kept: KeptStore,
     queue: Arc<dyn Queue>,
     /// Settings a config reload changes (`reconfigure`).
     max_message_bytes: AtomicUsize,
@@ -111,7 +111,7 @@ impl Logic {
         Self {
             store,
             history: state.history(cfg.history_limits()),
-            inbox: state.inbox(cfg.inbox_limits()),
+            kept: state.kept(cfg.kept_limits()),
             state,
             queue,
             max_message_bytes: AtomicUsize::new(cfg.max_message_bytes),
@@ -141,7 +141,7 @@ impl Logic {
 
     /// Bytes of room history and of kept private messages, when they are in this process.
     pub fn kept_bytes(&self) -> (Option<usize>, Option<usize>) {
-        (self.history.bytes(), self.inbox.bytes())
+        (self.history.bytes(), self.kept.bytes())
     }
 
     /// Takes the settings of `cfg` a running control can change (see

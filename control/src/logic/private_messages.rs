@@ -5,11 +5,11 @@ use gochat_proto::queue::QueueMessage;
 use gochat_proto::wire;
 
 use super::{chat_message, Logic, LogicError};
-use crate::inbox::{self, NotKept};
+use crate::kept::{Kept, NotKept};
 use crate::state::Session;
 
 impl Logic {
-    /// A private message (op 2) to `to_user_id`, sent now if they are online. With the inbox
+    /// A private message (op 2) to `to_user_id`, sent now if they are online. With kept messages
     /// on, it is also kept until a client of theirs acknowledges it, when one that does is
     /// online or none is (then it waits for them); a user online only with clients that do not
     /// acknowledge (gochat's) gets it as gochat sent it: at most once.
@@ -25,7 +25,7 @@ impl Logic {
             return Err(LogicError::refused(format!("no user with id {to_user_id}")));
         };
         let reach = self.state.reach(to_user_id).await?;
-        let (online, kept) = (reach.online, self.inbox.is_on() && (reach.acking || !reach.online));
+        let (online, kept) = (reach.online, self.kept.is_on() && (reach.acking || !reach.online));
         if !online && !kept {
             return Err(LogicError::refused(format!("user {to_name} is not online")));
         }
@@ -33,7 +33,7 @@ impl Logic {
         let body = chat_message(id, wire::OP_SINGLE_SEND, from, to_user_id, &to_name, room_id, msg);
         let mut kept = kept;
         if kept {
-            let not_kept = self.inbox.keep(to_user_id, from.user_id, id, &body).await?.err();
+            let not_kept = self.kept.keep(to_user_id, from.user_id, id, &body).await?.err();
             let (counter, refusal) = match not_kept {
                 None => (0, None),
                 Some(NotKept::Full) => {
@@ -68,19 +68,19 @@ impl Logic {
             self.publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0 }).await;
         if sent.is_err() && kept {
             // Refused to the sender, so not kept either: a retry must not deliver it twice.
-            self.inbox.ack(to_user_id, &[id]).await?;
+            self.kept.ack(to_user_id, &[id]).await?;
         }
         sent
     }
 
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.
-    pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<inbox::Chunk, LogicError> {
-        self.inbox.ack(user_id, ids).await?;
+    pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<Kept, LogicError> {
+        self.kept.ack(user_id, ids).await?;
         self.counts.kept[2].add(ids.len() as u64);
         if !more {
-            return Ok(inbox::Chunk::default());
+            return Ok(Kept::default());
         }
-        let chunk = self.inbox.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?;
+        let chunk = self.kept.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?;
         self.counts.kept[3].add(chunk.ids.len() as u64);
         Ok(chunk)
     }

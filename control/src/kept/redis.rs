@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{take_chunk, Chunk, Limits, NotKept, CHUNK_MESSAGES};
+use super::{take_chunk, Kept, Limits, NotKept, CHUNK_MESSAGES};
 use crate::ids;
 use crate::state::StateError;
 
@@ -70,7 +70,7 @@ const ACK: &str = r"
 forget(ARGV)
 ";
 
-pub struct RedisInbox {
+pub struct RedisKeptStore {
     conn: ConnectionManager,
     prefix: String,
     limits: Limits,
@@ -84,7 +84,7 @@ fn member(id: u64) -> String {
     format!("{id:020}")
 }
 
-impl RedisInbox {
+impl RedisKeptStore {
     /// Kept messages on the Redis `conn` already reaches, under `prefix`.
     pub fn new(conn: ConnectionManager, prefix: &str, limits: Limits) -> Self {
         Self {
@@ -137,7 +137,7 @@ impl RedisInbox {
         })
     }
 
-    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Chunk, StateError> {
+    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Kept, StateError> {
         let start = if after == 0 { "-".to_string() } else { format!("({}", member(after)) };
         let (count, flat): (u32, Vec<Vec<u8>>) = self
             .on_user(&self.read, user_id)
