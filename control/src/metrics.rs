@@ -73,44 +73,142 @@ pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Ne
     res
 }
 
-/// The target kinds of enqueued messages, as labelled.
-const KINDS: [&str; 3] = ["room", "user", "session_end"];
+/// The target kind of an enqueued message, labelled `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Room,
+    User,
+    SessionEnd,
+}
+
+impl TargetKind {
+    /// Every kind, in the order the counters are kept and rendered.
+    const ALL: [Self; 3] = [Self::Room, Self::User, Self::SessionEnd];
+
+    fn of(target: &Target) -> Self {
+        match target {
+            Target::RoomId(_) => Self::Room,
+            Target::UserId(_) => Self::User,
+            Target::SessionEnd(_) => Self::SessionEnd,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Room => "room",
+            Self::User => "user",
+            Self::SessionEnd => "session_end",
+        }
+    }
+}
+
+/// How a socket's join of a room with history went, labelled `result`: no recovery asked,
+/// everything missed recovered, or told to reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinResult {
+    Fresh,
+    Recovered,
+    Reload,
+}
+
+impl JoinResult {
+    /// Every result, in the order the counters are kept and rendered.
+    const ALL: [Self; 3] = [Self::Fresh, Self::Recovered, Self::Reload];
+
+    /// The result of a join whose recovery was `recovered` (see [`Recovery`]).
+    ///
+    /// [`Recovery`]: crate::history::Recovery
+    pub fn of(recovered: Option<bool>) -> Self {
+        match recovered {
+            None => Self::Fresh,
+            Some(true) => Self::Recovered,
+            Some(false) => Self::Reload,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Recovered => "recovered",
+            Self::Reload => "reload",
+        }
+    }
+}
+
+/// What became of private messages, labelled `result`: kept, refused for a full inbox,
+/// acknowledged, handed out at connect or after an acknowledgement, refused for the sender's
+/// full share of an inbox, for a full store (or sent unkept to a user online), or for the
+/// sender's full share of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptResult {
+    Kept,
+    Full,
+    Acknowledged,
+    HandedOut,
+    SenderShare,
+    StoreFull,
+    SenderTotal,
+}
+
+impl KeptResult {
+    /// Every result, in the order the counters are kept and rendered.
+    const ALL: [Self; 7] = [
+        Self::Kept,
+        Self::Full,
+        Self::Acknowledged,
+        Self::HandedOut,
+        Self::SenderShare,
+        Self::StoreFull,
+        Self::SenderTotal,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Kept => "kept",
+            Self::Full => "full",
+            Self::Acknowledged => "acknowledged",
+            Self::HandedOut => "handed_out",
+            Self::SenderShare => "sender_share",
+            Self::StoreFull => "store_full",
+            Self::SenderTotal => "sender_total",
+        }
+    }
+}
 
 /// What logic counts as it works.
 #[derive(Debug, Default)]
 pub struct LogicCounts {
-    enqueued: [Counter; KINDS.len()],
-    enqueue_failures: [Counter; KINDS.len()],
+    /// By [`TargetKind`].
+    enqueued: [Counter; TargetKind::ALL.len()],
+    /// By [`TargetKind`].
+    enqueue_failures: [Counter; TargetKind::ALL.len()],
     pub socket_auths_accepted: Counter,
     pub socket_auths_refused: Counter,
     /// Sockets refused because their user had `max_connections_per_user` open.
     pub user_connections_refused: Counter,
     /// Gateways whose lease ran out and whose connections were forgotten.
     pub gateways_swept: Counter,
-    /// Sockets that joined a room with history, by what they got: `JOINS`.
-    pub joins: [Counter; JOINS.len()],
-    /// Private messages kept, refused for a full inbox, acknowledged, handed out at connect or
-    /// after an acknowledgement, refused for the sender's full share of an inbox, for a full
-    /// store, or for the sender's full share of the store: `KEPT`.
-    pub kept: [Counter; KEPT.len()],
+    /// Sockets that joined a room with history, by [`JoinResult`].
+    joins: [Counter; JoinResult::ALL.len()],
+    /// Private messages, by [`KeptResult`].
+    kept: [Counter; KeptResult::ALL.len()],
 }
-
-/// How a socket's join of a room went: no recovery asked, everything missed recovered, or
-/// told to reload.
-pub const JOINS: [&str; 3] = ["fresh", "recovered", "reload"];
-pub const KEPT: [&str; 7] =
-    ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full", "sender_total"];
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
-    pub fn enqueue(&self, target: Target, ok: bool) {
-        let kind = match target {
-            Target::RoomId(_) => 0,
-            Target::UserId(_) => 1,
-            Target::SessionEnd(_) => 2,
-        };
+    pub fn enqueue(&self, target: &Target, ok: bool) {
         let counters = if ok { &self.enqueued } else { &self.enqueue_failures };
-        counters[kind].inc();
+        counters[TargetKind::of(target) as usize].inc();
+    }
+
+    /// A socket joined a room with history.
+    pub fn join(&self, result: JoinResult) {
+        self.joins[result as usize].inc();
+    }
+
+    /// `n` private messages came to `result`.
+    pub fn kept(&self, result: KeptResult, n: u64) {
+        self.kept[result as usize].add(n);
     }
 }
 
@@ -153,8 +251,8 @@ impl Metrics {
             ),
         ] {
             text.family(name, Kind::Counter, help);
-            for (kind, counter) in KINDS.iter().zip(counters) {
-                text.sample(name, &[control, ("kind", kind)], counter.get());
+            for kind in TargetKind::ALL {
+                text.sample(name, &[control, ("kind", kind.label())], counters[kind as usize].get());
             }
         }
         let limited = "gochat_control_rate_limited_total";
@@ -176,24 +274,19 @@ impl Metrics {
         {
             text.sample(auths, &[control, ("result", result)], counter.get());
         }
-        for (name, help, labels, counters) in [
-            (
-                "gochat_control_room_joins_total",
-                "Socket joins of rooms with history, by result.",
-                &JOINS[..],
-                &counts.joins[..],
-            ),
-            (
-                "gochat_control_kept_messages_total",
-                "Private messages kept for their user, refused (inbox full, sender's share full, store full, sender's share of the store full), acknowledged, handed out.",
-                &KEPT[..],
-                &counts.kept[..],
-            ),
-        ] {
-            text.family(name, Kind::Counter, help);
-            for (label, counter) in labels.iter().zip(counters) {
-                text.sample(name, &[control, ("result", label)], counter.get());
-            }
+        let joins = "gochat_control_room_joins_total";
+        text.family(joins, Kind::Counter, "Socket joins of rooms with history, by result.");
+        for result in JoinResult::ALL {
+            text.sample(joins, &[control, ("result", result.label())], counts.joins[result as usize].get());
+        }
+        let kept = "gochat_control_kept_messages_total";
+        text.family(
+            kept,
+            Kind::Counter,
+            "Private messages kept for their user, refused (inbox full, sender's share full, store full, sender's share of the store full), acknowledged, handed out.",
+        );
+        for result in KeptResult::ALL {
+            text.sample(kept, &[control, ("result", result.label())], counts.kept[result as usize].get());
         }
         let http = &self.connections;
         let open = "gochat_control_http_connections";
@@ -251,6 +344,20 @@ mod tests {
                 "{route} is not a route"
             );
         }
+    }
+
+    #[test]
+    fn labels_are_the_published_ones_in_their_order() {
+        assert_eq!(TargetKind::ALL.map(TargetKind::label), ["room", "user", "session_end"]);
+        assert_eq!(JoinResult::ALL.map(JoinResult::label), ["fresh", "recovered", "reload"]);
+        assert_eq!(
+            KeptResult::ALL.map(KeptResult::label),
+            ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full", "sender_total"]
+        );
+        // Counters are indexed by discriminant: `ALL` must list them in that order.
+        assert!(KeptResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(JoinResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(TargetKind::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
     }
 
     #[test]

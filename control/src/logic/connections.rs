@@ -7,6 +7,7 @@ use gochat_proto::wire::Position;
 
 use super::{periodically, Logic, LogicError, Opened};
 use crate::kept::Kept;
+use crate::metrics::KeptResult;
 use crate::state::{NewConn, Routes, TooManyConnections};
 
 impl Logic {
@@ -48,7 +49,7 @@ impl Logic {
         } else {
             Kept::default()
         };
-        self.counts.kept[3].add(kept.ids.len() as u64);
+        self.counts.kept(KeptResult::HandedOut, kept.ids.len() as u64);
         Ok(Opened { session, joined, kept })
     }
 

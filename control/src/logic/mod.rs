@@ -183,7 +183,7 @@ impl Logic {
         let target = message.target;
         let published = self.queue.publish(message).await;
         if let Some(target) = target {
-            self.counts.enqueue(target, published.is_ok());
+            self.counts.enqueue(&target, published.is_ok());
         }
         published.map_err(|e| {
             tracing::warn!(error = %e, "enqueue failed");

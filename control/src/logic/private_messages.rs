@@ -6,6 +6,7 @@ use gochat_proto::wire;
 
 use super::{chat_message, Logic, LogicError};
 use crate::kept::{Kept, NotKept};
+use crate::metrics::KeptResult;
 use crate::state::Session;
 
 impl Logic {
@@ -34,28 +35,31 @@ impl Logic {
         let mut kept = kept;
         if kept {
             let not_kept = self.kept.keep(to_user_id, from.user_id, id, &body).await?.err();
-            let (counter, refusal) = match not_kept {
-                None => (0, None),
-                Some(NotKept::Full) => {
-                    (1, Some(format!("{to_name} has too many unread messages; try again later")))
-                }
+            let (result, refusal) = match not_kept {
+                None => (KeptResult::Kept, None),
+                Some(NotKept::Full) => (
+                    KeptResult::Full,
+                    Some(format!("{to_name} has too many unread messages; try again later")),
+                ),
                 Some(NotKept::SenderShare) => (
-                    4,
+                    KeptResult::SenderShare,
                     Some(format!(
                         "{to_name} has too many unread messages from you; try again when they have read some"
                     )),
                 ),
-                Some(NotKept::SenderTotal) => {
-                    (6, Some("too many of your messages are waiting to be read; try again later".to_string()))
-                }
+                Some(NotKept::SenderTotal) => (
+                    KeptResult::SenderTotal,
+                    Some("too many of your messages are waiting to be read; try again later".to_string()),
+                ),
                 // A user online gets it as gochat sent it, unkept: a full store never stops
                 // live messages.
-                Some(NotKept::StoreFull) if online => (5, None),
-                Some(NotKept::StoreFull) => {
-                    (5, Some("too many unread messages are kept here; try again later".to_string()))
-                }
+                Some(NotKept::StoreFull) if online => (KeptResult::StoreFull, None),
+                Some(NotKept::StoreFull) => (
+                    KeptResult::StoreFull,
+                    Some("too many unread messages are kept here; try again later".to_string()),
+                ),
             };
-            self.counts.kept[counter].inc();
+            self.counts.kept(result, 1);
             if let Some(refusal) = refusal {
                 return Err(LogicError::Refused(refusal));
             }
@@ -76,12 +80,12 @@ impl Logic {
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.
     pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<Kept, LogicError> {
         self.kept.ack(user_id, ids).await?;
-        self.counts.kept[2].add(ids.len() as u64);
+        self.counts.kept(KeptResult::Acknowledged, ids.len() as u64);
         if !more {
             return Ok(Kept::default());
         }
         let chunk = self.kept.chunk(user_id, ids.iter().copied().max().unwrap_or(0), false).await?;
-        self.counts.kept[3].add(chunk.ids.len() as u64);
+        self.counts.kept(KeptResult::HandedOut, chunk.ids.len() as u64);
         Ok(chunk)
     }
 }

@@ -12,6 +12,7 @@ use gochat_proto::wire::{self, Position};
 use super::{chat_message, periodically, to_json, Logic, LogicError};
 use crate::history::Recovery;
 use crate::limits::retry_secs;
+use crate::metrics::JoinResult;
 use crate::state::{NoConnection, RoomChange, Session};
 
 /// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
@@ -114,12 +115,7 @@ impl Logic {
     ) -> Result<Option<Recovery>, LogicError> {
         let recovery = self.history.join(room_id, since).await?;
         if let Some(r) = &recovery {
-            let result = match r.recovered {
-                None => 0,
-                Some(true) => 1,
-                Some(false) => 2,
-            };
-            self.counts.joins[result].inc();
+            self.counts.join(JoinResult::of(r.recovered));
         }
         Ok(recovery)
     }
