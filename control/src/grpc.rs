@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::history::Recovery;
 use crate::logic::{Logic, LogicError};
 
-pub struct LogicGrpc(pub Arc<Logic>);
+pub(crate) struct LogicGrpc(pub Arc<Logic>);
 
 fn status(e: LogicError) -> Status {
     match e {

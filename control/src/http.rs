@@ -41,18 +41,18 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How connections are bounded (from [`ControlConfig`]).
 #[derive(Debug, Clone)]
-pub struct HttpLimits {
+pub(crate) struct HttpLimits {
     /// Connections open at once, over every HTTP listener of this control.
     pub max_connections: usize,
     /// Of those, from one client address (0: no such cap); trusted proxies are not capped.
-    pub max_per_address: usize,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
+    pub(crate) max_per_address: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     pub http2: bool,
 }
 
 impl HttpLimits {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         Self {
             max_connections: cfg.http_max_connections,
             max_per_address: cfg.http_max_connections_per_address,
@@ -64,11 +64,12 @@ impl HttpLimits {
 }
 
 /// At most a quarter of the open-file limit `nofile`: what held HTTP connections may take.
-pub fn connection_cap(configured: usize, nofile: u64) -> usize {
+pub(crate) fn connection_cap(configured: usize, nofile: u64) -> usize {
     configured.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX)).max(1)
 }
 
 /// This process's soft open-file limit.
+#[allow(unsafe_code)]
 fn nofile() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the struct it is given.
@@ -135,7 +136,7 @@ impl Connections {
     }
 
     /// The most connections held at once.
-    pub fn cap(&self) -> usize {
+    pub(crate) fn cap(&self) -> usize {
         self.cap
     }
 

@@ -41,7 +41,7 @@ pub struct Code(pub i64);
 
 /// REST requests by route and code, and their durations by route.
 #[derive(Debug)]
-pub struct Requests {
+pub(crate) struct Requests {
     counts: [[Counter; CODES.len() + 1]; ROUTES.len() + 1],
     durations: [Histogram; ROUTES.len() + 1],
 }
@@ -65,7 +65,7 @@ impl Requests {
 }
 
 /// A middleware layer over the REST router: counts and times every request.
-pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_string();
     let res = next.run(req).await;
@@ -75,7 +75,7 @@ pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Ne
 
 /// The target kind of an enqueued message, labelled `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetKind {
+pub(crate) enum TargetKind {
     Room,
     User,
     SessionEnd,
@@ -105,7 +105,7 @@ impl TargetKind {
 /// How a socket's join of a room with history went, labelled `result`: no recovery asked,
 /// everything missed recovered, or told to reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinResult {
+pub(crate) enum JoinResult {
     Fresh,
     Recovered,
     Reload,
@@ -118,7 +118,7 @@ impl JoinResult {
     /// The result of a join whose recovery was `recovered` (see [`Recovery`]).
     ///
     /// [`Recovery`]: crate::history::Recovery
-    pub fn of(recovered: Option<bool>) -> Self {
+    pub(crate) fn of(recovered: Option<bool>) -> Self {
         match recovered {
             None => Self::Fresh,
             Some(true) => Self::Recovered,
@@ -140,7 +140,7 @@ impl JoinResult {
 /// full share of an inbox, for a full store (or sent unkept to a user online), or for the
 /// sender's full share of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeptResult {
+pub(crate) enum KeptResult {
     Kept,
     Full,
     Acknowledged,
@@ -187,7 +187,7 @@ pub struct LogicCounts {
     /// Sockets refused because their user had `max_connections_per_user` open.
     pub user_connections_refused: Counter,
     /// Gateways whose lease ran out and whose connections were forgotten.
-    pub gateways_swept: Counter,
+    pub(crate) gateways_swept: Counter,
     /// Sockets that joined a room with history, by [`JoinResult`].
     joins: [Counter; JoinResult::ALL.len()],
     /// Private messages, by [`KeptResult`].
@@ -196,26 +196,26 @@ pub struct LogicCounts {
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
-    pub fn enqueue(&self, target: &Target, ok: bool) {
+    pub(crate) fn enqueue(&self, target: &Target, ok: bool) {
         let counters = if ok { &self.enqueued } else { &self.enqueue_failures };
         counters[TargetKind::of(target) as usize].inc();
     }
 
     /// A socket joined a room with history.
-    pub fn join(&self, result: JoinResult) {
+    pub(crate) fn join(&self, result: JoinResult) {
         self.joins[result as usize].inc();
     }
 
     /// `n` private messages came to `result`.
-    pub fn kept(&self, result: KeptResult, n: u64) {
+    pub(crate) fn kept(&self, result: KeptResult, n: u64) {
         self.kept[result as usize].add(n);
     }
 }
 
 /// What `/metrics` reads.
 #[derive(Clone)]
-pub struct Metrics {
-    pub control_id: Arc<str>,
+pub(crate) struct Metrics {
+    pub(crate) control_id: Arc<str>,
     pub requests: Arc<Requests>,
     pub logic: Arc<Logic>,
     pub limits: Arc<RateLimits>,
@@ -223,7 +223,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = Text::default();
         let control = ("control", &*self.control_id);
         let routes = || ROUTES.iter().copied().chain(["other"]).enumerate();

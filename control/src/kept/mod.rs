@@ -25,7 +25,7 @@ use crate::state::StateError;
 /// Most messages, and bytes of them, handed to a client at once (at connect, or after an
 /// acknowledgement): the rest follow as it acknowledges.
 pub const CHUNK_MESSAGES: usize = 100;
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
 /// How many private messages are kept, per user and in all.
 #[derive(Debug, Clone, Copy)]

@@ -9,15 +9,16 @@ use crate::state::Session;
 use crate::{names, password};
 
 /// Longest password accepted, in bytes.
-pub const MAX_PASSWORD: usize = 128;
+pub(crate) const MAX_PASSWORD: usize = 128;
 /// Why a registration is refused when its name is taken (gochat's words).
-pub const NAME_TAKEN: &str = "this user name already have , please login !!!";
+pub(crate) const NAME_TAKEN: &str = "this user name already have , please login !!!";
 /// Why a registration is refused when its name looks like a taken one.
-pub const NAME_LOOKS_TAKEN: &str = "this user name looks like one already taken, please choose another";
+pub(crate) const NAME_LOOKS_TAKEN: &str =
+    "this user name looks like one already taken, please choose another";
 
 impl Logic {
     /// Creates gochat's demo users if they are missing.
-    pub async fn seed_demo_users(&self) -> Result<(), LogicError> {
+    pub(crate) async fn seed_demo_users(&self) -> Result<(), LogicError> {
         for name in ["demo", "test", "admin"] {
             let name = names::normalize(name).expect("valid names");
             // Not when a look-alike holds the name: that user keeps it.

@@ -90,7 +90,7 @@ impl Logic {
             .is_some_and(|at| at.elapsed() < self.gateway_lease)
     }
 
-    pub fn gateway_lease_ttl(&self) -> std::time::Duration {
+    pub(crate) fn gateway_lease_ttl(&self) -> std::time::Duration {
         self.gateway_lease
     }
 
@@ -101,7 +101,7 @@ impl Logic {
 
     /// Forgets gateways whose lease ran out, every `every`, so a dead gateway's users and room
     /// memberships do not linger. Any control may sweep; the scripts make it safe to race.
-    pub async fn sweep_gateways(
+    pub(crate) async fn sweep_gateways(
         self: Arc<Self>,
         every: std::time::Duration,
         stop: tokio::sync::watch::Receiver<bool>,

@@ -32,10 +32,8 @@ use crate::state::{Session, State, StateError};
 use crate::store::UserStore;
 use crate::ControlConfig;
 
-pub use self::accounts::{MAX_PASSWORD, NAME_LOOKS_TAKEN, NAME_TAKEN};
 use self::rooms::RoomEvents;
-pub use self::rooms::{NOT_MEMBER, PRESENCE_MAX_LISTED};
-pub use crate::names::MAX_USER_NAME;
+pub use self::rooms::NOT_MEMBER;
 
 /// What a socket that authenticated gets.
 #[derive(Debug)]

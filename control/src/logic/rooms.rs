@@ -18,7 +18,7 @@ use crate::state::{NoConnection, RoomChange, Session};
 /// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
 pub const NOT_MEMBER: &str = "join the room first";
 /// Joins and leaves one presence update (op 9) lists; the rest are counted in its `more`.
-pub const PRESENCE_MAX_LISTED: usize = 100;
+pub(crate) const PRESENCE_MAX_LISTED: usize = 100;
 
 /// A room's joins and leaves since its last update, per user: whether the user was in the room
 /// before the first of them and is now, so one who left and came back is no change.
@@ -73,7 +73,7 @@ impl Logic {
 
     /// Has the room's online count (op 4) sent, with its next room update: however often it is
     /// asked, a room gets one per `room_update_interval_ms`.
-    pub async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
+    pub(crate) async fn push_count(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
         self.update_room(room_id);
         Ok(())
@@ -82,7 +82,7 @@ impl Logic {
     /// Has the room's member list (op 5) sent, for rooms of up to `room_info_max_members`, with
     /// its next room update: a list goes to every member, so asked for on every call it grew
     /// with the square of the room, and one member could have it sent a hundred times a second.
-    pub async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
+    pub(crate) async fn push_room_info(&self, room_id: u64) -> Result<(), LogicError> {
         check_room(room_id)?;
         let count = self.state.room_count(room_id).await?;
         let max = self.room_info_max_members.load(Ordering::Relaxed);

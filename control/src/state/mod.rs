@@ -18,7 +18,7 @@ pub use redis::RedisState;
 
 /// How long a close that found no connection is remembered: a gateway undoes an auth call it
 /// gave up on (timed out) with a close, which can reach the state before the open it undoes.
-pub const CLOSED_TOMBSTONE: Duration = Duration::from_secs(60);
+pub(crate) const CLOSED_TOMBSTONE: Duration = Duration::from_secs(60);
 
 /// A logged-in user's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
