@@ -336,8 +336,17 @@ impl<I> Timed<I> {
         Self { io, stall, write_timer: None, first_byte, connections }
     }
 
-    /// A write that could not go on: fails once it has waited `stall`.
-    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+    /// A write (or flush) as polled: one that went on stops the write timer; one that could not
+    /// go on fails once it has waited `stall`.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.write_timer = None;
+            return polled;
+        }
         let stall = self.stall;
         let timer = self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         match timer.as_mut().poll(cx) {
@@ -381,13 +390,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, data) {
-            Poll::Ready(written) => {
-                self.write_timer = None;
-                Poll::Ready(written)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -395,13 +399,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
         cx: &mut Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, data) {
-            Poll::Ready(written) => {
-                self.write_timer = None;
-                Poll::Ready(written)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, data);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -409,13 +408,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(flushed) => {
-                self.write_timer = None;
-                Poll::Ready(flushed)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.timed(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

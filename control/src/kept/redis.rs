@@ -10,7 +10,7 @@ use redis::Script;
 
 use super::{take_chunk, Kept, Limits, NotKept, CHUNK_MESSAGES};
 use crate::ids;
-use crate::state::StateError;
+use crate::state::{numbered, StateError};
 
 /// KEYS: ids, bodies, senders of ids, counts per sender. `forget` drops ids, and counts them
 /// off their senders.
@@ -147,13 +147,7 @@ impl RedisKeptStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        let read: Vec<(u64, &[u8])> = flat
-            .chunks(2)
-            .filter_map(|pair| {
-                Some((std::str::from_utf8(&pair[0]).ok()?.parse().ok()?, pair.get(1)?.as_slice()))
-            })
-            .collect();
-        let mut chunk = take_chunk(read.iter().copied(), after);
+        let mut chunk = take_chunk(numbered(&flat), after);
         chunk.more = count.saturating_sub(chunk.ids.len() as u32);
         if take && !chunk.ids.is_empty() {
             self.ack(user_id, &chunk.ids).await?;

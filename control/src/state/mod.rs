@@ -14,6 +14,7 @@ use std::time::Duration;
 use gochat_proto::logic::User;
 
 pub use memory::MemoryState;
+pub(crate) use redis::numbered;
 pub use redis::RedisState;
 
 /// How long a close that found no connection is remembered: a gateway undoes an auth call it
