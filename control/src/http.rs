@@ -43,12 +43,12 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct HttpLimits {
     /// Connections open at once, over every HTTP listener of this control.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Of those, from one client address (0: no such cap); trusted proxies are not capped.
     pub(crate) max_per_address: usize,
     pub(crate) header_timeout: Duration,
     pub(crate) body_timeout: Duration,
-    pub http2: bool,
+    pub(crate) http2: bool,
 }
 
 impl HttpLimits {
@@ -99,7 +99,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         let limits = HttpLimits::new(cfg);
         let nofile = nofile();
         let cap = connection_cap(limits.max_connections, nofile);
@@ -186,7 +186,7 @@ impl Drop for Slot {
 
 /// Serves `app` on `listener` (under TLS when `tls` is set) until `stopped`, each connection
 /// taking a place in `connections`.
-pub fn serve(
+pub(crate) fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,

@@ -61,7 +61,7 @@ pub struct Limiter<K> {
 impl<K: Hash + Eq + Copy> Limiter<K> {
     /// `rate` tokens per second up to `burst`, at most `max_entries` keys remembered; a rate of
     /// 0 limits nothing.
-    pub fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
+    pub(crate) fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
         let generations =
             Generations { current: HashMap::new(), previous: HashMap::new(), started: Instant::now() };
         Self {
@@ -72,18 +72,18 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
         }
     }
 
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }
 
     /// A new rate and burst (a config reload); buckets keep their tokens, up to the new burst.
-    pub fn set(&self, rate: f64, burst: u32) {
+    pub(crate) fn set(&self, rate: f64, burst: u32) {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).0 = Rate::new(rate, burst);
         self.on.store(rate > 0.0, Ordering::Relaxed);
     }
 
     /// Takes a token from `key`'s bucket; when it has none, how long until it has one.
-    pub fn take(&self, key: K) -> Result<(), Duration> {
+    pub(crate) fn take(&self, key: K) -> Result<(), Duration> {
         if !self.is_on() {
             return Ok(());
         }
@@ -171,7 +171,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         let n = cfg.rate_limit_entries;
         Self {
             login: Limiter::new(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst, n),
@@ -188,7 +188,7 @@ impl RateLimits {
     }
 
     /// Takes the rates and bursts of `cfg` (a config reload).
-    pub fn reconfigure(&self, cfg: &ControlConfig) {
+    pub(crate) fn reconfigure(&self, cfg: &ControlConfig) {
         self.login.set(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst);
         self.login_account.set(
             f64::from(cfg.login_failures_per_account_per_minute) / 60.0,

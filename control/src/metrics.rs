@@ -37,7 +37,7 @@ const NO_CODE: usize = CODES.len();
 
 /// The gochat code a REST response carries, left on it for [`track`].
 #[derive(Debug, Clone, Copy)]
-pub struct Code(pub i64);
+pub(crate) struct Code(pub(crate) i64);
 
 /// REST requests by route and code, and their durations by route.
 #[derive(Debug)]

@@ -58,7 +58,7 @@ impl Logic {
     /// Logs in by the exact name, as registered: as typed, or else in NFKC (so `ａｄｍｉｎ`
     /// typed on a fullwidth keyboard is `admin`). The case is part of a name: `Admin` is not
     /// `admin`'s, and no one else's either, since registering it is refused.
-    pub async fn login(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
+    pub(crate) async fn login(&self, user_name: &str, pass: &str) -> Result<String, LogicError> {
         const BAD: &str = "no this user or password error!";
         // A name no one could register is no one's, and a NUL would be a PostgreSQL error.
         if !names::may_log_in(user_name) || check_password(pass).is_err() {
@@ -93,7 +93,7 @@ impl Logic {
     }
 
     /// Ends the session and closes the sockets that authenticated with it.
-    pub async fn logout(&self, token: &str) -> Result<(), LogicError> {
+    pub(crate) async fn logout(&self, token: &str) -> Result<(), LogicError> {
         let session = self.state.remove_session(token).await?.ok_or(LogicError::Session)?;
         let end = SessionEnd { user_id: session.user_id, session: wire::session_fingerprint(token) };
         // The session is gone already (no new socket can use it); a lost close is logged and
@@ -107,7 +107,7 @@ impl Logic {
         Ok(())
     }
 
-    pub async fn user_name(&self, user_id: u64) -> Result<Option<String>, LogicError> {
+    pub(crate) async fn user_name(&self, user_id: u64) -> Result<Option<String>, LogicError> {
         Ok(self.store.by_id(user_id).await?.map(|u| u.user_name))
     }
 }

@@ -60,7 +60,7 @@ impl Logic {
         Ok(())
     }
 
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<(), LogicError> {
+    pub(crate) async fn gateway_reset(&self, gateway: &str) -> Result<(), LogicError> {
         for change in self.state.gateway_reset(gateway).await? {
             self.room_changed(change);
         }
@@ -69,7 +69,7 @@ impl Logic {
 
     /// A gateway renews its lease; false when it had none (it is new, or was swept as dead and
     /// its connections forgotten).
-    pub async fn gateway_lease(&self, gateway: &str) -> Result<bool, LogicError> {
+    pub(crate) async fn gateway_lease(&self, gateway: &str) -> Result<bool, LogicError> {
         let renewed = self.state.gateway_lease(gateway, self.gateway_lease).await;
         if renewed.is_err() {
             self.store_failed();
@@ -95,7 +95,7 @@ impl Logic {
     }
 
     /// Where a batch of rooms and users is connected.
-    pub async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, LogicError> {
+    pub(crate) async fn routes(&self, room_ids: &[u64], user_ids: &[u64]) -> Result<Routes, LogicError> {
         Ok(self.state.routes(room_ids, user_ids).await?)
     }
 

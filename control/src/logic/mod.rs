@@ -132,7 +132,7 @@ impl Logic {
 
     /// Whether the stores answer: the users' database and the state store (with history and
     /// kept messages).
-    pub async fn ready(&self) -> Result<(), String> {
+    pub(crate) async fn ready(&self) -> Result<(), String> {
         self.store.ping().await.map_err(|e| format!("user database: {e}"))?;
         self.state.ping().await.map_err(|e| format!("state store: {e}"))
     }
@@ -144,7 +144,7 @@ impl Logic {
 
     /// Takes the settings of `cfg` a running control can change (see
     /// [`ControlConfig::RELOADABLE`]).
-    pub fn reconfigure(&self, cfg: &ControlConfig) {
+    pub(crate) fn reconfigure(&self, cfg: &ControlConfig) {
         self.max_message_bytes.store(cfg.max_message_bytes, Ordering::Relaxed);
         self.open_rooms.store(cfg.open_rooms, Ordering::Relaxed);
         self.max_connections_per_user.store(cfg.max_connections_per_user, Ordering::Relaxed);
@@ -153,7 +153,7 @@ impl Logic {
     }
 
     /// The rate limits the REST API and socket room sends share.
-    pub fn limits(&self) -> &Arc<RateLimits> {
+    pub(crate) fn limits(&self) -> &Arc<RateLimits> {
         &self.limits
     }
 

@@ -14,7 +14,7 @@ impl Logic {
     /// on, it is also kept until a client of theirs acknowledges it, when one that does is
     /// online or none is (then it waits for them); a user online only with clients that do not
     /// acknowledge (gochat's) gets it as gochat sent it: at most once.
-    pub async fn push_user(
+    pub(crate) async fn push_user(
         &self,
         from: &Session,
         to_user_id: u64,
@@ -78,7 +78,7 @@ impl Logic {
     }
 
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.
-    pub async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<Kept, LogicError> {
+    pub(crate) async fn ack(&self, user_id: u64, ids: &[u64], more: bool) -> Result<Kept, LogicError> {
         self.kept.ack(user_id, ids).await?;
         self.counts.kept(KeptResult::Acknowledged, ids.len() as u64);
         if !more {

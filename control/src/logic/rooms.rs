@@ -54,7 +54,7 @@ impl Logic {
 
     /// The room's position and last `limit` messages (at most what it keeps), oldest first,
     /// for a client that must reload; only to a user in the room unless rooms are open.
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         from: &Session,
         room_id: u64,
@@ -121,7 +121,7 @@ impl Logic {
     }
 
     /// An authenticated socket joins another room: its position there, with what it missed.
-    pub async fn room_join(
+    pub(crate) async fn room_join(
         &self,
         gateway: &str,
         conn_id: u64,
@@ -142,7 +142,12 @@ impl Logic {
         self.joined(room_id, since).await
     }
 
-    pub async fn room_leave(&self, gateway: &str, conn_id: u64, room_id: u64) -> Result<(), LogicError> {
+    pub(crate) async fn room_leave(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        room_id: u64,
+    ) -> Result<(), LogicError> {
         if let Some(change) = self.state.conn_leave(gateway, conn_id, room_id).await? {
             self.room_changed(change);
         }
