@@ -135,10 +135,10 @@ impl JoinResult {
     }
 }
 
-/// What became of private messages, labelled `result`: kept, refused for a full inbox,
-/// acknowledged, handed out at connect or after an acknowledgement, refused for the sender's
-/// full share of an inbox, for a full store (or sent unkept to a user online), or for the
-/// sender's full share of the store.
+/// What became of private messages, labelled `result`: kept, refused for a user who has as many
+/// kept as they may (`inbox_size`), acknowledged, handed out at connect or after an
+/// acknowledgement, refused for the sender's full share of a user's (`inbox_per_sender`), for a
+/// full store (or sent unkept to a user online), or for the sender's full share of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum KeptResult {
     Kept,
@@ -312,10 +312,10 @@ impl Metrics {
         ] {
             text.sample(closed, &[control, ("reason", reason)], counter.get());
         }
-        let (history, inbox) = self.logic.kept_bytes();
+        let (history, kept) = self.logic.kept_bytes();
         for (name, help, bytes) in [
             ("gochat_control_history_bytes", "Bytes of room history kept in this process.", history),
-            ("gochat_control_inbox_bytes", "Bytes of private messages kept in this process.", inbox),
+            ("gochat_control_inbox_bytes", "Bytes of private messages kept in this process.", kept),
         ] {
             if let Some(bytes) = bytes {
                 text.family(name, Kind::Gauge, help).sample(name, &[control], bytes);
