@@ -1,15 +1,15 @@
 //! What control's store tests share: the Redis they run against, and keys of their own.
 #![allow(dead_code)]
 
-pub fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// A key prefix of a test's own; its keys are deleted when dropped.
-pub struct RedisKeys(pub String);
+pub(crate) struct RedisKeys(pub String);
 
 impl RedisKeys {
-    pub fn new(what: &str) -> Self {
+    pub(crate) fn new(what: &str) -> Self {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         Self(format!("gochat-test-{what}-{}-{nanos}", std::process::id()))
     }
