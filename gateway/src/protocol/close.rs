@@ -1,9 +1,10 @@
-//! The WebSocket close codes the gateway sends (RFC 6455 §7.4), each with when it is sent. A
-//! TCP client gets no code: it is told the reason in an op 8 error frame.
+//! The WebSocket close codes the gateway sends (RFC 6455 §7.4), each with when it is sent (for
+//! clients: the close codes in docs/protocol.md). A TCP client gets no code: it is told the
+//! reason in an op 8 error frame.
 
 /// Echoed to a client whose close frame carried no code.
 pub const NORMAL: u16 = 1000;
-/// The server is shutting down, or the peer was silent past the idle timeout.
+/// The peer was silent past the idle timeout, or the gateway shuts down without a drain.
 pub const GOING_AWAY: u16 = 1001;
 /// A frame that breaks RFC 6455: unmasked, reserved bits, an unknown opcode, a fragmented or
 /// long control frame, a continuation out of place, an invalid close payload.
