@@ -210,7 +210,7 @@ impl Link {
                 .into_inner()
                 .results
                 .into_iter()
-                .map(|r| AuthedUser::try_from(r).map(Box::new).map_err(|refusal| auth_refusal(&refusal)))
+                .map(|r| AuthedUser::try_from(r).map(Box::new).map_err(|status| auth_refusal(&status)))
                 .collect(),
             Ok(_) => {
                 let refusal = refused(close::INTERNAL_ERROR, "logic answered a different count");

@@ -1,6 +1,8 @@
 //! The commands other threads send a shard through its inbox, one method each:
 //! [`Shard::on_command`] hands each to its method.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use gochat_proto::wire::{self, JoinedRoom};
 
@@ -145,7 +147,7 @@ impl Shard {
                 self.arm(key, ping_at);
             }
             Err(refused) => {
-                self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                 self.rooms.leave_all(&mut self.conns, key);
                 self.joins.forget(key);
                 self.sync_joining(key);

@@ -1,6 +1,8 @@
 //! The client's requests (gochat's ops), one method each: [`Shard::on_message`] reads a message
 //! and hands it to the method of its request; and the replies they earn.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use gochat_proto::wire::{self, JoinedRoom, Position};
 
@@ -123,7 +125,7 @@ impl Shard {
         if fatal {
             // Only a client that has not authenticated is refused for good: its auth
             // frame was missing, malformed or over the limits.
-            self.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
             self.refuse_and_close(client.key, message, message);
         } else {
             self.queue(client.key, protocol::error_frame(client.wire, message));

@@ -13,10 +13,12 @@ pub(super) enum Kind {
     Cancel = 7,
 }
 
+/// The user data of an operation of `kind` for `slot` (24 bits) in its generation `gen`.
 pub(super) fn user_data(kind: Kind, slot: usize, gen: u32) -> u64 {
     (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
 }
 
+/// The kind, slot and generation a completion's user data names (no kind: none the driver set).
 pub(super) fn decode(data: u64) -> (Option<Kind>, usize, u32) {
     let kind = match data >> 56 {
         1 => Some(Kind::Accept),
