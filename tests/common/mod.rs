@@ -146,7 +146,7 @@ pub async fn grpc_health(
     addr: std::net::SocketAddr,
 ) -> tonic_health::pb::health_check_response::ServingStatus {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = gochat_proto::peers::channel(&format!("http://{addr}")).expect("a gRPC address");
+    let channel = gochat_runtime::peers::channel(&format!("http://{addr}")).expect("a gRPC address");
     let mut client = HealthClient::new(channel);
     let reply = client.check(HealthCheckRequest { service: String::new() }).await.expect("health check");
     reply.into_inner().status()

@@ -1,0 +1,12 @@
+//! What every gochat-rs role runs besides its own work; not a contract (those are in
+//! `gochat-proto`).
+//!
+//! # Layout
+//! - [`metrics`]: Prometheus' text format (counters, histograms) and the admin listener every
+//!   role serves `GET /metrics` on.
+//! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
+//! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
+
+pub mod metrics;
+pub mod peers;
+pub mod tls;
