@@ -2,11 +2,14 @@
 //! `gochat-proto`).
 //!
 //! # Layout
+//! - [`launch`]: starting gochat-rs processes on this machine (free ports, their config files,
+//!   the processes), for `gochat cluster` and the bench.
 //! - [`metrics`]: Prometheus' text format (counters, histograms) and the admin listener every
 //!   role serves `GET /metrics` on.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 
+pub mod launch;
 pub mod metrics;
 pub mod peers;
 pub mod tls;

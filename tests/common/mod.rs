@@ -212,7 +212,7 @@ pub async fn post(base: &str, path: &str, body: Value) -> Value {
 
 /// A free loopback port, for a server started later to bind.
 pub fn free_port() -> u16 {
-    gochat::cluster::free_addr().expect("a free loopback port").port()
+    gochat_runtime::launch::free_addr().expect("a free loopback port").port()
 }
 
 pub fn unique(prefix: &str) -> String {
