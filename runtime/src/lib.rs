@@ -1,5 +1,5 @@
-//! What every gochat-rs role runs besides its own work; not a contract (those are in
-//! `gochat-proto`).
+//! What every gochat-rs role runs besides its own work, and the launcher of local clusters; no
+//! contract (those are in `gochat-proto`).
 //!
 //! # Layout
 //! - [`launch`]: starting gochat-rs processes on this machine (free ports, their config files,
