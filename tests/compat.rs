@@ -197,7 +197,7 @@ async fn a_previous_version_gateway_authenticates_sockets_and_receives_batches()
     let (_, _, next) = batches.room(ROOM, "from a socket").await;
     assert_eq!(next, seq + 1);
     // A socket that asks from the room's position recovers what came since.
-    let since = position.map(|p| RoomPosition { epoch: p.epoch, seq: p.seq });
+    let since = position.map(RoomPosition::from);
     let recovering = ConnOpenRequest { since, ..open(6, &alice.token, 0, false) };
     let results = logic.conn_open(ConnOpenBatch { requests: vec![recovering] }).await.unwrap().into_inner();
     let joined = results.results[0].joined.clone().expect("joined");

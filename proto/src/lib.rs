@@ -35,6 +35,19 @@ pub mod logic {
             f.debug_struct("CheckAuthRequest").field("token", &"<redacted>").finish()
         }
     }
+
+    // A room's position on the logic service's wire and in the code, converted in one place.
+    impl From<crate::wire::Position> for RoomPosition {
+        fn from(p: crate::wire::Position) -> Self {
+            Self { epoch: p.epoch, seq: p.seq }
+        }
+    }
+
+    impl From<RoomPosition> for crate::wire::Position {
+        fn from(p: RoomPosition) -> Self {
+            Self { epoch: p.epoch, seq: p.seq }
+        }
+    }
 }
 
 pub mod gateway {
