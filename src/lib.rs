@@ -19,6 +19,8 @@
 //! `gochat-queue-worker`, with `gochat-proto` the contracts between them and `gochat-queue` the
 //! queue from control to the workers.
 
+#![forbid(unsafe_code)]
+
 pub mod cluster;
 pub mod config;
 pub mod discovery;

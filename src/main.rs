@@ -1,6 +1,8 @@
 //! The `gochat` command line: parses it, loads the config, and runs the role it names (see the
 //! library's `roles`), or the `health` check or the local `cluster`.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

@@ -212,8 +212,7 @@ fn tempdir() -> std::path::PathBuf {
 
 /// Stops a child with SIGINT (Ctrl-C) and returns whether it exited cleanly.
 fn interrupt(mut child: KillOnDrop) -> bool {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    gochat_runtime::os::signal(child.0.id(), libc::SIGINT).unwrap();
     for _ in 0..200 {
         if let Some(status) = child.0.try_wait().unwrap() {
             return status.success();
@@ -396,8 +395,7 @@ async fn sighup_reloads_what_can_change_and_names_the_rest() {
     assert_eq!(push("x".repeat(200)).await["code"], 0);
 
     let hangup = || {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) };
+        gochat_runtime::os::signal(child.0.id(), libc::SIGHUP).unwrap();
     };
     std::fs::write(
         &path,

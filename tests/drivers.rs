@@ -66,6 +66,7 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
     // SAFETY: setrlimit between fork and exec touches only the child.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit { rlim_cur: 96, rlim_max: 96 };
@@ -113,8 +114,7 @@ async fn out_of_descriptors_at_accept_pauses_then_recovers() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    gochat_runtime::os::signal(child.0.id(), libc::SIGINT).unwrap();
     let _ = child.0.wait();
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(dir);

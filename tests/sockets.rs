@@ -554,6 +554,7 @@ async fn browsers_from_origins_not_allowed_are_refused() {
 }
 
 /// The process's TCP sockets that are not listening: (local, peer, TCP_NODELAY).
+#[allow(unsafe_code)]
 fn connected_tcp_sockets() -> Vec<(std::net::SocketAddr, std::net::SocketAddr, bool)> {
     use std::os::fd::BorrowedFd;
     let mut out = Vec::new();

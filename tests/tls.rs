@@ -404,13 +404,7 @@ async fn bad_certificate_files_are_startup_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]
 async fn idle_memory_per_connection() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit on this process with a live rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
+    gochat_runtime::os::raise_open_files_limit().unwrap();
     let n: usize = std::env::var("GOCHAT_IDLE_CONNS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let ca = Ca::new("memory");
     let files = CertFiles::new();

@@ -37,7 +37,7 @@ pub fn run(ws: SocketAddr, path: &str, label: &str, p: &EchoParams) -> anyhow::R
     let echoed = Rc::new(AtomicU64::new(0));
     let errors = Rc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let cpu_before = crate::engine::thread_cpu_secs();
+    let cpu_before = gochat_runtime::os::thread_cpu_secs();
     local.block_on(&rt, async {
         let deadline = tokio::time::Instant::now() + p.duration;
         let mut tasks = Vec::new();
@@ -61,7 +61,7 @@ pub fn run(ws: SocketAddr, path: &str, label: &str, p: &EchoParams) -> anyhow::R
     r.figure("failed_connections", errors.load(Ordering::Relaxed));
     r.figure("echo_msgs_per_s", (n as f64 / wall).round());
     // The client is this one thread (the baseline server may share the process).
-    let client_cpu = (crate::engine::thread_cpu_secs() - cpu_before) / wall;
+    let client_cpu = (gochat_runtime::os::thread_cpu_secs() - cpu_before) / wall;
     r.figure("client_cpu_pct", (client_cpu * 100.0).round());
     if client_cpu > 0.9 {
         r.notes.push(format!("the client was the bottleneck: {:.0}% of a core", client_cpu * 100.0));

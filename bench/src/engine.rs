@@ -215,7 +215,7 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
             let mut snap = stats.snap.clone();
             snap.latency = encode_hist(&stats.latency);
             snap.connect = encode_hist(&stats.connect);
-            snap.cpu_secs = thread_cpu_secs();
+            snap.cpu_secs = gochat_runtime::os::thread_cpu_secs();
             reply(snap);
             if cmd == Cmd::Quit {
                 return;
@@ -227,18 +227,9 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
 async fn connect(addr: SocketAddr, source: Option<Ipv4Addr>) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
-        // Let the kernel pick the port at connect time, per destination, not at bind time.
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on our own socket with a live c_int.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        // Ports picked per destination at connect time; where refused, at bind time (fewer
+        // connections per source address).
+        let _ = gochat_runtime::os::bind_address_no_port(std::os::fd::AsRawFd::as_raw_fd(&socket));
         socket.bind(SocketAddr::from((ip, 0)))?;
     }
     let stream = socket.connect(addr).await?;
@@ -456,14 +447,6 @@ pub fn marked_message(seq: u64) -> String {
 
 pub fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-}
-
-/// CPU time of the calling thread, seconds.
-pub fn thread_cpu_secs() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the live timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 #[cfg(test)]

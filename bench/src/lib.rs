@@ -13,6 +13,8 @@
 //!   messages through node failures (losses, duplicates, order, time to recover).
 //! - [`result`], [`report`]: the JSON result of a run, and markdown tables and SVG charts.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod echo;
 pub mod engine;

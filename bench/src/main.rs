@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -229,7 +230,8 @@ struct PushArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    raise_open_files_limit();
+    // Sockets are files: take the hard limit (the result records what it came to).
+    let _ = gochat_runtime::os::raise_open_files_limit();
     let cli = Cli::parse();
     match cli.command {
         Command::Worker => worker::worker_main(),
@@ -512,18 +514,6 @@ fn cores(threads: usize) -> usize {
         threads
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
-}
-
-/// Sockets are files: take the hard limit.
-fn raise_open_files_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: get/setrlimit on a live struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 

@@ -26,15 +26,12 @@ impl Machine {
             .unwrap_or_default();
         let kernel =
             std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes into the live struct.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel,
             memory_gib: crate::server::meminfo_kb("MemTotal:") as f64 / 1024.0 / 1024.0,
-            open_files_limit: lim.rlim_max,
+            open_files_limit: gochat_runtime::os::open_files_limit().map_or(0, |(_, hard)| hard),
         }
     }
 }

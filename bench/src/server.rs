@@ -56,7 +56,7 @@ impl ServerProcs {
     }
 
     pub fn sample(&self) -> Sample {
-        let ticks = clock_ticks();
+        let ticks = gochat_runtime::os::clock_ticks();
         let mut s = Sample { slab_bytes: meminfo_kb("Slab:") * 1024, ..Sample::default() };
         for pid in &self.pids {
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
@@ -71,16 +71,6 @@ impl ServerProcs {
             }
         }
         s
-    }
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
     }
 }
 

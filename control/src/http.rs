@@ -69,14 +69,8 @@ pub(crate) fn connection_cap(configured: usize, nofile: u64) -> usize {
 }
 
 /// This process's soft open-file limit.
-#[allow(unsafe_code)]
 fn nofile() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit into the struct it is given.
-    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => limit.rlim_cur,
-        _ => u64::MAX,
-    }
+    gochat_runtime::os::open_files_limit().map_or(u64::MAX, |(soft, _)| soft)
 }
 
 /// The open HTTP connections of one control, shared by its listeners, and what they came to.

@@ -25,6 +25,9 @@
 //!   gateway sweeps in Prometheus' text format, on the admin listener.
 //! - [`server`]: binds and runs the listeners.
 
+#![warn(unreachable_pub)]
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod config;
 pub(crate) mod grpc;

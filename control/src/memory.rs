@@ -10,10 +10,5 @@ pub(crate) fn released(freed: usize) {
     if freed < WORTH_RETURNING {
         return;
     }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim takes no pointers; it only hands the allocator's own free pages back.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    gochat_runtime::os::trim_allocator();
 }

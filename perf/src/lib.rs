@@ -12,6 +12,8 @@
 //!   and bounds rather than absolute times.
 //! - `main.rs`: `perf check`, `perf update`, `perf list`.
 
+#![forbid(unsafe_code)]
+
 pub mod baseline;
 pub mod callgrind;
 pub mod smoke;

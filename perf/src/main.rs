@@ -1,5 +1,7 @@
 //! `perf`: the performance regression gate.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

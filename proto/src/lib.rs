@@ -13,6 +13,8 @@
 //! What the roles run besides (metrics, TLS certificates, gRPC channels to peers) is in
 //! `gochat-runtime`.
 
+#![forbid(unsafe_code)]
+
 pub mod logic {
     tonic::include_proto!("gochat.logic");
 

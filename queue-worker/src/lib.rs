@@ -12,6 +12,8 @@
 //! The queue it reads (the `Queue` interface, the in-process queue, Redis Streams and the
 //! `[queue]` config) is the `gochat-queue` crate, shared with control, which enqueues.
 
+#![forbid(unsafe_code)]
+
 pub mod batch;
 pub mod gateways;
 pub mod metrics;

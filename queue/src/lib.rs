@@ -11,6 +11,8 @@
 //!
 //! Every item is used from the crate root (`gochat_queue::Queue`); the modules are private.
 
+#![forbid(unsafe_code)]
+
 mod queue;
 mod redis_queue;
 

@@ -145,8 +145,8 @@ impl Process {
 
     pub fn signal(&mut self, signal: i32) {
         if let Some(child) = self.child.as_mut() {
-            // SAFETY: kill(2) on our own child's pid, which it still is (not yet reaped).
-            unsafe { libc::kill(child.id() as i32, signal) };
+            // Still our child's pid: it is not reaped before `stop` or `kill` waits for it.
+            let _ = crate::os::signal(child.id(), signal);
         }
     }
 

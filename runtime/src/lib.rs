@@ -6,10 +6,13 @@
 //!   the processes), for `gochat cluster` and the bench.
 //! - [`metrics`]: Prometheus' text format (counters, histograms) and the admin listener every
 //!   role serves `GET /metrics` on.
+//! - [`os`]: the few system calls beyond the standard library (limits, clocks, signals, the
+//!   allocator), each behind a safe function.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 
 pub mod launch;
 pub mod metrics;
+pub mod os;
 pub mod peers;
 pub mod tls;

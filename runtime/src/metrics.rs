@@ -252,9 +252,7 @@ pub mod process {
         let fields: Vec<&str> =
             stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
         let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok());
-        // SAFETY: sysconf reads a constant of the system.
-        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-        let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+        let (ticks, page) = (crate::os::clock_ticks(), crate::os::page_size());
         if let (Some(utime), Some(stime)) = (field(14), field(15)) {
             let name = "process_cpu_seconds_total";
             text.family(name, Kind::Counter, "Total user and system CPU time spent in seconds.").sample(
@@ -286,14 +284,12 @@ pub mod process {
             let name = "process_open_fds";
             text.family(name, Kind::Gauge, "Number of open file descriptors.").sample(name, &[], fds.count());
         }
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes one rlimit into the struct it is given.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        if let Some((soft, _)) = crate::os::open_files_limit() {
             let name = "process_max_fds";
             text.family(name, Kind::Gauge, "Maximum number of open file descriptors.").sample(
                 name,
                 &[],
-                limit.rlim_cur,
+                soft,
             );
         }
         let (version, commit) = build();

@@ -347,8 +347,8 @@ mod tests {
         let _watch = cert.clone().watch(Duration::from_secs(3600), "test");
         let next = f.write_pair();
         assert_ne!(first, next);
-        // SAFETY: kill(2) on this process; the watch's handler is installed.
-        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+        // The watch's handler is installed.
+        crate::os::signal(std::process::id(), libc::SIGHUP).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while cert.current().cert[0].as_ref() != &next[..] {
             assert!(std::time::Instant::now() < deadline, "not reloaded on SIGHUP");

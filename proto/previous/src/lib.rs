@@ -10,6 +10,8 @@
 //! - [`additive`]: compares two descriptor sets and lists what breaks the older one.
 //! - [`PREVIOUS_DESCRIPTORS`], [`CURRENT_DESCRIPTORS`]: the two sets, compiled at build time.
 
+#![forbid(unsafe_code)]
+
 pub mod logic {
     tonic::include_proto!("gochat.logic");
 }
