@@ -1,7 +1,7 @@
 //! What a driver must survive: a peer that resets while output is in flight, and running out of
 //! descriptors at accept. Runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};

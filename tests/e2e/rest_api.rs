@@ -1,6 +1,6 @@
 //! gochat's REST API, byte for byte: envelope, codes, messages, CORS.
 
-mod common;
+use crate::common;
 
 use common::{unique, Server};
 use gochat_proto::wire;

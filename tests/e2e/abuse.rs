@@ -1,7 +1,7 @@
 //! Attacks at the edge, scaled down: what one client (or one account) sends must never fail,
 //! slow or starve another user. Each test reproduces an attack that worked before its fix.
 
-mod common;
+use crate::common;
 
 use common::{Server, User, WAIT};
 use futures_util::StreamExt;

@@ -1,7 +1,7 @@
 //! WebSocket and TCP clients through the whole flow: REST push → queue → worker → gateway.
 //! Every test here runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

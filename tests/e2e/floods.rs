@@ -2,7 +2,7 @@
 //! storm. Each is bounded or closed and counted, and the other users keep being served. Runs
 //! under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

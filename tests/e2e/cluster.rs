@@ -3,7 +3,7 @@
 //! and restarted. Needs the `etcd` feature (the test command builds with it).
 #![cfg(feature = "etcd")]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

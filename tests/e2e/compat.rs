@@ -4,7 +4,7 @@
 //! call every method one role calls on another. (That proto changes only add is checked in
 //! `proto/previous`.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

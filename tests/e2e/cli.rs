@@ -1,6 +1,6 @@
 //! The `gochat` binary: config checks, health checks, and control and gateway as two processes.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! GOCHAT_TEST_DRIVER): a client that reconnects with the last position it saw gets what it
 //! missed, once and in order, or is told to reload, and can.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! API and the page, certificate reload, and bad certificates. Test certificates are made here
 //! (rcgen); no key is committed. Runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
