@@ -398,8 +398,7 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn create(what: &str) -> Self {
-        let admin = std::env::var("POSTGRES_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = crate::services::postgres_admin_url();
         let name = unique(&format!("gochat_test_{what}_{}_", std::process::id()));
         psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         psql(&admin, &format!("CREATE DATABASE {name}"));
@@ -431,7 +430,7 @@ pub struct RedisPrefix {
 
 impl RedisPrefix {
     pub fn new(what: &str) -> Self {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url = crate::services::redis_url();
         Self { url, prefix: unique(&format!("gochat-test-{what}-{}-", std::process::id())) }
     }
 }

@@ -7,6 +7,7 @@
 //! different modules run in parallel in this one process: a test must not rely on running alone.
 
 mod common;
+mod services;
 
 mod abuse;
 mod autobahn;
