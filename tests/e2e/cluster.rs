@@ -154,6 +154,7 @@ async fn all_delivered(what: &str, inboxes: &[&Inbox], sent: &[String], in_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
     require!(Service::Etcd, Service::RedisServer, Service::Postgres);
+    let _heavy = common::heavy().await;
     let mut c = start_cluster();
     let (alice, bob, carol) = (user(&c, "alice").await, user(&c, "bob").await, user(&c, "carol").await);
     let dave = user(&c, "dave").await;

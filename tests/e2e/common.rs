@@ -23,6 +23,15 @@ pub fn driver() -> gochat_gateway::driver::DriverChoice {
         .map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| d.parse().expect("GOCHAT_TEST_DRIVER"))
 }
 
+/// Held for the whole test by a test that loads this machine (floods of messages, connections
+/// or logins; a cluster of processes) or that a loaded machine can fail (a reader that must keep
+/// up): two of them never run at once. Each test file was a process of its own before they were
+/// one binary; now a test that takes this runs beside light tests only.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A config with every listener on a free loopback port, an in-memory database and no rate
 /// limits.
 pub fn test_config() -> Config {

@@ -134,6 +134,7 @@ async fn a_join_over_the_socket_recovers_too() {
 /// was joining held by the gateway, nothing twice where the two meet.
 #[tokio::test]
 async fn reconnects_during_a_busy_room_lose_nothing_and_repeat_nothing() {
+    let _heavy = common::heavy().await;
     let s = Server::start().await;
     let (a, b) = (s.user("a").await, s.user("b").await);
     let _sender = s.ws(&b, 1).await;
