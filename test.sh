@@ -45,10 +45,16 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
 
-# Every test binary, and target/debug/gochat, built once: each cargo command below takes these
-# same flags, as one with other packages or features would build the workspace's crates again.
+# Every test binary, and target/debug/gochat, built once: the cargo test below takes these same
+# flags, as one with other packages, features or targets (even `--test e2e`) would resolve the
+# workspace's features otherwise and build its crates again. $e2e: the end-to-end test binary.
 test_flags=(--workspace --locked --features gochat/etcd)
-cargo test "${test_flags[@]}" --no-run
+e2e=$(cargo test "${test_flags[@]}" --no-run --message-format=json-render-diagnostics |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m["executable"]:
+        print(m["executable"])')
+[ -x "$e2e" ] || { echo "test.sh: no end-to-end test binary in cargo's output" >&2; exit 1; }
 
 # The gateway drivers to test: epoll, and io_uring where this machine runs it. Under CI a
 # machine without io_uring fails here, before the tests run, unless GOCHAT_SKIP_IO_URING says
@@ -61,10 +67,11 @@ drivers=$(.ci/drivers.sh target/debug/gochat --driver io_uring --check)
 tests/deploy/validate.sh target/debug/gochat
 
 GOCHAT_TEST_DRIVER=epoll cargo test "${test_flags[@]}"
-# Under io_uring, the end-to-end tests' modules that drive the gateway (tests/e2e/).
+# Under io_uring, the end-to-end tests' modules that drive the gateway (tests/e2e/), by name; the
+# binary itself, as cargo runs it (from the package's folder, here).
 if [[ "$drivers" == *io_uring* ]]; then
-    GOCHAT_TEST_DRIVER=io_uring cargo test "${test_flags[@]}" --test e2e -- sockets:: floods:: drivers:: \
-        cluster:: autobahn:: tls:: rooms:: recovery:: inbox:: binary:: metrics:: abuse:: compat::
+    GOCHAT_TEST_DRIVER=io_uring "$e2e" sockets:: floods:: drivers:: cluster:: autobahn:: tls:: rooms:: \
+        recovery:: inbox:: binary:: metrics:: abuse:: compat::
 fi
 
 # deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the
