@@ -119,13 +119,13 @@ pub fn present_for(part: &str, services: &[Service]) -> bool {
             if std::env::var_os("CI").is_some() {
                 panic!("{test} needs {what}, which is not there ({why}); CI runs every test");
             }
-            // Straight to stderr, not through the test harness's capture of a passing test.
             let remedy = match service {
                 Service::Redis | Service::Postgres => "start one",
                 Service::Etcd => "install it, Debian's etcd-server",
                 Service::RedisServer => "install it, Debian's redis-server",
             };
             let line = format!("skipped: {test} needs {what} ({remedy}, or run ./test.sh): {why}\n");
+            // Straight to stderr, not through the test harness's capture of a passing test.
             let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             return false;
         }
