@@ -21,10 +21,10 @@ use crate::limits::{client_key, retry_secs, RateLimits, TrustedProxies};
 use crate::logic::{Logic, LogicError};
 use crate::ControlConfig;
 
-pub const CODE_SUCCESS: i64 = 0;
-pub const CODE_FAIL: i64 = 1;
-pub const CODE_UNKNOWN: i64 = -1;
-pub const CODE_SESSION: i64 = 40000;
+pub(crate) const CODE_SUCCESS: i64 = 0;
+pub(crate) const CODE_FAIL: i64 = 1;
+pub(crate) const CODE_UNKNOWN: i64 = -1;
+pub(crate) const CODE_SESSION: i64 = 40000;
 
 #[derive(Serialize)]
 struct Envelope {
@@ -86,7 +86,7 @@ struct Api {
 
 /// The REST router; serve it with connect info (`SocketAddr`), which the per-address rate
 /// limits key on.
-pub fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -> Router {
+pub(crate) fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -> Router {
     let proxies = TrustedProxies::new(&cfg.trusted_proxies).expect("validated with the config");
     let api = Api { logic, limits, proxies, max_body: cfg.max_body_bytes };
     Router::new()
@@ -98,7 +98,7 @@ pub fn router(logic: Arc<Logic>, limits: Arc<RateLimits>, cfg: &ControlConfig) -
 
 /// `app`, answering under `prefix` too: `{prefix}/user/login` as `/user/login`, for a proxy
 /// that sends a path of the page's origin to the REST API as it is (`site_api_url = "/api"`).
-pub fn also_under(app: Router, prefix: &str) -> Router {
+pub(crate) fn also_under(app: Router, prefix: &str) -> Router {
     let prefix: Arc<str> = prefix.into();
     app.layer(axum::middleware::map_request_with_state(prefix, strip_prefix))
 }

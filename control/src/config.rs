@@ -341,19 +341,19 @@ impl ControlConfig {
 
     /// The path the REST API also answers under: `site_api_url`'s, without its last `/`
     /// (none for a URL with no path, or `/`).
-    pub fn api_path_prefix(&self) -> Option<String> {
+    pub(crate) fn api_path_prefix(&self) -> Option<String> {
         let url = crate::site::SiteUrl::parse(self.site_api_url.as_deref()?, &["http", "https"]).ok()?;
         let path = url.path().trim_end_matches('/');
         (!path.is_empty()).then(|| path.to_owned())
     }
 
-    pub fn history_limits(&self) -> crate::history::Limits {
+    pub(crate) fn history_limits(&self) -> crate::history::Limits {
         let max_age = std::time::Duration::from_secs(self.history_ttl_secs);
         crate::history::Limits { size: self.history_size, max_age, max_bytes: self.history_max_bytes }
     }
 
-    pub fn inbox_limits(&self) -> crate::inbox::Limits {
-        crate::inbox::Limits {
+    pub fn kept_limits(&self) -> crate::kept::Limits {
+        crate::kept::Limits {
             size: self.inbox_size,
             per_sender: self.inbox_per_sender,
             max_bytes: self.inbox_max_bytes,

@@ -6,18 +6,16 @@ use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
     AckBatch, AckReplies, CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenBatch, ConnOpenResult,
     ConnOpenResults, GatewayLeaseReply, GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, Joined,
-    Pending, RoomJoinRequest, RoomLeaveReply, RoomLeaveRequest, RoomPosition, RoomRoute, RouteReply,
-    RouteRequest, SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
+    RoomJoinRequest, RoomLeaveReply, RoomLeaveRequest, RoomPosition, RoomRoute, RouteReply, RouteRequest,
+    SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
 };
 use gochat_proto::wire::Position;
 use tonic::{Request, Response, Status};
 
 use crate::history::Recovery;
-use crate::inbox::Chunk;
 use crate::logic::{Logic, LogicError};
-use crate::state::Session;
 
-pub struct LogicGrpc(pub Arc<Logic>);
+pub(crate) struct LogicGrpc(pub Arc<Logic>);
 
 fn status(e: LogicError) -> Status {
     match e {
@@ -27,25 +25,13 @@ fn status(e: LogicError) -> Status {
     }
 }
 
-fn user(s: Session) -> User {
-    User { user_id: s.user_id, user_name: s.user_name }
-}
-
 fn since(p: Option<RoomPosition>) -> Option<Position> {
     p.map(|p| Position { epoch: p.epoch, seq: p.seq })
 }
 
+/// A join's answer: where the room stands and what was missed, or nothing (no history).
 fn joined(r: Option<Recovery>) -> Joined {
-    let Some(r) = r else { return Joined::default() };
-    Joined {
-        position: Some(RoomPosition { epoch: r.position.epoch, seq: r.position.seq }),
-        recovered: r.recovered,
-        bodies: r.bodies,
-    }
-}
-
-fn pending(c: Chunk) -> Pending {
-    Pending { bodies: c.bodies, ids: c.ids, more: c.more }
+    r.map(Joined::from).unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -61,11 +47,11 @@ impl LogicService for LogicGrpc {
                 Ok(opened) => {
                     self.0.counts.socket_auths_accepted.inc();
                     ConnOpenResult {
-                        user: Some(user(opened.session)),
+                        user: Some(opened.session.into()),
                         code: 0,
                         message: String::new(),
                         joined: Some(joined(opened.joined)),
-                        pending: Some(pending(opened.kept)),
+                        pending: Some(opened.kept.into()),
                     }
                 }
                 Err(e) => {
@@ -110,7 +96,7 @@ impl LogicService for LogicGrpc {
     async fn ack(&self, req: Request<AckBatch>) -> Result<Response<AckReplies>, Status> {
         let acks = req.into_inner().acks.into_iter().map(|a| async move {
             match self.0.ack(a.user_id, &a.ids, a.more).await {
-                Ok(chunk) => Ok(pending(chunk)),
+                Ok(kept) => Ok(kept.into()),
                 Err(e) => Err(status(e)),
             }
         });
@@ -121,7 +107,7 @@ impl LogicService for LogicGrpc {
 
     async fn check_auth(&self, req: Request<CheckAuthRequest>) -> Result<Response<User>, Status> {
         let session = self.0.check_auth(&req.into_inner().token).await.map_err(status)?;
-        Ok(Response::new(user(session)))
+        Ok(Response::new(session.into()))
     }
 
     async fn get_user(&self, req: Request<GetUserRequest>) -> Result<Response<User>, Status> {

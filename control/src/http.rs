@@ -41,18 +41,18 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// How connections are bounded (from [`ControlConfig`]).
 #[derive(Debug, Clone)]
-pub struct HttpLimits {
+pub(crate) struct HttpLimits {
     /// Connections open at once, over every HTTP listener of this control.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Of those, from one client address (0: no such cap); trusted proxies are not capped.
-    pub max_per_address: usize,
-    pub header_timeout: Duration,
-    pub body_timeout: Duration,
-    pub http2: bool,
+    pub(crate) max_per_address: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) http2: bool,
 }
 
 impl HttpLimits {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         Self {
             max_connections: cfg.http_max_connections,
             max_per_address: cfg.http_max_connections_per_address,
@@ -64,11 +64,12 @@ impl HttpLimits {
 }
 
 /// At most a quarter of the open-file limit `nofile`: what held HTTP connections may take.
-pub fn connection_cap(configured: usize, nofile: u64) -> usize {
+pub(crate) fn connection_cap(configured: usize, nofile: u64) -> usize {
     configured.min(usize::try_from(nofile / 4).unwrap_or(usize::MAX)).max(1)
 }
 
 /// This process's soft open-file limit.
+#[allow(unsafe_code)]
 fn nofile() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes one rlimit into the struct it is given.
@@ -98,7 +99,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         let limits = HttpLimits::new(cfg);
         let nofile = nofile();
         let cap = connection_cap(limits.max_connections, nofile);
@@ -135,7 +136,7 @@ impl Connections {
     }
 
     /// The most connections held at once.
-    pub fn cap(&self) -> usize {
+    pub(crate) fn cap(&self) -> usize {
         self.cap
     }
 
@@ -185,7 +186,7 @@ impl Drop for Slot {
 
 /// Serves `app` on `listener` (under TLS when `tls` is set) until `stopped`, each connection
 /// taking a place in `connections`.
-pub fn serve(
+pub(crate) fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
@@ -335,8 +336,17 @@ impl<I> Timed<I> {
         Self { io, stall, write_timer: None, first_byte, connections }
     }
 
-    /// A write that could not go on: fails once it has waited `stall`.
-    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+    /// A write (or flush) as polled: one that went on stops the write timer; one that could not
+    /// go on fails once it has waited `stall`.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.write_timer = None;
+            return polled;
+        }
         let stall = self.stall;
         let timer = self.write_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         match timer.as_mut().poll(cx) {
@@ -380,13 +390,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write(cx, data) {
-            Poll::Ready(written) => {
-                self.write_timer = None;
-                Poll::Ready(written)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.timed(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -394,13 +399,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
         cx: &mut Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut self.io).poll_write_vectored(cx, data) {
-            Poll::Ready(written) => {
-                self.write_timer = None;
-                Poll::Ready(written)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, data);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -408,13 +408,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Timed<I> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(flushed) => {
-                self.write_timer = None;
-                Poll::Ready(flushed)
-            }
-            Poll::Pending => self.stalled(cx),
-        }
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.timed(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use gochat_proto::ids::MAX_NODE;
 use gochat_proto::ids::{EPOCH_MS, NODE_BITS, SEQ_BITS};
 
-pub struct MessageIds {
+pub(crate) struct MessageIds {
     node: u64,
     /// (millisecond, sequence) of the last id handed out.
     last: Mutex<(u64, u64)>,
@@ -16,12 +16,12 @@ pub struct MessageIds {
 
 impl MessageIds {
     /// `node` must differ between the controls of a cluster; at most [`MAX_NODE`].
-    pub fn new(node: u16) -> Self {
+    pub(crate) fn new(node: u16) -> Self {
         assert!(node <= MAX_NODE, "node {node} above {MAX_NODE}");
         Self { node: u64::from(node), last: Mutex::new((0, 0)) }
     }
 
-    pub fn next(&self) -> u64 {
+    pub(crate) fn next(&self) -> u64 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let now = now.saturating_sub(EPOCH_MS);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());

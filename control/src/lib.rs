@@ -8,7 +8,7 @@
 //! - [`password`]: argon2id password hashes.
 //! - [`state`]: sessions, connections, room members and online counts, user → gateway routing.
 //! - [`history`]: each room's numbered recent messages, for clients that reconnect.
-//! - [`inbox`]: private messages kept until their user's client acknowledges them.
+//! - [`kept`]: private messages kept until their user's client acknowledges them.
 //! - [`ids`]: unique, time-ordered message ids.
 //! - [`memory`]: memory freed in bulk (quiet rooms and users forgotten), given back to the
 //!   system.
@@ -27,20 +27,20 @@
 
 pub mod api;
 pub mod config;
-pub mod grpc;
-pub mod headers;
+pub(crate) mod grpc;
+pub(crate) mod headers;
 pub mod history;
 pub mod http;
 pub mod ids;
-pub mod inbox;
+pub mod kept;
 pub mod limits;
 pub mod logic;
-pub mod memory;
+pub(crate) mod memory;
 pub mod metrics;
-pub mod names;
-pub mod password;
-pub mod server;
-pub mod site;
+pub(crate) mod names;
+pub(crate) mod password;
+pub(crate) mod server;
+pub(crate) mod site;
 pub mod state;
 pub mod store;
 

@@ -61,7 +61,7 @@ pub struct Limiter<K> {
 impl<K: Hash + Eq + Copy> Limiter<K> {
     /// `rate` tokens per second up to `burst`, at most `max_entries` keys remembered; a rate of
     /// 0 limits nothing.
-    pub fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
+    pub(crate) fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
         let generations =
             Generations { current: HashMap::new(), previous: HashMap::new(), started: Instant::now() };
         Self {
@@ -72,18 +72,18 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
         }
     }
 
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on.load(Ordering::Relaxed)
     }
 
     /// A new rate and burst (a config reload); buckets keep their tokens, up to the new burst.
-    pub fn set(&self, rate: f64, burst: u32) {
+    pub(crate) fn set(&self, rate: f64, burst: u32) {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner()).0 = Rate::new(rate, burst);
         self.on.store(rate > 0.0, Ordering::Relaxed);
     }
 
     /// Takes a token from `key`'s bucket; when it has none, how long until it has one.
-    pub fn take(&self, key: K) -> Result<(), Duration> {
+    pub(crate) fn take(&self, key: K) -> Result<(), Duration> {
         if !self.is_on() {
             return Ok(());
         }
@@ -116,7 +116,7 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
 
     /// Returns a token taken for a request that turned out not to count (a login that
     /// succeeded, for a limit on failures), up to the burst.
-    pub fn give_back(&self, key: K) {
+    pub(crate) fn give_back(&self, key: K) {
         if !self.is_on() {
             return;
         }
@@ -141,7 +141,7 @@ impl<K: Hash + Eq + Copy> Limiter<K> {
 
 /// A client address as a limiter key: IPv4 (also IPv4-mapped IPv6) whole, IPv6 by its /64,
 /// the block one subscriber usually holds, so rotating through it gains nothing.
-pub fn client_key(ip: IpAddr) -> u128 {
+pub(crate) fn client_key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -160,7 +160,7 @@ pub struct RateLimits {
     pub login_account: Limiter<u64>,
     /// Per account, the client addresses it last logged in from: an attack on the account from
     /// elsewhere does not lock its owner out.
-    pub known_clients: KnownClients,
+    pub(crate) known_clients: KnownClients,
     /// Keys account names for `login_account`, so names of an attacker's choosing cannot be
     /// made to share a bucket with someone else's.
     account_keys: std::collections::hash_map::RandomState,
@@ -171,7 +171,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(cfg: &ControlConfig) -> Self {
+    pub(crate) fn new(cfg: &ControlConfig) -> Self {
         let n = cfg.rate_limit_entries;
         Self {
             login: Limiter::new(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst, n),
@@ -188,7 +188,7 @@ impl RateLimits {
     }
 
     /// Takes the rates and bursts of `cfg` (a config reload).
-    pub fn reconfigure(&self, cfg: &ControlConfig) {
+    pub(crate) fn reconfigure(&self, cfg: &ControlConfig) {
         self.login.set(f64::from(cfg.login_per_minute) / 60.0, cfg.login_burst);
         self.login_account.set(
             f64::from(cfg.login_failures_per_account_per_minute) / 60.0,
@@ -202,7 +202,7 @@ impl RateLimits {
 impl RateLimits {
     /// The `login_account` key of a name typed at login: neither its compatibility form (a
     /// fullwidth `ａｄｍｉｎ` logs in as `admin`) nor its case makes another account to guess.
-    pub fn account_key(&self, user_name: &str) -> u64 {
+    pub(crate) fn account_key(&self, user_name: &str) -> u64 {
         use std::hash::BuildHasher;
         self.account_keys.hash_one(crate::names::nfkc(user_name).to_lowercase())
     }
@@ -210,7 +210,7 @@ impl RateLimits {
 
 /// The client addresses each account last logged in from, a few per account, bounded in
 /// accounts as the limiters are (two generations).
-pub struct KnownClients {
+pub(crate) struct KnownClients {
     max_entries: usize,
     /// The current generation and the previous one: account → its clients, latest first.
     accounts: Mutex<[HashMap<u64, Vec<u128>>; 2]>,
@@ -220,19 +220,19 @@ impl KnownClients {
     /// Addresses remembered per account.
     const PER_ACCOUNT: usize = 4;
 
-    pub fn new(max_entries: usize) -> Self {
+    pub(crate) fn new(max_entries: usize) -> Self {
         Self { max_entries: max_entries.max(2), accounts: Mutex::default() }
     }
 
     /// Whether `account` has logged in from `client`.
-    pub fn knows(&self, account: u64, client: u128) -> bool {
+    pub(crate) fn knows(&self, account: u64, client: u128) -> bool {
         let guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let [current, previous] = &*guard;
         current.get(&account).or_else(|| previous.get(&account)).is_some_and(|c| c.contains(&client))
     }
 
     /// `account` logged in from `client`.
-    pub fn remember(&self, account: u64, client: u128) {
+    pub(crate) fn remember(&self, account: u64, client: u128) {
         let mut guard = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         let [current, previous] = &mut *guard;
         if current.len() >= self.max_entries / 2 && !current.contains_key(&account) {
@@ -248,7 +248,7 @@ impl KnownClients {
 
 /// A network in CIDR notation (`10.0.0.0/8`), or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
+pub(crate) struct IpNet {
     addr: IpAddr,
     prefix: u8,
 }
@@ -274,7 +274,7 @@ impl std::str::FromStr for IpNet {
 }
 
 impl IpNet {
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -299,22 +299,22 @@ impl IpNet {
 
 /// Which peers are proxies whose `X-Forwarded-For` names the client.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub(crate) struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
     /// Parses the config's list (validated before).
-    pub fn new(list: &[String]) -> Result<Self, String> {
+    pub(crate) fn new(list: &[String]) -> Result<Self, String> {
         list.iter().map(|s| s.parse()).collect::<Result<_, _>>().map(Self)
     }
 
-    pub fn trusts(&self, ip: IpAddr) -> bool {
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|n| n.contains(ip))
     }
 
     /// The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
     /// address in `X-Forwarded-For` that is not one (what clients write further left is not
     /// to be believed).
-    pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer.ip();
         if !self.trusts(client) {
             return client;
@@ -337,7 +337,7 @@ impl TrustedProxies {
 }
 
 /// What a refused client is told: whole seconds, at least one.
-pub fn retry_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 

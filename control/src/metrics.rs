@@ -37,11 +37,11 @@ const NO_CODE: usize = CODES.len();
 
 /// The gochat code a REST response carries, left on it for [`track`].
 #[derive(Debug, Clone, Copy)]
-pub struct Code(pub i64);
+pub(crate) struct Code(pub(crate) i64);
 
 /// REST requests by route and code, and their durations by route.
 #[derive(Debug)]
-pub struct Requests {
+pub(crate) struct Requests {
     counts: [[Counter; CODES.len() + 1]; ROUTES.len() + 1],
     durations: [Histogram; ROUTES.len() + 1],
 }
@@ -65,7 +65,7 @@ impl Requests {
 }
 
 /// A middleware layer over the REST router: counts and times every request.
-pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_string();
     let res = next.run(req).await;
@@ -73,51 +73,149 @@ pub async fn track(State(requests): State<Arc<Requests>>, req: Request, next: Ne
     res
 }
 
-/// The target kinds of enqueued messages, as labelled.
-const KINDS: [&str; 3] = ["room", "user", "session_end"];
+/// The target kind of an enqueued message, labelled `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    Room,
+    User,
+    SessionEnd,
+}
+
+impl TargetKind {
+    /// Every kind, in the order the counters are kept and rendered.
+    const ALL: [Self; 3] = [Self::Room, Self::User, Self::SessionEnd];
+
+    fn of(target: &Target) -> Self {
+        match target {
+            Target::RoomId(_) => Self::Room,
+            Target::UserId(_) => Self::User,
+            Target::SessionEnd(_) => Self::SessionEnd,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Room => "room",
+            Self::User => "user",
+            Self::SessionEnd => "session_end",
+        }
+    }
+}
+
+/// How a socket's join of a room with history went, labelled `result`: no recovery asked,
+/// everything missed recovered, or told to reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinResult {
+    Fresh,
+    Recovered,
+    Reload,
+}
+
+impl JoinResult {
+    /// Every result, in the order the counters are kept and rendered.
+    const ALL: [Self; 3] = [Self::Fresh, Self::Recovered, Self::Reload];
+
+    /// The result of a join whose recovery was `recovered` (see [`Recovery`]).
+    ///
+    /// [`Recovery`]: crate::history::Recovery
+    pub(crate) fn of(recovered: Option<bool>) -> Self {
+        match recovered {
+            None => Self::Fresh,
+            Some(true) => Self::Recovered,
+            Some(false) => Self::Reload,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Recovered => "recovered",
+            Self::Reload => "reload",
+        }
+    }
+}
+
+/// What became of private messages, labelled `result`: kept, refused for a user who has as many
+/// kept as they may (`inbox_size`), acknowledged, handed out at connect or after an
+/// acknowledgement, refused for the sender's full share of a user's (`inbox_per_sender`), for a
+/// full store (or sent unkept to a user online), or for the sender's full share of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeptResult {
+    Kept,
+    Full,
+    Acknowledged,
+    HandedOut,
+    SenderShare,
+    StoreFull,
+    SenderTotal,
+}
+
+impl KeptResult {
+    /// Every result, in the order the counters are kept and rendered.
+    const ALL: [Self; 7] = [
+        Self::Kept,
+        Self::Full,
+        Self::Acknowledged,
+        Self::HandedOut,
+        Self::SenderShare,
+        Self::StoreFull,
+        Self::SenderTotal,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Kept => "kept",
+            Self::Full => "full",
+            Self::Acknowledged => "acknowledged",
+            Self::HandedOut => "handed_out",
+            Self::SenderShare => "sender_share",
+            Self::StoreFull => "store_full",
+            Self::SenderTotal => "sender_total",
+        }
+    }
+}
 
 /// What logic counts as it works.
 #[derive(Debug, Default)]
 pub struct LogicCounts {
-    enqueued: [Counter; KINDS.len()],
-    enqueue_failures: [Counter; KINDS.len()],
+    /// By [`TargetKind`].
+    enqueued: [Counter; TargetKind::ALL.len()],
+    /// By [`TargetKind`].
+    enqueue_failures: [Counter; TargetKind::ALL.len()],
     pub socket_auths_accepted: Counter,
     pub socket_auths_refused: Counter,
     /// Sockets refused because their user had `max_connections_per_user` open.
     pub user_connections_refused: Counter,
     /// Gateways whose lease ran out and whose connections were forgotten.
-    pub gateways_swept: Counter,
-    /// Sockets that joined a room with history, by what they got: `JOINS`.
-    pub joins: [Counter; JOINS.len()],
-    /// Private messages kept, refused for a full inbox, acknowledged, handed out at connect or
-    /// after an acknowledgement, refused for the sender's full share of an inbox, for a full
-    /// store, or for the sender's full share of the store: `KEPT`.
-    pub kept: [Counter; KEPT.len()],
+    pub(crate) gateways_swept: Counter,
+    /// Sockets that joined a room with history, by [`JoinResult`].
+    joins: [Counter; JoinResult::ALL.len()],
+    /// Private messages, by [`KeptResult`].
+    kept: [Counter; KeptResult::ALL.len()],
 }
-
-/// How a socket's join of a room went: no recovery asked, everything missed recovered, or
-/// told to reload.
-pub const JOINS: [&str; 3] = ["fresh", "recovered", "reload"];
-pub const KEPT: [&str; 7] =
-    ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full", "sender_total"];
 
 impl LogicCounts {
     /// A message for `target` was enqueued, or refused by the queue.
-    pub fn enqueue(&self, target: Target, ok: bool) {
-        let kind = match target {
-            Target::RoomId(_) => 0,
-            Target::UserId(_) => 1,
-            Target::SessionEnd(_) => 2,
-        };
+    pub(crate) fn enqueue(&self, target: &Target, ok: bool) {
         let counters = if ok { &self.enqueued } else { &self.enqueue_failures };
-        counters[kind].inc();
+        counters[TargetKind::of(target) as usize].inc();
+    }
+
+    /// A socket joined a room with history.
+    pub(crate) fn join(&self, result: JoinResult) {
+        self.joins[result as usize].inc();
+    }
+
+    /// `n` private messages came to `result`.
+    pub(crate) fn kept(&self, result: KeptResult, n: u64) {
+        self.kept[result as usize].add(n);
     }
 }
 
 /// What `/metrics` reads.
 #[derive(Clone)]
-pub struct Metrics {
-    pub control_id: Arc<str>,
+pub(crate) struct Metrics {
+    pub(crate) control_id: Arc<str>,
     pub requests: Arc<Requests>,
     pub logic: Arc<Logic>,
     pub limits: Arc<RateLimits>,
@@ -125,7 +223,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut text = Text::default();
         let control = ("control", &*self.control_id);
         let routes = || ROUTES.iter().copied().chain(["other"]).enumerate();
@@ -153,8 +251,8 @@ impl Metrics {
             ),
         ] {
             text.family(name, Kind::Counter, help);
-            for (kind, counter) in KINDS.iter().zip(counters) {
-                text.sample(name, &[control, ("kind", kind)], counter.get());
+            for kind in TargetKind::ALL {
+                text.sample(name, &[control, ("kind", kind.label())], counters[kind as usize].get());
             }
         }
         let limited = "gochat_control_rate_limited_total";
@@ -176,24 +274,19 @@ impl Metrics {
         {
             text.sample(auths, &[control, ("result", result)], counter.get());
         }
-        for (name, help, labels, counters) in [
-            (
-                "gochat_control_room_joins_total",
-                "Socket joins of rooms with history, by result.",
-                &JOINS[..],
-                &counts.joins[..],
-            ),
-            (
-                "gochat_control_kept_messages_total",
-                "Private messages kept for their user, refused (inbox full, sender's share full, store full, sender's share of the store full), acknowledged, handed out.",
-                &KEPT[..],
-                &counts.kept[..],
-            ),
-        ] {
-            text.family(name, Kind::Counter, help);
-            for (label, counter) in labels.iter().zip(counters) {
-                text.sample(name, &[control, ("result", label)], counter.get());
-            }
+        let joins = "gochat_control_room_joins_total";
+        text.family(joins, Kind::Counter, "Socket joins of rooms with history, by result.");
+        for result in JoinResult::ALL {
+            text.sample(joins, &[control, ("result", result.label())], counts.joins[result as usize].get());
+        }
+        let kept = "gochat_control_kept_messages_total";
+        text.family(
+            kept,
+            Kind::Counter,
+            "Private messages kept for their user, refused (inbox full, sender's share full, store full, sender's share of the store full), acknowledged, handed out.",
+        );
+        for result in KeptResult::ALL {
+            text.sample(kept, &[control, ("result", result.label())], counts.kept[result as usize].get());
         }
         let http = &self.connections;
         let open = "gochat_control_http_connections";
@@ -219,10 +312,10 @@ impl Metrics {
         ] {
             text.sample(closed, &[control, ("reason", reason)], counter.get());
         }
-        let (history, inbox) = self.logic.kept_bytes();
+        let (history, kept) = self.logic.kept_bytes();
         for (name, help, bytes) in [
             ("gochat_control_history_bytes", "Bytes of room history kept in this process.", history),
-            ("gochat_control_inbox_bytes", "Bytes of private messages kept in this process.", inbox),
+            ("gochat_control_inbox_bytes", "Bytes of private messages kept in this process.", kept),
         ] {
             if let Some(bytes) = bytes {
                 text.family(name, Kind::Gauge, help).sample(name, &[control], bytes);
@@ -251,6 +344,20 @@ mod tests {
                 "{route} is not a route"
             );
         }
+    }
+
+    #[test]
+    fn labels_are_the_published_ones_in_their_order() {
+        assert_eq!(TargetKind::ALL.map(TargetKind::label), ["room", "user", "session_end"]);
+        assert_eq!(JoinResult::ALL.map(JoinResult::label), ["fresh", "recovered", "reload"]);
+        assert_eq!(
+            KeptResult::ALL.map(KeptResult::label),
+            ["kept", "full", "acknowledged", "handed_out", "sender_share", "store_full", "sender_total"]
+        );
+        // Counters are indexed by discriminant: `ALL` must list them in that order.
+        assert!(KeptResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(JoinResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(TargetKind::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
     }
 
     #[test]

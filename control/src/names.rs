@@ -20,14 +20,14 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeEmoji, UnicodeGeneralCategory};
 
 /// Longest user name accepted, in characters (Unicode scalar values, after NFKC).
-pub const MAX_USER_NAME: usize = 32;
+pub(crate) const MAX_USER_NAME: usize = 32;
 /// Most combining marks in a row a name may have (Thai, Hebrew with points and Tibetan stacks
 /// need three or four; more is a tower drawn over the lines around it).
-pub const MAX_MARKS_IN_A_ROW: usize = 4;
+pub(crate) const MAX_MARKS_IN_A_ROW: usize = 4;
 
 /// Why a name is refused at registration; the message is the client's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
+pub(crate) enum NameError {
     #[error("userName must be 1 to {MAX_USER_NAME} characters")]
     Length,
     #[error("userName must not have invisible, control or text-direction characters, or spaces at its ends or two in a row")]
@@ -38,17 +38,17 @@ pub enum NameError {
 
 /// A name fit to register: its normal form and its two skeletons.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Name {
+pub(crate) struct Name {
     /// NFKC, as stored and shown.
     pub name: String,
     /// The UTS #39 skeleton of `name`.
-    pub skeleton: String,
+    pub(crate) skeleton: String,
     /// The skeleton of `name` in lowercase.
-    pub skeleton_ci: String,
+    pub(crate) skeleton_ci: String,
 }
 
 /// The name `raw` registers as, or why it cannot.
-pub fn normalize(raw: &str) -> Result<Name, NameError> {
+pub(crate) fn normalize(raw: &str) -> Result<Name, NameError> {
     // The stored form is counted: NFKC composes (`e` + U+0301 is `é`) and expands (`㍿` is 4
     // characters). What is sent is bounded first, so normalizing an oversized name costs little.
     if raw.is_empty() || raw.chars().count() > 4 * MAX_USER_NAME {
@@ -64,14 +64,14 @@ pub fn normalize(raw: &str) -> Result<Name, NameError> {
 }
 
 /// `s` in Unicode normal form NFKC.
-pub fn nfkc(s: &str) -> String {
+pub(crate) fn nfkc(s: &str) -> String {
     s.nfkc().collect()
 }
 
 /// The UTS #39 skeleton of `name`, and that of its lowercase form. The two are kept apart
 /// because folding case first would lose the capital look-alikes: `I` is confusable with `l`,
 /// and Cyrillic `ВОВ` with `BOB`, but `i` is not with `l`, nor `в` with `b`.
-pub fn skeletons(name: &str) -> (String, String) {
+pub(crate) fn skeletons(name: &str) -> (String, String) {
     let skeleton = unicode_security::skeleton(name).collect();
     let lower: String = name.chars().flat_map(char::to_lowercase).collect();
     (skeleton, unicode_security::skeleton(&lower).collect())
@@ -81,7 +81,7 @@ pub fn skeletons(name: &str) -> (String, String) {
 /// text-direction characters, no surrounding spaces), so accounts registered before the
 /// stricter rules can still log in, and the length a registration may send. Any other name is
 /// no one's.
-pub fn may_log_in(raw: &str) -> bool {
+pub(crate) fn may_log_in(raw: &str) -> bool {
     !raw.is_empty()
         && raw.chars().count() <= 4 * MAX_USER_NAME
         && raw.trim() == raw

@@ -16,7 +16,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Most hashes at once (and buffers kept): the CPUs, up to 4. Each takes a core for tens of
 /// milliseconds, so a login storm queues rather than fans out.
-pub fn hashing() -> usize {
+pub(crate) fn hashing() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).min(4)
 }
 
@@ -71,7 +71,7 @@ fn compute(params: Params, password: &[u8], salt: &[u8], out: &mut [u8], buffer:
 }
 
 /// Hashes `password` with argon2id (OWASP's parameters: 19 MiB, 2 passes) and a random salt.
-pub async fn hash(password: String) -> String {
+pub(crate) async fn hash(password: String) -> String {
     with_buffer(move |buffer| {
         let salt = SaltString::generate(&mut OsRng);
         let mut salt_bytes = [0u8; 64];
@@ -92,7 +92,7 @@ pub async fn hash(password: String) -> String {
 
 /// Whether `password` matches the PHC string `stored`. `None` (no such user) still spends the
 /// same work, so timing does not tell which names exist.
-pub async fn verify(password: String, stored: Option<String>) -> bool {
+pub(crate) async fn verify(password: String, stored: Option<String>) -> bool {
     let dummy = dummy_hash().await;
     with_buffer(move |buffer| {
         let phc = stored.as_deref().unwrap_or(&dummy);

@@ -35,7 +35,7 @@ struct Site {
 /// `/config.js` and the page's policy; `ws_port` may change after start (a gateway bound to
 /// port 0 in the same process). `https`: whether the page, the API and the socket are served
 /// over TLS.
-pub fn router(cfg: &ControlConfig, api_port: u16, ws_port: Arc<AtomicU16>, https: bool) -> Router {
+pub(crate) fn router(cfg: &ControlConfig, api_port: u16, ws_port: Arc<AtomicU16>, https: bool) -> Router {
     let policy =
         cfg.site_csp.as_deref().map(|p| HeaderValue::from_str(p).expect("validated with the config"));
     let url = |url: &Option<String>, schemes: &[&str]| {
@@ -60,7 +60,7 @@ pub fn router(cfg: &ControlConfig, api_port: u16, ws_port: Arc<AtomicU16>, https
 /// Where the page sends its REST calls or opens its socket, as `site_api_url` and
 /// `site_ws_url` say: a path on the page's own origin, or a full URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SiteUrl {
+pub(crate) enum SiteUrl {
     /// `/api`: on the origin the page was loaded from.
     Path(String),
     /// `https://api.example.com/v1`: elsewhere.
@@ -72,7 +72,7 @@ impl SiteUrl {
     /// of `schemes`, a DNS name or an IPv4 address, and no user, query or fragment. Paths are
     /// held to `A-Z a-z 0-9 - . _ ~ % /`, so that nothing in them reads as more than a path in
     /// a policy or a script.
-    pub fn parse(url: &str, schemes: &[&str]) -> Result<Self, String> {
+    pub(crate) fn parse(url: &str, schemes: &[&str]) -> Result<Self, String> {
         let path_ok = |path: &str| {
             path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%/".contains(&b))
                 && !path.split('/').any(|seg| seg == "." || seg == "..")
@@ -106,7 +106,7 @@ impl SiteUrl {
     }
 
     /// The path: all of a [`SiteUrl::Path`], the part after the host of a URL.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         match self {
             Self::Path(path) | Self::Url { path, .. } => path,
         }
@@ -123,7 +123,7 @@ impl SiteUrl {
 
 /// Where the page reaches its REST API or its socket, for its policy.
 #[derive(Debug, Clone, Copy)]
-pub enum Reach<'a> {
+pub(crate) enum Reach<'a> {
     /// This port of the host the page was loaded from.
     Port(u16),
     /// A configured URL.
@@ -139,7 +139,7 @@ pub enum Reach<'a> {
 /// always sends a valid one). A socket on the page's own origin is named with `ws:` and `wss:`
 /// (not every browser counts either as `'self'`), both unless the page is served over TLS: a
 /// proxy in front may be what serves HTTPS.
-pub fn page_policy(host: Option<&str>, https: bool, api: Reach<'_>, ws: Reach<'_>) -> String {
+pub(crate) fn page_policy(host: Option<&str>, https: bool, api: Reach<'_>, ws: Reach<'_>) -> String {
     let (http_scheme, ws_scheme) = if https { ("https", "wss") } else { ("http", "ws") };
     let host = host.and_then(|h| Some((host_name(h)?, h)));
     // The request's host (any host for an IPv6 address), and its port as the `Host` gave it.

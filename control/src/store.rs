@@ -169,7 +169,7 @@ impl UserStore {
     }
 
     /// Inserts a user; `Ok(None)` when the name or one of its skeletons is taken.
-    pub async fn create(&self, name: &Name, password_hash: &str) -> Result<Option<u64>, sqlx::Error> {
+    pub(crate) async fn create(&self, name: &Name, password_hash: &str) -> Result<Option<u64>, sqlx::Error> {
         let result = match self {
             Self::Sqlite(pool) => sqlx::query(
                 r#"INSERT INTO "user" (user_name, name_skeleton, name_skeleton_ci, password) VALUES (?, ?, ?, ?)"#,
@@ -201,7 +201,7 @@ impl UserStore {
     }
 
     /// The stored name that `name` is, or looks like (the same, first, when both exist).
-    pub async fn taken_by(&self, name: &Name) -> Result<Option<String>, sqlx::Error> {
+    pub(crate) async fn taken_by(&self, name: &Name) -> Result<Option<String>, sqlx::Error> {
         const HOLDER: &str = r#"SELECT user_name FROM "user" WHERE user_name = $1 OR name_skeleton = $2
             OR name_skeleton_ci = $3 ORDER BY user_name = $1 DESC LIMIT 1"#;
         let row: Option<(String,)> = match self {
@@ -244,7 +244,7 @@ impl UserStore {
         })
     }
 
-    pub async fn by_id(&self, id: u64) -> Result<Option<UserRow>, sqlx::Error> {
+    pub(crate) async fn by_id(&self, id: u64) -> Result<Option<UserRow>, sqlx::Error> {
         Ok(match self {
             Self::Sqlite(pool) => sqlx::query(r#"SELECT id, user_name, password FROM "user" WHERE id = ?"#)
                 .bind(id as i64)

@@ -210,7 +210,7 @@ impl GatewayConfig {
     /// Shards to run: the configured count, or one per CPU the process may use.
     pub fn shard_count(&self) -> usize {
         match self.shards {
-            0 => crate::driver::sys::allowed_cpus().len(),
+            0 => crate::sys::allowed_cpus().len(),
             n => n,
         }
     }

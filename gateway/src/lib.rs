@@ -15,6 +15,7 @@
 //!   Prometheus' text format, on the admin listener.
 //! - [`server`]: binds the listeners, starts the pinned shard threads and the gRPC server, and
 //!   shuts them down.
+//! - [`sys`]: the system calls made outside the drivers (the inbox's eventfd, CPU affinity).
 //! - [`testkit`]: drives a shard without sockets, as a client would (tests, benches, fuzzers).
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;
+pub mod sys;
 pub mod testkit;
 
 pub use config::GatewayConfig;

@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox, JoinAnswer, Kept};
+use crate::protocol::close;
+use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox, JoinAnswer};
 
 /// Room sends from sockets waiting for logic; past this, senders are told to slow down.
 const ROOM_SEND_BACKLOG: usize = 1024;
@@ -45,21 +46,17 @@ const ACK_BACKLOG: usize = 4096;
 /// Acknowledgements per call.
 const ACK_BATCH: usize = 256;
 
-/// A socket waiting for logic's answer to its auth frame.
+/// A socket waiting for logic's answer to its auth frame: its key in its shard, and its part
+/// of a `ConnOpen` call (which names the shard and the connection).
 struct PendingAuth {
-    shard: u32,
     key: u32,
-    conn_id: u64,
-    token: String,
-    room_id: u64,
-    since: Option<Position>,
-    acks: bool,
+    request: ConnOpenRequest,
 }
 
 impl PendingAuth {
     /// About what it adds to a `ConnOpen` call.
     fn size(&self) -> usize {
-        64 + self.token.len() + self.since.as_ref().map_or(0, |p| p.epoch.len())
+        64 + self.request.token.len() + self.request.since.as_ref().map_or(0, |p| p.epoch.len())
     }
 }
 
@@ -104,7 +101,10 @@ pub async fn run(
     while let Some((shard, effect)) = effects.recv().await {
         match effect {
             Effect::Auth { key, conn_id, token, room_id, since, acks } => {
-                let _ = auths.send(PendingAuth { shard, key, conn_id, token, room_id, since, acks });
+                let gateway_id = link.gateway_id.to_string();
+                let since = since.map(position);
+                let request = ConnOpenRequest { token, room_id, gateway_id, shard, conn_id, since, acks };
+                let _ = auths.send(PendingAuth { key, request });
             }
             Effect::Closed { conn_id } => {
                 tokio::spawn(link.clone().closed(conn_id));
@@ -139,7 +139,8 @@ pub async fn run(
 
 /// Renews this gateway's lease in logic, a third of its lifetime before it runs out. When logic
 /// says the lease was gone, it took this gateway for dead and forgot its connections: every
-/// shard then closes its connections (1012) so clients reconnect and are routable again.
+/// shard then closes its connections ([`close::SERVICE_RESTART`]) so clients reconnect and are
+/// routable again.
 /// `leased` says whether the last renewal went through.
 pub async fn keep_lease(
     mut logic: LogicClient<Channel>,
@@ -195,18 +196,7 @@ impl Link {
     }
 
     async fn auth(self, batch: Vec<PendingAuth>) {
-        let requests: Vec<ConnOpenRequest> = batch
-            .iter()
-            .map(|a| ConnOpenRequest {
-                token: a.token.clone(),
-                room_id: a.room_id,
-                gateway_id: self.gateway_id.to_string(),
-                shard: a.shard,
-                conn_id: a.conn_id,
-                since: a.since.clone().map(position),
-                acks: a.acks,
-            })
-            .collect();
+        let requests: Vec<ConnOpenRequest> = batch.iter().map(|a| a.request.clone()).collect();
         // A control that died leaves calls on its connection failing as unavailable; the
         // balanced channel sends a retry to a live one (opening a connection is idempotent).
         let batch_req = ConnOpenBatch { requests };
@@ -220,20 +210,15 @@ impl Link {
                 .into_inner()
                 .results
                 .into_iter()
-                .map(|r| match r.user {
-                    Some(u) => Ok(Box::new(AuthedUser {
-                        user_id: u.user_id,
-                        user_name: u.user_name,
-                        joined: join_answer(r.joined.unwrap_or_default()),
-                        kept: kept(r.pending.unwrap_or_default()),
-                    })),
-                    None => Err(auth_refusal(&tonic::Status::new(Code::from(r.code), r.message))),
-                })
+                .map(|r| AuthedUser::try_from(r).map(Box::new).map_err(|status| auth_refusal(&status)))
                 .collect(),
-            Ok(_) => batch.iter().map(|_| Err(refused(1011, "logic answered a different count"))).collect(),
+            Ok(_) => {
+                let refusal = refused(close::INTERNAL_ERROR, "logic answered a different count");
+                batch.iter().map(|_| Err(refusal.clone())).collect()
+            }
             Err(status) => {
                 let refusal = auth_refusal(&status);
-                if refusal.close_code != 1008 {
+                if refusal.close_code != close::POLICY_VIOLATION {
                     // One line per call, not per socket: a call carries up to AUTH_BATCH.
                     tracing::warn!(%status, sockets = batch.len(), "logic unavailable for socket auths");
                 }
@@ -241,12 +226,13 @@ impl Link {
             }
         };
         for (a, result) in batch.into_iter().zip(results) {
-            if matches!(&result, Err(r) if r.close_code != 1008) {
+            let (key, shard, conn_id) = (a.key, a.request.shard, a.request.conn_id);
+            if matches!(&result, Err(r) if r.close_code != close::POLICY_VIOLATION) {
                 // Logic may have recorded the connection before failing or timing out: undo it.
-                tokio::spawn(self.clone().closed(a.conn_id));
+                tokio::spawn(self.clone().closed(conn_id));
             }
-            if let Some(inbox) = self.inboxes.get(a.shard as usize) {
-                inbox.push_wait(Command::AuthDone { key: a.key, conn_id: a.conn_id, result }).await;
+            if let Some(inbox) = self.inboxes.get(shard as usize) {
+                inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
             }
         }
     }
@@ -312,7 +298,7 @@ impl Link {
         })
         .await;
         let result = match answer {
-            Ok(joined) => Ok(Box::new(join_answer(joined.into_inner()))),
+            Ok(joined) => Ok(Box::new(JoinAnswer::from(joined.into_inner()))),
             Err(status) => Err(match status.code() {
                 Code::InvalidArgument | Code::NotFound => status.message().to_string(),
                 _ => {
@@ -368,7 +354,7 @@ impl Link {
             for (ack, pending) in batch.into_iter().zip(replies).filter(|(a, _)| a.ack.more) {
                 if let Some(inbox) = self.inboxes.get(ack.shard as usize) {
                     let (key, conn_id) = (ack.key, ack.conn_id);
-                    inbox.push_wait(Command::Kept { key, conn_id, kept: kept(pending) }).await;
+                    inbox.push_wait(Command::Kept { key, conn_id, kept: pending.into() }).await;
                 }
             }
         }
@@ -436,30 +422,19 @@ fn position(p: Position) -> RoomPosition {
     RoomPosition { epoch: p.epoch, seq: p.seq }
 }
 
-fn join_answer(j: pb::Joined) -> JoinAnswer {
-    JoinAnswer {
-        position: j.position.map(|p| Position { epoch: p.epoch, seq: p.seq }),
-        recovered: j.recovered,
-        bodies: j.bodies,
-    }
-}
-
-fn kept(p: pb::Pending) -> Kept {
-    Kept { bodies: p.bodies, more: p.more }
-}
-
 fn refused(close_code: u16, message: &str) -> AuthRefused {
     AuthRefused { close_code, message: message.to_string() }
 }
 
-/// Maps logic's answer to what the client is told: a bad token is a policy close (1008); an
-/// unreachable or failing logic asks the client to try again (1013).
+/// Maps logic's answer to what the client is told: a bad token is a policy close
+/// ([`close::POLICY_VIOLATION`]); an unreachable or failing logic asks the client to try again
+/// ([`close::TRY_AGAIN_LATER`]).
 fn auth_refusal(status: &tonic::Status) -> AuthRefused {
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::NotFound => {
-            refused(1008, status.message())
+            refused(close::POLICY_VIOLATION, status.message())
         }
-        _ => refused(1013, "authentication service unavailable, try again"),
+        _ => refused(close::TRY_AGAIN_LATER, "authentication service unavailable, try again"),
     }
 }
 
@@ -473,13 +448,16 @@ mod tests {
     fn a_call_carries_a_bounded_number_of_bytes_whatever_the_tokens() {
         let (tx, mut waiting) = mpsc::unbounded_channel();
         let pending = |conn_id, token_len| PendingAuth {
-            shard: 0,
             key: 0,
-            conn_id,
-            token: "t".repeat(token_len),
-            room_id: 1,
-            since: None,
-            acks: false,
+            request: ConnOpenRequest {
+                token: "t".repeat(token_len),
+                room_id: 1,
+                gateway_id: String::new(),
+                shard: 0,
+                conn_id,
+                since: None,
+                acks: false,
+            },
         };
         // Large tokens among small ones: 300 sockets waiting at once.
         for conn_id in 0..300 {
@@ -493,7 +471,7 @@ mod tests {
             let bytes: usize = batch.iter().map(PendingAuth::size).sum();
             assert!(bytes <= AUTH_BATCH_BYTES, "a call of {bytes} bytes");
             assert!(!batch.is_empty() && batch.len() <= AUTH_BATCH);
-            seen.extend(batch.iter().map(|a| a.conn_id));
+            seen.extend(batch.iter().map(|a| a.request.conn_id));
             if next.is_none() {
                 next = waiting.try_recv().ok();
             }

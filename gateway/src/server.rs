@@ -111,7 +111,7 @@ impl Gateway {
         let clock = Clock::start();
         let limits = cfg.shard_limits();
         let epoch = process_epoch();
-        let allowed = driver::sys::allowed_cpus();
+        let allowed = crate::sys::allowed_cpus();
         let placement = cfg.placement(&allowed);
         match placement.first() {
             Some(Some(_)) => {
@@ -144,7 +144,7 @@ impl Gateway {
             let cpu = placement[i];
             let thread = std::thread::Builder::new().name(format!("gochat-shard-{i}")).spawn(move || {
                 if let Some(cpu) = cpu {
-                    if let Err(e) = driver::sys::pin_to_cpu(cpu) {
+                    if let Err(e) = crate::sys::pin_to_cpu(cpu) {
                         tracing::warn!(shard = i, cpu, error = %e, "could not pin the shard thread; it runs unpinned");
                     }
                 }

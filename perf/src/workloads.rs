@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::io::IoSlice;
 
 use gochat_control::history::{Limits as HistoryLimits, MemoryHistory};
-use gochat_control::inbox::{Limits as InboxLimits, MemoryInbox};
+use gochat_control::kept::{Limits as KeptLimits, MemoryKeptStore};
 use gochat_control::state::{MemoryState, Session};
 use gochat_gateway::protocol::ws;
 use gochat_gateway::shard::{Command, Framed, Inbox, Shard, ShardLimits};
@@ -261,7 +261,7 @@ fn history_append() {
 }
 
 fn inbox_keep_ack() {
-    let inbox = MemoryInbox::new(InboxLimits {
+    let inbox = MemoryKeptStore::new(KeptLimits {
         size: 1000,
         per_sender: 100,
         max_bytes: 128 << 20,

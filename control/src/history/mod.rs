@@ -12,6 +12,7 @@ mod redis;
 
 use std::time::Duration;
 
+use gochat_proto::logic::{Joined, RoomPosition};
 use gochat_proto::wire::Position;
 pub use memory::MemoryHistory;
 pub use redis::RedisHistory;
@@ -43,6 +44,13 @@ pub struct Recovery {
     pub recovered: Option<bool>,
     /// The missed messages, oldest first.
     pub bodies: Vec<Vec<u8>>,
+}
+
+impl From<Recovery> for Joined {
+    fn from(r: Recovery) -> Self {
+        let position = RoomPosition { epoch: r.position.epoch, seq: r.position.seq };
+        Self { position: Some(position), recovered: r.recovered, bodies: r.bodies }
+    }
 }
 
 pub enum History {

@@ -9,7 +9,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::{new_epoch, recover, Limits, Recovery};
-use crate::state::StateError;
+use crate::state::{numbered, StateError};
 
 /// What both scripts do first: the room's epoch and top, a new epoch when there is none.
 /// KEYS: meta, stream. ARGV[1]: an epoch to start, ARGV[2]: the age limit in ms.
@@ -77,9 +77,13 @@ impl RedisHistory {
         }
     }
 
-    fn keys(&self, room_id: u64) -> (String, String) {
+    /// `script` on the room's meta and stream keys, with an epoch to start and the age limit
+    /// (`META`'s KEYS and ARGV).
+    fn on_room<'a>(&self, script: &'a Script, room_id: u64) -> redis::ScriptInvocation<'a> {
         let stream = format!("{}:room:{room_id}:history", self.prefix);
-        (format!("{stream}:meta"), stream)
+        let mut call = script.prepare_invoke();
+        call.key(format!("{stream}:meta")).key(stream).arg(new_epoch()).arg(self.age_ms());
+        call
     }
 
     fn age_ms(&self) -> u64 {
@@ -87,14 +91,9 @@ impl RedisHistory {
     }
 
     pub async fn append(&self, room_id: u64, body: &[u8]) -> Result<(Position, Vec<u8>), StateError> {
-        let (meta, stream) = self.keys(room_id);
         let open = body.strip_suffix(b"}").unwrap_or(body);
         let (seq, epoch, body): (u64, String, Vec<u8>) = self
-            .append
-            .key(meta)
-            .key(stream)
-            .arg(new_epoch())
-            .arg(self.age_ms())
+            .on_room(&self.append, room_id)
             .arg(open)
             .arg(self.limits.size)
             .invoke_async(&mut self.conn.clone())
@@ -112,25 +111,15 @@ impl RedisHistory {
         after: u64,
         max: usize,
     ) -> Result<(Position, Vec<(u64, Vec<u8>)>), StateError> {
-        let (meta, stream) = self.keys(room_id);
         let (epoch, top, flat): (String, u64, Vec<Vec<u8>>) = self
-            .read
-            .key(meta)
-            .key(stream)
-            .arg(new_epoch())
-            .arg(self.age_ms())
+            .on_room(&self.read, room_id)
             .arg(epoch.unwrap_or(""))
             .arg(after)
             .arg(max)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        let messages = flat
-            .chunks(2)
-            .filter_map(|pair| {
-                Some((std::str::from_utf8(&pair[0]).ok()?.parse().ok()?, pair.get(1)?.clone()))
-            })
-            .collect();
+        let messages = numbered(&flat).map(|(seq, body)| (seq, body.to_vec())).collect();
         Ok((Position { epoch, seq: top }, messages))
     }
 

@@ -189,12 +189,12 @@ impl MemoryState {
     }
 
     /// Gateways hosting members of `room_id`.
-    pub fn room_gateways(&self, room_id: u64) -> Vec<String> {
+    pub(crate) fn room_gateways(&self, room_id: u64) -> Vec<String> {
         self.lock().room_gateways.get(&room_id).map(|g| g.keys().cloned().collect()).unwrap_or_default()
     }
 
     /// (gateway, shard) pairs holding connections of `user_id`.
-    pub fn user_routes(&self, user_id: u64) -> Vec<(String, u32)> {
+    pub(crate) fn user_routes(&self, user_id: u64) -> Vec<(String, u32)> {
         self.lock().user_routes.get(&user_id).map(|r| r.keys().cloned().collect()).unwrap_or_default()
     }
 

@@ -11,18 +11,27 @@ mod redis;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gochat_proto::logic::User;
+
 pub use memory::MemoryState;
+pub(crate) use redis::numbered;
 pub use redis::RedisState;
 
 /// How long a close that found no connection is remembered: a gateway undoes an auth call it
 /// gave up on (timed out) with a close, which can reach the state before the open it undoes.
-pub const CLOSED_TOMBSTONE: Duration = Duration::from_secs(60);
+pub(crate) const CLOSED_TOMBSTONE: Duration = Duration::from_secs(60);
 
 /// A logged-in user's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub user_id: u64,
     pub user_name: String,
+}
+
+impl From<Session> for User {
+    fn from(s: Session) -> Self {
+        Self { user_id: s.user_id, user_name: s.user_name }
+    }
 }
 
 /// A room's membership changed: a user joined (first connection) or left (last one).
@@ -115,12 +124,12 @@ impl State {
     }
 
     /// Kept private messages where this state is: in this process, or on the same Redis.
-    pub fn inbox(&self, limits: crate::inbox::Limits) -> crate::inbox::Inbox {
-        use crate::inbox::{Inbox, MemoryInbox, RedisInbox};
+    pub fn kept(&self, limits: crate::kept::Limits) -> crate::kept::KeptStore {
+        use crate::kept::{KeptStore, MemoryKeptStore, RedisKeptStore};
         match self {
-            _ if limits.size == 0 => Inbox::Off,
-            Self::Memory(_) => Inbox::Memory(MemoryInbox::new(limits)),
-            Self::Redis(s) => Inbox::Redis(RedisInbox::new(s.connection(), s.prefix(), limits)),
+            _ if limits.size == 0 => KeptStore::Off,
+            Self::Memory(_) => KeptStore::Memory(MemoryKeptStore::new(limits)),
+            Self::Redis(s) => KeptStore::Redis(RedisKeptStore::new(s.connection(), s.prefix(), limits)),
         }
     }
 

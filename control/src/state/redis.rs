@@ -514,3 +514,10 @@ fn nonce() -> String {
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{at:x}{:04x}", rand::random::<u16>())
 }
+
+/// A script's flat reply `{number, body, number, body, …}` (message ids or room seqs, as
+/// text) as pairs; a pair whose number does not parse, or that lacks its body, is passed over.
+pub(crate) fn numbered(flat: &[Vec<u8>]) -> impl Iterator<Item = (u64, &[u8])> {
+    flat.chunks(2)
+        .filter_map(|pair| Some((std::str::from_utf8(&pair[0]).ok()?.parse().ok()?, pair.get(1)?.as_slice())))
+}

@@ -1,13 +1,13 @@
 //! What control's store tests share: the Redis they run against, and keys of their own.
 #![allow(dead_code)]
 
-pub use crate::services::redis_url;
+pub(crate) use crate::services::redis_url;
 
 /// A key prefix of a test's own; its keys are deleted when dropped.
-pub struct RedisKeys(pub String);
+pub(crate) struct RedisKeys(pub String);
 
 impl RedisKeys {
-    pub fn new(what: &str) -> Self {
+    pub(crate) fn new(what: &str) -> Self {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
         Self(format!("gochat-test-{what}-{}-{nanos}", std::process::id()))
     }

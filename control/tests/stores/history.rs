@@ -9,7 +9,7 @@ use crate::common;
 use crate::services::{self, Service};
 use common::{redis_url, RedisKeys};
 use gochat_control::history::{self, History, RECOVER_MAX_BYTES};
-use gochat_control::inbox::{self, Inbox, CHUNK_MESSAGES};
+use gochat_control::kept::{self, KeptStore, CHUNK_MESSAGES};
 use gochat_control::state::{RedisState, State};
 use gochat_proto::wire::{self, Position};
 
@@ -146,11 +146,11 @@ async fn history_off_numbers_nothing() {
     assert_eq!(h.join(1, None).await.unwrap(), None);
 }
 
-fn inbox_limits(size: usize, max_age: Duration) -> inbox::Limits {
-    inbox::Limits { size, per_sender: 0, max_bytes: 0, max_age }
+fn kept_limits(size: usize, max_age: Duration) -> kept::Limits {
+    kept::Limits { size, per_sender: 0, max_bytes: 0, max_age }
 }
 
-/// A message id made now (ids carry their time; the Redis inbox expires by it).
+/// A message id made now (ids carry their time; the Redis store of kept messages expires by it).
 fn id_now(seq: u64) -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     gochat_control::ids::first_at(now) + seq
@@ -159,46 +159,46 @@ fn id_now(seq: u64) -> u64 {
 #[tokio::test]
 async fn private_messages_are_kept_until_acknowledged() {
     for (state, _keys) in states().await {
-        let inbox = state.inbox(inbox_limits(3, Duration::from_secs(60)));
+        let store = state.kept(kept_limits(3, Duration::from_secs(60)));
         let ids: Vec<u64> = (1..=4).map(id_now).collect();
         for (i, id) in ids.iter().take(3).enumerate() {
-            assert_eq!(inbox.keep(7, 5, *id, format!("m{i}").as_bytes()).await.unwrap(), Ok(()));
+            assert_eq!(store.keep(7, 5, *id, format!("m{i}").as_bytes()).await.unwrap(), Ok(()));
         }
-        assert_eq!(inbox.keep(7, 5, ids[0], b"m0").await.unwrap(), Ok(()), "a repeat is no new message");
-        assert!(inbox.keep(7, 5, ids[3], b"m3").await.unwrap().is_err(), "full");
-        assert_eq!(inbox.keep(8, 5, ids[3], b"other").await.unwrap(), Ok(()), "per user");
-        let all = inbox.chunk(7, 0, false).await.unwrap();
+        assert_eq!(store.keep(7, 5, ids[0], b"m0").await.unwrap(), Ok(()), "a repeat is no new message");
+        assert!(store.keep(7, 5, ids[3], b"m3").await.unwrap().is_err(), "full");
+        assert_eq!(store.keep(8, 5, ids[3], b"other").await.unwrap(), Ok(()), "per user");
+        let all = store.chunk(7, 0, false).await.unwrap();
         assert_eq!((all.ids.clone(), all.more), (ids[..3].to_vec(), 0));
         assert_eq!(all.bodies, [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]);
-        assert_eq!(inbox.chunk(7, ids[0], false).await.unwrap().ids, ids[1..3], "after an id");
-        inbox.ack(7, &ids[..2]).await.unwrap();
-        assert_eq!(inbox.chunk(7, 0, false).await.unwrap().ids, [ids[2]]);
+        assert_eq!(store.chunk(7, ids[0], false).await.unwrap().ids, ids[1..3], "after an id");
+        store.ack(7, &ids[..2]).await.unwrap();
+        assert_eq!(store.chunk(7, 0, false).await.unwrap().ids, [ids[2]]);
         assert_eq!(
-            inbox.chunk(7, 0, true).await.unwrap().ids,
+            store.chunk(7, 0, true).await.unwrap().ids,
             [ids[2]],
             "taken by a client that does not ack"
         );
-        assert!(inbox.chunk(7, 0, false).await.unwrap().ids.is_empty());
-        assert_eq!(inbox.keep(7, 5, ids[3], b"m3").await.unwrap(), Ok(()), "room again");
+        assert!(store.chunk(7, 0, false).await.unwrap().ids.is_empty());
+        assert_eq!(store.keep(7, 5, ids[3], b"m3").await.unwrap(), Ok(()), "room again");
     }
 }
 
 #[tokio::test]
 async fn kept_messages_come_in_chunks_and_expire() {
     for (state, _keys) in states().await {
-        let inbox = state.inbox(inbox_limits(1000, Duration::from_millis(400)));
+        let store = state.kept(kept_limits(1000, Duration::from_millis(400)));
         let n = CHUNK_MESSAGES as u64 + 20;
         for seq in 1..=n {
-            inbox.keep(7, 5, id_now(seq), b"m").await.unwrap().unwrap();
+            store.keep(7, 5, id_now(seq), b"m").await.unwrap().unwrap();
         }
-        let first = inbox.chunk(7, 0, false).await.unwrap();
+        let first = store.chunk(7, 0, false).await.unwrap();
         assert_eq!((first.ids.len(), first.more), (CHUNK_MESSAGES, 20));
-        let next = inbox.chunk(7, *first.ids.last().unwrap(), false).await.unwrap();
+        let next = store.chunk(7, *first.ids.last().unwrap(), false).await.unwrap();
         assert_eq!((next.ids.len(), next.more), (20, 0));
         assert!(next.ids[0] > *first.ids.last().unwrap());
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(inbox.chunk(7, 0, false).await.unwrap().ids.is_empty(), "expired");
-        assert!(matches!(state.inbox(inbox_limits(0, Duration::from_secs(1))), Inbox::Off));
+        assert!(store.chunk(7, 0, false).await.unwrap().ids.is_empty(), "expired");
+        assert!(matches!(state.kept(kept_limits(0, Duration::from_secs(1))), KeptStore::Off));
     }
 }
 
@@ -206,32 +206,32 @@ async fn kept_messages_come_in_chunks_and_expire() {
 async fn one_sender_takes_only_its_share_of_a_users_kept_messages() {
     for (state, _keys) in states().await {
         let limits =
-            inbox::Limits { size: 10, per_sender: 3, max_bytes: 0, max_age: Duration::from_millis(400) };
-        let inbox = state.inbox(limits);
+            kept::Limits { size: 10, per_sender: 3, max_bytes: 0, max_age: Duration::from_millis(400) };
+        let store = state.kept(limits);
         let ids: Vec<u64> = (1..=8).map(id_now).collect();
         for id in &ids[..3] {
-            assert_eq!(inbox.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()));
+            assert_eq!(store.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()));
         }
-        assert_eq!(inbox.keep(7, 66, ids[3], b"spam").await.unwrap(), Err(inbox::NotKept::SenderShare));
-        assert_eq!(inbox.keep(7, 67, ids[4], b"hello").await.unwrap(), Ok(()), "others still reach the user");
-        assert_eq!(inbox.keep(8, 66, ids[5], b"spam").await.unwrap(), Ok(()), "a share is per user");
-        inbox.ack(7, &[ids[0], ids[0], ids[0]]).await.unwrap();
+        assert_eq!(store.keep(7, 66, ids[3], b"spam").await.unwrap(), Err(kept::NotKept::SenderShare));
+        assert_eq!(store.keep(7, 67, ids[4], b"hello").await.unwrap(), Ok(()), "others still reach the user");
+        assert_eq!(store.keep(8, 66, ids[5], b"spam").await.unwrap(), Ok(()), "a share is per user");
+        store.ack(7, &[ids[0], ids[0], ids[0]]).await.unwrap();
         assert_eq!(
-            inbox.keep(7, 66, ids[6], b"spam").await.unwrap(),
+            store.keep(7, 66, ids[6], b"spam").await.unwrap(),
             Ok(()),
             "a read one gives its place back"
         );
         assert_eq!(
-            inbox.keep(7, 66, ids[7], b"spam").await.unwrap(),
-            Err(inbox::NotKept::SenderShare),
+            store.keep(7, 66, ids[7], b"spam").await.unwrap(),
+            Err(kept::NotKept::SenderShare),
             "once, however often it was acknowledged"
         );
-        assert_eq!(inbox.chunk(7, 0, true).await.unwrap().ids.len(), 4, "taken");
-        assert_eq!(inbox.keep(7, 66, ids[7], b"spam").await.unwrap(), Ok(()), "taken ones too");
+        assert_eq!(store.chunk(7, 0, true).await.unwrap().ids.len(), 4, "taken");
+        assert_eq!(store.keep(7, 66, ids[7], b"spam").await.unwrap(), Ok(()), "taken ones too");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let fresh: Vec<u64> = (10..=12).map(id_now).collect();
         for id in &fresh {
-            assert_eq!(inbox.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()), "expired ones too");
+            assert_eq!(store.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()), "expired ones too");
         }
     }
 }

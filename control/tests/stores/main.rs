@@ -6,7 +6,8 @@
 mod common;
 // The root crate's end-to-end tests' rule for missing services, shared rather than copied.
 #[path = "../../../tests/e2e/services.rs"]
-#[allow(unused_macros, unused_imports)] // `require!`: these tests skip only their Redis half
+// `require!` unused: these tests skip only their Redis half; `pub` as the root crate's tests use it.
+#[allow(unused_macros, unused_imports, unreachable_pub)]
 mod services;
 
 mod history;

@@ -6,7 +6,6 @@
 //! closed connections (`remove`), and forwards the shard's effects to logic.
 
 pub mod epoll;
-pub mod sys;
 pub mod uring;
 
 use std::net::TcpListener;

@@ -14,9 +14,11 @@
 //! only when none of its operations is in flight. At exit, whatever the kernel may still hold
 //! is leaked rather than freed.
 
+mod buffer_ring;
+mod user_data;
+
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +28,8 @@ use tokio::sync::mpsc;
 
 use super::{Clock, Endpoint, ShardSetup};
 use crate::shard::{Effect, Inbox, Shard};
+use buffer_ring::BufferRing;
+use user_data::{decode, user_data, Kind};
 
 const RING_ENTRIES: u32 = 4096;
 /// Receive buffers the shard's connections share.
@@ -37,36 +41,6 @@ const IOV_MAX: usize = 64;
 const INBOX_BATCH: usize = 64;
 /// How long a closed socket waits for the peer's close before it is dropped.
 const LINGER_SECS: u32 = 2;
-
-/// What a completion is for: the top byte of its user data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Accept = 1,
-    Recv = 2,
-    Send = 3,
-    Event = 4,
-    Tick = 5,
-    AcceptRetry = 6,
-    Cancel = 7,
-}
-
-fn user_data(kind: Kind, slot: usize, gen: u32) -> u64 {
-    (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
-}
-
-fn decode(data: u64) -> (Option<Kind>, usize, u32) {
-    let kind = match data >> 56 {
-        1 => Some(Kind::Accept),
-        2 => Some(Kind::Recv),
-        3 => Some(Kind::Send),
-        4 => Some(Kind::Event),
-        5 => Some(Kind::Tick),
-        6 => Some(Kind::AcceptRetry),
-        7 => Some(Kind::Cancel),
-        _ => None,
-    };
-    (kind, ((data >> 32) & 0xff_ffff) as usize, data as u32)
-}
 
 /// Checks that this kernel runs everything the driver uses; the error says what is missing.
 pub fn probe() -> Result<(), String> {
@@ -102,98 +76,6 @@ pub fn probe() -> Result<(), String> {
         pool.free();
     }
     Ok(())
-}
-
-/// The shard's provided-buffer ring: `count` buffers of `size` bytes the kernel picks from.
-struct BufferRing {
-    /// Page-aligned array of `count` ring entries, shared with the kernel.
-    entries: *mut types::BufRingEntry,
-    buffers: *mut u8,
-    count: u16,
-    size: usize,
-    /// Local copy of the tail the kernel reads.
-    tail: u16,
-}
-
-impl BufferRing {
-    fn layouts(count: u16, size: usize) -> (std::alloc::Layout, std::alloc::Layout) {
-        let entries = std::alloc::Layout::from_size_align(
-            count as usize * std::mem::size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .expect("buffer ring layout");
-        let buffers =
-            std::alloc::Layout::from_size_align(count as usize * size, 4096).expect("buffer layout");
-        (entries, buffers)
-    }
-
-    fn new(ring: &IoUring, count: u16, size: usize) -> io::Result<Self> {
-        assert!(count.is_power_of_two());
-        let (el, bl) = Self::layouts(count, size);
-        // SAFETY: both layouts have non-zero size; the memory is zeroed, which is a valid
-        // `BufRingEntry` array.
-        let (entries, buffers) =
-            unsafe { (std::alloc::alloc_zeroed(el) as *mut types::BufRingEntry, std::alloc::alloc(bl)) };
-        if entries.is_null() || buffers.is_null() {
-            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "buffer ring allocation"));
-        }
-        let mut pool = Self { entries, buffers, count, size, tail: 0 };
-        // SAFETY: `entries` is a page-aligned array of `count` entries that lives until `drop`,
-        // which unregisters it first (or leaks it when the ring may still use it).
-        let registered =
-            unsafe { ring.submitter().register_buf_ring_with_flags(entries as u64, count, BUFFER_GROUP, 0) };
-        if let Err(e) = registered {
-            pool.free();
-            return Err(e);
-        }
-        for bid in 0..count {
-            pool.push(bid);
-        }
-        pool.publish();
-        Ok(pool)
-    }
-
-    /// Puts buffer `bid` back in the ring (visible to the kernel after `publish`).
-    fn push(&mut self, bid: u16) {
-        let mask = self.count - 1;
-        // SAFETY: the index is masked into the array; the entry is ours to write because the
-        // tail has not yet been published past it.
-        let entry = unsafe { &mut *self.entries.add((self.tail & mask) as usize) };
-        entry.set_addr(self.buffers as u64 + bid as u64 * self.size as u64);
-        entry.set_len(self.size as u32);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    /// Makes pushed buffers visible to the kernel.
-    fn publish(&self) {
-        // SAFETY: the tail field overlays the first entry's reserved field, which the kernel
-        // reads; an atomic release store orders the entry writes before it.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.entries) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// The first `len` bytes of buffer `bid`.
-    ///
-    /// # Safety
-    /// The kernel handed `bid` to us (a completion named it) and it is not back in the ring.
-    unsafe fn buffer(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        // SAFETY: in bounds (bid < count, len <= size) and exclusively ours per the contract.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.buffers.add(bid as usize * self.size), len.min(self.size))
-        }
-    }
-
-    fn free(&mut self) {
-        let (el, bl) = Self::layouts(self.count, self.size);
-        // SAFETY: allocated in `new` with these layouts and not freed before.
-        unsafe {
-            std::alloc::dealloc(self.entries as *mut u8, el);
-            std::alloc::dealloc(self.buffers, bl);
-        }
-    }
 }
 
 /// One connection's I/O state, in the driver's own slab: it outlives the shard's record until
@@ -283,7 +165,7 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
 
 impl Driver {
     fn push(&mut self, sqe: squeue::Entry) {
-        // SAFETY (for every caller): each entry's buffers are owned by `self` (boxes, the io
+        // SAFETY: (for every caller) each entry's buffers are owned by `self` (boxes, the io
         // slab, the buffer ring) and stay alive until its completion; see the module docs.
         while unsafe { self.ring.submission().push(&sqe) }.is_err() {
             // Submission queue full: hand what is queued to the kernel and retry.

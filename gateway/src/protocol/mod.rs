@@ -2,6 +2,7 @@
 //! `wss://`. Bytes in, messages and owed bytes out; the drivers, tests and fuzzers drive the
 //! same code.
 
+pub mod close;
 pub mod codec;
 pub mod handshake;
 pub mod session;

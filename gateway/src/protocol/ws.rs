@@ -4,6 +4,8 @@
 use bytes::Bytes;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload};
 
+use super::close;
+
 /// A parsed client frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -24,13 +26,13 @@ pub struct Violation {
 
 impl Violation {
     pub const fn protocol(reason: &'static str) -> Self {
-        Self { code: 1002, reason }
+        Self { code: close::PROTOCOL_ERROR, reason }
     }
     pub const fn too_big(reason: &'static str) -> Self {
-        Self { code: 1009, reason }
+        Self { code: close::TOO_BIG, reason }
     }
     pub const fn bad_data(reason: &'static str) -> Self {
-        Self { code: 1007, reason }
+        Self { code: close::INVALID_DATA, reason }
     }
 }
 
@@ -139,7 +141,7 @@ pub fn ping_frame() -> Bytes {
 /// Validates a close frame's payload; returns the code to echo back.
 pub fn close_reply_code(payload: &[u8]) -> Result<u16, Violation> {
     match payload.len() {
-        0 => Ok(1000),
+        0 => Ok(close::NORMAL),
         1 => Err(Violation::protocol("close payload of one byte")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);

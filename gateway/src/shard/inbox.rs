@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 
-use super::Command;
-use crate::driver::sys;
+use super::contract::Command;
+use crate::sys;
 
 pub struct Inbox {
     queue: ArrayQueue<Command>,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::Framed;
+use super::framed::Framed;
 use crate::protocol::Wire;
 
 /// How long after logic's answer live copies of recovered messages are looked for.

@@ -1,253 +1,42 @@
 //! A shard: the connections, rooms and timers one pinned thread owns. Single-threaded and
 //! driver-agnostic: the driver feeds it bytes, commands and ticks, and drains the output it
 //! queued (`take_dirty` / `out_mut`), the connections to close, and the effects for logic.
+//!
+//! What other threads send it and what it asks of logic are in `contract`; a connection's
+//! state in `conn`; the client's requests in `requests`, the inbox's commands in `commands`.
 
+mod commands;
+mod conn;
+mod contract;
 mod framed;
 pub mod inbox;
 mod joins;
+mod limits;
 pub mod outbound;
+mod requests;
 mod rooms;
+mod stats;
 pub mod timer;
 mod tls;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gochat_proto::wire::{self, JoinedRoom, Position};
 use slab::Slab;
 
-use crate::protocol::session::{self, Phase, Request};
-use crate::protocol::{self, ws, Codec, Limits, Output, Transport, Wire};
+use crate::protocol::session::Phase;
+use crate::protocol::{self, close, ws, Output, Transport, Wire};
+use conn::{Conn, Outgoing};
+pub use contract::{AuthRefused, AuthedUser, Command, Effect, JoinAnswer, Kept};
 pub use framed::Framed;
 pub use inbox::Inbox;
-use joins::{Joins, Offer};
+use joins::Joins;
+pub use limits::ShardLimits;
 pub use outbound::OutQueue;
 use rooms::{Index, Rooms};
+pub use stats::ShardStats;
 use timer::TimerWheel;
-
-/// Connection timing and bounds.
-#[derive(Debug, Clone)]
-pub struct ShardLimits {
-    pub protocol: Limits,
-    /// Ping a WebSocket peer silent for this long.
-    pub ping_after_secs: u32,
-    /// Drop a WebSocket peer silent for this long.
-    pub idle_timeout_secs: u32,
-    /// Drop a connection that has not authenticated within this long.
-    pub auth_timeout_secs: u32,
-    /// Pending output per connection; a peer over it is a slow consumer and is dropped.
-    pub max_outbound_bytes: usize,
-    /// Frames a client may send per second on average (0: no limit) ...
-    pub client_frames_per_sec: u32,
-    /// ... and at once above it. Frames over the limit are dropped; a client that sends as many
-    /// again without slowing down is closed.
-    pub client_frame_burst: u32,
-    /// Connections this shard accepts.
-    pub max_connections: usize,
-    /// How long a closing connection may take to write its last bytes before it is dropped.
-    pub close_grace_secs: u32,
-    /// Rooms one connection may be in at once.
-    pub max_rooms_per_conn: usize,
-}
-
-impl Default for ShardLimits {
-    fn default() -> Self {
-        Self {
-            protocol: Limits::default(),
-            ping_after_secs: 54,
-            idle_timeout_secs: 60,
-            auth_timeout_secs: 10,
-            max_outbound_bytes: 256 * 1024,
-            client_frames_per_sec: 20,
-            client_frame_burst: 60,
-            max_connections: 1_000_000,
-            close_grace_secs: 5,
-            max_rooms_per_conn: 32,
-        }
-    }
-}
-
-/// The user a token belongs to, with what logic has for the new connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthedUser {
-    pub user_id: u64,
-    pub user_name: String,
-    /// The answer to the join of the room in the auth frame.
-    pub joined: JoinAnswer,
-    /// Private messages kept for the user.
-    pub kept: Kept,
-}
-
-/// What logic answered a join: where the room's history stands, and what the connection
-/// missed since the position it gave.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JoinAnswer {
-    /// None when the room keeps no history.
-    pub position: Option<Position>,
-    /// Only when the connection asked to recover: whether `bodies` are all it missed.
-    pub recovered: Option<bool>,
-    /// The missed room messages, oldest first.
-    pub bodies: Vec<Vec<u8>>,
-}
-
-/// Private messages kept for a user until a client of theirs acknowledges them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Kept {
-    pub bodies: Vec<Vec<u8>>,
-    /// How many more are kept after these.
-    pub more: u32,
-}
-
-/// Why a connection's auth failed, with the WebSocket close code it earns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthRefused {
-    pub close_code: u16,
-    pub message: String,
-}
-
-/// What other threads ask of a shard.
-#[derive(Debug)]
-pub enum Command {
-    /// Write to every local member of a room.
-    Room { room_id: u64, frames: Framed },
-    /// Write to every local connection of a user.
-    User { user_id: u64, frames: Framed },
-    /// The answer to an [`Effect::Auth`] (boxed, as are the other answers: they are rare, and
-    /// every command in an inbox takes the room of the largest).
-    AuthDone { key: u32, conn_id: u64, result: Result<Box<AuthedUser>, AuthRefused> },
-    /// The answer to an [`Effect::Join`]: the join, or why not.
-    JoinDone { key: u32, conn_id: u64, room_id: u64, result: Result<Box<JoinAnswer>, String> },
-    /// More private messages kept for a connection that acknowledged the last ones.
-    Kept { key: u32, conn_id: u64, kept: Kept },
-    /// Close the user's connections that authenticated with these sessions
-    /// ([`wire::session_fingerprint`]): the user logged out.
-    EndSessions { user_id: u64, sessions: Vec<u64> },
-    /// Tell one connection a request of its was refused (op 8); it stays open.
-    Notice { key: u32, conn_id: u64, message: String },
-    /// Close every connection and keep running: logic lost track of them (this gateway was
-    /// taken for dead), so clients must reconnect to be routable again.
-    CloseAll,
-    /// Take no new connections and close the open ones spread over `within_secs`, so their
-    /// clients reconnect elsewhere a few at a time (1012, "service restarting").
-    Drain { within_secs: u32 },
-    /// New limits (a config reload): for new connections and, from their next frame or timer,
-    /// for open ones.
-    Limits(Box<ShardLimits>),
-    /// Close every connection and stop.
-    Shutdown,
-}
-
-/// What a shard asks of logic; the gateway's logic link carries them out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Effect {
-    Auth {
-        key: u32,
-        conn_id: u64,
-        token: String,
-        room_id: u64,
-        since: Option<Position>,
-        acks: bool,
-    },
-    /// A connection logic knows about (it authenticated) is gone.
-    Closed {
-        conn_id: u64,
-    },
-    /// A room message from a live connection (`key`, `conn_id` to answer it with a notice).
-    RoomSend {
-        key: u32,
-        conn_id: u64,
-        user_id: u64,
-        room_id: u64,
-        msg: String,
-    },
-    /// A live connection joins another room, recovering from `since`.
-    Join {
-        key: u32,
-        conn_id: u64,
-        user_id: u64,
-        room_id: u64,
-        since: Option<Position>,
-    },
-    /// A connection logic knows about left one of its rooms.
-    Leave {
-        conn_id: u64,
-        room_id: u64,
-    },
-    /// Private messages of `user_id` the client of connection `key` has; `more`: it wants the
-    /// next kept ones.
-    Ack {
-        key: u32,
-        conn_id: u64,
-        user_id: u64,
-        ids: Vec<u64>,
-        more: bool,
-    },
-}
-
-/// Counters readable from other threads (stats, metrics).
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    pub connections: AtomicU64,
-    pub rooms: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// Closes the protocol decided: a client close, a violation, a refused handshake.
-    pub protocol_closes: AtomicU64,
-    /// Client frames dropped over the rate limit.
-    pub frames_throttled: AtomicU64,
-    /// Clients closed for flooding (they went on sending far over the limit).
-    pub flood_closes: AtomicU64,
-    /// wss connections whose TLS handshake failed (plain clients, scanners, untrusting clients).
-    pub tls_handshake_failures: AtomicU64,
-    /// Open connections that chose the binary protocol: batches are framed in it too while any are.
-    pub binary_connections: AtomicU64,
-}
-
-struct Conn {
-    id: u64,
-    codec: Codec,
-    phase: Phase,
-    opened: u32,
-    last_rx: u32,
-    ping_sent: bool,
-    dirty: bool,
-    /// The fingerprint of the token it authenticated with, so a logout can close it.
-    session: u64,
-    /// Rate limit: frames it may still send, when that was last topped up (s), and frames
-    /// dropped since it last had credit.
-    credit: u16,
-    credit_at: u32,
-    over: u16,
-    /// When this connection's live timer entry fires.
-    timer_at: u32,
-    closing: bool,
-    /// Its first room (0: none) and its place in that room's member list; the others are in
-    /// the shard's `rooms`.
-    room: u64,
-    room_pos: u32,
-    /// Its place in the user's member list (valid when live).
-    user_pos: u32,
-    out: OutQueue,
-    /// A wss connection: its session is in the shard's `tls` table, and what is queued in `out`
-    /// is encrypted. (Flags in padding, so plain connections carry nothing for TLS.)
-    tls: bool,
-    /// Joining a room: its room frames go through the shard's `joins`.
-    joining: bool,
-    /// Acknowledges private messages (op 12).
-    acks: bool,
-    /// Was told more private messages are kept for it: its next ack asks for them.
-    kept_more: bool,
-    /// Chose the binary protocol (counted in the shard's stats).
-    binary: bool,
-}
-
-impl rooms::Member for Conn {
-    fn first_room(&mut self) -> (&mut u64, &mut u32) {
-        (&mut self.room, &mut self.room_pos)
-    }
-}
 
 pub struct Shard {
     index: u32,
@@ -322,30 +111,7 @@ impl Shard {
         self.next_seq += 1;
         // shard (8 bits) | process epoch (16 bits) | sequence (40 bits)
         let id = (self.index as u64) << 56 | (self.epoch as u64) << 40 | (self.next_seq & ((1 << 40) - 1));
-        let key = self.conns.insert(Conn {
-            id,
-            codec: Codec::new(transport),
-            phase: Phase::AwaitAuth,
-            opened: now,
-            last_rx: now,
-            ping_sent: false,
-            dirty: false,
-            session: 0,
-            credit: self.limits.client_frame_burst.min(u16::MAX as u32) as u16,
-            credit_at: now,
-            over: 0,
-            timer_at: 0,
-            closing: false,
-            room: 0,
-            room_pos: 0,
-            user_pos: 0,
-            out: OutQueue::default(),
-            tls: false,
-            joining: false,
-            acks: false,
-            kept_more: false,
-            binary: false,
-        }) as u32;
+        let key = self.conns.insert(Conn::new(id, transport, &self.limits, now)) as u32;
         self.arm(key, now + self.limits.auth_timeout_secs);
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
         (key, id)
@@ -401,7 +167,8 @@ impl Shard {
 
     /// Whether one more client frame (a message, or a ping that owes a pong) is within the
     /// rate limit. Over it the frame is dropped (the first drop is told with op 8); a client
-    /// that sends as many again as its burst without slowing down is closed with 1008.
+    /// that sends as many again as its burst without slowing down is closed with
+    /// [`POLICY_VIOLATION`](close::POLICY_VIOLATION).
     fn admit(&mut self, key: u32, now: u32) -> bool {
         let limits = &self.limits;
         let Some(conn) = self.conns.get_mut(key as usize).filter(|c| !c.closing) else {
@@ -434,92 +201,6 @@ impl Shard {
         false
     }
 
-    fn on_message(&mut self, key: u32, body: &[u8]) {
-        let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
-        };
-        if conn.closing {
-            return;
-        }
-        let (id, wire) = (conn.id, conn.codec.wire());
-        let user_id = match conn.phase {
-            Phase::Live { user_id } => user_id,
-            _ => 0,
-        };
-        let request = match conn.binary {
-            true => session::interpret_binary(conn.phase, body),
-            false => session::interpret(conn.phase, body),
-        };
-        match request {
-            Request::Auth { token, room_id, since, acks } => {
-                conn.phase = Phase::Authenticating;
-                conn.session = wire::session_fingerprint(&token);
-                conn.acks = acks;
-                self.begin_join(key, room_id);
-                self.effects.push(Effect::Auth { key, conn_id: id, token, room_id, since, acks });
-            }
-            Request::Reauth { room_id } => {
-                if self.rooms.contains(conn, key, room_id) {
-                    let frame = auth_ok_frame(wire, user_id, "", room_id, JoinedRoom::default(), 0);
-                    self.queue(key, frame);
-                } else {
-                    let message = format!("this connection is not in room {room_id}; join it with op 10");
-                    self.queue(key, protocol::error_frame(wire, &message));
-                }
-            }
-            Request::Join { room_id, since } => {
-                if self.rooms.contains(conn, key, room_id) {
-                    // A join in progress answers when logic does; otherwise it is done already.
-                    if !self.joins.waiting(key, room_id) {
-                        self.queue(key, room_reply(wire, wire::OP_JOIN, room_id, JoinedRoom::default()));
-                    }
-                } else if self.rooms.count(conn, key) >= self.limits.max_rooms_per_conn {
-                    let message = format!("at most {} rooms per connection", self.limits.max_rooms_per_conn);
-                    self.queue(key, protocol::error_frame(wire, &message));
-                } else {
-                    self.begin_join(key, room_id);
-                    self.effects.push(Effect::Join { key, conn_id: id, user_id, room_id, since });
-                }
-            }
-            Request::Leave { room_id } => {
-                if self.rooms.leave(&mut self.conns, key, room_id) {
-                    self.joins.end(key, room_id);
-                    self.sync_joining(key);
-                    self.effects.push(Effect::Leave { conn_id: id, room_id });
-                    self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
-                }
-                self.queue(key, room_reply(wire, wire::OP_LEAVE, room_id, JoinedRoom::default()));
-            }
-            Request::RoomSend { room_id, msg } => {
-                let room_id = if room_id == 0 { conn.room } else { room_id };
-                let joined = self.rooms.contains(conn, key, room_id) && !self.joins.waiting(key, room_id);
-                if joined {
-                    self.effects.push(Effect::RoomSend { key, conn_id: id, user_id, room_id, msg });
-                } else {
-                    let message = match room_id {
-                        0 => "this connection is in no room: join one with op 10".to_string(),
-                        _ => format!("this connection is not in room {room_id}"),
-                    };
-                    self.queue(key, protocol::error_frame(wire, &message));
-                }
-            }
-            Request::Ack { ids } => {
-                let more = std::mem::take(&mut conn.kept_more);
-                self.effects.push(Effect::Ack { key, conn_id: id, user_id, ids, more });
-            }
-            Request::Refuse { message, fatal } => {
-                if fatal {
-                    // Only a client that has not authenticated is refused for good: its auth
-                    // frame was missing, malformed or over the limits.
-                    self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-                    self.refuse_and_close(key, &message, &message);
-                } else {
-                    self.queue(key, protocol::error_frame(wire, &message));
-                }
-            }
-        }
-    }
-
     /// Lists `key` in `room_id` (0: none) at once, holding the room's frames for it until
     /// logic answers the join, so nothing published meanwhile is missed. A join in an auth
     /// frame waits as long as the auth does (its timeout closes the connection); a later one
@@ -534,204 +215,13 @@ impl Shard {
         };
         self.joins.start(key, room_id, until);
         self.conns[key as usize].joining = true;
-        self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+        self.count_rooms();
     }
 
-    /// Logic answered `key`'s join of `room_id`: `reply` (built from the answer, told whether
-    /// messages were missed while holding) and `then`, then what it recovered, then what was
-    /// held.
-    fn finish_join(
-        &mut self,
-        key: u32,
-        room_id: u64,
-        answer: JoinAnswer,
-        reply: impl FnOnce(JoinedRoom) -> Bytes,
-        then: Option<Bytes>,
-    ) {
-        let wire = self.conns[key as usize].codec.wire();
-        let through = match answer.recovered {
-            Some(true) => answer.position.as_ref().map(|p| p.seq),
-            _ => None,
-        };
-        let released = self.joins.answered(key, room_id, through, wire, self.wheel.now());
-        self.sync_joining(key);
-        let mut joined = JoinedRoom { recovered: answer.recovered, ..JoinedRoom::default() };
-        if let Some(p) = answer.position {
-            (joined.epoch, joined.seq) = (p.epoch, Some(p.seq));
-        }
-        if released.as_ref().is_some_and(|r| r.overflowed) {
-            joined.recovered = Some(false);
-        }
-        // One write: the queue's bound is for what the client does not read, and all of this
-        // was bounded already (held frames here, recovered messages by logic).
-        let mut out = reply(joined).to_vec();
-        out.extend(then.iter().flatten());
-        for body in &answer.bodies {
-            protocol::append_frame(wire, body, &mut out);
-        }
-        for part in released.into_iter().flat_map(|r| r.parts) {
-            out.extend_from_slice(&part);
-        }
-        self.queue(key, out.into());
-    }
-
+    /// Marks whether `key` has a join holding its room frames.
     fn sync_joining(&mut self, key: u32) {
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.joining = self.joins.any(key);
-        }
-    }
-
-    /// A command from the inbox.
-    pub fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Room { room_id, frames } => {
-                let Self { rooms, conns, dirty, limits, stats, tls, joins, .. } = self;
-                for &key in rooms.members(room_id) {
-                    let conn = &mut conns[key as usize];
-                    if !conn.joining {
-                        queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w));
-                        continue;
-                    }
-                    let wire = conn.codec.wire();
-                    match joins.offer(key, room_id, &frames, wire, limits.max_outbound_bytes / 4) {
-                        Offer::Pass => {
-                            queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w))
-                        }
-                        Offer::Taken => {}
-                        Offer::Parts(parts) => {
-                            for part in parts {
-                                queue_to(conns, dirty, limits, stats, tls, key, |_| part);
-                            }
-                            conns[key as usize].joining = joins.any(key);
-                        }
-                    }
-                }
-            }
-            Command::User { user_id, frames } => {
-                let Self { users, conns, dirty, limits, stats, tls, .. } = self;
-                for &key in users.members(user_id) {
-                    queue_to(conns, dirty, limits, stats, tls, key, |w| frames.for_wire(w));
-                }
-            }
-            Command::AuthDone { key, conn_id, result } => self.auth_done(key, conn_id, result),
-            Command::JoinDone { key, conn_id, room_id, result } => {
-                self.join_done(key, conn_id, room_id, result)
-            }
-            Command::Kept { key, conn_id, kept } => {
-                let Some(conn) = self.conns.get_mut(key as usize).filter(|c| c.id == conn_id) else {
-                    return;
-                };
-                conn.kept_more = kept.more > 0;
-                if !kept.bodies.is_empty() {
-                    let frame = frame_bodies(conn.codec.wire(), &kept.bodies);
-                    self.queue(key, frame);
-                }
-            }
-            Command::EndSessions { user_id, sessions } => {
-                let ended: Vec<u32> = (self.users.members(user_id).iter())
-                    .copied()
-                    .filter(|&key| sessions.contains(&self.conns[key as usize].session))
-                    .collect();
-                for key in ended {
-                    self.refuse_and_close(key, "logged out", "logged out");
-                }
-            }
-            Command::Notice { key, conn_id, message } => {
-                if let Some(conn) = self.conns.get(key as usize).filter(|c| c.id == conn_id) {
-                    let frame = protocol::error_frame(conn.codec.wire(), &message);
-                    self.queue(key, frame);
-                }
-            }
-            Command::CloseAll => self.close_all(1012, "service restarted, reconnect"),
-            Command::Drain { within_secs } => {
-                let now = self.wheel.now();
-                self.drain_by = Some(now + within_secs.max(1));
-            }
-            Command::Limits(limits) => self.limits = *limits,
-            Command::Shutdown => {
-                self.shutting_down = true;
-                self.close_all(1001, "server shutting down");
-            }
-        }
-    }
-
-    fn close_all(&mut self, code: u16, reason: &'static str) {
-        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
-        for key in keys {
-            self.begin_close(key, Some((code, reason)));
-        }
-    }
-
-    fn auth_done(&mut self, key: u32, conn_id: u64, result: Result<Box<AuthedUser>, AuthRefused>) {
-        let conn = match self.conns.get_mut(key as usize) {
-            Some(c) if c.id == conn_id && !c.closing => c,
-            _ => {
-                // Closed while logic was answering: logic recorded it, so tell it it's gone.
-                if result.is_ok() {
-                    self.effects.push(Effect::Closed { conn_id });
-                }
-                return;
-            }
-        };
-        if conn.phase != Phase::Authenticating {
-            return;
-        }
-        match result {
-            Ok(user) => {
-                let user = *user;
-                conn.phase = Phase::Live { user_id: user.user_id };
-                conn.user_pos = self.users.insert(user.user_id, key);
-                conn.kept_more = conn.acks && user.kept.more > 0;
-                let (wire, room_id) = (conn.codec.wire(), conn.room);
-                let ping_at = conn.last_rx + self.limits.ping_after_secs;
-                let (name, more) = (user.user_name, user.kept.more);
-                let reply = |joined| auth_ok_frame(wire, user.user_id, &name, room_id, joined, more);
-                // Kept private messages right after the reply, before anything of the room.
-                let kept = (!user.kept.bodies.is_empty()).then(|| frame_bodies(wire, &user.kept.bodies));
-                if room_id == 0 {
-                    self.queue(key, reply(JoinedRoom::default()));
-                    if let Some(kept) = kept {
-                        self.queue(key, kept);
-                    }
-                } else {
-                    self.finish_join(key, room_id, user.joined, reply, kept);
-                }
-                self.arm(key, ping_at);
-            }
-            Err(refused) => {
-                self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
-                self.rooms.leave_all(&mut self.conns, key);
-                self.joins.forget(key);
-                self.sync_joining(key);
-                self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
-                self.begin_close(key, Some((refused.close_code, &refused.message)));
-            }
-        }
-    }
-
-    fn join_done(&mut self, key: u32, conn_id: u64, room_id: u64, result: Result<Box<JoinAnswer>, String>) {
-        let live = self.conns.get(key as usize).is_some_and(|c| c.id == conn_id && !c.closing);
-        if !live || !self.joins.waiting(key, room_id) {
-            // Left, or gone, while logic was answering: if logic recorded the join, undo it (a
-            // connection that is gone was undone with its close).
-            if live && result.is_ok() {
-                self.effects.push(Effect::Leave { conn_id, room_id });
-            }
-            return;
-        }
-        let conn_wire = self.conns[key as usize].codec.wire();
-        match result {
-            Ok(answer) => {
-                let reply = |joined| room_reply(conn_wire, wire::OP_JOIN, room_id, joined);
-                self.finish_join(key, room_id, *answer, reply, None)
-            }
-            Err(message) => {
-                self.rooms.leave(&mut self.conns, key, room_id);
-                self.joins.end(key, room_id);
-                self.sync_joining(key);
-                self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
-                self.queue(key, protocol::error_frame(conn_wire, &message));
-            }
         }
     }
 
@@ -754,10 +244,7 @@ impl Shard {
             if conn.closing {
                 // Its grace is over (a peer that stopped reading): drop what it never took.
                 conn.out.clear();
-                if !conn.dirty {
-                    conn.dirty = true;
-                    self.dirty.push(key);
-                }
+                conn.mark_dirty(key, &mut self.dirty);
                 continue;
             }
             let silent = now.saturating_sub(conn.last_rx);
@@ -765,7 +252,7 @@ impl Shard {
                 Phase::AwaitAuth | Phase::Authenticating => {
                     let deadline = conn.opened + self.limits.auth_timeout_secs;
                     if now >= deadline {
-                        self.begin_close(key, Some((1008, "authentication timeout")));
+                        self.begin_close(key, Some((close::POLICY_VIOLATION, "authentication timeout")));
                     } else {
                         self.arm(key, deadline);
                     }
@@ -773,7 +260,7 @@ impl Shard {
                 // TCP has no protocol ping; dead peers are found by TCP keep-alive.
                 Phase::Live { .. } if conn.codec.transport() == Transport::Tcp => {}
                 Phase::Live { .. } | Phase::Echo if silent >= self.limits.idle_timeout_secs => {
-                    self.begin_close(key, Some((1001, "idle timeout")));
+                    self.begin_close(key, Some((close::GOING_AWAY, "idle timeout")));
                 }
                 Phase::Live { .. } | Phase::Echo if silent >= self.limits.ping_after_secs => {
                     let (last_rx, ping) = (conn.last_rx, !conn.ping_sent);
@@ -800,7 +287,7 @@ impl Shard {
             let Some(conn) = self.conns.get(key as usize).filter(|c| !c.closing) else { continue };
             let (conn_id, wire) = (conn.id, conn.codec.wire());
             self.rooms.leave(&mut self.conns, key, room_id);
-            self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+            self.count_rooms();
             self.effects.push(Effect::Leave { conn_id, room_id });
             let message = format!("joining room {room_id} timed out, try again");
             self.queue(key, protocol::error_frame(wire, &message));
@@ -813,7 +300,7 @@ impl Shard {
         // This tick and each one up to and including `by`.
         let ticks_left = (by.saturating_sub(now) + 1) as usize;
         for &key in open.iter().take(open.len().div_ceil(ticks_left)) {
-            self.begin_close(key, Some((1012, "service restarting, reconnect")));
+            self.begin_close(key, Some((close::SERVICE_RESTART, "service restarting, reconnect")));
         }
     }
 
@@ -824,19 +311,37 @@ impl Shard {
         }
     }
 
-    /// Queues `bytes` for the connection at `key`.
-    fn queue(&mut self, key: u32, bytes: Bytes) {
-        queue_to(&mut self.conns, &mut self.dirty, &self.limits, &self.stats, &mut self.tls, key, |_| bytes);
+    /// What queues output to the connections.
+    fn outgoing(&mut self) -> Outgoing<'_> {
+        let max_bytes = self.limits.max_outbound_bytes;
+        Outgoing {
+            conns: &mut self.conns,
+            dirty: &mut self.dirty,
+            tls: &mut self.tls,
+            stats: &self.stats,
+            max_bytes,
+        }
     }
 
-    /// Closes with 1008 and `reason`, after an op 8 `notice` on a WebSocket: gochat's clients
-    /// cannot see a close reason (a TCP client gets the reason as its error frame).
+    /// Queues `bytes` for the connection at `key`.
+    fn queue(&mut self, key: u32, bytes: Bytes) {
+        self.outgoing().queue(key, |_| bytes);
+    }
+
+    /// Publishes how many rooms have a member here.
+    fn count_rooms(&self) {
+        self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Closes with [`POLICY_VIOLATION`](close::POLICY_VIOLATION) and `reason`, after an op 8
+    /// `notice` on a WebSocket: gochat's clients cannot see a close reason (a TCP client gets the
+    /// reason as its error frame).
     fn refuse_and_close(&mut self, key: u32, notice: &str, reason: &str) {
         let ws = self.conns.get(key as usize).map(|c| c.codec.wire()).filter(|w| *w != Wire::Tcp);
         if let Some(wire) = ws {
             self.queue(key, protocol::error_frame(wire, notice));
         }
-        self.begin_close(key, Some((1008, reason)));
+        self.begin_close(key, Some((close::POLICY_VIOLATION, reason)));
     }
 
     /// Starts closing: owes a close frame (WebSocket) or error frame (TCP) when `why` is given;
@@ -861,10 +366,7 @@ impl Shard {
         self.close_tls(key);
         let conn = &mut self.conns[key as usize];
         conn.closing = true;
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
+        conn.mark_dirty(key, &mut self.dirty);
         self.arm(key, self.wheel.now() + self.limits.close_grace_secs);
     }
 
@@ -923,7 +425,7 @@ impl Shard {
             }
             self.effects.push(Effect::Closed { conn_id: conn.id });
         }
-        self.stats.rooms.store(self.rooms.len() as u64, Ordering::Relaxed);
+        self.count_rooms();
         self.stats.connections.store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
@@ -936,81 +438,6 @@ impl Shard {
     pub fn room_members(&self, room_id: u64) -> usize {
         self.rooms.members(room_id).len()
     }
-}
-
-/// Queues `frame` (made for the connection's wire: a reference to a shared buffer, mostly) for
-/// `key`, dropping the connection when it is over its bound.
-fn queue_to(
-    conns: &mut Slab<Conn>,
-    dirty: &mut Vec<u32>,
-    limits: &ShardLimits,
-    stats: &ShardStats,
-    tls: &mut tls::TlsConns,
-    key: u32,
-    frame: impl FnOnce(Wire) -> Bytes,
-) {
-    let Some(conn) = conns.get_mut(key as usize) else {
-        return;
-    };
-    if conn.closing {
-        return;
-    }
-    let frame = frame(conn.codec.wire());
-    // The bound is on what the peer has not taken yet: an empty queue takes any frame.
-    if !conn.out.is_empty() && conn.out.bytes() + frame.len() > limits.max_outbound_bytes {
-        // A slow consumer: its queue cannot take a close frame either, so drop it outright.
-        stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(conn = conn.id, pending = conn.out.bytes(), "slow consumer dropped");
-        conn.out.clear();
-        conn.closing = true;
-    } else {
-        if conn.tls {
-            // Encrypted for this connection alone: a broadcast costs one encryption per member.
-            conn.out.push(tls.seal(key, &frame));
-        } else {
-            conn.out.push(frame);
-        }
-        stats.frames_out.fetch_add(1, Ordering::Relaxed);
-    }
-    if !conn.dirty {
-        conn.dirty = true;
-        dirty.push(key);
-    }
-}
-
-fn auth_ok_frame(
-    wire: Wire,
-    user_id: u64,
-    user_name: &str,
-    room_id: u64,
-    joined: JoinedRoom,
-    pending: u32,
-) -> Bytes {
-    let body = serde_json::to_vec(&wire::AuthOk {
-        op: wire::OP_AUTH_OK,
-        user_id,
-        user_name: user_name.to_string(),
-        room_id,
-        joined,
-        pending,
-    })
-    .expect("auth reply serializes");
-    protocol::frame_body(wire, &body)
-}
-
-/// Op 10 or op 11: the answer to a join or leave.
-fn room_reply(wire: Wire, op: i32, room_id: u64, joined: JoinedRoom) -> Bytes {
-    let body = serde_json::to_vec(&wire::RoomReply { op, room_id, joined }).expect("room reply serializes");
-    protocol::frame_body(wire, &body)
-}
-
-/// Bodies for one connection, framed back to back.
-fn frame_bodies(wire: Wire, bodies: &[Vec<u8>]) -> Bytes {
-    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 10).sum());
-    for body in bodies {
-        protocol::append_frame(wire, body, &mut out);
-    }
-    out.into()
 }
 
 #[cfg(test)]

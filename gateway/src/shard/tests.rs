@@ -1,5 +1,7 @@
 //! The shard driven without sockets: bytes in, output and effects out.
 
+use gochat_proto::wire::{self, Position};
+
 use super::*;
 use crate::testkit::{client_frame, live_ws, live_ws_with_token, written, UPGRADE};
 

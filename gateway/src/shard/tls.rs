@@ -1,8 +1,8 @@
 //! wss connections in a shard: a [`TlsSession`] between the driver's bytes and the codec.
-//! Output is encrypted as it is queued (`queue_to`), so the drivers write a TLS connection's
-//! queue exactly as they write a plain one's, and the outbound bound counts what the socket
-//! still has to take. Sessions live in a table of their own, so a plain connection carries
-//! nothing for TLS but a flag.
+//! Output is encrypted as it is queued (`Outgoing::queue`), so the drivers write a TLS
+//! connection's queue exactly as they write a plain one's, and the outbound bound counts what
+//! the socket still has to take. Sessions live in a table of their own, so a plain connection
+//! carries nothing for TLS but a flag.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,7 +28,7 @@ pub(super) struct TlsConns {
 
 impl TlsConns {
     /// Encrypts a frame for the connection at `key` (which has a session). Out of line, so the
-    /// plain connections' path through `queue_to` stays as it was.
+    /// plain connections' path through `Outgoing::queue` stays as it was.
     #[cold]
     #[inline(never)]
     pub(super) fn seal(&mut self, key: u32, frame: &[u8]) -> Bytes {
@@ -114,10 +114,7 @@ impl Shard {
             return;
         }
         conn.out.push(records);
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
+        conn.mark_dirty(key, &mut self.dirty);
     }
 }
 

@@ -5,30 +5,34 @@
 //! acknowledges by receiving: the gateway says so when it writes a message to one, and messages
 //! handed to one at connect are dropped at once.
 //!
-//! Two stores behind one interface, following the state store: [`MemoryInbox`] in this
-//! process (the embedded default) and [`RedisInbox`], shared by several controls.
+//! Two stores behind one interface ([`KeptStore`]), following the state store:
+//! [`MemoryKeptStore`] in this process (the embedded default) and [`RedisKeptStore`], shared by
+//! several controls. The config keys that bound them are `inbox_size`, `inbox_per_sender`,
+//! `inbox_max_bytes` and `inbox_ttl_secs`, and the Redis keys end in `:inbox`: names of
+//! existing files and stores, kept as they are.
 
 mod memory;
 mod redis;
 
 use std::time::Duration;
 
-pub use memory::MemoryInbox;
-pub use redis::RedisInbox;
+use gochat_proto::logic::Pending;
+pub use memory::MemoryKeptStore;
+pub use redis::RedisKeptStore;
 
 use crate::state::StateError;
 
 /// Most messages, and bytes of them, handed to a client at once (at connect, or after an
 /// acknowledgement): the rest follow as it acknowledges.
 pub const CHUNK_MESSAGES: usize = 100;
-pub const CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 64 * 1024;
 
-/// How much each user's inbox keeps.
+/// How many private messages are kept, per user and in all.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Messages per user (0: none kept; a message to an offline user is refused).
     pub size: usize,
-    /// Of those, from one sender (0: no share), so one sender cannot fill a user's inbox.
+    /// Of those, from one sender (0: no share), so one sender cannot fill what a user is kept.
     pub per_sender: usize,
     /// Bytes of messages kept over every user, in this process's memory (0: no bound; on
     /// Redis, its `maxmemory` is the bound).
@@ -37,12 +41,22 @@ pub struct Limits {
     pub max_age: Duration,
 }
 
-/// Messages handed to a client, oldest first, and how many more are kept.
+/// Kept messages handed to a client, oldest first, and how many more are kept.
+///
+/// One concept under three names: `Kept` here and in the gateway (`gochat_gateway::shard::Kept`,
+/// the bodies and `more`), and `Pending` on the wire (`logic.proto`), a name the gRPC contract
+/// and its previous release keep.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Chunk {
+pub struct Kept {
     pub bodies: Vec<Vec<u8>>,
     pub ids: Vec<u64>,
     pub more: u32,
+}
+
+impl From<Kept> for Pending {
+    fn from(k: Kept) -> Self {
+        Self { bodies: k.bodies, ids: k.ids, more: k.more }
+    }
 }
 
 /// Why a message was not kept.
@@ -58,13 +72,14 @@ pub enum NotKept {
     StoreFull,
 }
 
-pub enum Inbox {
+/// Where kept messages are: nowhere (`inbox_size = 0`), in memory, or on Redis.
+pub enum KeptStore {
     Off,
-    Memory(MemoryInbox),
-    Redis(RedisInbox),
+    Memory(MemoryKeptStore),
+    Redis(RedisKeptStore),
 }
 
-impl Inbox {
+impl KeptStore {
     pub fn is_on(&self) -> bool {
         !matches!(self, Self::Off)
     }
@@ -94,9 +109,9 @@ impl Inbox {
 
     /// The oldest kept messages after `after` (an id; 0: from the start), a chunk of them;
     /// `take`: they are handed to a client that does not acknowledge, so dropped at once.
-    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Chunk, StateError> {
+    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Kept, StateError> {
         match self {
-            Self::Off => Ok(Chunk::default()),
+            Self::Off => Ok(Kept::default()),
             Self::Memory(i) => Ok(i.chunk(user_id, after, take)),
             Self::Redis(i) => i.chunk(user_id, after, take).await,
         }
@@ -117,8 +132,8 @@ impl Inbox {
 
 /// The first kept messages of `kept` (ids ascending) after `after`, up to a chunk, and how
 /// many more there are.
-fn take_chunk<'a>(kept: impl Iterator<Item = (u64, &'a [u8])>, after: u64) -> Chunk {
-    let mut chunk = Chunk::default();
+fn take_chunk<'a>(kept: impl Iterator<Item = (u64, &'a [u8])>, after: u64) -> Kept {
+    let mut chunk = Kept::default();
     let mut bytes = 0;
     for (id, body) in kept.filter(|(id, _)| *id > after) {
         let full =

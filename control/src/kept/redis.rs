@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::{take_chunk, Chunk, Limits, NotKept, CHUNK_MESSAGES};
+use super::{take_chunk, Kept, Limits, NotKept, CHUNK_MESSAGES};
 use crate::ids;
-use crate::state::StateError;
+use crate::state::{numbered, StateError};
 
 /// KEYS: ids, bodies, senders of ids, counts per sender. `forget` drops ids, and counts them
 /// off their senders.
@@ -70,7 +70,7 @@ const ACK: &str = r"
 forget(ARGV)
 ";
 
-pub struct RedisInbox {
+pub struct RedisKeptStore {
     conn: ConnectionManager,
     prefix: String,
     limits: Limits,
@@ -84,7 +84,7 @@ fn member(id: u64) -> String {
     format!("{id:020}")
 }
 
-impl RedisInbox {
+impl RedisKeptStore {
     /// Kept messages on the Redis `conn` already reaches, under `prefix`.
     pub fn new(conn: ConnectionManager, prefix: &str, limits: Limits) -> Self {
         Self {
@@ -137,7 +137,7 @@ impl RedisInbox {
         })
     }
 
-    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Chunk, StateError> {
+    pub async fn chunk(&self, user_id: u64, after: u64, take: bool) -> Result<Kept, StateError> {
         let start = if after == 0 { "-".to_string() } else { format!("({}", member(after)) };
         let (count, flat): (u32, Vec<Vec<u8>>) = self
             .on_user(&self.read, user_id)
@@ -147,13 +147,7 @@ impl RedisInbox {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        let read: Vec<(u64, &[u8])> = flat
-            .chunks(2)
-            .filter_map(|pair| {
-                Some((std::str::from_utf8(&pair[0]).ok()?.parse().ok()?, pair.get(1)?.as_slice()))
-            })
-            .collect();
-        let mut chunk = take_chunk(read.iter().copied(), after);
+        let mut chunk = take_chunk(numbered(&flat), after);
         chunk.more = count.saturating_sub(chunk.ids.len() as u32);
         if take && !chunk.ids.is_empty() {
             self.ack(user_id, &chunk.ids).await?;

@@ -1,5 +1,5 @@
-//! The few system calls the gateway makes outside its drivers' event loops, wrapped safely so
-//! that all `unsafe` stays in the driver module.
+//! The few system calls the gateway makes outside its drivers' event loops (the inbox's
+//! wake-up, CPU affinity), wrapped safely so that the rest of the gateway has no `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
-use super::{take_chunk, Chunk, Limits, NotKept};
+use super::{take_chunk, Kept, Limits, NotKept};
 
 /// The share of `max_bytes` one sender's kept messages may take, over every user: filling the
 /// store, and with it keeping messages for everyone, takes many accounts, not one.
@@ -40,12 +40,12 @@ impl Ledger {
 
 /// One user's kept messages: id → (kept since, sender, body), and how many each sender has.
 #[derive(Default)]
-struct Kept {
+struct UserKept {
     messages: BTreeMap<u64, (Instant, u64, Vec<u8>)>,
     senders: FxHashMap<u64, usize>,
 }
 
-impl Kept {
+impl UserKept {
     /// Drops message `id`; the bytes it freed.
     fn remove(&mut self, id: u64, ledger: &mut Ledger) -> usize {
         let Some((_, from, body)) = self.messages.remove(&id) else { return 0 };
@@ -74,25 +74,25 @@ impl Kept {
 }
 
 struct Users {
-    kept: HashMap<u64, Kept>,
+    kept: HashMap<u64, UserKept>,
     /// When expired messages were last dropped for everyone.
     swept: Instant,
     ledger: Ledger,
 }
 
-pub struct MemoryInbox {
+pub struct MemoryKeptStore {
     limits: Limits,
     users: Mutex<Users>,
 }
 
-impl MemoryInbox {
+impl MemoryKeptStore {
     pub fn new(limits: Limits) -> Self {
         let users = Users { kept: HashMap::new(), swept: Instant::now(), ledger: Ledger::default() };
         Self { limits, users: Mutex::new(users) }
     }
 
     /// The user's kept messages, the expired ones dropped, with the ledger of every user's.
-    fn with_user<T>(&self, user_id: u64, f: impl FnOnce(&mut Kept, &mut Ledger) -> T) -> T {
+    fn with_user<T>(&self, user_id: u64, f: impl FnOnce(&mut UserKept, &mut Ledger) -> T) -> T {
         let now = Instant::now();
         let mut guard = self.users.lock().unwrap_or_else(|p| p.into_inner());
         let users = &mut *guard;
@@ -151,7 +151,7 @@ impl MemoryInbox {
         })
     }
 
-    pub fn chunk(&self, user_id: u64, after: u64, take: bool) -> Chunk {
+    pub fn chunk(&self, user_id: u64, after: u64, take: bool) -> Kept {
         self.with_user(user_id, |kept, ledger| {
             let chunk =
                 take_chunk(kept.messages.iter().map(|(id, (_, _, body))| (*id, body.as_slice())), after);
@@ -190,56 +190,56 @@ mod tests {
 
     #[test]
     fn keeps_until_acknowledged_bounded_and_expiring() {
-        let inbox = MemoryInbox::new(limits(2, 0, 0, Duration::from_millis(80)));
-        assert_eq!(inbox.keep(1, 5, 10, b"a"), Ok(()));
-        assert_eq!(inbox.keep(1, 5, 11, b"b"), Ok(()));
-        assert_eq!(inbox.keep(1, 5, 12, b"c"), Err(NotKept::Full), "full");
-        assert_eq!(inbox.keep(2, 5, 12, b"c"), Ok(()), "per user");
-        let c = inbox.chunk(1, 0, false);
+        let store = MemoryKeptStore::new(limits(2, 0, 0, Duration::from_millis(80)));
+        assert_eq!(store.keep(1, 5, 10, b"a"), Ok(()));
+        assert_eq!(store.keep(1, 5, 11, b"b"), Ok(()));
+        assert_eq!(store.keep(1, 5, 12, b"c"), Err(NotKept::Full), "full");
+        assert_eq!(store.keep(2, 5, 12, b"c"), Ok(()), "per user");
+        let c = store.chunk(1, 0, false);
         assert_eq!((c.ids, c.more), (vec![10, 11], 0));
-        assert_eq!(inbox.chunk(1, 10, false).ids, [11], "after an id");
-        inbox.ack(1, &[10]);
-        assert_eq!(inbox.chunk(1, 0, false).ids, [11]);
-        assert_eq!(inbox.keep(1, 5, 12, b"c"), Ok(()), "room again");
-        assert_eq!(inbox.chunk(1, 0, true).ids, [11, 12], "taken");
-        assert!(inbox.chunk(1, 0, false).ids.is_empty());
+        assert_eq!(store.chunk(1, 10, false).ids, [11], "after an id");
+        store.ack(1, &[10]);
+        assert_eq!(store.chunk(1, 0, false).ids, [11]);
+        assert_eq!(store.keep(1, 5, 12, b"c"), Ok(()), "room again");
+        assert_eq!(store.chunk(1, 0, true).ids, [11, 12], "taken");
+        assert!(store.chunk(1, 0, false).ids.is_empty());
         std::thread::sleep(Duration::from_millis(100));
-        assert!(inbox.chunk(2, 0, false).ids.is_empty(), "expired");
-        assert_eq!(inbox.bytes(), 0, "and their bytes with them");
+        assert!(store.chunk(2, 0, false).ids.is_empty(), "expired");
+        assert_eq!(store.bytes(), 0, "and their bytes with them");
     }
 
     #[test]
     fn one_sender_fills_only_its_share_of_a_users_messages() {
-        let inbox = MemoryInbox::new(limits(10, 3, 0, Duration::from_secs(60)));
+        let store = MemoryKeptStore::new(limits(10, 3, 0, Duration::from_secs(60)));
         for id in 1..=3 {
-            assert_eq!(inbox.keep(1, 66, id, b"spam"), Ok(()));
+            assert_eq!(store.keep(1, 66, id, b"spam"), Ok(()));
         }
-        assert_eq!(inbox.keep(1, 66, 4, b"spam"), Err(NotKept::SenderShare));
-        assert_eq!(inbox.keep(1, 67, 5, b"hello"), Ok(()), "others still reach the user");
-        assert_eq!(inbox.keep(2, 66, 6, b"spam"), Ok(()), "a share is per user");
-        inbox.ack(1, &[1]);
-        assert_eq!(inbox.keep(1, 66, 7, b"spam"), Ok(()), "a read message gives the share back");
+        assert_eq!(store.keep(1, 66, 4, b"spam"), Err(NotKept::SenderShare));
+        assert_eq!(store.keep(1, 67, 5, b"hello"), Ok(()), "others still reach the user");
+        assert_eq!(store.keep(2, 66, 6, b"spam"), Ok(()), "a share is per user");
+        store.ack(1, &[1]);
+        assert_eq!(store.keep(1, 66, 7, b"spam"), Ok(()), "a read message gives the share back");
     }
 
     #[test]
     fn bytes_are_bounded_in_all_and_per_sender_and_given_back() {
-        let inbox = MemoryInbox::new(limits(100, 0, 160, Duration::from_secs(60)));
+        let store = MemoryKeptStore::new(limits(100, 0, 160, Duration::from_secs(60)));
         // A sender holds at most a sixteenth of the store (10 bytes), over every user.
-        assert_eq!(inbox.keep(1, 5, 1, b"12345"), Ok(()));
-        assert_eq!(inbox.keep(2, 5, 2, b"12345"), Ok(()));
-        assert_eq!(inbox.keep(3, 5, 3, b"1"), Err(NotKept::SenderTotal));
+        assert_eq!(store.keep(1, 5, 1, b"12345"), Ok(()));
+        assert_eq!(store.keep(2, 5, 2, b"12345"), Ok(()));
+        assert_eq!(store.keep(3, 5, 3, b"1"), Err(NotKept::SenderTotal));
         for sender in 6..21 {
-            assert_eq!(inbox.keep(3, sender, 100 + sender, b"1234567890"), Ok(()), "sender {sender}");
+            assert_eq!(store.keep(3, sender, 100 + sender, b"1234567890"), Ok(()), "sender {sender}");
         }
-        assert_eq!(inbox.bytes(), 160);
-        assert_eq!(inbox.keep(4, 30, 4, b"1"), Err(NotKept::StoreFull));
-        assert_eq!(inbox.chunk(1, 0, true).ids, [1]);
-        assert_eq!(inbox.keep(3, 5, 3, b"1"), Ok(()), "bytes taken are given back, to the sender too");
-        assert_eq!(inbox.bytes(), 156);
-        inbox.ack(3, &(106..121).collect::<Vec<_>>());
-        inbox.ack(3, &[3]);
-        inbox.ack(2, &[2, 2]);
-        assert_eq!(inbox.bytes(), 0);
-        assert!(inbox.users.lock().unwrap().ledger.by_sender.is_empty(), "no sender left counted");
+        assert_eq!(store.bytes(), 160);
+        assert_eq!(store.keep(4, 30, 4, b"1"), Err(NotKept::StoreFull));
+        assert_eq!(store.chunk(1, 0, true).ids, [1]);
+        assert_eq!(store.keep(3, 5, 3, b"1"), Ok(()), "bytes taken are given back, to the sender too");
+        assert_eq!(store.bytes(), 156);
+        store.ack(3, &(106..121).collect::<Vec<_>>());
+        store.ack(3, &[3]);
+        store.ack(2, &[2, 2]);
+        assert_eq!(store.bytes(), 0);
+        assert!(store.users.lock().unwrap().ledger.by_sender.is_empty(), "no sender left counted");
     }
 }

@@ -1,0 +1,34 @@
+//! The user data of the ring's operations: what a completion is for (its [`Kind`]), and the
+//! slot and generation of the connection or listener it belongs to.
+
+/// What a completion is for: the top byte of its user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Accept = 1,
+    Recv = 2,
+    Send = 3,
+    Event = 4,
+    Tick = 5,
+    AcceptRetry = 6,
+    Cancel = 7,
+}
+
+/// The user data of an operation of `kind` for `slot` (24 bits) in its generation `gen`.
+pub(super) fn user_data(kind: Kind, slot: usize, gen: u32) -> u64 {
+    (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
+}
+
+/// The kind, slot and generation a completion's user data names (no kind: none the driver set).
+pub(super) fn decode(data: u64) -> (Option<Kind>, usize, u32) {
+    let kind = match data >> 56 {
+        1 => Some(Kind::Accept),
+        2 => Some(Kind::Recv),
+        3 => Some(Kind::Send),
+        4 => Some(Kind::Event),
+        5 => Some(Kind::Tick),
+        6 => Some(Kind::AcceptRetry),
+        7 => Some(Kind::Cancel),
+        _ => None,
+    };
+    (kind, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+}

@@ -1,0 +1,23 @@
+//! A shard's counters, read from other threads: the gRPC `Stats` call and `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+/// Counters readable from other threads (stats, metrics).
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    pub connections: AtomicU64,
+    pub rooms: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub slow_consumer_closes: AtomicU64,
+    pub auth_failures: AtomicU64,
+    /// Closes the protocol decided: a client close, a violation, a refused handshake.
+    pub protocol_closes: AtomicU64,
+    /// Client frames dropped over the rate limit.
+    pub frames_throttled: AtomicU64,
+    /// Clients closed for flooding (they went on sending far over the limit).
+    pub flood_closes: AtomicU64,
+    /// wss connections whose TLS handshake failed (plain clients, scanners, untrusting clients).
+    pub tls_handshake_failures: AtomicU64,
+    /// Open connections that chose the binary protocol: batches are framed in it too while any are.
+    pub binary_connections: AtomicU64,
+}
