@@ -6,16 +6,16 @@
 //! Needs `redis-server` and `etcd` on the PATH (Debian: `redis-server`, `etcd-server`), `psql`,
 //! a PostgreSQL server, and a `gochat` binary built with the `etcd` feature.
 
-use std::net::{SocketAddr, TcpStream};
+use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use gochat_gateway::driver::DriverChoice;
+use gochat_runtime::launch::{free_addr, Process};
 
 pub use crate::discovery::Role;
 use crate::discovery::{DiscoveryConfig, DiscoveryKind};
@@ -50,101 +50,6 @@ impl ClusterSpec {
             driver: DriverChoice::Auto,
             shards: 1,
         }
-    }
-}
-
-/// One process of the cluster.
-struct Proc {
-    name: String,
-    program: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-    /// Accepts TCP here once ready (none: ready once started).
-    ready: Option<SocketAddr>,
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut command = Command::new(&self.program);
-        // Each member has a config of its own: none of this process's settings (a config key's
-        // variable would set the same listener in every member).
-        for (name, _) in std::env::vars_os() {
-            let name_str = name.to_string_lossy();
-            if crate::config::is_key_var(&name_str)
-                || ["GOCHAT_CONFIG", "GOCHAT_DRIVER", "GOCHAT_SHARDS"].contains(&&*name_str)
-            {
-                command.env_remove(&name);
-            }
-        }
-        let child = command
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} ({})", self.name, self.program.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            let Some(ready) = self.ready else { return Ok(()) };
-            if TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("{} exited ({status}) before it was ready; log: {}", self.name, self.log.display());
-            }
-            if Instant::now() > deadline {
-                bail!("{} not ready at {ready} within {within:?}; log: {}", self.name, self.log.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&mut self, signal: i32) {
-        if let Some(child) = self.child.as_mut() {
-            // SAFETY: kill(2) on our own child's pid, which it still is (not yet reaped).
-            unsafe { libc::kill(child.id() as i32, signal) };
-        }
-    }
-
-    /// SIGKILL: no chance to clean up, as when a machine dies.
-    fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-            // An io_uring gateway's listeners outlive the process until the kernel has torn its
-            // rings down; a successor sharing the port (SO_REUSEPORT) would see connections
-            // land on them and be reset. Wait until nothing answers there.
-            if let Some(port) = self.ready {
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline
-                    && TcpStream::connect_timeout(&port, Duration::from_millis(100)).is_ok()
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) {
-        self.signal(libc::SIGTERM);
-        let Some(mut child) = self.child.take() else { return };
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -199,47 +104,27 @@ pub struct Member {
 
 pub struct LocalCluster {
     spec: ClusterSpec,
-    redis: Proc,
-    etcd: Proc,
+    redis: Process,
+    etcd: Process,
     database: String,
-    members: Vec<(Member, Proc)>,
+    members: Vec<(Member, Process)>,
     redis_url: String,
     etcd_url: String,
     /// The folder did not exist before: it is the cluster's to remove.
     made_dir: bool,
 }
 
-/// A loopback address nothing listens on now, for a process started later to bind. A port
-/// the kernel picks (bind to port 0) comes from its ephemeral range, where an outgoing
-/// connection or the next such pick may take it before the process binds; these come from
-/// below that range, in turn from a per-process start, so neither happens.
-pub fn free_addr() -> std::io::Result<SocketAddr> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    static START: OnceLock<u32> = OnceLock::new();
-    const LOW: u32 = 10_000;
-    let high = u32::from(ephemeral_low()).max(LOW + 1_000);
-    let span = high - LOW;
-    let start = *START.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span
-    });
-    for _ in 0..span {
-        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
-            return listener.local_addr();
-        }
-    }
-    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("no free loopback port in {LOW}..{high}")))
-}
-
-/// The first port of the kernel's ephemeral range.
-fn ephemeral_low() -> u16 {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768)
+/// Each member has a config of its own: none of this process's settings (a config key's
+/// variable would set the same listener in every member).
+fn own_settings_removed() -> Vec<(OsString, Option<OsString>)> {
+    std::env::vars_os()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            crate::config::is_key_var(&name)
+                || ["GOCHAT_CONFIG", "GOCHAT_DRIVER", "GOCHAT_SHARDS"].contains(&&*name)
+        })
+        .map(|(name, _)| (name, None))
+        .collect()
 }
 
 fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
@@ -263,10 +148,10 @@ impl LocalCluster {
 
         let redis_addr = free_addr()?;
         std::fs::create_dir_all(path("redis"))?;
-        let redis = Proc {
-            name: "redis".into(),
-            program: "redis-server".into(),
-            args: [
+        let redis = Process::new(
+            "redis",
+            "redis-server",
+            [
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -282,16 +167,15 @@ impl LocalCluster {
             ]
             .map(String::from)
             .to_vec(),
-            log: path("redis.log"),
-            ready: Some(redis_addr),
-            child: None,
-        };
+            path("redis.log"),
+        )
+        .ready_at(redis_addr);
         let (etcd_addr, peer_addr) = (free_addr()?, free_addr()?);
         let etcd_url = format!("http://{etcd_addr}");
-        let etcd = Proc {
-            name: "etcd".into(),
-            program: "etcd".into(),
-            args: vec![
+        let etcd = Process::new(
+            "etcd",
+            "etcd",
+            vec![
                 "--name".into(),
                 "gochat-local".into(),
                 "--data-dir".into(),
@@ -307,10 +191,9 @@ impl LocalCluster {
                 "--initial-cluster".into(),
                 format!("gochat-local=http://{peer_addr}"),
             ],
-            log: path("etcd.log"),
-            ready: Some(etcd_addr),
-            child: None,
-        };
+            path("etcd.log"),
+        )
+        .ready_at(etcd_addr);
         let database = format!("gochat_cluster_{}_{}", std::process::id(), etcd_addr.port());
         let mut cluster = Self {
             redis_url: format!("redis://{redis_addr}"),
@@ -407,19 +290,15 @@ impl LocalCluster {
         let (cfg, public, grpc) = self.config(role, &id)?;
         let config = self.spec.dir.canonicalize()?.join(format!("{id}.toml"));
         std::fs::write(&config, toml::to_string(&cfg)?)?;
-        let mut proc = Proc {
-            name: id.clone(),
-            program: self.spec.binary.clone(),
-            args: vec![
-                "--config".into(),
-                config.to_str().context("utf-8 path")?.into(),
-                role.as_str().into(),
-            ],
-            log: self.spec.dir.canonicalize()?.join(format!("{id}.log")),
-            // Clients' port: a gateway announces itself (gRPC) before it takes clients.
-            ready: public.or(grpc),
-            child: None,
-        };
+        let mut proc = Process::new(
+            id.clone(),
+            self.spec.binary.clone(),
+            vec!["--config".into(), config.to_str().context("utf-8 path")?.into(), role.as_str().into()],
+            self.spec.dir.canonicalize()?.join(format!("{id}.log")),
+        );
+        // Clients' port: a gateway announces itself (gRPC) before it takes clients.
+        proc.ready = public.or(grpc);
+        proc.env = own_settings_removed();
         proc.spawn()?;
         self.members.push((Member { role, id, public, grpc, config }, proc));
         Ok(())
@@ -434,7 +313,7 @@ impl LocalCluster {
         self.members.iter().map(|(m, _)| m).filter(|m| m.role == role).nth(n - 1).expect("such a member")
     }
 
-    fn proc(&mut self, role: Role, n: usize) -> &mut Proc {
+    fn proc(&mut self, role: Role, n: usize) -> &mut Process {
         self.members
             .iter_mut()
             .filter(|(m, _)| m.role == role)
@@ -527,7 +406,7 @@ impl Drop for LocalCluster {
     /// A cluster dropped without [`LocalCluster::stop`] (a failed test) still stops its processes
     /// and drops its database, but keeps its folder with the logs.
     fn drop(&mut self) {
-        if self.members.iter().any(|(_, p)| p.child.is_some()) || self.redis.child.is_some() {
+        if self.members.iter().any(|(_, p)| p.is_started()) || self.redis.is_started() {
             self.shutdown();
         }
     }
@@ -594,17 +473,64 @@ mod tests {
         }
     }
 
+    /// What a launcher that does not build the roles writes (the bench's clusters) is a config
+    /// `gochat` reads, each key with the value written.
     #[test]
-    fn free_addresses_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let ephemeral = ephemeral_low();
-        // Held, as the processes they are for would hold them.
-        let held: Vec<_> = (0..200)
-            .map(|_| std::net::TcpListener::bind(free_addr().unwrap()).expect("free and bindable"))
-            .collect();
-        let mut ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        assert!(ports.iter().all(|&p| (10_000..ephemeral).contains(&p)), "{ports:?}");
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), 200, "each handed out once");
+    fn a_node_config_reads_as_a_config_with_every_key_it_sets() {
+        use gochat_runtime::launch::{
+            ControlKeys, GatewayKey, GatewayKeys, NodeConfig, QueueKeys, RedisQueueKeys, WorkerKeys,
+        };
+        let addr = |port: u16| Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        let grpc = Some("http://127.0.0.1:3".to_string());
+        let node = NodeConfig {
+            control: Some(ControlKeys {
+                api_listen: addr(1),
+                site_listen: addr(2),
+                grpc_listen: addr(3),
+                database: Some("sqlite:///tmp/users.sqlite3".into()),
+                session_ttl_secs: Some(864_000),
+                login_per_minute: Some(0),
+                register_per_minute: Some(0),
+                push_per_second: Some(0),
+                http_max_connections_per_address: Some(0),
+                max_connections_per_user: Some(0),
+                open_rooms: Some(true),
+                more: toml::from_str("history_size = 0").unwrap(),
+            }),
+            queue: Some(QueueKeys {
+                kind: Some("redis".into()),
+                capacity: Some(1_000_000),
+                redis: Some(RedisQueueKeys { prefix: Some("gochat-bench".into()) }),
+            }),
+            worker: Some(WorkerKeys {
+                logic: grpc.clone(),
+                batch_age_us: Some(1000),
+                gateways: vec![GatewayKey { id: "gateway-1".into(), grpc: "http://127.0.0.1:4".into() }],
+            }),
+            gateway: Some(GatewayKeys {
+                id: Some("gateway-1".into()),
+                ws_listen: addr(5),
+                tcp_listen: addr(6),
+                grpc_listen: addr(4),
+                logic: grpc,
+                shards: Some(1),
+                driver: Some("epoll".into()),
+                max_connections: Some(19_000),
+                ws_echo_path: Some("/echo".into()),
+                drain_secs: Some(0),
+            }),
+        };
+        let written: toml::Table = toml::from_str(&node.to_toml().unwrap()).unwrap();
+        let read = toml::Table::try_from(Config::parse(&node.to_toml().unwrap()).unwrap()).unwrap();
+        fn check(written: &toml::Table, read: &toml::Table, at: &str) {
+            for (key, value) in written {
+                let name = format!("{at}.{key}");
+                match (value, read.get(key)) {
+                    (toml::Value::Table(w), Some(toml::Value::Table(r))) => check(w, r, &name),
+                    (w, r) => assert_eq!(Some(w), r, "{name}"),
+                }
+            }
+        }
+        check(&written, &read, "");
     }
 }

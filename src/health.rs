@@ -3,7 +3,7 @@
 //! asks a gRPC port for its `grpc.health.v1` status and needs SERVING.
 
 use anyhow::Context;
-use gochat_proto::peers;
+use gochat_runtime::peers;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 

@@ -56,9 +56,9 @@ pub struct ClientKind {
     pub acks: bool,
 }
 
-/// Counters and histograms of a fleet, as reported to the coordinator.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Snapshot {
+/// What a fleet counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Counts {
     /// Authenticated (op 7 received).
     pub connected: u64,
     /// Gave up after every attempt failed before authentication.
@@ -72,6 +72,30 @@ pub struct Snapshot {
     pub other_frames: u64,
     /// Op 2/3 frames carrying a bench mark.
     pub marked: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.connected += other.connected;
+        self.failed += other.failed;
+        self.retried += other.retried;
+        self.closed += other.closed;
+        self.room_frames += other.room_frames;
+        self.private_frames += other.private_frames;
+        self.other_frames += other.other_frames;
+        self.marked += other.marked;
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.room_frames + self.private_frames + self.other_frames
+    }
+}
+
+/// Counters and histograms of a fleet, as reported to the coordinator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    #[serde(flatten)]
+    pub counts: Counts,
     /// End-to-end latency of marked messages, µs (V2-serialized, base64).
     pub latency: String,
     /// Time from connect to auth reply, µs (V2-serialized, base64).
@@ -161,7 +185,7 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                         let mut stats = shared.stats.borrow_mut();
                         let failed = result.is_err();
                         match result {
-                            Ok(true) => stats.snap.closed += 1,
+                            Ok(true) => stats.snap.counts.closed += 1,
                             Ok(false) => {}
                             Err(e) => {
                                 let e = e.to_string();
@@ -169,9 +193,9 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                                     stats.snap.errors.push(e);
                                 }
                                 if attempt < CONNECT_ATTEMPTS {
-                                    stats.snap.retried += 1;
+                                    stats.snap.counts.retried += 1;
                                 } else {
-                                    stats.snap.failed += 1;
+                                    stats.snap.counts.failed += 1;
                                 }
                             }
                         }
@@ -389,24 +413,24 @@ fn process(
             0x1 | 0x2 => match read_message(frame.opcode, frame.payload) {
                 Some((7, _, _)) if !*authed => {
                     *authed = true;
-                    stats.snap.connected += 1;
+                    stats.snap.counts.connected += 1;
                     let _ = stats.connect.record(started.elapsed().as_micros().max(1) as u64);
                 }
                 Some((op @ (2 | 3), msg, id)) => {
                     if op == 3 {
-                        stats.snap.room_frames += 1;
+                        stats.snap.counts.room_frames += 1;
                     } else {
-                        stats.snap.private_frames += 1;
+                        stats.snap.counts.private_frames += 1;
                         if kind.acks && id != 0 {
                             ack(id, kind, owed);
                         }
                     }
                     if let Some(sent) = msg.as_deref().and_then(sent_micros) {
-                        stats.snap.marked += 1;
+                        stats.snap.counts.marked += 1;
                         let _ = stats.latency.record(now_micros().saturating_sub(sent).max(1));
                     }
                 }
-                _ => stats.snap.other_frames += 1,
+                _ => stats.snap.counts.other_frames += 1,
             },
             0x9 => wsclient::masked_frame(0xA, frame.payload, owed),
             0x8 => {

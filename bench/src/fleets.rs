@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::engine::{new_hist, ClientKind, ConnSpec, FleetSpec, Snapshot};
+use crate::engine::{new_hist, ClientKind, ConnSpec, Counts, FleetSpec, Snapshot};
 use crate::worker::Fleet;
 
 /// Where fleets run.
@@ -30,14 +30,7 @@ pub const CONNS_PER_PROC: usize = 15_000;
 /// All counters of all fleets.
 #[derive(Debug, Clone)]
 pub struct Totals {
-    pub connected: u64,
-    pub failed: u64,
-    pub retried: u64,
-    pub closed: u64,
-    pub room_frames: u64,
-    pub private_frames: u64,
-    pub other_frames: u64,
-    pub marked: u64,
+    pub counts: Counts,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
     /// CPU seconds of each fleet's thread.
@@ -48,28 +41,14 @@ pub struct Totals {
 impl Totals {
     fn sum(snaps: &[Snapshot]) -> Self {
         let mut t = Totals {
-            connected: 0,
-            failed: 0,
-            retried: 0,
-            closed: 0,
-            room_frames: 0,
-            private_frames: 0,
-            other_frames: 0,
-            marked: 0,
+            counts: Counts::default(),
             latency: new_hist(),
             connect: new_hist(),
             fleet_cpu: Vec::new(),
             errors: Vec::new(),
         };
         for s in snaps {
-            t.connected += s.connected;
-            t.failed += s.failed;
-            t.retried += s.retried;
-            t.closed += s.closed;
-            t.room_frames += s.room_frames;
-            t.private_frames += s.private_frames;
-            t.other_frames += s.other_frames;
-            t.marked += s.marked;
+            t.counts.add(&s.counts);
             let _ = t.latency.add(s.latency_hist());
             let _ = t.connect.add(s.connect_hist());
             t.fleet_cpu.push(s.cpu_secs);
@@ -80,10 +59,6 @@ impl Totals {
             }
         }
         t
-    }
-
-    pub fn frames(&self) -> u64 {
-        self.room_frames + self.private_frames + self.other_frames
     }
 }
 

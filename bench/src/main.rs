@@ -120,16 +120,8 @@ enum Command {
         rooms: usize,
         #[arg(long, default_value_t = 100)]
         members: usize,
-        #[arg(long, default_value_t = 200)]
-        users: usize,
-        #[arg(long, default_value_t = 2000)]
-        messages: u64,
-        /// Messages per second (default: as fast as the API takes them).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// REST calls in flight.
-        #[arg(long, default_value_t = 64)]
-        in_flight: usize,
+        #[command(flatten)]
+        push: PushArgs,
     },
     /// End-to-end latency REST push → client at a fixed rate: p50/p90/p99/p99.9/max.
     Latency {
@@ -149,14 +141,8 @@ enum Command {
     /// One connection per user, private messages user → next user: loss and latency (across
     /// gateways when several run).
     Private {
-        #[arg(long, default_value_t = 200)]
-        users: usize,
-        #[arg(long, default_value_t = 2000)]
-        messages: u64,
-        #[arg(long)]
-        rate: Option<f64>,
-        #[arg(long, default_value_t = 64)]
-        in_flight: usize,
+        #[command(flatten)]
+        push: PushArgs,
     },
     /// Raw WebSocket echo throughput against an echo endpoint (the gateway's `ws_echo_path`),
     /// and with --baseline against a fastwebsockets-on-tokio echo server in this process.
@@ -227,6 +213,21 @@ enum Command {
     Worker,
 }
 
+/// The users and the messages pushed over REST, of `fanout` and `private`.
+#[derive(Args, Clone, Copy)]
+struct PushArgs {
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    #[arg(long, default_value_t = 2000)]
+    messages: u64,
+    /// Messages per second (default: as fast as the API takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// REST calls in flight.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+}
+
 fn main() -> anyhow::Result<()> {
     raise_open_files_limit();
     let cli = Cli::parse();
@@ -283,7 +284,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
     let connections = match command {
         Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
         Command::Fanout { rooms, members, .. } => rooms * members,
-        Command::Private { users, .. } => *users,
+        Command::Private { push } => push.users,
         Command::Echo { connections, .. } => *connections,
         _ => 0,
     };
@@ -405,17 +406,17 @@ fn scenario_run(
             },
             quiet,
         ),
-        Command::Fanout { rooms, members, users, messages, rate, in_flight } => scenario::fanout(
+        Command::Fanout { rooms, members, push } => scenario::fanout(
             "fanout",
             target,
             client,
             &FanoutParams {
                 rooms: *rooms,
                 members: *members,
-                users: *users,
-                messages: *messages,
-                rate: *rate,
-                in_flight: *in_flight,
+                users: push.users,
+                messages: push.messages,
+                rate: push.rate,
+                in_flight: push.in_flight,
             },
             quiet,
         ),
@@ -436,10 +437,15 @@ fn scenario_run(
                 quiet,
             )
         }
-        Command::Private { users, messages, rate, in_flight } => scenario::private(
+        Command::Private { push } => scenario::private(
             target,
             client,
-            &PrivateParams { users: *users, messages: *messages, rate: *rate, in_flight: *in_flight },
+            &PrivateParams {
+                users: push.users,
+                messages: push.messages,
+                rate: push.rate,
+                in_flight: push.in_flight,
+            },
             quiet,
         ),
         Command::Echo { connections, window, size, duration, echo_path, .. } => {

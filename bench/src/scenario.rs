@@ -80,12 +80,12 @@ fn connect_all(
     let limit = Duration::from_secs(60 + n / 200);
     let (totals, _) = fleets.wait(
         limit,
-        |t| t.connected + t.failed >= n,
-        |t| progress.set_position(t.connected + t.failed),
+        |t| t.counts.connected + t.counts.failed >= n,
+        |t| progress.set_position(t.counts.connected + t.counts.failed),
     )?;
     let secs = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    if totals.connected == 0 {
+    if totals.counts.connected == 0 {
         let why = totals.errors.first().cloned().unwrap_or_else(|| "timed out".into());
         fleets.quit()?;
         bail!("no connection authenticated: {why}");
@@ -110,9 +110,9 @@ fn client_notes(result: &mut RunResult, before: &Totals, after: &Totals, wall: f
 }
 
 fn failures(result: &mut RunResult, t: &Totals) {
-    result.figure("connect_retries", t.retried);
-    if t.failed > 0 {
-        result.notes.push(format!("{} connections failed: {}", t.failed, t.errors.join("; ")));
+    result.figure("connect_retries", t.counts.retried);
+    if t.counts.failed > 0 {
+        result.notes.push(format!("{} connections failed: {}", t.counts.failed, t.errors.join("; ")));
     }
 }
 
@@ -200,9 +200,9 @@ pub fn connections(
         .collect();
     let before = target.sample();
     let (mut fleets, connected, connect_secs) = connect_all(target, conns, client, quiet)?;
-    let n = connected.connected;
+    let n = connected.counts.connected;
     r.figure("connected", n);
-    r.figure("failed", connected.failed);
+    r.figure("failed", connected.counts.failed);
     r.figure("connect_secs", (connect_secs * 100.0).round() / 100.0);
     r.figure("connect_rate_per_s", (n as f64 / connect_secs).round());
     percentiles(&mut r, "connect", &connected.connect);
@@ -238,7 +238,7 @@ pub fn connections(
         let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
         r.figure("idle_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
     }
-    r.figure("closed_during_hold", held_to.closed - held_from.closed);
+    r.figure("closed_during_hold", held_to.counts.closed - held_from.counts.closed);
     // One broadcast per room; every connected member must get it.
     let rooms = p.rooms.max(1) as u64;
     let token = users[0].token.clone();
@@ -246,14 +246,14 @@ pub fn connections(
         let (api, token) = (api.clone(), token.clone());
         async move { api.push_room(&token, 1 + seq, &marked_message(seq)).await }
     }));
-    let expected = held_to.connected - held_to.closed;
+    let expected = held_to.counts.connected - held_to.counts.closed;
     // A broadcast to a million sockets on two shared cores takes a while: wait in proportion.
     let wait = Duration::from_secs(30 + expected / 10_000);
-    let (got, _) = fleets.wait(wait, |t| t.marked >= expected, |_| {})?;
+    let (got, _) = fleets.wait(wait, |t| t.counts.marked >= expected, |_| {})?;
     r.figure("broadcast_pushes_failed", pushed.failed);
     r.figure("broadcast_expected", expected);
-    r.figure("broadcast_received", got.marked);
-    r.figure("broadcast_loss", expected.saturating_sub(got.marked));
+    r.figure("broadcast_received", got.counts.marked);
+    r.figure("broadcast_loss", expected.saturating_sub(got.counts.marked));
     percentiles(&mut r, "broadcast_latency", &got.latency);
     client_notes(&mut r, &connected, &fleets.totals()?, connect_secs);
     fleets.quit()?;
@@ -295,8 +295,8 @@ pub fn fanout(
         .collect();
     let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
     failures(&mut r, &connected);
-    r.figure("connected", connected.connected);
-    let members_connected = connected.connected as f64 / p.rooms as f64;
+    r.figure("connected", connected.counts.connected);
+    let members_connected = connected.counts.connected as f64 / p.rooms as f64;
     let before = target.sample();
     let start_totals = fleets.totals()?;
     let started = Instant::now();
@@ -315,10 +315,10 @@ pub fn fanout(
     }));
     progress.finish_and_clear();
     let expected = (pushed.sent as f64 * members_connected).round() as u64;
-    let (got, _) = fleets.wait(Duration::from_secs(30), |t| t.marked >= expected, |_| {})?;
+    let (got, _) = fleets.wait(Duration::from_secs(30), |t| t.counts.marked >= expected, |_| {})?;
     let wall = started.elapsed().as_secs_f64();
     let after = target.sample();
-    let delivered = got.marked - start_totals.marked;
+    let delivered = got.counts.marked - start_totals.counts.marked;
     r.figure("pushed", pushed.sent);
     r.figure("push_failed", pushed.failed);
     r.figure("push_rate_per_s", (pushed.sent as f64 / pushed.elapsed.as_secs_f64()).round());
@@ -326,7 +326,7 @@ pub fn fanout(
     r.figure("deliveries", delivered);
     r.figure("loss", expected.saturating_sub(delivered));
     r.figure("deliveries_per_s", (delivered as f64 / wall).round());
-    r.figure("frames_per_s", ((got.frames() - start_totals.frames()) as f64 / wall).round());
+    r.figure("frames_per_s", ((got.counts.frames() - start_totals.counts.frames()) as f64 / wall).round());
     if target.gateways.is_some() {
         let gateway_cpu = after.0.cpu_secs - before.0.cpu_secs;
         r.figure("gateway_cpu_secs", (gateway_cpu * 100.0).round() / 100.0);
@@ -380,9 +380,12 @@ pub fn private(
         }
     }));
     let expected = pushed.sent;
-    let (got, _) =
-        fleets.wait(Duration::from_secs(30), |t| t.marked - start_totals.marked >= expected, |_| {})?;
-    let delivered = got.marked - start_totals.marked;
+    let (got, _) = fleets.wait(
+        Duration::from_secs(30),
+        |t| t.counts.marked - start_totals.counts.marked >= expected,
+        |_| {},
+    )?;
+    let delivered = got.counts.marked - start_totals.counts.marked;
     r.figure("pushed", pushed.sent);
     r.figure("push_failed", pushed.failed);
     r.figure("delivered", delivered);

@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use gochat_runtime::launch::{
+    free_addr, ControlKeys, GatewayKey, GatewayKeys, NodeConfig, Process, QueueKeys, RedisQueueKeys,
+    WorkerKeys,
+};
 use serde::{Deserialize, Serialize};
 
 /// Resource use of the server processes at one moment.
@@ -111,21 +115,26 @@ fn listening_inodes(port: u16) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// A free loopback port, for a server started later to bind.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(gochat::cluster::free_addr()?.port())
-}
-
 /// `[control]` settings of a spawned cluster: every bench client comes from loopback (with
 /// hundreds of REST calls in flight), users are made by the thousand and share sockets by the
 /// hundred, and pushers need no socket in the rooms they push to.
-const BENCH_CONTROL: &str = "login_per_minute = 0\nregister_per_minute = 0\npush_per_second = 0\n\
-     http_max_connections_per_address = 0\nmax_connections_per_user = 0\nopen_rooms = true\n";
+fn bench_control() -> ControlKeys {
+    ControlKeys {
+        login_per_minute: Some(0),
+        register_per_minute: Some(0),
+        push_per_second: Some(0),
+        http_max_connections_per_address: Some(0),
+        max_connections_per_user: Some(0),
+        open_rooms: Some(true),
+        ..ControlKeys::default()
+    }
+}
 
 /// A local gochat-rs cluster: one control (with its queue-worker) and `gateways` gateway
 /// processes sharing the WebSocket port with `SO_REUSEPORT`.
 pub struct Cluster {
-    children: Vec<Child>,
+    /// Control, then the worker (shared queue only), then the gateways.
+    processes: Vec<Process>,
     dir: PathBuf,
     pub api: String,
     pub ws: SocketAddr,
@@ -144,7 +153,7 @@ pub struct ClusterSpec<'a> {
     /// `memory` (the worker inside control) or `redis`.
     pub queue: &'a str,
     pub batch_age_us: u64,
-    /// Lines `KEY=VALUE` added to `[control]`, after the bench's own.
+    /// `KEY=VALUE` settings for `[control]` (VALUE in TOML), over the bench's own.
     pub control_settings: &'a [String],
 }
 
@@ -152,10 +161,14 @@ impl Cluster {
     pub fn start(gochat: &Path, spec: &ClusterSpec<'_>) -> anyhow::Result<Self> {
         let ClusterSpec { driver, gateways, max_conns_per_gateway, queue, batch_age_us, control_settings } =
             spec.clone();
+        let mut control = bench_control();
         for setting in control_settings {
             if !setting.contains('=') {
                 bail!("--control-set {setting:?}: expected KEY=VALUE");
             }
+            let table: toml::Table =
+                toml::from_str(setting).with_context(|| format!("--control-set {setting:?}"))?;
+            control.more.extend(table);
         }
         if !gochat.is_file() {
             bail!("no gochat binary at {} (build it: cargo build --release)", gochat.display());
@@ -167,89 +180,104 @@ impl Cluster {
         ));
         std::fs::create_dir_all(&dir)?;
         let (api, grpc, ws, tcp, site) =
-            (free_port()?, free_port()?, free_port()?, free_port()?, free_port()?);
-        let gw_ports: Vec<u16> = (0..gateways).map(|_| free_port()).collect::<Result<_, _>>()?;
-        let shards = if gateways == 1 { 0 } else { 1 };
+            (free_addr()?, free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+        let gw_grpc: Vec<SocketAddr> = (0..gateways).map(|_| free_addr()).collect::<Result<_, _>>()?;
         let redis_prefix = (queue == "redis")
             .then(|| format!("gochat-bench-{}-{}", std::process::id(), crate::engine::now_micros()));
-        let queue_section = match &redis_prefix {
-            Some(prefix) => format!("[queue]\nkind = \"redis\"\n[queue.redis]\nprefix = \"{prefix}\"\n"),
-            None if queue == "memory" => "[queue]\ncapacity = 1000000\n".to_string(),
+        let queue_keys = match &redis_prefix {
+            Some(prefix) => QueueKeys {
+                kind: Some("redis".into()),
+                redis: Some(RedisQueueKeys { prefix: Some(prefix.clone()) }),
+                ..QueueKeys::default()
+            },
+            None if queue == "memory" => QueueKeys { capacity: Some(1_000_000), ..QueueKeys::default() },
             None => bail!("unknown queue {queue:?}: expected memory or redis"),
         };
-        let list: Vec<String> = gw_ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{{ id = \"gateway-{}\", grpc = \"http://127.0.0.1:{p}\" }}", i + 1))
-            .collect();
-        let common = format!(
-            "[control]\napi_listen = \"127.0.0.1:{api}\"\nsite_listen = \"127.0.0.1:{site}\"\n\
-             grpc_listen = \"127.0.0.1:{grpc}\"\ndatabase = \"sqlite://{db}\"\n\
-             session_ttl_secs = 864000\n{bench_control}{settings}\n{queue_section}\n[worker]\nlogic = \"http://127.0.0.1:{grpc}\"\nbatch_age_us = {batch_age_us}\ngateways = [{list}]\n",
-            db = dir.join("users.sqlite3").display(),
-            list = list.join(", "),
-            bench_control = BENCH_CONTROL,
-            settings = control_settings.iter().map(|s| format!("{s}\n")).collect::<String>(),
-        );
-        let mut children = Vec::new();
-        let spawn = |path: &Path, role: &str, log: &str| -> anyhow::Result<Child> {
-            let log = std::fs::File::create(dir.join(log))?;
-            Command::new(gochat)
-                .args(["--config", path.to_str().expect("utf-8 path"), role])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {}", gochat.display()))
+        let logic = format!("http://{grpc}");
+        let gateway_id = |i: usize| format!("gateway-{}", i + 1);
+        let common = NodeConfig {
+            control: Some(ControlKeys {
+                api_listen: Some(api),
+                site_listen: Some(site),
+                grpc_listen: Some(grpc),
+                database: Some(format!("sqlite://{}", dir.join("users.sqlite3").display())),
+                session_ttl_secs: Some(864_000),
+                ..control
+            }),
+            queue: Some(queue_keys),
+            worker: Some(WorkerKeys {
+                logic: Some(logic.clone()),
+                batch_age_us: Some(batch_age_us),
+                gateways: (gw_grpc.iter().enumerate())
+                    .map(|(i, g)| GatewayKey { id: gateway_id(i), grpc: format!("http://{g}") })
+                    .collect(),
+            }),
+            gateway: None,
         };
-        let control_cfg = dir.join("control.toml");
-        std::fs::write(&control_cfg, &common)?;
-        children.push(spawn(&control_cfg, "control", "control.log")?);
-        wait_port(api, Duration::from_secs(20))?;
+        let process = |config: &NodeConfig, name: &str, role: &str| -> anyhow::Result<Process> {
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config.to_toml()?)?;
+            let args = vec!["--config".into(), path.to_str().context("utf-8 path")?.into(), role.into()];
+            let mut p = Process::new(name, gochat, args, dir.join(format!("{name}.log")));
+            p.env = vec![("RUST_LOG".into(), Some("warn".into()))];
+            Ok(p)
+        };
+        let mut cluster = Self {
+            processes: Vec::new(),
+            dir: dir.clone(),
+            api: format!("http://{api}"),
+            ws,
+            procs: ServerProcs { pids: Vec::new() },
+            gateway_procs: ServerProcs { pids: Vec::new() },
+            redis_prefix: redis_prefix.clone(),
+        };
+        let wait = Duration::from_secs(20);
+        cluster.start_one(process(&common, "control", "control")?.ready_at(api), wait)?;
         if redis_prefix.is_some() {
             // A shared queue: the worker runs as its own process.
-            children.push(spawn(&control_cfg, "worker", "worker.log")?);
+            cluster.start_one(process(&common, "worker", "worker")?, wait)?;
         }
-        for (i, p) in gw_ports.iter().enumerate() {
-            let cfg = format!(
-                "{common}\n[gateway]\nid = \"gateway-{n}\"\nws_listen = \"127.0.0.1:{ws}\"\ntcp_listen = \"127.0.0.1:{tcp}\"\n\
-                 grpc_listen = \"127.0.0.1:{p}\"\nlogic = \"http://127.0.0.1:{grpc}\"\nshards = {shards}\n\
-                 driver = \"{driver}\"\nmax_connections = {max_conns_per_gateway}\nws_echo_path = \"/echo\"\n\
-                 drain_secs = 0\n",
-                n = i + 1
-            );
-            let path = dir.join(format!("gateway-{}.toml", i + 1));
-            std::fs::write(&path, cfg)?;
-            children.push(spawn(&path, "gateway", &format!("gateway-{}.log", i + 1))?);
-            wait_port(*p, Duration::from_secs(20))?;
+        for (i, g) in gw_grpc.iter().enumerate() {
+            let config = NodeConfig {
+                gateway: Some(GatewayKeys {
+                    id: Some(gateway_id(i)),
+                    ws_listen: Some(ws),
+                    tcp_listen: Some(tcp),
+                    grpc_listen: Some(*g),
+                    logic: Some(logic.clone()),
+                    shards: Some(if gateways == 1 { 0 } else { 1 }),
+                    driver: Some(driver.into()),
+                    max_connections: Some(max_conns_per_gateway),
+                    ws_echo_path: Some("/echo".into()),
+                    drain_secs: Some(0),
+                }),
+                ..common.clone()
+            };
+            cluster.start_one(process(&config, &gateway_id(i), "gateway")?.ready_at(*g), wait)?;
         }
-        wait_port(ws, Duration::from_secs(20))?;
-        let pids: Vec<u32> = children.iter().map(Child::id).collect();
-        Ok(Self {
-            // control, then the worker (shared queue only), then the gateways
-            gateway_procs: ServerProcs { pids: pids[children.len() - gateways..].to_vec() },
-            procs: ServerProcs { pids },
-            children,
-            dir,
-            api: format!("http://127.0.0.1:{api}"),
-            ws: SocketAddr::from(([127, 0, 0, 1], ws)),
-            redis_prefix,
-        })
+        if let Some(last) = cluster.processes.last_mut() {
+            last.wait_listening(ws, wait)?;
+        }
+        let pids: Vec<u32> = cluster.processes.iter().filter_map(Process::pid).collect();
+        cluster.gateway_procs = ServerProcs { pids: pids[pids.len() - gateways..].to_vec() };
+        cluster.procs = ServerProcs { pids };
+        Ok(cluster)
+    }
+
+    /// Starts `process`, counts it as the cluster's, and waits until it is ready.
+    fn start_one(&mut self, mut process: Process, within: Duration) -> anyhow::Result<()> {
+        process.spawn()?;
+        self.processes.push(process);
+        self.processes.last_mut().expect("just pushed").wait_ready(within)
     }
 
     /// Stops every process with Ctrl-C (SIGINT) and waits for them.
     pub fn stop(mut self) {
-        for c in self.children.iter().rev() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        for p in self.processes.iter_mut().rev() {
+            p.signal(libc::SIGINT);
         }
-        for c in self.children.iter_mut() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        for p in &mut self.processes {
+            p.reap(Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(prefix) = &self.redis_prefix {
@@ -259,17 +287,6 @@ impl Cluster {
                 .status();
         }
     }
-}
-
-fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listened on port {port} within {limit:?}")
 }
 
 #[cfg(test)]

@@ -366,7 +366,7 @@ impl ControlConfig {
         match (&self.tls_cert, &self.tls_key) {
             (None, None) => Ok(None),
             (Some(cert), Some(key)) => {
-                gochat_proto::tls::read_pair(cert, key)?;
+                gochat_runtime::tls::read_pair(cert, key)?;
                 Ok(Some((cert.clone(), key.clone())))
             }
             _ => Err(crate::Error::Config("tls_cert and tls_key go together".into())),

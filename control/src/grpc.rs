@@ -26,7 +26,7 @@ fn status(e: LogicError) -> Status {
 }
 
 fn since(p: Option<RoomPosition>) -> Option<Position> {
-    p.map(|p| Position { epoch: p.epoch, seq: p.seq })
+    p.map(Position::from)
 }
 
 /// A join's answer: where the room stands and what was missed, or nothing (no history).

@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
-use gochat_proto::metrics::Counter;
+use gochat_runtime::metrics::Counter;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

@@ -61,5 +61,5 @@ pub enum Error {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("HTTPS certificate: {0}")]
-    Tls(#[from] gochat_proto::tls::TlsError),
+    Tls(#[from] gochat_runtime::tls::TlsError),
 }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 use gochat_proto::queue::queue_message::Target;
+use gochat_runtime::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 
 use crate::api::{CODE_FAIL, CODE_SESSION, CODE_SUCCESS, CODE_UNKNOWN};
 use crate::http::Connections;

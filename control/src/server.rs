@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
-use gochat_proto::metrics::Exporter;
-use gochat_proto::peers;
-use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
 use gochat_queue::Queue;
+use gochat_runtime::metrics::Exporter;
+use gochat_runtime::peers;
+use gochat_runtime::tls::{ServerCert, Watch, POLL_INTERVAL};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -104,7 +104,7 @@ impl Control {
                     connections: connections.clone(),
                 };
                 let ready_logic = logic.clone();
-                let ready = gochat_proto::metrics::ready(move || {
+                let ready = gochat_runtime::metrics::ready(move || {
                     let logic = ready_logic.clone();
                     async move { logic.ready().await }
                 });

@@ -199,7 +199,7 @@ impl GatewayConfig {
         match (self.wss_listen, &self.tls_cert, &self.tls_key) {
             (None, None, None) => Ok(None),
             (Some(_), Some(cert), Some(key)) => {
-                gochat_proto::tls::read_pair(cert, key)?;
+                gochat_runtime::tls::read_pair(cert, key)?;
                 Ok(Some((cert.clone(), key.clone())))
             }
             (Some(_), _, _) => err("wss_listen needs tls_cert and tls_key"),

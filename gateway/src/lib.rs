@@ -44,5 +44,5 @@ pub enum Error {
     #[error("logic endpoint: {0}")]
     Logic(String),
     #[error("wss certificate: {0}")]
-    Tls(#[from] gochat_proto::tls::TlsError),
+    Tls(#[from] gochat_runtime::tls::TlsError),
 }

@@ -102,7 +102,7 @@ pub async fn run(
         match effect {
             Effect::Auth { key, conn_id, token, room_id, since, acks } => {
                 let gateway_id = link.gateway_id.to_string();
-                let since = since.map(position);
+                let since = since.map(RoomPosition::from);
                 let request = ConnOpenRequest { token, room_id, gateway_id, shard, conn_id, since, acks };
                 let _ = auths.send(PendingAuth { key, request });
             }
@@ -290,7 +290,7 @@ impl Link {
             conn_id,
             user_id,
             room_id,
-            since: since.map(position),
+            since: since.map(RoomPosition::from),
         };
         let answer = retry_unavailable(|| {
             let (mut logic, req) = (self.logic.clone(), req.clone());
@@ -416,10 +416,6 @@ where
 fn no_answer(status: &tonic::Status) -> bool {
     status.code() == Code::Unavailable
         || std::error::Error::source(status).is_some_and(|e| e.is::<tonic::transport::Error>())
-}
-
-fn position(p: Position) -> RoomPosition {
-    RoomPosition { epoch: p.epoch, seq: p.seq }
 }
 
 fn refused(close_code: u16, message: &str) -> AuthRefused {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
+use gochat_runtime::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 
 use crate::shard::ShardStats;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use gochat_proto::gateway::gateway_server::GatewayServer;
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::GatewayResetRequest;
-use gochat_proto::metrics::Exporter;
-use gochat_proto::peers;
-use gochat_proto::tls::{ServerCert, Watch, POLL_INTERVAL};
+use gochat_runtime::metrics::Exporter;
+use gochat_runtime::peers;
+use gochat_runtime::tls::{ServerCert, Watch, POLL_INTERVAL};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
@@ -203,7 +203,7 @@ impl Gateway {
                 };
                 // Ready: logic has its lease (it routes to this gateway), and it is not draining.
                 let (leased, draining) = (leased.clone(), draining.clone());
-                let ready = gochat_proto::metrics::ready(move || {
+                let ready = gochat_runtime::metrics::ready(move || {
                     let verdict = if draining.load(std::sync::atomic::Ordering::Relaxed) {
                         Err("draining".to_string())
                     } else if !leased.load(std::sync::atomic::Ordering::Relaxed) {

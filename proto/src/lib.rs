@@ -4,15 +4,14 @@
 //! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
 //! - [`config_format`]: config-file value formats the roles share.
 //! - [`ids`]: the layout of message ids, and the creation time each one carries.
-//! - [`metrics`]: Prometheus' text format (counters, histograms) and the admin listener every
-//!   role serves `GET /metrics` on.
-//! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
-//! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
 //!   shared by the gateway, control and the load generator.
 //! - [`rest`]: gochat's REST requests — routes and their JSON bodies — parsed without I/O.
 //! - [`client`], [`binary`]: the binary client protocol (protobuf over WebSocket binary frames)
 //!   a client may choose instead of JSON, and its translation to and from gochat's JSON ops.
+//!
+//! What the roles run besides (metrics, TLS certificates, gRPC channels to peers) is in
+//! `gochat-runtime`.
 
 pub mod logic {
     tonic::include_proto!("gochat.logic");
@@ -36,6 +35,19 @@ pub mod logic {
             f.debug_struct("CheckAuthRequest").field("token", &"<redacted>").finish()
         }
     }
+
+    // A room's position on the logic service's wire and in the code, converted in one place.
+    impl From<crate::wire::Position> for RoomPosition {
+        fn from(p: crate::wire::Position) -> Self {
+            Self { epoch: p.epoch, seq: p.seq }
+        }
+    }
+
+    impl From<RoomPosition> for crate::wire::Position {
+        fn from(p: RoomPosition) -> Self {
+            Self { epoch: p.epoch, seq: p.seq }
+        }
+    }
 }
 
 pub mod gateway {
@@ -54,8 +66,5 @@ pub mod client {
 pub mod binary;
 pub mod config_format;
 pub mod ids;
-pub mod metrics;
-pub mod peers;
 pub mod rest;
-pub mod tls;
 pub mod wire;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gochat_proto::gateway::gateway_client::GatewayClient;
 use gochat_proto::gateway::PushBatch;
-use gochat_proto::peers::{self, Members};
+use gochat_runtime::peers::{self, Members};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;

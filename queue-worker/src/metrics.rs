@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use gochat_proto::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 use gochat_queue::Delivery;
+use gochat_runtime::metrics::{Counter, Histogram, Kind, Text, LATENCY_SECONDS};
 
 /// How one gateway's part of a batch ended (and its slot in [`GatewayCounts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

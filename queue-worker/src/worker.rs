@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
 use gochat_proto::logic::RouteRequest;
-use gochat_proto::peers::{self, Members};
 use gochat_queue::{Delivery, Queue};
+use gochat_runtime::peers::{self, Members};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 

@@ -33,7 +33,7 @@ pub trait Queue: Send + Sync + 'static {
     /// them: this process then reads only its share, so each partition (and so each room) is
     /// handled by one worker at a time and keeps its order. Without it, every reader reads
     /// every partition. A queue with one partition ignores it.
-    fn share_with(&self, _me: &str, _workers: gochat_proto::peers::Members) {}
+    fn share_with(&self, _me: &str, _workers: gochat_runtime::peers::Members) {}
 }
 
 /// The in-process queue of the embedded default: bounded, FIFO, gone with the process.

@@ -9,9 +9,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use gochat_proto::peers::Members;
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
+use gochat_runtime::peers::Members;
 use prost::Message as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};

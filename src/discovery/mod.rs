@@ -139,9 +139,9 @@ impl fmt::Display for Role {
     }
 }
 
-/// Members of one role (see [`gochat_proto::peers::Members`]); a watch keeps the last known set
+/// Members of one role (see [`gochat_runtime::peers::Members`]); a watch keeps the last known set
 /// while etcd is unreachable.
-pub use gochat_proto::peers::Members;
+pub use gochat_runtime::peers::Members;
 
 /// Registers this process under a lease and keeps it alive until [`shutdown`](Self::shutdown).
 ///

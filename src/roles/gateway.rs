@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use gochat_gateway::{Gateway, GatewayHandle};
-use gochat_proto::peers;
+use gochat_runtime::peers;
 
 use super::{advertised, shutdown_signal, until_stopped, Reloader, Say};
 use crate::discovery::{self, DiscoveryKind, Registration, Role};

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gochat_proto::metrics::Exporter;
-use gochat_proto::{config_format, peers};
+use gochat_proto::config_format;
 use gochat_queue::{Queue, QueueKind};
 use gochat_queue_worker::Worker;
+use gochat_runtime::metrics::Exporter;
+use gochat_runtime::peers;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -32,7 +33,7 @@ impl WorkerHandle {
             Some(addr) => {
                 let metrics = worker.metrics();
                 let readiness = Arc::new(worker.readiness());
-                let ready = gochat_proto::metrics::ready(move || std::future::ready(readiness()));
+                let ready = gochat_runtime::metrics::ready(move || std::future::ready(readiness()));
                 let exporter = Exporter::start(addr, "worker", move || metrics.render(), ready).await;
                 Some(exporter.with_context(|| format!("worker admin_listen {addr}"))?)
             }

@@ -23,7 +23,7 @@ const prefix = `gochat-site-test-${process.pid}`;
 const WAIT = 15000;
 
 // Ports for the server, taken in turn from below the kernel's ephemeral range, as
-// gochat::cluster::free_addr takes them: a port from that range (what a bind to port 0 gets)
+// gochat_runtime::launch::free_addr takes them: a port from that range (what a bind to port 0 gets)
 // can be handed to an outgoing connection, or to anyone's bind to port 0, between this pick and
 // the server's bind, or while the test restarts the server on the same ports. The server cannot
 // bind port 0 itself: the page must find it at the same address after the restart.

@@ -155,7 +155,7 @@ pub async fn grpc_health(
     addr: std::net::SocketAddr,
 ) -> tonic_health::pb::health_check_response::ServingStatus {
     use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-    let channel = gochat_proto::peers::channel(&format!("http://{addr}")).expect("a gRPC address");
+    let channel = gochat_runtime::peers::channel(&format!("http://{addr}")).expect("a gRPC address");
     let mut client = HealthClient::new(channel);
     let reply = client.check(HealthCheckRequest { service: String::new() }).await.expect("health check");
     reply.into_inner().status()
@@ -221,7 +221,7 @@ pub async fn post(base: &str, path: &str, body: Value) -> Value {
 
 /// A free loopback port, for a server started later to bind.
 pub fn free_port() -> u16 {
-    gochat::cluster::free_addr().expect("a free loopback port").port()
+    gochat_runtime::launch::free_addr().expect("a free loopback port").port()
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -23,8 +23,8 @@ use gochat_proto_previous::gateway::{PushAck, PushBatch, RoomPush, StatsReply, S
 use gochat_proto_previous::logic::logic_client::LogicClient;
 use gochat_proto_previous::logic::{
     Ack, AckBatch, CheckAuthRequest, ConnCloseRequest, ConnOpenBatch, ConnOpenRequest, GatewayLeaseRequest,
-    GatewayResetRequest, GetUserRequest, RoomJoinRequest, RoomLeaveRequest, RoomPosition, RouteRequest,
-    SendRoomRequest, ShardAddress,
+    GatewayResetRequest, GetUserRequest, RoomJoinRequest, RoomLeaveRequest, RouteRequest, SendRoomRequest,
+    ShardAddress,
 };
 use gochat_proto_previous::queue::queue_message::Target;
 use gochat_proto_previous::queue::QueueMessage;
@@ -198,8 +198,7 @@ async fn a_previous_version_gateway_authenticates_sockets_and_receives_batches()
     let (_, _, next) = batches.room(ROOM, "from a socket").await;
     assert_eq!(next, seq + 1);
     // A socket that asks from the room's position recovers what came since.
-    let since = position.map(|p| RoomPosition { epoch: p.epoch, seq: p.seq });
-    let recovering = ConnOpenRequest { since, ..open(6, &alice.token, 0, false) };
+    let recovering = ConnOpenRequest { since: position, ..open(6, &alice.token, 0, false) };
     let results = logic.conn_open(ConnOpenBatch { requests: vec![recovering] }).await.unwrap().into_inner();
     let joined = results.results[0].joined.clone().expect("joined");
     assert_eq!(joined.recovered, Some(true));

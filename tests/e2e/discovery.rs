@@ -116,7 +116,7 @@ impl Drop for Etcd {
 }
 
 fn free_port() -> u16 {
-    gochat::cluster::free_addr().expect("a free loopback port").port()
+    gochat_runtime::launch::free_addr().expect("a free loopback port").port()
 }
 
 fn init_tracing() {

@@ -111,7 +111,7 @@ fn client_config(trusted: &[&Ca]) -> Arc<ClientConfig> {
     for ca in trusted {
         roots.add(ca.der()).unwrap();
     }
-    let config = ClientConfig::builder_with_provider(gochat_proto::tls::provider())
+    let config = ClientConfig::builder_with_provider(gochat_runtime::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -48,8 +48,7 @@ pub struct Recovery {
 
 impl From<Recovery> for Joined {
     fn from(r: Recovery) -> Self {
-        let position = RoomPosition { epoch: r.position.epoch, seq: r.position.seq };
-        Self { position: Some(position), recovered: r.recovered, bodies: r.bodies }
+        Self { position: Some(RoomPosition::from(r.position)), recovered: r.recovered, bodies: r.bodies }
     }
 }
 

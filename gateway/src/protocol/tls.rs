@@ -121,7 +121,7 @@ pub(crate) mod testing {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert =
             rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap();
-        let provider = gochat_proto::tls::provider();
+        let provider = gochat_runtime::tls::provider();
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .unwrap()
