@@ -45,19 +45,33 @@ cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --features gochat/etcd -- -D warnings
 
+# Every test binary, and target/debug/gochat, built once: the cargo test below takes these same
+# flags, as one with other packages, features or targets (even `--test e2e`) would resolve the
+# workspace's features otherwise and build its crates again. $e2e: the end-to-end test binary.
+test_flags=(--workspace --locked --features gochat/etcd)
+e2e=$(cargo test "${test_flags[@]}" --no-run --message-format=json-render-diagnostics |
+    python3 -c 'import json, sys
+for m in map(json.loads, sys.stdin):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m["executable"]:
+        print(m["executable"])')
+[ -x "$e2e" ] || { echo "test.sh: no end-to-end test binary in cargo's output" >&2; exit 1; }
+
 # The gateway drivers to test: epoll, and io_uring where this machine runs it. Under CI a
-# machine without io_uring fails here, before the long part, unless GOCHAT_SKIP_IO_URING says
+# machine without io_uring fails here, before the tests run, unless GOCHAT_SKIP_IO_URING says
 # why it may test epoll only (.ci/drivers.sh; .ci/drivers.test.sh tests that choice).
 .ci/drivers.test.sh
-drivers=$(.ci/drivers.sh cargo run --quiet --locked --features etcd -- --driver io_uring --check)
+drivers=$(.ci/drivers.sh target/debug/gochat --driver io_uring --check)
 
 # The deploy files, offline: systemd units and sysctl settings, the Kubernetes base and overlays
 # against the Kubernetes schemas, the compose file against the compose schema (tests/deploy/).
 tests/deploy/validate.sh target/debug/gochat
 
-GOCHAT_TEST_DRIVER=epoll cargo test --workspace --locked --features gochat/etcd
+GOCHAT_TEST_DRIVER=epoll cargo test "${test_flags[@]}"
+# Under io_uring, the end-to-end tests' modules that drive the gateway (tests/e2e/), by name; the
+# binary itself, as cargo runs it (from the package's folder, here).
 if [[ "$drivers" == *io_uring* ]]; then
-    GOCHAT_TEST_DRIVER=io_uring cargo test --locked --features gochat/etcd --test sockets --test floods --test drivers --test cluster --test autobahn --test tls --test rooms --test recovery --test inbox --test binary --test metrics --test abuse --test compat
+    GOCHAT_TEST_DRIVER=io_uring "$e2e" sockets:: floods:: drivers:: cluster:: autobahn:: tls:: rooms:: \
+        recovery:: inbox:: binary:: metrics:: abuse:: compat::
 fi
 
 # deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the

@@ -1,7 +1,7 @@
 //! The gRPC contracts of the previous release (the `.proto` files beside this crate), and the
 //! check that the current ones (`proto/proto/`) only add to them. Roles one version apart must
 //! work together; tests act as a previous-version gateway or worker with these types
-//! (`tests/compat.rs`), and this crate's tests fail on a change that is not additive.
+//! (`tests/e2e/compat.rs`), and this crate's tests fail on a change that is not additive.
 //!
 //! # Layout
 //! - [`logic`], [`gateway`], [`queue`], [`client`]: the previous release's services and

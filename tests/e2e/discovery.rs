@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use gochat::discovery::{self, DiscoveryConfig, DiscoveryKind, Members, Registration, Role};
 use gochat_control::ids::node_of;
 
+use crate::services::{require, Service};
+
 /// One etcd server; killed and its data directory removed on drop.
 struct Etcd {
     child: Option<Child>,
@@ -168,6 +170,7 @@ const PROMPTLY: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_see_members_come_and_shut_down_members_go_at_once() {
     init_tracing();
+    require!(Service::Etcd);
     let etcd = Etcd::start().await;
     // A 30 s lease: disappearing within PROMPTLY can only be the revoke.
     let cfg = etcd.config(30);
@@ -209,6 +212,7 @@ async fn watchers_see_members_come_and_shut_down_members_go_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_dies_without_shutdown_disappears_within_the_lease_ttl() {
     init_tracing();
+    require!(Service::Etcd);
     let etcd = Etcd::start().await;
     let ttl = 2;
     let cfg = etcd.config(ttl);
@@ -239,6 +243,7 @@ async fn a_member_that_dies_without_shutdown_disappears_within_the_lease_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_and_watches_survive_an_etcd_restart() {
     init_tracing();
+    require!(Service::Etcd);
     let mut etcd = Etcd::start().await;
     let ttl = 2;
     let cfg = etcd.config(ttl);
@@ -293,6 +298,7 @@ async fn registrations_and_watches_survive_an_etcd_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_id_overwrites_and_the_old_holder_cannot_delete_it() {
     init_tracing();
+    require!(Service::Etcd);
     let etcd = Etcd::start().await;
     let cfg = etcd.config(30);
     let gateways = discovery::watch(&cfg, Role::Gateway).await.unwrap();
@@ -354,6 +360,7 @@ async fn get_with_revision(etcd: &Etcd, key: &str) -> Option<(String, i64, i64)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controls_that_prefer_one_node_id_claim_different_ones_and_a_freed_one_is_taken_again() {
     init_tracing();
+    require!(Service::Etcd);
     let etcd = Etcd::start().await;
     let cfg = etcd.config(30);
     let ids = colliding_control_ids(3);
@@ -391,6 +398,7 @@ async fn controls_that_prefer_one_node_id_claim_different_ones_and_a_freed_one_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_gets_the_same_node_id_back() {
     init_tracing();
+    require!(Service::Etcd);
     let mut etcd = Etcd::start().await;
     // Long enough that the lease outlives the etcd restart below.
     let cfg = etcd.config(10);
@@ -439,6 +447,7 @@ async fn a_lost_lease_gets_the_same_node_id_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_id_taken_while_the_lease_was_lost_is_reported_and_left_alone() {
     init_tracing();
+    require!(Service::Etcd);
     let etcd = Etcd::start().await;
     let cfg = etcd.config(6);
     let (control, node_id) = Registration::claim_node_id(&cfg, "c-1").await.unwrap();

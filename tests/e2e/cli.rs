@@ -1,10 +1,11 @@
 //! The `gochat` binary: config checks, health checks, and control and gateway as two processes.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::services::{require, Service};
 use common::{eventually, KillOnDrop, Tcp, User};
 use gochat_proto::wire;
 use serde_json::json;
@@ -229,10 +230,14 @@ async fn control_and_gateway_as_separate_processes() {
 
 #[tokio::test]
 async fn control_worker_and_gateway_over_a_redis_queue() {
+    require!(Service::Redis);
+    let url = crate::services::redis_url();
     let prefix = format!("gochat-test-{}-cli", std::process::id());
-    let queue = format!("[queue]\nkind = \"redis\"\n[queue.redis]\nprefix = \"{prefix}\"\nstreams = 2\n");
+    let queue = format!(
+        "[queue]\nkind = \"redis\"\n[queue.redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\nstreams = 2\n"
+    );
     separate_processes(&queue, &["control", "worker", "gateway"]).await;
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for s in 0..2 {
         let _: () =
@@ -435,6 +440,7 @@ async fn sighup_reloads_what_can_change_and_names_the_rest() {
 /// in the process's output.
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
+    require!(Service::Redis);
     let dir = tempdir();
     let redis = common::RedisPrefix::new("secrets");
     let [api, grpc, ws, gw_grpc] = [(); 4].map(|_| common::free_port());

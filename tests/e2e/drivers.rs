@@ -1,7 +1,7 @@
 //! What a driver must survive: a peer that resets while output is in flight, and running out of
 //! descriptors at accept. Runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn a_peer_reset_with_output_in_flight_leaves_the_others_unharmed() {
+    let _heavy = common::heavy().await;
     let s = Server::start().await;
     let (a, b) = (s.user("a").await, s.user("b").await);
     let reader = common::raw_ws(s.up.gateway.ws_addr, &a.token, 20).await;
@@ -46,6 +47,7 @@ fn cpu_secs(pid: u32) -> f64 {
 
 #[tokio::test]
 async fn out_of_descriptors_at_accept_pauses_then_recovers() {
+    let _heavy = common::heavy().await;
     let dir = std::env::temp_dir().join(common::unique(&format!("gochat-emfile-{}-", std::process::id())));
     std::fs::create_dir_all(&dir).unwrap();
     let [api, grpc, ws, gw] = [(); 4].map(|_| common::free_port());

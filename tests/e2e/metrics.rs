@@ -1,7 +1,7 @@
 //! Every role's admin listener: what it exports moves with real traffic, and the Grafana
 //! dashboard asks only for metrics some role exports.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

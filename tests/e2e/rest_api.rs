@@ -1,7 +1,8 @@
 //! gochat's REST API, byte for byte: envelope, codes, messages, CORS.
 
-mod common;
+use crate::common;
 
+use crate::services::{require, Service};
 use common::{unique, Server};
 use gochat_proto::wire;
 use serde_json::json;
@@ -335,6 +336,7 @@ async fn pushes_are_limited_per_user() {
 /// not to the caller, and gochat's page calls `getRoomInfo` right after sending its auth frame.
 #[tokio::test]
 async fn room_pushes_need_a_socket_in_the_room_unless_rooms_are_open() {
+    require!(Service::Redis);
     let redis = common::RedisPrefix::new("rooms");
     let mut runs = 0;
     for shared in [false, true] {
@@ -701,6 +703,7 @@ async fn user_names_are_unicode_text_counted_in_characters() {
 /// database error.
 #[tokio::test]
 async fn names_with_sql_metacharacters_are_just_names_in_every_store() {
+    require!(Service::Postgres);
     let pg = common::PgDatabase::create("names");
     for database in ["sqlite::memory:", pg.url.as_str()] {
         let mut cfg = common::test_config();

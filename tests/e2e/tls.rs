@@ -2,7 +2,7 @@
 //! API and the page, certificate reload, and bad certificates. Test certificates are made here
 //! (rcgen); no key is committed. Runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -399,7 +399,7 @@ async fn bad_certificate_files_are_startup_errors() {
 
 /// Gateway memory per idle authenticated connection, plain ws against wss, each counted in a
 /// gochat process of its own (RSS before and after). A measurement, run by hand:
-/// `cargo test --test tls -- --ignored --nocapture idle_memory` (`GOCHAT_IDLE_CONNS`, default
+/// `cargo test --test e2e -- --ignored --nocapture tls::idle_memory` (`GOCHAT_IDLE_CONNS`, default
 /// 2000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run by hand"]

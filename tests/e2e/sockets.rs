@@ -1,10 +1,11 @@
 //! WebSocket and TCP clients through the whole flow: REST push → queue → worker → gateway.
 //! Every test here runs under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::services::{self, Service};
 use common::{eventually, End, Server, User};
 use gochat_gateway::testkit::{client_frame, UPGRADE};
 use gochat_proto::wire;
@@ -621,6 +622,9 @@ async fn every_socket_the_roles_accept_or_open_has_no_nagle_delay() {
     roles_sockets_have_no_nagle_delay(&s, &[]).await;
     s.shutdown().await;
     // With the production stores: Redis for the state, PostgreSQL for users.
+    if !services::present_for(" (its part on Redis and PostgreSQL)", &[Service::Redis, Service::Postgres]) {
+        return;
+    }
     let (redis, pg) = (common::RedisPrefix::new("nodelay"), common::PgDatabase::create("nodelay"));
     let mut cfg = common::test_config();
     cfg.control.state = gochat_control::config::StateKind::Redis;

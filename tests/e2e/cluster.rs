@@ -3,11 +3,12 @@
 //! and restarted. Needs the `etcd` feature (the test command builds with it).
 #![cfg(feature = "etcd")]
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::services::{require, Service};
 use common::{eventually, post, unique, ws_at, End, User, Ws};
 use gochat::cluster::{ClusterSpec, LocalCluster, Role};
 use serde_json::{json, Value};
@@ -16,9 +17,7 @@ fn start_cluster() -> LocalCluster {
     let dir = std::env::temp_dir().join(unique(&format!("gochat-cluster-{}-", std::process::id())));
     let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_gochat").into(), dir);
     spec.driver = common::driver();
-    if let Ok(url) = std::env::var("POSTGRES_ADMIN_URL") {
-        spec.postgres_admin_url = url;
-    }
+    spec.postgres_admin_url = crate::services::postgres_admin_url();
     LocalCluster::start(spec).expect("the local cluster starts")
 }
 
@@ -154,6 +153,8 @@ async fn all_delivered(what: &str, inboxes: &[&Inbox], sent: &[String], in_order
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
+    require!(Service::Etcd, Service::RedisServer, Service::Postgres);
+    let _heavy = common::heavy().await;
     let mut c = start_cluster();
     let (alice, bob, carol) = (user(&c, "alice").await, user(&c, "bob").await, user(&c, "carol").await);
     let dave = user(&c, "dave").await;

@@ -1,9 +1,7 @@
 //! What control's store tests share: the Redis they run against, and keys of their own.
 #![allow(dead_code)]
 
-pub(crate) fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+pub(crate) use crate::services::redis_url;
 
 /// A key prefix of a test's own; its keys are deleted when dropped.
 pub(crate) struct RedisKeys(pub String);

@@ -1,7 +1,7 @@
 //! Where the gateway's shard threads run: within the CPUs the process may use, pinned only
 //! when the gateway has a shard for each of them. Gateways as processes under `taskset`.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

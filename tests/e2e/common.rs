@@ -23,6 +23,15 @@ pub fn driver() -> gochat_gateway::driver::DriverChoice {
         .map_or(gochat_gateway::driver::DriverChoice::Epoll, |d| d.parse().expect("GOCHAT_TEST_DRIVER"))
 }
 
+/// Held for the whole test by a test that loads this machine (floods of messages, connections
+/// or logins; a cluster of processes) or that a loaded machine can fail (a reader that must keep
+/// up): two of them never run at once. Each test file was a process of its own before they were
+/// one binary; now a test that takes this runs beside light tests only.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A config with every listener on a free loopback port, an in-memory database and no rate
 /// limits.
 pub fn test_config() -> Config {
@@ -398,8 +407,7 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn create(what: &str) -> Self {
-        let admin = std::env::var("POSTGRES_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = crate::services::postgres_admin_url();
         let name = unique(&format!("gochat_test_{what}_{}_", std::process::id()));
         psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         psql(&admin, &format!("CREATE DATABASE {name}"));
@@ -431,7 +439,7 @@ pub struct RedisPrefix {
 
 impl RedisPrefix {
     pub fn new(what: &str) -> Self {
-        let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let url = crate::services::redis_url();
         Self { url, prefix: unique(&format!("gochat-test-{what}-{}-", std::process::id())) }
     }
 }

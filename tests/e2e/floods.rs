@@ -2,7 +2,7 @@
 //! storm. Each is bounded or closed and counted, and the other users keep being served. Runs
 //! under the driver named by `GOCHAT_TEST_DRIVER`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped_and_the_room_gets_everything() {
+    let _heavy = common::heavy().await;
     let s = Server::start().await;
     let (a, b) = (s.user("a").await, s.user("b").await);
     // Authenticated, then never reads again: the kernel's buffers fill, then its queue.
@@ -53,6 +54,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_room_gets_everything() {
 
 #[tokio::test]
 async fn a_client_sending_thousands_of_frames_a_second_is_closed_and_others_are_unaffected() {
+    let _heavy = common::heavy().await;
     let s = Server::start().await;
     let (flooder, a, b) = (s.user("f").await, s.user("a").await, s.user("b").await);
     let mut same_room = s.ws(&a, 31).await;
@@ -101,6 +103,7 @@ async fn a_client_sending_thousands_of_frames_a_second_is_closed_and_others_are_
 
 #[tokio::test]
 async fn a_client_a_little_over_the_rate_is_throttled_not_closed() {
+    let _heavy = common::heavy().await;
     let mut cfg = common::test_config();
     cfg.gateway.client_frames_per_sec = 5;
     cfg.gateway.client_frame_burst = 10;
@@ -137,6 +140,7 @@ async fn a_client_a_little_over_the_rate_is_throttled_not_closed() {
 
 #[tokio::test]
 async fn a_connect_storm_is_absorbed_and_the_room_keeps_flowing() {
+    let _heavy = common::heavy().await;
     // Every client of a restarted gateway at once: 3,000 connects with jittered retries.
     const CLIENTS: usize = 3000;
     let s = Server::start().await;

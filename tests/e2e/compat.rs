@@ -4,12 +4,13 @@
 //! call every method one role calls on another. (That proto changes only add is checked in
 //! `proto/previous`.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::services::{require, Service};
 use common::{post, test_config, unique, End, RedisPrefix, User, Ws, WAIT};
 use futures_util::{Stream, StreamExt};
 use gochat::roles::WorkerHandle;
@@ -424,6 +425,7 @@ async fn chat(ws: &mut Ws, op: i32, msg: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_previous_version_worker_routes_and_pushes() {
+    require!(Service::Redis);
     let cfg = test_config();
     let redis = RedisPrefix::new("compat");
     let queue_cfg = RedisQueueConfig {

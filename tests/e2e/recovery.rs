@@ -2,7 +2,7 @@
 //! GOCHAT_TEST_DRIVER): a client that reconnects with the last position it saw gets what it
 //! missed, once and in order, or is told to reload, and can.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -134,6 +134,7 @@ async fn a_join_over_the_socket_recovers_too() {
 /// was joining held by the gateway, nothing twice where the two meet.
 #[tokio::test]
 async fn reconnects_during_a_busy_room_lose_nothing_and_repeat_nothing() {
+    let _heavy = common::heavy().await;
     let s = Server::start().await;
     let (a, b) = (s.user("a").await, s.user("b").await);
     let _sender = s.ws(&b, 1).await;

@@ -2,7 +2,7 @@
 //! GOCHAT_TEST_DRIVER): a WebSocket client that offers the `gochat-pb` subprotocol speaks
 //! protobuf both ways, beside JSON clients in the same rooms, with every operation.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

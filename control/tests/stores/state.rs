@@ -3,14 +3,18 @@
 
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
+use crate::services::{self, Service};
 use common::{redis_url, RedisKeys};
 use gochat_control::state::{
     NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State, TooManyConnections,
 };
 
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
+    if !services::present_for(" (its Redis half)", &[Service::Redis]) {
+        return vec![(State::memory(session_ttl), None)];
+    }
     let keys = RedisKeys::new("state");
     let redis = RedisState::open(&redis_url(), &keys.0, session_ttl).await.expect("Redis reachable");
     vec![(State::memory(session_ttl), None), (State::Redis(redis), Some(keys))]

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-mod common;
+use crate::common;
 
+use crate::services::{self, Service};
 use common::{redis_url, RedisKeys};
 use gochat_control::history::{self, History, RECOVER_MAX_BYTES};
 use gochat_control::kept::{self, KeptStore, CHUNK_MESSAGES};
@@ -14,8 +15,11 @@ use gochat_proto::wire::{self, Position};
 
 /// The two kinds of state (in memory, on Redis), each with its keys' guard.
 async fn states() -> Vec<(State, Option<RedisKeys>)> {
-    let keys = RedisKeys::new("history");
     let ttl = Duration::from_secs(60);
+    if !services::present_for(" (its Redis half)", &[Service::Redis]) {
+        return vec![(State::memory(ttl), None)];
+    }
+    let keys = RedisKeys::new("history");
     let redis = RedisState::open(&redis_url(), &keys.0, ttl).await.expect("Redis reachable");
     vec![(State::memory(ttl), None), (State::Redis(redis), Some(keys))]
 }

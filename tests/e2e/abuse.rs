@@ -1,7 +1,7 @@
 //! Attacks at the edge, scaled down: what one client (or one account) sends must never fail,
 //! slow or starve another user. Each test reproduces an attack that worked before its fix.
 
-mod common;
+use crate::common;
 
 use common::{Server, User, WAIT};
 use futures_util::StreamExt;
@@ -75,6 +75,7 @@ async fn outcome(s: &mut TcpStream) -> Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_tokens_in_a_burst_never_refuse_real_users() {
+    let _heavy = common::heavy().await;
     // Before: 40 KB fake tokens went to logic up to 128 to a call; under load a call went past
     // gRPC's 4 MiB, and the real users batched with it were closed with 1013. Now the gateway
     // refuses such a token before it is batched (`logic_link`'s unit test holds each call's
@@ -421,6 +422,7 @@ async fn spawn_up(control: &str) -> (common::KillOnDrop, String, std::path::Path
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_leave_memory_where_it_was() {
+    let _heavy = common::heavy().await;
     // Before: each password hash's 19 MiB stayed with the allocator of the thread that ran it:
     // 20 failed logins took a fresh `up` from 57 MB to 369 MB, a few hundred to ~1 GB.
     let (child, base, dir) =
@@ -518,6 +520,7 @@ async fn one_sender_cannot_fill_a_users_kept_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_history_in_memory_is_bounded_over_every_room() {
+    let _heavy = common::heavy().await;
     // Before: each room kept its last 100 messages for 10 minutes, and rooms had no bound in
     // number: 50 sockets × 60 × 10 KiB into separate rooms kept +46 MB after they closed.
     let mut cfg = common::test_config();
@@ -585,6 +588,7 @@ async fn asking_for_a_rooms_member_list_again_and_again_sends_it_once_per_update
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_users_sockets_together_send_no_faster_than_one_client() {
+    let _heavy = common::heavy().await;
     // Before: sends were limited per connection only: 20 sockets of one user, each at its own
     // limit with 10 KiB messages, got a member who read as fast as it could dropped as a slow
     // consumer.
@@ -646,6 +650,7 @@ async fn one_users_sockets_together_send_no_faster_than_one_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_that_go_quiet_give_their_memory_back() {
+    let _heavy = common::heavy().await;
     // Before: rooms' history was forgotten when they went quiet, but the process kept the
     // memory: 50 sockets × 60 × 10 KiB into separate rooms kept +46 MB after they closed.
     let (child, base, dir) = spawn_up("history_ttl_secs = 2\nopen_rooms = true\npush_per_second = 0").await;
@@ -684,6 +689,7 @@ async fn rooms_that_go_quiet_give_their_memory_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_of_kept_messages_never_stops_live_ones() {
+    let _heavy = common::heavy().await;
     // Before: accounts that filled the store of kept messages (messages to users who never
     // read them) got every private message refused, to users online too, for up to 7 days.
     let mut cfg = common::test_config();

@@ -1,7 +1,7 @@
 //! Several rooms per connection, joined and left over the socket, and coalesced presence,
 //! through real sockets against `gochat up` (both gateway drivers: GOCHAT_TEST_DRIVER).
 
-mod common;
+use crate::common;
 
 use common::{Server, Ws};
 use gochat_proto::wire;

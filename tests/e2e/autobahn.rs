@@ -12,7 +12,7 @@
 //! does not offer the extension (a compression context per connection would cost far more than
 //! the connection), so that run exits 1.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

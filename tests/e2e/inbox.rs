@@ -2,7 +2,7 @@
 //! gateway drivers: GOCHAT_TEST_DRIVER): delivered when their user comes back, again to a
 //! client that acknowledges until it does, once to a client that does not (gochat's).
 
-mod common;
+use crate::common;
 
 use common::{Server, User, Ws};
 use gochat_proto::wire;
