@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A PostgreSQL server for the tests on 127.0.0.1:PORT (default 5432) that lets user postgres
 # in from 127.0.0.1 without a password (the tests connect to
-# postgres://postgres@127.0.0.1:5432/postgres, tests/e2e/services.rs).
+# postgres://postgres@127.0.0.1:5432/postgres, test-services/src/lib.rs).
 #
 # A server already answering there is left as it is (with a note when it asks postgres for a
 # password). Otherwise, with Debian's tools: the server is installed when missing (apt-get

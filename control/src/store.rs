@@ -406,11 +406,14 @@ mod tests {
         let _ = std::fs::remove_file(&file);
     }
 
-    /// Against the machine's PostgreSQL (`PG_URL`, default postgres@127.0.0.1:5432), in a
-    /// database of its own that it drops afterwards.
+    /// Against the machine's PostgreSQL (`POSTGRES_ADMIN_URL`, default postgres@127.0.0.1:5432),
+    /// in a database of its own that it drops afterwards; without one, outside CI, skipped.
     async fn with_postgres(what: &str, test: impl AsyncFnOnce(&str)) {
-        let admin_url =
-            std::env::var("PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        use gochat_test_services::{postgres_admin_url, present, Service};
+        if !present(&[Service::Postgres]) {
+            return;
+        }
+        let admin_url = postgres_admin_url();
         let admin = PgPool::connect(&admin_url).await.expect("PostgreSQL reachable");
         let db = format!("gochat_test_{what}_{}", std::process::id());
         sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&admin).await.unwrap();

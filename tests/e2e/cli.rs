@@ -5,9 +5,9 @@ use crate::common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::services::{require, Service};
 use common::{eventually, KillOnDrop, Tcp, User};
 use gochat_proto::wire;
+use gochat_test_services::{require, Service};
 use serde_json::json;
 
 /// The binary, with none of this process's `GOCHAT_*` variables (flags' and config keys').
@@ -231,7 +231,7 @@ async fn control_and_gateway_as_separate_processes() {
 #[tokio::test]
 async fn control_worker_and_gateway_over_a_redis_queue() {
     require!(Service::Redis);
-    let url = crate::services::redis_url();
+    let url = gochat_test_services::redis_url();
     let prefix = format!("gochat-test-{}-cli", std::process::id());
     let queue = format!(
         "[queue]\nkind = \"redis\"\n[queue.redis]\nurl = \"{url}\"\nprefix = \"{prefix}\"\nstreams = 2\n"

@@ -8,16 +8,16 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::services::{require, Service};
 use common::{eventually, post, unique, ws_at, End, User, Ws};
 use gochat::cluster::{ClusterSpec, LocalCluster, Role};
+use gochat_test_services::{require, Service};
 use serde_json::{json, Value};
 
 fn start_cluster() -> LocalCluster {
     let dir = std::env::temp_dir().join(unique(&format!("gochat-cluster-{}-", std::process::id())));
     let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_gochat").into(), dir);
     spec.driver = common::driver();
-    spec.postgres_admin_url = crate::services::postgres_admin_url();
+    spec.postgres_admin_url = gochat_test_services::postgres_admin_url();
     LocalCluster::start(spec).expect("the local cluster starts")
 }
 

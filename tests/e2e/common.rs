@@ -407,7 +407,7 @@ pub struct PgDatabase {
 
 impl PgDatabase {
     pub fn create(what: &str) -> Self {
-        let admin = crate::services::postgres_admin_url();
+        let admin = gochat_test_services::postgres_admin_url();
         let name = unique(&format!("gochat_test_{what}_{}_", std::process::id()));
         psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         psql(&admin, &format!("CREATE DATABASE {name}"));
@@ -439,7 +439,7 @@ pub struct RedisPrefix {
 
 impl RedisPrefix {
     pub fn new(what: &str) -> Self {
-        let url = crate::services::redis_url();
+        let url = gochat_test_services::redis_url();
         Self { url, prefix: unique(&format!("gochat-test-{what}-{}-", std::process::id())) }
     }
 }

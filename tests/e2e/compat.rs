@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::services::{require, Service};
 use common::{post, test_config, unique, End, RedisPrefix, User, Ws, WAIT};
 use futures_util::{Stream, StreamExt};
 use gochat::roles::WorkerHandle;
@@ -31,6 +30,7 @@ use gochat_proto_previous::queue::QueueMessage;
 use gochat_queue::{MemoryQueue, Queue, RedisQueue, RedisQueueConfig};
 use gochat_queue_worker::gateways::GatewayAddr;
 use gochat_queue_worker::Worker;
+use gochat_test_services::{require, Service};
 use prost::Message as _;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gochat::discovery::{self, DiscoveryConfig, DiscoveryKind, Members, Registration, Role};
 use gochat_control::ids::node_of;
 
-use crate::services::{require, Service};
+use gochat_test_services::{require, Service};
 
 /// One etcd server; killed and its data directory removed on drop.
 struct Etcd {

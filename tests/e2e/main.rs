@@ -7,7 +7,6 @@
 //! different modules run in parallel in this one process: a test must not rely on running alone.
 
 mod common;
-mod services;
 
 mod abuse;
 mod autobahn;
@@ -19,7 +18,7 @@ mod config;
 mod discovery;
 mod drivers;
 mod floods;
-mod inbox;
+mod kept;
 mod metrics;
 mod placement;
 mod recovery;

@@ -2,9 +2,9 @@
 
 use crate::common;
 
-use crate::services::{require, Service};
 use common::{unique, Server};
 use gochat_proto::wire;
+use gochat_test_services::{require, Service};
 use serde_json::json;
 
 #[tokio::test]

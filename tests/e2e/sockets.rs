@@ -5,10 +5,10 @@ use crate::common;
 
 use std::time::Duration;
 
-use crate::services::{self, Service};
 use common::{eventually, End, Server, User};
 use gochat_gateway::testkit::{client_frame, UPGRADE};
 use gochat_proto::wire;
+use gochat_test_services::{self as services, Service};
 use serde_json::json;
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! What control's store tests share: the Redis they run against, and keys of their own.
 #![allow(dead_code)]
 
-pub(crate) use crate::services::redis_url;
+pub(crate) use gochat_test_services::redis_url;
 
 /// A key prefix of a test's own; its keys are deleted when dropped.
 pub(crate) struct RedisKeys(pub String);

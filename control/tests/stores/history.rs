@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use crate::common;
 
-use crate::services::{self, Service};
 use common::{redis_url, RedisKeys};
 use gochat_control::history::{self, History, RECOVER_MAX_BYTES};
 use gochat_control::kept::{self, KeptStore, CHUNK_MESSAGES};
 use gochat_control::state::{RedisState, State};
 use gochat_proto::wire::{self, Position};
+use gochat_test_services::{self as services, Service};
 
 /// The two kinds of state (in memory, on Redis), each with its keys' guard.
 async fn states() -> Vec<(State, Option<RedisKeys>)> {

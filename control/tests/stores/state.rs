@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::common;
 
-use crate::services::{self, Service};
 use common::{redis_url, RedisKeys};
 use gochat_control::state::{
     NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State, TooManyConnections,
 };
+use gochat_test_services::{self as services, Service};
 
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
     if !services::present_for(" (its Redis half)", &[Service::Redis]) {

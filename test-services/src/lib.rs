@@ -2,9 +2,9 @@
 //! PostgreSQL, and the `etcd` and `redis-server` programs. A plain `cargo test` on a machine
 //! without them runs every other test, and each test that needs a missing one says so on stderr
 //! and passes without running; under CI (`CI` set) a missing service fails the test instead, as
-//! a CI that skips tests is a defect. Control's tests include this file too
-//! (control/tests/stores/main.rs).
-#![allow(dead_code)]
+//! a CI that skips tests is a defect. Used by the end-to-end tests (tests/e2e/), control's and
+//! the queue's.
+#![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -135,11 +135,11 @@ pub fn present_for(part: &str, services: &[Service]) -> bool {
 
 /// Returns from the test, having said why, when a service it needs is not there; under CI fails
 /// it instead ([`present`]). `require!(Service::Redis, Service::Postgres);`
+#[macro_export]
 macro_rules! require {
     ($($service:expr),+ $(,)?) => {
-        if !$crate::services::present(&[$($service),+]) {
+        if !$crate::present(&[$($service),+]) {
             return;
         }
     };
 }
-pub(crate) use require;
