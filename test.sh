@@ -40,6 +40,15 @@ if [ ! -x target/kosoku/bin/kosoku ]; then
 fi
 export KOSOKU="$PWD/target/kosoku/bin/kosoku"
 
+# The two other builds, the fuzz targets' (instrumented, in fuzz/target) and the release build of
+# the perf gate, run from here in the background at the lowest priority, on the CPU the lints and
+# the tests leave idle (linking, waiting on sockets and timers); the steps that need them wait for
+# them below. Their output: target/background-builds.log.
+setsid nice -n 19 bash -c 'fuzz/run.sh --dev --build-only &&
+    cargo build --release --locked -p gochat -p gochat-bench -p gochat-perf' >target/background-builds.log 2>&1 &
+builds=$!
+trap 'kill -- -"$builds" 2>/dev/null || true' EXIT
+
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -79,16 +88,17 @@ fi
 # image is made from Debian's packages once per Docker engine: about 80 s then, 30 s a run after.
 tests/deploy/compose.sh target/debug/gochat
 
-# Every fuzz target for a short run from its committed seeds (fuzz/run.sh; longer runs and their
-# figures are in fuzz/README.md). Its build is instrumented, in fuzz/target: about 2.5 minutes from
-# scratch here, then 10 s per target.
-fuzz/run.sh 10
-
 # The web page in headless Chromium (Debian's), driven by playwright-core from npm, against a
 # real `gochat up`; screenshots land in test-artifacts/.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && GOCHAT_TEST_DRIVER="${drivers##*,}" node browser.test.mjs)
 
+# From here on, the background builds.
+wait "$builds" || { tail -n 60 target/background-builds.log; echo "test.sh: a background build failed (target/background-builds.log)" >&2; exit 1; }
+
+# Every fuzz target for a short run from its committed seeds, built without optimizations
+# (fuzz/run.sh; longer, optimized runs and their figures are in fuzz/README.md).
+fuzz/run.sh --dev 10
+
 # The performance gate: instruction counts of the hot paths against perf/baseline.json, then a
 # short macro run of both drivers (ratios and bounds). `perf update` rewrites the baseline.
-cargo build --release --locked -p gochat -p gochat-bench -p gochat-perf
 (ulimit -n "$(ulimit -Hn)" && ./target/release/perf check --drivers "$drivers")

@@ -5,9 +5,21 @@
 # fuzz/artifacts/<target>/ (both ignored by git); replay one with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run --codegen-units 16 <target> fuzz/artifacts/<target>/<file>
 #
-# usage: fuzz/run.sh [SECONDS] [TARGET...]
+# usage: fuzz/run.sh [--dev] [--build-only] [SECONDS] [TARGET...]
+#   --dev         build without optimizations: a third of the build time, fewer inputs a second,
+#                 overflow checks on (./test.sh's short runs); long runs want the default.
+#   --build-only  build the targets and stop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+dev=() build_only=
+while (($#)); do
+    case $1 in
+    --dev) dev=(--dev) ;;
+    --build-only) build_only=1 ;;
+    *) break ;;
+    esac
+    shift
+done
 secs="${1:-20}"
 shift $(($# > 0 ? 1 : 0))
 
@@ -17,11 +29,12 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 
 export RUSTC_BOOTSTRAP=1
 # 16 codegen units instead of cargo-fuzz's 1, so a big crate's code generation is not left to
 # one core.
-build=(--codegen-units 16)
+build=(--codegen-units 16 "${dev[@]}")
 
 targets=("$@")
 ((${#targets[@]})) || mapfile -t targets < <(cargo fuzz list)
 cargo fuzz build "${build[@]}"
+[ -z "$build_only" ] || exit 0
 
 failed=()
 for target in "${targets[@]}"; do
