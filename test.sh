@@ -41,12 +41,17 @@ fi
 export KOSOKU="$PWD/target/kosoku/bin/kosoku"
 
 # The two other builds, the fuzz targets' (instrumented, in fuzz/target) and the release build of
-# the perf gate, run from here in the background at the lowest priority, on the CPU the lints and
-# the tests leave idle (linking, waiting on sockets and timers); the steps that need them wait for
-# them below. Their output: target/background-builds.log.
-setsid nice -n 19 bash -c 'fuzz/run.sh --dev --build-only &&
+# the perf gate, run from here in the background as idle work (SCHED_IDLE: only on the CPU the
+# lints and the tests leave idle, linking or waiting on sockets and timers); the steps that need
+# them wait for them below. Their output: target/background-builds.log. They stay in this
+# session (a session of their own would be a scheduler autogroup of its own, which shares the
+# CPU equally whatever the priority), in a process group of their own (job control, `set -m`)
+# that is ended if this script ends first.
+set -m
+chrt --idle 0 bash -c 'fuzz/run.sh --dev --build-only &&
     cargo build --release --locked -p gochat -p gochat-bench -p gochat-perf' >target/background-builds.log 2>&1 &
 builds=$!
+set +m
 trap 'kill -- -"$builds" 2>/dev/null || true' EXIT
 
 cargo fmt --all -- --check
