@@ -77,6 +77,12 @@ impl Api {
         self.call("/push/pushRoom", json!({"authToken": token, "roomId": room, "msg": msg})).await.map(drop)
     }
 
+    /// Asks for the room's online count, which the server broadcasts to the room as op 4: a
+    /// message into the room that stores nothing (the probe of `AuthSignal::Probe`).
+    pub async fn count(&self, token: &str, room: u64) -> anyhow::Result<()> {
+        self.call("/push/count", json!({"authToken": token, "roomId": room})).await.map(drop)
+    }
+
     pub async fn push_user(&self, token: &str, to: u64, msg: &str) -> anyhow::Result<()> {
         self.call(
             "/push/push",

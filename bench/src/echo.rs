@@ -176,6 +176,25 @@ fn tracing_free_log(e: &anyhow::Error) {
 
 async fn baseline_conn(mut stream: TcpStream) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
+    accept_upgrade(&mut stream).await?;
+    let mut ws = WebSocket::after_handshake(stream, Role::Server);
+    ws.set_auto_close(true);
+    ws.set_auto_pong(true);
+    loop {
+        let frame = ws.read_frame().await?;
+        match frame.opcode {
+            OpCode::Text | OpCode::Binary => {
+                ws.write_frame(Frame::new(true, frame.opcode, None, frame.payload)).await?
+            }
+            OpCode::Close => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// Reads a WebSocket upgrade request from `stream` and answers it with 101 (the server side of
+/// the handshake, for the bench's own servers: the echo baseline and the floor).
+pub(crate) async fn accept_upgrade(stream: &mut TcpStream) -> anyhow::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     let end = loop {
@@ -210,17 +229,5 @@ async fn baseline_conn(mut stream: TcpStream) -> anyhow::Result<()> {
             .as_bytes(),
         )
         .await?;
-    let mut ws = WebSocket::after_handshake(stream, Role::Server);
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
-    loop {
-        let frame = ws.read_frame().await?;
-        match frame.opcode {
-            OpCode::Text | OpCode::Binary => {
-                ws.write_frame(Frame::new(true, frame.opcode, None, frame.payload)).await?
-            }
-            OpCode::Close => return Ok(()),
-            _ => {}
-        }
-    }
+    Ok(())
 }

@@ -45,6 +45,21 @@ pub struct FleetSpec {
     pub connect_concurrency: usize,
     /// What the connections speak and do.
     pub client: ClientKind,
+    /// How a connection knows it is authenticated.
+    #[serde(default)]
+    pub auth: AuthSignal,
+}
+
+/// How a connection knows the server took its auth frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthSignal {
+    /// The server answers the auth frame with op 7 (gochat-rs).
+    #[default]
+    Reply,
+    /// The server answers nothing (gochat): the first message in the connection's room does.
+    /// The coordinator sends those probes (`/push/count`, op 4) while connections open.
+    Probe,
 }
 
 /// How the bench's connections talk to the server.
@@ -59,7 +74,7 @@ pub struct ClientKind {
 /// What a fleet counts.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Counts {
-    /// Authenticated (op 7 received).
+    /// Authenticated (op 7 received, or with [`AuthSignal::Probe`] the first room message).
     pub connected: u64,
     /// Gave up after every attempt failed before authentication.
     pub failed: u64,
@@ -170,6 +185,7 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
         let gate = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
         let host = spec.ws.to_string();
         let kind = spec.client;
+        let auth = spec.auth;
         for conn in spec.conns {
             let (shared, gate, host, path) = (shared.clone(), gate.clone(), host.clone(), spec.path.clone());
             let (addr, source) = (spec.ws, spec.source_ip);
@@ -179,7 +195,7 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                 let mut backoff = Duration::from_millis(500);
                 for attempt in 1..=CONNECT_ATTEMPTS {
                     let permit = gate.acquire().await.expect("semaphore open");
-                    let at = Endpoint { addr, source, host: &host, path: &path, kind };
+                    let at = Endpoint { addr, source, host: &host, path: &path, kind, auth };
                     let result = connection(&shared, &at, &conn, Some(permit)).await;
                     let retry = {
                         let mut stats = shared.stats.borrow_mut();
@@ -244,6 +260,7 @@ struct Endpoint<'a> {
     host: &'a str,
     path: &'a str,
     kind: ClientKind,
+    auth: AuthSignal,
 }
 
 /// One connection's life. `Ok(true)` when the server closed it after auth.
@@ -294,13 +311,17 @@ async fn connection(
         wsclient::masked_frame(0x1, body.to_string().as_bytes(), &mut auth);
     }
     stream.write_all(&auth).await?;
+    if at.auth == AuthSignal::Probe {
+        // No reply will come: the handshake is over for the server, let the next one start.
+        permit.take();
+    }
 
     let mut pending: Vec<u8> = head.split_off(body_at);
     let mut owed = Vec::new();
     let mut authed = false;
     loop {
         if !pending.is_empty() {
-            let (used, event) = process(shared, &pending, &mut owed, started, &mut authed, at.kind);
+            let (used, event) = process(shared, &pending, &mut owed, started, &mut authed, at);
             pending.drain(..used);
             if let Event::Closed(why) = event {
                 return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
@@ -323,7 +344,7 @@ async fn connection(
             Err(e) => return if authed { Ok(true) } else { Err(e) },
         };
         if pending.is_empty() {
-            let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed, at.kind);
+            let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed, at);
             pending.extend_from_slice(&scratch[used..n]);
             if let Event::Closed(why) = event {
                 return if authed { Ok(true) } else { Err(closed_before_auth(&why)) };
@@ -394,18 +415,22 @@ fn process(
     owed: &mut Vec<u8>,
     started: Instant,
     authed: &mut bool,
-    kind: ClientKind,
+    endpoint: &Endpoint<'_>,
 ) -> (usize, Event) {
+    let kind = endpoint.kind;
     let mut at = 0;
     let mut stats = shared.stats.borrow_mut();
     while let Ok(Some((frame, len))) = wsclient::parse_frame(&buf[at..]) {
         at += len;
         match frame.opcode {
             0x1 | 0x2 => match read_message(frame.opcode, frame.payload) {
-                Some((7, _, _)) if !*authed => {
+                Some((op, _, _)) if !*authed && (op == 7 || endpoint.auth == AuthSignal::Probe) => {
                     *authed = true;
                     stats.snap.counts.connected += 1;
                     let _ = stats.connect.record(started.elapsed().as_micros().max(1) as u64);
+                    if op != 7 {
+                        stats.snap.counts.other_frames += 1;
+                    }
                 }
                 Some((op @ (2 | 3), msg, id)) => {
                     if op == 3 {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::engine::{new_hist, ClientKind, ConnSpec, Counts, FleetSpec, Snapshot};
+use crate::engine::{new_hist, AuthSignal, ClientKind, ConnSpec, Counts, FleetSpec, Snapshot};
 use crate::worker::Fleet;
 
 /// Where fleets run.
@@ -74,6 +74,7 @@ impl Fleets {
         path: &str,
         conns: Vec<ConnSpec>,
         opts: &ClientOpts,
+        auth: AuthSignal,
     ) -> anyhow::Result<Self> {
         let total = conns.len();
         let procs = if opts.procs == 0 { 0 } else { opts.procs.max(total.div_ceil(CONNS_PER_PROC)) };
@@ -98,6 +99,7 @@ impl Fleets {
                 conns,
                 connect_concurrency: opts.connect_concurrency,
                 client: opts.kind,
+                auth,
             };
             fleets.push(if procs == 0 { Fleet::thread(spec) } else { Fleet::process(&opts.exe, &spec)? });
         }
@@ -107,7 +109,7 @@ impl Fleets {
     /// The worker processes (empty when fleets run on threads).
     pub fn worker_procs(&self) -> Option<crate::server::ServerProcs> {
         let pids: Vec<u32> = self.fleets.iter().filter_map(Fleet::pid).collect();
-        (!pids.is_empty()).then_some(crate::server::ServerProcs { pids })
+        (!pids.is_empty()).then_some(crate::server::ServerProcs { pids, ..Default::default() })
     }
 
     pub fn totals(&mut self) -> anyhow::Result<Totals> {

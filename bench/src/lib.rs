@@ -11,6 +11,9 @@
 //! - [`scenario`]: `connections`, `fanout`, `latency`, `private`; [`echo`]: raw echo
 //!   throughput and the fastwebsockets-on-tokio baseline server; [`sequence`]: numbered
 //!   messages through node failures (losses, duplicates, order, time to recover).
+//! - [`targets`]: the servers a run is measured against in turn (running, spawned, a peer's
+//!   script, the floor) and their figures side by side; [`floor`]: one write per delivery from
+//!   one thread, the kernel's cost per send on the machine of the day.
 //! - [`result`], [`report`]: the JSON result of a run, and markdown tables and SVG charts.
 
 #![forbid(unsafe_code)]
@@ -19,10 +22,12 @@ pub mod api;
 pub mod echo;
 pub mod engine;
 pub mod fleets;
+pub mod floor;
 pub mod report;
 pub mod result;
 pub mod scenario;
 pub mod sequence;
 pub mod server;
+pub mod targets;
 pub mod worker;
 pub mod wsclient;

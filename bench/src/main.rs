@@ -1,16 +1,16 @@
 #![forbid(unsafe_code)]
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use gochat_bench::echo::{self, EchoParams};
-use gochat_bench::engine::ClientKind;
+use gochat_bench::engine::{AuthSignal, ClientKind};
 use gochat_bench::fleets::ClientOpts;
 use gochat_bench::result::RunResult;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
-use gochat_bench::server::{Cluster, ClusterSpec, ServerProcs};
+use gochat_bench::targets::{self, NamedTarget, TargetOptions, TargetSpec};
 use gochat_bench::{report, sequence, worker};
 
 /// Load generator for gochat-compatible servers (gochat-rs, gochat, anything speaking its
@@ -20,6 +20,9 @@ use gochat_bench::{report, sequence, worker};
 /// processes found by --server-pid or listening on the WebSocket port), or let it start a local
 /// gochat-rs cluster per driver (--spawn PATH/TO/gochat --drivers epoll,io_uring), one control
 /// and as many gateway processes as the connection count needs (20,000 descriptors a process).
+/// With --target (repeatable) one scenario runs against several servers in turn — running ones,
+/// spawned clusters, a peer started by a script (gochat: bench/peers/gochat.sh), the floor — and
+/// --runs N repeats the round, then prints each figure side by side: medians, ranges, ratios.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -40,10 +43,26 @@ struct ServerArgs {
     /// WebSocket path.
     #[arg(long, global = true, default_value = "/ws")]
     path: String,
-    /// Every server process, for total CPU (default: the gateways, found as the processes
-    /// listening on the WebSocket port).
+    /// Every server process, for total CPU and memory; each counts with every process below
+    /// it (default: the gateways, found as the processes listening on the WebSocket port).
     #[arg(long, global = true, value_delimiter = ',')]
     server_pid: Vec<u32>,
+    /// A server to run the scenario against, in turn with the others (repeatable):
+    /// `NAME=API,WS` (running), `NAME=spawn:DRIVER` (a gochat-rs cluster from --spawn's binary,
+    /// fresh per run), `NAME=peer:SCRIPT` (`SCRIPT start` prints `api=`, `ws=`, `pids=` and
+    /// leaves the server running; `SCRIPT stop` ends it; fresh per run) or `NAME=floor` (one
+    /// write per delivery from one thread of this process: the kernel's cost per send).
+    #[arg(long = "target", global = true, value_name = "NAME=SPEC")]
+    targets: Vec<NamedTarget>,
+    /// Rounds over the targets (interleaved: A B A B …); figures are printed as medians with
+    /// their range.
+    #[arg(long, global = true, default_value_t = 1)]
+    runs: usize,
+    /// How connections know they are authenticated: the server's op 7 (`reply`), the first
+    /// message in their room, sent as probes (`probe`, for servers that answer nothing, such
+    /// as gochat), or `auto`: one connection finds out before each run.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    auth: AuthChoice,
     /// Start a local gochat-rs cluster with this `gochat` binary instead.
     #[arg(long, global = true)]
     spawn: Option<PathBuf>,
@@ -86,6 +105,13 @@ struct ServerArgs {
     /// No progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthChoice {
+    Auto,
+    Reply,
+    Probe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -250,7 +276,7 @@ fn main() -> anyhow::Result<()> {
                 apis: or(control_apis, &cli.server.api),
                 gateways: or(gateway_ws, &cli.server.ws)
                     .iter()
-                    .map(|g| resolve(g))
+                    .map(|g| targets::resolve(g))
                     .collect::<Result<_, _>>()?,
                 path: cli.server.path.clone(),
                 receivers,
@@ -290,93 +316,102 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         Command::Echo { connections, .. } => *connections,
         _ => 0,
     };
-    let mut results = Vec::new();
-    match &args.spawn {
-        None => {
-            let ws = resolve(&args.ws)?;
-            let gateways =
-                ServerProcs::by_port(ws.port()).map_err(|e| eprintln!("not measuring the gateway: {e}")).ok();
-            let servers = if args.server_pid.is_empty() {
-                gateways.clone()
-            } else {
-                Some(ServerProcs { pids: args.server_pid.clone() })
-            };
-            let target = Target {
-                api: args.api.clone(),
-                ws,
-                path: args.path.clone(),
-                gateways,
-                servers,
-                label: "server".into(),
-            };
-            results.push(scenario_run(&target, &client, command, args.quiet)?);
+    let targets: Vec<NamedTarget> = if !args.targets.is_empty() {
+        args.targets.clone()
+    } else if args.spawn.is_some() {
+        let spawn =
+            |d: &String| NamedTarget { name: d.clone(), spec: TargetSpec::Spawn { driver: d.clone() } };
+        args.drivers.iter().map(spawn).collect()
+    } else {
+        let spec = TargetSpec::Running { api: args.api.clone(), ws: args.ws.clone() };
+        vec![NamedTarget { name: "server".into(), spec }]
+    };
+    let mut names: Vec<String> = Vec::new();
+    for t in &targets {
+        if names.contains(&t.name) {
+            bail!("two targets are called {:?}", t.name);
         }
-        Some(gochat) => {
-            let gateways = args.gateways.unwrap_or(connections.div_ceil(15_000).max(1));
-            for driver in &args.drivers {
-                let spec = ClusterSpec {
-                    driver,
-                    gateways,
-                    max_conns_per_gateway: 19_000,
-                    queue: &args.queue,
-                    batch_age_us: args.batch_age_us,
-                    control_settings: &args.control_set,
-                };
-                let cluster = match Cluster::start(gochat, &spec) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("driver {driver}: cluster did not start ({e:#}); skipped");
-                        continue;
-                    }
-                };
-                let target = Target {
-                    api: cluster.api.clone(),
-                    ws: cluster.ws,
-                    path: "/ws".into(),
-                    gateways: Some(cluster.gateway_procs.clone()),
-                    servers: Some(cluster.procs.clone()),
-                    label: driver.clone(),
-                };
-                let result = scenario_run(&target, &client, command, args.quiet);
-                cluster.stop();
-                let mut result = result?;
-                result.param("gateway_processes", gateways);
+        names.push(t.name.clone());
+    }
+    let options = TargetOptions {
+        gochat: args.spawn.clone(),
+        gateways: args.gateways.unwrap_or(connections.div_ceil(15_000).max(1)),
+        queue: args.queue.clone(),
+        batch_age_us: args.batch_age_us,
+        control_settings: args.control_set.clone(),
+        path: args.path.clone(),
+        server_pids: args.server_pid.clone(),
+        auth: match args.auth {
+            AuthChoice::Auto => None,
+            AuthChoice::Reply => Some(AuthSignal::Reply),
+            AuthChoice::Probe => Some(AuthSignal::Probe),
+        },
+    };
+    let mut results = Vec::new();
+    for round in 1..=args.runs.max(1) {
+        for t in &targets {
+            if args.runs > 1 {
+                eprintln!("run {round} of {}: {}", args.runs, t.name);
+            }
+            let started = match t.start(&options) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{}: did not start ({e:#}); skipped", t.name);
+                    continue;
+                }
+            };
+            let result = scenario_run(&started.target, &client, command, args.quiet);
+            started.stop();
+            let mut result = result.with_context(|| format!("target {}", t.name))?;
+            if let TargetSpec::Spawn { .. } = t.spec {
+                result.param("gateway_processes", options.gateways);
                 result.param("queue", &args.queue);
                 result.param("control_settings", &args.control_set);
-                results.push(result);
             }
+            result.param("target", format!("{:?}", t.spec));
+            result.param("round", round);
+            results.push(finish(result, args, connections)?);
         }
     }
     if let Command::Echo { baseline: true, .. } = command {
         let addr = echo::spawn_baseline(cores(0))?;
-        results.push(scenario_run(
-            &Target {
-                api: String::new(),
-                ws: addr,
-                path: String::new(),
-                gateways: None,
-                servers: None,
-                label: "fastwebsockets-tokio".into(),
-            },
-            &client,
-            command,
-            args.quiet,
-        )?);
-    }
-    for r in &mut results {
-        r.param("protocol", format!("{:?}", args.protocol).to_lowercase());
-        r.param("acks", args.acks);
-    }
-    for r in &results {
-        save(r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;
-    }
-    if results.len() > 1 {
-        print_ratios(&results);
+        let baseline = Target {
+            api: String::new(),
+            ws: addr,
+            path: String::new(),
+            gateways: None,
+            servers: None,
+            label: "fastwebsockets-tokio".into(),
+            auth: None,
+        };
+        results.push(finish(scenario_run(&baseline, &client, command, args.quiet)?, args, connections)?);
+        names.push(baseline.label);
     }
     if results.is_empty() {
         bail!("no run completed");
     }
+    if names.len() > 1 || args.runs > 1 {
+        let names: Vec<String> =
+            names.into_iter().filter(|n| results.iter().any(|r| &r.label == n)).collect();
+        let table = targets::side_by_side(&names, &results);
+        println!("\n{table}");
+        let file = args.out.join(format!(
+            "compare-{}-{}.md",
+            results[0].scenario,
+            results[0].started_at.replace(':', "")
+        ));
+        std::fs::write(&file, &table)?;
+        eprintln!("side by side: {}", file.display());
+    }
     Ok(())
+}
+
+/// Stamps a run's client settings, prints it and saves it.
+fn finish(mut r: RunResult, args: &ServerArgs, connections: usize) -> anyhow::Result<RunResult> {
+    r.param("protocol", format!("{:?}", args.protocol).to_lowercase());
+    r.param("acks", args.acks);
+    save(&r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;
+    Ok(r)
 }
 
 /// Prints a run's result and writes it to `out` as `{stem}-{start time}.json`.
@@ -466,21 +501,6 @@ fn scenario_run(
     }
 }
 
-/// Each figure of the later runs against the first (e.g. io_uring vs epoll).
-fn print_ratios(results: &[RunResult]) {
-    let base = &results[0];
-    for other in &results[1..] {
-        println!("\n{} / {}:", other.label, base.label);
-        for (k, v) in &other.figures {
-            if let (Some(a), Some(b)) = (v.as_f64(), base.figures.get(k).and_then(|b| b.as_f64())) {
-                if b != 0.0 {
-                    println!("  {k:40} {:.2}x", a / b);
-                }
-            }
-        }
-    }
-}
-
 fn load_results(inputs: &[PathBuf]) -> anyhow::Result<Vec<RunResult>> {
     let mut files = Vec::new();
     for i in inputs {
@@ -503,10 +523,6 @@ fn load_results(inputs: &[PathBuf]) -> anyhow::Result<Vec<RunResult>> {
             serde_json::from_str(&text).with_context(|| format!("parsing {}", f.display()))
         })
         .collect()
-}
-
-fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
-    addr.to_socket_addrs()?.next().with_context(|| format!("cannot resolve {addr}"))
 }
 
 fn cores(threads: usize) -> usize {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::{self, Api, User};
-use crate::engine::{marked_message, ConnSpec};
+use crate::engine::{marked_message, AuthSignal, ConnSpec};
 use crate::fleets::{ClientOpts, Fleets, Totals};
 use crate::result::RunResult;
 use crate::server::{Sample, ServerProcs};
@@ -25,6 +25,9 @@ pub struct Target {
     pub servers: Option<ServerProcs>,
     /// What to call this server setup in results (e.g. the gateway driver).
     pub label: String,
+    /// How its connections know they are authenticated; `None`: found out with one connection
+    /// before each run.
+    pub auth: Option<AuthSignal>,
 }
 
 impl Target {
@@ -65,18 +68,105 @@ fn users(api: &Api, n: usize, quiet: bool) -> anyhow::Result<Vec<User>> {
     Ok(users)
 }
 
-/// Opens `conns` and waits until all are authenticated (or failed); returns the fleets, the
-/// totals and the seconds it took.
+/// Whether the server answers an auth frame with op 7: one connection, given up to 3 s. A
+/// server that keeps the connection open and says nothing (gochat) gets probes instead.
+fn detect_auth(target: &Target, conn: &ConnSpec, client: &ClientOpts) -> anyhow::Result<AuthSignal> {
+    let one = ClientOpts { procs: 0, ..client.clone() };
+    let mut fleet = Fleets::start(target.ws, &target.path, vec![conn.clone()], &one, AuthSignal::Reply)?;
+    let (t, _) = fleet.wait(
+        Duration::from_secs(3),
+        |t| t.counts.connected + t.counts.retried + t.counts.failed > 0,
+        |_| {},
+    )?;
+    fleet.quit()?;
+    if t.counts.connected > 0 {
+        Ok(AuthSignal::Reply)
+    } else if t.counts.retried + t.counts.failed > 0 {
+        bail!("the server refused an authenticated connection: {}", t.errors.join("; "))
+    } else {
+        Ok(AuthSignal::Probe)
+    }
+}
+
+/// Rounds of `/push/count` to every room, one after another with at least `gap` between
+/// them, until dropped: what tells [`AuthSignal::Probe`] connections that they are in.
+struct Probes {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Probes {
+    fn start(api: &str, token: String, rooms: Vec<u64>, gap: Duration) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (api, done) = (Api::new(api), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let rooms = Arc::new(rooms);
+            runtime().block_on(async move {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (api, token, rooms2) = (api.clone(), token.clone(), rooms.clone());
+                    api::pump(rooms.len() as u64, None, 32, move |i| {
+                        let (api, token, rooms) = (api.clone(), token.clone(), rooms2.clone());
+                        async move { api.count(&token, rooms[i as usize]).await }
+                    })
+                    .await;
+                    tokio::time::sleep(gap).await;
+                }
+            })
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connections opened and authenticated.
+struct Connected {
+    fleets: Fleets,
+    totals: Totals,
+    /// From the first connect to the last authentication.
+    secs: f64,
+}
+
+/// Opens `conns` and waits until all are authenticated (or failed). Records how
+/// authentication was seen (`auth_signal`) in `r`.
 fn connect_all(
+    r: &mut RunResult,
     target: &Target,
     conns: Vec<ConnSpec>,
     client: &ClientOpts,
     quiet: bool,
-) -> anyhow::Result<(Fleets, Totals, f64)> {
+) -> anyhow::Result<Connected> {
     let n = conns.len() as u64;
+    let Some(first) = conns.first().cloned() else { bail!("no connections to open") };
+    let auth = match target.auth {
+        Some(auth) => auth,
+        None => detect_auth(target, &first, client)?,
+    };
+    r.param("auth_signal", auth);
+    if auth == AuthSignal::Probe {
+        r.notes.push(
+            "the server sends no reply to the auth frame: a connection counts as authenticated at \
+             the first probe (/push/count, op 4, rounds over every room at least 100 ms apart) in \
+             its room, so connect times are upper bounds"
+                .into(),
+        );
+    }
+    let probes = (auth == AuthSignal::Probe).then(|| {
+        let mut rooms: Vec<u64> = conns.iter().map(|c| c.room).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        Probes::start(&target.api, first.token.clone(), rooms, Duration::from_millis(100))
+    });
     let progress = bar(n, "connecting", quiet);
     let started = Instant::now();
-    let mut fleets = Fleets::start(target.ws, &target.path, conns, client)?;
+    let mut fleets = Fleets::start(target.ws, &target.path, conns, client, auth)?;
     let limit = Duration::from_secs(60 + n / 200);
     let (totals, _) = fleets.wait(
         limit,
@@ -84,13 +174,14 @@ fn connect_all(
         |t| progress.set_position(t.counts.connected + t.counts.failed),
     )?;
     let secs = started.elapsed().as_secs_f64();
+    drop(probes);
     progress.finish_and_clear();
     if totals.counts.connected == 0 {
         let why = totals.errors.first().cloned().unwrap_or_else(|| "timed out".into());
         fleets.quit()?;
         bail!("no connection authenticated: {why}");
     }
-    Ok((fleets, totals, secs))
+    Ok(Connected { fleets, totals, secs })
 }
 
 fn client_notes(result: &mut RunResult, before: &Totals, after: &Totals, wall: f64) {
@@ -199,7 +290,8 @@ pub fn connections(
         .map(|(i, room)| ConnSpec { token: users[i % users.len()].token.clone(), room })
         .collect();
     let before = target.sample();
-    let (mut fleets, connected, connect_secs) = connect_all(target, conns, client, quiet)?;
+    let Connected { mut fleets, totals: connected, secs: connect_secs } =
+        connect_all(&mut r, target, conns, client, quiet)?;
     let n = connected.counts.connected;
     r.figure("connected", n);
     r.figure("failed", connected.counts.failed);
@@ -217,6 +309,12 @@ pub fn connections(
         r.figure("kernel_slab_bytes_per_conn_both_ends", slab.round());
         r.figure("all_in_bytes_per_conn", (rss + slab / 2.0).round());
         r.figure("gateway_rss_mib", loaded.0.rss_bytes / (1 << 20));
+    }
+    if target.servers.is_some() {
+        // Every server process (control, workers, stores when given): the whole cost of holding.
+        let rss = loaded.1.rss_bytes.saturating_sub(before.1.rss_bytes) as f64 / n as f64;
+        r.figure("server_rss_bytes_per_conn", rss.round());
+        r.figure("server_rss_mib", loaded.1.rss_bytes / (1 << 20));
     }
     if let Some(workers) = fleets.worker_procs() {
         // What the load generator itself holds per connection (its whole RSS, over N).
@@ -238,6 +336,11 @@ pub fn connections(
         let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
         r.figure("idle_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
     }
+    if target.servers.is_some() {
+        let cpu = held.1.cpu_secs - loaded.1.cpu_secs;
+        let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
+        r.figure("idle_server_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
+    }
     r.figure("closed_during_hold", held_to.counts.closed - held_from.counts.closed);
     // One broadcast per room; every connected member must get it.
     let rooms = p.rooms.max(1) as u64;
@@ -256,8 +359,40 @@ pub fn connections(
     r.figure("broadcast_loss", expected.saturating_sub(got.counts.marked));
     percentiles(&mut r, "broadcast_latency", &got.latency);
     client_notes(&mut r, &connected, &fleets.totals()?, connect_secs);
+    // Every client leaves at once: what the server spends on it, and until when.
+    let before_leaving = target.sample();
+    let left_at = Instant::now();
     fleets.quit()?;
+    let settled = settle(target, Duration::from_secs(30));
+    if target.servers.is_some() {
+        let cpu = settled.1.cpu_secs - before_leaving.1.cpu_secs;
+        r.figure("leave_server_cpu_ms", (cpu * 1e4).round() / 10.0);
+        r.figure("leave_server_cpu_us_per_conn", (cpu * 1e6 / expected.max(1) as f64 * 10.0).round() / 10.0);
+    }
+    r.figure(
+        "leave_settled_secs",
+        (settled.2.saturating_duration_since(left_at).as_secs_f64() * 100.0).round() / 100.0,
+    );
     Ok(r)
+}
+
+/// Waits until the server's CPU time stops growing (no tick in half a second) or `limit`; the
+/// last samples and when the CPU time last grew.
+fn settle(target: &Target, limit: Duration) -> (Sample, Sample, Instant) {
+    let started = Instant::now();
+    let mut last = target.sample();
+    let mut grew_at = started;
+    while started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = target.sample();
+        if now.1.cpu_secs > last.1.cpu_secs || now.0.cpu_secs > last.0.cpu_secs {
+            grew_at = Instant::now();
+        } else if grew_at.elapsed() >= Duration::from_millis(500) {
+            return (now.0, now.1, grew_at);
+        }
+        last = now;
+    }
+    (last.0, last.1, grew_at)
 }
 
 #[derive(Debug, Clone)]
@@ -293,7 +428,7 @@ pub fn fanout(
     let conns = (0..n)
         .map(|i| ConnSpec { token: users[i % users.len()].token.clone(), room: 1 + (i % p.rooms) as u64 })
         .collect();
-    let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
+    let Connected { mut fleets, totals: connected, .. } = connect_all(&mut r, target, conns, client, quiet)?;
     failures(&mut r, &connected);
     r.figure("connected", connected.counts.connected);
     let members_connected = connected.counts.connected as f64 / p.rooms as f64;
@@ -366,7 +501,7 @@ pub fn private(
     let api = Api::new(&target.api);
     let users = users(&api, p.users.max(2), quiet)?;
     let conns = users.iter().map(|u| ConnSpec { token: u.token.clone(), room: 1 }).collect();
-    let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
+    let Connected { mut fleets, totals: connected, .. } = connect_all(&mut r, target, conns, client, quiet)?;
     failures(&mut r, &connected);
     let start_totals = fleets.totals()?;
     let started = Instant::now();

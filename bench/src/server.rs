@@ -23,9 +23,11 @@ pub struct Sample {
 }
 
 /// The processes serving the benchmark.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerProcs {
     pub pids: Vec<u32>,
+    /// Single threads (process id, thread id), CPU time only: the floor's sender.
+    pub threads: Vec<(u32, u32)>,
 }
 
 impl ServerProcs {
@@ -52,7 +54,33 @@ impl ServerProcs {
         if pids.is_empty() {
             bail!("no process found holding port {port} (another user's process?)");
         }
-        Ok(Self { pids })
+        Ok(Self { pids, ..Self::default() })
+    }
+
+    /// `pids` and every process below them (a server started by a script, a supervisor and
+    /// its children), as they are now.
+    pub fn with_descendants(pids: &[u32]) -> Self {
+        let mut parents = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // After the command name (which may hold spaces): state, then the parent's pid.
+            let ppid: Option<u32> =
+                stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+        let mut all: Vec<u32> = pids.to_vec();
+        let mut i = 0;
+        while i < all.len() {
+            let parent = all[i];
+            let children: Vec<u32> =
+                parents.iter().filter(|(p, pp)| *pp == parent && !all.contains(p)).map(|(p, _)| *p).collect();
+            all.extend(children);
+            i += 1;
+        }
+        Self { pids: all, ..Self::default() }
     }
 
     pub fn sample(&self) -> Sample {
@@ -62,16 +90,23 @@ impl ServerProcs {
             if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 s.rss_bytes += field_kb(&status, "VmRSS:") * 1024;
             }
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                // Fields after the command name (which may hold spaces): utime and stime are 12 and 13.
-                let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                s.cpu_secs += (parse(11) + parse(12)) as f64 / ticks;
-            }
+            s.cpu_secs += cpu_secs(&format!("/proc/{pid}/stat"), ticks);
+        }
+        for (pid, tid) in &self.threads {
+            s.cpu_secs += cpu_secs(&format!("/proc/{pid}/task/{tid}/stat"), ticks);
         }
         s
     }
+}
+
+/// `utime + stime` of a `/proc/…/stat` file, in seconds (0 when it is gone).
+fn cpu_secs(stat: &str, ticks: f64) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(stat) else { return 0.0 };
+    // Fields after the command name (which may hold spaces): utime and stime are 12 and 13.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (parse(11) + parse(12)) as f64 / ticks
 }
 
 fn field_kb(text: &str, name: &str) -> u64 {
@@ -217,8 +252,8 @@ impl Cluster {
             dir: dir.clone(),
             api: format!("http://{api}"),
             ws,
-            procs: ServerProcs { pids: Vec::new() },
-            gateway_procs: ServerProcs { pids: Vec::new() },
+            procs: ServerProcs::default(),
+            gateway_procs: ServerProcs::default(),
             redis_prefix: redis_prefix.clone(),
         };
         let wait = Duration::from_secs(20);
@@ -249,8 +284,9 @@ impl Cluster {
             last.wait_listening(ws, wait)?;
         }
         let pids: Vec<u32> = cluster.processes.iter().filter_map(Process::pid).collect();
-        cluster.gateway_procs = ServerProcs { pids: pids[pids.len() - gateways..].to_vec() };
-        cluster.procs = ServerProcs { pids };
+        cluster.gateway_procs =
+            ServerProcs { pids: pids[pids.len() - gateways..].to_vec(), ..ServerProcs::default() };
+        cluster.procs = ServerProcs { pids, ..ServerProcs::default() };
         Ok(cluster)
     }
 
@@ -295,8 +331,18 @@ mod tests {
             found.is_err()
         });
         assert!(never_self, "found a holder of our own listener");
-        let me = ServerProcs { pids: vec![std::process::id()] };
+        let me = ServerProcs { pids: vec![std::process::id()], ..ServerProcs::default() };
         let s = me.sample();
         assert!(s.rss_bytes > 0 && s.slab_bytes > 0);
+    }
+
+    #[test]
+    fn a_server_pid_covers_its_children() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let all = ServerProcs::with_descendants(&[std::process::id()]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(all.pids[0], std::process::id());
+        assert!(all.pids.contains(&child.id()), "{:?} lacks the child {}", all.pids, child.id());
     }
 }

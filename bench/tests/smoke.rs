@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use gochat::roles::Up;
 use gochat_bench::fleets::ClientOpts;
+use gochat_bench::floor::Floor;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
 use gochat_bench::server::ServerProcs;
+use gochat_bench::targets::{side_by_side, NamedTarget, TargetOptions};
 
 /// `gochat up` in this process on free ports; `echo` turns on the gateway's echo endpoint.
 fn server(echo: bool) -> (tokio::runtime::Runtime, Up) {
@@ -30,7 +32,7 @@ fn server(echo: bool) -> (tokio::runtime::Runtime, Up) {
 }
 
 fn target(up: &Up) -> Target {
-    let me = Some(ServerProcs { pids: vec![std::process::id()] });
+    let me = Some(ServerProcs { pids: vec![std::process::id()], ..ServerProcs::default() });
     Target {
         api: format!("http://{}", up.control.api_addr),
         ws: up.gateway.ws_addr,
@@ -38,6 +40,7 @@ fn target(up: &Up) -> Target {
         gateways: me.clone(),
         servers: me,
         label: "smoke".into(),
+        auth: None,
     }
 }
 
@@ -75,6 +78,9 @@ fn every_scenario_at_a_tiny_size() {
     assert_eq!(figure(&r, "broadcast_received"), 60.0);
     assert_eq!(figure(&r, "broadcast_loss"), 0.0);
     assert!(r.figures.contains_key("gateway_rss_bytes_per_conn"));
+    assert!(r.figures.contains_key("server_rss_bytes_per_conn"));
+    assert!(r.figures.contains_key("leave_server_cpu_ms") && r.figures.contains_key("leave_settled_secs"));
+    assert_eq!(r.params["auth_signal"], "reply", "gochat-rs answers the auth frame");
 
     let p = FanoutParams { rooms: 3, members: 10, users: 12, messages: 30, rate: None, in_flight: 8 };
     let r = scenario::fanout("fanout", &t, &threads(), &p, true).unwrap();
@@ -95,6 +101,58 @@ fn every_scenario_at_a_tiny_size() {
     let md = gochat_bench::report::write(&[r], &dir).unwrap();
     assert!(md.contains("### private"));
     let _ = std::fs::remove_dir_all(dir);
+    rt.block_on(up.shutdown());
+}
+
+#[test]
+fn a_server_that_answers_no_auth_frame_is_probed() {
+    // gochat says nothing after the auth frame; the floor can be told to do the same.
+    let floor = Floor::start(false).unwrap();
+    let t = Target {
+        api: floor.api.clone(),
+        ws: floor.ws,
+        path: "/ws".into(),
+        gateways: Some(floor.sender.clone()),
+        servers: Some(floor.sender.clone()),
+        label: "silent".into(),
+        auth: None,
+    };
+    let p = FanoutParams { rooms: 3, members: 10, users: 5, messages: 30, rate: None, in_flight: 8 };
+    let r = scenario::fanout("fanout", &t, &processes(), &p, true).unwrap();
+    assert_eq!(r.params["auth_signal"], "probe");
+    assert_eq!(figure(&r, "connected"), 30.0);
+    assert_eq!((figure(&r, "deliveries"), figure(&r, "loss")), (300.0, 0.0));
+}
+
+#[test]
+fn targets_in_turn_and_their_figures_side_by_side() {
+    let (rt, up) = server(false);
+    let rs: NamedTarget =
+        format!("rs=http://{},{}", up.control.api_addr, up.gateway.ws_addr).parse().unwrap();
+    let floor: NamedTarget = "floor=floor".parse().unwrap();
+    let options =
+        TargetOptions { path: "/ws".into(), server_pids: vec![std::process::id()], ..Default::default() };
+    let p = FanoutParams { rooms: 2, members: 10, users: 4, messages: 20, rate: None, in_flight: 8 };
+    let mut results = Vec::new();
+    for _round in 0..2 {
+        for t in [&rs, &floor] {
+            let started = t.start(&options).unwrap();
+            let r = scenario::fanout("fanout", &started.target, &threads(), &p, true);
+            started.stop();
+            results.push(r.unwrap());
+        }
+    }
+    for r in &results {
+        assert_eq!(r.params["auth_signal"], "reply");
+        assert_eq!((figure(r, "deliveries"), figure(r, "loss")), (200.0, 0.0), "{}", r.label);
+        assert!(figure(r, "server_cpu_secs") >= 0.0);
+    }
+    assert!(results
+        .iter()
+        .filter(|r| r.label == "floor")
+        .all(|r| r.figures.contains_key("deliveries_per_gateway_cpu_s")));
+    let md = side_by_side(&["rs".into(), "floor".into()], &results);
+    assert!(md.contains("| deliveries | 200 (200–200) | 200 (200–200) | 1.00× |"), "{md}");
     rt.block_on(up.shutdown());
 }
 
