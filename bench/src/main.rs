@@ -548,5 +548,19 @@ mod tests {
             panic!("sequence options do not parse")
         };
         assert_eq!((gateway_ws.len(), server.gateways), (2, Some(2)));
+        let cli = super::Cli::try_parse_from([
+            "bench",
+            "--target",
+            "f=floor",
+            "--target",
+            "rs=spawn:epoll",
+            "--runs",
+            "3",
+            "fanout",
+        ])
+        .unwrap();
+        assert_eq!((cli.server.targets.len(), cli.server.runs), (2, 3));
+        let bad = super::Cli::try_parse_from(["bench", "--target", "nonsense", "fanout"]);
+        assert!(bad.is_err_and(|e| e.to_string().contains("NAME=API,WS")));
     }
 }
