@@ -87,13 +87,13 @@ extract_snapshot() {
     if git --git-dir="$snap" rev-parse --verify -q 'HEAD^{commit}' >/dev/null 2>&1; then
         local commit missing=() excludes=()
         commit=$(git --git-dir="$snap" rev-parse 'HEAD^{commit}')
-        # Every blob of HEAD's tree that the object store cannot produce.
+        # Every blob of HEAD's tree that the object store cannot produce ("OID missing").
+        local blobs
+        blobs=$(git --git-dir="$snap" ls-tree -r -z HEAD |
+            awk -v RS='\0' -F'\t' '{ split($1, m, " "); if (m[2] == "blob") print m[3] "\t" $2 }')
         mapfile -t missing < <(
-            git --git-dir="$snap" ls-tree -r -z HEAD |
-                awk -v RS='\0' -F'\t' '{ split($1, m, " "); if (m[2] == "blob") print m[3] "\t" $2 }' |
-                while IFS=$'\t' read -r oid path; do
-                    git --git-dir="$snap" cat-file -e "$oid" 2>/dev/null || printf '%s\n' "$path"
-                done
+            paste <(cut -f1 <<<"$blobs" | git --git-dir="$snap" cat-file --batch-check) \
+                <(cut -f2- <<<"$blobs") | awk -F'\t' '$1 ~ / missing$/ { print $2 }'
         )
         local p
         for p in "${missing[@]}"; do
