@@ -35,7 +35,8 @@ usage: $SELF COMMAND [ARGS]
                      into \$GOCHAT_PEER_BUILD (default: target/peers/gochat)
   start              start a fresh gochat (Redis, etcd, logic, connect_websocket, connect_tcp,
                      task, api) in \$GOCHAT_PEER_RUN (default: /tmp/gochat-peer); must run in a
-                     network namespace with only lo (see 'run'); prints api=, ws=, pids= lines
+                     network namespace with only lo (see 'run'); prints api=, ws=, pids=,
+                     gateway_pids= lines
   stop               stop every process 'start' started
   check              smoke test of a started gochat: register, WebSocket auth, room push (op 3),
                      count (op 4), private push (op 2)
@@ -386,10 +387,12 @@ cmd_start() {
     launch api "${env[@]}" "$bin" -module api
     wait_ready api "$LAST_PID" "answering HTTP on $API_PORT" api_answers
 
-    local pids
+    local pids gateway
     pids=$(awk '{print $2}' "$RUN_DIR/pids" | paste -sd,)
-    printf 'api=http://127.0.0.1:%s\nws=127.0.0.1:%s\npids=%s\n' "$API_PORT" "$WS_PORT" "$pids" |
-        tee "$RUN_DIR/endpoints"
+    # The process holding the WebSocket connections: what the bench calls the gateway.
+    gateway=$(awk '$1 == "connect_websocket" {print $2}' "$RUN_DIR/pids")
+    printf 'api=http://127.0.0.1:%s\nws=127.0.0.1:%s\npids=%s\ngateway_pids=%s\n' \
+        "$API_PORT" "$WS_PORT" "$pids" "$gateway" | tee "$RUN_DIR/endpoints"
     trap - EXIT
 }
 

@@ -56,14 +56,21 @@ impl Api {
             let (api, gate, name) = (self.clone(), gate.clone(), format!("{prefix}{i}"));
             tasks.push(tokio::spawn(async move {
                 let _permit = gate.acquire().await;
-                let creds = json!({"userName": name, "passWord": "bench-password"});
-                let token = match api.call("/user/register", creds.clone()).await {
-                    Ok(t) => t,
-                    Err(_) => api.call("/user/login", creds).await?,
-                };
-                let token = token.as_str().context("token is a string")?.to_string();
-                let me = api.call("/user/checkAuth", json!({"authToken": token})).await?;
-                Ok::<_, anyhow::Error>(User { id: me["userId"].as_u64().context("userId")?, token })
+                // A server may fail a few of many concurrent logins (gochat's session store
+                // does): tried again, as a user would.
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match api.user(&name).await {
+                        Err(e) if tries < 4 => {
+                            tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                            if tries == 1 {
+                                eprintln!("user {name}: {e:#}; trying again");
+                            }
+                        }
+                        done => return done,
+                    }
+                }
             }));
         }
         let mut users = Vec::with_capacity(n);
@@ -71,6 +78,18 @@ impl Api {
             users.push(t.await??);
         }
         Ok(users)
+    }
+
+    /// Registers `name` (or logs it in, when it exists) and finds its id.
+    async fn user(&self, name: &str) -> anyhow::Result<User> {
+        let creds = json!({"userName": name, "passWord": "bench-password"});
+        let token = match self.call("/user/register", creds.clone()).await {
+            Ok(t) => t,
+            Err(_) => self.call("/user/login", creds).await?,
+        };
+        let token = token.as_str().context("token is a string")?.to_string();
+        let me = self.call("/user/checkAuth", json!({"authToken": token})).await?;
+        Ok(User { id: me["userId"].as_u64().context("userId")?, token })
     }
 
     pub async fn push_room(&self, token: &str, room: u64, msg: &str) -> anyhow::Result<()> {
