@@ -207,6 +207,7 @@ pub fn connections(
     r.figure("connect_rate_per_s", (n as f64 / connect_secs).round());
     percentiles(&mut r, "connect", &connected.connect);
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     std::thread::sleep(Duration::from_millis(500));
     let loaded = target.sample();
     if target.gateways.is_some() {
@@ -295,6 +296,7 @@ pub fn fanout(
         .collect();
     let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     r.figure("connected", connected.counts.connected);
     let members_connected = connected.counts.connected as f64 / p.rooms as f64;
     let before = target.sample();
@@ -368,6 +370,7 @@ pub fn private(
     let conns = users.iter().map(|u| ConnSpec { token: u.token.clone(), room: 1 }).collect();
     let (mut fleets, connected, _) = connect_all(target, conns, client, quiet)?;
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     let start_totals = fleets.totals()?;
     let started = Instant::now();
     let users = Arc::new(users);
