@@ -164,7 +164,7 @@ fn relay(id: u64, peer: &str, stream: TcpStream, exe: &Path, sources: &Sources) 
     let ending = Arc::new(AtomicBool::new(false));
     let up = {
         let (writer, ending) = (writer.clone(), ending.clone());
-        std::thread::spawn(move || {
+        std::thread::Builder::new().name(format!("fleet-{id}-up")).spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(mut line) = line else { break };
                 line.push('\n');
@@ -177,6 +177,14 @@ fn relay(id: u64, peer: &str, stream: TcpStream, exe: &Path, sources: &Sources) 
             }
             died
         })
+    };
+    let up = match up {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(refuse(&writer, format!("the agent has no thread for the fleet: {e}")));
+        }
     };
 
     // Coordinator → worker.
