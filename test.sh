@@ -22,14 +22,16 @@ fi
 .ci/postgres.test.sh
 .ci/postgres.sh
 
-# etcd (discovery tests and the local cluster start their own) and protoc (the etcd client's
-# build needs it; the default build, without the etcd feature, does not).
+# etcd (discovery tests and the local cluster start their own), protoc (the etcd client's
+# build needs it; the default build, without the etcd feature, does not), and ip (the bench's
+# agents test makes network namespaces).
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]})); then
     apt-get update -qq && apt-get install -y -qq "${missing[@]}"
 fi

@@ -5,6 +5,8 @@
 //! - [`engine`]: a fleet of connections on one thread — small tasks, one scratch buffer.
 //! - [`worker`]: fleets on threads or in `bench worker` processes (20k descriptors a process).
 //! - [`fleets`]: a run's connections split over fleets and source addresses, counters summed.
+//! - [`agent`]: `bench agent`, which runs fleets in worker processes for a coordinator on
+//!   another machine (load from several machines).
 //! - [`api`]: gochat's REST API for users in bulk and pushes at a rate.
 //! - [`server`]: the server's processes (memory, CPU by pid or port), kernel slab, and a local
 //!   gochat-rs cluster the bench can start per driver.
@@ -18,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod echo;
 pub mod engine;

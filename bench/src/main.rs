@@ -23,6 +23,9 @@ use gochat_bench::{report, sequence, worker};
 /// With --target (repeatable) one scenario runs against several servers in turn — running ones,
 /// spawned clusters, a peer started by a script (gochat: bench/peers/gochat.sh), the floor — and
 /// --runs N repeats the round, then prints each figure side by side: medians, ranges, ratios.
+///
+/// Load from several machines: run `bench agent --listen ADDR` on each load host and give the
+/// coordinator --agents ADDR,ADDR…; the WebSocket clients then run there, the REST calls here.
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -84,6 +87,11 @@ struct ServerArgs {
     /// connections.
     #[arg(long, global = true, default_value_t = 1)]
     procs: usize,
+    /// Run the WebSocket clients on these agents (`bench agent` on other machines, host:port)
+    /// instead of here: the client processes are spread over them round-robin, one each at
+    /// least. --ws must be reachable from them; users and pushes still go from here.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "ADDR")]
+    agents: Vec<String>,
     /// Handshakes in flight per client process.
     #[arg(long, global = true, default_value_t = 256)]
     connect_concurrency: usize,
@@ -235,6 +243,19 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         storm: usize,
     },
+    /// Serve client processes to coordinators on other machines (`bench --agents`), for load
+    /// from several machines: each coordinator connection runs one `bench worker` process here.
+    /// No authentication: listen only on a private benchmark network.
+    Agent {
+        /// Address to take coordinators on, e.g. 10.0.0.5:7100 (a private network's).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Source addresses for the clients' connections, one per client process in turn when
+        /// the coordinator names none: each address reaches ~28k connections to one server
+        /// address (the ephemeral ports), so more need several.
+        #[arg(long, value_delimiter = ',', value_name = "IP[,IP…]")]
+        source: Vec<std::net::Ipv4Addr>,
+    },
     /// (internal) A client worker process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
@@ -259,8 +280,13 @@ fn main() -> anyhow::Result<()> {
     // Sockets are files: take the hard limit (the result records what it came to).
     let _ = gochat_runtime::os::raise_open_files_limit();
     let cli = Cli::parse();
+    if !cli.server.agents.is_empty() && matches!(cli.command, Command::Echo { .. } | Command::Sequence { .. })
+    {
+        bail!("--agents: echo and sequence run their clients in this process only");
+    }
     match cli.command {
         Command::Worker => worker::worker_main(),
+        Command::Agent { listen, source } => gochat_bench::agent::serve(listen, source),
         Command::EchoServer { listen, threads } => echo::serve_baseline(listen, cores(threads)),
         Command::Report { inputs, to } => {
             let results = load_results(&inputs)?;
@@ -308,6 +334,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         exe: std::env::current_exe().context("own executable")?,
         connect_concurrency: args.connect_concurrency,
         kind: ClientKind { binary: args.protocol == Protocol::Binary, acks: args.acks },
+        agents: args.agents.clone(),
     };
     let connections = match command {
         Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
@@ -495,7 +522,11 @@ fn scenario_run(
             };
             echo::run(target.ws, path, &target.label, &p)
         }
-        Command::Report { .. } | Command::Worker | Command::EchoServer { .. } | Command::Sequence { .. } => {
+        Command::Report { .. }
+        | Command::Worker
+        | Command::Agent { .. }
+        | Command::EchoServer { .. }
+        | Command::Sequence { .. } => {
             unreachable!("handled in main")
         }
     }

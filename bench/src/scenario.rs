@@ -71,7 +71,8 @@ fn users(api: &Api, n: usize, quiet: bool) -> anyhow::Result<Vec<User>> {
 /// Whether the server answers an auth frame with op 7: one connection, given up to 3 s. A
 /// server that keeps the connection open and says nothing (gochat) gets probes instead.
 fn detect_auth(target: &Target, conn: &ConnSpec, client: &ClientOpts) -> anyhow::Result<AuthSignal> {
-    let one = ClientOpts { procs: 0, ..client.clone() };
+    // On a thread here, wherever the run's fleets go.
+    let one = ClientOpts { procs: 0, agents: Vec::new(), ..client.clone() };
     let mut fleet = Fleets::start(target.ws, &target.path, vec![conn.clone()], &one, AuthSignal::Reply)?;
     let (t, _) = fleet.wait(
         Duration::from_secs(3),
@@ -299,6 +300,7 @@ pub fn connections(
     r.figure("connect_rate_per_s", (n as f64 / connect_secs).round());
     percentiles(&mut r, "connect", &connected.connect);
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     std::thread::sleep(Duration::from_millis(500));
     let loaded = target.sample();
     if target.gateways.is_some() {
@@ -430,6 +432,7 @@ pub fn fanout(
         .collect();
     let Connected { mut fleets, totals: connected, .. } = connect_all(&mut r, target, conns, client, quiet)?;
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     r.figure("connected", connected.counts.connected);
     let members_connected = connected.counts.connected as f64 / p.rooms as f64;
     let before = target.sample();
@@ -503,6 +506,7 @@ pub fn private(
     let conns = users.iter().map(|u| ConnSpec { token: u.token.clone(), room: 1 }).collect();
     let Connected { mut fleets, totals: connected, .. } = connect_all(&mut r, target, conns, client, quiet)?;
     failures(&mut r, &connected);
+    client.record_agents(&mut r, &connected);
     let start_totals = fleets.totals()?;
     let started = Instant::now();
     let users = Arc::new(users);

@@ -50,6 +50,7 @@ fn threads() -> ClientOpts {
         exe: env!("CARGO_BIN_EXE_bench").into(),
         connect_concurrency: 16,
         kind: Default::default(),
+        agents: Vec::new(),
     }
 }
 

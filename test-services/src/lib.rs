@@ -1,9 +1,9 @@
 //! The services some tests need beyond their own process, which `./test.sh` provides: Redis,
-//! PostgreSQL, and the `etcd` and `redis-server` programs. A plain `cargo test` on a machine
-//! without them runs every other test, and each test that needs a missing one says so on stderr
-//! and passes without running; under CI (`CI` set) a missing service fails the test instead, as
-//! a CI that skips tests is a defect. Used by the end-to-end tests (tests/e2e/), control's and
-//! the queue's.
+//! PostgreSQL, the `etcd` and `redis-server` programs, and root with `ip` for network
+//! namespaces. A plain `cargo test` on a machine without them runs every other test, and each
+//! test that needs a missing one says so on stderr and passes without running; under CI (`CI`
+//! set) a missing service fails the test instead, as a CI that skips tests is a defect. Used by
+//! the end-to-end tests (tests/e2e/), control's, the queue's and the bench's agents test.
 #![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
@@ -21,6 +21,8 @@ pub enum Service {
     Etcd,
     /// The `redis-server` program, which the test starts itself.
     RedisServer,
+    /// Root and the `ip` program (iproute2), to make network namespaces of the test's own.
+    NetworkNamespaces,
 }
 
 /// The Redis the tests use: `REDIS_URL`, default redis://127.0.0.1:6379.
@@ -72,17 +74,34 @@ impl Service {
                 (format!("the {bin:?} program (ETCD_BIN)"), runs(&bin))
             }
             Self::RedisServer => ("the \"redis-server\" program".into(), runs("redis-server")),
+            Self::NetworkNamespaces => {
+                let found =
+                    if effective_uid() == Some(0) { runs_with("ip", "-V") } else { Err("not root".into()) };
+                ("root and the \"ip\" program, for network namespaces".into(), found)
+            }
         }
     }
 }
 
 /// Whether `program --version` runs.
 fn runs(program: &str) -> Result<(), String> {
-    match Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    runs_with(program, "--version")
+}
+
+/// Whether `program arg` runs.
+fn runs_with(program: &str, arg: &str) -> Result<(), String> {
+    match Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("{program} --version: {status}")),
+        Ok(status) => Err(format!("{program} {arg}: {status}")),
         Err(e) => Err(format!("{program}: {e}")),
     }
+}
+
+/// This process's effective user id, from `/proc/self/status`.
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A URL without the password it may hold, to print.
@@ -123,6 +142,7 @@ pub fn present_for(part: &str, services: &[Service]) -> bool {
                 Service::Redis | Service::Postgres => "start one",
                 Service::Etcd => "install it, Debian's etcd-server",
                 Service::RedisServer => "install it, Debian's redis-server",
+                Service::NetworkNamespaces => "run it as root, with Debian's iproute2",
             };
             let line = format!("skipped: {test} needs {what} ({remedy}, or run ./test.sh): {why}\n");
             // Straight to stderr, not through the test harness's capture of a passing test.
