@@ -375,6 +375,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         },
     };
     let mut results = Vec::new();
+    let mut baseline = None;
     for round in 1..=args.runs.max(1) {
         for t in &targets {
             if args.runs > 1 {
@@ -399,20 +400,28 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
             result.param("round", round);
             results.push(finish(result, args, connections)?);
         }
+        if let Command::Echo { baseline: true, .. } = command {
+            // The baseline server lives in this process from its first round on.
+            let ws = match baseline {
+                Some(addr) => addr,
+                None => *baseline.insert(echo::spawn_baseline(cores(0))?),
+            };
+            let target = Target {
+                api: String::new(),
+                ws,
+                path: String::new(),
+                gateways: None,
+                servers: None,
+                label: BASELINE.into(),
+                auth: None,
+            };
+            let mut result = scenario_run(&target, &client, command, args.quiet)?;
+            result.param("round", round);
+            results.push(finish(result, args, connections)?);
+        }
     }
-    if let Command::Echo { baseline: true, .. } = command {
-        let addr = echo::spawn_baseline(cores(0))?;
-        let baseline = Target {
-            api: String::new(),
-            ws: addr,
-            path: String::new(),
-            gateways: None,
-            servers: None,
-            label: "fastwebsockets-tokio".into(),
-            auth: None,
-        };
-        results.push(finish(scenario_run(&baseline, &client, command, args.quiet)?, args, connections)?);
-        names.push(baseline.label);
+    if baseline.is_some() {
+        names.push(BASELINE.into());
     }
     if results.is_empty() {
         bail!("no run completed");
@@ -432,6 +441,9 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What the echo baseline's results are called.
+const BASELINE: &str = "fastwebsockets-tokio";
 
 /// Stamps a run's client settings, prints it and saves it.
 fn finish(mut r: RunResult, args: &ServerArgs, connections: usize) -> anyhow::Result<RunResult> {
