@@ -465,15 +465,20 @@ pub fn fanout(
     r.figure("loss", expected.saturating_sub(delivered));
     r.figure("deliveries_per_s", (delivered as f64 / wall).round());
     r.figure("frames_per_s", ((got.counts.frames() - start_totals.counts.frames()) as f64 / wall).round());
+    // CPU time comes in 10 ms ticks: under 0.1 s a ratio would be mostly rounding.
+    let per_cpu = |r: &mut RunResult, what: &str, cpu: f64| {
+        r.figure(&format!("{what}_cpu_secs"), (cpu * 100.0).round() / 100.0);
+        if cpu >= 0.1 {
+            r.figure(&format!("deliveries_per_{what}_cpu_s"), (delivered as f64 / cpu).round());
+        } else {
+            r.notes.push(format!("{what} CPU {cpu:.2} s: too little to divide by (push more messages)"));
+        }
+    };
     if target.gateways.is_some() {
-        let gateway_cpu = after.0.cpu_secs - before.0.cpu_secs;
-        r.figure("gateway_cpu_secs", (gateway_cpu * 100.0).round() / 100.0);
-        r.figure("deliveries_per_gateway_cpu_s", (delivered as f64 / gateway_cpu.max(1e-9)).round());
+        per_cpu(&mut r, "gateway", after.0.cpu_secs - before.0.cpu_secs);
     }
     if target.servers.is_some() {
-        let cpu = after.1.cpu_secs - before.1.cpu_secs;
-        r.figure("server_cpu_secs", (cpu * 100.0).round() / 100.0);
-        r.figure("deliveries_per_server_cpu_s", (delivered as f64 / cpu.max(1e-9)).round());
+        per_cpu(&mut r, "server", after.1.cpu_secs - before.1.cpu_secs);
     }
     percentiles(&mut r, "latency", &got.latency);
     client_notes(&mut r, &start_totals, &got, wall);

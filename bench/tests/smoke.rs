@@ -148,10 +148,11 @@ fn targets_in_turn_and_their_figures_side_by_side() {
         assert_eq!((figure(r, "deliveries"), figure(r, "loss")), (200.0, 0.0), "{}", r.label);
         assert!(figure(r, "server_cpu_secs") >= 0.0);
     }
+    // The floor's sender thread is measured (too briefly here for a per-CPU figure).
     assert!(results
         .iter()
         .filter(|r| r.label == "floor")
-        .all(|r| r.figures.contains_key("deliveries_per_gateway_cpu_s")));
+        .all(|r| r.figures.contains_key("gateway_cpu_secs")));
     let md = side_by_side(&["rs".into(), "floor".into()], &results);
     assert!(md.contains("| deliveries | 200 (200–200) | 200 (200–200) | 1.00× |"), "{md}");
     rt.block_on(up.shutdown());
