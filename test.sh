@@ -78,6 +78,10 @@ for m in map(json.loads, sys.stdin):
 .ci/drivers.test.sh
 drivers=$(.ci/drivers.sh target/debug/gochat --driver io_uring --check)
 
+# The benchmark peer's recipe, without gochat itself (its refusals, and the network namespace
+# `run` makes and removes); bench/peers/README.md has the full run.
+bench/peers/gochat.test.sh
+
 # The deploy files, offline: systemd units and sysctl settings, the Kubernetes base and overlays
 # against the Kubernetes schemas, the compose file against the compose schema (tests/deploy/).
 tests/deploy/validate.sh target/debug/gochat
