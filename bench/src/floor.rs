@@ -25,8 +25,10 @@ use crate::server::ServerProcs;
 enum Send {
     /// A member socket, authenticated into a room.
     Join(u64, std::net::TcpStream),
-    /// A frame (built once) for every member of a room.
-    Room(u64, Arc<[u8]>),
+    /// A frame (built once) for every member of a room; told when it is written, so that a push
+    /// is answered once delivered to the kernel (a floor that queued without bound would take
+    /// pushes faster than it sends them).
+    Room(u64, Arc<[u8]>, tokio::sync::oneshot::Sender<()>),
 }
 
 /// A running floor server; stopped when dropped.
@@ -121,11 +123,12 @@ fn send_loop(rx: mpsc::Receiver<Send>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Send::Join(room, stream) => rooms.entry(room).or_default().push(stream),
-            Send::Room(room, frame) => {
+            Send::Room(room, frame, written) => {
                 if let Some(members) = rooms.get_mut(&room) {
                     // One write per delivery; a member that is gone is dropped.
                     members.retain_mut(|s| s.write_all(&frame).is_ok());
                 }
+                let _ = written.send(());
             }
         }
     }
@@ -229,7 +232,10 @@ async fn serve_http(
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        let answer = route(&path, &body, users, sender);
+        let (answer, written) = route(&path, &body, users, sender);
+        if let Some(written) = written {
+            let _ = written.await;
+        }
         buf.drain(..used);
         let body = answer.to_string();
         let head = format!(
@@ -259,29 +265,42 @@ fn http_request(buf: &[u8]) -> anyhow::Result<Option<(String, Vec<u8>, usize)>> 
     Ok(Some((path, buf[end + 4..total].to_vec(), total)))
 }
 
-/// gochat's envelope for `path`.
-fn route(path: &str, body: &[u8], users: &Mutex<Users>, sender: &Mutex<mpsc::Sender<Send>>) -> Value {
+/// A push's frame written to every member, awaited before the push is answered.
+type Written = tokio::sync::oneshot::Receiver<()>;
+
+/// gochat's envelope for `path`, and for a push what to wait for before answering.
+fn route(
+    path: &str,
+    body: &[u8],
+    users: &Mutex<Users>,
+    sender: &Mutex<mpsc::Sender<Send>>,
+) -> (Value, Option<Written>) {
     let ok = |data: Value| json!({"code": 0, "message": "", "data": data});
     let fail = |message: &str| json!({"code": 1, "message": message, "data": null});
-    let Ok(body) = serde_json::from_slice::<Value>(body) else { return fail("body is not JSON") };
+    let Ok(body) = serde_json::from_slice::<Value>(body) else { return (fail("body is not JSON"), None) };
+    let push = |room: u64, frame: Vec<u8>| {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let _ = sender.lock().expect("sender lock").send(Send::Room(room, frame.into(), done));
+        (ok(json!("")), Some(written))
+    };
     let token_user = user_of(body["authToken"].as_str().unwrap_or_default());
     let room = body["roomId"].as_u64();
     match (path, token_user, room) {
         ("/user/register" | "/user/login", _, _) => {
-            let Some(name) = body["userName"].as_str() else { return fail("no userName") };
+            let Some(name) = body["userName"].as_str() else { return (fail("no userName"), None) };
             let mut users = users.lock().expect("users lock");
             let next = users.names.len() as u64 + 1;
             let id = *users.ids.entry(name.to_string()).or_insert(next);
             if id == next {
                 users.names.push(name.to_string());
             }
-            ok(json!(format!("floor:{id}")))
+            (ok(json!(format!("floor:{id}"))), None)
         }
         ("/user/checkAuth", Some(id), _) => {
             let users = users.lock().expect("users lock");
             match (id as usize).checked_sub(1).and_then(|i| users.names.get(i)) {
-                Some(name) => ok(json!({"userId": id, "userName": name})),
-                None => json!({"code": 40000, "message": "Session error", "data": null}),
+                Some(name) => (ok(json!({"userId": id, "userName": name})), None),
+                None => (session_error(), None),
             }
         }
         ("/push/pushRoom", Some(from), Some(room)) => {
@@ -291,20 +310,18 @@ fn route(path: &str, body: &[u8], users: &Mutex<Users>, sender: &Mutex<mpsc::Sen
                 "toUserId": 0, "toUserName": "", "roomId": room, "op": 3,
                 "createTime": "2026-01-01 00:00:00", "msgId": "1000000000000", "seq": 1, "epoch": "0123456789abcdef",
             });
-            let frame: Arc<[u8]> = text_frame(&message.to_string()).into();
-            let _ = sender.lock().expect("sender lock").send(Send::Room(room, frame));
-            ok(json!(""))
+            push(room, text_frame(&message.to_string()))
         }
         ("/push/count", Some(_), Some(room)) => {
-            let frame: Arc<[u8]> = text_frame(&json!({"count": 0, "op": 4}).to_string()).into();
-            let _ = sender.lock().expect("sender lock").send(Send::Room(room, frame));
-            ok(json!(""))
+            push(room, text_frame(&json!({"count": 0, "op": 4}).to_string()))
         }
-        ("/push/pushRoom" | "/push/count" | "/user/checkAuth", None, _) => {
-            json!({"code": 40000, "message": "Session error", "data": null})
-        }
-        _ => fail("the floor serves users, /push/pushRoom and /push/count only"),
+        ("/push/pushRoom" | "/push/count" | "/user/checkAuth", None, _) => (session_error(), None),
+        _ => (fail("the floor serves users, /push/pushRoom and /push/count only"), None),
     }
+}
+
+fn session_error() -> Value {
+    json!({"code": 40000, "message": "Session error", "data": null})
 }
 
 #[cfg(test)]
@@ -333,15 +350,24 @@ mod tests {
 
     #[test]
     fn users_get_tokens_and_bad_calls_a_clear_error() {
-        let (users, (tx, _rx)) = (Mutex::new(Users::default()), mpsc::channel());
+        let (users, (tx, rx)) = (Mutex::new(Users::default()), mpsc::channel());
         let sender = Mutex::new(tx);
-        let token = route("/user/register", br#"{"userName":"a","passWord":"p"}"#, &users, &sender);
-        assert_eq!(token["data"], "floor:1");
-        let again = route("/user/login", br#"{"userName":"a","passWord":"p"}"#, &users, &sender);
-        assert_eq!(again["data"], "floor:1");
-        let me = route("/user/checkAuth", br#"{"authToken":"floor:1"}"#, &users, &sender);
-        assert_eq!(me["data"]["userId"], 1);
-        assert_eq!(route("/push/pushRoom", br#"{"roomId":1}"#, &users, &sender)["code"], 40000);
-        assert_eq!(route("/user/login", b"not json", &users, &sender)["code"], 1);
+        let call = |path: &str, body: &[u8]| route(path, body, &users, &sender).0;
+        assert_eq!(call("/user/register", br#"{"userName":"a","passWord":"p"}"#)["data"], "floor:1");
+        assert_eq!(call("/user/login", br#"{"userName":"a","passWord":"p"}"#)["data"], "floor:1");
+        assert_eq!(call("/user/checkAuth", br#"{"authToken":"floor:1"}"#)["data"]["userId"], 1);
+        assert_eq!(call("/user/checkAuth", br#"{"authToken":"floor:0"}"#)["code"], 40000);
+        assert_eq!(call("/push/pushRoom", br#"{"roomId":1}"#)["code"], 40000);
+        assert_eq!(call("/user/login", b"not json")["code"], 1);
+        // A push is answered once the sender has written it.
+        let (answer, written) =
+            route("/push/pushRoom", br#"{"authToken":"floor:1","roomId":1,"msg":"m"}"#, &users, &sender);
+        assert_eq!(answer["code"], 0);
+        let Ok(Send::Room(1, frame, done)) = rx.try_recv() else { panic!("no frame for the sender") };
+        assert!(String::from_utf8_lossy(&frame).contains(r#""op":3"#));
+        let mut written = written.expect("a push waits for its write");
+        assert!(written.try_recv().is_err(), "answered before it was written");
+        done.send(()).unwrap();
+        assert!(written.try_recv().is_ok());
     }
 }
