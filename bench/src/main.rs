@@ -212,6 +212,10 @@ enum Command {
         /// Where report.md and the charts go.
         #[arg(long, default_value = "bench-report")]
         to: PathBuf,
+        /// Print the results side by side instead (as `--target … --runs N` does: medians,
+        /// ranges, ratios to the first label and to the floor), labels in order of appearance.
+        #[arg(long)]
+        side_by_side: bool,
     },
     /// A numbered message stream into one room while nodes fail (kill them meanwhile, e.g. with
     /// `gochat cluster --faults`): per receiver, messages lost while connected, missed while
@@ -288,7 +292,22 @@ fn main() -> anyhow::Result<()> {
         Command::Worker => worker::worker_main(),
         Command::Agent { listen, source } => gochat_bench::agent::serve(listen, source),
         Command::EchoServer { listen, threads } => echo::serve_baseline(listen, cores(threads)),
-        Command::Report { inputs, to } => {
+        Command::Report { inputs, side_by_side: true, .. } => {
+            let mut results = load_results(&inputs)?;
+            results.sort_by(|a, b| a.started_at.cmp(&b.started_at));
+            let mut names: Vec<String> = Vec::new();
+            for r in &results {
+                if !names.contains(&r.label) {
+                    names.push(r.label.clone());
+                }
+            }
+            if results.iter().any(|r| r.scenario != results[0].scenario) {
+                bail!("--side-by-side takes the runs of one scenario");
+            }
+            println!("{}", targets::side_by_side(&names, &results));
+            Ok(())
+        }
+        Command::Report { inputs, to, .. } => {
             let results = load_results(&inputs)?;
             let md = report::write(&results, &to)?;
             println!("{md}");

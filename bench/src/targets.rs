@@ -316,6 +316,59 @@ pub fn side_by_side(names: &[String], results: &[RunResult]) -> String {
         }
         md += "\n";
     }
+    md + &against_the_floor(names, results)
+}
+
+/// Each target's deliveries per CPU-second over the floor's of the same round, as median (min–max)
+/// of the rounds: what a machine of another day keeps. Empty without a floor among `results`.
+fn against_the_floor(names: &[String], results: &[RunResult]) -> String {
+    let is_floor = |r: &RunResult| r.params.get("target").and_then(|t| t.as_str()) == Some("Floor");
+    let Some(floor) = results.iter().find(|r| is_floor(r)).map(|r| r.label.clone()) else {
+        return String::new();
+    };
+    let round = |r: &RunResult| r.params.get("round").and_then(|v| v.as_u64());
+    let mut md =
+        format!("\nEach round's figure over the floor's (`{floor}`) in the same round:\n\n| figure |");
+    let others: Vec<&String> = names.iter().filter(|n| **n != floor).collect();
+    for n in &others {
+        md += &format!(" {n} / {floor} |");
+    }
+    md += "\n|---|";
+    md += &"---:|".repeat(others.len());
+    md += "\n";
+    let mut rows = 0;
+    for key in ["deliveries_per_gateway_cpu_s", "deliveries_per_server_cpu_s"] {
+        let value = |label: &str, at: Option<u64>| {
+            results.iter().find(|r| r.label == label && round(r) == at)?.figures.get(key)?.as_f64()
+        };
+        let cells: Vec<Option<Spread>> = others
+            .iter()
+            .map(|n| {
+                let ratios: Vec<f64> = results
+                    .iter()
+                    .filter(|r| &&r.label == n)
+                    .filter_map(|r| Some(r.figures.get(key)?.as_f64()? / value(&floor, round(r))?))
+                    .collect();
+                Spread::of(&ratios)
+            })
+            .collect();
+        if cells.iter().all(Option::is_none) {
+            continue;
+        }
+        rows += 1;
+        md += &format!("| {key} |");
+        for c in cells {
+            md += &match c {
+                Some(s) if s.runs > 1 => format!(" {:.2}× ({:.2}–{:.2}) |", s.median, s.min, s.max),
+                Some(s) => format!(" {:.2}× |", s.median),
+                None => " — |".into(),
+            };
+        }
+        md += "\n";
+    }
+    if rows == 0 {
+        return String::new();
+    }
     md
 }
 
@@ -405,5 +458,28 @@ mod tests {
         ];
         let md = side_by_side(&["a".into(), "b".into()], &results);
         assert!(md.contains("| deliveries_per_s | 200 (100–300) | 60 (50–70) | 0.30× |"), "{md}");
+        assert!(!md.contains("over the floor"), "no floor, no ratios to it: {md}");
+    }
+
+    #[test]
+    fn figures_over_the_floor_are_taken_round_by_round() {
+        let run = |label: &str, round: u64, v: f64| {
+            let mut r = RunResult::new("fanout", label);
+            r.param("round", round);
+            r.param("target", if label == "f" { "Floor" } else { "Spawn" });
+            r.figure("deliveries_per_gateway_cpu_s", v);
+            r
+        };
+        // The machine halves its speed in round 2: every figure with it, the ratios not.
+        let results = [
+            run("a", 1, 400.0),
+            run("f", 1, 100.0),
+            run("a", 2, 200.0),
+            run("f", 2, 50.0),
+            run("a", 3, 330.0),
+            run("f", 3, 100.0),
+        ];
+        let md = side_by_side(&["a".into(), "f".into()], &results);
+        assert!(md.contains("| deliveries_per_gateway_cpu_s | 4.00× (3.30–4.00) |"), "{md}");
     }
 }
