@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use gochat::roles::Up;
 use gochat_bench::agent::Refusal;
 use gochat_bench::engine::{ClientKind, ConnSpec, FleetSpec, Snapshot};
@@ -76,19 +78,7 @@ impl Drop for Net {
 /// `gochat up` in this process: the gateway's WebSocket listener on `ws_ip`, the rest (REST
 /// API, gRPC) on loopback, for this process only.
 fn server(rt: &tokio::runtime::Runtime, ws_ip: Ipv4Addr) -> Up {
-    let mut cfg = gochat::Config::default();
-    let any = "127.0.0.1:0".parse().unwrap();
-    cfg.control.api_listen = any;
-    cfg.control.site_listen = None;
-    cfg.control.grpc_listen = any;
-    cfg.control.database = "sqlite::memory:".into();
-    // Bench users come from one address, and post to rooms over REST only.
-    cfg.control = cfg.control.without_rate_limits();
-    cfg.control.open_rooms = true;
-    cfg.gateway.ws_listen = SocketAddr::from((ws_ip, 0));
-    cfg.gateway.tcp_listen = None;
-    cfg.gateway.grpc_listen = any;
-    cfg.gateway.shards = 2;
+    let cfg = common::bench_config(SocketAddr::from((ws_ip, 0)));
     rt.block_on(Up::start(cfg)).unwrap()
 }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use gochat::roles::Up;
 use gochat_bench::fleets::ClientOpts;
 use gochat_bench::floor::Floor;
@@ -13,19 +15,7 @@ use gochat_bench::targets::{side_by_side, NamedTarget, TargetOptions};
 /// `gochat up` in this process on free ports; `echo` turns on the gateway's echo endpoint.
 fn server(echo: bool) -> (tokio::runtime::Runtime, Up) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut cfg = gochat::Config::default();
-    let any = "127.0.0.1:0".parse().unwrap();
-    cfg.control.api_listen = any;
-    cfg.control.site_listen = None;
-    cfg.control.grpc_listen = any;
-    cfg.control.database = "sqlite::memory:".into();
-    // Bench users come from one address, and post to rooms over REST only.
-    cfg.control = cfg.control.without_rate_limits();
-    cfg.control.open_rooms = true;
-    cfg.gateway.ws_listen = any;
-    cfg.gateway.tcp_listen = None;
-    cfg.gateway.grpc_listen = any;
-    cfg.gateway.shards = 2;
+    let mut cfg = common::bench_config("127.0.0.1:0".parse().unwrap());
     cfg.gateway.ws_echo_path = echo.then(|| "/echo".into());
     let up = rt.block_on(Up::start(cfg)).unwrap();
     (rt, up)
