@@ -23,8 +23,8 @@ expect() {
 }
 
 export GOCHAT_PEER_BUILD=$tmp/build GOCHAT_PEER_RUN=$tmp/run
-expect 1 "usage" "$script"
-expect 1 "usage" "$script" frobnicate
+expect 2 "usage" "$script"
+expect 2 "unknown command" "$script" frobnicate
 expect 1 "not a git directory|no such|does not exist|not found" "$script" build "$tmp/nothing-here"
 expect 0 "" "$script" stop
 if [[ $(ip -o link | wc -l) -gt 1 ]]; then
