@@ -62,7 +62,7 @@ impl Floor {
         })?;
         let (pid, tid) = tid_rx.recv().context("floor sender thread")??;
         let users = Arc::new(Mutex::new(Users::default()));
-        let to_sender = Arc::new(Mutex::new(to_sender));
+        // `mpsc::Sender` is Clone and Sync: every task holds a clone of its own.
         let sender = to_sender.clone();
         runtime.spawn(async move {
             while let Ok((stream, _)) = api_listener.accept().await {
@@ -77,7 +77,7 @@ impl Floor {
                 let sender = to_sender.clone();
                 tokio::spawn(async move {
                     if let Ok((room, stream)) = join(stream, answer_auth).await {
-                        let _ = sender.lock().expect("sender lock").send(Send::Join(room, stream));
+                        let _ = sender.send(Send::Join(room, stream));
                     }
                 });
             }
@@ -216,7 +216,7 @@ fn user_of(token: &str) -> Option<u64> {
 async fn serve_http(
     mut stream: TcpStream,
     users: &Mutex<Users>,
-    sender: &Mutex<mpsc::Sender<Send>>,
+    sender: &mpsc::Sender<Send>,
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
@@ -273,14 +273,14 @@ fn route(
     path: &str,
     body: &[u8],
     users: &Mutex<Users>,
-    sender: &Mutex<mpsc::Sender<Send>>,
+    sender: &mpsc::Sender<Send>,
 ) -> (Value, Option<Written>) {
     let ok = |data: Value| json!({"code": 0, "message": "", "data": data});
     let fail = |message: &str| json!({"code": 1, "message": message, "data": null});
     let Ok(body) = serde_json::from_slice::<Value>(body) else { return (fail("body is not JSON"), None) };
     let push = |room: u64, frame: Vec<u8>| {
         let (done, written) = tokio::sync::oneshot::channel();
-        let _ = sender.lock().expect("sender lock").send(Send::Room(room, frame.into(), done));
+        let _ = sender.send(Send::Room(room, frame.into(), done));
         (ok(json!("")), Some(written))
     };
     let token_user = user_of(body["authToken"].as_str().unwrap_or_default());
@@ -350,8 +350,7 @@ mod tests {
 
     #[test]
     fn users_get_tokens_and_bad_calls_a_clear_error() {
-        let (users, (tx, rx)) = (Mutex::new(Users::default()), mpsc::channel());
-        let sender = Mutex::new(tx);
+        let (users, (sender, rx)) = (Mutex::new(Users::default()), mpsc::channel());
         let call = |path: &str, body: &[u8]| route(path, body, &users, &sender).0;
         assert_eq!(call("/user/register", br#"{"userName":"a","passWord":"p"}"#)["data"], "floor:1");
         assert_eq!(call("/user/login", br#"{"userName":"a","passWord":"p"}"#)["data"], "floor:1");

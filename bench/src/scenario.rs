@@ -333,15 +333,16 @@ pub fn connections(
     progress.finish_and_clear();
     let held = target.sample();
     let held_to = fleets.totals()?;
+    let held_secs = hold_started.elapsed().as_secs_f64();
+    let idle_cpu = |r: &mut RunResult, key: &str, cpu: f64| {
+        let per_conn_us_per_s = cpu / held_secs / n as f64 * 1e6;
+        r.figure(key, (per_conn_us_per_s * 1000.0).round() / 1000.0);
+    };
     if target.gateways.is_some() {
-        let cpu = held.0.cpu_secs - loaded.0.cpu_secs;
-        let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
-        r.figure("idle_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
+        idle_cpu(&mut r, "idle_cpu_us_per_conn_per_s", held.0.cpu_secs - loaded.0.cpu_secs);
     }
     if target.servers.is_some() {
-        let cpu = held.1.cpu_secs - loaded.1.cpu_secs;
-        let per_conn_us_per_s = cpu / hold_started.elapsed().as_secs_f64() / n as f64 * 1e6;
-        r.figure("idle_server_cpu_us_per_conn_per_s", (per_conn_us_per_s * 1000.0).round() / 1000.0);
+        idle_cpu(&mut r, "idle_server_cpu_us_per_conn_per_s", held.1.cpu_secs - loaded.1.cpu_secs);
     }
     r.figure("closed_during_hold", held_to.counts.closed - held_from.counts.closed);
     // One broadcast per room; every connected member must get it.

@@ -64,10 +64,7 @@ impl ServerProcs {
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-            // After the command name (which may hold spaces): state, then the parent's pid.
-            let ppid: Option<u32> =
-                stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok());
-            if let Some(ppid) = ppid {
+            if let Some(ppid) = stat_fields(&stat).get(1).and_then(|p| p.parse::<u32>().ok()) {
                 parents.push((pid, ppid));
             }
         }
@@ -99,12 +96,16 @@ impl ServerProcs {
     }
 }
 
+/// The fields of a `/proc/…/stat` line after the command name (which may hold spaces and
+/// parentheses): state is 0, the parent's pid 1, utime 11 and stime 12.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect()
+}
+
 /// `utime + stime` of a `/proc/…/stat` file, in seconds (0 when it is gone).
 fn cpu_secs(stat: &str, ticks: f64) -> f64 {
     let Ok(stat) = std::fs::read_to_string(stat) else { return 0.0 };
-    // Fields after the command name (which may hold spaces): utime and stime are 12 and 13.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(&stat);
     let parse = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (parse(11) + parse(12)) as f64 / ticks
 }
