@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use gochat_bench::targets::Spread;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -155,7 +156,7 @@ fn figure(
     key: &str,
     of_runs: OfRuns,
 ) -> anyhow::Result<f64> {
-    let mut values: Vec<f64> = results
+    let values: Vec<f64> = results
         .iter()
         .filter(|r| r["scenario"] == scenario && r["label"] == driver)
         .filter_map(|r| r["figures"][key].as_f64())
@@ -163,12 +164,10 @@ fn figure(
     if values.is_empty() {
         bail!("no {key} in the {scenario} results for {driver}");
     }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
+    let spread = Spread::of(&values).with_context(|| format!("no finite {key} for {driver}"))?;
     Ok(match of_runs {
-        OfRuns::Worst => values[n - 1],
-        OfRuns::Median if n % 2 == 1 => values[n / 2],
-        OfRuns::Median => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        OfRuns::Worst => spread.max,
+        OfRuns::Median => spread.median,
     })
 }
 
