@@ -504,7 +504,7 @@ mod tests {
             }),
             worker: Some(WorkerKeys {
                 logic: grpc.clone(),
-                batch_age_us: Some(1000),
+                batch_age_us: None,
                 gateways: vec![GatewayKey { id: "gateway-1".into(), grpc: "http://127.0.0.1:4".into() }],
             }),
             gateway: Some(GatewayKeys {

@@ -79,9 +79,9 @@ struct ServerArgs {
     /// With --spawn: gateway processes (default: one per 15,000 connections).
     #[arg(long, global = true)]
     gateways: Option<usize>,
-    /// With --spawn: the worker's batch age (`[worker] batch_age_us`): longer batches cost fewer
-    /// pushes per message at the price of latency.
-    #[arg(long, global = true, default_value_t = 1000)]
+    /// With --spawn: the worker's batch age (`[worker] batch_age_us`): above 0, a batch waits
+    /// that long for more messages (fewer pushes per message at the price of latency).
+    #[arg(long, global = true, default_value_t = 0)]
     batch_age_us: u64,
     /// Client worker processes (0: one thread in this process); raised to one per 15,000
     /// connections.

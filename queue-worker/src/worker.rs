@@ -29,9 +29,11 @@ pub struct WorkerConfig {
     pub id: String,
     /// Logic (control) gRPC endpoint, for routing.
     pub logic: String,
-    /// A batch is pushed once it holds this many messages…
+    /// A batch is at most this many messages: what was waiting when the worker was free…
     pub batch_max: usize,
-    /// …or its first message is this old (microseconds).
+    /// …and, above 0, what else arrives until its first message is this old (microseconds).
+    /// 0 (the default) waits for nothing: batches grow by themselves under load, while the
+    /// previous one is being pushed, and an idle system's message is not held back.
     pub batch_age_us: u64,
     /// Static discovery: the gateways to push to.
     pub gateways: Vec<GatewayAddr>,
@@ -47,7 +49,7 @@ impl Default for WorkerConfig {
             id: "worker-1".into(),
             logic: "http://127.0.0.1:6900".into(),
             batch_max: 512,
-            batch_age_us: 1000,
+            batch_age_us: 0,
             gateways: vec![GatewayAddr { id: "gateway-1".into(), grpc: "http://127.0.0.1:7100".into() }],
             admin_listen: None,
         }
@@ -158,7 +160,8 @@ impl Worker {
         }
     }
 
-    /// Waits for a first message, then gathers more until the batch is full or old enough.
+    /// Waits for a first message, takes what else is waiting, then (with a batch age) gathers
+    /// more until the batch is full or old enough.
     async fn collect(&self) -> Result<Grouped, Error> {
         let mut grouped = Grouped::default();
         let first = self.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
@@ -265,5 +268,60 @@ impl Worker {
             }
         }
         unreachable!("the loop returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gochat_proto::queue::queue_message::Target;
+    use gochat_proto::queue::QueueMessage;
+    use gochat_queue::MemoryQueue;
+
+    fn msg(room: u64) -> QueueMessage {
+        QueueMessage { target: Some(Target::RoomId(room)), body: b"{}".to_vec(), ..Default::default() }
+    }
+
+    async fn worker(batch_max: usize, batch_age_us: u64) -> (Worker, Arc<MemoryQueue>) {
+        let queue = Arc::new(MemoryQueue::new(100));
+        let cfg = WorkerConfig { batch_max, batch_age_us, ..WorkerConfig::default() };
+        (Worker::new(cfg, queue.clone()).unwrap(), queue)
+    }
+
+    /// A message published `after` the worker started collecting.
+    fn publish_later(queue: &Arc<MemoryQueue>, after: Duration, room: u64) {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            queue.publish(msg(room)).await.unwrap();
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_what_waited_and_without_an_age_nothing_more() {
+        let (w, queue) = worker(3, 0).await;
+        for room in 1..=5 {
+            queue.publish(msg(room)).await.unwrap();
+        }
+        assert_eq!(w.collect().await.unwrap().ids.len(), 3, "at most batch_max");
+        assert_eq!(w.collect().await.unwrap().ids.len(), 2, "then the rest");
+        // Alone on an idle queue, a message goes at once: one arriving right after it is not
+        // waited for.
+        publish_later(&queue, Duration::from_millis(10), 6);
+        publish_later(&queue, Duration::from_millis(12), 7);
+        let first = w.collect().await.unwrap();
+        assert_eq!(first.rooms.keys().copied().collect::<Vec<_>>(), [6]);
+        assert_eq!(w.collect().await.unwrap().rooms.keys().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_an_age_a_batch_waits_for_more() {
+        let (w, queue) = worker(10, 5000).await;
+        publish_later(&queue, Duration::from_millis(10), 6);
+        publish_later(&queue, Duration::from_millis(12), 7);
+        publish_later(&queue, Duration::from_millis(20), 8);
+        let batch = w.collect().await.unwrap();
+        assert_eq!(batch.rooms.keys().copied().collect::<Vec<_>>(), [6, 7], "8 came after the age");
+        assert_eq!(w.collect().await.unwrap().rooms.keys().copied().collect::<Vec<_>>(), [8]);
     }
 }
