@@ -117,9 +117,12 @@ impl Ingress {
                 continue;
             }
             let frames = Framed::encode_numbered(&room.bodies, &room.seqs, binary);
-            for inbox in self.inboxes.iter() {
-                inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.clone() }).await;
+            // Each shard its own copy: a member's frame is a reference, counted per member.
+            let (last, others) = self.inboxes.split_last().expect("a gateway has a shard");
+            for inbox in others {
+                inbox.push_wait(Command::Room { room_id: room.room_id, frames: frames.copy() }).await;
             }
+            last.push_wait(Command::Room { room_id: room.room_id, frames }).await;
             self.delivery.handed_off(room.bodies.len(), &room.ids);
         }
         for user in batch.users {
@@ -191,6 +194,7 @@ impl Gateway for Ingress {
                 connections: s.connections.load(Ordering::Relaxed),
                 rooms: s.rooms.load(Ordering::Relaxed),
                 frames_out: s.frames_out.load(Ordering::Relaxed),
+                sends: s.sends.load(Ordering::Relaxed),
                 slow_consumer_closes: s.slow_consumer_closes.load(Ordering::Relaxed),
                 frames_throttled: s.frames_throttled.load(Ordering::Relaxed),
                 flood_closes: s.flood_closes.load(Ordering::Relaxed),

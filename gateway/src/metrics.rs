@@ -57,10 +57,13 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         type Read = fn(&ShardStats) -> &AtomicU64;
-        let families: [(&str, Kind, &str, Read); 10] = [
+        let families: [(&str, Kind, &str, Read); 11] = [
             ("connections", Kind::Gauge, "Open client connections.", |s| &s.connections),
             ("rooms", Kind::Gauge, "Rooms with a member on the shard.", |s| &s.rooms),
             ("frames_out_total", Kind::Counter, "Frames queued to clients.", |s| &s.frames_out),
+            ("sends_total", Kind::Counter, "Writes to clients (a write carries every frame queued).", |s| {
+                &s.sends
+            }),
             ("slow_consumer_closes_total", Kind::Counter, "Clients dropped for not reading.", |s| {
                 &s.slow_consumer_closes
             }),

@@ -49,6 +49,11 @@ pub const ALL: &[Workload] = &[
         run: room_fanout_1k,
     },
     Workload {
+        name: "room_fanout_1k_coalesced",
+        what: "four room frames to 1,000 members in a shard in one turn, one write each",
+        run: room_fanout_1k_coalesced,
+    },
+    Workload {
         name: "inbox_handoff",
         what: "push and drain one command through a shard inbox",
         run: inbox_handoff,
@@ -143,6 +148,16 @@ fn json_op_encode() {
 }
 
 fn room_fanout_1k() {
+    room_fanout(1);
+}
+
+fn room_fanout_1k_coalesced() {
+    room_fanout(4);
+}
+
+/// `batches` room frames to a room of 1,000 members in one shard turn, then what a driver does
+/// for each member: gather its pending frames and record them written by one write.
+fn room_fanout(batches: usize) {
     let limits = ShardLimits { max_outbound_bytes: 1 << 20, ..ShardLimits::default() };
     let mut shard = Shard::new(0, 1, limits, 0);
     for user in 0..1000 {
@@ -151,7 +166,9 @@ fn room_fanout_1k() {
     let frames = Framed::encode(&[BODY]);
     let mut dirty = Vec::with_capacity(1000);
     gate_region(|| {
-        shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
+        for _ in 0..batches {
+            shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
+        }
         shard.take_dirty(&mut dirty);
         for &key in &dirty {
             let Some(out) = shard.out_mut(key) else { continue };

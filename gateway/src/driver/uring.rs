@@ -6,6 +6,9 @@
 //!   the shard hands it back as soon as the protocol has read it.
 //! - Sends are `writev`s of references to the shared frame buffers of a broadcast; every send
 //!   queued while handling a batch of completions goes to the kernel in one `io_uring_enter`.
+//!   A send's frame list and iovecs are reused from send to send, not allocated per send.
+//! - Sockets are registered in the ring's file table at their slot, so an operation skips the
+//!   descriptor lookup (`fget`) a plain descriptor costs on every send.
 //! - The inbox's eventfd is read on the ring; the shard's timers run off one ring timeout.
 //!
 //! Buffer ownership is the whole safety argument: a receive buffer belongs to the kernel from
@@ -39,6 +42,10 @@ const BUFFER_GROUP: u16 = 0;
 /// Frames one `writev` takes at most.
 const IOV_MAX: usize = 64;
 const INBOX_BATCH: usize = 64;
+/// No io slot for a shard key (slots fit in 24 bits).
+const NO_SLOT: u32 = u32::MAX;
+/// Finished sends whose buffers are kept for reuse.
+const SPARE_SENDS: usize = 1024;
 /// How long a closed socket waits for the peer's close before it is dropped.
 const LINGER_SECS: u32 = 2;
 
@@ -86,10 +93,30 @@ struct Io {
     conn: Option<(u32, u64)>,
     gen: u32,
     recv_armed: bool,
-    /// A send in flight: the frames it references, and its iovecs.
-    sending: Option<(Vec<Bytes>, Vec<libc::iovec>)>,
+    /// Registered in the ring's file table at the io's slot.
+    fixed: bool,
+    /// Its send in flight, in the driver's `sends`.
+    sending: Option<u32>,
     /// We closed: discard input until the peer closes or the deadline.
     linger_until: Option<u32>,
+}
+
+/// A send in flight: the frames it references (alive until its completion) and its iovecs.
+#[derive(Default)]
+struct Send {
+    frames: Vec<Bytes>,
+    iov: Vec<libc::iovec>,
+}
+
+/// The io at `$slot` as an operation's target: its registered slot, or its descriptor.
+macro_rules! target {
+    ($io:expr, $slot:expr, $op:path, $($arg:expr),*) => {
+        if $io.fixed {
+            $op(types::Fixed($slot as u32), $($arg),*)
+        } else {
+            $op(types::Fd($io.fd.as_raw_fd()), $($arg),*)
+        }
+    };
 }
 
 struct Listener {
@@ -104,8 +131,13 @@ struct Driver {
     shard: Shard,
     pool: BufferRing,
     ios: Slab<Io>,
-    /// Shard key → io slot.
-    by_key: Vec<Option<usize>>,
+    /// Slots below this are in the ring's registered file table.
+    file_table: usize,
+    sends: Slab<Send>,
+    /// Finished sends, their buffers kept for the next ones.
+    spare: Vec<Send>,
+    /// Shard key → io slot (`NO_SLOT`: none).
+    by_key: Vec<u32>,
     listeners: Vec<Listener>,
     next_gen: u32,
     clock: Clock,
@@ -131,11 +163,15 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
         Err(_) => IoUring::builder().build(RING_ENTRIES)?,
     };
     let pool = BufferRing::new(&ring, BUFFERS, BUFFER_SIZE)?;
+    let file_table = register_file_table(&ring);
     let mut d = Driver {
         ring,
         shard,
         pool,
         ios: Slab::new(),
+        file_table,
+        sends: Slab::new(),
+        spare: Vec::new(),
         by_key: Vec::new(),
         listeners: listeners
             .into_iter()
@@ -161,6 +197,24 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
     d.arm_event(&inbox);
     d.arm_tick();
     d.event_loop(&inbox, grace)
+}
+
+/// A sparse file table as large as the descriptors this process may hold (every io holds one,
+/// so every slot fits); 0 when the kernel refuses it, and sockets are then used by descriptor.
+fn register_file_table(ring: &IoUring) -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    let size = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => (limit.rlim_cur as usize).min(1 << 24),
+        _ => 1024,
+    };
+    match ring.submitter().register_files_sparse(size as u32) {
+        Ok(()) => size,
+        Err(e) => {
+            tracing::warn!(error = %e, "io_uring file table unavailable; sockets are used by descriptor");
+            0
+        }
+    }
 }
 
 impl Driver {
@@ -207,9 +261,11 @@ impl Driver {
     fn arm_recv(&mut self, slot: usize) {
         let io = &mut self.ios[slot];
         io.recv_armed = true;
-        let sqe = opcode::RecvMulti::new(types::Fd(io.fd.as_raw_fd()), BUFFER_GROUP)
-            .build()
-            .user_data(user_data(Kind::Recv, slot, io.gen));
+        let sqe = target!(io, slot, opcode::RecvMulti::new, BUFFER_GROUP).build().user_data(user_data(
+            Kind::Recv,
+            slot,
+            io.gen,
+        ));
         self.push(sqe);
     }
 
@@ -337,18 +393,22 @@ impl Driver {
         super::tune_accepted(socket2::SockRef::from(&fd), endpoint.transport);
         let Some((key, id)) = endpoint.open(&mut self.shard, self.clock.now()) else { return };
         self.next_gen = self.next_gen.wrapping_add(1);
-        let slot = self.ios.insert(Io {
+        let slot = self.ios.vacant_key();
+        let fixed = slot < self.file_table
+            && self.ring.submitter().register_files_update(slot as u32, &[fd.as_raw_fd()]).is_ok();
+        self.ios.insert(Io {
             fd,
             conn: Some((key, id)),
             gen: self.next_gen,
             recv_armed: false,
+            fixed,
             sending: None,
             linger_until: None,
         });
         if self.by_key.len() <= key as usize {
-            self.by_key.resize(key as usize + 1, None);
+            self.by_key.resize(key as usize + 1, NO_SLOT);
         }
-        self.by_key[key as usize] = Some(slot);
+        self.by_key[key as usize] = slot as u32;
         self.arm_recv(slot);
     }
 
@@ -403,7 +463,14 @@ impl Driver {
 
     fn sent(&mut self, slot: usize, gen: u32, res: i32) {
         let Some(io) = self.ios.get_mut(slot).filter(|io| io.gen == gen) else { return };
-        io.sending = None;
+        if let Some(send) = io.sending.take() {
+            let mut send = self.sends.remove(send as usize);
+            if self.spare.len() < SPARE_SENDS {
+                send.frames.clear();
+                send.iov.clear();
+                self.spare.push(send);
+            }
+        }
         let conn = io.conn;
         match (conn, res) {
             (Some((key, _)), n) if n >= 0 => {
@@ -436,7 +503,9 @@ impl Driver {
 
     /// Starts a send of the connection's pending output, or finishes its close.
     fn flush_or_finish(&mut self, key: u32) {
-        let Some(slot) = self.by_key.get(key as usize).copied().flatten() else { return };
+        let Some(slot) = self.by_key.get(key as usize).filter(|&&s| s != NO_SLOT).map(|&s| s as usize) else {
+            return;
+        };
         if self.ios[slot].sending.is_some() {
             if self.shard.is_closing(key) && !self.shard.has_output(key) {
                 // The shard gave up on this peer (slow consumer, or its close grace ran out)
@@ -445,21 +514,29 @@ impl Driver {
             }
             return; // its completion continues
         }
-        let frames = match self.shard.out_mut(key) {
-            Some(out) if !out.is_empty() => out.pending_frames(IOV_MAX),
-            Some(_) => Vec::new(),
+        let pending = match self.shard.out_mut(key) {
+            Some(out) => !out.is_empty(),
             None => return,
         };
-        if !frames.is_empty() {
-            let iov: Vec<libc::iovec> = frames
+        if pending {
+            let mut send = self.spare.pop().unwrap_or_default();
+            if let Some(out) = self.shard.out_mut(key) {
+                out.pending_frames(IOV_MAX, &mut send.frames);
+            }
+            let iov = send
+                .frames
                 .iter()
-                .map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() })
-                .collect();
+                .map(|f| libc::iovec { iov_base: f.as_ptr() as *mut libc::c_void, iov_len: f.len() });
+            send.iov.extend(iov);
+            let (iov, len) = (send.iov.as_ptr(), send.iov.len() as u32);
             let io = &mut self.ios[slot];
-            let sqe = opcode::Writev::new(types::Fd(io.fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
-                .build()
-                .user_data(user_data(Kind::Send, slot, io.gen));
-            io.sending = Some((frames, iov));
+            let sqe = target!(io, slot, opcode::Writev::new, iov, len).build().user_data(user_data(
+                Kind::Send,
+                slot,
+                io.gen,
+            ));
+            // The iovecs' heap buffer does not move when `send` moves into the table.
+            io.sending = Some(self.sends.insert(send) as u32);
             self.push(sqe);
         } else if self.shard.is_closing(key) {
             self.finish(slot, key);
@@ -505,7 +582,7 @@ impl Driver {
     fn forget(&mut self, slot: usize, key: u32) {
         self.ios[slot].conn = None;
         if let Some(s) = self.by_key.get_mut(key as usize) {
-            *s = None;
+            *s = NO_SLOT;
         }
         self.shard.remove(key);
         super::forward_effects(&mut self.shard, &self.effects);
@@ -537,6 +614,10 @@ impl Driver {
             return;
         }
         if io.sending.is_none() {
+            if io.fixed {
+                // The table's reference would keep the socket open past the descriptor's close.
+                let _ = self.ring.submitter().register_files_update(slot as u32, &[-1]);
+            }
             self.ios.remove(slot);
         }
     }
@@ -547,10 +628,8 @@ impl Driver {
 /// of sends in flight, the eventfd buffer, timespecs, the buffer ring) is leaked, not freed.
 impl Drop for Driver {
     fn drop(&mut self) {
-        for (_, io) in self.ios.iter_mut() {
-            if let Some(sending) = io.sending.take() {
-                std::mem::forget(sending);
-            }
+        for (_, send) in std::mem::take(&mut self.sends) {
+            std::mem::forget(send);
         }
         std::mem::forget(std::mem::replace(&mut self.event_buf, Box::new(0)));
         std::mem::forget(std::mem::replace(&mut self.tick, Box::new(types::Timespec::new())));

@@ -72,6 +72,18 @@ impl Framed {
         }))
     }
 
+    /// The same batch in buffers of its own: for another shard, so that shards handing out
+    /// references to one batch at once do not contend for one reference count.
+    pub fn copy(&self) -> Self {
+        let e = &self.0;
+        Self(Arc::new(Encoded {
+            ws: Bytes::copy_from_slice(&e.ws),
+            tcp: Bytes::copy_from_slice(&e.tcp),
+            bin: e.bin.as_deref().map(Bytes::copy_from_slice),
+            marks: e.marks.clone(),
+        }))
+    }
+
     /// The batch in WebSocket text frames (gochat's JSON).
     pub fn ws(&self) -> &Bytes {
         &self.0.ws
@@ -166,6 +178,12 @@ mod tests {
                 assert_eq!(f.after(wire, 6), [one(1), one(3)], "the unnumbered message stays");
                 assert_eq!(f.after(wire, 9), [one(1)]);
             }
+        }
+        let copy = framed.copy();
+        assert_ne!(copy.ws().as_ptr(), framed.ws().as_ptr(), "buffers of its own");
+        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary] {
+            assert_eq!(copy.for_wire(wire), framed.for_wire(wire));
+            assert_eq!(copy.after(wire, 6), framed.after(wire, 6));
         }
         let shared = framed.after(Wire::WsJson, 5);
         let first = bodies[0].len() + 2;

@@ -386,8 +386,9 @@ impl Shard {
         self.conns.get_mut(key as usize).map(|c| &mut c.out)
     }
 
-    /// Records `n` bytes written for `key`.
+    /// Records `n` bytes written for `key` by one write.
     pub fn wrote(&mut self, key: u32, n: usize) {
+        self.stats.sends.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.conns.get_mut(key as usize) {
             // A completion-based driver may report a write the shard already dropped (a slow
             // consumer cleared while the send was in flight).

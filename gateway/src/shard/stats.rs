@@ -8,6 +8,8 @@ pub struct ShardStats {
     pub connections: AtomicU64,
     pub rooms: AtomicU64,
     pub frames_out: AtomicU64,
+    /// Writes that took bytes: frames_out over sends is how many frames a write carried.
+    pub sends: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
     pub auth_failures: AtomicU64,
     /// Closes the protocol decided: a client close, a violation, a refused handshake.

@@ -39,6 +39,26 @@ fn room_broadcast_shares_one_buffer() {
 }
 
 #[test]
+fn frames_queued_in_one_turn_go_out_in_one_write() {
+    let mut s = shard();
+    let (a, _) = live_ws(&mut s, 1, 7);
+    written(&mut s, a);
+    let counts = |s: &Shard| {
+        let stats = s.stats();
+        (stats.frames_out.load(Ordering::Relaxed), stats.sends.load(Ordering::Relaxed))
+    };
+    let before = counts(&s);
+    for msg in ["a", "b", "c"] {
+        let body = format!(r#"{{"op":3,"msg":"{msg}"}}"#);
+        s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[body]) });
+    }
+    let out = written(&mut s, a);
+    assert_eq!(out.windows(5).filter(|w| w.starts_with(b"\"msg")).count(), 3);
+    let after = counts(&s);
+    assert_eq!((after.0 - before.0, after.1 - before.1), (3, 1), "three frames, one write");
+}
+
+#[test]
 fn user_push_reaches_every_connection_of_the_user() {
     let mut s = shard();
     let (a1, _) = live_ws(&mut s, 1, 7);

@@ -198,9 +198,10 @@ mod tests {
         let mut dirty = Vec::new();
         s.take_dirty(&mut dirty);
         // The plain member shares the broadcast buffer; the TLS member has its own records.
-        let plain_out = s.out_mut(plain_key).unwrap().pending_frames(8);
+        let (mut plain_out, mut tls_out) = (Vec::new(), Vec::new());
+        s.out_mut(plain_key).unwrap().pending_frames(8, &mut plain_out);
         assert_eq!(plain_out[0].as_ptr(), frames.ws().as_ptr(), "shared, not copied");
-        let tls_out = s.out_mut(tls_key).unwrap().pending_frames(8);
+        s.out_mut(tls_key).unwrap().pending_frames(8, &mut tls_out);
         assert_ne!(&tls_out[0][..], &frames.ws()[..], "encrypted");
         let got = client_input(&mut c, &written(&mut s, tls_key));
         assert_eq!(got, &frames.ws()[..]);
