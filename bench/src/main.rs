@@ -433,6 +433,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
                 servers: None,
                 label: BASELINE.into(),
                 auth: None,
+                gateway_grpc: Vec::new(),
             };
             let mut result = scenario_run(&target, &client, command, args.quiet)?;
             result.param("round", round);

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use gochat_proto::gateway::gateway_client::GatewayClient;
+use gochat_proto::gateway::StatsRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::{self, Api, User};
@@ -28,12 +30,41 @@ pub struct Target {
     /// How its connections know they are authenticated; `None`: found out with one connection
     /// before each run.
     pub auth: Option<AuthSignal>,
+    /// gochat-rs gateways' gRPC URLs (spawned clusters): their counts of frames and writes.
+    pub gateway_grpc: Vec<String>,
 }
 
 impl Target {
     fn sample(&self) -> (Sample, Sample) {
         let s = |p: &Option<ServerProcs>| p.as_ref().map(ServerProcs::sample).unwrap_or_default();
         (s(&self.gateways), s(&self.servers))
+    }
+
+    /// Writes to clients the gateways made so far (their `Stats`); `None` when unknown.
+    fn gateway_sends(&self) -> Option<u64> {
+        if self.gateway_grpc.is_empty() {
+            return None;
+        }
+        runtime().block_on(async {
+            let mut sends = 0;
+            for url in &self.gateway_grpc {
+                let mut client = GatewayClient::connect(url.clone()).await.ok()?;
+                let stats = client.stats(StatsRequest {}).await.ok()?.into_inner();
+                sends += stats.shards.iter().map(|s| s.sends).sum::<u64>();
+            }
+            Some(sends)
+        })
+    }
+}
+
+/// How many deliveries a write to a client carried, from the gateways' counts before and after.
+fn deliveries_per_send(r: &mut RunResult, delivered: u64, before: Option<u64>, after: Option<u64>) {
+    if let (Some(before), Some(after)) = (before, after) {
+        let sends = after.saturating_sub(before);
+        r.figure("sends", sends);
+        if sends > 0 {
+            r.figure("deliveries_per_send", (delivered as f64 / sends as f64 * 100.0).round() / 100.0);
+        }
     }
 }
 
@@ -437,6 +468,7 @@ pub fn fanout(
     r.figure("connected", connected.counts.connected);
     let members_connected = connected.counts.connected as f64 / p.rooms as f64;
     let before = target.sample();
+    let sends_before = target.gateway_sends();
     let start_totals = fleets.totals()?;
     let started = Instant::now();
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| u.token.clone()).collect());
@@ -458,6 +490,7 @@ pub fn fanout(
     let wall = started.elapsed().as_secs_f64();
     let after = target.sample();
     let delivered = got.counts.marked - start_totals.counts.marked;
+    deliveries_per_send(&mut r, delivered, sends_before, target.gateway_sends());
     r.figure("pushed", pushed.sent);
     r.figure("push_failed", pushed.failed);
     r.figure("push_rate_per_s", (pushed.sent as f64 / pushed.elapsed.as_secs_f64()).round());

@@ -166,6 +166,8 @@ pub struct Cluster {
     pub ws: SocketAddr,
     pub procs: ServerProcs,
     pub gateway_procs: ServerProcs,
+    /// The gateways' gRPC URLs.
+    pub gateway_grpc: Vec<String>,
     /// Key prefix of the Redis queue, deleted at stop.
     redis_prefix: Option<String>,
 }
@@ -255,6 +257,7 @@ impl Cluster {
             ws,
             procs: ServerProcs::default(),
             gateway_procs: ServerProcs::default(),
+            gateway_grpc: gw_grpc.iter().map(|g| format!("http://{g}")).collect(),
             redis_prefix: redis_prefix.clone(),
         };
         let wait = Duration::from_secs(20);

@@ -112,6 +112,7 @@ impl NamedTarget {
             servers,
             label: self.name.clone(),
             auth: o.auth,
+            gateway_grpc: Vec::new(),
         };
         match &self.spec {
             TargetSpec::Running { api, ws } => {
@@ -144,6 +145,7 @@ impl NamedTarget {
                     Some(cluster.procs.clone()),
                 );
                 t.path = "/ws".into();
+                t.gateway_grpc = cluster.gateway_grpc.clone();
                 Ok(Started { target: t, kind: Up::Cluster(cluster) })
             }
             TargetSpec::Peer { script } => {

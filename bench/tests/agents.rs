@@ -166,6 +166,7 @@ fn fleets_spread_over_agents_in_two_namespaces() {
         servers: None,
         label: "agents".into(),
         auth: None,
+        gateway_grpc: Vec::new(),
     };
     let client = ClientOpts {
         procs: 4,

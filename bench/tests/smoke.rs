@@ -31,6 +31,7 @@ fn target(up: &Up) -> Target {
         servers: me,
         label: "smoke".into(),
         auth: None,
+        gateway_grpc: vec![format!("http://{}", up.gateway.grpc_addr)],
     }
 }
 
@@ -77,6 +78,10 @@ fn every_scenario_at_a_tiny_size() {
     let r = scenario::fanout("fanout", &t, &threads(), &p, true).unwrap();
     assert_eq!(figure(&r, "deliveries"), 300.0);
     assert_eq!(figure(&r, "loss"), 0.0);
+    // Every delivery went out in some write, and no write carried more than all of them.
+    let sends = figure(&r, "sends");
+    assert!((1.0..=300.0).contains(&sends), "sends {sends}");
+    assert_eq!(figure(&r, "deliveries_per_send"), (300.0 / sends * 100.0).round() / 100.0);
     assert!(figure(&r, "latency_p99_ms") > 0.0);
 
     let p = FanoutParams { rooms: 2, members: 5, users: 12, messages: 20, rate: Some(100.0), in_flight: 8 };
@@ -107,6 +112,7 @@ fn a_server_that_answers_no_auth_frame_is_probed() {
         servers: Some(floor.sender.clone()),
         label: "silent".into(),
         auth: None,
+        gateway_grpc: Vec::new(),
     };
     let p = FanoutParams { rooms: 3, members: 10, users: 5, messages: 30, rate: None, in_flight: 8 };
     let r = scenario::fanout("fanout", &t, &processes(), &p, true).unwrap();
