@@ -50,15 +50,23 @@ enum Phase {
 pub struct Codec {
     transport: Transport,
     phase: Phase,
-    /// Bytes of an incomplete frame (or request head) carried to the next read.
-    partial: Vec<u8>,
-    /// A fragmented WebSocket message being assembled.
-    fragments: Vec<u8>,
+    /// What is carried from one read to the next, boxed: most connections carry nothing, and
+    /// hold one pointer instead of two empty buffers.
+    carry: Option<Box<Carry>>,
     fragment_opcode: Option<OpCode>,
     /// An echo-endpoint connection: messages come straight back.
     echo: bool,
     /// The client chose the binary protocol at the upgrade.
     binary: bool,
+}
+
+/// Bytes a codec keeps between reads.
+#[derive(Debug, Default)]
+struct Carry {
+    /// Bytes of an incomplete frame (or request head).
+    partial: Vec<u8>,
+    /// A fragmented WebSocket message being assembled.
+    fragments: Vec<u8>,
 }
 
 impl Codec {
@@ -67,15 +75,7 @@ impl Codec {
             Transport::WebSocket => Phase::Handshake,
             Transport::Tcp => Phase::Frames,
         };
-        Self {
-            transport,
-            phase,
-            partial: Vec::new(),
-            fragments: Vec::new(),
-            fragment_opcode: None,
-            echo: false,
-            binary: false,
-        }
+        Self { transport, phase, carry: None, fragment_opcode: None, echo: false, binary: false }
     }
 
     pub fn transport(&self) -> Transport {
@@ -103,7 +103,11 @@ impl Codec {
 
     /// Bytes this codec holds between reads.
     pub fn buffered(&self) -> usize {
-        self.partial.capacity() + self.fragments.capacity()
+        self.carry.as_ref().map_or(0, |c| size_of::<Carry>() + c.partial.capacity() + c.fragments.capacity())
+    }
+
+    fn carry(&mut self) -> &mut Carry {
+        self.carry.get_or_insert_with(Box::default)
     }
 
     /// Feeds bytes read from the peer. `input` is scratch: it is unmasked in place.
@@ -111,20 +115,24 @@ impl Codec {
         if self.phase == Phase::Closed {
             return;
         }
-        if self.partial.is_empty() {
+        let partial = self.carry.as_mut().map(|c| std::mem::take(&mut c.partial)).unwrap_or_default();
+        if partial.is_empty() {
             let used = self.process(input, 0, limits, out);
             if self.phase != Phase::Closed && used < input.len() {
-                self.partial.extend_from_slice(&input[used..]);
+                self.carry().partial.extend_from_slice(&input[used..]);
             }
         } else {
-            let mut buf = std::mem::take(&mut self.partial);
+            let mut buf = partial;
             let scanned = buf.len();
             buf.extend_from_slice(input);
             let used = self.process(&mut buf, scanned, limits, out);
             if self.phase != Phase::Closed && used < buf.len() {
                 buf.drain(..used);
-                self.partial = buf;
+                self.carry().partial = buf;
             }
+        }
+        if self.carry.as_ref().is_some_and(|c| c.partial.is_empty() && c.fragments.is_empty()) {
+            self.carry = None;
         }
     }
 
@@ -204,20 +212,21 @@ impl Codec {
                         return self.violation(Violation::too_big("message over the size limit"), out, total);
                     }
                     self.fragment_opcode = Some(header.opcode);
-                    self.fragments.extend_from_slice(payload);
+                    self.carry().fragments.extend_from_slice(payload);
                 }
             }
             OpCode::Continuation => {
                 let Some(opcode) = self.fragment_opcode else {
                     return self.violation(Violation::protocol("continuation with no message"), out, total);
                 };
-                if self.fragments.len() + payload.len() > limits.max_message {
+                let fragments = &mut self.carry().fragments;
+                if fragments.len() + payload.len() > limits.max_message {
                     return self.violation(Violation::too_big("message over the size limit"), out, total);
                 }
-                self.fragments.extend_from_slice(payload);
+                fragments.extend_from_slice(payload);
                 if header.fin {
                     self.fragment_opcode = None;
-                    let message = std::mem::take(&mut self.fragments);
+                    let message = std::mem::take(&mut self.carry().fragments);
                     self.message(opcode, message, out);
                 }
             }
@@ -276,8 +285,7 @@ impl Codec {
 
     fn close(&mut self, out: &mut Vec<Output>) {
         self.phase = Phase::Closed;
-        self.partial = Vec::new();
-        self.fragments = Vec::new();
+        self.carry = None;
         self.fragment_opcode = None;
         out.push(Output::Close);
     }

@@ -248,6 +248,7 @@ impl Shard {
                 continue;
             }
             let silent = now.saturating_sub(conn.last_rx);
+            conn.out.idle();
             match conn.phase {
                 Phase::AwaitAuth | Phase::Authenticating => {
                     let deadline = conn.opened + self.limits.auth_timeout_secs;

@@ -1,6 +1,6 @@
 //! A connection's pending output: references to shared frame buffers, bounded in bytes.
-//! It allocates nothing for the one frame most connections have pending at a time, and frees
-//! what it allocated for more once they are written, so an idle connection holds no buffer.
+//! It allocates nothing for the one frame most connections have pending at a time; what it
+//! allocated for more is kept while the connection is busy and freed by [`OutQueue::idle`].
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -76,7 +76,15 @@ impl OutQueue {
                 n = 0;
             }
         }
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
+        if self.rest.is_empty() && self.rest.capacity() > 4 {
+            self.rest = VecDeque::new();
+        }
+    }
+
+    /// Frees what it holds for frames behind the first when nothing is pending: for the
+    /// connection's keep-alive timer, so a connection that had a burst once holds nothing idle.
+    pub fn idle(&mut self) {
+        if self.is_empty() {
             self.rest = VecDeque::new();
         }
     }
@@ -123,14 +131,16 @@ mod tests {
     }
 
     #[test]
-    fn one_pending_frame_allocates_nothing_and_written_frames_free_what_was() {
+    fn one_pending_frame_allocates_nothing_and_an_idle_queue_frees_what_it_had() {
         let mut q = OutQueue::default();
         q.push(Bytes::from_static(b"abc"));
         assert_eq!(q.rest.capacity(), 0, "one frame is held in place");
         q.push(Bytes::from_static(b"de"));
-        assert!(q.rest.capacity() > 0);
+        q.idle();
+        assert!(q.rest.capacity() > 0, "nothing freed while frames are pending");
         q.advance(5);
-        assert!(q.is_empty());
+        assert!(q.is_empty() && q.rest.capacity() > 0, "kept for the next burst");
+        q.idle();
         assert_eq!(q.rest.capacity(), 0, "an idle connection holds no buffer");
     }
 }
