@@ -505,6 +505,7 @@ mod tests {
             worker: Some(WorkerKeys {
                 logic: grpc.clone(),
                 batch_age_us: None,
+                batch_max: None,
                 gateways: vec![GatewayKey { id: "gateway-1".into(), grpc: "http://127.0.0.1:4".into() }],
             }),
             gateway: Some(GatewayKeys {

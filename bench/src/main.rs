@@ -83,6 +83,10 @@ struct ServerArgs {
     /// that long for more messages (fewer pushes per message at the price of latency).
     #[arg(long, global = true, default_value_t = 0)]
     batch_age_us: u64,
+    /// With --spawn: the most messages a worker batch holds (`[worker] batch_max`; default: the
+    /// worker's own).
+    #[arg(long, global = true)]
+    batch_max: Option<usize>,
     /// Client worker processes (0: one thread in this process); raised to one per 15,000
     /// connections.
     #[arg(long, global = true, default_value_t = 1)]
@@ -384,6 +388,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
         gateways: args.gateways.unwrap_or(connections.div_ceil(15_000).max(1)),
         queue: args.queue.clone(),
         batch_age_us: args.batch_age_us,
+        batch_max: args.batch_max,
         control_settings: args.control_set.clone(),
         path: args.path.clone(),
         server_pids: args.server_pid.clone(),

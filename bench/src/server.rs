@@ -181,14 +181,22 @@ pub struct ClusterSpec<'a> {
     /// `memory` (the worker inside control) or `redis`.
     pub queue: &'a str,
     pub batch_age_us: u64,
+    pub batch_max: Option<usize>,
     /// `KEY=VALUE` settings for `[control]` (VALUE in TOML), over the bench's own.
     pub control_settings: &'a [String],
 }
 
 impl Cluster {
     pub fn start(gochat: &Path, spec: &ClusterSpec<'_>) -> anyhow::Result<Self> {
-        let ClusterSpec { driver, gateways, max_conns_per_gateway, queue, batch_age_us, control_settings } =
-            spec.clone();
+        let ClusterSpec {
+            driver,
+            gateways,
+            max_conns_per_gateway,
+            queue,
+            batch_age_us,
+            batch_max,
+            control_settings,
+        } = spec.clone();
         let mut control = bench_control();
         for setting in control_settings {
             if !setting.contains('=') {
@@ -236,6 +244,7 @@ impl Cluster {
             worker: Some(WorkerKeys {
                 logic: Some(logic.clone()),
                 batch_age_us: Some(batch_age_us),
+                batch_max,
                 gateways: (gw_grpc.iter().enumerate())
                     .map(|(i, g)| GatewayKey { id: gateway_id(i), grpc: format!("http://{g}") })
                     .collect(),

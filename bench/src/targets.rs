@@ -77,6 +77,7 @@ pub struct TargetOptions {
     pub gateways: usize,
     pub queue: String,
     pub batch_age_us: u64,
+    pub batch_max: Option<usize>,
     pub control_settings: Vec<String>,
     pub path: String,
     /// For running servers: these processes and their children (default: the processes
@@ -135,6 +136,7 @@ impl NamedTarget {
                     max_conns_per_gateway: 19_000,
                     queue: &o.queue,
                     batch_age_us: o.batch_age_us,
+                    batch_max: o.batch_max,
                     control_settings: &o.control_settings,
                 };
                 let cluster = Cluster::start(gochat, &spec)?;

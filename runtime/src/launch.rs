@@ -250,6 +250,8 @@ pub struct RedisQueueKeys {
 pub struct WorkerKeys {
     /// Control's gRPC URL.
     pub logic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_max: Option<usize>,
     pub batch_age_us: Option<u64>,
     /// The gateways it pushes to, when there is no discovery.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -444,6 +444,10 @@ async fn the_gateway_serves_prometheus_metrics_on_its_admin_listener() {
     };
     assert_eq!(sum("connections"), 1, "{text}");
     assert!(sum("frames_out_total") >= 2, "the auth reply and the message: {text}");
+    // The auth reply and the message went out in writes of their own (the message was pushed
+    // once the reply had arrived), and no write went out without a queued frame.
+    let sends = sum("sends_total");
+    assert!((2..=sum("frames_out_total")).contains(&sends), "{text}");
     assert_eq!(sum("draining"), 0);
     let driver = s.up.gateway.driver.name();
     assert!(text.contains(&format!("shard=\"1\",driver=\"{driver}\"")), "{text}");

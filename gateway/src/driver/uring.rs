@@ -89,8 +89,8 @@ pub fn probe() -> Result<(), String> {
 /// none of its operations is in flight.
 struct Io {
     fd: OwnedFd,
-    /// The shard's key and id; `None` once the shard has forgotten the connection.
-    conn: Option<(u32, u64)>,
+    /// The shard's key; `None` once the shard has forgotten the connection.
+    conn: Option<u32>,
     gen: u32,
     recv_armed: bool,
     /// Registered in the ring's file table at the io's slot.
@@ -391,14 +391,14 @@ impl Driver {
         }
         let _ = socket2::SockRef::from(&fd).set_nonblocking(true);
         super::tune_accepted(socket2::SockRef::from(&fd), endpoint.transport);
-        let Some((key, id)) = endpoint.open(&mut self.shard, self.clock.now()) else { return };
+        let Some((key, _)) = endpoint.open(&mut self.shard, self.clock.now()) else { return };
         self.next_gen = self.next_gen.wrapping_add(1);
         let slot = self.ios.vacant_key();
         let fixed = slot < self.file_table
             && self.ring.submitter().register_files_update(slot as u32, &[fd.as_raw_fd()]).is_ok();
         self.ios.insert(Io {
             fd,
-            conn: Some((key, id)),
+            conn: Some(key),
             gen: self.next_gen,
             recv_armed: false,
             fixed,
@@ -421,7 +421,7 @@ impl Driver {
         if let Some(bid) = bid {
             if res > 0 && live {
                 let conn = self.ios[slot].conn.filter(|_| self.ios[slot].linger_until.is_none());
-                if let Some((key, _)) = conn {
+                if let Some(key) = conn {
                     // SAFETY: the completion handed buffer `bid` to us; it goes back to the
                     // ring right after the shard has read it.
                     let data = unsafe { self.pool.buffer(bid, res as usize) };
@@ -473,11 +473,11 @@ impl Driver {
         }
         let conn = io.conn;
         match (conn, res) {
-            (Some((key, _)), n) if n >= 0 => {
+            (Some(key), n) if n >= 0 => {
                 self.shard.wrote(key, n as usize);
                 self.flush_or_finish(key);
             }
-            (Some((key, _)), n) => {
+            (Some(key), n) => {
                 tracing::debug!(error = %io::Error::from_raw_os_error(-n), "send failed");
                 // The peer is gone: drop what it will never read and finish the close.
                 self.shard.begin_close(key, None);
@@ -559,7 +559,7 @@ impl Driver {
     /// The peer is gone: forget the connection and release its slot once idle. A send still in
     /// flight (a half-closed peer that stopped reading) is cancelled rather than waited for.
     fn gone(&mut self, slot: usize) {
-        if let Some((key, _)) = self.ios[slot].conn {
+        if let Some(key) = self.ios[slot].conn {
             self.forget(slot, key);
         }
         if self.ios[slot].sending.is_some() {
