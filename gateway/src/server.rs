@@ -22,6 +22,11 @@ use crate::protocol::Transport;
 use crate::shard::{Command, Inbox, Shard, ShardStats};
 use crate::{logic_link, Error, GatewayConfig};
 
+/// The largest batch a worker may push: tonic's default of 4 MiB is below a worker's full batch
+/// of large messages (512 bodies of 10 KiB of text, escaped as JSON), which the gateway would
+/// refuse on every redelivery.
+pub const PUSH_MAX_BYTES: usize = 64 << 20;
+
 pub struct Gateway;
 
 /// A running gateway.
@@ -186,7 +191,7 @@ impl Gateway {
         let grpc_task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
-                .add_service(GatewayServer::new(ingress))
+                .add_service(GatewayServer::new(ingress).max_decoding_message_size(PUSH_MAX_BYTES))
                 .serve_with_incoming_shutdown(peers::incoming(grpc_listener), async move {
                     let _ = stop_rx.wait_for(|s| *s).await;
                 }),

@@ -29,7 +29,8 @@ pub struct WorkerConfig {
     pub id: String,
     /// Logic (control) gRPC endpoint, for routing.
     pub logic: String,
-    /// A batch is at most this many messages: what was waiting when the worker was free…
+    /// A batch is at most this many messages (and takes no more once its bodies reach 8 MiB):
+    /// what was waiting when the worker was free…
     pub batch_max: usize,
     /// …and, above 0, what else arrives until its first message is this old (microseconds).
     /// 0 (the default) waits for nothing: batches grow by themselves under load, while the
@@ -48,7 +49,7 @@ impl Default for WorkerConfig {
         Self {
             id: "worker-1".into(),
             logic: "http://127.0.0.1:6900".into(),
-            batch_max: 512,
+            batch_max: 4096,
             batch_age_us: 0,
             gateways: vec![GatewayAddr { id: "gateway-1".into(), grpc: "http://127.0.0.1:7100".into() }],
             admin_listen: None,
@@ -161,29 +162,33 @@ impl Worker {
     }
 
     /// Waits for a first message, takes what else is waiting, then (with a batch age) gathers
-    /// more until the batch is full or old enough.
+    /// more until the batch is full or old enough. Reads take `READ_CHUNK` messages at most and
+    /// a batch stops growing past `BATCH_BYTES`, so that however large its messages a batch's
+    /// pushes stay within what a gateway takes.
     async fn collect(&self) -> Result<Grouped, Error> {
-        let mut grouped = Grouped::default();
-        let first = self.read(self.cfg.batch_max, Duration::from_millis(500)).await?;
+        let mut batch = Batch { grouped: Grouped::default(), count: 0, bytes: 0, max: self.cfg.batch_max };
+        let first = self.read(batch.chunk(), Duration::from_millis(500)).await?;
         if first.is_empty() {
-            return Ok(grouped);
+            return Ok(batch.grouped);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_micros(self.cfg.batch_age_us);
-        let mut count = first.len();
-        first.into_iter().for_each(|d| grouped.add(d));
-        while count < self.cfg.batch_max {
+        let mut waiting = batch.add(first);
+        while waiting && batch.open() {
+            let more = self.read(batch.chunk(), Duration::ZERO).await?;
+            waiting = batch.add(more);
+        }
+        while batch.open() {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            let more = self.read(self.cfg.batch_max - count, left).await?;
+            let more = self.read(batch.chunk(), left).await?;
             if more.is_empty() {
                 break;
             }
-            count += more.len();
-            more.into_iter().for_each(|d| grouped.add(d));
+            batch.add(more);
         }
-        Ok(grouped)
+        Ok(batch.grouped)
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
@@ -271,6 +276,41 @@ impl Worker {
     }
 }
 
+/// The most messages one read of the queue takes.
+pub const READ_CHUNK: usize = 512;
+/// A batch takes no further read once its bodies reach this size: with a read of the largest
+/// messages on top, a batch stays well within a gateway's `PUSH_MAX_BYTES`.
+pub const BATCH_BYTES: usize = 8 << 20;
+
+/// A batch being gathered.
+struct Batch {
+    grouped: Grouped,
+    count: usize,
+    bytes: usize,
+    max: usize,
+}
+
+impl Batch {
+    /// How many the next read may take.
+    fn chunk(&self) -> usize {
+        (self.max - self.count).min(READ_CHUNK)
+    }
+
+    /// Whether another read may add to it.
+    fn open(&self) -> bool {
+        self.count < self.max && self.bytes < BATCH_BYTES
+    }
+
+    /// Adds a read; returns whether it was full (more may be waiting).
+    fn add(&mut self, read: Vec<Delivery>) -> bool {
+        let full = !read.is_empty() && read.len() == self.chunk();
+        self.count += read.len();
+        self.bytes += read.iter().map(|d| d.message.body.len()).sum::<usize>();
+        read.into_iter().for_each(|d| self.grouped.add(d));
+        full
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +323,7 @@ mod tests {
     }
 
     async fn worker(batch_max: usize, batch_age_us: u64) -> (Worker, Arc<MemoryQueue>) {
-        let queue = Arc::new(MemoryQueue::new(100));
+        let queue = Arc::new(MemoryQueue::new(10_000));
         let cfg = WorkerConfig { batch_max, batch_age_us, ..WorkerConfig::default() };
         (Worker::new(cfg, queue.clone()).unwrap(), queue)
     }
@@ -312,6 +352,27 @@ mod tests {
         let first = w.collect().await.unwrap();
         assert_eq!(first.rooms.keys().copied().collect::<Vec<_>>(), [6]);
         assert_eq!(w.collect().await.unwrap().rooms.keys().copied().collect::<Vec<_>>(), [7]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_waited_read_by_read_up_to_its_bytes() {
+        let (w, queue) = worker(4096, 0).await;
+        let publish = |n: usize, body: Vec<u8>| {
+            let queue = queue.clone();
+            async move {
+                for _ in 0..n {
+                    let m = QueueMessage { body: body.clone(), ..msg(1) };
+                    queue.publish(m).await.unwrap();
+                }
+            }
+        };
+        publish(1200, b"{}".to_vec()).await;
+        assert_eq!(w.collect().await.unwrap().ids.len(), 1200, "three reads: 512, 512, 176");
+        // 512 of 20 KB are past the bytes a batch grows to: the next read waits for the next batch.
+        publish(1100, vec![b'x'; 20_000]).await;
+        assert_eq!(w.collect().await.unwrap().ids.len(), READ_CHUNK);
+        assert_eq!(w.collect().await.unwrap().ids.len(), READ_CHUNK);
+        assert_eq!(w.collect().await.unwrap().ids.len(), 1100 - 2 * READ_CHUNK);
     }
 
     #[tokio::test(start_paused = true)]

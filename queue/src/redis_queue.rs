@@ -256,14 +256,12 @@ impl Queue for RedisQueue {
         }
         let conn = reader.as_mut().expect("just set");
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.cfg.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(max)
-            .arg("BLOCK")
-            .arg(wait.as_millis().max(1) as u64)
-            .arg("STREAMS");
+        cmd.arg("GROUP").arg(&self.cfg.group).arg(&self.consumer).arg("COUNT").arg(max);
+        if !wait.is_zero() {
+            // Without BLOCK the read returns at once with what is there.
+            cmd.arg("BLOCK").arg(wait.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS");
         for stream in &owned {
             cmd.arg(self.cfg.key(*stream));
         }

@@ -472,6 +472,34 @@ async fn gateway_stats_count_connections_per_shard() {
 }
 
 #[tokio::test]
+async fn a_full_batch_of_the_largest_messages_is_taken_by_a_gateway() {
+    use gochat_proto::gateway::gateway_client::GatewayClient;
+    use gochat_proto::gateway::{PushBatch, RoomPush};
+    let s = Server::start().await;
+    let a = s.user("a").await;
+    let mut ws = s.ws(&a, 5).await;
+    // As large as a worker's batch gets, far over tonic's default limit of 4 MiB: messages of the
+    // longest text escaped as JSON (`\u0001` for every byte) up to the bytes at which a batch
+    // stops growing, and one more read of them.
+    use gochat_queue_worker::worker::{BATCH_BYTES, READ_CHUNK};
+    let msg = "\u{1}".repeat(10 * 1024);
+    let body = serde_json::to_vec(&json!({"op": 3, "msg": msg, "roomId": 6})).unwrap();
+    let bodies = vec![body.clone(); BATCH_BYTES / body.len() + READ_CHUNK];
+    assert!(body.len() > 60_000);
+    let last = br#"{"op":3,"msg":"after the batch","roomId":5}"#.to_vec();
+    let rooms = vec![
+        RoomPush { room_id: 6, bodies, ids: vec![], seqs: vec![] },
+        RoomPush { room_id: 5, bodies: vec![last], ids: vec![], seqs: vec![] },
+    ];
+    let mut client = GatewayClient::connect(format!("http://{}", s.up.gateway.grpc_addr)).await.unwrap();
+    let batch = PushBatch { batch_id: 77, rooms, users: vec![] };
+    let mut acks = client.push(tokio_stream::iter([batch])).await.unwrap().into_inner();
+    assert_eq!(acks.message().await.unwrap().unwrap().batch_id, 77);
+    assert_eq!(ws.recv_op(wire::OP_ROOM_SEND).await["msg"], "after the batch");
+    s.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_refused_socket_room_send_is_answered_and_the_connection_stays() {
     let s = Server::start().await;
     let a = s.user("a").await;

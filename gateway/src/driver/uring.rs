@@ -44,6 +44,8 @@ const IOV_MAX: usize = 64;
 const INBOX_BATCH: usize = 64;
 /// No io slot for a shard key (slots fit in 24 bits).
 const NO_SLOT: u32 = u32::MAX;
+/// Submissions queued before they are handed to the kernel (at the latest: at the loop's wait).
+const SUBMIT_BATCH: usize = 64;
 /// Finished sends whose buffers are kept for reuse.
 const SPARE_SENDS: usize = 1024;
 /// How long a closed socket waits for the peer's close before it is dropped.
@@ -225,6 +227,15 @@ impl Driver {
             // Submission queue full: hand what is queued to the kernel and retry.
             if let Err(e) = self.ring.submit() {
                 tracing::warn!(error = %e, "io_uring submit failed while the queue was full");
+            }
+        }
+        if self.ring.submission().len() >= SUBMIT_BATCH {
+            // A loopback send runs the receiver's side too, inside the submit: thousands in one
+            // `io_uring_enter` hold the CPU for milliseconds with no point at which the
+            // scheduler can run another thread (control, on this shard's CPU), so they go in
+            // batches, each return to user space such a point.
+            if let Err(e) = self.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed");
             }
         }
     }
