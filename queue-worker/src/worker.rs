@@ -166,7 +166,7 @@ impl Worker {
     /// a batch stops growing past `BATCH_BYTES`, so that however large its messages a batch's
     /// pushes stay within what a gateway takes.
     async fn collect(&self) -> Result<Grouped, Error> {
-        let mut batch = Batch { grouped: Grouped::default(), count: 0, bytes: 0, max: self.cfg.batch_max };
+        let mut batch = Batch { grouped: Grouped::default(), bytes: 0, max: self.cfg.batch_max };
         let first = self.read(batch.chunk(), Duration::from_millis(500)).await?;
         if first.is_empty() {
             return Ok(batch.grouped);
@@ -285,26 +285,29 @@ pub const BATCH_BYTES: usize = 8 << 20;
 /// A batch being gathered.
 struct Batch {
     grouped: Grouped,
-    count: usize,
     bytes: usize,
     max: usize,
 }
 
 impl Batch {
+    /// Messages in it.
+    fn count(&self) -> usize {
+        self.grouped.ids.len()
+    }
+
     /// How many the next read may take.
     fn chunk(&self) -> usize {
-        (self.max - self.count).min(READ_CHUNK)
+        (self.max - self.count()).min(READ_CHUNK)
     }
 
     /// Whether another read may add to it.
     fn open(&self) -> bool {
-        self.count < self.max && self.bytes < BATCH_BYTES
+        self.count() < self.max && self.bytes < BATCH_BYTES
     }
 
     /// Adds a read; returns whether it was full (more may be waiting).
     fn add(&mut self, read: Vec<Delivery>) -> bool {
         let full = !read.is_empty() && read.len() == self.chunk();
-        self.count += read.len();
         self.bytes += read.iter().map(|d| d.message.body.len()).sum::<usize>();
         read.into_iter().for_each(|d| self.grouped.add(d));
         full

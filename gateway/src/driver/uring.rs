@@ -204,12 +204,7 @@ pub fn run(setup: ShardSetup, clock: Clock) -> io::Result<()> {
 /// A sparse file table as large as the descriptors this process may hold (every io holds one,
 /// so every slot fits); 0 when the kernel refuses it, and sockets are then used by descriptor.
 fn register_file_table(ring: &IoUring) -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes into the struct we own.
-    let size = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-        0 => (limit.rlim_cur as usize).min(1 << 24),
-        _ => 1024,
-    };
+    let size = gochat_runtime::os::open_files_limit().map_or(1024, |(soft, _)| (soft as usize).min(1 << 24));
     match ring.submitter().register_files_sparse(size as u32) {
         Ok(()) => size,
         Err(e) => {
@@ -525,15 +520,10 @@ impl Driver {
             }
             return; // its completion continues
         }
-        let pending = match self.shard.out_mut(key) {
-            Some(out) => !out.is_empty(),
-            None => return,
-        };
-        if pending {
+        let Some(out) = self.shard.out_mut(key) else { return };
+        if !out.is_empty() {
             let mut send = self.spare.pop().unwrap_or_default();
-            if let Some(out) = self.shard.out_mut(key) {
-                out.pending_frames(IOV_MAX, &mut send.frames);
-            }
+            out.pending_frames(IOV_MAX, &mut send.frames);
             let iov = send
                 .frames
                 .iter()
