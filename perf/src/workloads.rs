@@ -7,10 +7,11 @@ use std::io::IoSlice;
 
 use gochat_control::history::{Limits as HistoryLimits, MemoryHistory};
 use gochat_control::kept::{Limits as KeptLimits, MemoryKeptStore};
+use gochat_control::state::NewConn;
 use gochat_control::state::{MemoryState, Session};
-use gochat_gateway::protocol::ws;
-use gochat_gateway::shard::{Command, Framed, Inbox, Shard, ShardLimits};
-use gochat_gateway::testkit::{client_frame, live_ws};
+use gochat_gateway::protocol::{ws, Transport};
+use gochat_gateway::shard::{AuthedUser, Command, Framed, Inbox, Shard, ShardLimits};
+use gochat_gateway::testkit::{client_frame, live_ws, UPGRADE};
 use gochat_proto::logic::{RoomRoute, RouteReply, ShardAddress, UserRoute};
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
@@ -69,6 +70,16 @@ pub const ALL: &[Workload] = &[
         run: rest_login_minus_hash,
     },
     Workload { name: "token_check", what: "look a session token up among 10,000", run: token_check },
+    Workload {
+        name: "ws_connect",
+        what: "a gateway's part of one WebSocket connect: upgrade, auth frame, logic's answer, replies written, close",
+        run: ws_connect,
+    },
+    Workload {
+        name: "conn_open_record",
+        what: "control's record of one connect in memory: token check, open into a room of 1,000, close",
+        run: conn_open_record,
+    },
     Workload {
         name: "history_append",
         what: "number a room message and keep it in a room's history of 100 (in memory)",
@@ -260,6 +271,68 @@ fn token_check() {
     gate_region(|| {
         i = (i + 7919) % tokens.len();
         black_box(state.session(black_box(&tokens[i])));
+    });
+}
+
+/// One WebSocket client connecting to a shard that holds a room of 1,000: everything the
+/// shard does between accept and close, with logic's answer given in place (its part is
+/// `conn_open_record`).
+fn ws_connect() {
+    let mut shard = Shard::new(0, 1, ShardLimits::default(), 0);
+    for user in 0..1000 {
+        live_ws(&mut shard, user, 7);
+    }
+    let auth = client_frame(
+        true,
+        1,
+        br#"{"authToken":"0123456789abcdef0123456789abcdef0123456789abcdef","roomId":7}"#,
+    );
+    let (mut upgrade, mut frame) = (Vec::with_capacity(UPGRADE.len()), Vec::with_capacity(auth.len()));
+    let mut dirty = Vec::new();
+    gate_region(|| {
+        let (key, conn_id) = shard.open(Transport::WebSocket, 0);
+        upgrade.clear();
+        upgrade.extend_from_slice(UPGRADE);
+        shard.on_data(key, &mut upgrade, 0);
+        frame.clear();
+        frame.extend_from_slice(&auth);
+        shard.on_data(key, &mut frame, 0);
+        black_box(shard.take_effects().count());
+        let user = AuthedUser { user_id: 5000, user_name: "newcomer".into(), ..AuthedUser::default() };
+        shard.on_command(Command::AuthDone { key, conn_id, result: Ok(Box::new(user)) });
+        shard.take_dirty(&mut dirty);
+        for &key in &dirty {
+            let Some(out) = shard.out_mut(key) else { continue };
+            let mut iov = [IoSlice::new(&[]); 8];
+            let n = out.io_slices(&mut iov);
+            let len = iov[..n].iter().map(|s| s.len()).sum();
+            shard.wrote(key, len);
+        }
+        dirty.clear();
+        shard.remove(key);
+        black_box(shard.take_effects().count());
+    });
+}
+
+/// Control's state work for one socket's `ConnOpen` and its close, in the embedded default's
+/// memory state: the token's session, the connection recorded in its user's routes and in a
+/// room of 1,000 members, then forgotten.
+fn conn_open_record() {
+    let state = MemoryState::new(std::time::Duration::from_secs(3600));
+    let token = "0123456789abcdef0123456789abcdef0123456789abcdef".to_string();
+    state.create_session(token.clone(), Session { user_id: 5000, user_name: "newcomer".into() });
+    let member =
+        |conn_id| NewConn { gateway: "gw-1", shard: 0, conn_id, room_id: 7, acks: false, max_user_conns: 0 };
+    for user in 0..1000 {
+        let session = Session { user_id: user, user_name: format!("u{user}") };
+        let _ = state.conn_open(&member(user), &session);
+    }
+    let mut conn_id = 10_000;
+    gate_region(|| {
+        conn_id += 1;
+        let session = state.session(black_box(&token)).expect("live session");
+        black_box(state.conn_open(&member(conn_id), &session).is_ok());
+        black_box(state.conn_close("gw-1", conn_id));
     });
 }
 
