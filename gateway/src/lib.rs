@@ -7,7 +7,7 @@
 //! - [`shard`]: one shard's connections, rooms, users and timers (single-threaded, no locks),
 //!   its bounded [`shard::Inbox`], and the effects it asks of logic.
 //! - [`driver`]: what drives a shard's sockets — the native io_uring driver, or the epoll driver
-//!   (a tokio current-thread runtime per shard) — behind one small boundary.
+//!   (an edge-triggered epoll loop per shard) — behind one small boundary.
 //! - [`ingress`]: the gRPC `Gateway` service: batches from queue-workers, framed once, handed to
 //!   the shards' inboxes.
 //! - [`logic_link`]: carries the shards' effects (auth, close, room sends) to logic over gRPC.

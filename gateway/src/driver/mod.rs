@@ -23,7 +23,7 @@ use crate::shard::{Effect, Inbox, Shard};
 pub enum DriverChoice {
     /// The best driver this machine supports.
     Auto,
-    /// A tokio current-thread runtime per shard over epoll.
+    /// An edge-triggered epoll loop per shard, no runtime.
     Epoll,
     /// The native io_uring driver.
     IoUring,
