@@ -290,7 +290,8 @@ impl Driver {
             return;
         }
         if self.shard.len() >= MAX_SLOTS {
-            // Keys must fit the 24 bits event data gives them (the shard's keys are dense).
+            // Keys must fit the 24 bits event data gives them: a shard's keys stay below the most
+            // connections it held at once.
             tracing::warn!("connection refused: the driver's slot table is full");
             return;
         }
