@@ -9,11 +9,12 @@
 //!
 //! rustls runs the handshake. Once a TLS 1.3 handshake is over, the session takes the traffic
 //! keys out of rustls (its kernel API, as kTLS does) and protects records itself with ring, the
-//! provider rustls uses: rustls' connection state, about 3 KiB after a handshake (its struct,
-//! two expanded AEAD keys, the state machine and its queues), becomes about 100 bytes of keys,
-//! IVs and sequence numbers, and the AEAD key is expanded for each read or frame instead of
-//! being held. TLS 1.2 sessions (and a config that does not allow taking the keys out) stay on
-//! rustls' connection.
+//! provider rustls uses (RFC 8446 §5.2–5.4): rustls' connection state, about 3.5 KiB after a
+//! handshake (its struct, two expanded AEAD keys, the state machine and its queues), gives way
+//! to per direction a key, an IV and a sequence number, and the AEAD key is expanded for each
+//! read or frame instead of being held. Keeping no traffic secret, the session cannot follow a
+//! KeyUpdate: it closes instead (close_notify), as it does before AES-GCM's record limit. TLS 1.2
+//! sessions (and a config that does not allow taking the keys out) stay on rustls' connection.
 
 use std::sync::Arc;
 
@@ -39,8 +40,8 @@ const HEADER: usize = 5;
 const MAX_FRAGMENT: usize = 1 << 14;
 /// A TLS 1.3 record's overhead: the inner content type and the AEAD tag.
 const TLS13_OVERHEAD: usize = 1 + 16;
-/// Records a TLS 1.3 session encrypts under one key before it closes: the most any of its AEADs
-/// allows (AES-GCM's, RFC 8446 §5.5), less some room.
+/// Records a TLS 1.3 session encrypts under one key before it closes: below the lowest limit
+/// of its AEADs (AES-GCM's, RFC 8446 §5.5; rustls updates keys at 2^24).
 const TLS13_RECORD_LIMIT: u64 = (1 << 24) - (1 << 16);
 
 /// Content types (RFC 8446 §5.1) and the alerts the session sends (§6).
