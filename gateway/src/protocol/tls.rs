@@ -11,15 +11,19 @@
 //! keys out of rustls (its kernel API, as kTLS does) and protects records itself with ring, the
 //! provider rustls uses (RFC 8446 §5.2–5.4): rustls' connection state, about 3.5 KiB after a
 //! handshake (its struct, two expanded AEAD keys, the state machine and its queues), gives way
-//! to per direction a key, an IV and a sequence number, and the AEAD key is expanded for each
-//! read or frame instead of being held. Keeping no traffic secret, the session cannot follow a
-//! KeyUpdate: it closes instead (close_notify), as it does before AES-GCM's record limit. TLS 1.2
-//! sessions (and a config that does not allow taking the keys out) stay on rustls' connection.
+//! to per direction a key, an IV, a sequence number and the traffic secret the next keys derive
+//! from (KeyUpdate, §4.6.3), and the AEAD key is expanded for each read or frame instead of being
+//! held. rustls hands out keys but no secret: the secrets come from the config's key log
+//! ([`key_log`]), which keeps them for the session whose handshake step logged them, and are
+//! checked against the keys. Without them (another key log) a KeyUpdate closes the connection
+//! (close_notify), as does AES-GCM's record limit. TLS 1.2 sessions (and a config that does not
+//! allow taking the keys out) stay on rustls' connection.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ring::aead;
+use ring::{aead, hkdf};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
@@ -44,16 +48,28 @@ const TLS13_OVERHEAD: usize = 1 + 16;
 /// of its AEADs (AES-GCM's, RFC 8446 §5.5; rustls updates keys at 2^24).
 const TLS13_RECORD_LIMIT: u64 = (1 << 24) - (1 << 16);
 
+/// [`TLS13_RECORD_LIMIT`], or what a test set for its thread.
+fn record_limit() -> u64 {
+    #[cfg(test)]
+    if let Some(limit) = tests::RECORD_LIMIT.get() {
+        return limit;
+    }
+    TLS13_RECORD_LIMIT
+}
+
 /// Content types (RFC 8446 §5.1) and the alerts the session sends (§6).
 const APPLICATION_DATA: u8 = 23;
 const ALERT: u8 = 21;
 const HANDSHAKE: u8 = 22;
 const CLOSE_NOTIFY: u8 = 0;
 const UNEXPECTED_MESSAGE: u8 = 10;
+const ILLEGAL_PARAMETER: u8 = 47;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
 const DECODE_ERROR: u8 = 50;
 const USER_CANCELED: u8 = 90;
+/// The KeyUpdate handshake message's type (RFC 8446 §4).
+const KEY_UPDATE: u8 = 24;
 
 /// One connection's TLS state.
 pub struct TlsSession {
@@ -75,18 +91,26 @@ pub struct TlsSession {
     extract: bool,
 }
 
-/// Who protects the records.
+/// Who protects the records. The large variant is what an idle TLS 1.3 connection keeps: inline,
+/// it costs no allocation of its own (the session itself is boxed in the shard's table).
+#[allow(clippy::large_enum_variant)]
 enum Layer {
     /// rustls: the handshake, and TLS 1.2 for good.
-    Rustls(Box<UnbufferedServerConnection>),
+    Rustls(Box<Handshake>),
     /// A TLS 1.3 connection's traffic keys, after the handshake.
     Tls13(Traffic),
     /// For a moment, while the keys are taken out.
     Gone,
 }
 
-/// TLS 1.3 record protection (RFC 8446 §5.2): per direction a key, a static IV and the record
-/// sequence number.
+/// rustls' connection, and the traffic secrets its handshake logged.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    logged: Logged,
+}
+
+/// TLS 1.3 record protection (RFC 8446 §5.2): per direction a key, a static IV, the record
+/// sequence number and the traffic secret.
 struct Traffic {
     aead: &'static aead::Algorithm,
     tx: Keys,
@@ -98,6 +122,35 @@ struct Keys {
     key: [u8; 32],
     iv: [u8; 12],
     seq: u64,
+    /// The traffic secret the key and IV came from; empty when the key log gave none.
+    secret: Secret,
+}
+
+/// A TLS 1.3 traffic secret (32 or 48 bytes: SHA-256's or SHA-384's length).
+struct Secret {
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl Secret {
+    const NONE: Self = Self { bytes: [0; 48], len: 0 };
+
+    fn new(secret: &[u8]) -> Option<Self> {
+        let mut s = Self::NONE;
+        s.bytes.get_mut(..secret.len())?.copy_from_slice(secret);
+        s.len = secret.len() as u8;
+        Some(s)
+    }
+
+    fn get(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.bytes);
+    }
 }
 
 impl Drop for Keys {
@@ -105,6 +158,50 @@ impl Drop for Keys {
         zeroize::Zeroize::zeroize(&mut self.key);
         zeroize::Zeroize::zeroize(&mut self.iv);
     }
+}
+
+/// The application traffic secrets a handshake step logged (client's, server's).
+#[derive(Default)]
+struct Logged {
+    client: Option<Secret>,
+    server: Option<Secret>,
+}
+
+thread_local! {
+    /// What [`TrafficSecretLog`] was given during the rustls call running on this thread: a
+    /// session takes it as soon as the call returns, so it is that session's.
+    static LOGGED: RefCell<Logged> = RefCell::default();
+}
+
+/// A key log that keeps the TLS 1.3 application traffic secrets for the session whose handshake
+/// step logged them (and logs nothing anywhere). Set as the config's `key_log` (the shard does:
+/// `Shard::set_tls`), it lets sessions follow key updates after they took the keys out of rustls.
+#[derive(Debug)]
+pub struct TrafficSecretLog;
+
+const CLIENT_SECRET: &str = "CLIENT_TRAFFIC_SECRET_0";
+const SERVER_SECRET: &str = "SERVER_TRAFFIC_SECRET_0";
+
+impl rustls::KeyLog for TrafficSecretLog {
+    fn will_log(&self, label: &str) -> bool {
+        label == CLIENT_SECRET || label == SERVER_SECRET
+    }
+
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        LOGGED.with(|logged| {
+            let mut logged = logged.borrow_mut();
+            match label {
+                CLIENT_SECRET => logged.client = Secret::new(secret),
+                SERVER_SECRET => logged.server = Secret::new(secret),
+                _ => {}
+            }
+        });
+    }
+}
+
+/// The key log a gateway's TLS config carries (see [`TrafficSecretLog`]).
+pub fn key_log() -> Arc<dyn rustls::KeyLog> {
+    Arc::new(TrafficSecretLog)
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -137,9 +234,9 @@ enum Stop {
 impl TlsSession {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, rustls::Error> {
         let extract = config.enable_secret_extraction;
-        let conn = Box::new(UnbufferedServerConnection::new(config)?);
+        let conn = UnbufferedServerConnection::new(config)?;
         Ok(Self {
-            layer: Layer::Rustls(conn),
+            layer: Layer::Rustls(Box::new(Handshake { conn, logged: Logged::default() })),
             held: Vec::new(),
             owed: Vec::new(),
             failed: None,
@@ -217,9 +314,9 @@ impl TlsSession {
         }
         if let Layer::Tls13(traffic) = &mut self.layer {
             let records = plaintext.len().div_ceil(MAX_FRAGMENT) as u64;
-            if traffic.tx.seq + records > TLS13_RECORD_LIMIT {
-                // As far as one key may go: close rather than update keys the session no longer
-                // has the secrets for. (About 16 million frames on one connection.)
+            if traffic.tx.seq + records > record_limit() && !traffic.update_tx(&mut out) {
+                // As far as one key may go (about 16 million frames), with no secret to derive
+                // the next one from: close.
                 tracing::debug!("TLS record limit reached: closing");
                 self.owed = out;
                 self.close();
@@ -270,7 +367,7 @@ impl TlsSession {
 
     pub fn is_handshaking(&self) -> bool {
         match &self.layer {
-            Layer::Rustls(conn) => conn.is_handshaking(),
+            Layer::Rustls(handshake) => handshake.conn.is_handshaking(),
             Layer::Tls13(_) | Layer::Gone => false,
         }
     }
@@ -290,7 +387,8 @@ impl TlsSession {
     /// After a TLS 1.3 handshake, once rustls owes nothing: takes the traffic keys out of
     /// rustls and lets its connection go.
     fn take_keys(&mut self) {
-        let Layer::Rustls(conn) = &self.layer else { return };
+        let Layer::Rustls(handshake) = &self.layer else { return };
+        let conn = &handshake.conn;
         if !self.extract
             || self.failed.is_some()
             || self.peer_closed
@@ -301,10 +399,16 @@ impl TlsSession {
         {
             return;
         }
-        let Layer::Rustls(conn) = std::mem::replace(&mut self.layer, Layer::Gone) else { return };
+        let Layer::Rustls(handshake) = std::mem::replace(&mut self.layer, Layer::Gone) else { return };
+        let Handshake { conn, logged } = *handshake;
         match conn.dangerous_into_kernel_connection() {
             Ok((secrets, _kernel)) => match (Keys::new(secrets.tx), Keys::new(secrets.rx)) {
-                (Some((aead, tx)), Some((_, rx))) => self.layer = Layer::Tls13(Traffic { aead, tx, rx }),
+                (Some((aead, mut tx)), Some((_, mut rx))) => {
+                    // The logged secrets, if they are the ones these keys came from.
+                    tx.secret = logged.server.filter(|s| tx.derives_from(aead, s)).unwrap_or(Secret::NONE);
+                    rx.secret = logged.client.filter(|s| rx.derives_from(aead, s)).unwrap_or(Secret::NONE);
+                    self.layer = Layer::Tls13(Traffic { aead, tx, rx });
+                }
                 _ => self.broken("unknown traffic secrets"),
             },
             Err(error) => self.broken(&error.to_string()),
@@ -345,7 +449,8 @@ impl TlsSession {
             // rustls hands out what it queued (the alert) before it looks at any input again:
             // asked only while it has something queued, it never reads the input it refused a
             // second time.
-            Layer::Rustls(conn) => {
+            Layer::Rustls(handshake) => {
+                let conn = &mut handshake.conn;
                 while conn.wants_write() {
                     let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut []);
                     match state {
@@ -388,9 +493,18 @@ impl TlsSession {
         write: Option<&mut Writer<'_>>,
     ) -> (usize, Stop) {
         match &mut self.layer {
-            Layer::Rustls(conn) => drive(conn, buf, plain, out, write, &mut self.peer_closed),
+            Layer::Rustls(handshake) => {
+                LOGGED.with(|l| std::mem::take(&mut *l.borrow_mut()));
+                let r = drive(&mut handshake.conn, buf, plain, out, write, &mut self.peer_closed);
+                // What the key log was given during this call is this session's.
+                let logged = LOGGED.with(|l| std::mem::take(&mut *l.borrow_mut()));
+                if logged.client.is_some() || logged.server.is_some() {
+                    handshake.logged = logged;
+                }
+                r
+            }
             Layer::Tls13(traffic) => match plain {
-                Some(plain) => traffic.open(buf, plain, &mut self.peer_closed),
+                Some(plain) => traffic.open(buf, plain, out, &mut self.peer_closed),
                 None => (0, Stop::Input),
             },
             Layer::Gone => (0, Stop::Input),
@@ -411,10 +525,45 @@ impl Keys {
         if key.len() != aead.key_len() || iv.len() != 12 {
             return None;
         }
-        let mut keys = Self { key: [0; 32], iv: [0; 12], seq };
+        let mut keys = Self { key: [0; 32], iv: [0; 12], seq, secret: Secret::NONE };
         keys.key[..key.len()].copy_from_slice(key);
         keys.iv.copy_from_slice(iv);
         Some((aead, keys))
+    }
+
+    /// Whether `secret` is the traffic secret this key and IV derive from (RFC 8446 §7.3).
+    fn derives_from(&self, aead: &'static aead::Algorithm, secret: &Secret) -> bool {
+        let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+        let n = aead.key_len();
+        let derived = expand_label(aead, secret.get(), b"key", &mut key[..n])
+            && expand_label(aead, secret.get(), b"iv", &mut iv);
+        let same = derived && key[..n] == self.key[..n] && iv == self.iv;
+        zeroize::Zeroize::zeroize(&mut key);
+        same
+    }
+
+    /// Moves to the next traffic secret and its key and IV (KeyUpdate, RFC 8446 §7.2); false
+    /// when there is no secret to derive from.
+    fn update(&mut self, aead: &'static aead::Algorithm) -> bool {
+        let mut next = Secret::NONE;
+        next.len = self.secret.len;
+        let len = next.len as usize;
+        if len == 0 || !expand_label(aead, self.secret.get(), b"traffic upd", &mut next.bytes[..len]) {
+            return false;
+        }
+        let (mut key, mut iv) = ([0u8; 32], [0u8; 12]);
+        let n = aead.key_len();
+        if !expand_label(aead, next.get(), b"key", &mut key[..n])
+            || !expand_label(aead, next.get(), b"iv", &mut iv)
+        {
+            return false;
+        }
+        self.key = key;
+        self.iv = iv;
+        self.secret = next;
+        self.seq = 0;
+        zeroize::Zeroize::zeroize(&mut key);
+        true
     }
 
     /// The AEAD key, expanded for one read or one frame.
@@ -435,7 +584,42 @@ impl Keys {
     }
 }
 
+/// HKDF-Expand-Label(secret, label, "", out.len()) of TLS 1.3 (RFC 8446 §7.1), with the hash of
+/// `aead`'s suites (SHA-384 for AES-256-GCM, SHA-256 for the others); false if it cannot be.
+fn expand_label(aead: &'static aead::Algorithm, secret: &[u8], label: &[u8], out: &mut [u8]) -> bool {
+    struct Len(usize);
+    impl hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            self.0
+        }
+    }
+    let hash = if aead == &aead::AES_256_GCM { hkdf::HKDF_SHA384 } else { hkdf::HKDF_SHA256 };
+    if secret.len() != hkdf::KeyType::len(&hash) {
+        return false;
+    }
+    let length = (out.len() as u16).to_be_bytes();
+    let label_len = [(b"tls13 ".len() + label.len()) as u8];
+    let info: [&[u8]; 5] = [&length, &label_len, b"tls13 ", label, &[0]];
+    let prk = hkdf::Prk::new_less_safe(hash, secret);
+    prk.expand(&info, Len(out.len())).and_then(|okm| okm.fill(out)).is_ok()
+}
+
 impl Traffic {
+    /// Sends a KeyUpdate (not asking the peer for one) under the current keys, then moves to the
+    /// next ones; false, sending nothing, when there is no secret to derive them from.
+    fn update_tx(&mut self, out: &mut Vec<u8>) -> bool {
+        if self.tx.secret.len == 0 {
+            return false;
+        }
+        let at = out.len();
+        self.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], out);
+        if !self.tx.update(self.aead) {
+            out.truncate(at);
+            return false;
+        }
+        true
+    }
+
     /// Appends `data` as records of content type `typ` to `out`, each straight into `out`:
     /// header, data, inner type, tag. An empty `out` ends up exactly as long as its allocation.
     fn seal(&mut self, typ: u8, data: &[u8], out: &mut Vec<u8>) {
@@ -462,9 +646,16 @@ impl Traffic {
 
     /// Opens the whole records at the front of `buf` in place, appending application data to
     /// `plain`. Returns how much of `buf` it is done with, and why it stopped.
-    fn open(&mut self, buf: &mut [u8], plain: &mut Vec<u8>, peer_closed: &mut bool) -> (usize, Stop) {
+    fn open(
+        &mut self,
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+        peer_closed: &mut bool,
+    ) -> (usize, Stop) {
         let mut done = 0;
-        let mut key = None;
+        // The receive key, expanded once for the records of this read.
+        let mut cached = None;
         while !*peer_closed {
             let Some(header) = buf.get(done..done + HEADER) else { break };
             let header: [u8; HEADER] = header.try_into().expect("a header's length");
@@ -481,7 +672,7 @@ impl Traffic {
                 return (done, Stop::Refused(Some(RECORD_OVERFLOW), "a record over 2^14 + 256 bytes"));
             }
             let Some(record) = buf.get_mut(done + HEADER..done + HEADER + len) else { break };
-            let key = key.get_or_insert_with(|| self.rx.expand(self.aead));
+            let key = cached.get_or_insert_with(|| self.rx.expand(self.aead));
             let nonce = self.rx.nonce();
             let Ok(opened) = key.open_in_place(nonce, aead::Aad::from(header), record) else {
                 return (done, Stop::Refused(Some(BAD_RECORD_MAC), "a record that does not decrypt"));
@@ -502,14 +693,23 @@ impl Traffic {
                     return (done + HEADER + len, Stop::Refused(None, "the peer sent an alert"))
                 }
                 (ALERT, _) => return (done, Stop::Refused(Some(DECODE_ERROR), "a malformed alert")),
-                // A KeyUpdate (the only handshake message a client may send now, §4.6.3) would
-                // need the traffic secret, which the session does not keep: it closes instead,
-                // cleanly, and the client reconnects. Clients rarely update keys.
-                (HANDSHAKE, [24, ..]) => {
-                    return (
-                        done + HEADER + len,
-                        Stop::Refused(Some(CLOSE_NOTIFY), "the peer updated its keys"),
-                    )
+                // A KeyUpdate, the only handshake message a client may send now (§4.6.3),
+                // alone in its record (a message split over records is not taken).
+                (HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, request]) => {
+                    if request > 1 {
+                        return (done, Stop::Refused(Some(ILLEGAL_PARAMETER), "a malformed KeyUpdate"));
+                    }
+                    // Without the secret: close cleanly, and the client reconnects.
+                    if !self.rx.update(self.aead) {
+                        let why = "the peer updated its keys (no secret to follow)";
+                        return (done + HEADER + len, Stop::Refused(Some(CLOSE_NOTIFY), why));
+                    }
+                    cached = None;
+                    // Asked for ours too: sent before anything else under the new keys.
+                    if request == 1 && !self.update_tx(out) {
+                        let why = "the peer asked for a key update (no secret to make one)";
+                        return (done + HEADER + len, Stop::Refused(Some(CLOSE_NOTIFY), why));
+                    }
                 }
                 _ => return (done, Stop::Refused(Some(UNEXPECTED_MESSAGE), "an unexpected message")),
             }
@@ -676,6 +876,7 @@ pub(crate) mod testing {
             .unwrap();
         server.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
         server.enable_secret_extraction = true;
+        server.key_log = super::key_log();
         let mut roots = RootCertStore::empty();
         roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
         let mut client_provider = (*provider).clone();
@@ -693,7 +894,13 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
     use std::io::{Read, Write};
+
+    thread_local! {
+        /// A record limit for this test's thread (see `record_limit`).
+        pub(super) static RECORD_LIMIT: Cell<Option<u64>> = const { Cell::new(None) };
+    }
 
     use rustls::{AlertDescription, ClientConnection, HandshakeKind};
 
@@ -1047,9 +1254,44 @@ mod tests {
     }
 
     #[test]
-    fn a_client_key_update_closes_cleanly() {
+    fn key_updates_are_followed_both_ways_on_every_suite() {
+        use rustls::crypto::ring::cipher_suite::*;
+        for suite in [TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256] {
+            let (server, client_config) = configs_with(&[&rustls::version::TLS13], Some(suite));
+            let (mut s, mut c) = established(&server, &client_config);
+            assert!(s.is_lean());
+            let mut plain = Vec::new();
+            for round in 0..3 {
+                // The client updates its keys and asks for ours (rustls always asks).
+                c.refresh_traffic_keys().unwrap();
+                let mut bytes = [client_output(&mut c), records(&mut c, b"after")].concat();
+                plain.clear();
+                assert_eq!(s.receive(&mut bytes, &mut plain), Ok(false), "{suite:?} round {round}");
+                assert_eq!(plain, b"after");
+                // Our KeyUpdate comes first, then records under the new keys.
+                let sealed = s.seal(b"and back");
+                assert_eq!(client_input(&mut c, &sealed), b"and back", "{suite:?} round {round}");
+            }
+            // Our own, at the record limit (made small).
+            let seq = |s: &TlsSession| match &s.layer {
+                Layer::Tls13(t) => t.tx.seq,
+                _ => unreachable!(),
+            };
+            RECORD_LIMIT.set(Some(seq(&s) + 2));
+            for frame in [&b"one"[..], b"two", b"three"] {
+                assert_eq!(client_input(&mut c, &s.seal(frame)), frame, "{suite:?}");
+            }
+            assert_eq!(seq(&s), 1, "a KeyUpdate under the old key, then one record under the new");
+            RECORD_LIMIT.set(None);
+        }
+    }
+
+    #[test]
+    fn without_the_secrets_a_key_update_closes_cleanly() {
         let (server, client_config) = configs();
-        let (mut s, mut c) = established(&server, &client_config);
+        let mut server = (*server).clone();
+        server.key_log = Arc::new(rustls::NoKeyLog);
+        let (mut s, mut c) = established(&Arc::new(server.clone()), &client_config);
         assert!(s.is_lean());
         c.refresh_traffic_keys().unwrap();
         let mut plain = Vec::new();
@@ -1059,6 +1301,32 @@ mod tests {
         assert!(client_input(&mut c, &s.take_output().expect("close_notify")).is_empty());
         let mut rest = Vec::new();
         assert_eq!(c.reader().read_to_end(&mut rest).unwrap(), 0, "the client saw close_notify");
+        // And at the record limit (made small).
+        let (mut s, mut c) = established(&Arc::new(server), &client_config);
+        let Layer::Tls13(traffic) = &s.layer else { panic!("lean") };
+        RECORD_LIMIT.set(Some(traffic.tx.seq + 1));
+        assert_eq!(client_input(&mut c, &s.seal(b"last")), b"last");
+        assert!(client_input(&mut c, &s.seal(b"over")).is_empty(), "close_notify instead");
+        assert_eq!(c.reader().read_to_end(&mut rest).unwrap(), 0, "the client saw close_notify");
+        RECORD_LIMIT.set(None);
+    }
+
+    #[test]
+    fn a_malformed_key_update_is_refused() {
+        let (server, client_config) = configs();
+        let (mut s, _c) = established(&server, &client_config);
+        let Layer::Tls13(traffic) = &mut s.layer else { panic!("lean") };
+        // A record the client could have sent: sealed with the client's keys (our receive keys).
+        let mut peer = Traffic {
+            aead: traffic.aead,
+            tx: Keys { key: traffic.rx.key, iv: traffic.rx.iv, seq: traffic.rx.seq, secret: Secret::NONE },
+            rx: Keys { key: [0; 32], iv: [0; 12], seq: 0, secret: Secret::NONE },
+        };
+        let mut bytes = Vec::new();
+        peer.seal(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 7], &mut bytes);
+        let mut plain = Vec::new();
+        assert_eq!(s.receive(&mut bytes, &mut plain), Err(TlsFailed { handshake: false }));
+        assert!(s.take_output().is_some(), "illegal_parameter");
     }
 
     #[test]

@@ -46,11 +46,12 @@ impl TlsConns {
 impl Shard {
     /// Serves `wss://`: connections opened with [`Shard::open_tls`] use `config`.
     /// The config is made to let sessions take the traffic keys out of rustls after a TLS 1.3
-    /// handshake (see `protocol::tls`).
+    /// handshake, and to give them the traffic secrets key updates derive from (see
+    /// `protocol::tls`).
     pub fn set_tls(&mut self, mut config: Arc<rustls::ServerConfig>) {
-        if !config.enable_secret_extraction {
-            Arc::make_mut(&mut config).enable_secret_extraction = true;
-        }
+        let c = Arc::make_mut(&mut config);
+        c.enable_secret_extraction = true;
+        c.key_log = crate::protocol::tls::key_log();
         self.tls.config = Some(config);
     }
 
