@@ -519,6 +519,9 @@ mod tests {
                 max_connections: Some(19_000),
                 ws_echo_path: Some("/echo".into()),
                 drain_secs: Some(0),
+                wss_listen: addr(7),
+                tls_cert: Some("/etc/gochat/tls/fullchain.pem".into()),
+                tls_key: Some("/etc/gochat/tls/privkey.pem".into()),
             }),
         };
         let written: toml::Table = toml::from_str(&node.to_toml().unwrap()).unwrap();

@@ -48,6 +48,43 @@ pub struct FleetSpec {
     /// How a connection knows it is authenticated.
     #[serde(default)]
     pub auth: AuthSignal,
+    /// Connect with TLS (`wss://`), trusting these certificates.
+    #[serde(default)]
+    pub tls: Option<TlsClient>,
+}
+
+/// What a `wss://` client trusts, and the name it checks the server's certificate for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsClient {
+    /// PEM certificates to trust (a CA's, or the server's own self-signed one).
+    pub ca_pem: String,
+    /// The server name to verify (a DNS name or an IP address).
+    pub name: String,
+}
+
+impl TlsClient {
+    /// A client config trusting [`TlsClient::ca_pem`], and the name to connect to.
+    pub fn connector(
+        &self,
+    ) -> anyhow::Result<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.context("a PEM certificate to trust")?)?;
+        }
+        if roots.is_empty() {
+            anyhow::bail!("no certificate to trust");
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(self.name.clone()).context("a server name to verify")?;
+        Ok((tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)), name))
+    }
 }
 
 /// How a connection knows the server took its auth frame.
@@ -184,10 +221,31 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
         });
         let gate = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
         let host = spec.ws.to_string();
+        let tls = match spec.tls.as_ref().map(TlsClient::connector).transpose() {
+            Ok(tls) => tls.map(Rc::new),
+            Err(e) => {
+                // Every connection fails with the reason, for the report.
+                {
+                    let mut stats = shared.stats.borrow_mut();
+                    stats.snap.errors.push(format!("TLS client: {e:#}"));
+                    stats.snap.counts.failed = spec.conns.len() as u64;
+                }
+                while let Some(cmd) = cmds.recv().await {
+                    let mut snap = shared.stats.borrow().snap.clone();
+                    snap.cpu_secs = gochat_runtime::os::thread_cpu_secs();
+                    reply(snap);
+                    if cmd == Cmd::Quit {
+                        return;
+                    }
+                }
+                return;
+            }
+        };
         let kind = spec.client;
         let auth = spec.auth;
         for conn in spec.conns {
             let (shared, gate, host, path) = (shared.clone(), gate.clone(), host.clone(), spec.path.clone());
+            let tls = tls.clone();
             let (addr, source) = (spec.ws, spec.source_ip);
             tokio::task::spawn_local(async move {
                 // As a real client does ("try again" closes, timeouts): reconnect with a
@@ -195,7 +253,8 @@ pub fn run(spec: FleetSpec, mut cmds: mpsc::UnboundedReceiver<Cmd>, mut reply: i
                 let mut backoff = Duration::from_millis(500);
                 for attempt in 1..=CONNECT_ATTEMPTS {
                     let permit = gate.acquire().await.expect("semaphore open");
-                    let at = Endpoint { addr, source, host: &host, path: &path, kind, auth };
+                    let at =
+                        Endpoint { addr, source, host: &host, path: &path, kind, auth, tls: tls.as_deref() };
                     let result = connection(&shared, &at, &conn, Some(permit)).await;
                     let retry = {
                         let mut stats = shared.stats.borrow_mut();
@@ -261,6 +320,33 @@ struct Endpoint<'a> {
     path: &'a str,
     kind: ClientKind,
     auth: AuthSignal,
+    /// `wss://`: the TLS client and the name it verifies.
+    tls: Option<&'a (tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+/// A connection's socket, plain or under TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Plain(s) => s.write_all(bytes).await,
+            Self::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(buf).await,
+            Self::Tls(s) => s.read(buf).await,
+        }
+    }
 }
 
 /// One connection's life. `Ok(true)` when the server closed it after auth.
@@ -271,9 +357,23 @@ async fn connection(
     mut permit: Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> io::Result<bool> {
     let started = Instant::now();
-    let mut stream = tokio::time::timeout(Duration::from_secs(30), connect(at.addr, at.source))
+    let tcp = tokio::time::timeout(Duration::from_secs(30), connect(at.addr, at.source))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    let mut stream = match at.tls {
+        None => Stream::Plain(tcp),
+        Some((connector, name)) => {
+            let tls = tokio::time::timeout(Duration::from_secs(30), connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+            Stream::Tls(Box::new(tls))
+        }
+    };
+    // Under TLS a read goes through rustls, which needs a buffer of the connection's own.
+    let mut tls_buf = match stream {
+        Stream::Plain(_) => Vec::new(),
+        Stream::Tls(_) => vec![0; 4096],
+    };
     let offer = at.kind.binary.then_some(SUBPROTOCOL);
     stream.write_all(&wsclient::upgrade_request(at.host, at.path, offer)).await?;
     let mut head = Vec::with_capacity(256);
@@ -335,14 +435,28 @@ async fn connection(
             stream.write_all(&owed).await?;
             owed.clear();
         }
-        stream.readable().await?;
-        let mut scratch = shared.scratch.borrow_mut();
-        let n = match stream.try_read(&mut scratch) {
+        let read = match &mut stream {
+            Stream::Plain(s) => {
+                s.readable().await?;
+                let mut scratch = shared.scratch.borrow_mut();
+                s.try_read(&mut scratch)
+            }
+            Stream::Tls(s) => {
+                let read = s.read(&mut tls_buf).await;
+                // Into the scratch buffer, as a plain read goes (nothing awaits in between).
+                if let Ok(n) = read {
+                    shared.scratch.borrow_mut()[..n].copy_from_slice(&tls_buf[..n]);
+                }
+                read
+            }
+        };
+        let n = match read {
             Ok(0) => return if authed { Ok(true) } else { Err(closed_before_auth("end of stream")) },
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return if authed { Ok(true) } else { Err(e) },
         };
+        let scratch = shared.scratch.borrow();
         if pending.is_empty() {
             let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed, at);
             pending.extend_from_slice(&scratch[used..n]);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
-use crate::engine::{new_hist, AuthSignal, ClientKind, ConnSpec, Counts, FleetSpec, Snapshot};
+use crate::engine::{new_hist, AuthSignal, ClientKind, ConnSpec, Counts, FleetSpec, Snapshot, TlsClient};
 use crate::result::RunResult;
 use crate::worker::Fleet;
 
@@ -27,6 +27,8 @@ pub struct ClientOpts {
     /// Agents (`bench agent`, `host:port`) to run the fleets on instead of this machine, spread
     /// over them round-robin, at least one each.
     pub agents: Vec<String>,
+    /// Connect with TLS (`wss://`), trusting these certificates.
+    pub tls: Option<TlsClient>,
 }
 
 impl ClientOpts {
@@ -130,6 +132,7 @@ impl Fleets {
                 connect_concurrency: opts.connect_concurrency,
                 client: opts.kind,
                 auth,
+                tls: opts.tls.clone(),
             };
             fleets.push(if agents > 0 {
                 Fleet::remote(&opts.agents[i % agents], &spec)?

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use gochat_bench::echo::{self, EchoParams};
-use gochat_bench::engine::{AuthSignal, ClientKind};
+use gochat_bench::engine::{AuthSignal, ClientKind, TlsClient};
 use gochat_bench::fleets::ClientOpts;
 use gochat_bench::result::RunResult;
 use gochat_bench::scenario::{self, ConnectionsParams, FanoutParams, PrivateParams, Target};
@@ -111,6 +111,18 @@ struct ServerArgs {
     /// `history_size=0`); repeatable.
     #[arg(long = "control-set", global = true, value_name = "KEY=VALUE")]
     control_set: Vec<String>,
+    /// The client connections speak `wss://` (TLS 1.3 or 1.2, whatever the server picks). A
+    /// `spawn:` cluster then serves wss with a self-signed certificate the bench makes (for
+    /// localhost and 127.0.0.1) and trusts; a running server's --ws is its wss address, and
+    /// --tls-ca names what to trust.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// With --tls: PEM certificates to trust (a CA's, or the server's own).
+    #[arg(long, global = true, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls: the name to verify the server's certificate for (a DNS name or an IP).
+    #[arg(long, global = true, default_value = "localhost")]
+    tls_name: String,
     /// Append each run's result (JSON) to this directory.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
@@ -352,12 +364,53 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
+    let cert_dir = std::env::temp_dir().join(format!("gochat-bench-tls-{}", std::process::id()));
+    let result = run_in(args, command, &cert_dir);
+    let _ = std::fs::remove_dir_all(&cert_dir);
+    result
+}
+
+/// What `--tls` trusts and, when clusters are spawned, the certificate they serve (made in
+/// `cert_dir`).
+fn tls_setup(
+    args: &ServerArgs,
+    spawns: bool,
+    cert_dir: &std::path::Path,
+) -> anyhow::Result<(Option<TlsClient>, Option<gochat_bench::server::ServerCert>)> {
+    if !args.tls {
+        if args.tls_ca.is_some() {
+            bail!("--tls-ca needs --tls");
+        }
+        return Ok((None, None));
+    }
+    let mut ca_pem = match &args.tls_ca {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("--tls-ca {}", path.display()))?
+        }
+        None => String::new(),
+    };
+    let cert = if spawns { Some(gochat_bench::server::ServerCert::self_signed(cert_dir)?) } else { None };
+    if let Some(cert) = &cert {
+        ca_pem.push_str(&cert.cert_pem);
+    }
+    if ca_pem.is_empty() {
+        bail!("--tls against a running server needs --tls-ca: what to trust");
+    }
+    Ok((Some(TlsClient { ca_pem, name: args.tls_name.clone() }), cert))
+}
+
+fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> anyhow::Result<()> {
+    let spawns = args.spawn.is_some()
+        && (args.targets.is_empty()
+            || args.targets.iter().any(|t| matches!(t.spec, TargetSpec::Spawn { .. })));
+    let (tls, server_cert) = tls_setup(args, spawns, cert_dir)?;
     let client = ClientOpts {
         procs: args.procs,
         exe: std::env::current_exe().context("own executable")?,
         connect_concurrency: args.connect_concurrency,
         kind: ClientKind { binary: args.protocol == Protocol::Binary, acks: args.acks },
         agents: args.agents.clone(),
+        tls,
     };
     let connections = match command {
         Command::Connections { connections, .. } | Command::Latency { connections, .. } => *connections,
@@ -397,6 +450,7 @@ fn run(args: &ServerArgs, command: &Command) -> anyhow::Result<()> {
             AuthChoice::Reply => Some(AuthSignal::Reply),
             AuthChoice::Probe => Some(AuthSignal::Probe),
         },
+        tls: server_cert,
     };
     let mut results = Vec::new();
     let mut baseline = None;
@@ -474,6 +528,7 @@ const BASELINE: &str = "fastwebsockets-tokio";
 fn finish(mut r: RunResult, args: &ServerArgs, connections: usize) -> anyhow::Result<RunResult> {
     r.param("protocol", format!("{:?}", args.protocol).to_lowercase());
     r.param("acks", args.acks);
+    r.param("tls", args.tls);
     save(&r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;
     Ok(r)
 }

@@ -184,6 +184,31 @@ pub struct ClusterSpec<'a> {
     pub batch_max: Option<usize>,
     /// `KEY=VALUE` settings for `[control]` (VALUE in TOML), over the bench's own.
     pub control_settings: &'a [String],
+    /// Serve `wss://` with this certificate and key: clients then connect to the wss listener.
+    pub tls: Option<&'a ServerCert>,
+}
+
+/// A certificate and its key, as PEM files, for a spawned cluster's wss listener.
+#[derive(Debug, Clone)]
+pub struct ServerCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The certificate, to trust.
+    pub cert_pem: String,
+}
+
+impl ServerCert {
+    /// A self-signed certificate for `localhost` and 127.0.0.1 with a new key, written to `dir`.
+    pub fn self_signed(dir: &Path) -> anyhow::Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let cert = params.self_signed(&key)?;
+        std::fs::create_dir_all(dir)?;
+        let (cert_path, key_path) = (dir.join("wss-cert.pem"), dir.join("wss-key.pem"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        Ok(Self { cert: cert_path, key: key_path, cert_pem: cert.pem() })
+    }
 }
 
 impl Cluster {
@@ -196,6 +221,7 @@ impl Cluster {
             batch_age_us,
             batch_max,
             control_settings,
+            tls,
         } = spec.clone();
         let mut control = bench_control();
         for setting in control_settings {
@@ -217,6 +243,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let (api, grpc, ws, tcp, site) =
             (free_addr()?, free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+        let wss = tls.map(|_| free_addr()).transpose()?;
         let gw_grpc: Vec<SocketAddr> = (0..gateways).map(|_| free_addr()).collect::<Result<_, _>>()?;
         let redis_prefix = (queue == "redis")
             .then(|| format!("gochat-bench-{}-{}", std::process::id(), crate::engine::now_micros()));
@@ -263,7 +290,8 @@ impl Cluster {
             processes: Vec::new(),
             dir: dir.clone(),
             api: format!("http://{api}"),
-            ws,
+            // The clients' way in: the wss listener when there is one.
+            ws: wss.unwrap_or(ws),
             procs: ServerProcs::default(),
             gateway_procs: ServerProcs::default(),
             gateway_grpc: gw_grpc.iter().map(|g| format!("http://{g}")).collect(),
@@ -288,13 +316,16 @@ impl Cluster {
                     max_connections: Some(max_conns_per_gateway),
                     ws_echo_path: Some("/echo".into()),
                     drain_secs: Some(0),
+                    wss_listen: wss,
+                    tls_cert: tls.map(|t| t.cert.clone()),
+                    tls_key: tls.map(|t| t.key.clone()),
                 }),
                 ..common.clone()
             };
             cluster.start_one(process(&config, &gateway_id(i), "gateway")?.ready_at(*g), wait)?;
         }
         if let Some(last) = cluster.processes.last_mut() {
-            last.wait_listening(ws, wait)?;
+            last.wait_listening(cluster.ws, wait)?;
         }
         let pids: Vec<u32> = cluster.processes.iter().filter_map(Process::pid).collect();
         cluster.gateway_procs =

@@ -17,7 +17,7 @@ use crate::engine::AuthSignal;
 use crate::floor::Floor;
 use crate::result::RunResult;
 use crate::scenario::Target;
-use crate::server::{Cluster, ClusterSpec, ServerProcs};
+use crate::server::{Cluster, ClusterSpec, ServerCert, ServerProcs};
 
 /// How to reach (or start) one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,8 @@ pub struct TargetOptions {
     pub server_pids: Vec<u32>,
     /// `None`: found out before each run.
     pub auth: Option<AuthSignal>,
+    /// `spawn:` targets serve `wss://` with this certificate (the clients connect there).
+    pub tls: Option<ServerCert>,
 }
 
 /// A target, up for one run; `stop` brings it down.
@@ -138,6 +140,7 @@ impl NamedTarget {
                     batch_age_us: o.batch_age_us,
                     batch_max: o.batch_max,
                     control_settings: &o.control_settings,
+                    tls: o.tls.as_ref(),
                 };
                 let cluster = Cluster::start(gochat, &spec)?;
                 let mut t = target(

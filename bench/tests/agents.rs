@@ -174,6 +174,7 @@ fn fleets_spread_over_agents_in_two_namespaces() {
         connect_concurrency: 16,
         kind: ClientKind::default(),
         agents: listens.clone(),
+        tls: None,
     };
 
     // Four fleets over two agents: two each, agent a's from its two --source addresses in turn.
@@ -294,6 +295,7 @@ fn an_agent_refuses_bad_input_and_outlives_its_coordinators() {
         connect_concurrency: 1,
         client: ClientKind::default(),
         auth: Default::default(),
+        tls: None,
     };
     let spec = serde_json::to_string(&spec).unwrap();
     let snapshot = |s: &mut TcpStream, r: &mut BufReader<TcpStream>, cmd: &str| {

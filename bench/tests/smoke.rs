@@ -42,6 +42,7 @@ fn threads() -> ClientOpts {
         connect_concurrency: 16,
         kind: Default::default(),
         agents: Vec::new(),
+        tls: None,
     }
 }
 
@@ -152,6 +153,55 @@ fn targets_in_turn_and_their_figures_side_by_side() {
     let md = side_by_side(&["rs".into(), "floor".into()], &results);
     assert!(md.contains("| deliveries | 200 (200–200) | 200 (200–200) | 1.00× |"), "{md}");
     rt.block_on(up.shutdown());
+}
+
+/// `--tls`: a tiny connections run over `wss://`, through the command line, against `gochat up`
+/// serving wss with a certificate made here.
+#[test]
+fn connections_over_tls_from_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("bench-smoke-tls-{}", std::process::id()));
+    let cert = gochat_bench::server::ServerCert::self_signed(&dir).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut cfg = common::bench_config("127.0.0.1:0".parse().unwrap());
+    cfg.gateway.wss_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.gateway.tls_cert = Some(cert.cert.clone());
+    cfg.gateway.tls_key = Some(cert.key.clone());
+    let up = rt.block_on(Up::start(cfg)).unwrap();
+    let out = dir.join("results");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--quiet", "--procs", "0", "--tls", "--tls-ca"])
+        .arg(&cert.cert)
+        .args(["--api", &format!("http://{}", up.control.api_addr)])
+        .args(["--ws", &up.gateway.wss_addr.unwrap().to_string()])
+        .args(["--server-pid", &std::process::id().to_string(), "--out"])
+        .arg(&out)
+        .args(["connections", "-n", "20", "--rooms", "2", "--users", "4", "--hold", "0.3"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let file = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "json"));
+    let text = std::fs::read_to_string(file.expect("a result file").path()).unwrap();
+    let r: gochat_bench::result::RunResult = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.params["tls"], true);
+    assert_eq!(figure(&r, "connected"), 20.0, "{stderr}");
+    assert_eq!(figure(&r, "broadcast_received"), 20.0);
+    assert_eq!(figure(&r, "broadcast_loss"), 0.0);
+    assert!(r.figures.contains_key("server_rss_bytes_per_conn"));
+    // Without --tls the same port refuses the clients: they did speak TLS above.
+    let plain = std::process::Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--quiet", "--procs", "0", "--api", &format!("http://{}", up.control.api_addr)])
+        .args(["--ws", &up.gateway.wss_addr.unwrap().to_string(), "--out"])
+        .arg(&out)
+        .args(["connections", "-n", "2", "--rooms", "1", "--users", "1", "--hold", "0"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "a plain client on the wss port");
+    rt.block_on(up.shutdown());
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`protocol`]: sans-IO WebSocket handshake and framing, TCP `v1` framing, gochat's client
-//!   requests, and TLS for `wss://` (rustls' sans-IO server connection). Bytes in, messages and
-//!   owed bytes out.
+//!   requests, and TLS for `wss://` (rustls' unbuffered server connection for the handshake,
+//!   then, for TLS 1.3, the traffic keys alone). Bytes in, messages and owed bytes out.
 //! - [`shard`]: one shard's connections, rooms, users and timers (single-threaded, no locks),
 //!   its bounded [`shard::Inbox`], and the effects it asks of logic.
 //! - [`driver`]: what drives a shard's sockets — the native io_uring driver, or the epoll driver

@@ -60,3 +60,93 @@ pub fn live_ws_with_token(s: &mut Shard, user: u64, room: u64, token: &str) -> (
     assert!(out.starts_with(b"HTTP/1.1 101"));
     (key, id)
 }
+
+/// `wss://` in memory: a rustls client talking to a shard's TLS connection.
+pub mod tls {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection};
+
+    use super::{client_frame, written, UPGRADE};
+    use crate::shard::{AuthedUser, Command, Effect, Shard};
+
+    /// A client for `localhost`.
+    pub fn client(config: &Arc<ClientConfig>) -> ClientConnection {
+        let name = ServerName::try_from("localhost").expect("a valid name");
+        ClientConnection::new(config.clone(), name).expect("a client config that works")
+    }
+
+    /// What the client has to send.
+    pub fn client_output(c: &mut ClientConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).expect("writing to a Vec");
+        }
+        out
+    }
+
+    /// Feeds server bytes to the client; returns the plaintext it got. Panics when the client
+    /// refuses them.
+    pub fn client_input(c: &mut ClientConnection, mut bytes: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !bytes.is_empty() {
+            c.read_tls(&mut bytes).expect("reading from a slice");
+            c.process_new_packets().expect("the client takes what the server sent");
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = c.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&buf[..n]);
+            }
+        }
+        plain
+    }
+
+    /// Opens a wss connection on `s` (which serves TLS) and runs its handshake; returns its key,
+    /// id and the client.
+    pub fn handshake(s: &mut Shard, config: &Arc<ClientConfig>) -> (u32, u64, ClientConnection) {
+        let (key, id) = s.open_tls(0).expect("the shard serves TLS");
+        let mut c = client(config);
+        while c.is_handshaking() {
+            s.on_data(key, &mut client_output(&mut c), 0);
+            client_input(&mut c, &written(s, key));
+        }
+        // The client's Finished (and the server's session tickets).
+        s.on_data(key, &mut client_output(&mut c), 0);
+        client_input(&mut c, &written(s, key));
+        (key, id, c)
+    }
+
+    /// Sends `plain` from the client; returns the plaintext the shard answered.
+    pub fn send(s: &mut Shard, key: u32, c: &mut ClientConnection, plain: &[u8]) -> Vec<u8> {
+        c.writer().write_all(plain).expect("writing to the client's buffer");
+        s.on_data(key, &mut client_output(c), 0);
+        client_input(c, &written(s, key))
+    }
+
+    /// A wss connection through the handshake, the upgrade and auth (logic's answer included),
+    /// live as `user` in `room`; returns its key and the client.
+    pub fn live_wss(
+        s: &mut Shard,
+        config: &Arc<ClientConfig>,
+        user: u64,
+        room: u64,
+    ) -> (u32, ClientConnection) {
+        let (key, id, mut c) = handshake(s, config);
+        assert!(send(s, key, &mut c, UPGRADE).starts_with(b"HTTP/1.1 101"));
+        let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
+        send(s, key, &mut c, &client_frame(true, 1, auth.as_bytes()));
+        let token = format!("t{user}");
+        let effects: Vec<_> = s.take_effects().collect();
+        let want = Effect::Auth { key, conn_id: id, token, room_id: room, since: None, acks: false };
+        assert_eq!(effects, vec![want]);
+        let ok = AuthedUser { user_id: user, user_name: format!("u{user}"), ..AuthedUser::default() };
+        s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
+        let reply = client_input(&mut c, &written(s, key));
+        assert!(String::from_utf8_lossy(&reply).contains("\"op\":7"));
+        (key, c)
+    }
+}

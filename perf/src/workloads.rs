@@ -4,6 +4,7 @@
 
 use std::hint::black_box;
 use std::io::IoSlice;
+use std::sync::Arc;
 
 use gochat_control::history::{Limits as HistoryLimits, MemoryHistory};
 use gochat_control::kept::{Limits as KeptLimits, MemoryKeptStore};
@@ -11,6 +12,7 @@ use gochat_control::state::NewConn;
 use gochat_control::state::{MemoryState, Session};
 use gochat_gateway::protocol::{ws, Transport};
 use gochat_gateway::shard::{AuthedUser, Command, Framed, Inbox, Shard, ShardLimits};
+use gochat_gateway::testkit::tls::live_wss;
 use gochat_gateway::testkit::{client_frame, live_ws, UPGRADE};
 use gochat_proto::logic::{RoomRoute, RouteReply, ShardAddress, UserRoute};
 use gochat_proto::queue::queue_message::Target;
@@ -53,6 +55,11 @@ pub const ALL: &[Workload] = &[
         name: "room_fanout_1k_coalesced",
         what: "four room frames to 1,000 members in a shard in one turn, one write each",
         run: room_fanout_1k_coalesced,
+    },
+    Workload {
+        name: "room_fanout_1k_tls",
+        what: "one room frame to 1,000 wss (TLS 1.3) members in a shard: sealed per member, written",
+        run: room_fanout_1k_tls,
     },
     Workload {
         name: "inbox_handoff",
@@ -190,6 +197,58 @@ fn room_fanout(batches: usize) {
         }
         dirty.clear();
     });
+}
+
+/// `room_fanout_1k` with every member on wss: each one's copy of the frame is encrypted for it.
+fn room_fanout_1k_tls() {
+    let limits = ShardLimits { max_outbound_bytes: 1 << 20, ..ShardLimits::default() };
+    let mut shard = Shard::new(0, 1, limits, 0);
+    let (server, client) = tls_configs();
+    shard.set_tls(server);
+    // (Their clients are dropped: the shard goes on sealing for the members all the same.)
+    for user in 0..1000 {
+        live_wss(&mut shard, &client, user, 7);
+    }
+    let frames = Framed::encode(&[BODY]);
+    let mut dirty = Vec::with_capacity(1000);
+    gate_region(|| {
+        shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
+        shard.take_dirty(&mut dirty);
+        for &key in &dirty {
+            let Some(out) = shard.out_mut(key) else { continue };
+            let mut iov = [IoSlice::new(&[]); 8];
+            let n = out.io_slices(&mut iov);
+            let len = iov[..n].iter().map(|s| s.len()).sum();
+            shard.wrote(key, len);
+        }
+        dirty.clear();
+    });
+}
+
+/// A server config as the gateway's (ring, stateless tickets) for a certificate made here, and a
+/// client config trusting it. Clients resume with the tickets they got: the first handshake
+/// alone signs.
+fn tls_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .and_then(|p| p.self_signed(&key))
+        .expect("a certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivateKeyDer::try_from(key.serialize_der()).expect("a key in DER");
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(vec![cert.der().clone()], key))
+        .expect("a server config");
+    server.ticketer = rustls::crypto::ring::Ticketer::new().expect("a ticketer");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(cert.der().to_vec())).expect("a root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("a client config")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
 }
 
 fn inbox_handoff() {

@@ -281,6 +281,10 @@ pub struct GatewayKeys {
     pub max_connections: Option<usize>,
     pub ws_echo_path: Option<String>,
     pub drain_secs: Option<u64>,
+    /// `wss://` (with `tls_cert` and `tls_key`).
+    pub wss_listen: Option<SocketAddr>,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

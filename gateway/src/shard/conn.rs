@@ -139,7 +139,11 @@ impl Outgoing<'_> {
         } else {
             if conn.tls {
                 // Encrypted for this connection alone: a broadcast costs one encryption per member.
-                conn.out.push(self.tls.seal(key, &frame));
+                // (Nothing, when the session cannot send: it failed or is closing.)
+                let sealed = self.tls.seal(key, &frame);
+                if !sealed.is_empty() {
+                    conn.out.push(sealed);
+                }
             } else {
                 conn.out.push(frame);
             }

@@ -45,7 +45,13 @@ impl TlsConns {
 
 impl Shard {
     /// Serves `wss://`: connections opened with [`Shard::open_tls`] use `config`.
-    pub fn set_tls(&mut self, config: Arc<rustls::ServerConfig>) {
+    /// The config is made to let sessions take the traffic keys out of rustls after a TLS 1.3
+    /// handshake, and to give them the traffic secrets key updates derive from (see
+    /// `protocol::tls`).
+    pub fn set_tls(&mut self, mut config: Arc<rustls::ServerConfig>) {
+        let c = Arc::make_mut(&mut config);
+        c.enable_secret_extraction = true;
+        c.key_log = crate::protocol::tls::key_log();
         self.tls.config = Some(config);
     }
 
@@ -125,8 +131,8 @@ mod tests {
 
     use rustls::ClientConnection;
 
-    use crate::protocol::tls::testing::{client, client_input, client_output, configs};
-    use crate::shard::{AuthedUser, Command, Effect, Framed, Shard, ShardLimits};
+    use crate::protocol::tls::testing::{client_input, client_output, configs};
+    use crate::shard::{Command, Framed, Shard, ShardLimits};
     use crate::testkit::{client_frame, written, UPGRADE};
 
     fn shard() -> (Shard, std::sync::Arc<rustls::ClientConfig>) {
@@ -136,56 +142,13 @@ mod tests {
         (s, client)
     }
 
-    /// Runs the TLS handshake of a new wss connection; returns its key, id and the client.
-    fn handshake(
-        s: &mut Shard,
-        config: &std::sync::Arc<rustls::ClientConfig>,
-    ) -> (u32, u64, ClientConnection) {
-        let (key, id) = s.open_tls(0).unwrap();
-        let mut c = client(config);
-        while c.is_handshaking() {
-            s.on_data(key, &mut client_output(&mut c), 0);
-            client_input(&mut c, &written(s, key));
-        }
-        // The client's Finished (and the server's session tickets).
-        s.on_data(key, &mut client_output(&mut c), 0);
-        client_input(&mut c, &written(s, key));
-        (key, id, c)
-    }
-
-    fn send(s: &mut Shard, key: u32, c: &mut ClientConnection, plain: &[u8]) -> Vec<u8> {
-        c.writer().write_all(plain).unwrap();
-        s.on_data(key, &mut client_output(c), 0);
-        client_input(c, &written(s, key))
-    }
-
-    /// A wss connection through the upgrade and auth, live in `room`.
     fn live(
         s: &mut Shard,
         config: &std::sync::Arc<rustls::ClientConfig>,
         user: u64,
         room: u64,
     ) -> (u32, ClientConnection) {
-        let (key, id, mut c) = handshake(s, config);
-        assert!(send(s, key, &mut c, UPGRADE).starts_with(b"HTTP/1.1 101"));
-        let auth = format!(r#"{{"authToken":"t{user}","roomId":{room}}}"#);
-        send(s, key, &mut c, &client_frame(true, 1, auth.as_bytes()));
-        assert_eq!(
-            s.take_effects().collect::<Vec<_>>(),
-            vec![Effect::Auth {
-                key,
-                conn_id: id,
-                token: format!("t{user}"),
-                room_id: room,
-                since: None,
-                acks: false
-            }]
-        );
-        let ok = AuthedUser { user_id: user, user_name: format!("u{user}"), ..AuthedUser::default() };
-        s.on_command(Command::AuthDone { key, conn_id: id, result: Ok(Box::new(ok)) });
-        let reply = client_input(&mut c, &written(s, key));
-        assert!(String::from_utf8_lossy(&reply).contains("\"op\":7"));
-        (key, c)
+        crate::testkit::tls::live_wss(s, config, user, room)
     }
 
     #[test]
@@ -272,5 +235,22 @@ mod tests {
         let frames = Framed::encode(&[b"{}"]);
         s.on_command(Command::Room { room_id: 1, frames: frames.clone() });
         assert_eq!(written(&mut s, reused), &frames.ws()[..]);
+    }
+
+    #[test]
+    fn an_idle_tls_connection_holds_no_buffer_after_a_read_cut_mid_record() {
+        let (mut s, config) = shard();
+        let (key, mut c) = live(&mut s, &config, 1, 1);
+        c.writer().write_all(&client_frame(true, 9, b"are you there")).unwrap();
+        let mut bytes = client_output(&mut c);
+        let (head, tail) = bytes.split_at_mut(7);
+        s.on_data(key, head, 0);
+        assert!(s.tls.sessions[&key].held_bytes() > 0, "the cut record is held");
+        assert!(written(&mut s, key).is_empty());
+        s.on_data(key, tail, 0);
+        assert_eq!(s.tls.sessions[&key].held_bytes(), 0, "and let go once whole");
+        let pong = client_input(&mut c, &written(&mut s, key));
+        assert_eq!(&pong[..2], &[0x8a, 13], "the pong");
+        assert!(s.tls.plain.is_empty());
     }
 }
