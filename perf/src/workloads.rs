@@ -187,16 +187,23 @@ fn room_fanout(batches: usize) {
         for _ in 0..batches {
             shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
         }
-        shard.take_dirty(&mut dirty);
-        for &key in &dirty {
-            let Some(out) = shard.out_mut(key) else { continue };
-            let mut iov = [IoSlice::new(&[]); 8];
-            let n = out.io_slices(&mut iov);
-            let len = iov[..n].iter().map(|s| s.len()).sum();
-            shard.wrote(key, len);
-        }
-        dirty.clear();
+        write_dirty(&mut shard, &mut dirty);
     });
+}
+
+/// What a driver does after a shard turn: each connection with output gathers its pending
+/// frames and has them marked written by one write.
+#[inline]
+fn write_dirty(shard: &mut Shard, dirty: &mut Vec<u32>) {
+    shard.take_dirty(dirty);
+    for &key in dirty.iter() {
+        let Some(out) = shard.out_mut(key) else { continue };
+        let mut iov = [IoSlice::new(&[]); 8];
+        let n = out.io_slices(&mut iov);
+        let len = iov[..n].iter().map(|s| s.len()).sum();
+        shard.wrote(key, len);
+    }
+    dirty.clear();
 }
 
 /// `room_fanout_1k` with every member on wss: each one's copy of the frame is encrypted for it.
@@ -213,15 +220,7 @@ fn room_fanout_1k_tls() {
     let mut dirty = Vec::with_capacity(1000);
     gate_region(|| {
         shard.on_command(Command::Room { room_id: 7, frames: frames.clone() });
-        shard.take_dirty(&mut dirty);
-        for &key in &dirty {
-            let Some(out) = shard.out_mut(key) else { continue };
-            let mut iov = [IoSlice::new(&[]); 8];
-            let n = out.io_slices(&mut iov);
-            let len = iov[..n].iter().map(|s| s.len()).sum();
-            shard.wrote(key, len);
-        }
-        dirty.clear();
+        write_dirty(&mut shard, &mut dirty);
     });
 }
 
@@ -359,15 +358,7 @@ fn ws_connect() {
         black_box(shard.take_effects().count());
         let user = AuthedUser { user_id: 5000, user_name: "newcomer".into(), ..AuthedUser::default() };
         shard.on_command(Command::AuthDone { key, conn_id, result: Ok(Box::new(user)) });
-        shard.take_dirty(&mut dirty);
-        for &key in &dirty {
-            let Some(out) = shard.out_mut(key) else { continue };
-            let mut iov = [IoSlice::new(&[]); 8];
-            let n = out.io_slices(&mut iov);
-            let len = iov[..n].iter().map(|s| s.len()).sum();
-            shard.wrote(key, len);
-        }
-        dirty.clear();
+        write_dirty(&mut shard, &mut dirty);
         shard.remove(key);
         black_box(shard.take_effects().count());
     });
