@@ -1,8 +1,16 @@
-//! The few system calls the gateway makes outside its drivers' event loops (the inbox's
-//! wake-up, CPU affinity), wrapped safely so that the rest of the gateway has no `unsafe`.
+//! The few system calls the gateway makes outside its drivers' own (the inbox's wake-up, CPU
+//! affinity, a closed socket's shutdown both drivers make), wrapped safely so that the rest of
+//! the gateway has no `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Stops sending on a socket: the peer reads the end of the stream once what was written is
+/// read (both drivers, before a closed socket lingers).
+pub fn shutdown_write(fd: &OwnedFd) {
+    // SAFETY: plain shutdown(2) on a descriptor we own.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+}
 
 /// A non-blocking eventfd: the inbox's wake-up.
 pub fn eventfd() -> io::Result<OwnedFd> {

@@ -430,7 +430,7 @@ impl Driver {
     /// We closed: stop sending, then read until the peer closes too (or `LINGER`), so what the
     /// peer still sends does not turn our close into a reset that loses the last frames.
     fn linger(&mut self, fd: OwnedFd) {
-        sys::shutdown_write(&fd);
+        crate::sys::shutdown_write(&fd);
         let slot = self.lingering.vacant_key();
         if slot >= MAX_SLOTS {
             return; // closed at once

@@ -6,6 +6,7 @@
 //! closed connections (`remove`), and forwards the shard's effects to logic.
 
 pub mod epoll;
+mod tag;
 pub mod uring;
 
 use std::net::TcpListener;

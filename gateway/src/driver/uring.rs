@@ -390,7 +390,7 @@ impl Driver {
             tracing::debug!("connection refused: shard at its limit");
             return;
         }
-        if self.ios.vacant_key() >= 1 << 24 {
+        if self.ios.vacant_key() >= super::tag::MAX_SLOTS {
             // Slots must fit the 24 bits user data gives them.
             tracing::warn!("connection refused: the driver's slot table is full");
             return;
@@ -549,8 +549,7 @@ impl Driver {
     fn finish(&mut self, slot: usize, key: u32) {
         self.forget(slot, key);
         let io = &mut self.ios[slot];
-        // SAFETY: plain shutdown(2) on a descriptor we own.
-        unsafe { libc::shutdown(io.fd.as_raw_fd(), libc::SHUT_WR) };
+        crate::sys::shutdown_write(&io.fd);
         io.linger_until = Some(self.clock.now() + LINGER_SECS);
         if !io.recv_armed {
             self.release_if_idle(slot);

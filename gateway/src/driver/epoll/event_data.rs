@@ -13,24 +13,25 @@ pub(super) enum Kind {
     Inbox = 4,
 }
 
-/// Slots fit in 24 bits.
-pub(super) const MAX_SLOTS: usize = 1 << 24;
+pub(super) use crate::driver::tag::MAX_SLOTS;
+use crate::driver::tag::{pack, unpack};
 
 /// The data of a registration of `kind` for `slot` (24 bits) in its generation `gen`.
 pub(super) fn event_data(kind: Kind, slot: usize, gen: u32) -> u64 {
-    (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
+    pack(kind as u8, slot, gen)
 }
 
 /// The kind, slot and generation an event's data names (no kind: none the driver set).
 pub(super) fn decode(data: u64) -> (Option<Kind>, usize, u32) {
-    let kind = match data >> 56 {
+    let (kind, slot, gen) = unpack(data);
+    let kind = match kind {
         1 => Some(Kind::Conn),
         2 => Some(Kind::Linger),
         3 => Some(Kind::Listener),
         4 => Some(Kind::Inbox),
         _ => None,
     };
-    (kind, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+    (kind, slot, gen)
 }
 
 #[cfg(test)]

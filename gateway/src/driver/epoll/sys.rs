@@ -1,5 +1,5 @@
-//! The system calls of the epoll driver: the epoll instance, and accept, receive, send and
-//! shutdown on raw sockets.
+//! The system calls of the epoll driver: the epoll instance, and accept, receive and send on
+//! raw sockets.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -92,10 +92,4 @@ pub(super) fn send_vectored(fd: &OwnedFd, bufs: &[IoSlice<'_>]) -> io::Result<us
         return Err(io::Error::last_os_error());
     }
     Ok(n as usize)
-}
-
-/// Stops sending: the peer reads the end of the stream once what was written is read.
-pub(super) fn shutdown_write(fd: &OwnedFd) {
-    // SAFETY: plain shutdown(2) on a descriptor we own.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
 }

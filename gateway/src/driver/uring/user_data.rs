@@ -13,14 +13,17 @@ pub(super) enum Kind {
     Cancel = 7,
 }
 
+use crate::driver::tag::{pack, unpack};
+
 /// The user data of an operation of `kind` for `slot` (24 bits) in its generation `gen`.
 pub(super) fn user_data(kind: Kind, slot: usize, gen: u32) -> u64 {
-    (kind as u64) << 56 | ((slot as u64) & 0xff_ffff) << 32 | gen as u64
+    pack(kind as u8, slot, gen)
 }
 
 /// The kind, slot and generation a completion's user data names (no kind: none the driver set).
 pub(super) fn decode(data: u64) -> (Option<Kind>, usize, u32) {
-    let kind = match data >> 56 {
+    let (kind, slot, gen) = unpack(data);
+    let kind = match kind {
         1 => Some(Kind::Accept),
         2 => Some(Kind::Recv),
         3 => Some(Kind::Send),
@@ -30,5 +33,5 @@ pub(super) fn decode(data: u64) -> (Option<Kind>, usize, u32) {
         7 => Some(Kind::Cancel),
         _ => None,
     };
-    (kind, ((data >> 32) & 0xff_ffff) as usize, data as u32)
+    (kind, slot, gen)
 }
