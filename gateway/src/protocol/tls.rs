@@ -912,11 +912,23 @@ mod tests {
         server: &Arc<ServerConfig>,
         client_config: &Arc<ClientConfig>,
     ) -> (TlsSession, ClientConnection) {
+        established_in(server, client_config, usize::MAX)
+    }
+
+    /// Runs a handshake in reads of at most `piece` bytes, so that records split across reads
+    /// are reassembled; returns the session and its client.
+    fn established_in(
+        server: &Arc<ServerConfig>,
+        client_config: &Arc<ClientConfig>,
+        piece: usize,
+    ) -> (TlsSession, ClientConnection) {
         let mut s = TlsSession::new(server.clone()).unwrap();
         let mut c = client(client_config);
         let mut plain = Vec::new();
         while c.is_handshaking() || s.is_handshaking() || c.wants_write() {
-            assert_eq!(s.receive(&mut client_output(&mut c), &mut plain), Ok(false));
+            for read in client_output(&mut c).chunks_mut(piece) {
+                assert_eq!(s.receive(read, &mut plain), Ok(false));
+            }
             if let Some(out) = s.take_output() {
                 client_input(&mut c, &out);
             }
@@ -937,20 +949,10 @@ mod tests {
     #[test]
     fn handshake_then_data_both_ways() {
         let (server, client_config) = configs();
-        let mut s = TlsSession::new(server).unwrap();
-        let mut c = client(&client_config);
+        // Byte-sized pieces: records split across reads are reassembled; nothing is held once
+        // the handshake is over.
+        let (mut s, mut c) = established_in(&server, &client_config, 1);
         let mut plain = Vec::new();
-        // Byte-sized pieces: records split across reads are reassembled.
-        while c.is_handshaking() || s.is_handshaking() {
-            for b in client_output(&mut c) {
-                assert_eq!(s.receive(&mut [b], &mut plain), Ok(false));
-            }
-            if let Some(out) = s.take_output() {
-                client_input(&mut c, &out);
-            }
-        }
-        assert!(plain.is_empty());
-        assert_eq!(s.held_bytes(), 0, "nothing held once the handshake is over");
         c.writer().write_all(b"GET /ws HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(s.receive(&mut client_output(&mut c), &mut plain), Ok(false));
         assert_eq!(plain, b"GET /ws HTTP/1.1\r\n\r\n");
@@ -1145,19 +1147,9 @@ mod tests {
     #[test]
     fn tls12_handshake_split_byte_by_byte_data_and_close_notify() {
         let (server, client_config) = configs_for(&[&rustls::version::TLS12]);
-        let mut s = TlsSession::new(server).unwrap();
-        let mut c = client(&client_config);
+        let (mut s, mut c) = established_in(&server, &client_config, 1);
         let mut plain = Vec::new();
-        while c.is_handshaking() || s.is_handshaking() {
-            for b in client_output(&mut c) {
-                assert_eq!(s.receive(&mut [b], &mut plain), Ok(false));
-            }
-            if let Some(out) = s.take_output() {
-                client_input(&mut c, &out);
-            }
-        }
         assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
-        assert_eq!(s.held_bytes(), 0);
         assert_eq!(s.receive(&mut records(&mut c, b"ping"), &mut plain), Ok(false));
         assert_eq!(plain, b"ping");
         let big = vec![7u8; 50_000];
