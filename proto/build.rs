@@ -9,7 +9,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".gochat.client.Auth",
         ])
         .compile_protos(
-            &["proto/logic.proto", "proto/gateway.proto", "proto/queue.proto", "proto/client.proto"],
+            &[
+                "proto/logic.proto",
+                "proto/gateway.proto",
+                "proto/queue.proto",
+                "proto/client.proto",
+                "proto/api.proto",
+            ],
             &["proto"],
         )?;
     Ok(())

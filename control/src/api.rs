@@ -70,7 +70,7 @@ fn fail(message: impl Into<String>) -> Response {
 
 fn from_error(e: LogicError) -> Response {
     match e {
-        LogicError::Refused(m) => fail(m),
+        LogicError::Refused(m) | LogicError::NotFound(m) | LogicError::TooLarge(m) => fail(m),
         LogicError::Session => reply(CODE_SESSION, "Session error", Value::Null),
         LogicError::Internal(m) => reply(CODE_UNKNOWN, m, Value::Null),
     }

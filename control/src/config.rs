@@ -151,6 +151,18 @@ pub struct ControlConfig {
     /// and `/push/getRoomInfo` is refused for them: a list sent to every member on every join
     /// would grow with the square of the room. Their members get op 4 and op 9 as others do.
     pub room_info_max_members: u64,
+    /// Keys of the server API for application backends (`POST /api/<method>` on the REST port,
+    /// and the `ServerApi` gRPC service on `grpc_listen`), sent as `Authorization: apikey KEY`.
+    /// None (the default): the server API is off.
+    pub api_keys: Vec<String>,
+    /// Keys that may only read (`presence`, `info`, `history`): for dashboards and monitors.
+    pub api_read_keys: Vec<String>,
+    /// Server API requests per key and second (0: no limit), and the burst allowed.
+    pub api_requests_per_second: u32,
+    pub api_request_burst: u32,
+    /// The sender name of messages published through the server API, unless a request names
+    /// one (`fromUserName`); their sender id is 0.
+    pub api_sender_name: String,
 }
 
 impl Default for ControlConfig {
@@ -206,6 +218,11 @@ impl Default for ControlConfig {
             inbox_max_bytes: 128 << 20,
             history_max_bytes: 128 << 20,
             room_info_max_members: 1000,
+            api_keys: Vec::new(),
+            api_read_keys: Vec::new(),
+            api_requests_per_second: 1000,
+            api_request_burst: 2000,
+            api_sender_name: "system".into(),
         }
     }
 }
@@ -226,6 +243,11 @@ impl ControlConfig {
         "max_connections_per_user",
         "max_message_bytes",
         "room_info_max_members",
+        "api_keys",
+        "api_read_keys",
+        "api_requests_per_second",
+        "api_request_burst",
+        "api_sender_name",
     ];
 
     pub fn validate(&self) -> Result<(), crate::Error> {
@@ -302,6 +324,7 @@ impl ControlConfig {
             ),
             ("register", self.register_per_minute, self.register_burst),
             ("push", self.push_per_second, self.push_burst),
+            ("api_request", self.api_requests_per_second, self.api_request_burst),
         ] {
             if rate > 0 && burst == 0 {
                 return err(format!("{name}_burst must be at least 1 while {name} is limited"));
@@ -317,6 +340,11 @@ impl ControlConfig {
             || (self.inbox_size > 0 && self.inbox_ttl_secs == 0)
         {
             return err("history_ttl_secs and inbox_ttl_secs must be above 0 while their store is on".into());
+        }
+        crate::server_api::ApiKeys::check(&self.api_keys, &self.api_read_keys)
+            .map_err(crate::Error::Config)?;
+        if self.api_sender_name.is_empty() || self.api_sender_name.chars().count() > 32 {
+            return err("api_sender_name must be 1 to 32 characters".into());
         }
         if self.rate_limit_entries < 100 {
             return err("rate_limit_entries must be at least 100".into());

@@ -6,21 +6,24 @@ use gochat_proto::logic::logic_server::Logic as LogicService;
 use gochat_proto::logic::{
     AckBatch, AckReplies, CheckAuthRequest, ConnCloseReply, ConnCloseRequest, ConnOpenBatch, ConnOpenResult,
     ConnOpenResults, GatewayLeaseReply, GatewayLeaseRequest, GatewayResetRequest, GetUserRequest, Joined,
-    RoomJoinRequest, RoomLeaveReply, RoomLeaveRequest, RoomPosition, RoomRoute, RouteReply, RouteRequest,
-    SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
+    NodeReport, NodeReportReply, RoomJoinRequest, RoomLeaveReply, RoomLeaveRequest, RoomPosition, RoomRoute,
+    RouteReply, RouteRequest, SendReply, SendRoomRequest, ShardAddress, User, UserRoute,
 };
 use gochat_proto::wire::Position;
 use tonic::{Request, Response, Status};
 
 use crate::history::Recovery;
 use crate::logic::{Logic, LogicError};
+use crate::state::NodeKind;
 
 pub(crate) struct LogicGrpc(pub Arc<Logic>);
 
-fn status(e: LogicError) -> Status {
+pub(crate) fn status(e: LogicError) -> Status {
     match e {
         LogicError::Session => Status::unauthenticated("invalid or expired token"),
         LogicError::Refused(m) => Status::invalid_argument(m),
+        LogicError::NotFound(m) => Status::not_found(m),
+        LogicError::TooLarge(m) => Status::invalid_argument(m),
         LogicError::Internal(m) => Status::unavailable(m),
     }
 }
@@ -152,7 +155,8 @@ impl LogicService for LogicGrpc {
         &self,
         req: Request<GatewayLeaseRequest>,
     ) -> Result<Response<GatewayLeaseReply>, Status> {
-        let known = self.0.gateway_lease(&req.into_inner().gateway_id).await.map_err(status)?;
+        let r = req.into_inner();
+        let known = self.0.gateway_lease(&r.gateway_id, &r.version, r.connections).await.map_err(status)?;
         Ok(Response::new(GatewayLeaseReply { ttl_ms: self.0.gateway_lease_ttl().as_millis() as u64, known }))
     }
 
@@ -167,5 +171,11 @@ impl LogicService for LogicGrpc {
         let reset = tokio::spawn(async move { logic.gateway_reset(&gateway).await });
         reset.await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
+    }
+
+    async fn worker_report(&self, req: Request<NodeReport>) -> Result<Response<NodeReportReply>, Status> {
+        let r = req.into_inner();
+        self.0.node_report(NodeKind::Worker, &r.id, &r.version, r.connections).await.map_err(status)?;
+        Ok(Response::new(NodeReportReply {}))
     }
 }

@@ -16,6 +16,8 @@
 //! - [`limits`]: the REST API's rate limits, per client address and per user.
 //! - [`api`]: the REST API, byte-compatible with gochat's.
 //! - [`grpc`]: the `Logic` gRPC service gateways and queue-workers call.
+//! - [`server_api`]: the server API for application backends, over HTTP (`/api/<method>`) and
+//!   gRPC, behind API keys.
 //! - [`site`]: serves the web page (embedded, or from a folder) and its `/config.js`.
 //! - [`headers`]: security headers (content security policy, nosniff, no framing, no
 //!   referrer) of the page and the REST API.
@@ -43,6 +45,7 @@ pub mod metrics;
 pub(crate) mod names;
 pub(crate) mod password;
 pub(crate) mod server;
+pub mod server_api;
 pub(crate) mod site;
 pub mod state;
 pub mod store;

@@ -1,6 +1,6 @@
 //! Prometheus metrics on control's admin listener: REST requests by route and gochat code and
-//! their durations, messages enqueued, rate-limit refusals, socket authentications and gateway
-//! sweeps.
+//! their durations, server API calls, messages enqueued, rate-limit refusals, socket
+//! authentications and gateway sweeps.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,17 +79,24 @@ pub(crate) enum TargetKind {
     Room,
     User,
     SessionEnd,
+    Everyone,
+    Disconnect,
+    Kick,
 }
 
 impl TargetKind {
     /// Every kind, in the order the counters are kept and rendered.
-    const ALL: [Self; 3] = [Self::Room, Self::User, Self::SessionEnd];
+    const ALL: [Self; 6] =
+        [Self::Room, Self::User, Self::SessionEnd, Self::Everyone, Self::Disconnect, Self::Kick];
 
     fn of(target: &Target) -> Self {
         match target {
             Target::RoomId(_) => Self::Room,
             Target::UserId(_) => Self::User,
             Target::SessionEnd(_) => Self::SessionEnd,
+            Target::Everyone(_) => Self::Everyone,
+            Target::Disconnect(_) => Self::Disconnect,
+            Target::Kick(_) => Self::Kick,
         }
     }
 
@@ -98,6 +105,9 @@ impl TargetKind {
             Self::Room => "room",
             Self::User => "user",
             Self::SessionEnd => "session_end",
+            Self::Everyone => "everyone",
+            Self::Disconnect => "disconnect",
+            Self::Kick => "kick",
         }
     }
 }
@@ -212,6 +222,85 @@ impl LogicCounts {
     }
 }
 
+/// How a server API call ended, as labelled `outcome`: `ok`, or an error's kind.
+const API_OUTCOMES: [&str; 10] = [
+    "ok",
+    "off",
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "too_large",
+    "too_many_requests",
+    "unavailable",
+    "method_not_allowed",
+];
+/// The server API's transports, labelled `transport`.
+pub(crate) const API_HTTP: usize = 0;
+pub(crate) const API_GRPC: usize = 1;
+const API_TRANSPORTS: [&str; 2] = ["http", "grpc"];
+const API_METHODS: usize = crate::server_api::Method::ALL.len();
+
+/// Server API calls by transport, method and outcome, and their durations by method.
+#[derive(Debug)]
+pub struct ApiCounts {
+    calls: [[[Counter; API_OUTCOMES.len()]; API_METHODS]; API_TRANSPORTS.len()],
+    durations: [Histogram; API_METHODS],
+}
+
+impl Default for ApiCounts {
+    fn default() -> Self {
+        Self {
+            calls: Default::default(),
+            durations: std::array::from_fn(|_| Histogram::new(LATENCY_SECONDS)),
+        }
+    }
+}
+
+impl ApiCounts {
+    /// A call of `method` over `transport` ([`API_HTTP`], [`API_GRPC`]) ended with `outcome`
+    /// (`ok` or an error's kind).
+    pub(crate) fn record(
+        &self,
+        transport: usize,
+        method: crate::server_api::Method,
+        outcome: &str,
+        took: Duration,
+    ) {
+        let m = method as usize;
+        let o = API_OUTCOMES.iter().position(|known| *known == outcome).unwrap_or(0);
+        self.calls[transport][m][o].inc();
+        self.durations[m].observe(took);
+    }
+
+    /// Calls of `method` over `transport` that ended with `outcome`.
+    pub fn calls(&self, transport: usize, method: crate::server_api::Method, outcome: &str) -> u64 {
+        API_OUTCOMES
+            .iter()
+            .position(|known| *known == outcome)
+            .map_or(0, |o| self.calls[transport][method as usize][o].get())
+    }
+
+    fn render(&self, text: &mut Text, control: (&str, &str)) {
+        let calls = "gochat_control_api_calls_total";
+        text.family(calls, Kind::Counter, "Server API calls by transport, method and outcome.");
+        for (t, transport) in API_TRANSPORTS.iter().enumerate() {
+            for method in crate::server_api::Method::ALL {
+                for (o, outcome) in API_OUTCOMES.iter().enumerate() {
+                    let labels =
+                        [control, ("transport", transport), ("method", method.name()), ("outcome", outcome)];
+                    text.sample(calls, &labels, self.calls[t][method as usize][o].get());
+                }
+            }
+        }
+        let duration = "gochat_control_api_call_duration_seconds";
+        text.family(duration, Kind::Histogram, "Server API call durations by method.");
+        for method in crate::server_api::Method::ALL {
+            text.histogram(duration, &[control, ("method", method.name())], &self.durations[method as usize]);
+        }
+    }
+}
+
 /// What `/metrics` reads.
 #[derive(Clone)]
 pub(crate) struct Metrics {
@@ -220,6 +309,7 @@ pub(crate) struct Metrics {
     pub logic: Arc<Logic>,
     pub limits: Arc<RateLimits>,
     pub connections: Arc<Connections>,
+    pub server_api: Arc<crate::server_api::ServerApi>,
 }
 
 impl Metrics {
@@ -255,6 +345,7 @@ impl Metrics {
                 text.sample(name, &[control, ("kind", kind.label())], counters[kind as usize].get());
             }
         }
+        self.server_api.counts.render(&mut text, control);
         let limited = "gochat_control_rate_limited_total";
         text.family(limited, Kind::Counter, "REST requests refused by a rate limit.");
         let limits = &self.limits;
@@ -263,6 +354,7 @@ impl Metrics {
             ("login_account", limits.login_account.refused()),
             ("register", limits.register.refused()),
             ("push", limits.push.refused()),
+            ("api_key", self.server_api.refused()),
         ];
         for (limit, refused) in refused {
             text.sample(limited, &[control, ("limit", limit)], refused);
@@ -348,7 +440,10 @@ mod tests {
 
     #[test]
     fn labels_are_the_published_ones_in_their_order() {
-        assert_eq!(TargetKind::ALL.map(TargetKind::label), ["room", "user", "session_end"]);
+        assert_eq!(
+            TargetKind::ALL.map(TargetKind::label),
+            ["room", "user", "session_end", "everyone", "disconnect", "kick"]
+        );
         assert_eq!(JoinResult::ALL.map(JoinResult::label), ["fresh", "recovered", "reload"]);
         assert_eq!(
             KeptResult::ALL.map(KeptResult::label),
@@ -358,6 +453,8 @@ mod tests {
         assert!(KeptResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
         assert!(JoinResult::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
         assert!(TargetKind::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        let methods = crate::server_api::Method::ALL;
+        assert!(methods.iter().enumerate().all(|(i, m)| *m as usize == i));
     }
 
     #[test]

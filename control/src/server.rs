@@ -1,11 +1,12 @@
-//! Starting and stopping control: the REST API, the page, the logic gRPC service and the
-//! admin listener.
+//! Starting and stopping control: the REST API with the server API, the page, the logic and
+//! server API gRPC services and the admin listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gochat_proto::api::server_api_server::ServerApiServer;
 use gochat_proto::config_format::redact_url;
 use gochat_proto::logic::logic_server::LogicServer;
 use gochat_queue::Queue;
@@ -21,9 +22,11 @@ use crate::http::{self, Connections};
 use crate::limits::RateLimits;
 use crate::logic::Logic;
 use crate::metrics::{self, Metrics, Requests};
-use crate::state::{RedisState, State};
+use crate::server_api::grpc::ServerApiGrpc;
+use crate::server_api::ServerApi;
+use crate::state::{NodeKind, RedisState, State};
 use crate::store::UserStore;
-use crate::{api, site, ControlConfig, Error};
+use crate::{api, server_api, site, ControlConfig, Error};
 
 pub struct Control;
 
@@ -39,6 +42,8 @@ pub struct ControlHandle {
     pub limits: Arc<RateLimits>,
     /// The HTTP connections of the REST API and the page.
     pub connections: Arc<Connections>,
+    /// The server API for application backends, with its call counts.
+    pub server_api: Arc<ServerApi>,
     /// Where `/metrics` is served, when `admin_listen` is on.
     pub admin_addr: Option<SocketAddr>,
     site_ws_port: Arc<AtomicU16>,
@@ -92,6 +97,7 @@ impl Control {
         };
         let site_addr = site_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let limits = logic.limits().clone();
+        let server_api = Arc::new(ServerApi::new(logic.clone(), &cfg));
         let connections = Arc::new(Connections::new(&cfg));
         let requests = Arc::new(Requests::default());
         let admin = match cfg.admin_listen {
@@ -102,6 +108,7 @@ impl Control {
                     logic: logic.clone(),
                     limits: limits.clone(),
                     connections: connections.clone(),
+                    server_api: server_api.clone(),
                 };
                 let ready_logic = logic.clone();
                 let ready = gochat_runtime::metrics::ready(move || {
@@ -122,6 +129,11 @@ impl Control {
         if let Some(prefix) = cfg.api_path_prefix() {
             app = api::also_under(app, &prefix);
         }
+        // Routed before gochat's routes and their prefix: `/api/publish` is the server API's
+        // even when the page's API path is `/api`.
+        let app = axum::Router::new()
+            .nest("/api", server_api::http::router(server_api.clone(), cfg.max_body_bytes))
+            .merge(app);
         tasks.push(http::serve(
             api_listener,
             tls.clone(),
@@ -138,15 +150,24 @@ impl Control {
         tasks.push(tokio::spawn(logic.clone().send_room_updates(every, stopped.clone())));
         let sweep_every = Duration::from_secs(cfg.gateway_lease_secs).div_f32(4.0);
         tasks.push(tokio::spawn(logic.clone().sweep_gateways(sweep_every, stopped.clone())));
+        tasks.push(tokio::spawn(report_self(
+            logic.clone(),
+            cfg.id.clone(),
+            connections.clone(),
+            stopped.clone(),
+        )));
         let grpc = LogicServer::new(LogicGrpc(logic.clone()));
+        let api_grpc = ServerApiServer::new(ServerApiGrpc(server_api.clone()));
         // grpc.health.v1 for probes and load balancers: serving while the process runs.
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<LogicServer<LogicGrpc>>().await;
+        health_reporter.set_serving::<ServerApiServer<ServerApiGrpc>>().await;
         let rx = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(grpc)
+                .add_service(api_grpc)
                 .serve_with_incoming_shutdown(peers::incoming(grpc_listener), until_stopped(rx))
                 .await;
             if let Err(e) = served {
@@ -163,6 +184,7 @@ impl Control {
             logic,
             limits,
             connections,
+            server_api,
             admin_addr: admin.as_ref().map(|a| a.addr),
             site_ws_port,
             stop,
@@ -174,6 +196,29 @@ impl Control {
     }
 }
 
+/// Reports this control (its version and open HTTP connections) every few seconds, for the
+/// server API's `info`.
+async fn report_self(
+    logic: Arc<Logic>,
+    id: String,
+    connections: Arc<Connections>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let open = connections.open() as u64;
+        if let Err(e) = logic.node_report(NodeKind::Control, &id, env!("CARGO_PKG_VERSION"), open).await {
+            tracing::debug!(error = %e, "this control's report was not recorded");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(NODE_REPORT_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// How often a control reports itself.
+const NODE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
 impl ControlHandle {
     /// Whether the REST API and the page serve HTTPS.
     pub fn https(&self) -> bool {
@@ -183,6 +228,7 @@ impl ControlHandle {
     /// Takes the settings of `cfg` a running control can change ([`ControlConfig::RELOADABLE`]).
     pub fn reconfigure(&self, cfg: &ControlConfig) {
         self.logic.reconfigure(cfg);
+        self.server_api.reconfigure(cfg);
     }
 
     /// Points the page at the gateway's WebSocket port (known once the gateway is bound).

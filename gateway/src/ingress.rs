@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Delivery;
+use crate::protocol::close;
 use crate::shard::{Command, Framed, Inbox, ShardStats};
 
 /// The ids of the last messages delivered, so a message the queue delivers again (after a
@@ -71,11 +72,13 @@ impl Seen {
         for user in &mut batch.users {
             filter(&mut user.bodies, &mut user.ids, None);
         }
+        filter(&mut batch.everyone, &mut batch.everyone_ids, None);
         let ids: Vec<u64> = batch
             .rooms
             .iter()
             .flat_map(|r| &r.ids)
             .chain(batch.users.iter().flat_map(|u| &u.ids))
+            .chain(&batch.everyone_ids)
             .copied()
             .collect();
         ids.into_iter().for_each(|id| self.record(id));
@@ -112,6 +115,13 @@ impl Ingress {
         }
         // The binary protocol is framed too while any client here speaks it.
         let binary = self.stats.iter().any(|s| s.binary_connections.load(Ordering::Relaxed) > 0);
+        if !batch.everyone.is_empty() {
+            let frames = Framed::encode_numbered(&batch.everyone, &[], binary);
+            for inbox in self.inboxes.iter() {
+                inbox.push_wait(Command::Everyone { frames: frames.copy() }).await;
+            }
+            self.delivery.handed_off(batch.everyone.len(), &batch.everyone_ids);
+        }
         for room in batch.rooms {
             if room.bodies.is_empty() {
                 continue;
@@ -142,6 +152,22 @@ impl Ingress {
                 for inbox in inboxes {
                     let sessions = user.end_sessions.clone();
                     inbox.push_wait(Command::EndSessions { user_id: user.user_id, sessions }).await;
+                }
+            }
+            for &room_id in &user.leave_rooms {
+                for inbox in inboxes {
+                    inbox.push_wait(Command::Kick { user_id: user.user_id, room_id }).await;
+                }
+            }
+            if user.close_code != 0 {
+                // Checked by control; a code a client must not be sent becomes a policy close.
+                let code = u16::try_from(user.close_code)
+                    .ok()
+                    .filter(|c| close::is_sendable(*c))
+                    .unwrap_or(close::POLICY_VIOLATION);
+                for inbox in inboxes {
+                    let reason = user.close_reason.clone();
+                    inbox.push_wait(Command::Disconnect { user_id: user.user_id, code, reason }).await;
                 }
             }
         }
@@ -231,9 +257,10 @@ mod tests {
                     shard: *shard,
                     bodies: bodies(ids),
                     ids: ids.to_vec(),
-                    end_sessions: vec![],
+                    ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
         }
     }
 

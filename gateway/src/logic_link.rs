@@ -15,7 +15,7 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::protocol::close;
-use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox, JoinAnswer};
+use crate::shard::{AuthRefused, AuthedUser, Command, Effect, Inbox, JoinAnswer, ShardStats};
 
 /// Room sends from sockets waiting for logic; past this, senders are told to slow down.
 const ROOM_SEND_BACKLOG: usize = 1024;
@@ -141,16 +141,24 @@ pub async fn run(
 /// says the lease was gone, it took this gateway for dead and forgot its connections: every
 /// shard then closes its connections ([`close::SERVICE_RESTART`]) so clients reconnect and are
 /// routable again.
+/// Each renewal carries the version and the open connections, for the server API's `info`.
 /// `leased` says whether the last renewal went through.
 pub async fn keep_lease(
     mut logic: LogicClient<Channel>,
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
+    stats: Arc<[Arc<ShardStats>]>,
     leased: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut first = true;
     loop {
-        let req = GatewayLeaseRequest { gateway_id: gateway_id.to_string() };
+        let connections =
+            stats.iter().map(|s| s.connections.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        let req = GatewayLeaseRequest {
+            gateway_id: gateway_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            connections,
+        };
         let renewed = logic.gateway_lease(req).await;
         leased.store(renewed.is_ok(), std::sync::atomic::Ordering::Relaxed);
         let every = match renewed {

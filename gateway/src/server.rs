@@ -166,14 +166,15 @@ impl Gateway {
         drop(effects_tx);
         let link_task = tokio::spawn(logic_link::run(effects_rx, logic.clone(), id.clone(), inboxes.clone()));
         let leased = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let lease_task = tokio::spawn(logic_link::keep_lease(
             LogicClient::new(lease_channel),
             id.clone(),
             inboxes.clone(),
+            stats.clone(),
             leased.clone(),
         ));
 
-        let stats: Arc<[Arc<ShardStats>]> = stats.into();
         let (grpc_stop, stop_rx) = watch::channel(false);
         let delivery = Arc::new(Delivery::default());
         let ingress = Ingress {

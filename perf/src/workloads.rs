@@ -294,7 +294,7 @@ fn worker_batch_encode() {
     gate_region(|| {
         let mut grouped = Grouped::default();
         deliveries.iter().cloned().for_each(|d| grouped.add(d));
-        let (batches, ids) = grouped.split(route.clone());
+        let (batches, ids) = grouped.split(route.clone(), &Vec::new());
         for batch in batches.values() {
             black_box(batch.encode_to_vec());
         }

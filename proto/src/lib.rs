@@ -1,7 +1,8 @@
 //! The contracts between gochat-rs roles and with gochat's clients.
 //!
 //! # Layout
-//! - [`logic`], [`gateway`], [`queue`]: gRPC services and messages generated from `proto/*.proto`.
+//! - [`logic`], [`gateway`], [`queue`], [`api`]: gRPC services and messages generated from
+//!   `proto/*.proto` ([`api`]: the server API for application backends).
 //! - [`config_format`]: config-file value formats the roles share.
 //! - [`ids`]: the layout of message ids, and the creation time each one carries.
 //! - [`wire`]: what gochat's clients send and receive — the JSON ops and the TCP `v1` framing —
@@ -54,6 +55,10 @@ pub mod logic {
 
 pub mod gateway {
     tonic::include_proto!("gochat.gateway");
+}
+
+pub mod api {
+    tonic::include_proto!("gochat.api");
 }
 
 pub mod queue {

@@ -69,19 +69,19 @@ pub fn parse_request(path: &str, body: &[u8]) -> Result<Request, RequestError> {
         "/user/logout" => Ok(Request::Logout { token: token(body)? }),
         "/user/checkAuth" => authed(|_| Ok(Action::CheckAuth)),
         "/push/push" => authed(|body| {
-            let b: PushBody = parse(body)?;
+            let b: PushBody = parse_body(body)?;
             Ok(Action::Push { to_user_id: b.to_user_id, room_id: b.room_id, msg: b.msg })
         }),
         "/push/pushRoom" => authed(|body| {
-            let b: RoomBody = parse(body)?;
+            let b: RoomBody = parse_body(body)?;
             Ok(Action::PushRoom { room_id: b.room_id, msg: b.msg })
         }),
-        "/push/count" => authed(|body| Ok(Action::Count { room_id: parse::<RoomOnly>(body)?.room_id })),
+        "/push/count" => authed(|body| Ok(Action::Count { room_id: parse_body::<RoomOnly>(body)?.room_id })),
         "/push/getRoomInfo" => {
-            authed(|body| Ok(Action::RoomInfo { room_id: parse::<RoomOnly>(body)?.room_id }))
+            authed(|body| Ok(Action::RoomInfo { room_id: parse_body::<RoomOnly>(body)?.room_id }))
         }
         "/push/history" => authed(|body| {
-            let b: HistoryBody = parse(body)?;
+            let b: HistoryBody = parse_body(body)?;
             Ok(Action::History { room_id: b.room_id, limit: b.limit })
         }),
         _ => Err(RequestError::UnknownRoute),
@@ -98,11 +98,11 @@ pub struct Credentials {
 }
 
 pub fn credentials(body: &[u8]) -> Result<Credentials, RequestError> {
-    parse(body)
+    parse_body(body)
 }
 
 /// Parses a route's body, a JSON object; a bad body is a code 1 with serde's explanation.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
     let bad =
         |why: &dyn std::fmt::Display| RequestError::BadBody(clip_refusal(format!("bad request body: {why}")));
     // serde would take a JSON array for a struct, its fields in order; gochat's Go decoder
@@ -123,7 +123,7 @@ struct AuthOnly {
 /// The body's `authToken`; gochat checks it before the route's own fields, so a missing or
 /// malformed one is a session error (40000), not a bad body.
 fn token(body: &[u8]) -> Result<String, RequestError> {
-    parse::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| RequestError::Session)
+    parse_body::<AuthOnly>(body).map(|a| a.auth_token).map_err(|_| RequestError::Session)
 }
 
 #[derive(Deserialize)]

@@ -16,13 +16,26 @@ pub struct Bodies {
     pub seqs: Vec<u64>,
 }
 
+/// What happens to one user's sockets, after its messages.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct UserActions {
+    /// Sessions whose sockets close (logouts).
+    pub end_sessions: Vec<u64>,
+    /// Rooms its sockets leave.
+    pub leave_rooms: Vec<u64>,
+    /// Every socket closes with this code and reason (the last disconnect asked for).
+    pub close: Option<(u32, String)>,
+}
+
 /// One batch's messages, grouped.
 #[derive(Debug, Default, PartialEq)]
 pub struct Grouped {
     pub rooms: BTreeMap<u64, Bodies>,
     pub users: BTreeMap<u64, Bodies>,
-    /// Per user, the sessions whose sockets close (logouts).
-    pub ended: BTreeMap<u64, Vec<u64>>,
+    /// Per user, what happens to its sockets: logouts, disconnects, kicks.
+    pub actions: BTreeMap<u64, UserActions>,
+    /// Messages for every socket of every gateway.
+    pub everyone: Bodies,
     /// The queue's ids of every message, to acknowledge them.
     pub ids: Vec<String>,
 }
@@ -35,9 +48,18 @@ impl Grouped {
             Some(Target::RoomId(room)) => (self.rooms.entry(room).or_default(), true),
             Some(Target::UserId(user)) => (self.users.entry(user).or_default(), false),
             Some(Target::SessionEnd(end)) => {
-                self.ended.entry(end.user_id).or_default().push(end.session);
+                self.actions.entry(end.user_id).or_default().end_sessions.push(end.session);
                 return;
             }
+            Some(Target::Kick(kick)) => {
+                self.actions.entry(kick.user_id).or_default().leave_rooms.push(kick.room_id);
+                return;
+            }
+            Some(Target::Disconnect(d)) => {
+                self.actions.entry(d.user_id).or_default().close = Some((d.code, d.reason));
+                return;
+            }
+            Some(Target::Everyone(_)) => (&mut self.everyone, false),
             None => {
                 tracing::warn!(id = delivery.id, "queued message without a target; dropped");
                 return;
@@ -54,20 +76,32 @@ impl Grouped {
         self.ids.is_empty()
     }
 
-    /// The users to route: those with messages or ended sessions.
+    /// The users to route: those with messages or actions.
     pub fn user_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.users.keys().chain(self.ended.keys()).copied().collect();
+        let mut ids: Vec<u64> = self.users.keys().chain(self.actions.keys()).copied().collect();
         ids.sort_unstable();
         ids.dedup();
         ids
     }
 
     /// One `PushBatch` per gateway, as `route` places the rooms and users (a room's bodies go
-    /// to every gateway hosting members, a user's to each of its shards); and the queue ids to
-    /// acknowledge once every gateway took its batch.
-    pub fn split(self, route: RouteReply) -> (HashMap<String, PushBatch>, Vec<String>) {
+    /// to every gateway hosting members, a user's to each of its shards, messages for everyone
+    /// to each of `gateways`); and the queue ids to acknowledge once every gateway took its
+    /// batch.
+    pub fn split<'a>(
+        self,
+        route: RouteReply,
+        gateways: impl IntoIterator<Item = &'a String>,
+    ) -> (HashMap<String, PushBatch>, Vec<String>) {
         let mut per_gateway: HashMap<String, PushBatch> = HashMap::new();
-        let Grouped { mut rooms, mut users, mut ended, ids } = self;
+        let Grouped { mut rooms, mut users, mut actions, everyone, ids } = self;
+        if !everyone.bodies.is_empty() {
+            for gateway in gateways {
+                let batch = per_gateway.entry(gateway.clone()).or_default();
+                batch.everyone.clone_from(&everyone.bodies);
+                batch.everyone_ids.clone_from(&everyone.ids);
+            }
+        }
         for room in route.rooms {
             let Some(mut bodies) = rooms.remove(&room.room_id) else {
                 continue;
@@ -86,17 +120,21 @@ impl Grouped {
         }
         for user in route.users {
             let bodies = users.remove(&user.user_id).unwrap_or_default();
-            let end_sessions = ended.remove(&user.user_id).unwrap_or_default();
-            if bodies.bodies.is_empty() && end_sessions.is_empty() {
+            let actions = actions.remove(&user.user_id).unwrap_or_default();
+            if bodies.bodies.is_empty() && actions == UserActions::default() {
                 continue;
             }
+            let (close_code, close_reason) = actions.close.clone().unwrap_or_default();
             for shard in user.shards {
                 per_gateway.entry(shard.gateway_id).or_default().users.push(UserPush {
                     user_id: user.user_id,
                     shard: shard.shard,
                     bodies: bodies.bodies.clone(),
                     ids: bodies.ids.clone(),
-                    end_sessions: end_sessions.clone(),
+                    end_sessions: actions.end_sessions.clone(),
+                    close_code,
+                    close_reason: close_reason.clone(),
+                    leave_rooms: actions.leave_rooms.clone(),
                 });
             }
         }
@@ -148,7 +186,7 @@ mod tests {
                 shards: vec![ShardAddress { gateway_id: "g1".into(), shard: 0 }],
             }],
         };
-        let (per_gateway, _) = g.split(route);
+        let (per_gateway, _) = g.split(route, &Vec::new());
         for gateway in ["g1", "g2"] {
             assert_eq!(per_gateway[gateway].rooms[0].seqs, [7, 8], "{gateway}");
         }
@@ -171,12 +209,41 @@ mod tests {
                 UserRoute { user_id: 9, shards: vec![at("g1", 1), at("g2", 0)] },
             ],
         };
-        let (per_gateway, ids) = g.split(route);
+        let (per_gateway, ids) = g.split(route, &Vec::new());
         assert_eq!(ids, ["1", "2", "3"]);
         let g1 = &per_gateway["g1"].users;
         assert_eq!((g1[0].user_id, g1[0].bodies.len(), &g1[0].end_sessions[..]), (5, 0, &[88][..]));
         assert_eq!((g1[1].user_id, g1[1].bodies.len(), &g1[1].end_sessions[..]), (9, 1, &[77][..]));
         let g2 = &per_gateway["g2"].users;
         assert_eq!((g2[0].user_id, &g2[0].end_sessions[..]), (9, &[77][..]));
+    }
+
+    #[test]
+    fn messages_for_everyone_go_to_every_gateway_and_user_actions_to_the_users_shards() {
+        use gochat_proto::logic::{ShardAddress, UserRoute};
+        use gochat_proto::queue::{Disconnect, Everyone, Kick};
+        let mut g = Grouped::default();
+        g.add(d(1, Target::Everyone(Everyone {}), "all"));
+        g.add(d(2, Target::Kick(Kick { user_id: 9, room_id: 7 }), ""));
+        g.add(d(3, Target::Disconnect(Disconnect { user_id: 9, code: 4000, reason: "bye".into() }), ""));
+        assert_eq!(g.user_ids(), [9]);
+        let route = RouteReply {
+            rooms: vec![],
+            users: vec![UserRoute {
+                user_id: 9,
+                shards: vec![ShardAddress { gateway_id: "g1".into(), shard: 1 }],
+            }],
+        };
+        let gateways = vec!["g1".to_string(), "g2".to_string()];
+        let (per_gateway, ids) = g.split(route, &gateways);
+        assert_eq!(ids, ["1", "2", "3"]);
+        for gateway in ["g1", "g2"] {
+            assert_eq!(per_gateway[gateway].everyone, [b"all".to_vec()], "{gateway}");
+            assert_eq!(per_gateway[gateway].everyone_ids, [1], "{gateway}");
+        }
+        let user = &per_gateway["g1"].users[0];
+        assert_eq!((user.shard, &user.leave_rooms[..]), (1, &[7][..]));
+        assert_eq!((user.close_code, user.close_reason.as_str()), (4000, "bye"));
+        assert!(per_gateway["g2"].users.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gochat_proto::logic::logic_client::LogicClient;
-use gochat_proto::logic::RouteRequest;
+use gochat_proto::logic::{NodeReport, RouteRequest};
 use gochat_queue::{Delivery, Queue};
 use gochat_runtime::peers::{self, Members};
 use serde::{Deserialize, Serialize};
@@ -140,6 +140,8 @@ impl Worker {
     /// Runs until `shutdown` completes or the queue closes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let reports = tokio::spawn(report(self.logic.clone(), self.cfg.id.clone(), self.gateways.members()));
+        let _stop_reports = AbortOnDrop(reports);
         loop {
             let grouped = tokio::select! {
                 g = self.collect() => g,
@@ -211,7 +213,8 @@ impl Worker {
                 return;
             }
         };
-        let (per_gateway, ids) = grouped.split(route);
+        let gateways = self.gateways.members();
+        let (per_gateway, ids) = grouped.split(route, gateways.borrow().keys());
         let sent = tokio::time::Instant::now();
         let mut acks = Vec::with_capacity(per_gateway.len());
         for (gateway, mut batch) in per_gateway {
@@ -273,6 +276,32 @@ impl Worker {
             }
         }
         unreachable!("the loop returns")
+    }
+}
+
+/// How often a worker tells logic it is alive, for the server API's `info`.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Tells logic every [`REPORT_EVERY`] that this worker runs, its version and how many gateways
+/// it pushes to. Best effort: a control that does not answer (or does not know the call yet,
+/// during an upgrade) only leaves the worker out of `info`.
+async fn report(mut logic: LogicClient<Channel>, id: String, gateways: Members) {
+    loop {
+        let connections = gateways.borrow().len() as u64;
+        let report = NodeReport { id: id.clone(), version: env!("CARGO_PKG_VERSION").into(), connections };
+        if let Err(status) = logic.worker_report(report).await {
+            tracing::debug!(%status, "worker report not taken");
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// Ends a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

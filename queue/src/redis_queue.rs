@@ -143,7 +143,9 @@ impl RedisQueue {
             Some(Target::UserId(u)) => u.wrapping_mul(2) + 1,
             // Behind the user's own messages.
             Some(Target::SessionEnd(ref end)) => end.user_id.wrapping_mul(2) + 1,
-            None => 0,
+            Some(Target::Disconnect(ref d)) => d.user_id.wrapping_mul(2) + 1,
+            Some(Target::Kick(ref k)) => k.user_id.wrapping_mul(2) + 1,
+            Some(Target::Everyone(_)) | None => 0,
         };
         (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u16 % self.cfg.streams
     }

@@ -24,5 +24,6 @@ mod placement;
 mod recovery;
 mod rest_api;
 mod rooms;
+mod server_api;
 mod sockets;
 mod tls;

@@ -492,7 +492,7 @@ async fn a_full_batch_of_the_largest_messages_is_taken_by_a_gateway() {
         RoomPush { room_id: 5, bodies: vec![last], ids: vec![], seqs: vec![] },
     ];
     let mut client = GatewayClient::connect(format!("http://{}", s.up.gateway.grpc_addr)).await.unwrap();
-    let batch = PushBatch { batch_id: 77, rooms, users: vec![] };
+    let batch = PushBatch { batch_id: 77, rooms, ..Default::default() };
     let mut acks = client.push(tokio_stream::iter([batch])).await.unwrap().into_inner();
     assert_eq!(acks.message().await.unwrap().unwrap().batch_id, 77);
     assert_eq!(ws.recv_op(wire::OP_ROOM_SEND).await["msg"], "after the batch");

@@ -8,7 +8,7 @@ use gochat_proto::wire::Position;
 use super::{periodically, Logic, LogicError, Opened};
 use crate::kept::Kept;
 use crate::metrics::KeptResult;
-use crate::state::{NewConn, Routes, TooManyConnections};
+use crate::state::{unix_ms, NewConn, NodeKind, NodeReport, Routes, TooManyConnections};
 
 impl Logic {
     /// A socket authenticated: record it in `room_id` (0: none yet), and tell the room when a
@@ -69,12 +69,33 @@ impl Logic {
 
     /// A gateway renews its lease; false when it had none (it is new, or was swept as dead and
     /// its connections forgotten).
-    pub(crate) async fn gateway_lease(&self, gateway: &str) -> Result<bool, LogicError> {
+    /// The renewal carries the gateway's version and open connections, kept for `info`.
+    pub(crate) async fn gateway_lease(
+        &self,
+        gateway: &str,
+        version: &str,
+        connections: u64,
+    ) -> Result<bool, LogicError> {
         let renewed = self.state.gateway_lease(gateway, self.gateway_lease).await;
         if renewed.is_err() {
             self.store_failed();
         }
-        Ok(renewed?)
+        let renewed = renewed?;
+        self.node_report(NodeKind::Gateway, gateway, version, connections).await?;
+        Ok(renewed)
+    }
+
+    /// Records what a control, gateway or worker reports of itself, for `info`.
+    pub(crate) async fn node_report(
+        &self,
+        kind: NodeKind,
+        id: &str,
+        version: &str,
+        connections: u64,
+    ) -> Result<(), LogicError> {
+        let report =
+            NodeReport { kind, id: id.into(), version: version.into(), connections, at_ms: unix_ms() };
+        Ok(self.state.node_report(&report).await?)
     }
 
     fn store_failed(&self) {

@@ -7,11 +7,15 @@
 //! - `rooms`: room messages (op 3), history, joins and leaves, and room updates (counts,
 //!   member lists, presence).
 //! - `connections`: sockets opening and closing, gateway leases and sweeps, routes.
+//! - `server_api`: what application backends ask through the server API: messages from the
+//!   system to rooms, users and everyone, disconnects and kicks, presence and the cluster's
+//!   nodes.
 
 mod accounts;
 mod connections;
 mod private_messages;
 mod rooms;
+mod server_api;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +38,7 @@ use crate::ControlConfig;
 
 use self::rooms::RoomEvents;
 pub use self::rooms::NOT_MEMBER;
+pub use self::server_api::{Presence, Published};
 
 /// What a socket that authenticated gets.
 #[derive(Debug)]
@@ -52,6 +57,12 @@ pub enum LogicError {
     /// Bad input or a refused request (gochat code 1).
     #[error("{0}")]
     Refused(String),
+    /// What the request names does not exist, e.g. a user id (gochat code 1, as a refusal).
+    #[error("{0}")]
+    NotFound(String),
+    /// A message over `max_message_bytes` (gochat code 1, as a refusal).
+    #[error("{0}")]
+    TooLarge(String),
     /// A missing, invalid or expired session (gochat code 40000).
     #[error("Session error")]
     Session,
@@ -161,13 +172,14 @@ impl Logic {
         self.open_rooms.load(Ordering::Relaxed)
     }
 
-    fn check_message(&self, msg: &str) -> Result<(), LogicError> {
+    /// Refuses an empty message, or one over `max_message_bytes`.
+    pub(crate) fn check_message(&self, msg: &str) -> Result<(), LogicError> {
         if msg.is_empty() {
             return Err(LogicError::refused("msg must not be empty"));
         }
         let max = self.max_message_bytes.load(Ordering::Relaxed);
         if msg.len() > max {
-            return Err(LogicError::refused(format!("msg is too long (max {max} bytes)")));
+            return Err(LogicError::TooLarge(format!("msg is too long (max {max} bytes)")));
         }
         Ok(())
     }
@@ -178,7 +190,7 @@ impl Logic {
     }
 
     async fn publish(&self, message: QueueMessage) -> Result<(), LogicError> {
-        let target = message.target;
+        let target = message.target.clone();
         let published = self.queue.publish(message).await;
         if let Some(target) = target {
             self.counts.enqueue(&target, published.is_ok());

@@ -13,17 +13,17 @@ impl Logic {
     /// A private message (op 2) to `to_user_id`, sent now if they are online. With kept messages
     /// on, it is also kept until a client of theirs acknowledges it, when one that does is
     /// online or none is (then it waits for them); a user online only with clients that do not
-    /// acknowledge (gochat's) gets it as gochat sent it: at most once.
+    /// acknowledge (gochat's) gets it as gochat sent it: at most once. Returns the message's id.
     pub(crate) async fn push_user(
         &self,
         from: &Session,
         to_user_id: u64,
         room_id: u64,
         msg: &str,
-    ) -> Result<(), LogicError> {
+    ) -> Result<u64, LogicError> {
         self.check_message(msg)?;
         let Some(to_name) = self.user_name(to_user_id).await? else {
-            return Err(LogicError::refused(format!("no user with id {to_user_id}")));
+            return Err(LogicError::NotFound(format!("no user with id {to_user_id}")));
         };
         let reach = self.state.reach(to_user_id).await?;
         let (online, kept) = (reach.online, self.kept.is_on() && (reach.acking || !reach.online));
@@ -66,7 +66,7 @@ impl Logic {
             kept = not_kept.is_none();
         }
         if !online {
-            return Ok(());
+            return Ok(id);
         }
         let sent =
             self.publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0 }).await;
@@ -74,7 +74,7 @@ impl Logic {
             // Refused to the sender, so not kept either: a retry must not deliver it twice.
             self.kept.ack(to_user_id, &[id]).await?;
         }
-        sent
+        sent.map(|()| id)
     }
 
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.

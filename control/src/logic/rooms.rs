@@ -29,17 +29,18 @@ impl Logic {
     /// A room message (op 3) from `from` through the REST API: unless rooms are open, only from
     /// a user with a socket in the room.
     pub async fn push_room(&self, from: &Session, room_id: u64, msg: &str) -> Result<(), LogicError> {
-        self.room_message(from, room_id, msg, !self.open_rooms()).await
+        self.room_message(from, room_id, msg, !self.open_rooms()).await.map(drop)
     }
 
-    /// A room message, numbered in the room's history when it keeps one.
-    async fn room_message(
+    /// A room message, numbered in the room's history when it keeps one: its id, and its
+    /// place in the history.
+    pub(super) async fn room_message(
         &self,
         from: &Session,
         room_id: u64,
         msg: &str,
         members_only: bool,
-    ) -> Result<(), LogicError> {
+    ) -> Result<(u64, Option<Position>), LogicError> {
         self.check_message(msg)?;
         check_room(room_id)?;
         if members_only && !self.state.is_member(room_id, from.user_id).await? {
@@ -48,8 +49,9 @@ impl Logic {
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
         let (position, body) = self.history.append(room_id, body).await?;
-        let seq = position.map_or(0, |p| p.seq);
-        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq }).await
+        let seq = position.as_ref().map_or(0, |p| p.seq);
+        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq }).await?;
+        Ok((id, position))
     }
 
     /// The room's position and last `limit` messages (at most what it keeps), oldest first,
@@ -64,6 +66,16 @@ impl Logic {
         if !self.open_rooms() && !self.state.is_member(room_id, from.user_id).await? {
             return Err(LogicError::refused(NOT_MEMBER));
         }
+        self.room_history(room_id, limit).await
+    }
+
+    /// The room's position and last `limit` messages (at most what it keeps), oldest first.
+    pub(super) async fn room_history(
+        &self,
+        room_id: u64,
+        limit: Option<usize>,
+    ) -> Result<(Position, Vec<Vec<u8>>), LogicError> {
+        check_room(room_id)?;
         let limit = limit.unwrap_or(self.history_size).min(self.history_size);
         self.history
             .latest(room_id, limit)
@@ -168,7 +180,9 @@ impl Logic {
         let Some(name) = self.user_name(from_user_id).await? else {
             return Err(LogicError::refused(format!("no user with id {from_user_id}")));
         };
-        self.room_message(&Session { user_id: from_user_id, user_name: name }, room_id, msg, false).await
+        self.room_message(&Session { user_id: from_user_id, user_name: name }, room_id, msg, false)
+            .await
+            .map(drop)
     }
 
     /// The room gets its count and member list with its next update, even with no member
@@ -243,7 +257,7 @@ impl Logic {
     }
 }
 
-fn check_room(room_id: u64) -> Result<(), LogicError> {
+pub(super) fn check_room(room_id: u64) -> Result<(), LogicError> {
     if room_id == 0 {
         return Err(LogicError::refused("roomId must be a positive number"));
     }

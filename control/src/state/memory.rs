@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{NewConn, Reach, RoomChange, Session, TooManyConnections};
+use super::{NewConn, NodeKind, NodeReport, Reach, RoomChange, Session, TooManyConnections};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,8 @@ struct Inner {
     leases: HashMap<String, Instant>,
     /// Closes that found no connection, until when they are remembered.
     closed: HashMap<(String, u64), Instant>,
+    /// (kind, id) → the node's last report.
+    nodes: HashMap<(NodeKind, String), NodeReport>,
 }
 
 pub struct MemoryState {
@@ -204,6 +206,21 @@ impl MemoryState {
             online: inner.user_routes.contains_key(&user_id),
             acking: inner.acking.contains_key(&user_id),
         }
+    }
+
+    pub fn user_connections(&self, user_id: u64) -> u64 {
+        self.lock().user_routes.get(&user_id).map_or(0, |r| r.values().map(|n| u64::from(*n)).sum())
+    }
+
+    pub fn node_report(&self, report: &NodeReport) {
+        self.lock().nodes.insert((report.kind, report.id.clone()), report.clone());
+    }
+
+    /// The nodes that reported since `since_ms`; the others are forgotten.
+    pub fn nodes(&self, since_ms: u64) -> Vec<NodeReport> {
+        let mut inner = self.lock();
+        inner.nodes.retain(|_, r| r.at_ms >= since_ms);
+        inner.nodes.values().cloned().collect()
     }
 
     /// Extends `gateway`'s lease; false when it had none (new, or expired and swept).

@@ -80,6 +80,50 @@ pub struct Reach {
     pub acking: bool,
 }
 
+/// A role of the cluster, as the server API's `info` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeKind {
+    Control,
+    Gateway,
+    Worker,
+}
+
+impl NodeKind {
+    pub const ALL: [NodeKind; 3] = [NodeKind::Control, NodeKind::Gateway, NodeKind::Worker];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeKind::Control => "control",
+            NodeKind::Gateway => "gateway",
+            NodeKind::Worker => "worker",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// What a node last reported of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub kind: NodeKind,
+    pub id: String,
+    pub version: String,
+    /// A gateway's sockets, a control's HTTP connections, a worker's gateway links.
+    pub connections: u64,
+    /// When, in ms since the Unix epoch (the reporting control's clock).
+    pub at_ms: u64,
+}
+
+/// How long a node's report stands: past it, the node is taken for gone.
+pub const NODE_REPORT_TTL: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The connection a join names is not recorded (it closed, or never authenticated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoConnection;
@@ -271,6 +315,37 @@ impl State {
             Self::Memory(s) => Ok(s.reach(user_id)),
             Self::Redis(s) => s.reach(user_id).await,
         }
+    }
+
+    /// Live sockets of `user_id`, over every gateway.
+    pub async fn user_connections(&self, user_id: u64) -> Result<u64, StateError> {
+        match self {
+            Self::Memory(s) => Ok(s.user_connections(user_id)),
+            Self::Redis(s) => s.user_connections(user_id).await,
+        }
+    }
+
+    /// Records what a node reports of itself (replacing its last report).
+    pub async fn node_report(&self, report: &NodeReport) -> Result<(), StateError> {
+        match self {
+            Self::Memory(s) => {
+                s.node_report(report);
+                Ok(())
+            }
+            Self::Redis(s) => s.node_report(report).await,
+        }
+    }
+
+    /// The nodes that reported within [`NODE_REPORT_TTL`], by kind and id; older reports are
+    /// forgotten.
+    pub async fn nodes(&self) -> Result<Vec<NodeReport>, StateError> {
+        let since = unix_ms().saturating_sub(NODE_REPORT_TTL.as_millis() as u64);
+        let mut nodes = match self {
+            Self::Memory(s) => s.nodes(since),
+            Self::Redis(s) => s.nodes(since).await?,
+        };
+        nodes.sort_by(|a, b| (a.kind, &a.id).cmp(&(b.kind, &b.id)));
+        Ok(nodes)
     }
 
     /// Where `room_ids` and `user_ids` are connected, in one round trip.

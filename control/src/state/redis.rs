@@ -13,6 +13,8 @@
 //! - `gateways`: sorted set gateway → lease expiry (ms, Redis clock);
 //! - `gw:{gateway}:closed:{conn}`: a close that found no connection, for a minute, so an open
 //!   that arrives after it (a timed-out auth undone by the gateway) is not recorded;
+//! - `nodes`: hash `kind \t id` → `version \t connections \t unix ms`, what controls,
+//!   gateways and workers last reported of themselves (for the server API's `info`);
 //! - `sweeps`: hash of the connection hashes of expired gateways, moved aside
 //!   (`gw:{gateway}:sweep:{nonce}`) and not yet closed → their gateway.
 //!
@@ -26,7 +28,10 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-use super::{NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError, TooManyConnections};
+use super::{
+    NewConn, NoConnection, NodeKind, NodeReport, Reach, RoomChange, Routes, Session, StateError,
+    TooManyConnections,
+};
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
 const SWEEP_CHUNK: usize = 500;
@@ -465,6 +470,39 @@ impl RedisState {
             .map_err(StateError::from)
     }
 
+    pub async fn user_connections(&self, user_id: u64) -> Result<u64, StateError> {
+        let counts: Vec<u64> = self
+            .conn
+            .clone()
+            .hvals(self.key(&format!("user:{user_id}:routes")))
+            .await
+            .map_err(StateError::from)?;
+        Ok(counts.iter().sum())
+    }
+
+    pub async fn node_report(&self, r: &NodeReport) -> Result<(), StateError> {
+        let field = format!("{}\t{}", r.kind.name(), r.id);
+        let value = format!("{}\t{}\t{}", r.version, r.connections, r.at_ms);
+        self.conn.clone().hset::<_, _, _, ()>(self.key("nodes"), field, value).await.map_err(StateError::from)
+    }
+
+    /// The nodes that reported since `since_ms`; older reports (and unreadable ones) are removed.
+    pub async fn nodes(&self, since_ms: u64) -> Result<Vec<NodeReport>, StateError> {
+        let all: BTreeMap<String, String> =
+            self.conn.clone().hgetall(self.key("nodes")).await.map_err(StateError::from)?;
+        let (mut nodes, mut stale) = (Vec::new(), Vec::new());
+        for (field, value) in all {
+            match parse_node(&field, &value).filter(|r| r.at_ms >= since_ms) {
+                Some(report) => nodes.push(report),
+                None => stale.push(field),
+            }
+        }
+        if !stale.is_empty() {
+            self.conn.clone().hdel::<_, _, ()>(self.key("nodes"), stale).await.map_err(StateError::from)?;
+        }
+        Ok(nodes)
+    }
+
     pub async fn reach(&self, user_id: u64) -> Result<Reach, StateError> {
         let (online, acking): (bool, bool) = redis::pipe()
             .exists(self.key(&format!("user:{user_id}:routes")))
@@ -520,4 +558,18 @@ fn nonce() -> String {
 pub(crate) fn numbered(flat: &[Vec<u8>]) -> impl Iterator<Item = (u64, &[u8])> {
     flat.chunks(2)
         .filter_map(|pair| Some((std::str::from_utf8(&pair[0]).ok()?.parse().ok()?, pair.get(1)?.as_slice())))
+}
+
+/// A node's report from its `nodes` field and value.
+fn parse_node(field: &str, value: &str) -> Option<NodeReport> {
+    let (kind, id) = field.split_once('\t')?;
+    let mut v = value.split('\t');
+    let (version, connections, at_ms) = (v.next()?, v.next()?.parse().ok()?, v.next()?.parse().ok()?);
+    Some(NodeReport {
+        kind: NodeKind::parse(kind)?,
+        id: id.into(),
+        version: version.into(),
+        connections,
+        at_ms,
+    })
 }

@@ -27,6 +27,9 @@ impl Shard {
             }
             Command::Kept { key, conn_id, kept } => self.kept(key, conn_id, kept),
             Command::EndSessions { user_id, sessions } => self.end_sessions(user_id, &sessions),
+            Command::Everyone { frames } => self.everyone_frames(&frames),
+            Command::Disconnect { user_id, code, reason } => self.disconnect(user_id, code, &reason),
+            Command::Kick { user_id, room_id } => self.kick(user_id, room_id),
             Command::Notice { key, conn_id, message } => self.notice(key, conn_id, &message),
             Command::CloseAll => self.close_all(close::SERVICE_RESTART, "service restarted, reconnect"),
             Command::Drain { within_secs } => {
@@ -72,6 +75,39 @@ impl Shard {
         let mut out = Outgoing { conns, dirty, tls, stats, max_bytes: limits.max_outbound_bytes };
         for &key in users.members(user_id) {
             out.queue(key, |w| frames.for_wire(w));
+        }
+    }
+
+    /// Writes `frames` to every authenticated connection.
+    fn everyone_frames(&mut self, frames: &Framed) {
+        let Self { users, conns, dirty, tls, stats, limits, .. } = self;
+        let mut out = Outgoing { conns, dirty, tls, stats, max_bytes: limits.max_outbound_bytes };
+        for &key in users.all() {
+            out.queue(key, |w| frames.for_wire(w));
+        }
+    }
+
+    /// Closes every connection of the user with `code` and `reason` (TCP: an error frame).
+    fn disconnect(&mut self, user_id: u64, code: u16, reason: &str) {
+        for key in self.users.members(user_id).to_vec() {
+            self.begin_close(key, Some((code, reason)));
+        }
+    }
+
+    /// Takes the user's connections out of `room_id`: each is answered as if it had left
+    /// (op 11), and logic is told, as for a leave.
+    fn kick(&mut self, user_id: u64, room_id: u64) {
+        for key in self.users.members(user_id).to_vec() {
+            let Some(conn) = self.conns.get(key as usize).filter(|c| !c.closing) else { continue };
+            let (conn_id, wire) = (conn.id, conn.codec.wire());
+            if !self.rooms.leave(&mut self.conns, key, room_id) {
+                continue;
+            }
+            self.joins.end(key, room_id);
+            self.sync_joining(key);
+            self.effects.push(Effect::Leave { conn_id, room_id });
+            self.count_rooms();
+            self.queue(key, room_reply(wire, wire::OP_LEAVE, room_id, JoinedRoom::default()));
         }
     }
 

@@ -97,6 +97,13 @@ pub enum Command {
     /// Close the user's connections that authenticated with these sessions
     /// ([`gochat_proto::wire::session_fingerprint`]): the user logged out.
     EndSessions { user_id: u64, sessions: Vec<u64> },
+    /// Write to every authenticated connection (the server API's broadcast).
+    Everyone { frames: Framed },
+    /// Close every connection of the user with this WebSocket close code and reason (the
+    /// server API's disconnect).
+    Disconnect { user_id: u64, code: u16, reason: String },
+    /// Take every connection of the user out of a room (the server API's kick).
+    Kick { user_id: u64, room_id: u64 },
     /// Tell one connection a request of its was refused (op 8); it stays open.
     Notice { key: u32, conn_id: u64, message: String },
     /// Close every connection and keep running: logic lost track of them (this gateway was

@@ -37,6 +37,11 @@ impl Index {
     pub(super) fn len(&self) -> usize {
         self.0.len()
     }
+
+    /// Every member of every id.
+    pub(super) fn all(&self) -> impl Iterator<Item = &u32> {
+        self.0.values().flatten()
+    }
 }
 
 /// Where a connection's first room is kept (in the connection).

@@ -87,6 +87,54 @@ fn an_ended_session_closes_only_its_own_sockets() {
     assert!(!s.is_closing(b), "another user with the same token text was closed");
 }
 
+#[test]
+fn a_message_for_everyone_reaches_every_authenticated_connection_once() {
+    let mut s = shard();
+    let (a1, _) = live_ws(&mut s, 1, 7);
+    let (a2, _) = live_ws(&mut s, 1, 9);
+    let (b, _) = live_ws(&mut s, 2, 8);
+    let (waiting, _) = s.open(Transport::WebSocket, 0);
+    s.on_data(waiting, &mut UPGRADE.to_vec(), 0);
+    written(&mut s, waiting);
+    s.on_command(Command::Everyone { frames: Framed::encode(&[br#"{"op":3,"msg":"all"}"#]) });
+    for key in [a1, a2, b] {
+        assert_eq!(written(&mut s, key).windows(5).filter(|w| w == b"\"all\"").count(), 1, "{key}");
+    }
+    assert!(!s.has_output(waiting), "a connection that has not authenticated got it");
+}
+
+#[test]
+fn a_disconnect_closes_every_socket_of_the_user_with_its_code_and_reason() {
+    let mut s = shard();
+    let (a1, _) = live_ws(&mut s, 1, 7);
+    let (a2, _) = live_ws(&mut s, 1, 9);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    s.on_command(Command::Disconnect { user_id: 1, code: 4001, reason: "suspended".into() });
+    for key in [a1, a2] {
+        assert!(s.is_closing(key));
+        let out = written(&mut s, key);
+        assert_eq!(out[out.len() - 13..], [&[0x88, 11, 0x0f, 0xa1][..], b"suspended"].concat(), "close 4001");
+    }
+    assert!(!s.is_closing(b));
+}
+
+#[test]
+fn a_kick_takes_the_users_sockets_out_of_the_room_and_tells_logic() {
+    let mut s = shard();
+    let (a1, a1_id) = live_ws(&mut s, 1, 7);
+    let (a2, _) = live_ws(&mut s, 1, 9);
+    let (b, _) = live_ws(&mut s, 2, 7);
+    s.take_effects().for_each(drop);
+    s.on_command(Command::Kick { user_id: 1, room_id: 7 });
+    assert_eq!(s.take_effects().collect::<Vec<_>>(), [Effect::Leave { conn_id: a1_id, room_id: 7 }]);
+    assert_eq!(bodies(&mut s, a1), [serde_json::json!({"op": 11, "roomId": 7})]);
+    assert!(!s.has_output(a2), "a socket not in the room was told");
+    s.on_command(Command::Room { room_id: 7, frames: Framed::encode(&[br#"{"op":3,"msg":"after"}"#]) });
+    assert!(!s.has_output(a1), "the kicked socket still gets the room");
+    assert!(s.has_output(b));
+    assert!(!s.is_closing(a1), "a kick is not a disconnect");
+}
+
 /// Room sends (effects) a client's frames produce.
 fn room_sends(s: &mut Shard) -> usize {
     s.take_effects().filter(|e| matches!(e, Effect::RoomSend { .. })).count()
