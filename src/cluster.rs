@@ -36,6 +36,8 @@ pub struct ClusterSpec {
     pub driver: DriverChoice,
     /// Shards per gateway.
     pub shards: usize,
+    /// The controls' server API keys (none: the server API is off).
+    pub api_keys: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -49,6 +51,7 @@ impl ClusterSpec {
             postgres_admin_url: "postgres://postgres@127.0.0.1:5432/postgres".into(),
             driver: DriverChoice::Auto,
             shards: 1,
+            api_keys: Vec::new(),
         }
     }
 }
@@ -263,6 +266,7 @@ impl LocalCluster {
                 cfg.control.redis_url = self.redis_url.clone();
                 cfg.control.gateway_lease_secs = 3;
                 cfg.control.demo_users = Some(false);
+                cfg.control.api_keys.clone_from(&self.spec.api_keys);
                 // Every client of a local cluster comes from loopback, and tests push faster
                 // than a person.
                 cfg.control = cfg.control.without_rate_limits();

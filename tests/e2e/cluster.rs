@@ -18,7 +18,25 @@ fn start_cluster() -> LocalCluster {
     let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_gochat").into(), dir);
     spec.driver = common::driver();
     spec.postgres_admin_url = gochat_test_services::postgres_admin_url();
+    spec.api_keys = vec![API_KEY.into()];
     LocalCluster::start(spec).expect("the local cluster starts")
+}
+
+const API_KEY: &str = "cluster-key-0123456789abcdef012345";
+
+/// A server API call on control `n` with the cluster's key; its answer, which must be a 200.
+async fn server_api(c: &LocalCluster, n: usize, method: &str, body: Value) -> Value {
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/{method}", api(c, n)))
+        .header("Authorization", format!("apikey {API_KEY}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("REST reachable");
+    let status = res.status();
+    let v: Value = res.json().await.expect("JSON");
+    assert_eq!(status, 200, "{method}: {v}");
+    v
 }
 
 fn api(c: &LocalCluster, n: usize) -> String {
@@ -175,6 +193,29 @@ async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
         push_room(&c, 1 + i % 2, &alice, 1, m).await;
     }
     all_delivered("room messages across gateways", &[&a, &b, &cc], &sent, true).await;
+
+    // The server API: a broadcast reaches every gateway's sockets, info lists every member,
+    // presence counts a user's sockets over both gateways.
+    server_api(&c, 2, "broadcast", json!({"msg": "to everyone"})).await;
+    eventually("the broadcast reached both gateways", || async {
+        [&a, &b, &cc].iter().all(|inbox| inbox.msgs(3).contains(&"to everyone".to_string()))
+    })
+    .await;
+    eventually("info lists every control, gateway and worker", || async {
+        let info = server_api(&c, 1, "info", json!({})).await;
+        let nodes = info["nodes"].as_array().unwrap();
+        let count = |kind: &str| nodes.iter().filter(|n| n["kind"] == kind).count();
+        (count("control"), count("gateway"), count("worker")) == (2, 2, 2)
+    })
+    .await;
+    let second = Inbox::spawn(ws_at(&ws_url(&c, 2), &alice, 2).await);
+    let presence = server_api(&c, 1, "presence", json!({"userId": alice.id})).await;
+    assert_eq!(presence["connections"], 2, "{presence}");
+    // A disconnect closes the user's sockets on both gateways.
+    server_api(&c, 1, "disconnect", json!({"userId": alice.id, "code": 4002, "reason": "bye"})).await;
+    eventually("alice's sockets on both gateways closed", || async { a.ended() && second.ended() }).await;
+    assert_eq!(*a.ended.lock().unwrap(), Some(End::Close(4002, "bye".into())));
+    let a = Inbox::spawn(ws_at(&ws_url(&c, 1), &alice, 1).await);
 
     // kill -9 a worker mid-stream: every accepted message is still delivered.
     let sent: Vec<String> = (0..200).map(|i| format!("during worker loss {i}")).collect();

@@ -441,3 +441,48 @@ async fn a_user_has_at_most_its_cap_of_connections() {
         assert_eq!(s.conn_open(&capped("g2", 6), &a).await.unwrap(), Err(TooManyConnections));
     }
 }
+
+#[tokio::test]
+async fn a_users_connections_are_counted_over_every_gateway() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        assert_eq!(s.user_connections(1).await.unwrap(), 0);
+        open(&s, "g1", 0, 10, &a, 1).await;
+        open(&s, "g1", 0, 11, &a, 2).await;
+        open(&s, "g2", 1, 12, &a, 0).await;
+        assert_eq!(s.user_connections(1).await.unwrap(), 3);
+        s.conn_close("g1", 10).await.unwrap();
+        assert_eq!(s.user_connections(1).await.unwrap(), 2);
+        s.gateway_reset("g2").await.unwrap();
+        assert_eq!(s.user_connections(1).await.unwrap(), 1);
+    }
+}
+
+#[tokio::test]
+async fn nodes_are_listed_by_their_last_report_until_it_is_stale() {
+    use gochat_control::state::{NodeKind, NodeReport, NODE_REPORT_TTL};
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let report = |kind, id: &str, connections, at_ms| NodeReport {
+            kind,
+            id: id.into(),
+            version: "1.2.3".into(),
+            connections,
+            at_ms,
+        };
+        s.node_report(&report(NodeKind::Worker, "w1", 2, now)).await.unwrap();
+        s.node_report(&report(NodeKind::Gateway, "g1", 10, now)).await.unwrap();
+        s.node_report(&report(NodeKind::Gateway, "g1", 12, now)).await.unwrap();
+        let stale = now - NODE_REPORT_TTL.as_millis() as u64 - 1000;
+        s.node_report(&report(NodeKind::Control, "c-gone", 0, stale)).await.unwrap();
+        let nodes = s.nodes().await.unwrap();
+        assert_eq!(
+            nodes,
+            [report(NodeKind::Gateway, "g1", 12, now), report(NodeKind::Worker, "w1", 2, now)],
+            "the last report of each, in kind order, none stale"
+        );
+        s.node_report(&report(NodeKind::Control, "c-gone", 0, now)).await.unwrap();
+        assert_eq!(s.nodes().await.unwrap().len(), 3, "a stale node that reports again is back");
+    }
+}
