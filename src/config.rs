@@ -247,7 +247,7 @@ fn overlay(table: &mut toml::Table, path: &[String], value: toml::Value) -> Resu
 
 /// Whether a key's name says it holds a secret.
 fn secret_key(name: &str) -> bool {
-    ["password", "secret", "token"].iter().any(|s| name.contains(s))
+    ["password", "secret", "token", "_keys"].iter().any(|s| name.contains(s))
 }
 
 /// Redacts `value` in place: every URL's password, and everything under a secret key.
@@ -459,6 +459,8 @@ mod tests {
         cfg.control.database = "postgres://u:Secret-1@db/x?password=Secret-2".into();
         cfg.queue.redis.url = "redis://:Secret-3@h:6379".into();
         cfg.discovery.etcd_endpoints = vec!["http://root:Secret-4@h:2379".into()];
+        cfg.control.api_keys = vec!["Secret-5-0123456789abcdef0123456789".into()];
+        cfg.control.api_read_keys = vec!["Secret-6-0123456789abcdef0123456789".into()];
         let printed = cfg.redacted_toml().unwrap();
         assert!(!printed.contains("Secret-"), "{printed}");
         let back = Config::parse(&printed).unwrap();
