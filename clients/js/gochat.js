@@ -779,7 +779,9 @@ export class GochatClient extends Emitter {
       const frame = this.#decode(event.data);
       if (frame && typeof frame === 'object') this.#frame(frame);
     };
-    ws.onerror = () => {};
+    // A browser follows an error with a close; Node 20's WebSocket may not (a connection
+    // refused fires an error alone): a close that does not follow soon is taken as a drop.
+    ws.onerror = () => setTimeout(() => this.#closed(gen, 1006, 'connection failed'), ws.readyState === 0 ? 0 : 1000);
     ws.onclose = (event) => this.#closed(gen, event.code, event.reason || '');
     this.#authTimer = setTimeout(() => {
       if (gen === this.#gen && this.#state === 'connecting') this.#lost(CLIENT_CLOSE, 'no answer to the auth frame in time');

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { GochatClient, encodeClientFrame, decodeServerFrame, encodeJsonFrame } from '../gochat.js';
+import { record } from './record.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -46,18 +47,6 @@ function fakeSockets() {
     }
   }
   return { WebSocket: FakeWebSocket, sockets, last: () => sockets[sockets.length - 1] };
-}
-
-/** Every event of `client`, in order, as [type, payload]. */
-function record(client) {
-  const seen = [];
-  for (const type of ['connecting', 'connected', 'disconnected', 'reconnecting', 'joined', 'left', 'message',
-    'private', 'count', 'members', 'presence', 'refused', 'reset']) {
-    client.on(type, (e) => seen.push([type, e]));
-  }
-  seen.of = (type) => seen.filter(([t]) => t === type).map(([, e]) => e);
-  seen.texts = () => seen.of('message').map((m) => m.msg);
-  return seen;
 }
 
 async function until(what, check, ms = 2000) {
