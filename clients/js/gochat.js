@@ -112,19 +112,23 @@ export class ApiError extends Error {
  * [`ApiError`] otherwise. `token` is the session token: set by `login` and `register`, cleared by
  * `logout`, sent by the routes that need one. */
 export class GochatApi {
+  #fetch;
+
   constructor({ url, fetch: fetchFn = globalThis.fetch, token = null } = {}) {
     if (typeof url !== 'string' || !url) throw new TypeError('GochatApi needs the API base URL (url)');
     if (typeof fetchFn !== 'function') throw new TypeError('no fetch: pass one as the fetch option');
     this.url = url.replace(/\/+$/, '');
-    this.fetch = fetchFn;
+    this.#fetch = fetchFn;
     this.token = token;
   }
 
   /** POSTs `body` to `path` (e.g. `/push/count`) and resolves to the envelope's `data`. */
   async call(path, body) {
     let res;
+    // Called as a plain function: a browser's fetch refuses any `this` but the window.
+    const fetchFn = this.#fetch;
     try {
-      res = await this.fetch(this.url + path, {
+      res = await fetchFn(this.url + path, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify(body),

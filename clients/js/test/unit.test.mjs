@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { GochatClient, encodeClientFrame, decodeServerFrame, encodeJsonFrame } from '../gochat.js';
+import { ApiError, GochatApi, GochatClient, encodeClientFrame, decodeServerFrame, encodeJsonFrame } from '../gochat.js';
 import { record } from './record.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -282,6 +282,33 @@ test('bad options and arguments are refused clearly', () => {
   assert.throws(() => c.join(0), RangeError);
   assert.throws(() => c.join('abc'), RangeError);
   assert.throws(() => c.send(1, ''), TypeError);
+});
+
+test('REST calls: the envelope read, fetch called as a plain function (as a browser wants it)', async () => {
+  const calls = [];
+  const answers = [
+    { code: 0, message: 'login success', data: 'tok-1' },
+    { code: 1, message: 'too many requests, retry in 3 s' },
+    { code: 40000, message: 'Session error', data: null },
+  ];
+  const api = new GochatApi({
+    url: 'http://api.test/',
+    fetch: function fetchLike(url, init) {
+      calls.push({ self: this, url, body: JSON.parse(init.body) });
+      const headers = new Headers(calls.length === 2 ? { 'Retry-After': '3' } : {});
+      return Promise.resolve({ status: 200, headers, json: async () => answers[calls.length - 1] });
+    },
+  });
+  assert.equal(await api.login('a', 'p'), 'tok-1');
+  assert.equal(api.token, 'tok-1');
+  await assert.rejects(api.pushRoom(1, 'x'), (e) => e instanceof ApiError && e.code === 1 && e.retryAfter === 3);
+  await assert.rejects(api.checkAuth(), (e) => e.isSessionError);
+  assert.deepEqual(calls.map((c) => [c.self, c.url]), [
+    [undefined, 'http://api.test/user/login'], [undefined, 'http://api.test/push/pushRoom'], [undefined, 'http://api.test/user/checkAuth'],
+  ]);
+  assert.deepEqual(calls[1].body, { authToken: 'tok-1', msg: 'x', roomId: 1 });
+  const broken = new GochatApi({ url: 'http://api.test', fetch: async () => ({ status: 502, json: async () => { throw new SyntaxError('x'); } }) });
+  await assert.rejects(broken.checkAuth(), (e) => e.code === -1 && e.status === 502 && /HTTP 502/.test(e.message));
 });
 
 // ---- the binary protocol ----
