@@ -28,6 +28,9 @@ export const SESSION_ERROR = 40000;
  * frame); the same request would be refused again. */
 export const TERMINAL_CLOSE_CODES = Object.freeze([1008]);
 
+/** Reasons of a terminal close code that are worth trying again: the gateway gave up waiting
+ * for the token to be checked (a slow control), not the client's fault. */
+const RETRIED_REFUSALS = Object.freeze(['authentication timeout']);
 /** Most ids the server takes in one acknowledgement (op 12). */
 const MAX_ACK_IDS = 256;
 /** Message ids remembered to drop a message delivered again (private messages, and room
@@ -796,7 +799,7 @@ export class GochatClient extends Emitter {
   #closed(gen, code, reason) {
     if (gen !== this.#gen) return;
     this.#drop(code, reason);
-    const terminal = this.#o.terminalCloseCodes.includes(code);
+    const terminal = this.#o.terminalCloseCodes.includes(code) && !RETRIED_REFUSALS.includes(reason);
     const willReconnect = !terminal && this.#o.reconnect !== false;
     this.#state = willReconnect ? 'reconnecting' : 'closed';
     this.emit('disconnected', { code, reason, willReconnect, terminal });
@@ -937,12 +940,14 @@ export class GochatClient extends Emitter {
     if (f.recovered === true && room.epoch === f.epoch) {
       // What was missed follows, from the position sent.
       this.#drain(room);
-    } else if (room.epoch) {
+    } else if (f.recovered === false) {
       // Asked to recover, and told to reload.
-      this.#reset(room, room.epoch !== f.epoch ? 'epoch' : 'unrecoverable', f.epoch, f.seq);
+      this.#reset(room, room.epoch && room.epoch !== f.epoch ? 'epoch' : 'unrecoverable', f.epoch, f.seq);
+    } else if (room.epoch && room.epoch !== f.epoch) {
+      this.#reset(room, 'epoch', f.epoch, f.seq);
     } else {
-      // A first join: the room's messages from here on.
-      this.#jump(room, f.epoch, f.seq);
+      // A first join: the room's messages from here on (never back before one handed over).
+      this.#jump(room, f.epoch, Math.max(f.seq, room.epoch === f.epoch ? room.seq : 0));
     }
   }
 

@@ -234,6 +234,19 @@ test('reconnects back off exponentially with jitter, and stop at a terminal clos
   assert.equal(fake.sockets.length, 7, 'no reconnect after 1008');
 });
 
+test('a 1008 for an authentication that timed out on the server is tried again', async () => {
+  const fake = fakeSockets();
+  const client = new GochatClient({ url: 'ws://gochat.test/ws', WebSocket: fake.WebSocket, token: 'tok', minDelay: 5 });
+  const seen = record(client);
+  client.connect();
+  await until('a socket', () => fake.sockets.length === 1);
+  fake.last().open();
+  fake.last().drop(1008, 'authentication timeout');
+  assert.deepEqual(seen.of('disconnected')[0], { code: 1008, reason: 'authentication timeout', willReconnect: true, terminal: false });
+  await until('a second socket', () => fake.sockets.length === 2);
+  client.close();
+});
+
 test('a socket that never answers the auth frame is dropped and tried again', async () => {
   const fake = fakeSockets();
   const client = new GochatClient({ url: 'ws://gochat.test/ws', WebSocket: fake.WebSocket, token: 'tok', authTimeout: 20, minDelay: 5 });
