@@ -2,7 +2,7 @@
 // presence, private messages kept until acknowledged, reconnects after the connection is
 // killed with recovery of what was missed, frames reordered, duplicated and dropped on the way
 // (a proxy in this test steers them) handed over in order once each, and terminal closes.
-//   node --experimental-websocket --test clients/js/test/
+//   node --experimental-websocket --test clients/js/test/*.test.mjs
 // Env: GOCHAT_BIN (default target/debug/gochat), GOCHAT_TEST_DRIVER (gateway driver, epoll).
 
 import assert from 'node:assert/strict';
