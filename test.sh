@@ -99,6 +99,10 @@ fi
 # image is made from Debian's packages once per Docker engine: about 80 s then, 30 s a run after.
 tests/deploy/compose.sh target/debug/gochat
 
+# The JavaScript client library (clients/js/): unit tests, and end-to-end tests over JSON and
+# gochat-pb against a real `gochat up` (node:test only, nothing from npm).
+GOCHAT_TEST_DRIVER="${drivers##*,}" node --experimental-websocket --test clients/js/test/*.test.mjs
+
 # The web page in headless Chromium (Debian's), driven by playwright-core from npm, against a
 # real `gochat up`; screenshots land in test-artifacts/.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error && GOCHAT_TEST_DRIVER="${drivers##*,}" node browser.test.mjs)

@@ -1,6 +1,8 @@
-'use strict';
+// The page: every protocol detail (REST envelope, socket, reconnects, recovery, acks) is the
+// client library's (clients/js/gochat.js, served by control as /gochat.js); this is the UI.
+import { GochatApi, GochatClient, SESSION_ERROR } from './gochat.js';
 
-(() => {
+{
   const cfg = Object.assign({ apiPort: 7070, wsPort: 7000, wsPath: '/ws' }, window.GOCHAT_CONFIG || {});
   // The REST API and the socket: at the configured URLs (a path such as /api is on this page's
   // own origin, so one HTTPS host can serve all three), or on ports of this page's host.
@@ -12,7 +14,6 @@
     : `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hostname}:${cfg.wsPort}${cfg.wsPath}`;
   const TOKEN_KEY = 'authToken';
   const EXPIRED = 'Your session has expired, please log in again';
-  const SESSION_ERROR = 40000;
   const MAX_MESSAGES = 500;
   const RECONNECTING = 'reconnecting…';
   const ROOMS_KEY = 'gochatRooms';
@@ -36,20 +37,16 @@
     threadList: $('thread-list'), threadTitle: $('thread-title'),
   };
 
+  const api = new GochatApi({ url: API, token: localStorage.getItem(TOKEN_KEY) });
+
   const state = {
-    token: localStorage.getItem(TOKEN_KEY),
     me: null,
     roomId: 1,
-    ws: null,
-    gen: 0,
-    attempt: 0,
-    retryTimer: 0,
-    liveTimer: 0,
+    // The socket's client: one room joined at a time, the one shown.
+    client: null,
     // What the message pane shows: `r:<roomId>` or `u:<userId>` (a private thread).
     view: 'r:1',
     rooms: loadRooms(),
-    // The last position seen in each room's history ({epoch, seq}), to recover after a drop.
-    positions: new Map(),
   };
 
   // Conversations by key: the rooms joined, and one thread per private correspondent.
@@ -72,32 +69,15 @@
     return u.href;
   }
 
-  class ApiError extends Error {
-    constructor(message, code) { super(message); this.code = code; }
-  }
-
-  async function api(path, body) {
-    let res;
+  // A REST call: a session error sends the user back to log in; gochat's messages in plainer words.
+  async function call(request) {
     try {
-      res = await fetch(API + path, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify(body),
-      });
-    } catch {
-      throw new ApiError('Cannot reach the server', -1);
+      return await request();
+    } catch (e) {
+      if (e.code === SESSION_ERROR) sessionExpired();
+      e.message = FRIENDLY[e.message] || e.message;
+      throw e;
     }
-    let env;
-    try {
-      env = await res.json();
-    } catch {
-      throw new ApiError(`Unexpected server response (HTTP ${res.status})`, -1);
-    }
-    if (env && env.code === 0) return env.data;
-    const code = env ? env.code : -1;
-    if (code === SESSION_ERROR) sessionExpired();
-    const message = (env && env.message) || 'Request failed';
-    throw new ApiError(FRIENDLY[message] || message, code);
   }
 
   function el(tag, className, text) {
@@ -141,12 +121,12 @@
   }
 
   function dropToken() {
-    state.token = null;
+    api.token = null;
     localStorage.removeItem(TOKEN_KEY);
   }
 
   function sessionExpired() {
-    if (!state.token) return;
+    if (!api.token) return;
     dropToken();
     showLogin(EXPIRED);
   }
@@ -158,7 +138,7 @@
     ui.registerBtn.disabled = busy;
   }
 
-  async function authenticate(path) {
+  async function authenticate(register) {
     const userName = ui.user.value.trim();
     const passWord = ui.pass.value;
     if (!userName || !passWord) {
@@ -168,11 +148,9 @@
     ui.authError.textContent = '';
     setBusy(true);
     try {
-      const token = await api(path, { userName, passWord });
-      if (typeof token !== 'string' || !token) throw new ApiError('No session token received', -1);
-      state.token = token;
+      const token = await call(() => (register ? api.register(userName, passWord) : api.login(userName, passWord)));
       localStorage.setItem(TOKEN_KEY, token);
-      const me = await api('/user/checkAuth', { authToken: token });
+      const me = await call(() => api.checkAuth());
       showChat(me);
     } catch (e) {
       if (e.code !== SESSION_ERROR) ui.authError.textContent = e.message;
@@ -181,16 +159,17 @@
     }
   }
 
-  async function logout() {
-    const authToken = state.token;
+  function logout() {
+    const out = api.token ? api.logout() : null;
     dropToken();
     showLogin('');
-    if (authToken) api('/user/logout', { authToken }).catch(() => {});
+    if (out) out.catch(() => {});
   }
 
   // ---- room & socket ----
 
   function enterRoom(roomId) {
+    const previous = state.roomId;
     state.roomId = roomId;
     ui.roomInput.value = String(roomId);
     state.rooms = [roomId, ...state.rooms.filter((r) => r !== roomId)].slice(0, MAX_ROOMS);
@@ -199,9 +178,15 @@
     ui.members.replaceChildren();
     ui.online.textContent = '0';
     setNotice('');
-    state.attempt = 0;
     showThread(`r:${roomId}`);
-    connect('connecting');
+    if (!state.client) {
+      startClient();
+    } else if (previous !== roomId) {
+      state.client.leave(previous);
+      state.client.join(roomId);
+    } else if (state.client.state === 'connected') {
+      refreshRoom();
+    }
   }
 
   // ---- conversations ----
@@ -255,83 +240,58 @@
   }
 
   function stopSocket() {
-    state.gen++;
-    clearTimeout(state.retryTimer);
-    clearTimeout(state.liveTimer);
-    if (state.ws) {
-      const ws = state.ws;
-      state.ws = null;
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      try { ws.close(); } catch { /* already closed */ }
-    }
+    if (!state.client) return;
+    state.client.close();
+    state.client = null;
   }
 
-  function connect(label) {
-    stopSocket();
-    if (!state.token || !state.me) return;
-    const gen = state.gen;
-    const roomId = state.roomId;
-    setConn(label);
-    let ws;
+  // The socket: the library reconnects (backoff and jitter), recovers what was missed, hands
+  // room messages over in order, once each, and acknowledges private messages.
+  function startClient() {
+    const client = new GochatClient({ url: WS, api, rooms: [state.roomId] });
+    state.client = client;
+    const current = (fn) => (event) => { if (state.client === client) fn(event); };
+    client.on('connecting', current((e) => { if (e.attempt === 0) setConn('connecting'); }));
+    client.on('reconnecting', current(() => {
+      setConn('reconnecting');
+      setNotice(RECONNECTING);
+    }));
+    client.on('connected', current(() => {
+      setConn('live');
+      if (ui.notice.textContent === RECONNECTING) setNotice('');
+    }));
+    client.on('disconnected', current((e) => { if (e.terminal) closedForGood(e.reason); }));
+    client.on('joined', current((e) => {
+      if (e.roomId !== state.roomId) return;
+      refreshRoom();
+      // A first visit: the room's recent messages (when it was left and joined again, what was
+      // missed meanwhile follows instead).
+      if (e.recovered === undefined && e.epoch) loadHistory(e.roomId);
+    }));
+    // Too much was missed (or the room's history started again): reload it.
+    client.on('reset', current((e) => { if (e.roomId === state.roomId) loadHistory(e.roomId); }));
+    client.on('message', current((m) => { if (sameRoom(m)) addMessage(m, false); }));
+    client.on('private', current((m) => addMessage(m, true)));
+    client.on('count', current((f) => { if (sameRoom(f)) ui.online.textContent = String(Number(f.count) || 0); }));
+    client.on('members', current((f) => { if (sameRoom(f)) renderMembers(f); }));
+    client.on('refused', current((f) => setNotice(f.message || `Error ${f.code}`)));
+    client.connect();
+  }
+
+  // The server closed the socket for good: an expired session logs out, anything else is said.
+  async function closedForGood(reason) {
     try {
-      ws = new WebSocket(WS);
-    } catch {
-      scheduleReconnect(gen);
-      return;
+      await call(() => api.checkAuth());
+    } catch (e) {
+      if (e.code === SESSION_ERROR) return;
     }
-    state.ws = ws;
-    ws.onopen = () => {
-      if (gen !== state.gen) return;
-      // The last position seen in the room gets what was missed; acks keep private messages
-      // on the server until this page has them.
-      const at = state.positions.get(roomId);
-      const since = at ? { epoch: at.epoch, seq: at.seq } : {};
-      ws.send(JSON.stringify({ authToken: state.token, roomId, acks: true, ...since }));
-      state.liveTimer = setTimeout(() => goLive(gen), 2000);
-    };
-    ws.onmessage = (ev) => {
-      if (gen !== state.gen) return;
-      let frame;
-      try { frame = JSON.parse(ev.data); } catch { return; }
-      if (frame && typeof frame === 'object') handleFrame(frame, gen);
-    };
-    ws.onclose = () => scheduleReconnect(gen);
-  }
-
-  function goLive(gen) {
-    if (gen !== state.gen || ui.conn.dataset.state === 'live') return;
-    clearTimeout(state.liveTimer);
-    state.attempt = 0;
-    setConn('live');
-    if (ui.notice.textContent === RECONNECTING) setNotice('');
-    refreshRoom();
-  }
-
-  function scheduleReconnect(gen) {
-    if (gen !== state.gen || !state.token) return;
-    state.gen++;
-    state.ws = null;
-    clearTimeout(state.liveTimer);
-    const base = Math.min(15000, 1000 * 2 ** state.attempt);
-    const delay = Math.min(15000, base + Math.random() * base * 0.3);
-    state.attempt++;
-    setConn('reconnecting');
-    setNotice(RECONNECTING);
-    const waiting = state.gen;
-    state.retryTimer = setTimeout(async () => {
-      try {
-        await api('/user/checkAuth', { authToken: state.token });
-      } catch (e) {
-        if (e.code === SESSION_ERROR) return;
-      }
-      if (waiting === state.gen && state.token && state.me) connect('reconnecting');
-    }, delay);
+    setConn('disconnected');
+    setNotice(reason ? `Disconnected: ${reason}` : 'Disconnected');
   }
 
   function refreshRoom() {
-    const body = { authToken: state.token, roomId: state.roomId };
-    api('/push/count', body).catch(reportError);
-    api('/push/getRoomInfo', body).catch(reportError);
+    call(() => api.count(state.roomId)).catch(reportError);
+    call(() => api.getRoomInfo(state.roomId)).catch(reportError);
   }
 
   function reportError(e) {
@@ -342,39 +302,10 @@
     return frame.roomId === undefined || frame.roomId === null || Number(frame.roomId) === state.roomId;
   }
 
-  function handleFrame(f, gen) {
-    switch (f.op) {
-      case 7: joined(f); goLive(gen); break;
-      case 3: if (sameRoom(f)) { notePosition(f); addMessage(f, false); } break;
-      case 2: acknowledge(f); addMessage(f, true); break;
-      case 4: ui.online.textContent = String(Number(f.count) || 0); break;
-      case 5: if (sameRoom(f)) renderMembers(f); break;
-      case 8:
-        clearTimeout(state.liveTimer);
-        if (f.code === SESSION_ERROR) sessionExpired();
-        else setNotice(f.message || `Error ${f.code}`);
-        break;
-      default: break;
-    }
-  }
-
-  // Where the room stands: what was missed follows when it was recovered; otherwise (a first
-  // visit, or too much missed) the room's recent messages are loaded.
-  function joined(f) {
-    if (!f.epoch || f.recovered === true) return;
-    loadHistory(state.roomId);
-  }
-
-  function notePosition(m) {
-    if (!m.epoch || typeof m.seq !== 'number') return;
-    const at = state.positions.get(state.roomId);
-    if (!at || at.epoch !== m.epoch || m.seq > at.seq) state.positions.set(state.roomId, { epoch: m.epoch, seq: m.seq });
-  }
-
   async function loadHistory(roomId) {
     let data;
     try {
-      data = await api('/push/history', { authToken: state.token, roomId });
+      data = await api.history(roomId);
     } catch {
       return; // no history kept: the room starts empty, as in gochat
     }
@@ -382,13 +313,7 @@
     for (const m of data.messages) addMessage(m, false);
     const t = threads.get(`r:${roomId}`);
     if (t) t.items.sort((a, b) => (a.epoch === b.epoch && typeof a.seq === 'number' && typeof b.seq === 'number' ? a.seq - b.seq : 0));
-    if (typeof data.seq === 'number' && data.epoch) notePosition({ epoch: data.epoch, seq: data.seq });
     if (state.view === `r:${roomId}`) showThread(state.view);
-  }
-
-  function acknowledge(m) {
-    if (!m.msgId || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
-    state.ws.send(JSON.stringify({ op: 12, msgIds: [String(m.msgId)] }));
   }
 
   // ---- rendering ----
@@ -458,19 +383,19 @@
 
   async function send() {
     const msg = ui.msgInput.value;
-    if (!msg.trim() || !state.token) return;
+    if (!msg.trim() || !api.token) return;
     ui.sendBtn.disabled = true;
     const t = threads.get(state.view);
     try {
       if (t && t.kind === 'user') {
-        await api('/push/push', { authToken: state.token, msg, toUserId: String(t.userId), roomId: state.roomId });
+        await call(() => api.push(t.userId, msg, state.roomId));
         // The server sends a private message to its receiver only: show ours here.
         addMessage({
           msg, fromUserId: state.me.userId, fromUserName: state.me.userName, toUserId: t.userId,
           toUserName: t.title, createTime: localTime(),
         }, true);
       } else {
-        await api('/push/pushRoom', { authToken: state.token, msg, roomId: state.roomId });
+        await call(() => api.pushRoom(state.roomId, msg));
       }
       ui.msgInput.value = '';
     } catch (e) {
@@ -496,19 +421,20 @@
     enterRoom(roomId);
   }
 
-  ui.authForm.addEventListener('submit', (e) => { e.preventDefault(); authenticate('/user/login'); });
-  ui.registerBtn.addEventListener('click', () => authenticate('/user/register'));
+  ui.authForm.addEventListener('submit', (e) => { e.preventDefault(); authenticate(false); });
+  ui.registerBtn.addEventListener('click', () => authenticate(true));
   ui.roomForm.addEventListener('submit', (e) => { e.preventDefault(); join(); });
   ui.sendForm.addEventListener('submit', (e) => { e.preventDefault(); send(); });
   ui.logoutBtn.addEventListener('click', logout);
+  // Back online: try at once rather than at the end of the backoff.
   window.addEventListener('online', () => {
-    if (ui.conn.dataset.state === 'reconnecting' && !state.ws && state.me) connect('reconnecting');
+    if (state.client && state.client.state === 'reconnecting') state.client.connect();
   });
 
   async function init() {
-    if (!state.token) return showLogin('');
+    if (!api.token) return showLogin('');
     try {
-      showChat(await api('/user/checkAuth', { authToken: state.token }));
+      showChat(await call(() => api.checkAuth()));
     } catch (e) {
       if (e.code === SESSION_ERROR) return;
       if (e.code !== -1) dropToken();
@@ -517,4 +443,4 @@
   }
 
   init();
-})();
+}

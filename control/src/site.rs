@@ -1,7 +1,8 @@
 //! Serves the web page: built into the binary, or from a configured folder, plus `/config.js`
 //! telling the page where the API and the socket are: ports on the host it was loaded from, or
-//! URLs ([`SiteUrl`]: paths on its own origin, for one origin behind a proxy). Every response
-//! carries the page's content security policy ([`page_policy`]) and the other security headers.
+//! URLs ([`SiteUrl`]: paths on its own origin, for one origin behind a proxy), and `/gochat.js`,
+//! the JavaScript client library the page is built on. Every response carries the page's content
+//! security policy ([`page_policy`]) and the other security headers.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -17,6 +18,12 @@ use include_dir::{include_dir, Dir};
 use crate::ControlConfig;
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../site");
+
+/// The JavaScript client library (`clients/js/`, published to npm too), which the page imports
+/// from its own origin: the one copy in the repository, at [`CLIENT_LIBRARY_PATH`] beside the
+/// built-in page or a `site_dir`'s (a folder's own file of that name comes first).
+static CLIENT_LIBRARY: &str = include_str!("../../clients/js/gochat.js");
+const CLIENT_LIBRARY_PATH: &str = "gochat.js";
 
 struct Site {
     dir: Option<PathBuf>,
@@ -241,6 +248,7 @@ async fn serve(State(site): State<Arc<Site>>, uri: Uri) -> Response {
         Some(dir) => tokio::fs::read(dir.join(path)).await.ok(),
         None => EMBEDDED.get_file(path).map(|f| f.contents().to_vec()),
     };
+    let bytes = bytes.or_else(|| (path == CLIENT_LIBRARY_PATH).then(|| CLIENT_LIBRARY.as_bytes().to_vec()));
     match bytes {
         Some(b) => file(path, b),
         None => not_found(),

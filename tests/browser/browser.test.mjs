@@ -5,14 +5,16 @@
 // Env: GOCHAT_BIN (default ../../target/debug/gochat), CHROMIUM (default /usr/bin/chromium),
 // GOCHAT_TEST_DRIVER (gateway driver), REDIS_URL. Screenshots go to ../../test-artifacts/.
 
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+
+import { freePort, startGochat, stopGochat, until } from '../gochat-up.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -21,55 +23,6 @@ const artifacts = path.join(root, 'test-artifacts');
 const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const prefix = `gochat-site-test-${process.pid}`;
 const WAIT = 15000;
-
-// Ports for the server, taken in turn from below the kernel's ephemeral range, as
-// gochat_runtime::launch::free_addr takes them: a port from that range (what a bind to port 0 gets)
-// can be handed to an outgoing connection, or to anyone's bind to port 0, between this pick and
-// the server's bind, or while the test restarts the server on the same ports. The server cannot
-// bind port 0 itself: the page must find it at the same address after the restart.
-function ephemeralLow() {
-  try {
-    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
-    if (Number.isInteger(low) && low > 0) return low;
-  } catch { /* not Linux: the usual default */ }
-  return 32768;
-}
-const PORTS_LOW = 10000;
-const PORTS_HIGH = Math.max(ephemeralLow(), PORTS_LOW + 1000);
-let nextPort = (process.pid * 7919 + Date.now()) % (PORTS_HIGH - PORTS_LOW);
-
-function bindable(port) {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-}
-
-async function freePort() {
-  for (let tries = 0; tries < PORTS_HIGH - PORTS_LOW; tries++) {
-    const port = PORTS_LOW + (nextPort++ % (PORTS_HIGH - PORTS_LOW));
-    if (await bindable(port)) return port;
-  }
-  throw new Error(`no free loopback port in ${PORTS_LOW}..${PORTS_HIGH}`);
-}
-
-function portOpen(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, '127.0.0.1');
-    s.on('connect', () => { s.destroy(); resolve(true); });
-    s.on('error', () => resolve(false));
-  });
-}
-
-async function until(what, check, ms = WAIT) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`not true in time: ${what}`);
-}
 
 // ---- the server ----
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-site-'));
@@ -99,20 +52,15 @@ driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
 writeConfig();
 let server = null;
 
+// The same ports every time: the page must find the server again after a restart.
 async function startServer() {
-  const log = openSync(path.join(dir, 'gochat.log'), 'a');
-  server = spawn(bin, ['--config', config, 'up'], { stdio: ['ignore', 'ignore', log] });
-  await until('gochat up listens', async () => (await portOpen(site)) && (await portOpen(ws)), 30000);
+  server = await startGochat({ bin, config, log: path.join(dir, 'gochat.log'), ports: [site, ws] });
 }
 
 async function stopServer() {
-  if (!server) return;
   const proc = server;
   server = null;
-  const exited = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGTERM');
-  await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
-  if (proc.exitCode === null) proc.kill('SIGKILL');
+  await stopGochat(proc);
 }
 
 // One origin, as an ingress or a reverse proxy with path routing gives it: `/api/…` to the REST
@@ -306,6 +254,24 @@ try {
     await shot(b.page, 'private');
     await b.page.click('#thread-list button.thread >> text="Room 1"');
     await seesMessage(b.page, 'hello from alice');
+  });
+
+  await step('switching rooms: the other room\'s chat, then back with what was missed meanwhile', async () => {
+    await a.page.fill('#room-input', '2');
+    await a.page.click('#join-btn');
+    await until('room 2 shown', async () => (await text(a.page, '#thread-title')) === 'Room 2');
+    await until('alone in room 2', async () => (await text(a.page, '#online-count')) === '1');
+    await send(b.page, 'while alice is in room 2');
+    await send(a.page, 'alone in room 2');
+    await seesMessage(a.page, 'alone in room 2');
+    if (await a.page.locator('#messages .msg-text', { hasText: 'while alice is in room 2' }).count()) {
+      throw new Error('room 1 leaked into room 2');
+    }
+    await a.page.click('#thread-list button.thread >> text="Room 1"');
+    await seesMessage(a.page, 'while alice is in room 2');
+    const copies = await a.page.locator('#messages .msg-text', { hasText: 'hello from alice' }).count();
+    if (copies !== 1) throw new Error(`'hello from alice' shown ${copies} times`);
+    await until('both in room 1 again', async () => (await text(a.page, '#online-count')) === '2');
   });
 
   await step('the page works on a phone-sized screen', async () => {

@@ -146,6 +146,10 @@ async fn site_is_served_with_its_config() {
     let config = reqwest::get(format!("http://{site}/config.js")).await.unwrap().text().await.unwrap();
     assert!(config.contains(&format!("\"apiPort\":{}", s.up.control.api_addr.port())), "{config}");
     assert!(config.contains(&format!("\"wsPort\":{}", s.up.gateway.ws_addr.port())), "{config}");
+    // The client library the page imports (clients/js/gochat.js), as a script.
+    let library = reqwest::get(format!("http://{site}/gochat.js")).await.unwrap();
+    assert!(library.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(library.text().await.unwrap().contains("export class GochatClient"));
     let missing = reqwest::get(format!("http://{site}/../Cargo.toml")).await.unwrap();
     assert_eq!(missing.status(), 404);
     s.shutdown().await;
@@ -197,6 +201,9 @@ async fn a_configured_site_folder_overrides_the_built_in_page() {
     let site = s.up.control.site_addr.unwrap();
     let page = reqwest::get(format!("http://{site}/")).await.unwrap().text().await.unwrap();
     assert_eq!(page, "<p>custom page</p>");
+    // The client library is there for a folder's page to import too.
+    let library = reqwest::get(format!("http://{site}/gochat.js")).await.unwrap().text().await.unwrap();
+    assert!(library.contains("export class GochatClient"));
     // A file of no known type is served as bytes, which a browser may not sniff into a page.
     std::fs::write(dir.join("notes.xyz"), "<script>alert(1)</script>").unwrap();
     let res = reqwest::get(format!("http://{site}/notes.xyz")).await.unwrap();
@@ -839,7 +846,9 @@ async fn page_and_api_send_security_headers() {
         assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
         h["content-security-policy"].to_str().unwrap().to_string()
     };
-    for path in ["/", "/index.html", "/app.js", "/style.css", "/config.js", "/nope", "/index.html/"] {
+    for path in
+        ["/", "/index.html", "/app.js", "/gochat.js", "/style.css", "/config.js", "/nope", "/index.html/"]
+    {
         let res = http.get(format!("http://{site}{path}")).send().await.unwrap();
         let csp = common(res.headers(), path);
         let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
