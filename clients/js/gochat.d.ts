@@ -22,6 +22,9 @@ export const SESSION_ERROR: 40000;
 
 /** Close codes after which the client does not reconnect by default ([1008]). */
 export const TERMINAL_CLOSE_CODES: readonly number[];
+/** Close codes (4500–4999) after which the client never reconnects: a backend's disconnect that
+ * means "stay away". */
+export const NO_RECONNECT_CODES: Readonly<{ from: number; to: number }>;
 
 /** A small event emitter; `on` returns a function that removes the listener. */
 export class Emitter<Events extends Record<string, unknown> = Record<string, unknown>> {
@@ -214,7 +217,8 @@ export interface PresenceFrame {
   more?: number;
 }
 export interface RefusedFrame { op: 8; code: number; message: string }
-export interface LeftFrame { op: 11; roomId: number }
+/** `kicked`: the server took this user out of the room (it is not joined again on reconnect). */
+export interface LeftFrame { op: 11; roomId: number; kicked?: true }
 
 export interface ClientEvents {
   [type: string]: unknown;
@@ -227,6 +231,8 @@ export interface ClientEvents {
   /** Room messages: per room and epoch in seq order, each once. */
   message: ChatMessage;
   private: ChatMessage;
+  /** A message to everyone (op 3, room 0, from the server API's broadcast), once per id. */
+  broadcast: ChatMessage;
   count: CountFrame;
   members: MembersFrame;
   presence: PresenceFrame;

@@ -28,6 +28,10 @@ export const SESSION_ERROR = 40000;
  * frame); the same request would be refused again. */
 export const TERMINAL_CLOSE_CODES = Object.freeze([1008]);
 
+/** Close codes a backend may disconnect a user with through the server API: from 4500 on it
+ * means "do not reconnect" (an account suspended), below it "reconnect" (docs/server-api.md). */
+export const NO_RECONNECT_CODES = Object.freeze({ from: 4500, to: 4999 });
+
 /** Reasons of a terminal close code that are worth trying again: the gateway gave up waiting
  * for the token to be checked (a slow control), not the client's fault. */
 const RETRIED_REFUSALS = Object.freeze(['authentication timeout']);
@@ -616,6 +620,7 @@ export class GochatClient extends Emitter {
   /** roomId → room: what is wanted, and where its messages stand. */
   #rooms = new Map();
   #seenPrivate = new Set();
+  #seenBroadcast = new Set();
   /** Private message ids acknowledged, to acknowledge again one delivered again. */
   #acked = new Set();
   #acks = [];
@@ -799,7 +804,8 @@ export class GochatClient extends Emitter {
   #closed(gen, code, reason) {
     if (gen !== this.#gen) return;
     this.#drop(code, reason);
-    const terminal = this.#o.terminalCloseCodes.includes(code) && !RETRIED_REFUSALS.includes(reason);
+    const refused = this.#o.terminalCloseCodes.includes(code) && !RETRIED_REFUSALS.includes(reason);
+    const terminal = refused || (code >= NO_RECONNECT_CODES.from && code <= NO_RECONNECT_CODES.to);
     const willReconnect = !terminal && this.#o.reconnect !== false;
     this.#state = willReconnect ? 'reconnecting' : 'closed';
     this.emit('disconnected', { code, reason, willReconnect, terminal });
@@ -906,7 +912,7 @@ export class GochatClient extends Emitter {
         if (room && room.active) this.#joined(room, f);
         return undefined;
       }
-      case OP.LEAVE: return this.emit('left', f);
+      case OP.LEAVE: return this.#left(f);
       default: return undefined;
     }
   }
@@ -977,7 +983,27 @@ export class GochatClient extends Emitter {
 
   // ---- room messages, in order ----
 
+  /** Op 11: the answer to a leave, or (for a room still joined here) a backend took this user
+   * out of the room (the server API's kick): the room is not joined again on reconnect. */
+  #left(f) {
+    const room = this.#rooms.get(Number(f.roomId));
+    if (!room || !room.active) return this.emit('left', f);
+    room.active = false;
+    room.joined = false;
+    this.#clearPending(room);
+    this.emit('left', { ...f, kicked: true });
+  }
+
   #roomMessage(m) {
+    if (Number(m.roomId) === 0) {
+      // Room 0: a message to everyone (the server API's broadcast), numbered in no history.
+      if (m.msgId !== undefined && m.msgId !== null) m.msgId = String(m.msgId);
+      if (m.msgId) {
+        if (this.#seenBroadcast.has(m.msgId)) return;
+        remember(this.#seenBroadcast, m.msgId);
+      }
+      return this.emit('broadcast', m);
+    }
     const room = this.#rooms.get(Number(m.roomId));
     if (!room || !room.active) return;
     if (m.msgId !== undefined && m.msgId !== null) m.msgId = String(m.msgId);

@@ -26,6 +26,17 @@ if (typeof WebSocket !== 'function') {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const API_KEY = 'js-client-test-key-0123456789abcdef';
+
+/** A server API call (docs/server-api.md), as a backend makes it; its answer, which must be a 200. */
+async function backend(method, body) {
+  const res = await fetch(`${apiUrl}/api/${method}`, {
+    method: 'POST', headers: { Authorization: `apikey ${API_KEY}` }, body: JSON.stringify(body),
+  });
+  const answer = await res.json();
+  assert.equal(res.status, 200, `${method}: ${JSON.stringify(answer)}`);
+  return answer;
+}
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-js-'));
 let server = null;
 let proxy = null;
@@ -51,6 +62,7 @@ login_per_minute = 0
 register_per_minute = 0
 push_per_second = 0
 login_failures_per_account_per_minute = 0
+api_keys = ["${API_KEY}"]
 
 [gateway]
 ws_listen = "127.0.0.1:${ws}"
@@ -193,6 +205,36 @@ for (const protocol of ['json', 'binary']) {
       assert.deepEqual(roomTexts(a, other), ['in the other room']);
       a.close();
       b.close();
+    }));
+
+    test('what a backend does through the server API reaches the client', () => keepLogOnFailure(async () => {
+      const alice = await user('backend');
+      const room = nextRoom++;
+      const a = client(alice, { rooms: [room], protocol, direct: true });
+      await connect(a);
+      const published = await backend('publish', { roomId: room, msg: 'from the backend', fromUserName: 'ops' });
+      await until('the room message', () => roomTexts(a, room).includes('from the backend'));
+      const m = a.seen.of('message').find((x) => x.msg === 'from the backend');
+      assert.deepEqual([m.fromUserId, m.fromUserName, m.seq, m.msgId], [0, 'ops', published.seq, published.msgId]);
+      await backend('publish', { toUserId: alice.id, msg: 'private from the backend' });
+      await until('the private message', () => a.seen.of('private').some((p) => p.msg === 'private from the backend'));
+      const all = await backend('broadcast', { msg: 'to everyone' });
+      await until('the broadcast', () => a.seen.of('broadcast').some((b) => b.msgId === all.msgId));
+      assert.deepEqual((await backend('presence', { roomId: room })).members, { [alice.id]: alice.name });
+      assert.equal((await backend('presence', { userId: alice.id })).connections, 1);
+      const history = await backend('history', { roomId: room });
+      assert.equal(history.messages.at(-1).msg, 'from the backend');
+      // A kick: the room is left and stays left.
+      await backend('kick', { userId: alice.id, roomId: room });
+      await until('kicked', () => a.seen.of('left').some((l) => l.roomId === room && l.kicked));
+      assert.deepEqual(a.rooms, []);
+      // A disconnect below 4500 is reconnected; from 4500 on it is not.
+      await backend('disconnect', { userId: alice.id, code: 4001, reason: 'move along' });
+      await until('reconnected', () => a.seen.of('connected').length === 2);
+      assert.deepEqual(a.seen.of('disconnected')[0], { code: 4001, reason: 'move along', willReconnect: true, terminal: false });
+      await backend('disconnect', { userId: alice.id, code: 4500, reason: 'suspended' });
+      await until('closed for good', () => a.state === 'closed');
+      assert.deepEqual(a.seen.of('disconnected')[1], { code: 4500, reason: 'suspended', willReconnect: false, terminal: true });
     }));
 
     test('private messages are kept until acknowledged, and delivered at connect', () => keepLogOnFailure(async () => {

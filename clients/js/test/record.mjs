@@ -5,7 +5,7 @@
 export function record(client) {
   const seen = [];
   for (const type of ['connecting', 'connected', 'disconnected', 'reconnecting', 'joined', 'left', 'message',
-    'private', 'count', 'members', 'presence', 'refused', 'reset']) {
+    'private', 'broadcast', 'count', 'members', 'presence', 'refused', 'reset']) {
     client.on(type, (e) => seen.push([type, e]));
   }
   seen.of = (type) => seen.filter(([t]) => t === type).map(([, e]) => e);

@@ -247,6 +247,24 @@ test('a 1008 for an authentication that timed out on the server is tried again',
   client.close();
 });
 
+test("a backend's disconnect: 4000-4499 reconnects, 4500-4999 stays away", async () => {
+  const fake = fakeSockets();
+  const client = new GochatClient({ url: 'ws://gochat.test/ws', WebSocket: fake.WebSocket, token: 'tok', minDelay: 5 });
+  const seen = record(client);
+  client.connect();
+  await until('a socket', () => fake.sockets.length === 1);
+  fake.last().open();
+  fake.last().drop(4001, 'please reconnect');
+  assert.deepEqual(seen.of('disconnected')[0], { code: 4001, reason: 'please reconnect', willReconnect: true, terminal: false });
+  await until('a second socket', () => fake.sockets.length === 2);
+  fake.last().open();
+  fake.last().drop(4500, 'account suspended');
+  assert.deepEqual(seen.of('disconnected')[1], { code: 4500, reason: 'account suspended', willReconnect: false, terminal: true });
+  assert.equal(client.state, 'closed');
+  await sleep(30);
+  assert.equal(fake.sockets.length, 2, 'no reconnect after 4500');
+});
+
 test('a socket that never answers the auth frame is dropped and tried again', async () => {
   const fake = fakeSockets();
   const client = new GochatClient({ url: 'ws://gochat.test/ws', WebSocket: fake.WebSocket, token: 'tok', authTimeout: 20, minDelay: 5 });
