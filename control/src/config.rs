@@ -151,6 +151,9 @@ pub struct ControlConfig {
     /// and `/push/getRoomInfo` is refused for them: a list sent to every member on every join
     /// would grow with the square of the room. Their members get op 4 and op 9 as others do.
     pub room_info_max_members: u64,
+    /// Where user, room and message events are POSTed (`[[control.webhooks]]`); none by
+    /// default. Last: TOML writes tables after plain keys.
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 impl Default for ControlConfig {
@@ -206,6 +209,7 @@ impl Default for ControlConfig {
             inbox_max_bytes: 128 << 20,
             history_max_bytes: 128 << 20,
             room_info_max_members: 1000,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -226,6 +230,7 @@ impl ControlConfig {
         "max_connections_per_user",
         "max_message_bytes",
         "room_info_max_members",
+        "webhooks",
     ];
 
     pub fn validate(&self) -> Result<(), crate::Error> {
@@ -324,6 +329,7 @@ impl ControlConfig {
         if let Err(e) = crate::limits::TrustedProxies::new(&self.trusted_proxies) {
             return err(format!("trusted_proxies: {e}"));
         }
+        crate::webhooks::validate_all(&self.webhooks).map_err(crate::Error::Config)?;
         self.tls_files()?;
         Ok(())
     }

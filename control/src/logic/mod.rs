@@ -28,8 +28,9 @@ use crate::ids::{self, MessageIds};
 use crate::kept::{Kept, KeptStore};
 use crate::limits::RateLimits;
 use crate::metrics::LogicCounts;
-use crate::state::{Session, State, StateError};
+use crate::state::{Changes, Session, State, StateError, UserChange};
 use crate::store::UserStore;
+use crate::webhooks::{Event, EventKind, Webhooks, What};
 use crate::ControlConfig;
 
 use self::rooms::RoomEvents;
@@ -102,6 +103,7 @@ pub struct Logic {
     limits: Arc<RateLimits>,
     /// For the admin listener.
     pub counts: LogicCounts,
+    webhooks: Webhooks,
 }
 
 impl Logic {
@@ -123,6 +125,44 @@ impl Logic {
             history_size: cfg.history_size,
             limits: Arc::new(RateLimits::new(cfg)),
             counts: LogicCounts::default(),
+            webhooks: Webhooks::new(&cfg.webhooks),
+        }
+    }
+
+    /// Where events are POSTed.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    /// Hands an event (if `what` makes one) to the webhooks that take its kind, built only
+    /// when one does; `id`: a message's own, or a fresh one.
+    fn hook(&self, kind: EventKind, id: Option<u64>, what: impl FnOnce() -> Option<What>) {
+        if !self.webhooks.wants(kind) {
+            return;
+        }
+        if let Some(what) = what() {
+            let id = id.unwrap_or_else(|| self.ids.next());
+            self.webhooks.emit(Event { id, time: crate::webhooks::event::now_ms(), what });
+        }
+    }
+
+    /// What a state operation changed: rooms get their updates, webhooks their events (a user
+    /// online before the rooms it entered, offline after those it left). `opener`: the session
+    /// whose socket opened, the only user that can have come online.
+    fn changed(&self, changes: Changes, opener: Option<&Session>) {
+        let user_event = |user: &UserChange| match (user.online, opener) {
+            (true, Some(s)) if s.user_id == user.user_id => {
+                Some(What::UserOnline { user_id: user.user_id, user_name: s.user_name.clone() })
+            }
+            (true, _) => None,
+            (false, _) => Some(What::UserOffline { user_id: user.user_id }),
+        };
+        for user in changes.users.iter().filter(|u| u.online) {
+            self.hook(EventKind::User, None, || user_event(user));
+        }
+        changes.rooms.into_iter().for_each(|c| self.room_changed(c));
+        for user in changes.users.iter().filter(|u| !u.online) {
+            self.hook(EventKind::User, None, || user_event(user));
         }
     }
 
@@ -150,6 +190,7 @@ impl Logic {
         self.max_connections_per_user.store(cfg.max_connections_per_user, Ordering::Relaxed);
         self.room_info_max_members.store(cfg.room_info_max_members, Ordering::Relaxed);
         self.limits.reconfigure(cfg);
+        self.webhooks.reconfigure(&cfg.webhooks);
     }
 
     /// The rate limits the REST API and socket room sends share.

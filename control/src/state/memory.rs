@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{NewConn, Reach, RoomChange, Session, TooManyConnections};
+use super::{Changes, NewConn, Reach, RoomChange, Session, TooManyConnections, UserChange};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,17 +84,13 @@ impl MemoryState {
     }
 
     /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
-    /// may. Idempotent; returns the change when the user newly joined the room.
-    pub fn conn_open(
-        &self,
-        conn: &NewConn<'_>,
-        session: &Session,
-    ) -> Result<Option<RoomChange>, TooManyConnections> {
+    /// may. Idempotent; returns the changes: the user came online, joined the room.
+    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Result<Changes, TooManyConnections> {
         let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
-            return Ok(None);
+            return Ok(Changes::default());
         }
         let user_conns: u32 = inner.user_routes.get(&session.user_id).map_or(0, |r| r.values().sum());
         if max_user_conns > 0 && user_conns >= max_user_conns {
@@ -104,16 +100,16 @@ impl MemoryState {
         if acks {
             *inner.acking.entry(session.user_id).or_default() += 1;
         }
-        *inner
-            .user_routes
-            .entry(session.user_id)
-            .or_default()
-            .entry((gateway.to_string(), shard))
-            .or_default() += 1;
-        if room_id == 0 {
-            return Ok(None);
+        let mut changes = Changes::default();
+        let routes = inner.user_routes.entry(session.user_id).or_default();
+        if routes.is_empty() {
+            changes.users.push(UserChange::online(session.user_id));
         }
-        Ok(inner.enter(gateway, conn_id, session, room_id).unwrap_or(None))
+        *routes.entry((gateway.to_string(), shard)).or_default() += 1;
+        if room_id != 0 {
+            changes.rooms.extend(inner.enter(gateway, conn_id, session, room_id).flatten());
+        }
+        Ok(changes)
     }
 
     /// Adds a recorded connection to `room_id`; None when there is no such connection (it
@@ -138,8 +134,9 @@ impl MemoryState {
         inner.leave_room(gateway, user_id, room_id)
     }
 
-    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left.
-    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Vec<RoomChange> {
+    /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
+    /// went offline.
+    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Changes {
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         let Some(conn) = inner.conns.remove(&key) else {
@@ -148,13 +145,14 @@ impl MemoryState {
                 inner.closed.retain(|_, until| *until > now);
             }
             inner.closed.insert(key, now + super::CLOSED_TOMBSTONE);
-            return Vec::new();
+            return Changes::default();
         };
         inner.unlink(gateway, &conn)
     }
 
-    /// Forgets every connection of `gateway`; returns the rooms that lost members.
-    pub fn gateway_reset(&self, gateway: &str) -> Vec<RoomChange> {
+    /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
+    /// users who went offline.
+    pub fn gateway_reset(&self, gateway: &str) -> Changes {
         let mut inner = self.lock();
         let gone: Vec<(u64, Conn)> = inner
             .conns
@@ -162,7 +160,7 @@ impl MemoryState {
             .filter(|((g, _), _)| g == gateway)
             .map(|((_, id), c)| (*id, c.clone()))
             .collect();
-        let mut changes = Vec::new();
+        let mut changes = Changes::default();
         for (id, conn) in gone {
             inner.conns.remove(&(gateway.to_string(), id));
             changes.extend(inner.unlink(gateway, &conn));
@@ -211,8 +209,8 @@ impl MemoryState {
         self.lock().leases.insert(gateway.to_string(), Instant::now() + ttl).is_some()
     }
 
-    /// Gateways whose lease ran out, forgotten with their connections; the rooms that lost members.
-    pub fn sweep_expired(&self) -> Vec<(String, Vec<RoomChange>)> {
+    /// Gateways whose lease ran out, forgotten with their connections; the changes of each.
+    pub fn sweep_expired(&self) -> Vec<(String, Changes)> {
         let now = Instant::now();
         let expired: Vec<String> =
             self.lock().leases.iter().filter(|(_, until)| **until <= now).map(|(g, _)| g.clone()).collect();
@@ -243,10 +241,12 @@ impl Inner {
         }
         conn.rooms.push(room_id);
         *self.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
-        let member = self.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
+        let members = self.rooms.entry(room_id).or_default();
+        let first = members.is_empty();
+        let member = members.entry(session.user_id).or_default();
         member.user_name.clone_from(&session.user_name);
         member.conns += 1;
-        Some((member.conns == 1).then(|| RoomChange::joined(room_id, session)))
+        Some((member.conns == 1).then(|| RoomChange::joined(room_id, session, first)))
     }
 
     /// A connection of `user_id` on `gateway` is out of `room_id`: the change when that was
@@ -260,14 +260,20 @@ impl Inner {
             return None;
         }
         members.remove(&user_id);
-        if members.is_empty() {
+        let last = members.is_empty();
+        if last {
             self.rooms.remove(&room_id);
         }
-        Some(RoomChange::left(room_id, user_id))
+        Some(RoomChange::left(room_id, user_id, last))
     }
 
-    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Vec<RoomChange> {
+    /// Forgets a connection's routes and rooms: the changes that made.
+    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Changes {
         decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
+        let mut changes = Changes::default();
+        if !self.user_routes.contains_key(&conn.user_id) {
+            changes.users.push(UserChange::offline(conn.user_id));
+        }
         if conn.acks {
             if let Some(n) = self.acking.get_mut(&conn.user_id) {
                 *n -= 1;
@@ -276,7 +282,9 @@ impl Inner {
                 }
             }
         }
-        conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect()
+        changes.rooms =
+            conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect();
+        changes
     }
 }
 

@@ -43,15 +43,62 @@ pub struct RoomChange {
     pub joined: bool,
     /// The user's name, when it joined.
     pub user_name: String,
+    /// Whether the room had no other member: it was empty before this join (occupied), or is
+    /// empty after this leave (vacated). Told by the store that made the change, so once per
+    /// cluster.
+    pub alone: bool,
 }
 
 impl RoomChange {
-    pub fn joined(room_id: u64, session: &Session) -> Self {
-        Self { room_id, user_id: session.user_id, joined: true, user_name: session.user_name.clone() }
+    /// `session`'s user joined `room_id`; `first`: the room was empty.
+    pub fn joined(room_id: u64, session: &Session, first: bool) -> Self {
+        Self {
+            room_id,
+            user_id: session.user_id,
+            joined: true,
+            user_name: session.user_name.clone(),
+            alone: first,
+        }
     }
 
-    pub fn left(room_id: u64, user_id: u64) -> Self {
-        Self { room_id, user_id, joined: false, user_name: String::new() }
+    /// `user_id` left `room_id`; `last`: the room is empty now.
+    pub fn left(room_id: u64, user_id: u64, last: bool) -> Self {
+        Self { room_id, user_id, joined: false, user_name: String::new(), alone: last }
+    }
+}
+
+/// A user came online (its first connection anywhere) or went offline (its last one closed).
+/// No name: only the open of the user's own session brings one online, and its caller has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UserChange {
+    pub user_id: u64,
+    /// Whether it came online (else went offline).
+    pub online: bool,
+}
+
+impl UserChange {
+    pub fn online(user_id: u64) -> Self {
+        Self { user_id, online: true }
+    }
+
+    pub fn offline(user_id: u64) -> Self {
+        Self { user_id, online: false }
+    }
+}
+
+/// What opening or closing connections changed: rooms users joined or left, and users who
+/// came online or went offline. Each change is seen by exactly one caller, the one whose
+/// operation made it, however many controls share the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub rooms: Vec<RoomChange>,
+    pub users: Vec<UserChange>,
+}
+
+impl Changes {
+    fn extend(&mut self, other: Changes) {
+        self.rooms.extend(other.rooms);
+        self.users.extend(other.users);
     }
 }
 
@@ -160,12 +207,12 @@ impl State {
     }
 
     /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
-    /// may. Idempotent; returns the change when the user newly joined the room.
+    /// may. Idempotent; returns the changes: the user came online, joined the room.
     pub async fn conn_open(
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Result<Option<RoomChange>, TooManyConnections>, StateError> {
+    ) -> Result<Result<Changes, TooManyConnections>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_open(conn, session)),
             Self::Redis(s) => s.conn_open(conn, session).await,
@@ -199,17 +246,19 @@ impl State {
         }
     }
 
-    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left. A
-    /// connection not (yet) recorded is never recorded later ([`CLOSED_TOMBSTONE`]).
-    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Vec<RoomChange>, StateError> {
+    /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
+    /// went offline. A connection not (yet) recorded is never recorded later
+    /// ([`CLOSED_TOMBSTONE`]).
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Changes, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
             Self::Redis(s) => s.conn_close(gateway, &[conn_id]).await,
         }
     }
 
-    /// Forgets every connection of `gateway`; returns the changes of the rooms that lost members.
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
+    /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
+    /// users who went offline.
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Changes, StateError> {
         match self {
             Self::Memory(s) => Ok(s.gateway_reset(gateway)),
             Self::Redis(s) => s.gateway_reset(gateway).await,
@@ -225,8 +274,8 @@ impl State {
     }
 
     /// Forgets the gateways whose lease ran out, with their connections; returns them and the
-    /// rooms that lost members.
-    pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
+    /// changes (rooms that lost members, users who went offline).
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Changes)>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.sweep_expired()),
             Self::Redis(s) => s.sweep_expired().await,
