@@ -26,3 +26,4 @@ mod rest_api;
 mod rooms;
 mod sockets;
 mod tls;
+mod webhooks;

@@ -1,5 +1,7 @@
 //! A webhook receiver on loopback: a real HTTP/1.1 server (hyper, plain or TLS) that records
-//! every POST with whether its signature checks out, and answers as the test says.
+//! every POST with whether its signature checks out, and answers as the test says. Shared by
+//! control's tests and the end-to-end tests (tests/e2e/webhooks.rs), which each use part of it.
+#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
