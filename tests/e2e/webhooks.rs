@@ -128,7 +128,8 @@ async fn a_receiver_that_hangs_does_not_slow_chat() {
         while b.recv_op(wire::OP_ROOM_SEND).await["msg"] != msg.as_str() {}
         slowest = slowest.max(sent.elapsed());
     }
-    assert!(slowest < Duration::from_secs(2), "a room message took {slowest:?} while the hook hung");
+    // Coupled to the hook, a message would wait for its 60 s; on a loaded machine, well under 5 s.
+    assert!(slowest < Duration::from_secs(5), "a room message took {slowest:?} while the hook hung");
     assert_eq!(receiver.posts().len(), 1, "the hook was stuck all along");
     let stats = server.up.control.logic.webhooks().stats(&hook(&receiver).label()).unwrap();
     assert_eq!(stats.sent, 0);

@@ -28,7 +28,7 @@ use crate::ids::{self, MessageIds};
 use crate::kept::{Kept, KeptStore};
 use crate::limits::RateLimits;
 use crate::metrics::LogicCounts;
-use crate::state::{Changes, Session, State, StateError, UserChange};
+use crate::state::{Arrival, RoomChange, Session, State, StateError};
 use crate::store::UserStore;
 use crate::webhooks::{Event, EventKind, Webhooks, What};
 use crate::ControlConfig;
@@ -146,23 +146,24 @@ impl Logic {
         }
     }
 
-    /// What a state operation changed: rooms get their updates, webhooks their events (a user
-    /// online before the rooms it entered, offline after those it left). `opener`: the session
-    /// whose socket opened, the only user that can have come online.
-    fn changed(&self, changes: Changes, opener: Option<&Session>) {
-        let user_event = |user: &UserChange| match (user.online, opener) {
-            (true, Some(s)) if s.user_id == user.user_id => {
-                Some(What::UserOnline { user_id: user.user_id, user_name: s.user_name.clone() })
-            }
-            (true, _) => None,
-            (false, _) => Some(What::UserOffline { user_id: user.user_id }),
-        };
-        for user in changes.users.iter().filter(|u| u.online) {
-            self.hook(EventKind::User, None, || user_event(user));
+    /// `session`'s socket was recorded: its room gets its update, webhooks their events (the
+    /// user online before the room it entered).
+    fn arrived(&self, arrival: Arrival, session: &Session) {
+        if arrival.online {
+            let (user_id, user_name) = (session.user_id, &session.user_name);
+            self.hook(EventKind::User, None, || {
+                Some(What::UserOnline { user_id, user_name: user_name.clone() })
+            });
         }
-        changes.rooms.into_iter().for_each(|c| self.room_changed(c));
-        for user in changes.users.iter().filter(|u| !u.online) {
-            self.hook(EventKind::User, None, || user_event(user));
+        arrival.joined.into_iter().for_each(|c| self.room_changed(c));
+    }
+
+    /// Sockets were forgotten: the rooms they left get their updates, webhooks their events (a
+    /// user offline after the rooms it left).
+    fn departed(&self, left: Vec<RoomChange>, offline: impl IntoIterator<Item = u64>) {
+        left.into_iter().for_each(|c| self.room_changed(c));
+        for user_id in offline {
+            self.hook(EventKind::User, None, || Some(What::UserOffline { user_id }));
         }
     }
 

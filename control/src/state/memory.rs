@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Changes, NewConn, Reach, RoomChange, Session, TooManyConnections, UserChange};
+use super::{Arrival, Departure, Departures, NewConn, Reach, RoomChange, Session, TooManyConnections};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,12 +85,12 @@ impl MemoryState {
 
     /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
     /// may. Idempotent; returns the changes: the user came online, joined the room.
-    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Result<Changes, TooManyConnections> {
+    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Result<Arrival, TooManyConnections> {
         let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
-            return Ok(Changes::default());
+            return Ok(Arrival::default());
         }
         let user_conns: u32 = inner.user_routes.get(&session.user_id).map_or(0, |r| r.values().sum());
         if max_user_conns > 0 && user_conns >= max_user_conns {
@@ -100,16 +100,14 @@ impl MemoryState {
         if acks {
             *inner.acking.entry(session.user_id).or_default() += 1;
         }
-        let mut changes = Changes::default();
         let routes = inner.user_routes.entry(session.user_id).or_default();
-        if routes.is_empty() {
-            changes.users.push(UserChange::online(session.user_id));
-        }
+        let online = routes.is_empty();
         *routes.entry((gateway.to_string(), shard)).or_default() += 1;
-        if room_id != 0 {
-            changes.rooms.extend(inner.enter(gateway, conn_id, session, room_id).flatten());
-        }
-        Ok(changes)
+        let joined = match room_id {
+            0 => None,
+            _ => inner.enter(gateway, conn_id, session, room_id).flatten(),
+        };
+        Ok(Arrival { joined, online })
     }
 
     /// Adds a recorded connection to `room_id`; None when there is no such connection (it
@@ -136,7 +134,7 @@ impl MemoryState {
 
     /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
     /// went offline.
-    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Changes {
+    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Departure {
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         let Some(conn) = inner.conns.remove(&key) else {
@@ -145,14 +143,14 @@ impl MemoryState {
                 inner.closed.retain(|_, until| *until > now);
             }
             inner.closed.insert(key, now + super::CLOSED_TOMBSTONE);
-            return Changes::default();
+            return Departure::default();
         };
         inner.unlink(gateway, &conn)
     }
 
     /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
     /// users who went offline.
-    pub fn gateway_reset(&self, gateway: &str) -> Changes {
+    pub fn gateway_reset(&self, gateway: &str) -> Departures {
         let mut inner = self.lock();
         let gone: Vec<(u64, Conn)> = inner
             .conns
@@ -160,10 +158,10 @@ impl MemoryState {
             .filter(|((g, _), _)| g == gateway)
             .map(|((_, id), c)| (*id, c.clone()))
             .collect();
-        let mut changes = Changes::default();
+        let mut changes = Departures::default();
         for (id, conn) in gone {
             inner.conns.remove(&(gateway.to_string(), id));
-            changes.extend(inner.unlink(gateway, &conn));
+            changes.add(inner.unlink(gateway, &conn));
         }
         changes
     }
@@ -210,7 +208,7 @@ impl MemoryState {
     }
 
     /// Gateways whose lease ran out, forgotten with their connections; the changes of each.
-    pub fn sweep_expired(&self) -> Vec<(String, Changes)> {
+    pub fn sweep_expired(&self) -> Vec<(String, Departures)> {
         let now = Instant::now();
         let expired: Vec<String> =
             self.lock().leases.iter().filter(|(_, until)| **until <= now).map(|(g, _)| g.clone()).collect();
@@ -268,12 +266,8 @@ impl Inner {
     }
 
     /// Forgets a connection's routes and rooms: the changes that made.
-    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Changes {
-        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
-        let mut changes = Changes::default();
-        if !self.user_routes.contains_key(&conn.user_id) {
-            changes.users.push(UserChange::offline(conn.user_id));
-        }
+    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Departure {
+        let last = decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
         if conn.acks {
             if let Some(n) = self.acking.get_mut(&conn.user_id) {
                 *n -= 1;
@@ -282,16 +276,16 @@ impl Inner {
                 }
             }
         }
-        changes.rooms =
+        let left =
             conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect();
-        changes
+        Departure { left, offline: last.then_some(conn.user_id) }
     }
 }
 
-/// Decrements a nested count, removing empty entries.
-fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner: &K) {
+/// Decrements a nested count, removing empty entries; true when `outer`'s went.
+fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner: &K) -> bool {
     let Some(counts) = map.get_mut(&outer) else {
-        return;
+        return false;
     };
     if let Some(n) = counts.get_mut(inner) {
         *n -= 1;
@@ -301,5 +295,7 @@ fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner
     }
     if counts.is_empty() {
         map.remove(&outer);
+        return true;
     }
+    false
 }

@@ -67,38 +67,38 @@ impl RoomChange {
     }
 }
 
-/// A user came online (its first connection anywhere) or went offline (its last one closed).
-/// No name: only the open of the user's own session brings one online, and its caller has it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct UserChange {
-    pub user_id: u64,
-    /// Whether it came online (else went offline).
+// What connections opening and closing changed. Each change is told only to the caller whose
+// operation made it, however many controls share the store. One connection's open or close
+// reports its user's transition without allocating (every connect and close pays for it).
+
+/// What recording a connection changed: the room its user joined (its first connection there),
+/// and whether the user came online (its first connection anywhere).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Arrival {
+    pub joined: Option<RoomChange>,
     pub online: bool,
 }
 
-impl UserChange {
-    pub fn online(user_id: u64) -> Self {
-        Self { user_id, online: true }
-    }
-
-    pub fn offline(user_id: u64) -> Self {
-        Self { user_id, online: false }
-    }
-}
-
-/// What opening or closing connections changed: rooms users joined or left, and users who
-/// came online or went offline. Each change is seen by exactly one caller, the one whose
-/// operation made it, however many controls share the store.
+/// What forgetting one connection changed: the rooms its user left, and the user, when this was
+/// its last connection (it went offline).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Changes {
-    pub rooms: Vec<RoomChange>,
-    pub users: Vec<UserChange>,
+pub struct Departure {
+    pub left: Vec<RoomChange>,
+    pub offline: Option<u64>,
 }
 
-impl Changes {
-    fn extend(&mut self, other: Changes) {
-        self.rooms.extend(other.rooms);
-        self.users.extend(other.users);
+/// What forgetting many connections (a gateway's) changed: the rooms users left, and the users
+/// who went offline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Departures {
+    pub left: Vec<RoomChange>,
+    pub offline: Vec<u64>,
+}
+
+impl Departures {
+    fn add(&mut self, one: Departure) {
+        self.left.extend(one.left);
+        self.offline.extend(one.offline);
     }
 }
 
@@ -212,7 +212,7 @@ impl State {
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Result<Changes, TooManyConnections>, StateError> {
+    ) -> Result<Result<Arrival, TooManyConnections>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_open(conn, session)),
             Self::Redis(s) => s.conn_open(conn, session).await,
@@ -249,16 +249,19 @@ impl State {
     /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
     /// went offline. A connection not (yet) recorded is never recorded later
     /// ([`CLOSED_TOMBSTONE`]).
-    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Changes, StateError> {
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Departure, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
-            Self::Redis(s) => s.conn_close(gateway, &[conn_id]).await,
+            Self::Redis(s) => {
+                let Departures { left, offline } = s.conn_close(gateway, &[conn_id]).await?;
+                Ok(Departure { left, offline: offline.first().copied() })
+            }
         }
     }
 
     /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
     /// users who went offline.
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<Changes, StateError> {
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Departures, StateError> {
         match self {
             Self::Memory(s) => Ok(s.gateway_reset(gateway)),
             Self::Redis(s) => s.gateway_reset(gateway).await,
@@ -275,7 +278,7 @@ impl State {
 
     /// Forgets the gateways whose lease ran out, with their connections; returns them and the
     /// changes (rooms that lost members, users who went offline).
-    pub async fn sweep_expired(&self) -> Result<Vec<(String, Changes)>, StateError> {
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Departures)>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.sweep_expired()),
             Self::Redis(s) => s.sweep_expired().await,

@@ -27,8 +27,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Changes, NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError, TooManyConnections,
-    UserChange,
+    Arrival, Departures, NewConn, NoConnection, Reach, RoomChange, Routes, Session, StateError,
+    TooManyConnections,
 };
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
@@ -272,7 +272,7 @@ impl RedisState {
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Result<Changes, TooManyConnections>, StateError> {
+    ) -> Result<Result<Arrival, TooManyConnections>, StateError> {
         let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let opened: i64 = self
             .open
@@ -295,12 +295,7 @@ impl RedisState {
         if opened == -1 {
             return Ok(Err(TooManyConnections));
         }
-        let mut changes = Changes::default();
-        if opened & 4 != 0 {
-            changes.users.push(UserChange::online(session.user_id));
-        }
-        changes.rooms.extend(entered(opened & 3, room_id, session));
-        Ok(Ok(changes))
+        Ok(Ok(Arrival { joined: entered(opened & 3, room_id, session), online: opened & 4 != 0 }))
     }
 
     pub async fn conn_join(
@@ -351,7 +346,7 @@ impl RedisState {
 
     /// Forgets connections of `gateway`; returns the changes: rooms users left, users who went
     /// offline.
-    pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Changes, StateError> {
+    pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Departures, StateError> {
         let conns = self.key(&format!("gw:{gateway}:conns"));
         self.close_from(gateway, &conns, conn_ids, super::CLOSED_TOMBSTONE.as_secs()).await
     }
@@ -364,7 +359,7 @@ impl RedisState {
         conns: &str,
         conn_ids: &[u64],
         tombstone_secs: u64,
-    ) -> Result<Changes, StateError> {
+    ) -> Result<Departures, StateError> {
         let mut call = self.close.key(conns);
         call.arg(&self.prefix).arg(gateway).arg(tombstone_secs);
         for id in conn_ids {
@@ -372,13 +367,11 @@ impl RedisState {
         }
         let (left, offline): (Vec<u64>, Vec<u64>) =
             call.invoke_async(&mut self.conn.clone()).await.map_err(StateError::from)?;
-        Ok(Changes {
-            rooms: left.chunks_exact(3).map(|t| RoomChange::left(t[0], t[1], t[2] == 2)).collect(),
-            users: offline.into_iter().map(UserChange::offline).collect(),
-        })
+        let left = left.chunks_exact(3).map(|t| RoomChange::left(t[0], t[1], t[2] == 2)).collect();
+        Ok(Departures { left, offline })
     }
 
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<Changes, StateError> {
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Departures, StateError> {
         let moved = self.key(&format!("gw:{gateway}:sweep:{}", nonce()));
         let claimed: i64 = self
             .reset
@@ -390,7 +383,7 @@ impl RedisState {
             .await
             .map_err(StateError::from)?;
         if claimed == 0 {
-            return Ok(Changes::default());
+            return Ok(Departures::default());
         }
         let changes = self.close_all(gateway, &moved).await?;
         let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(StateError::from)?;
@@ -399,15 +392,17 @@ impl RedisState {
 
     /// Closes every connection listed in `conns` (a gateway's hash, or one moved aside for a
     /// sweep); returns the changes: rooms that lost members, users who went offline.
-    async fn close_all(&self, gateway: &str, conns: &str) -> Result<Changes, StateError> {
-        let mut changes = Changes::default();
+    async fn close_all(&self, gateway: &str, conns: &str) -> Result<Departures, StateError> {
+        let mut changes = Departures::default();
         loop {
             // Each pass closes what it read; the hash is empty when a read finds nothing.
             let ids = self.conn_ids(conns).await?;
             if ids.is_empty() {
                 break;
             }
-            changes.extend(self.close_from(gateway, conns, &ids, 0).await?);
+            let closed = self.close_from(gateway, conns, &ids, 0).await?;
+            changes.left.extend(closed.left);
+            changes.offline.extend(closed.offline);
         }
         Ok(changes)
     }
@@ -436,7 +431,7 @@ impl RedisState {
         Ok(had == 1)
     }
 
-    pub async fn sweep_expired(&self) -> Result<Vec<(String, Changes)>, StateError> {
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Departures)>, StateError> {
         let mut swept = Vec::new();
         for (moved, gateway) in self.claim_expired().await? {
             // One gateway's failure must not hold the others back; it is resumed next time.

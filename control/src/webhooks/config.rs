@@ -32,8 +32,9 @@ pub const MAX_SECRET_BYTES: usize = 1024;
 /// The longest wait between two attempts at a batch, whatever `retry_base_ms` says.
 pub const MAX_RETRY_WAIT_MS: u64 = 30_000;
 
-/// One receiver of events. `url` and `secret` are required; the rest have defaults.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+/// One receiver of events. `url` and `secret` are required; the rest have defaults. Its
+/// `Debug` shows neither the secret nor the URL's query and credentials.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL the batches are POSTed to.
@@ -65,6 +66,23 @@ pub struct WebhookConfig {
     /// default: the system's (`SSL_CERT_FILE`, or the usual bundle paths).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.label())
+            .field("secret", &"<redacted>")
+            .field("events", &self.events)
+            .field("batch_size", &self.batch_size)
+            .field("batch_wait_ms", &self.batch_wait_ms)
+            .field("queue_size", &self.queue_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 fn default_events() -> Vec<EventKind> {
@@ -319,6 +337,9 @@ batch_size = 10"#;
 
     #[test]
     fn labels_leave_out_queries_and_credentials() {
+        let shown = format!("{:?}", hook("https://h:8443/in?token=abc"));
+        assert!(!shown.contains("0123456789abcdef") && !shown.contains("token=abc"), "{shown}");
+        assert!(shown.contains("https://h:8443/in"), "{shown}");
         assert_eq!(hook("https://h:8443/in?token=abc").label(), "https://h:8443/in");
         assert_eq!(hook("http://u:p@h/in#x").label(), "http://h/in");
         assert_eq!(hook("http://h").label(), "http://h");

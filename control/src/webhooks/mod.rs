@@ -132,7 +132,9 @@ impl Webhooks {
     /// there is any.
     pub fn new(configs: &[WebhookConfig]) -> Self {
         let hooks = Self { active: RwLock::default(), wants: AtomicU8::new(0), counts: Mutex::default() };
-        hooks.reconfigure(configs);
+        if !configs.is_empty() {
+            hooks.reconfigure(configs);
+        }
         hooks
     }
 
@@ -148,10 +150,10 @@ impl Webhooks {
     /// still send what they had queued, then end. A hook that cannot start (its `ca_file` went
     /// away since validation) is left out, logged.
     pub fn reconfigure(&self, configs: &[WebhookConfig]) {
-        let mut active = self.write();
-        if active.configs == configs {
+        if self.read().configs == configs {
             return;
         }
+        // Built before taking the lock (reading CA files): events keep flowing meanwhile.
         let mut hooks = Vec::new();
         for cfg in configs {
             let counts =
@@ -174,10 +176,9 @@ impl Webhooks {
             });
         }
         let wants = hooks.iter().fold(0, |bits, h| bits | h.events);
-        if !configs.is_empty() || !active.hooks.is_empty() {
-            tracing::info!(hooks = hooks.len(), "webhooks configured");
-        }
-        *active = Active { configs: configs.to_vec(), hooks };
+        tracing::info!(hooks = hooks.len(), "webhooks configured");
+        // The old hooks are dropped with their queues: their senders finish what they hold.
+        *self.write() = Active { configs: configs.to_vec(), hooks };
         self.wants.store(wants, Ordering::Relaxed);
     }
 

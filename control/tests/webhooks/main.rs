@@ -158,8 +158,10 @@ async fn a_full_queue_drops_and_counts_without_waiting() {
     for id in 1..=1000 {
         hooks.emit(event(id));
     }
+    // Waiting for room in the queue would take the receiver's 60 s; a loaded machine, well
+    // under 5 s.
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(500), "1,000 events took {took:?}: emitting must not wait");
+    assert!(took < Duration::from_secs(5), "1,000 events took {took:?}: emitting must not wait");
     let s = stats(&hooks, &cfg);
     assert_eq!(s.queued, 11, "the first, and a full queue of 10");
     assert_eq!(s.dropped, 990);
