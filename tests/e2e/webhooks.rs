@@ -193,3 +193,39 @@ batch_size = 10
     let err = Config::parse("[[control.webhooks]]\nurl = \"http://h/\"\n").unwrap_err().to_string();
     assert!(err.contains("secret"), "{err}");
 }
+
+/// A running control takes a changed list of hooks (what SIGHUP does with the file's): events
+/// go to the hooks it now has, and no longer to those it had.
+#[tokio::test]
+async fn a_reload_starts_and_stops_hooks() {
+    let receiver = Receiver::start(SECRET, Answer::Status(200)).await;
+    let mut cfg = common::test_config();
+    let server = Server::start_with(cfg.clone()).await;
+    let user = server.user("reload").await;
+    // A socket's close reaches control after the client sees it: wait for control to know.
+    let offline = || async {
+        let reach = server.up.control.logic.state().reach(user.id).await.unwrap();
+        (!reach.online).then_some(())
+    };
+    server.ws(&user, 43).await.close().await;
+    eventually_some("offline before the reload", offline).await;
+    cfg.control.webhooks = vec![hook(&receiver)];
+    server.up.control.reconfigure(&cfg.control);
+    server.ws(&user, 43).await.close().await;
+    eventually_some("offline", offline).await;
+    let expected = ["user.online", "room.occupied", "room.vacated", "user.offline"];
+    let events = eventually_some("events after the reload", || async {
+        Some(receiver.events()).filter(|e| e.len() >= expected.len())
+    })
+    .await;
+    assert_eq!(types(&events), expected, "none from before the reload");
+    cfg.control.webhooks.clear();
+    server.up.control.reconfigure(&cfg.control);
+    server.ws(&user, 43).await.close().await;
+    eventually_some("offline after the second reload", offline).await;
+    // Events are handed to hooks as control records the change: none went to the old hook.
+    let stats = server.up.control.logic.webhooks().stats(&hook(&receiver).label()).unwrap();
+    assert_eq!((stats.queued, stats.sent), (4, 4), "{stats:?}");
+    assert_eq!(receiver.events().len(), expected.len(), "{:#?}", receiver.events());
+    server.shutdown().await;
+}
