@@ -150,7 +150,7 @@ impl Sender {
         };
         self.counts.failed.add(n);
         self.counts.batches_failed.inc();
-        if self.counts.log.due() {
+        if self.counts.fail_log.due() {
             tracing::warn!(
                 url = %self.label,
                 events = n,

@@ -72,7 +72,9 @@ pub(crate) struct HookCounts {
     retries: Counter,
     /// A batch's first attempt → the receiver accepted it.
     batch_seconds: Histogram,
-    log: LogEvery,
+    /// When drops, and batches given up, were last logged.
+    drop_log: LogEvery,
+    fail_log: LogEvery,
 }
 
 impl Default for HookCounts {
@@ -87,7 +89,8 @@ impl Default for HookCounts {
             batches_failed: Counter::default(),
             retries: Counter::default(),
             batch_seconds: Histogram::new(LATENCY_SECONDS),
-            log: LogEvery::default(),
+            drop_log: LogEvery::default(),
+            fail_log: LogEvery::default(),
         }
     }
 }
@@ -198,7 +201,7 @@ impl Webhooks {
                 continue;
             }
             hook.counts.dropped.inc();
-            if hook.counts.log.due() {
+            if hook.counts.drop_log.due() {
                 let dropped = hook.counts.dropped.get();
                 tracing::warn!(url = %hook.label, dropped, "webhook queue full: events dropped");
             }
