@@ -163,6 +163,9 @@ pub struct ControlConfig {
     /// The sender name of messages published through the server API, unless a request names
     /// one (`fromUserName`); their sender id is 0.
     pub api_sender_name: String,
+    /// Where user, room and message events are POSTed (`[[control.webhooks]]`); none by
+    /// default. Last: TOML writes tables after plain keys.
+    pub webhooks: Vec<crate::webhooks::WebhookConfig>,
 }
 
 impl Default for ControlConfig {
@@ -223,6 +226,7 @@ impl Default for ControlConfig {
             api_requests_per_second: 1000,
             api_request_burst: 2000,
             api_sender_name: "system".into(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -248,6 +252,7 @@ impl ControlConfig {
         "api_requests_per_second",
         "api_request_burst",
         "api_sender_name",
+        "webhooks",
     ];
 
     pub fn validate(&self) -> Result<(), crate::Error> {
@@ -352,6 +357,7 @@ impl ControlConfig {
         if let Err(e) = crate::limits::TrustedProxies::new(&self.trusted_proxies) {
             return err(format!("trusted_proxies: {e}"));
         }
+        crate::webhooks::validate_all(&self.webhooks).map_err(crate::Error::Config)?;
         self.tls_files()?;
         Ok(())
     }

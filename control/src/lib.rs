@@ -23,8 +23,9 @@
 //!   referrer) of the page and the REST API.
 //! - [`http`]: serves the REST API and the page (HTTP or HTTPS), connections bounded in number
 //!   and time.
-//! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications and
-//!   gateway sweeps in Prometheus' text format, on the admin listener.
+//! - [`webhooks`]: user, room and message events POSTed in signed batches to configured URLs.
+//! - [`metrics`]: REST requests, enqueues, rate-limit refusals, socket authentications,
+//!   gateway sweeps and webhook deliveries in Prometheus' text format, on the admin listener.
 //! - [`server`]: binds and runs the listeners.
 
 #![warn(unreachable_pub)]
@@ -49,6 +50,7 @@ pub mod server_api;
 pub(crate) mod site;
 pub mod state;
 pub mod store;
+pub mod webhooks;
 
 pub use config::ControlConfig;
 pub use server::{Control, ControlHandle};

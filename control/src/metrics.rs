@@ -419,6 +419,7 @@ impl Metrics {
         let swept = "gochat_control_gateways_swept_total";
         text.family(swept, Kind::Counter, "Gateways whose lease ran out: their connections were forgotten.")
             .sample(swept, &[control], counts.gateways_swept.get());
+        self.logic.webhooks().render(&mut text, control);
         text.finish()
     }
 }

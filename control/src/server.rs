@@ -236,7 +236,8 @@ impl ControlHandle {
         self.site_ws_port.store(port, Ordering::Relaxed);
     }
 
-    /// Stops accepting, lets requests in flight finish, closes the database.
+    /// Stops accepting, lets requests in flight finish, gives webhooks a few seconds to send
+    /// what they hold, closes the database.
     pub async fn shutdown(self) {
         drop(self.tls_watch);
         drop(self.admin);
@@ -246,6 +247,7 @@ impl ControlHandle {
                 tracing::warn!("a control listener did not drain in 5 s; left behind");
             }
         }
+        self.logic.webhooks().shutdown(Duration::from_secs(5)).await;
         self.store.close().await;
     }
 }

@@ -27,3 +27,4 @@ mod rooms;
 mod server_api;
 mod sockets;
 mod tls;
+mod webhooks;

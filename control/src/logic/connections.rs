@@ -30,7 +30,7 @@ impl Logic {
         let max_user_conns = self.max_connections_per_user.load(Ordering::Relaxed);
         let conn = NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns };
         match self.state.conn_open(&conn, &session).await? {
-            Ok(change) => change.into_iter().for_each(|c| self.room_changed(c)),
+            Ok(arrival) => self.arrived(arrival, &session),
             Err(TooManyConnections) => {
                 self.counts.user_connections_refused.inc();
                 return Err(LogicError::refused(format!(
@@ -54,16 +54,14 @@ impl Logic {
     }
 
     pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<(), LogicError> {
-        for change in self.state.conn_close(gateway, conn_id).await? {
-            self.room_changed(change);
-        }
+        let departure = self.state.conn_close(gateway, conn_id).await?;
+        self.departed(departure.left, departure.offline);
         Ok(())
     }
 
     pub(crate) async fn gateway_reset(&self, gateway: &str) -> Result<(), LogicError> {
-        for change in self.state.gateway_reset(gateway).await? {
-            self.room_changed(change);
-        }
+        let departures = self.state.gateway_reset(gateway).await?;
+        self.departed(departures.left, departures.offline);
         Ok(())
     }
 
@@ -149,8 +147,8 @@ impl Logic {
                 Ok(swept) => {
                     for (gateway, changes) in swept {
                         self.counts.gateways_swept.inc();
-                        tracing::warn!(%gateway, rooms = changes.len(), "gateway lease expired: its connections are forgotten");
-                        changes.into_iter().for_each(|c| self.room_changed(c));
+                        tracing::warn!(%gateway, rooms = changes.left.len(), "gateway lease expired: its connections are forgotten");
+                        self.departed(changes.left, changes.offline);
                     }
                 }
                 Err(e) => {

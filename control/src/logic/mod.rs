@@ -32,8 +32,9 @@ use crate::ids::{self, MessageIds};
 use crate::kept::{Kept, KeptStore};
 use crate::limits::RateLimits;
 use crate::metrics::LogicCounts;
-use crate::state::{Session, State, StateError};
+use crate::state::{Arrival, RoomChange, Session, State, StateError};
 use crate::store::UserStore;
+use crate::webhooks::{Event, EventKind, Webhooks, What};
 use crate::ControlConfig;
 
 use self::rooms::RoomEvents;
@@ -113,6 +114,7 @@ pub struct Logic {
     limits: Arc<RateLimits>,
     /// For the admin listener.
     pub counts: LogicCounts,
+    webhooks: Webhooks,
 }
 
 impl Logic {
@@ -134,6 +136,45 @@ impl Logic {
             history_size: cfg.history_size,
             limits: Arc::new(RateLimits::new(cfg)),
             counts: LogicCounts::default(),
+            webhooks: Webhooks::new(&cfg.webhooks),
+        }
+    }
+
+    /// Where events are POSTed.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
+    }
+
+    /// Hands an event (if `what` makes one) to the webhooks that take its kind, built only
+    /// when one does; `id`: a message's own, or a fresh one.
+    fn hook(&self, kind: EventKind, id: Option<u64>, what: impl FnOnce() -> Option<What>) {
+        if !self.webhooks.wants(kind) {
+            return;
+        }
+        if let Some(what) = what() {
+            let id = id.unwrap_or_else(|| self.ids.next());
+            self.webhooks.emit(Event { id, time: crate::webhooks::event::now_ms(), what });
+        }
+    }
+
+    /// `session`'s socket was recorded: its room gets its update, webhooks their events (the
+    /// user online before the room it entered).
+    fn arrived(&self, arrival: Arrival, session: &Session) {
+        if arrival.online {
+            let (user_id, user_name) = (session.user_id, &session.user_name);
+            self.hook(EventKind::User, None, || {
+                Some(What::UserOnline { user_id, user_name: user_name.clone() })
+            });
+        }
+        arrival.joined.into_iter().for_each(|c| self.room_changed(c));
+    }
+
+    /// Sockets were forgotten: the rooms they left get their updates, webhooks their events (a
+    /// user offline after the rooms it left).
+    fn departed(&self, left: Vec<RoomChange>, offline: impl IntoIterator<Item = u64>) {
+        left.into_iter().for_each(|c| self.room_changed(c));
+        for user_id in offline {
+            self.hook(EventKind::User, None, || Some(What::UserOffline { user_id }));
         }
     }
 
@@ -161,6 +202,7 @@ impl Logic {
         self.max_connections_per_user.store(cfg.max_connections_per_user, Ordering::Relaxed);
         self.room_info_max_members.store(cfg.room_info_max_members, Ordering::Relaxed);
         self.limits.reconfigure(cfg);
+        self.webhooks.reconfigure(&cfg.webhooks);
     }
 
     /// The rate limits the REST API and socket room sends share.

@@ -8,6 +8,7 @@ use super::{chat_message, Logic, LogicError};
 use crate::kept::{Kept, NotKept};
 use crate::metrics::KeptResult;
 use crate::state::Session;
+use crate::webhooks::{EventKind, What};
 
 impl Logic {
     /// A private message (op 2) to `to_user_id`, sent now if they are online. With kept messages
@@ -65,16 +66,27 @@ impl Logic {
             }
             kept = not_kept.is_none();
         }
-        if !online {
-            return Ok(id);
+        if online {
+            let sent = self
+                .publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0 })
+                .await;
+            if sent.is_err() && kept {
+                // Refused to the sender, so not kept either: a retry must not deliver it twice.
+                self.kept.ack(to_user_id, &[id]).await?;
+            }
+            sent?;
         }
-        let sent =
-            self.publish(QueueMessage { target: Some(Target::UserId(to_user_id)), body, id, seq: 0 }).await;
-        if sent.is_err() && kept {
-            // Refused to the sender, so not kept either: a retry must not deliver it twice.
-            self.kept.ack(to_user_id, &[id]).await?;
-        }
-        sent.map(|()| id)
+        self.hook(EventKind::Message, Some(id), || {
+            Some(What::UserMessage {
+                to_user_id,
+                to_user_name: to_name,
+                from_user_id: from.user_id,
+                from_user_name: from.user_name.clone(),
+                room_id,
+                msg: msg.to_string(),
+            })
+        });
+        Ok(id)
     }
 
     /// A client of `user_id` has these private messages; with `more`, the next kept ones.

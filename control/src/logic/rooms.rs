@@ -14,6 +14,7 @@ use crate::history::Recovery;
 use crate::limits::retry_secs;
 use crate::metrics::JoinResult;
 use crate::state::{NoConnection, RoomChange, Session};
+use crate::webhooks::{EventKind, What};
 
 /// Why a room push from a user with no socket in the room is refused (`open_rooms = false`).
 pub const NOT_MEMBER: &str = "join the room first";
@@ -49,8 +50,18 @@ impl Logic {
         let id = self.ids.next();
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", room_id, msg);
         let (position, body) = self.history.append(room_id, body).await?;
-        let seq = position.as_ref().map_or(0, |p| p.seq);
-        self.publish(QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq }).await?;
+        let seq = position.as_ref().map(|p| p.seq);
+        let queued = QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq: seq.unwrap_or(0) };
+        self.publish(queued).await?;
+        self.hook(EventKind::Message, Some(id), || {
+            Some(What::RoomMessage {
+                room_id,
+                from_user_id: from.user_id,
+                from_user_name: from.user_name.clone(),
+                msg: msg.to_string(),
+                seq,
+            })
+        });
         Ok((id, position))
     }
 
@@ -191,8 +202,18 @@ impl Logic {
         self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner()).entry(room_id).or_default();
     }
 
-    /// Membership changed: noted for the room's next update.
+    /// Membership changed: noted for the room's next update, and told to webhooks when the
+    /// room was empty before or is now.
     pub(super) fn room_changed(&self, change: RoomChange) {
+        if change.alone {
+            let RoomChange { room_id, user_id, .. } = change;
+            self.hook(EventKind::Room, None, || {
+                Some(match change.joined {
+                    true => What::RoomOccupied { room_id, user_id, user_name: change.user_name.clone() },
+                    false => What::RoomVacated { room_id, user_id },
+                })
+            });
+        }
         let mut rooms = self.changed_rooms.lock().unwrap_or_else(|p| p.into_inner());
         let events = rooms.entry(change.room_id).or_default();
         let event = events.0.entry(change.user_id).or_insert((!change.joined, false, String::new()));

@@ -12,6 +12,7 @@ use gochat_proto::wire::{self, Position};
 use super::rooms::check_room;
 use super::{chat_message, Logic, LogicError};
 use crate::state::{NodeReport, Session};
+use crate::webhooks::{EventKind, What};
 
 /// A message the server API published: its id, and its place in the room's history (room
 /// messages of a room that keeps one).
@@ -61,6 +62,16 @@ impl Logic {
         let body = chat_message(id, wire::OP_ROOM_SEND, from, 0, "", 0, msg);
         let target = Target::Everyone(Everyone {});
         self.publish(QueueMessage { target: Some(target), body, id, seq: 0 }).await?;
+        // To webhooks, a room message to room 0, as sockets get it.
+        self.hook(EventKind::Message, Some(id), || {
+            Some(What::RoomMessage {
+                room_id: 0,
+                from_user_id: from.user_id,
+                from_user_name: from.user_name.clone(),
+                msg: msg.to_string(),
+                seq: None,
+            })
+        });
         Ok(id)
     }
 

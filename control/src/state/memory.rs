@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{NewConn, NodeKind, NodeReport, Reach, RoomChange, Session, TooManyConnections};
+use super::{
+    Arrival, Departure, Departures, NewConn, NodeKind, NodeReport, Reach, RoomChange, Session,
+    TooManyConnections,
+};
 
 /// Where a live connection is, and its rooms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,17 +89,13 @@ impl MemoryState {
     }
 
     /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
-    /// may. Idempotent; returns the change when the user newly joined the room.
-    pub fn conn_open(
-        &self,
-        conn: &NewConn<'_>,
-        session: &Session,
-    ) -> Result<Option<RoomChange>, TooManyConnections> {
+    /// may. Idempotent; returns the changes: the user came online, joined the room.
+    pub fn conn_open(&self, conn: &NewConn<'_>, session: &Session) -> Result<Arrival, TooManyConnections> {
         let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         if inner.conns.contains_key(&key) || inner.closed.get(&key).is_some_and(|t| *t > Instant::now()) {
-            return Ok(None);
+            return Ok(Arrival::default());
         }
         let user_conns: u32 = inner.user_routes.get(&session.user_id).map_or(0, |r| r.values().sum());
         if max_user_conns > 0 && user_conns >= max_user_conns {
@@ -106,16 +105,14 @@ impl MemoryState {
         if acks {
             *inner.acking.entry(session.user_id).or_default() += 1;
         }
-        *inner
-            .user_routes
-            .entry(session.user_id)
-            .or_default()
-            .entry((gateway.to_string(), shard))
-            .or_default() += 1;
-        if room_id == 0 {
-            return Ok(None);
-        }
-        Ok(inner.enter(gateway, conn_id, session, room_id).unwrap_or(None))
+        let routes = inner.user_routes.entry(session.user_id).or_default();
+        let online = routes.is_empty();
+        *routes.entry((gateway.to_string(), shard)).or_default() += 1;
+        let joined = match room_id {
+            0 => None,
+            _ => inner.enter(gateway, conn_id, session, room_id).flatten(),
+        };
+        Ok(Arrival { joined, online })
     }
 
     /// Adds a recorded connection to `room_id`; None when there is no such connection (it
@@ -140,8 +137,9 @@ impl MemoryState {
         inner.leave_room(gateway, user_id, room_id)
     }
 
-    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left.
-    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Vec<RoomChange> {
+    /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
+    /// went offline.
+    pub fn conn_close(&self, gateway: &str, conn_id: u64) -> Departure {
         let mut inner = self.lock();
         let key = (gateway.to_string(), conn_id);
         let Some(conn) = inner.conns.remove(&key) else {
@@ -150,13 +148,14 @@ impl MemoryState {
                 inner.closed.retain(|_, until| *until > now);
             }
             inner.closed.insert(key, now + super::CLOSED_TOMBSTONE);
-            return Vec::new();
+            return Departure::default();
         };
         inner.unlink(gateway, &conn)
     }
 
-    /// Forgets every connection of `gateway`; returns the rooms that lost members.
-    pub fn gateway_reset(&self, gateway: &str) -> Vec<RoomChange> {
+    /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
+    /// users who went offline.
+    pub fn gateway_reset(&self, gateway: &str) -> Departures {
         let mut inner = self.lock();
         let gone: Vec<(u64, Conn)> = inner
             .conns
@@ -164,10 +163,10 @@ impl MemoryState {
             .filter(|((g, _), _)| g == gateway)
             .map(|((_, id), c)| (*id, c.clone()))
             .collect();
-        let mut changes = Vec::new();
+        let mut changes = Departures::default();
         for (id, conn) in gone {
             inner.conns.remove(&(gateway.to_string(), id));
-            changes.extend(inner.unlink(gateway, &conn));
+            changes.add(inner.unlink(gateway, &conn));
         }
         changes
     }
@@ -228,8 +227,8 @@ impl MemoryState {
         self.lock().leases.insert(gateway.to_string(), Instant::now() + ttl).is_some()
     }
 
-    /// Gateways whose lease ran out, forgotten with their connections; the rooms that lost members.
-    pub fn sweep_expired(&self) -> Vec<(String, Vec<RoomChange>)> {
+    /// Gateways whose lease ran out, forgotten with their connections; the changes of each.
+    pub fn sweep_expired(&self) -> Vec<(String, Departures)> {
         let now = Instant::now();
         let expired: Vec<String> =
             self.lock().leases.iter().filter(|(_, until)| **until <= now).map(|(g, _)| g.clone()).collect();
@@ -260,10 +259,12 @@ impl Inner {
         }
         conn.rooms.push(room_id);
         *self.room_gateways.entry(room_id).or_default().entry(gateway.to_string()).or_default() += 1;
-        let member = self.rooms.entry(room_id).or_default().entry(session.user_id).or_default();
+        let members = self.rooms.entry(room_id).or_default();
+        let first = members.is_empty();
+        let member = members.entry(session.user_id).or_default();
         member.user_name.clone_from(&session.user_name);
         member.conns += 1;
-        Some((member.conns == 1).then(|| RoomChange::joined(room_id, session)))
+        Some((member.conns == 1).then(|| RoomChange::joined(room_id, session, first)))
     }
 
     /// A connection of `user_id` on `gateway` is out of `room_id`: the change when that was
@@ -277,14 +278,16 @@ impl Inner {
             return None;
         }
         members.remove(&user_id);
-        if members.is_empty() {
+        let last = members.is_empty();
+        if last {
             self.rooms.remove(&room_id);
         }
-        Some(RoomChange::left(room_id, user_id))
+        Some(RoomChange::left(room_id, user_id, last))
     }
 
-    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Vec<RoomChange> {
-        decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
+    /// Forgets a connection's routes and rooms: the changes that made.
+    fn unlink(&mut self, gateway: &str, conn: &Conn) -> Departure {
+        let last = decrement(&mut self.user_routes, conn.user_id, &(gateway.to_string(), conn.shard));
         if conn.acks {
             if let Some(n) = self.acking.get_mut(&conn.user_id) {
                 *n -= 1;
@@ -293,14 +296,16 @@ impl Inner {
                 }
             }
         }
-        conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect()
+        let left =
+            conn.rooms.iter().filter_map(|&room| self.leave_room(gateway, conn.user_id, room)).collect();
+        Departure { left, offline: last.then_some(conn.user_id) }
     }
 }
 
-/// Decrements a nested count, removing empty entries.
-fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner: &K) {
+/// Decrements a nested count, removing empty entries; true when `outer`'s went.
+fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner: &K) -> bool {
     let Some(counts) = map.get_mut(&outer) else {
-        return;
+        return false;
     };
     if let Some(n) = counts.get_mut(inner) {
         *n -= 1;
@@ -310,5 +315,7 @@ fn decrement<K: Ord>(map: &mut HashMap<u64, BTreeMap<K, u32>>, outer: u64, inner
     }
     if counts.is_empty() {
         map.remove(&outer);
+        return true;
     }
+    false
 }

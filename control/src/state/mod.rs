@@ -43,15 +43,62 @@ pub struct RoomChange {
     pub joined: bool,
     /// The user's name, when it joined.
     pub user_name: String,
+    /// Whether the room had no other member: it was empty before this join (occupied), or is
+    /// empty after this leave (vacated). Told by the store that made the change, so once per
+    /// cluster.
+    pub alone: bool,
 }
 
 impl RoomChange {
-    pub fn joined(room_id: u64, session: &Session) -> Self {
-        Self { room_id, user_id: session.user_id, joined: true, user_name: session.user_name.clone() }
+    /// `session`'s user joined `room_id`; `first`: the room was empty.
+    pub fn joined(room_id: u64, session: &Session, first: bool) -> Self {
+        Self {
+            room_id,
+            user_id: session.user_id,
+            joined: true,
+            user_name: session.user_name.clone(),
+            alone: first,
+        }
     }
 
-    pub fn left(room_id: u64, user_id: u64) -> Self {
-        Self { room_id, user_id, joined: false, user_name: String::new() }
+    /// `user_id` left `room_id`; `last`: the room is empty now.
+    pub fn left(room_id: u64, user_id: u64, last: bool) -> Self {
+        Self { room_id, user_id, joined: false, user_name: String::new(), alone: last }
+    }
+}
+
+// What connections opening and closing changed. Each change is told only to the caller whose
+// operation made it, however many controls share the store. One connection's open or close
+// reports its user's transition without allocating (every connect and close pays for it).
+
+/// What recording a connection changed: the room its user joined (its first connection there),
+/// and whether the user came online (its first connection anywhere).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Arrival {
+    pub joined: Option<RoomChange>,
+    pub online: bool,
+}
+
+/// What forgetting one connection changed: the rooms its user left, and the user, when this was
+/// its last connection (it went offline).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Departure {
+    pub left: Vec<RoomChange>,
+    pub offline: Option<u64>,
+}
+
+/// What forgetting many connections (a gateway's) changed: the rooms users left, and the users
+/// who went offline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Departures {
+    pub left: Vec<RoomChange>,
+    pub offline: Vec<u64>,
+}
+
+impl Departures {
+    fn add(&mut self, one: Departure) {
+        self.left.extend(one.left);
+        self.offline.extend(one.offline);
     }
 }
 
@@ -204,12 +251,12 @@ impl State {
     }
 
     /// Records a live connection, in `room_id` unless 0, unless its user has as many as it
-    /// may. Idempotent; returns the change when the user newly joined the room.
+    /// may. Idempotent; returns the changes: the user came online, joined the room.
     pub async fn conn_open(
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Result<Option<RoomChange>, TooManyConnections>, StateError> {
+    ) -> Result<Result<Arrival, TooManyConnections>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_open(conn, session)),
             Self::Redis(s) => s.conn_open(conn, session).await,
@@ -243,17 +290,22 @@ impl State {
         }
     }
 
-    /// Forgets a connection. Idempotent; returns the changes of the rooms its user left. A
-    /// connection not (yet) recorded is never recorded later ([`CLOSED_TOMBSTONE`]).
-    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Vec<RoomChange>, StateError> {
+    /// Forgets a connection. Idempotent; returns the changes: the rooms its user left, the user
+    /// went offline. A connection not (yet) recorded is never recorded later
+    /// ([`CLOSED_TOMBSTONE`]).
+    pub async fn conn_close(&self, gateway: &str, conn_id: u64) -> Result<Departure, StateError> {
         match self {
             Self::Memory(s) => Ok(s.conn_close(gateway, conn_id)),
-            Self::Redis(s) => s.conn_close(gateway, &[conn_id]).await,
+            Self::Redis(s) => {
+                let Departures { left, offline } = s.conn_close(gateway, &[conn_id]).await?;
+                Ok(Departure { left, offline: offline.first().copied() })
+            }
         }
     }
 
-    /// Forgets every connection of `gateway`; returns the changes of the rooms that lost members.
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
+    /// Forgets every connection of `gateway`; returns the changes: rooms that lost members,
+    /// users who went offline.
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Departures, StateError> {
         match self {
             Self::Memory(s) => Ok(s.gateway_reset(gateway)),
             Self::Redis(s) => s.gateway_reset(gateway).await,
@@ -269,8 +321,8 @@ impl State {
     }
 
     /// Forgets the gateways whose lease ran out, with their connections; returns them and the
-    /// rooms that lost members.
-    pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
+    /// changes (rooms that lost members, users who went offline).
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Departures)>, StateError> {
         match self {
             Self::Memory(s) => Ok(s.sweep_expired()),
             Self::Redis(s) => s.sweep_expired().await,

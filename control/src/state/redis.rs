@@ -29,15 +29,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use super::{
-    NewConn, NoConnection, NodeKind, NodeReport, Reach, RoomChange, Routes, Session, StateError,
-    TooManyConnections,
+    Arrival, Departures, NewConn, NoConnection, NodeKind, NodeReport, Reach, RoomChange, Routes, Session,
+    StateError, TooManyConnections,
 };
 
 /// Connections closed per script call when a gateway is swept, so Redis is never blocked long.
 const SWEEP_CHUNK: usize = 500;
 
 /// What the connection scripts share: a connection's record, and a user's entering and
-/// leaving a room (true when it was the user's first or last connection there).
+/// leaving a room (0: it had another connection there; 1: its first or last; 2: and the room's
+/// first or last member too, the room was empty or is now).
 const CONN_LIB: &str = r"
 local function parse(v)
   local f = {}
@@ -57,24 +58,28 @@ local function dec(key, field)
   return false
 end
 local function enter(p, gw, room, user, name)
+  local members = p .. ':room:' .. room .. ':members'
   redis.call('HINCRBY', p .. ':room:' .. room .. ':gws', gw, 1)
   redis.call('HSET', p .. ':room:' .. room .. ':names', user, name)
-  return redis.call('HINCRBY', p .. ':room:' .. room .. ':members', user, 1) == 1
+  if redis.call('HINCRBY', members, user, 1) ~= 1 then return 0 end
+  if redis.call('HLEN', members) == 1 then return 2 end
+  return 1
 end
 local function leave(p, gw, room, user)
+  local members = p .. ':room:' .. room .. ':members'
   dec(p .. ':room:' .. room .. ':gws', gw)
-  if dec(p .. ':room:' .. room .. ':members', user) then
-    redis.call('HDEL', p .. ':room:' .. room .. ':names', user)
-    return true
-  end
-  return false
+  if not dec(members, user) then return 0 end
+  redis.call('HDEL', p .. ':room:' .. room .. ':names', user)
+  if redis.call('EXISTS', members) == 0 then return 2 end
+  return 1
 end
 ";
 
 /// KEYS: the gateway's connections, the user's routes, the close tombstone, the user's acking
 /// connections. ARGV: prefix, gateway, connection, user, shard, room (0: none), name, acks (0
-/// or 1), the most connections the user may have (0: no cap). 1 when the user joined the room,
-/// -1 when the user had as many connections as it may.
+/// or 1), the most connections the user may have (0: no cap). -1 when the user had as many
+/// connections as it may; else what `enter` says of the room (0 without one), plus 4 when this
+/// is the user's first connection (it came online).
 const OPEN: &str = r"
 local p, gw, conn, user, shard, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
@@ -85,15 +90,17 @@ if max > 0 then
   for _, c in ipairs(redis.call('HVALS', KEYS[2])) do n = n + tonumber(c) end
   if n >= max then return -1 end
 end
+local online = 0
+if redis.call('EXISTS', KEYS[2]) == 0 then online = 4 end
 redis.call('HSET', KEYS[1], conn, user .. ',' .. room .. ',' .. shard)
 redis.call('HINCRBY', KEYS[2], gw .. '\t' .. shard, 1)
 if ARGV[8] == '1' then redis.call('HSET', KEYS[4], gw .. '\t' .. conn, 1) end
-if room ~= '0' and enter(p, gw, room, user, name) then return 1 end
-return 0
+if room ~= '0' then return online + enter(p, gw, room, user, name) end
+return online
 ";
 
 /// KEYS: the gateway's connections. ARGV: prefix, gateway, connection, room, name. -1 without
-/// such a connection, 1 when its user joined the room.
+/// such a connection, else what `enter` says (0 when the connection was in the room already).
 const JOIN: &str = r"
 local p, gw, conn, room, name = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local v = redis.call('HGET', KEYS[1], conn)
@@ -102,29 +109,28 @@ local user, shard, rooms = parse(v)
 for _, r in ipairs(rooms) do if r == room then return 0 end end
 table.insert(rooms, room)
 redis.call('HSET', KEYS[1], conn, record(user, shard, rooms))
-if enter(p, gw, room, user, name) then return 1 end
-return 0
+return enter(p, gw, room, user, name)
 ";
 
 /// KEYS: the gateway's connections. ARGV: prefix, gateway, connection, room. The user's id
-/// when it left the room, else 0.
+/// and what `leave` says, when the connection was in the room; else nothing.
 const LEAVE: &str = r"
 local p, gw, conn, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local v = redis.call('HGET', KEYS[1], conn)
-if not v then return 0 end
+if not v then return {} end
 local user, shard, rooms = parse(v)
 local kept, found = {}, false
 for _, r in ipairs(rooms) do if r == room then found = true else table.insert(kept, r) end end
-if not found then return 0 end
+if not found then return {} end
 redis.call('HSET', KEYS[1], conn, record(user, shard, kept))
-if leave(p, gw, room, user) then return tonumber(user) end
-return 0
+return {user, leave(p, gw, room, user)}
 ";
 
 /// KEYS: a connections hash. ARGV: prefix, gateway, tombstone seconds (0: none), connections.
-/// The (room, user) pairs of the rooms users left, flat.
+/// Two lists: the (room, user, 1 or 2 as `leave` says) triples of the rooms users left, flat;
+/// the users whose last connection this closed (they went offline).
 const CLOSE: &str = r"
-local p, gw, tomb, left = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}
+local p, gw, tomb, left, offline = ARGV[1], ARGV[2], tonumber(ARGV[3]), {}, {}
 for i = 4, #ARGV do
   local v = redis.call('HGET', KEYS[1], ARGV[i])
   if not v and tomb > 0 then
@@ -133,17 +139,21 @@ for i = 4, #ARGV do
   if v then
     redis.call('HDEL', KEYS[1], ARGV[i])
     local user, shard, rooms = parse(v)
-    dec(p .. ':user:' .. user .. ':routes', gw .. '\t' .. shard)
+    local routes = p .. ':user:' .. user .. ':routes'
+    dec(routes, gw .. '\t' .. shard)
+    if redis.call('EXISTS', routes) == 0 then table.insert(offline, user) end
     redis.call('HDEL', p .. ':user:' .. user .. ':acking', gw .. '\t' .. ARGV[i])
     for _, room in ipairs(rooms) do
-      if leave(p, gw, room, user) then
+      local how = leave(p, gw, room, user)
+      if how > 0 then
         table.insert(left, room)
         table.insert(left, user)
+        table.insert(left, how)
       end
     end
   end
 end
-return left
+return {left, offline}
 ";
 
 /// Extends a lease; returns 1 when the gateway had a live one.
@@ -264,9 +274,9 @@ impl RedisState {
         &self,
         conn: &NewConn<'_>,
         session: &Session,
-    ) -> Result<Result<Option<RoomChange>, TooManyConnections>, StateError> {
+    ) -> Result<Result<Arrival, TooManyConnections>, StateError> {
         let NewConn { gateway, shard, conn_id, room_id, acks, max_user_conns } = *conn;
-        let joined: i64 = self
+        let opened: i64 = self
             .open
             .key(self.key(&format!("gw:{gateway}:conns")))
             .key(self.key(&format!("user:{}:routes", session.user_id)))
@@ -284,10 +294,10 @@ impl RedisState {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        if joined == -1 {
+        if opened == -1 {
             return Ok(Err(TooManyConnections));
         }
-        Ok(Ok((joined == 1).then(|| RoomChange::joined(room_id, session))))
+        Ok(Ok(Arrival { joined: entered(opened & 3, room_id, session), online: opened & 4 != 0 }))
     }
 
     pub async fn conn_join(
@@ -310,8 +320,7 @@ impl RedisState {
             .map_err(StateError::from)?;
         Ok(match joined {
             -1 => Err(NoConnection),
-            1 => Ok(Some(RoomChange::joined(room_id, session))),
-            _ => Ok(None),
+            how => Ok(entered(how, room_id, session)),
         })
     }
 
@@ -321,7 +330,7 @@ impl RedisState {
         conn_id: u64,
         room_id: u64,
     ) -> Result<Option<RoomChange>, StateError> {
-        let user: u64 = self
+        let left: Vec<u64> = self
             .leave
             .key(self.key(&format!("gw:{gateway}:conns")))
             .arg(&self.prefix)
@@ -331,11 +340,15 @@ impl RedisState {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(StateError::from)?;
-        Ok((user != 0).then(|| RoomChange::left(room_id, user)))
+        Ok(match left[..] {
+            [user, how] if how > 0 => Some(RoomChange::left(room_id, user, how == 2)),
+            _ => None,
+        })
     }
 
-    /// Forgets connections of `gateway`; returns the changes of the rooms users left.
-    pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Vec<RoomChange>, StateError> {
+    /// Forgets connections of `gateway`; returns the changes: rooms users left, users who went
+    /// offline.
+    pub async fn conn_close(&self, gateway: &str, conn_ids: &[u64]) -> Result<Departures, StateError> {
         let conns = self.key(&format!("gw:{gateway}:conns"));
         self.close_from(gateway, &conns, conn_ids, super::CLOSED_TOMBSTONE.as_secs()).await
     }
@@ -348,17 +361,19 @@ impl RedisState {
         conns: &str,
         conn_ids: &[u64],
         tombstone_secs: u64,
-    ) -> Result<Vec<RoomChange>, StateError> {
+    ) -> Result<Departures, StateError> {
         let mut call = self.close.key(conns);
         call.arg(&self.prefix).arg(gateway).arg(tombstone_secs);
         for id in conn_ids {
             call.arg(id);
         }
-        let left: Vec<u64> = call.invoke_async(&mut self.conn.clone()).await.map_err(StateError::from)?;
-        Ok(left.chunks(2).map(|pair| RoomChange::left(pair[0], pair[1])).collect())
+        let (left, offline): (Vec<u64>, Vec<u64>) =
+            call.invoke_async(&mut self.conn.clone()).await.map_err(StateError::from)?;
+        let left = left.chunks_exact(3).map(|t| RoomChange::left(t[0], t[1], t[2] == 2)).collect();
+        Ok(Departures { left, offline })
     }
 
-    pub async fn gateway_reset(&self, gateway: &str) -> Result<Vec<RoomChange>, StateError> {
+    pub async fn gateway_reset(&self, gateway: &str) -> Result<Departures, StateError> {
         let moved = self.key(&format!("gw:{gateway}:sweep:{}", nonce()));
         let claimed: i64 = self
             .reset
@@ -370,7 +385,7 @@ impl RedisState {
             .await
             .map_err(StateError::from)?;
         if claimed == 0 {
-            return Ok(Vec::new());
+            return Ok(Departures::default());
         }
         let changes = self.close_all(gateway, &moved).await?;
         let _: i64 = self.conn.clone().hdel(self.key("sweeps"), &moved).await.map_err(StateError::from)?;
@@ -378,16 +393,18 @@ impl RedisState {
     }
 
     /// Closes every connection listed in `conns` (a gateway's hash, or one moved aside for a
-    /// sweep); returns the rooms that lost members.
-    async fn close_all(&self, gateway: &str, conns: &str) -> Result<Vec<RoomChange>, StateError> {
-        let mut changes = Vec::new();
+    /// sweep); returns the changes: rooms that lost members, users who went offline.
+    async fn close_all(&self, gateway: &str, conns: &str) -> Result<Departures, StateError> {
+        let mut changes = Departures::default();
         loop {
             // Each pass closes what it read; the hash is empty when a read finds nothing.
             let ids = self.conn_ids(conns).await?;
             if ids.is_empty() {
                 break;
             }
-            changes.extend(self.close_from(gateway, conns, &ids, 0).await?);
+            let closed = self.close_from(gateway, conns, &ids, 0).await?;
+            changes.left.extend(closed.left);
+            changes.offline.extend(closed.offline);
         }
         Ok(changes)
     }
@@ -416,7 +433,7 @@ impl RedisState {
         Ok(had == 1)
     }
 
-    pub async fn sweep_expired(&self) -> Result<Vec<(String, Vec<RoomChange>)>, StateError> {
+    pub async fn sweep_expired(&self) -> Result<Vec<(String, Departures)>, StateError> {
         let mut swept = Vec::new();
         for (moved, gateway) in self.claim_expired().await? {
             // One gateway's failure must not hold the others back; it is resumed next time.
@@ -539,6 +556,11 @@ impl RedisState {
                 .collect(),
         })
     }
+}
+
+/// The change a script's `enter` reports (0: none, 1: joined, 2: joined an empty room).
+fn entered(how: i64, room_id: u64, session: &Session) -> Option<RoomChange> {
+    (how > 0).then(|| RoomChange::joined(room_id, session, how == 2))
 }
 
 /// A session as `create_session` stores it: `user_id \t user_name`.

@@ -7,7 +7,8 @@ use crate::common;
 
 use common::{redis_url, RedisKeys};
 use gochat_control::state::{
-    NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session, State, TooManyConnections,
+    Arrival, Departure, Departures, NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session,
+    State, TooManyConnections,
 };
 use gochat_test_services::{self as services, Service};
 
@@ -24,35 +25,58 @@ fn user(id: u64, name: &str) -> Session {
     Session { user_id: id, user_name: name.into() }
 }
 
-/// Records a socket whose client does not acknowledge private messages.
-async fn open(
-    s: &State,
-    gateway: &str,
-    shard: u32,
-    conn_id: u64,
-    who: &Session,
-    room_id: u64,
-) -> Option<RoomChange> {
+/// Records a socket whose client does not acknowledge private messages; returns what changed.
+async fn open(s: &State, gateway: &str, shard: u32, conn_id: u64, who: &Session, room_id: u64) -> Arrival {
     let conn = NewConn { gateway, shard, conn_id, room_id, acks: false, max_user_conns: 0 };
     s.conn_open(&conn, who).await.unwrap().unwrap()
 }
 
-fn joined(room_id: u64, who: &Session) -> Option<RoomChange> {
-    Some(RoomChange::joined(room_id, who))
+/// `who` joined `room_id`; `first`: the room was empty.
+fn joined(room_id: u64, who: &Session, first: bool) -> RoomChange {
+    RoomChange::joined(room_id, who, first)
 }
 
-fn left(room_id: u64, user_id: u64) -> Vec<RoomChange> {
-    vec![RoomChange::left(room_id, user_id)]
+/// `user_id` left `room_id`; `last`: the room is empty now.
+fn left(room_id: u64, user_id: u64, last: bool) -> RoomChange {
+    RoomChange::left(room_id, user_id, last)
+}
+
+/// An open that joined `joined` (or no room), and brought its user online or not.
+fn arrived(joined: Option<RoomChange>, online: bool) -> Arrival {
+    Arrival { joined, online }
+}
+
+/// A close that left these rooms, and took `offline` offline (or no one).
+fn departed<const N: usize>(left: [RoomChange; N], offline: Option<u64>) -> Departure {
+    Departure { left: left.into(), offline }
+}
+
+/// Closes that left these rooms and took these users offline, in a fixed order.
+fn departures<const N: usize, const U: usize>(left: [RoomChange; N], offline: [u64; U]) -> Departures {
+    sorted(Departures { left: left.into(), offline: offline.into() })
+}
+
+/// `d` in a fixed order, to compare with closes made in any order.
+fn sorted(mut d: Departures) -> Departures {
+    d.left.sort();
+    d.offline.sort();
+    d
+}
+
+/// An open or a close that changed nothing.
+fn stayed<T: Default>() -> T {
+    T::default()
 }
 
 #[tokio::test]
 async fn several_connections_count_once() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
-        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, joined(1, &a));
-        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, None, "idempotent");
-        assert_eq!(open(&s, "g2", 1, 11, &a, 1).await, None, "second connection, same user");
-        assert_eq!(open(&s, "g1", 1, 12, &b, 1).await, joined(1, &b));
+        let first = arrived(Some(joined(1, &a, true)), true);
+        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, first, "online, and first in the room");
+        assert_eq!(open(&s, "g1", 0, 10, &a, 1).await, stayed(), "idempotent");
+        assert_eq!(open(&s, "g2", 1, 11, &a, 1).await, stayed(), "second connection, same user");
+        assert_eq!(open(&s, "g1", 1, 12, &b, 1).await, arrived(Some(joined(1, &b, false)), true));
         assert_eq!(s.room_count(1).await.unwrap(), 2);
         let mut routes = s.routes(&[1, 2], &[1, 3]).await.unwrap();
         routes.rooms[0].sort();
@@ -65,10 +89,10 @@ async fn several_connections_count_once() {
             }
         );
 
-        assert_eq!(s.conn_close("g1", 10).await.unwrap(), [], "a still has a connection");
-        assert_eq!(s.conn_close("g1", 10).await.unwrap(), [], "idempotent");
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), stayed(), "a still has a connection");
+        assert_eq!(s.conn_close("g1", 10).await.unwrap(), stayed(), "idempotent");
         assert_eq!(s.room_count(1).await.unwrap(), 2);
-        assert_eq!(s.conn_close("g2", 11).await.unwrap(), left(1, 1));
+        assert_eq!(s.conn_close("g2", 11).await.unwrap(), departed([left(1, 1, false)], Some(1)));
         assert_eq!(s.room_count(1).await.unwrap(), 1);
         assert!(!s.reach(1).await.unwrap().online);
         assert!(s.reach(2).await.unwrap().online);
@@ -82,13 +106,13 @@ async fn a_close_that_arrives_before_its_open_wins() {
     // A gateway gave up on a slow auth call and undid it; the open lands afterwards.
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
-        assert_eq!(s.conn_close("g1", 20).await.unwrap(), []);
-        assert_eq!(open(&s, "g1", 0, 20, &a, 5).await, None, "recorded after its close");
+        assert_eq!(s.conn_close("g1", 20).await.unwrap(), stayed());
+        assert_eq!(open(&s, "g1", 0, 20, &a, 5).await, stayed(), "recorded after its close");
         assert_eq!(s.room_count(5).await.unwrap(), 0);
         assert!(!s.reach(1).await.unwrap().online);
         // Other connections, and the same id on another gateway, are not affected.
-        assert_eq!(open(&s, "g2", 0, 20, &a, 5).await, joined(5, &a));
-        assert_eq!(open(&s, "g1", 0, 21, &b, 5).await, joined(5, &b));
+        assert_eq!(open(&s, "g2", 0, 20, &a, 5).await, arrived(Some(joined(5, &a, true)), true));
+        assert_eq!(open(&s, "g1", 0, 21, &b, 5).await, arrived(Some(joined(5, &b, false)), true));
         assert_eq!(s.room_count(5).await.unwrap(), 2);
     }
 }
@@ -130,9 +154,9 @@ async fn gateway_reset_forgets_its_connections() {
         open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
         open(&s, "g1", 0, 2, &user(2, "b"), 6).await;
         open(&s, "g2", 0, 3, &user(2, "b"), 6).await;
-        let mut changes = s.gateway_reset("g1").await.unwrap();
-        changes.sort();
-        assert_eq!(changes, left(5, 1), "b is still in 6 through g2");
+        let reset = sorted(s.gateway_reset("g1").await.unwrap());
+        let expected = departures([left(5, 1, true)], [1]);
+        assert_eq!(reset, expected, "b is still in 6, and online, through g2");
         assert_eq!(s.room_count(5).await.unwrap(), 0);
         assert_eq!(s.room_count(6).await.unwrap(), 1);
         assert_eq!(s.routes(&[5, 6], &[]).await.unwrap().rooms, vec![vec![], vec!["g2".to_string()]]);
@@ -147,9 +171,12 @@ async fn a_gateway_reset_larger_than_one_sweep_chunk_leaves_nothing() {
         }
         assert_eq!(s.room_count(1).await.unwrap(), 400);
         let changes = s.gateway_reset("g1").await.unwrap();
-        assert_eq!(changes.len(), 1200, "every user left its room");
-        let rooms: std::collections::BTreeSet<u64> = changes.iter().map(|c| c.room_id).collect();
+        assert_eq!(changes.left.len(), 1200, "every user left its room");
+        assert_eq!(changes.offline.len(), 1200, "and went offline");
+        let rooms: std::collections::BTreeSet<u64> = changes.left.iter().map(|c| c.room_id).collect();
         assert_eq!(rooms, [1, 2, 3].into());
+        let vacated: Vec<u64> = changes.left.iter().filter(|c| c.alone).map(|c| c.room_id).collect();
+        assert_eq!(vacated.len(), 3, "each room vacated once: {vacated:?}");
         for room in 1..=3 {
             assert_eq!(s.room_count(room).await.unwrap(), 0);
         }
@@ -172,7 +199,9 @@ async fn a_gateway_reset_of_many_connections_leaves_none() {
             futures_util::future::join_all(opens).await;
         }
         assert_eq!(s.room_count(7).await.unwrap(), 30_000);
-        assert_eq!(s.gateway_reset("g1").await.unwrap().len(), 30_000);
+        let reset = s.gateway_reset("g1").await.unwrap();
+        assert_eq!((reset.left.len(), reset.offline.len()), (30_000, 30_000));
+        assert_eq!(reset.left.iter().filter(|c| c.alone).count(), 1, "vacated once");
         assert_eq!(s.room_count(7).await.unwrap(), 0, "every connection forgotten");
         assert!(s.routes(&[7], &[]).await.unwrap().rooms[0].is_empty());
     }
@@ -186,7 +215,8 @@ async fn expired_gateways_are_swept_and_told_so() {
         open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
         open(&s, "g2", 0, 2, &user(2, "b"), 5).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
+        let swept = departures([left(5, 1, false)], [1]);
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), swept)]);
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "swept once");
         assert_eq!(s.room_count(5).await.unwrap(), 1);
         assert!(!s.reach(1).await.unwrap().online);
@@ -225,7 +255,8 @@ async fn a_sweep_never_touches_connections_opened_after_the_claim_and_resumes_if
         assert!(!s.gateway_lease("g1", Duration::from_secs(60)).await.unwrap(), "told it was swept");
         open(&s, "g1", 0, 2, &user(2, "b"), 5).await;
         // The next sweep finishes the claimed one, and only that.
-        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), left(5, 1))]);
+        let swept = departures([left(5, 1, false)], [1]);
+        assert_eq!(s.sweep_expired().await.unwrap(), vec![("g1".to_string(), swept)]);
         assert_eq!(s.room_members(5).await.unwrap(), [("2".to_string(), "b".to_string())].into());
         assert_eq!(s.routes(&[5], &[1, 2]).await.unwrap().users, vec![vec![], vec![("g1".to_string(), 0)]]);
         assert_eq!(s.sweep_expired().await.unwrap(), vec![], "nothing left to resume");
@@ -253,14 +284,14 @@ async fn membership_is_per_room_and_lasts_while_any_connection_does() {
 async fn a_connection_joins_and_leaves_several_rooms() {
     for (s, _keys) in stores(Duration::from_secs(60)).await {
         let (a, b) = (user(1, "a"), user(2, "b"));
-        assert_eq!(open(&s, "g1", 3, 1, &a, 0).await, None, "in no room yet");
+        assert_eq!(open(&s, "g1", 3, 1, &a, 0).await, arrived(None, true), "in no room yet");
         assert!(s.reach(1).await.unwrap().online);
-        assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(joined(5, &a)));
+        assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(Some(joined(5, &a, true))));
         assert_eq!(s.conn_join("g1", 1, &a, 5).await.unwrap(), Ok(None), "idempotent");
-        assert_eq!(s.conn_join("g1", 1, &a, 6).await.unwrap(), Ok(joined(6, &a)));
+        assert_eq!(s.conn_join("g1", 1, &a, 6).await.unwrap(), Ok(Some(joined(6, &a, true))));
         assert_eq!(s.conn_join("g1", 99, &a, 6).await.unwrap(), Err(NoConnection), "an unknown connection");
-        open(&s, "g2", 0, 2, &b, 6).await;
-        open(&s, "g2", 0, 3, &a, 6).await;
+        assert_eq!(open(&s, "g2", 0, 2, &b, 6).await, arrived(Some(joined(6, &b, false)), true));
+        assert_eq!(open(&s, "g2", 0, 3, &a, 6).await, stayed(), "in 6 and online already");
         assert_eq!((s.room_count(5).await.unwrap(), s.room_count(6).await.unwrap()), (1, 2));
         let mut routes = s.routes(&[5, 6], &[]).await.unwrap().rooms;
         routes[1].sort();
@@ -268,15 +299,16 @@ async fn a_connection_joins_and_leaves_several_rooms() {
         assert_eq!(s.conn_leave("g1", 1, 6).await.unwrap(), None, "a is in 6 through g2");
         assert_eq!(s.conn_leave("g1", 1, 6).await.unwrap(), None, "idempotent");
         assert_eq!(s.routes(&[6], &[]).await.unwrap().rooms, [vec!["g2".to_string()]]);
-        assert_eq!(s.conn_leave("g1", 1, 5).await.unwrap(), Some(RoomChange::left(5, 1)));
+        assert_eq!(s.conn_leave("g1", 1, 5).await.unwrap(), Some(left(5, 1, true)));
         assert_eq!(s.room_count(5).await.unwrap(), 0);
-        assert_eq!(s.conn_join("g1", 1, &a, 7).await.unwrap(), Ok(joined(7, &a)), "after leaving its first");
-        // Its close takes it out of the rooms it is still in.
-        assert_eq!(s.conn_close("g1", 1).await.unwrap(), left(7, 1));
-        let mut changes = s.conn_close("g2", 3).await.unwrap();
-        changes.extend(s.conn_close("g2", 2).await.unwrap());
-        changes.sort();
-        assert_eq!(changes, [RoomChange::left(6, 1), RoomChange::left(6, 2)]);
+        let again = s.conn_join("g1", 1, &a, 7).await.unwrap();
+        assert_eq!(again, Ok(Some(joined(7, &a, true))), "after leaving its first");
+        // Its close takes it out of the rooms it is still in; a is online through g2.
+        assert_eq!(s.conn_close("g1", 1).await.unwrap(), departed([left(7, 1, true)], None));
+        let a_gone = departed([left(6, 1, false)], Some(1));
+        assert_eq!(s.conn_close("g2", 3).await.unwrap(), a_gone);
+        let b_gone = departed([left(6, 2, true)], Some(2));
+        assert_eq!(s.conn_close("g2", 2).await.unwrap(), b_gone, "the last one out");
         for room in [5, 6, 7] {
             assert_eq!(s.room_count(room).await.unwrap(), 0);
             assert!(s.routes(&[room], &[]).await.unwrap().rooms[0].is_empty());
@@ -439,6 +471,103 @@ async fn a_user_has_at_most_its_cap_of_connections() {
         s.conn_close("g1", 2).await.unwrap();
         assert!(s.conn_open(&capped("g2", 4), &a).await.unwrap().is_ok(), "a close makes room");
         assert_eq!(s.conn_open(&capped("g2", 6), &a).await.unwrap(), Err(TooManyConnections));
+    }
+}
+
+/// Online and offline are told once per user however its connections come and go: over
+/// gateways and without a room; a refused connection, and one closed before it opened, tell
+/// nothing.
+#[tokio::test]
+async fn users_come_online_with_their_first_connection_and_go_offline_with_their_last() {
+    for (s, _keys) in stores(Duration::from_secs(60)).await {
+        let a = user(1, "a");
+        let capped = |gateway, conn_id| NewConn {
+            gateway,
+            shard: 0,
+            conn_id,
+            room_id: 0,
+            acks: true,
+            max_user_conns: 2,
+        };
+        let online = arrived(None, true);
+        assert_eq!(s.conn_open(&capped("g1", 1), &a).await.unwrap(), Ok(online.clone()));
+        assert_eq!(s.conn_open(&capped("g2", 2), &a).await.unwrap(), Ok(stayed()), "a second gateway");
+        assert_eq!(s.conn_open(&capped("g2", 3), &a).await.unwrap(), Err(TooManyConnections));
+        assert_eq!(s.conn_close("g2", 3).await.unwrap(), stayed(), "the refused one was never recorded");
+        assert_eq!(s.conn_close("g1", 1).await.unwrap(), stayed(), "still online through g2");
+        assert_eq!(s.conn_close("g2", 2).await.unwrap(), departed([], Some(1)), "the last one");
+        assert_eq!(s.conn_close("g2", 2).await.unwrap(), stayed(), "told once");
+        // A close before its open: neither tells anything.
+        assert_eq!(s.conn_close("g1", 4).await.unwrap(), stayed());
+        assert_eq!(s.conn_open(&capped("g1", 4), &a).await.unwrap(), Ok(stayed()));
+        assert!(!s.reach(1).await.unwrap().online);
+        // Online again; its gateway's reset, and another's expiry, take it offline.
+        assert_eq!(open(&s, "g3", 0, 5, &a, 0).await, online);
+        assert_eq!(s.gateway_reset("g3").await.unwrap(), departures([], [1]));
+        s.gateway_lease("g4", Duration::ZERO).await.unwrap();
+        assert_eq!(open(&s, "g4", 0, 6, &a, 0).await, online);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(s.sweep_expired().await.unwrap(), [("g4".to_string(), departures([], [1]))]);
+    }
+}
+
+/// Controls racing on the same users and room (tasks on one store, and on Redis two
+/// connections, as two controls have): however the opens and closes interleave, exactly one of
+/// them sees each user come online and the room occupied, and exactly one sees each user go
+/// offline and the room vacated.
+#[tokio::test]
+async fn racing_controls_see_each_transition_once() {
+    for (s, keys) in stores(Duration::from_secs(60)).await {
+        let second = match &keys {
+            Some(keys) => Some(State::Redis(
+                RedisState::open(&redis_url(), &keys.0, Duration::from_secs(60))
+                    .await
+                    .expect("Redis reachable"),
+            )),
+            None => None,
+        };
+        let controls: Vec<&State> = std::iter::once(&s).chain(second.as_ref()).collect();
+        let users = [user(1, "a"), user(2, "b")];
+        for round in 0..10u64 {
+            let conns: Vec<(String, u64, &Session, &State)> = (0..12u64)
+                .map(|i| {
+                    (
+                        format!("g{}", i % 3),
+                        round * 100 + i,
+                        &users[i as usize % 2],
+                        controls[i as usize % controls.len()],
+                    )
+                })
+                .collect();
+            let opened = futures_util::future::join_all(
+                conns.iter().map(|(g, id, who, state)| open(state, g, 0, *id, who, 9)),
+            )
+            .await;
+            let closed = futures_util::future::join_all(
+                conns.iter().map(|(g, id, _, state)| async move { state.conn_close(g, *id).await.unwrap() }),
+            )
+            .await; // Opens tell who came online by their session; closes name who went offline.
+            let online =
+                conns.iter().zip(&opened).filter(|(_, a)| a.online).map(|((_, _, who, _), _)| who.user_id);
+            let offline = closed.iter().filter_map(|d| d.offline);
+            let rooms_in = opened.iter().filter_map(|a| a.joined.as_ref());
+            let rooms_out = closed.iter().flat_map(|d| &d.left);
+            for (what, users, rooms) in [
+                ("opens", online.collect::<Vec<u64>>(), rooms_in.collect::<Vec<&RoomChange>>()),
+                ("closes", offline.collect(), rooms_out.collect()),
+            ] {
+                let mut users = users;
+                users.sort();
+                assert_eq!(users, [1, 2], "round {round}, {what}: each user once");
+                assert_eq!(rooms.len(), 2, "round {round}, {what}: each user joins and leaves once");
+                assert_eq!(
+                    rooms.iter().filter(|c| c.alone).count(),
+                    1,
+                    "round {round}, {what}: the room once"
+                );
+            }
+            assert_eq!(s.room_count(9).await.unwrap(), 0);
+        }
     }
 }
 
