@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 pub use gochat_proto::rest::Credentials;
-use gochat_proto::rest::{self, Action, Request, RequestError};
+use gochat_proto::rest::{self, Action, Request, RequestError, Route};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -191,9 +191,9 @@ async fn dispatch(
     }
     // Before anything else, so a refused client costs no parsing and no password hash.
     let client = client_key(api.proxies.client(peer, &headers));
-    let per_address = match uri.path() {
-        "/user/login" => Some(&api.limits.login),
-        "/user/register" => Some(&api.limits.register),
+    let per_address = match Route::parse(uri.path()) {
+        Some(Route::Login) => Some(&api.limits.login),
+        Some(Route::Register) => Some(&api.limits.register),
         _ => None,
     };
     if let Some(limit) = per_address {

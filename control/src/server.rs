@@ -132,7 +132,7 @@ impl Control {
         // Routed before gochat's routes and their prefix: `/api/publish` is the server API's
         // even when the page's API path is `/api`.
         let app = axum::Router::new()
-            .nest("/api", server_api::http::router(server_api.clone(), cfg.max_body_bytes))
+            .nest(server_api::HTTP_PREFIX, server_api::http::router(server_api.clone(), cfg.max_body_bytes))
             .merge(app);
         tasks.push(http::serve(
             api_listener,

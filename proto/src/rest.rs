@@ -58,33 +58,80 @@ pub enum Action {
     },
 }
 
+/// gochat's routes: the paths [`parse_request`] answers, each a `POST` with a JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Register,
+    Login,
+    Logout,
+    CheckAuth,
+    Push,
+    PushRoom,
+    Count,
+    RoomInfo,
+    History,
+}
+
+impl Route {
+    /// Every route, in the order of their metric labels.
+    pub const ALL: [Route; 9] = [
+        Route::Register,
+        Route::Login,
+        Route::Logout,
+        Route::CheckAuth,
+        Route::Push,
+        Route::PushRoom,
+        Route::Count,
+        Route::RoomInfo,
+        Route::History,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Register => "/user/register",
+            Route::Login => "/user/login",
+            Route::Logout => "/user/logout",
+            Route::CheckAuth => "/user/checkAuth",
+            Route::Push => "/push/push",
+            Route::PushRoom => "/push/pushRoom",
+            Route::Count => "/push/count",
+            Route::RoomInfo => "/push/getRoomInfo",
+            Route::History => "/push/history",
+        }
+    }
+
+    /// The route at `path`, exactly as written (gochat's router was case-sensitive).
+    pub fn parse(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.path() == path)
+    }
+}
+
 /// Parses a `POST` to `path` with `body`.
 pub fn parse_request(path: &str, body: &[u8]) -> Result<Request, RequestError> {
     let authed = |action: fn(&[u8]) -> Result<Action, RequestError>| {
         Ok(Request::Authed { token: token(body)?, action: action(body) })
     };
-    match path {
-        "/user/register" => Ok(Request::Register(credentials(body)?)),
-        "/user/login" => Ok(Request::Login(credentials(body)?)),
-        "/user/logout" => Ok(Request::Logout { token: token(body)? }),
-        "/user/checkAuth" => authed(|_| Ok(Action::CheckAuth)),
-        "/push/push" => authed(|body| {
+    match Route::parse(path).ok_or(RequestError::UnknownRoute)? {
+        Route::Register => Ok(Request::Register(credentials(body)?)),
+        Route::Login => Ok(Request::Login(credentials(body)?)),
+        Route::Logout => Ok(Request::Logout { token: token(body)? }),
+        Route::CheckAuth => authed(|_| Ok(Action::CheckAuth)),
+        Route::Push => authed(|body| {
             let b: PushBody = parse_body(body)?;
             Ok(Action::Push { to_user_id: b.to_user_id, room_id: b.room_id, msg: b.msg })
         }),
-        "/push/pushRoom" => authed(|body| {
+        Route::PushRoom => authed(|body| {
             let b: RoomBody = parse_body(body)?;
             Ok(Action::PushRoom { room_id: b.room_id, msg: b.msg })
         }),
-        "/push/count" => authed(|body| Ok(Action::Count { room_id: parse_body::<RoomOnly>(body)?.room_id })),
-        "/push/getRoomInfo" => {
+        Route::Count => authed(|body| Ok(Action::Count { room_id: parse_body::<RoomOnly>(body)?.room_id })),
+        Route::RoomInfo => {
             authed(|body| Ok(Action::RoomInfo { room_id: parse_body::<RoomOnly>(body)?.room_id }))
         }
-        "/push/history" => authed(|body| {
+        Route::History => authed(|body| {
             let b: HistoryBody = parse_body(body)?;
             Ok(Action::History { room_id: b.room_id, limit: b.limit })
         }),
-        _ => Err(RequestError::UnknownRoute),
     }
 }
 
@@ -208,6 +255,18 @@ mod tests {
             action("/push/history", r#"{"authToken":"t","roomId":3,"limit":-1}"#),
             Err(RequestError::BadBody(_))
         ));
+    }
+
+    #[test]
+    fn every_route_is_listed_once_in_order_and_found_by_its_path() {
+        // Metric labels are indexed by discriminant: `ALL` must list the routes in that order.
+        assert!(Route::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        for route in Route::ALL {
+            assert_eq!(Route::parse(route.path()), Some(route));
+            assert!(!matches!(parse_request(route.path(), b"{}"), Err(RequestError::UnknownRoute)));
+        }
+        assert_eq!(Route::parse("/user/Login"), None);
+        assert_eq!(Route::parse("/user/login/"), None);
     }
 
     #[test]

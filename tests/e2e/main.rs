@@ -20,6 +20,7 @@ mod drivers;
 mod floods;
 mod kept;
 mod metrics;
+mod openapi;
 mod placement;
 mod recovery;
 mod rest_api;

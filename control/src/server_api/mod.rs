@@ -22,6 +22,8 @@ use crate::metrics::ApiCounts;
 use crate::state::{unix_ms, NodeReport, Session};
 use crate::ControlConfig;
 
+/// Where the HTTP methods are: `POST {HTTP_PREFIX}/<method>` on the REST port.
+pub const HTTP_PREFIX: &str = "/api";
 /// Users one `publish` may name.
 pub const MAX_USERS_PER_PUBLISH: usize = 1000;
 /// The shortest key accepted: 128 bits as hex.
