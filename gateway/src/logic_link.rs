@@ -45,6 +45,14 @@ const UNAVAILABLE_FOR: Duration = Duration::from_secs(7);
 const ACK_BACKLOG: usize = 4096;
 /// Acknowledgements per call.
 const ACK_BATCH: usize = 256;
+/// Ordered lanes joins and leaves go to logic over: a connection's always take the same one.
+const MEMBERSHIP_LANES: usize = 64;
+
+/// The lane of a connection's joins and leaves.
+fn lane_of(conn_id: u64) -> usize {
+    // Connection ids carry their shard and process in the high bits and count up below.
+    (conn_id % MEMBERSHIP_LANES as u64) as usize
+}
 
 /// A socket waiting for logic's answer to its auth frame: its key in its shard, and its part
 /// of a `ConnOpen` call (which names the shard and the connection).
@@ -98,6 +106,16 @@ pub async fn run(
     tokio::spawn(link.clone().send_rooms(backlog));
     let (acks, ack_backlog) = mpsc::channel(ACK_BACKLOG);
     let acks_sent = tokio::spawn(link.clone().send_acks(ack_backlog));
+    // A connection's joins and leaves go to logic one after the other, in the order it made
+    // them (a leave then a join of the same room, taken the other way round, would leave logic
+    // without the membership the shard has); different connections' go in parallel, over lanes.
+    let lanes: Vec<mpsc::UnboundedSender<(u32, Effect)>> = (0..MEMBERSHIP_LANES)
+        .map(|_| {
+            let (lane, changes) = mpsc::unbounded_channel();
+            tokio::spawn(link.clone().membership(changes));
+            lane
+        })
+        .collect();
     while let Some((shard, effect)) = effects.recv().await {
         match effect {
             Effect::Auth { key, conn_id, token, room_id, since, acks } => {
@@ -109,11 +127,8 @@ pub async fn run(
             Effect::Closed { conn_id } => {
                 tokio::spawn(link.clone().closed(conn_id));
             }
-            Effect::Join { key, conn_id, user_id, room_id, since } => {
-                tokio::spawn(link.clone().join(shard, key, conn_id, user_id, room_id, since));
-            }
-            Effect::Leave { conn_id, room_id } => {
-                tokio::spawn(link.clone().leave(conn_id, room_id));
+            membership @ (Effect::Join { conn_id, .. } | Effect::Leave { conn_id, .. }) => {
+                let _ = lanes[lane_of(conn_id)].send((shard, membership));
             }
             Effect::Ack { key, conn_id, user_id, ids, more } => {
                 let ack = PendingAck { shard, key, conn_id, ack: pb::Ack { user_id, ids, more } };
@@ -322,6 +337,19 @@ impl Link {
 
     /// Tells logic a socket left a room, retrying while logic is away (a lost leave would keep
     /// the user in the room).
+    /// Carries out one lane's joins and leaves, each after the one before.
+    async fn membership(self, mut changes: mpsc::UnboundedReceiver<(u32, Effect)>) {
+        while let Some((shard, change)) = changes.recv().await {
+            match change {
+                Effect::Join { key, conn_id, user_id, room_id, since } => {
+                    self.clone().join(shard, key, conn_id, user_id, room_id, since).await
+                }
+                Effect::Leave { conn_id, room_id } => self.clone().leave(conn_id, room_id).await,
+                _ => {}
+            }
+        }
+    }
+
     async fn leave(self, conn_id: u64, room_id: u64) {
         let req = RoomLeaveRequest { gateway_id: self.gateway_id.to_string(), conn_id, room_id };
         let done = retry_unavailable(|| {
@@ -487,6 +515,123 @@ mod tests {
         }
         let first = waiting.try_recv().unwrap();
         assert_eq!(take_batch(first, &mut waiting).0.len(), AUTH_BATCH);
+    }
+
+    /// A logic service that only records joins and leaves, a join taking longer than a leave.
+    #[derive(Default, Clone)]
+    struct Membership(Arc<std::sync::Mutex<Vec<String>>>);
+
+    #[tonic::async_trait]
+    impl gochat_proto::logic::logic_server::Logic for Membership {
+        async fn room_join(
+            &self,
+            req: tonic::Request<RoomJoinRequest>,
+        ) -> Result<tonic::Response<pb::Joined>, tonic::Status> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = req.into_inner();
+            self.0.lock().unwrap().push(format!("join {} {}", r.conn_id, r.room_id));
+            Ok(tonic::Response::new(pb::Joined::default()))
+        }
+        async fn room_leave(
+            &self,
+            req: tonic::Request<RoomLeaveRequest>,
+        ) -> Result<tonic::Response<pb::RoomLeaveReply>, tonic::Status> {
+            let r = req.into_inner();
+            self.0.lock().unwrap().push(format!("leave {} {}", r.conn_id, r.room_id));
+            Ok(tonic::Response::new(pb::RoomLeaveReply {}))
+        }
+        async fn conn_open(
+            &self,
+            _: tonic::Request<ConnOpenBatch>,
+        ) -> Result<tonic::Response<pb::ConnOpenResults>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn conn_close(
+            &self,
+            _: tonic::Request<ConnCloseRequest>,
+        ) -> Result<tonic::Response<pb::ConnCloseReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn check_auth(
+            &self,
+            _: tonic::Request<pb::CheckAuthRequest>,
+        ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn get_user(
+            &self,
+            _: tonic::Request<pb::GetUserRequest>,
+        ) -> Result<tonic::Response<pb::User>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn send_room(
+            &self,
+            _: tonic::Request<SendRoomRequest>,
+        ) -> Result<tonic::Response<pb::SendReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn route(
+            &self,
+            _: tonic::Request<pb::RouteRequest>,
+        ) -> Result<tonic::Response<pb::RouteReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn gateway_reset(
+            &self,
+            _: tonic::Request<pb::GatewayResetRequest>,
+        ) -> Result<tonic::Response<pb::ConnCloseReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn gateway_lease(
+            &self,
+            _: tonic::Request<GatewayLeaseRequest>,
+        ) -> Result<tonic::Response<pb::GatewayLeaseReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn ack(
+            &self,
+            _: tonic::Request<AckBatch>,
+        ) -> Result<tonic::Response<pb::AckReplies>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+        async fn worker_report(
+            &self,
+            _: tonic::Request<pb::NodeReport>,
+        ) -> Result<tonic::Response<pb::NodeReportReply>, tonic::Status> {
+            Err(tonic::Status::unimplemented("not in this test"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connections_joins_and_leaves_reach_logic_in_the_order_it_made_them() {
+        let logic = Membership::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = gochat_proto::logic::logic_server::LogicServer::new(logic.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let channel = gochat_runtime::peers::channel(&format!("http://{addr}")).unwrap();
+        let inbox = Arc::new(Inbox::new(64).unwrap());
+        let (effects, effects_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(effects_rx, LogicClient::new(channel), "g".into(), Arc::new([inbox])));
+        // Each connection joins a room (slow at logic) and leaves it right after (fast).
+        for conn_id in [5, 6] {
+            let join = Effect::Join { key: 0, conn_id, user_id: 1, room_id: 7, since: None };
+            effects.send((0, join)).unwrap();
+            effects.send((0, Effect::Leave { conn_id, room_id: 7 })).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while logic.0.lock().unwrap().len() < 4 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seen = logic.0.lock().unwrap().clone();
+        for conn_id in [5, 6] {
+            let of_conn: Vec<&String> = seen.iter().filter(|s| s.contains(&format!(" {conn_id} "))).collect();
+            assert_eq!(of_conn, [&format!("join {conn_id} 7"), &format!("leave {conn_id} 7")], "{seen:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
