@@ -47,6 +47,11 @@ impl Harness {
     /// A client connected and accepted, with its shard key.
     fn connect(&mut self) -> (TcpStream, u32) {
         let client = TcpStream::connect(self.addr).unwrap();
+        self.accepted(client)
+    }
+
+    /// `client`, connected to the listener, once accepted; with its shard key.
+    fn accepted(&mut self, client: TcpStream) -> (TcpStream, u32) {
         let before = self.d.shard.len();
         self.until("the connection is accepted", |d| d.shard.len() > before);
         let gen = self.d.next_gen;
@@ -106,11 +111,15 @@ fn output_past_what_the_socket_takes_is_all_written() {
     let mut limits = ShardLimits { max_outbound_bytes: 64 << 20, ..ShardLimits::default() };
     limits.protocol.echo_path = Some("/echo".into());
     let mut h = harness(limits);
-    let (client, key) = h.connect();
-    // Small socket buffers, far from holding all the echoes.
+    // Small socket buffers, far from holding all the echoes. The client's receive buffer is set
+    // before it connects: shrunk on an established connection, it can leave the window closed
+    // for as long as TCP's persist timer backs off (seconds), whatever the server does.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    socket.connect(&h.addr.into()).unwrap();
+    let (client, key) = h.accepted(socket.into());
     let server = socket2::SockRef::from(h.d.conns[key as usize].fd.as_ref().unwrap());
     server.set_send_buffer_size(16 * 1024).unwrap();
-    socket2::SockRef::from(&client).set_recv_buffer_size(16 * 1024).unwrap();
     let mut writer = client.try_clone().unwrap();
     let upgrade = String::from_utf8_lossy(UPGRADE).replace("GET /ws ", "GET /echo ");
     writer.write_all(upgrade.as_bytes()).unwrap();
