@@ -12,7 +12,9 @@
 //!   gochat-rs cluster the bench can start per driver.
 //! - [`scenario`]: `connections`, `fanout`, `latency`, `private`; [`echo`]: raw echo
 //!   throughput and the fastwebsockets-on-tokio baseline server; [`sequence`]: numbered
-//!   messages through node failures (losses, duplicates, order, time to recover).
+//!   messages through node failures (losses, duplicates, order, time to recover), its receivers
+//!   resuming from their position through [`ordering`]: a room's messages in seq order, each
+//!   once, gaps held, fetched or told.
 //! - [`targets`]: the servers a run is measured against in turn (running, spawned, a peer's
 //!   script, the floor) and their figures side by side; [`floor`]: one write per delivery from
 //!   one thread, the kernel's cost per send on the machine of the day.
@@ -26,6 +28,7 @@ pub mod echo;
 pub mod engine;
 pub mod fleets;
 pub mod floor;
+pub mod ordering;
 pub mod report;
 pub mod result;
 pub mod scenario;

@@ -235,8 +235,10 @@ enum Command {
     },
     /// A numbered message stream into one room while nodes fail (kill them meanwhile, e.g. with
     /// `gochat cluster --faults`): per receiver, messages lost while connected, missed while
-    /// away, duplicates, out of order, and time to come back. Fails when any was lost while
-    /// connected or arrived twice.
+    /// away, duplicates, out of order, and time to come back, as the wire delivered them and as
+    /// the application saw them (receivers resume from their position and order by seq). Fails
+    /// when any was lost while connected or arrived twice, or when an application missed one or
+    /// saw one twice or out of order.
     Sequence {
         /// Every control's REST API (default: --api); pushes move to the next on failure.
         #[arg(long, value_delimiter = ',')]
@@ -350,10 +352,11 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let result = rt.block_on(sequence::run(params))?;
             save(&result, &cli.server.out, "sequence")?;
-            let broken = ["lost_while_connected", "duplicates"]
-                .into_iter()
-                .filter(|k| result.figures[*k].as_u64() != Some(0))
-                .collect::<Vec<_>>();
+            let broken =
+                ["lost_while_connected", "duplicates", "app_missed", "app_duplicates", "app_out_of_order"]
+                    .into_iter()
+                    .filter(|k| result.figures[*k].as_u64() != Some(0))
+                    .collect::<Vec<_>>();
             if !broken.is_empty() {
                 bail!("guarantee broken: {}", broken.join(", "));
             }

@@ -4,7 +4,11 @@
 //! not the ceiling and a room's messages stay in order in one stream. Workers read through a
 //! consumer group and acknowledge an entry only after every gateway accepted its batch; entries
 //! a dead worker left pending are claimed (`XAUTOCLAIM`) once idle for `claim_idle_ms`, so a
-//! worker killed mid-batch loses nothing (delivery is at-least-once).
+//! worker killed mid-batch loses nothing (delivery is at-least-once). A worker given a stream
+//! another one read (etcd discovery shares the streams out) first takes over what that one left
+//! pending on it, at once, and reads newer entries only after: otherwise a failover handed a
+//! room's newer messages out before older ones that a client can no longer wait for (they come
+//! `claim_idle_ms` later) nor fetch (the room's history keeps only its last messages).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -83,6 +87,9 @@ pub struct RedisQueue {
     last_claim: Mutex<Instant>,
     /// The streams this worker reads and claims from: all of them, or its share of them.
     owned: Arc<RwLock<Vec<u16>>>,
+    /// Streams just added to its share, with how far their pending entries were taken over
+    /// (an `XAUTOCLAIM` cursor): none of their newer entries is read before that is done.
+    taking_over: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
 }
 
 /// The streams worker `index` of `workers` owns: every `workers`-th one from `index`.
@@ -131,6 +138,7 @@ impl RedisQueue {
             reader: Mutex::new(None),
             last_claim: Mutex::new(Instant::now()),
             owned: Arc::new(RwLock::new((0..cfg.streams).collect())),
+            taking_over: Arc::default(),
             cfg,
         })
     }
@@ -209,6 +217,57 @@ impl RedisQueue {
         }
         Ok(out)
     }
+
+    /// Takes over, however recent, what other consumers left pending on the streams just added
+    /// to this worker's share (up to `max` at a time), so that they go out before the newer
+    /// entries. A live worker that had the stream may still be pushing some of them: the
+    /// gateways drop the second copy by message id.
+    async fn take_over(&self, max: usize) -> Result<Vec<Delivery>, Error> {
+        let mut conn = self.conn.clone();
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
+        loop {
+            let next = self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
+            let Some((stream, cursor)) = next else { break };
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(self.cfg.key(stream))
+                .arg(&self.cfg.group)
+                .arg(&self.consumer)
+                .arg(0)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err)?;
+            {
+                let mut taking = self.taking_over.lock().unwrap_or_else(|p| p.into_inner());
+                let done = reply.next_stream_id == "0-0";
+                taking.retain_mut(|(s, c)| match *s == stream {
+                    true if done => false,
+                    true => {
+                        c.clone_from(&reply.next_stream_id);
+                        true
+                    }
+                    false => true,
+                });
+            }
+            if !reply.claimed.is_empty() {
+                tracing::info!(
+                    stream,
+                    taken = reply.claimed.len(),
+                    "took over entries left pending on a stream given to this worker"
+                );
+            }
+            self.deliveries(stream, reply.claimed, &mut out, &mut bad);
+            if !out.is_empty() || !bad.is_empty() {
+                break;
+            }
+        }
+        if !bad.is_empty() {
+            self.ack(&bad).await?;
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait::async_trait]
@@ -231,6 +290,10 @@ impl Queue for RedisQueue {
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
+        let taken = self.take_over(max).await?;
+        if !taken.is_empty() {
+            return Ok(taken);
+        }
         {
             let mut last = self.last_claim.lock().await;
             if last.elapsed() >= Duration::from_millis(self.cfg.claim_idle_ms / 2) {
@@ -292,6 +355,7 @@ impl Queue for RedisQueue {
 
     fn share_with(&self, me: &str, mut workers: Members) {
         let (owned, streams, me) = (self.owned.clone(), self.cfg.streams, me.to_string());
+        let taking_over = self.taking_over.clone();
         *owned.write().unwrap_or_else(|p| p.into_inner()) = Vec::new();
         tokio::spawn(async move {
             loop {
@@ -303,6 +367,11 @@ impl Queue for RedisQueue {
                     let mut current = owned.write().unwrap_or_else(|p| p.into_inner());
                     if *current != mine {
                         tracing::info!(worker = %me, workers = ids.len(), streams = ?mine, "queue streams assigned");
+                        let mut taking = taking_over.lock().unwrap_or_else(|p| p.into_inner());
+                        taking.retain(|(s, _)| mine.contains(s));
+                        for s in mine.iter().filter(|s| !current.contains(s)) {
+                            taking.push((*s, "0-0".to_string()));
+                        }
                         *current = mine;
                     }
                 }

@@ -102,6 +102,37 @@ async fn entries_of_a_worker_that_died_are_claimed_by_another() {
     cleanup(&config("alive", &p)).await;
 }
 
+/// A worker given the stream of one that died (etcd shares the streams out) hands out what the
+/// dead one left pending before anything newer, without waiting for `claim_idle_ms`: a room's
+/// messages keep their order across a failover.
+#[tokio::test]
+async fn a_stream_taken_over_delivers_what_its_reader_left_pending_first() {
+    require!(Service::Redis);
+    let p = prefix("takeover");
+    // Claims of idle entries would come only after a minute.
+    let cfg = |consumer| RedisQueueConfig { claim_idle_ms: 60_000, ..config(consumer, &p) };
+    let dead = RedisQueue::open(cfg("dead")).await.unwrap();
+    for i in 0..5 {
+        dead.publish(room(7, &format!("m{i}"))).await.unwrap();
+    }
+    // Read and never acknowledged: the worker died pushing them.
+    assert_eq!(read_all(&dead, 5).await.len(), 5);
+    for i in 5..10 {
+        dead.publish(room(7, &format!("m{i}"))).await.unwrap();
+    }
+    let alive = RedisQueue::open(cfg("alive")).await.unwrap();
+    let (_workers_tx, workers) =
+        tokio::sync::watch::channel(std::collections::BTreeMap::from([("alive".to_string(), String::new())]));
+    alive.share_with("alive", workers);
+    let got = read_all(&alive, 10).await;
+    let bodies: Vec<String> =
+        got.iter().map(|d| String::from_utf8(d.message.body.clone()).unwrap()).collect();
+    assert_eq!(bodies, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>(), "older ones first, each once");
+    alive.ack(&got.iter().map(|d| d.id.clone()).collect::<Vec<_>>()).await.unwrap();
+    assert!(read_all(&alive, 1).await.is_empty(), "taken over once, not again at every read");
+    cleanup(&cfg("alive")).await;
+}
+
 #[tokio::test]
 async fn an_undecodable_entry_is_dropped_not_redelivered() {
     require!(Service::Redis);

@@ -52,7 +52,7 @@ impl Logic {
         let (position, body) = self.history.append(room_id, body).await?;
         let seq = position.as_ref().map(|p| p.seq);
         let queued = QueueMessage { target: Some(Target::RoomId(room_id)), body, id, seq: seq.unwrap_or(0) };
-        self.publish(queued).await?;
+        self.publish_room_message(room_id, queued).await?;
         self.hook(EventKind::Message, Some(id), || {
             Some(What::RoomMessage {
                 room_id,
@@ -63,6 +63,39 @@ impl Logic {
             })
         });
         Ok((id, position))
+    }
+
+    /// Enqueues a room message. Numbered, the message is in the room's history: clients that
+    /// recover or reload get it. Had it not reached the queue, they would see a message its
+    /// sender was told failed, and its retry again under another seq, and every client that
+    /// orders by seq would wait for a seq that never comes live. A queue connection dropped
+    /// since its last use (a Redis restart) fails once and is rebuilt, so a failed publish is
+    /// tried again; should a failed try have gone through after all, the gateways drop the copy
+    /// by its id.
+    async fn publish_room_message(&self, room_id: u64, message: QueueMessage) -> Result<(), LogicError> {
+        let seq = message.seq;
+        if seq == 0 {
+            return self.publish(message).await;
+        }
+        for wait_ms in [50, 200] {
+            match self.queue.publish(message.clone()).await {
+                Ok(()) => {
+                    self.counts.enqueue(&Target::RoomId(room_id), true);
+                    return Ok(());
+                }
+                Err(gochat_queue::Error::Queue(error)) => {
+                    self.counts.enqueue(&Target::RoomId(room_id), false);
+                    tracing::info!(%error, room = room_id, seq, "enqueue of a numbered message failed; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                }
+                Err(full_or_closed) => {
+                    self.counts.enqueue(&Target::RoomId(room_id), false);
+                    tracing::warn!(error = %full_or_closed, "enqueue failed");
+                    return Err(LogicError::Internal("server busy, message not sent".into()));
+                }
+            }
+        }
+        self.publish(message).await
     }
 
     /// The room's position and last `limit` messages (at most what it keeps), oldest first,
@@ -283,4 +316,66 @@ pub(super) fn check_room(room_id: u64) -> Result<(), LogicError> {
         return Err(LogicError::refused("roomId must be a positive number"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use gochat_queue::{Delivery, MemoryQueue, Queue};
+
+    use super::*;
+    use crate::state::State;
+    use crate::store::UserStore;
+    use crate::ControlConfig;
+
+    /// A queue whose first publishes fail as a connection lost since its last use does.
+    struct Dropped {
+        failures: AtomicU32,
+        queue: MemoryQueue,
+    }
+
+    #[async_trait::async_trait]
+    impl Queue for Dropped {
+        async fn publish(&self, message: QueueMessage) -> Result<(), gochat_queue::Error> {
+            if self.failures.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+            {
+                return Err(gochat_queue::Error::Queue("broken pipe".into()));
+            }
+            self.queue.publish(message).await
+        }
+
+        async fn read(
+            &self,
+            max: usize,
+            wait: std::time::Duration,
+        ) -> Result<Vec<Delivery>, gochat_queue::Error> {
+            self.queue.read(max, wait).await
+        }
+
+        async fn ack(&self, ids: &[String]) -> Result<(), gochat_queue::Error> {
+            self.queue.ack(ids).await
+        }
+    }
+
+    async fn with_queue_failing(failures: u32) -> (Logic, Arc<Dropped>) {
+        let queue = Arc::new(Dropped { failures: AtomicU32::new(failures), queue: MemoryQueue::new(100) });
+        let store = UserStore::open("sqlite::memory:").await.unwrap();
+        let cfg = ControlConfig::default();
+        let state = State::memory(std::time::Duration::from_secs(60));
+        (Logic::new(store, state, queue.clone(), &cfg), queue)
+    }
+
+    #[tokio::test]
+    async fn a_numbered_message_reaches_the_queue_through_a_dropped_connection() {
+        let (logic, queue) = with_queue_failing(1).await;
+        let from = Session { user_id: 1, user_name: "a".into() };
+        logic.room_message(&from, 7, "hi", false).await.unwrap();
+        let queued = queue.read(10, std::time::Duration::ZERO).await.unwrap();
+        assert_eq!(queued.iter().map(|d| d.message.seq).collect::<Vec<_>>(), [1], "numbered and queued once");
+        // A queue that stays away: the sender is told, after a few tries.
+        let (logic, queue) = with_queue_failing(3).await;
+        assert!(logic.room_message(&from, 7, "hi", false).await.is_err());
+        assert!(queue.read(10, std::time::Duration::ZERO).await.unwrap().is_empty());
+    }
 }
