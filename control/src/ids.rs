@@ -8,6 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use gochat_proto::ids::MAX_NODE;
 use gochat_proto::ids::{EPOCH_MS, NODE_BITS, SEQ_BITS};
 
+/// Now, in milliseconds since the Unix epoch (0 for a clock set before it).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 pub(crate) struct MessageIds {
     node: u64,
     /// (millisecond, sequence) of the last id handed out.
@@ -22,8 +27,7 @@ impl MessageIds {
     }
 
     pub(crate) fn next(&self) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let now = now.saturating_sub(EPOCH_MS);
+        let now = unix_ms().saturating_sub(EPOCH_MS);
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if now > last.0 {
             *last = (now, 0);

@@ -3,8 +3,6 @@
 //! and a hash sender → how many it has kept. Message ids carry their time, so expiry drops the
 //! ids below the first id of the oldest time kept.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use redis::aio::ConnectionManager;
 use redis::Script;
 
@@ -107,8 +105,7 @@ impl RedisKeptStore {
 
     /// The first id of a message young enough to keep.
     fn oldest_kept(&self) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        member(ids::first_at(now.saturating_sub(self.limits.max_age.as_millis() as u64)))
+        member(ids::first_at(ids::unix_ms().saturating_sub(self.limits.max_age.as_millis() as u64)))
     }
 
     pub async fn keep(

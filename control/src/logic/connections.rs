@@ -6,9 +6,10 @@ use std::sync::Arc;
 use gochat_proto::wire::Position;
 
 use super::{periodically, Logic, LogicError, Opened};
+use crate::ids::unix_ms;
 use crate::kept::Kept;
 use crate::metrics::KeptResult;
-use crate::state::{unix_ms, NewConn, NodeKind, NodeReport, Routes, TooManyConnections};
+use crate::state::{NewConn, NodeKind, NodeReport, Routes, TooManyConnections};
 
 impl Logic {
     /// A socket authenticated: record it in `room_id` (0: none yet), and tell the room when a

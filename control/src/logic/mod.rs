@@ -153,7 +153,7 @@ impl Logic {
         }
         if let Some(what) = what() {
             let id = id.unwrap_or_else(|| self.ids.next());
-            self.webhooks.emit(Event { id, time: crate::webhooks::event::now_ms(), what });
+            self.webhooks.emit(Event { id, time: crate::ids::unix_ms(), what });
         }
     }
 

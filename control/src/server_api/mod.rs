@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use gochat_proto::wire::{session_fingerprint, Position};
 
+use crate::ids::unix_ms;
 use crate::limits::{retry_secs, Limiter};
 use crate::logic::{Logic, LogicError, Presence, Published};
 use crate::metrics::ApiCounts;
-use crate::state::{unix_ms, NodeReport, Session};
+use crate::state::{NodeReport, Session};
 use crate::ControlConfig;
 
 /// Where the HTTP methods are: `POST {HTTP_PREFIX}/<method>` on the REST port.

@@ -166,11 +166,6 @@ pub struct NodeReport {
 /// How long a node's report stands: past it, the node is taken for gone.
 pub const NODE_REPORT_TTL: Duration = Duration::from_secs(30);
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The connection a join names is not recorded (it closed, or never authenticated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoConnection;
@@ -391,7 +386,7 @@ impl State {
     /// The nodes that reported within [`NODE_REPORT_TTL`], by kind and id; older reports are
     /// forgotten.
     pub async fn nodes(&self) -> Result<Vec<NodeReport>, StateError> {
-        let since = unix_ms().saturating_sub(NODE_REPORT_TTL.as_millis() as u64);
+        let since = crate::ids::unix_ms().saturating_sub(NODE_REPORT_TTL.as_millis() as u64);
         let mut nodes = match self {
             Self::Memory(s) => s.nodes(since),
             Self::Redis(s) => s.nodes(since).await?,

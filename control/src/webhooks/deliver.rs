@@ -163,7 +163,7 @@ impl Sender {
     }
 
     async fn attempt(&self, body: &Bytes) -> Result<(), Failure> {
-        let timestamp = super::event::now_ms() / 1000;
+        let timestamp = crate::ids::unix_ms() / 1000;
         let request = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, concat!("gochat-rs/", env!("CARGO_PKG_VERSION")))
