@@ -163,7 +163,7 @@ impl Ingress {
                 // Checked by control; a code a client must not be sent becomes a policy close.
                 let code = u16::try_from(user.close_code)
                     .ok()
-                    .filter(|c| close::is_sendable(*c))
+                    .filter(|c| gochat_proto::wire::is_app_close_code(*c))
                     .unwrap_or(close::POLICY_VIOLATION);
                 for inbox in inboxes {
                     let reason = user.close_reason.clone();

@@ -283,6 +283,16 @@ impl std::fmt::Debug for ClientRequest {
     }
 }
 
+/// The longest reason a WebSocket close frame carries: its payload is at most 125 bytes, two
+/// of them the code (RFC 6455 §5.5).
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// Whether an application (the server API's disconnect) may close a socket with `code`: a
+/// normal close, a policy close, or the registered and private ranges (RFC 6455 §7.4.2).
+pub fn is_app_close_code(code: u16) -> bool {
+    matches!(code, 1000 | 1008 | 3000..=4999)
+}
+
 /// The longest explanation a client is sent for a refused request (op 8, a REST code 1).
 pub const MAX_REFUSAL: usize = 256;
 

@@ -12,7 +12,7 @@ use gochat_proto::api::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use super::{ApiError, Method, ServerApi};
+use super::{ApiError, Method, Publication, ServerApi};
 use crate::logic::Presence;
 use crate::metrics::API_GRPC;
 
@@ -65,19 +65,12 @@ fn given(s: &str) -> Option<&str> {
 impl ServerApiService for ServerApiGrpc {
     async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
         self.call(Method::Publish, req, async |api, r| {
-            let from = given(&r.from_user_name);
-            match (r.room_id, r.to_user_ids.is_empty()) {
-                (0, true) => Err(ApiError::BadRequest("name a room_id or to_user_ids".into())),
-                (1.., false) => Err(ApiError::BadRequest("name a room_id or users, not both".into())),
-                (room_id, true) => {
-                    let published = api.publish_room(from, room_id, &r.msg).await?;
-                    let (epoch, seq) = published.position.map_or((String::new(), 0), |p| (p.epoch, p.seq));
-                    Ok(PublishReply { msg_id: published.id.to_string(), epoch, seq, users: vec![] })
+            match api.publish(given(&r.from_user_name), r.room_id, &r.to_user_ids, &r.msg).await? {
+                Publication::Room { id, epoch, seq } => {
+                    Ok(PublishReply { msg_id: id.to_string(), epoch, seq, users: vec![] })
                 }
-                (0, false) => {
-                    let users = api
-                        .publish_users(from, &r.to_user_ids, &r.msg)
-                        .await?
+                Publication::Users(results) => {
+                    let users = results
                         .into_iter()
                         .map(|(to_user_id, sent)| match sent {
                             Ok(id) => {

@@ -18,7 +18,7 @@ use gochat_proto::wire::lenient_id;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, Method, ServerApi};
+use super::{ApiError, Method, Publication, ServerApi};
 use crate::limits::retry_secs;
 use crate::logic::Presence;
 use crate::metrics::API_HTTP;
@@ -199,21 +199,11 @@ async fn answer(api: &ServerApi, method: Method, body: &[u8]) -> Result<Value, A
             if b.to_user_id != 0 {
                 users.insert(0, b.to_user_id);
             }
-            let from = b.from_user_name.as_deref();
-            match (b.room_id, users.is_empty()) {
-                (0, true) => {
-                    return Err(ApiError::BadRequest("name a roomId, a toUserId or toUserIds".into()))
+            match api.publish(b.from_user_name.as_deref(), b.room_id, &users, &b.msg).await? {
+                Publication::Room { id, epoch, seq } => {
+                    json!({"msgId": id.to_string(), "epoch": epoch, "seq": seq})
                 }
-                (1.., false) => {
-                    return Err(ApiError::BadRequest("name a roomId or users, not both".into()));
-                }
-                (room_id, true) => {
-                    let published = api.publish_room(from, room_id, &b.msg).await?;
-                    let (epoch, seq) = published.position.map_or((String::new(), 0), |p| (p.epoch, p.seq));
-                    json!({"msgId": published.id.to_string(), "epoch": epoch, "seq": seq})
-                }
-                (0, false) => {
-                    let results = api.publish_users(from, &users, &b.msg).await?;
+                Publication::Users(results) => {
                     // One user named alone: its failure is the call's.
                     if b.to_user_ids.is_empty() {
                         if let Some((_, Err(e))) = results.first() {

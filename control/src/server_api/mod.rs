@@ -14,7 +14,7 @@ pub(crate) mod http;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gochat_proto::wire::{session_fingerprint, Position};
+use gochat_proto::wire::{self, session_fingerprint, Position};
 
 use crate::ids::unix_ms;
 use crate::limits::{retry_secs, Limiter};
@@ -136,6 +136,15 @@ impl From<LogicError> for ApiError {
             LogicError::Internal(m) => ApiError::Unavailable(m),
         }
     }
+}
+
+/// What a `publish` sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// A room message: its id and its place in the room's history (seq 0: the room keeps none).
+    Room { id: u64, epoch: String, seq: u64 },
+    /// A private message per user, in the order asked: its id, or why it was not sent.
+    Users(Vec<(u64, Result<u64, ApiError>)>),
 }
 
 /// What a key may do.
@@ -292,35 +301,42 @@ impl ServerApi {
         Ok(Session { user_id: 0, user_name })
     }
 
-    pub async fn publish_room(
+    /// A message to `room_id` or, with room 0, to each of `users` (exactly one of them named).
+    pub async fn publish(
         &self,
         from: Option<&str>,
         room_id: u64,
+        users: &[u64],
         msg: &str,
-    ) -> Result<Published, ApiError> {
+    ) -> Result<Publication, ApiError> {
         let from = self.sender(from)?;
-        Ok(self.logic.api_publish_room(&from, room_id, msg).await?)
+        match (room_id, users.is_empty()) {
+            (0, true) => Err(ApiError::BadRequest("name a room, or users to send to".into())),
+            (1.., false) => Err(ApiError::BadRequest("name a room or users, not both".into())),
+            (room_id, true) => {
+                let Published { id, position } = self.logic.api_publish_room(&from, room_id, msg).await?;
+                let (epoch, seq) = position.map_or((String::new(), 0), |p| (p.epoch, p.seq));
+                Ok(Publication::Room { id, epoch, seq })
+            }
+            (0, false) => Ok(Publication::Users(self.publish_users(&from, users, msg).await?)),
+        }
     }
 
     /// A private message to each of `users`: per user, its id or why it was not sent. The call
     /// itself fails only for what fails them all (bad input, a store down).
-    pub async fn publish_users(
+    async fn publish_users(
         &self,
-        from: Option<&str>,
+        from: &Session,
         users: &[u64],
         msg: &str,
     ) -> Result<Vec<(u64, Result<u64, ApiError>)>, ApiError> {
-        let from = self.sender(from)?;
-        if users.is_empty() {
-            return Err(ApiError::BadRequest("name a roomId, a toUserId or toUserIds".into()));
-        }
         if users.len() > MAX_USERS_PER_PUBLISH {
             return Err(ApiError::BadRequest(format!("at most {MAX_USERS_PER_PUBLISH} users per publish")));
         }
         self.logic.check_message(msg)?;
         let mut results = Vec::with_capacity(users.len());
         for &user in users {
-            match self.logic.api_publish_user(&from, user, msg).await.map_err(ApiError::from) {
+            match self.logic.api_publish_user(from, user, msg).await.map_err(ApiError::from) {
                 Err(e @ ApiError::Unavailable(_)) => return Err(e),
                 sent => results.push((user, sent)),
             }
@@ -344,11 +360,12 @@ impl ServerApi {
         let code = code.filter(|c| *c != 0).unwrap_or(u32::from(DEFAULT_CLOSE_CODE));
         let code = u16::try_from(code)
             .ok()
-            .filter(|c| matches!(c, 1000 | 1008 | 3000..=4999))
+            .filter(|c| wire::is_app_close_code(*c))
             .ok_or_else(|| ApiError::BadRequest("code must be 1000, 1008 or 3000 to 4999".into()))?;
         let reason = reason.filter(|r| !r.is_empty()).unwrap_or(DEFAULT_CLOSE_REASON);
-        if reason.len() > 123 {
-            return Err(ApiError::BadRequest("reason must be at most 123 bytes".into()));
+        if reason.len() > wire::MAX_CLOSE_REASON_BYTES {
+            let max = wire::MAX_CLOSE_REASON_BYTES;
+            return Err(ApiError::BadRequest(format!("reason must be at most {max} bytes")));
         }
         Ok(self.logic.api_disconnect(user_id, code, reason).await?)
     }
@@ -370,7 +387,13 @@ impl ServerApi {
     pub async fn info(&self) -> Result<Vec<(NodeReport, u64)>, ApiError> {
         let now = unix_ms();
         let nodes = self.logic.nodes().await?;
-        Ok(nodes.into_iter().map(|n| (n.at_ms.min(now), n)).map(|(at, n)| (n, now - at)).collect())
+        Ok(nodes
+            .into_iter()
+            .map(|n| {
+                let age_ms = now.saturating_sub(n.at_ms);
+                (n, age_ms)
+            })
+            .collect())
     }
 
     pub async fn history(

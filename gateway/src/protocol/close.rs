@@ -18,12 +18,6 @@ pub const POLICY_VIOLATION: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 /// Logic answered an authentication call with a different number of answers than sockets.
 pub const INTERNAL_ERROR: u16 = 1011;
-/// Whether `code` may be sent as an application's reason to close (the server API's
-/// disconnect): a normal close, a policy close, or the registered and private ranges.
-pub fn is_sendable(code: u16) -> bool {
-    matches!(code, NORMAL | POLICY_VIOLATION | 3000..=4999)
-}
-
 /// Reconnect, elsewhere if need be: the gateway drains, or logic took it for dead and forgot
 /// its connections.
 pub const SERVICE_RESTART: u16 = 1012;

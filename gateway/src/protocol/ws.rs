@@ -123,7 +123,7 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
     // A close payload is at most 125 bytes; cut the reason on a character boundary.
-    let mut end = reason.len().min(123);
+    let mut end = reason.len().min(gochat_proto::wire::MAX_CLOSE_REASON_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
