@@ -47,6 +47,11 @@ const ACK_BACKLOG: usize = 4096;
 const ACK_BATCH: usize = 256;
 /// Ordered lanes joins and leaves go to logic over: a connection's always take the same one.
 const MEMBERSHIP_LANES: usize = 64;
+/// Connection closes in flight to logic per gateway. A mass disconnect (a network blip at the
+/// edge, clients starved of CPU, a drain) queues the rest as ids, 8 bytes each: a call (and
+/// its retries) per connection at once swamped control with tens of thousands of streams per
+/// gateway, failed the closes (leaving users online) and held hundreds of MB in their futures.
+const CLOSES_IN_FLIGHT: usize = 32;
 
 /// The lane of a connection's joins and leaves.
 fn lane_of(conn_id: u64) -> usize {
@@ -82,6 +87,8 @@ struct Link {
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
     auths: Arc<tokio::sync::Semaphore>,
+    /// Connections to tell logic are gone ([`Link::send_closes`]).
+    closes: mpsc::UnboundedSender<u64>,
 }
 
 /// Runs until every effect sender (the shards) is gone, then until the acknowledgements it
@@ -93,12 +100,15 @@ pub async fn run(
     gateway_id: Arc<str>,
     inboxes: Arc<[Arc<Inbox>]>,
 ) {
+    let (closes, closed) = mpsc::unbounded_channel();
     let link = Link {
         logic,
         gateway_id,
         inboxes,
         auths: Arc::new(tokio::sync::Semaphore::new(AUTH_CALLS_IN_FLIGHT)),
+        closes,
     };
+    tokio::spawn(link.clone().send_closes(closed));
     let (auths, waiting) = mpsc::unbounded_channel();
     tokio::spawn(link.clone().batch_auths(waiting));
     // Room sends go through one queue, in order, so a client's messages keep their order.
@@ -125,7 +135,7 @@ pub async fn run(
                 let _ = auths.send(PendingAuth { key, request });
             }
             Effect::Closed { conn_id } => {
-                tokio::spawn(link.clone().closed(conn_id));
+                let _ = link.closes.send(conn_id);
             }
             membership @ (Effect::Join { conn_id, .. } | Effect::Leave { conn_id, .. }) => {
                 let _ = lanes[lane_of(conn_id)].send((shard, membership));
@@ -252,11 +262,25 @@ impl Link {
             let (key, shard, conn_id) = (a.key, a.request.shard, a.request.conn_id);
             if matches!(&result, Err(r) if r.close_code != close::POLICY_VIOLATION) {
                 // Logic may have recorded the connection before failing or timing out: undo it.
-                tokio::spawn(self.clone().closed(conn_id));
+                let _ = self.closes.send(conn_id);
             }
             if let Some(inbox) = self.inboxes.get(shard as usize) {
                 inbox.push_wait(Command::AuthDone { key, conn_id, result }).await;
             }
+        }
+    }
+
+    /// Tells logic of the connections that closed, [`CLOSES_IN_FLIGHT`] at a time, in the order
+    /// they closed.
+    async fn send_closes(self, mut closed: mpsc::UnboundedReceiver<u64>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(CLOSES_IN_FLIGHT));
+        while let Some(conn_id) = closed.recv().await {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+            let link = self.clone();
+            tokio::spawn(async move {
+                link.closed(conn_id).await;
+                drop(permit);
+            });
         }
     }
 
@@ -517,9 +541,14 @@ mod tests {
         assert_eq!(take_batch(first, &mut waiting).0.len(), AUTH_BATCH);
     }
 
-    /// A logic service that only records joins and leaves, a join taking longer than a leave.
+    /// A logic service that only records joins, leaves and closes, a join taking longer than a
+    /// leave; and how many closes it had at once, at most.
     #[derive(Default, Clone)]
-    struct Membership(Arc<std::sync::Mutex<Vec<String>>>);
+    struct Membership {
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+        closing: Arc<AtomicUsize>,
+        most_closing: Arc<AtomicUsize>,
+    }
 
     #[tonic::async_trait]
     impl gochat_proto::logic::logic_server::Logic for Membership {
@@ -529,7 +558,7 @@ mod tests {
         ) -> Result<tonic::Response<pb::Joined>, tonic::Status> {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let r = req.into_inner();
-            self.0.lock().unwrap().push(format!("join {} {}", r.conn_id, r.room_id));
+            self.log.lock().unwrap().push(format!("join {} {}", r.conn_id, r.room_id));
             Ok(tonic::Response::new(pb::Joined::default()))
         }
         async fn room_leave(
@@ -537,7 +566,7 @@ mod tests {
             req: tonic::Request<RoomLeaveRequest>,
         ) -> Result<tonic::Response<pb::RoomLeaveReply>, tonic::Status> {
             let r = req.into_inner();
-            self.0.lock().unwrap().push(format!("leave {} {}", r.conn_id, r.room_id));
+            self.log.lock().unwrap().push(format!("leave {} {}", r.conn_id, r.room_id));
             Ok(tonic::Response::new(pb::RoomLeaveReply {}))
         }
         async fn conn_open(
@@ -548,9 +577,14 @@ mod tests {
         }
         async fn conn_close(
             &self,
-            _: tonic::Request<ConnCloseRequest>,
+            req: tonic::Request<ConnCloseRequest>,
         ) -> Result<tonic::Response<pb::ConnCloseReply>, tonic::Status> {
-            Err(tonic::Status::unimplemented("not in this test"))
+            let now = self.closing.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_closing.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.log.lock().unwrap().push(format!("close {}", req.into_inner().conn_id));
+            self.closing.fetch_sub(1, Ordering::SeqCst);
+            Ok(tonic::Response::new(pb::ConnCloseReply::default()))
         }
         async fn check_auth(
             &self,
@@ -602,9 +636,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_connections_joins_and_leaves_reach_logic_in_the_order_it_made_them() {
-        let logic = Membership::default();
+    /// A link to `logic` served on loopback; its effects sender.
+    async fn link_to(logic: &Membership) -> mpsc::UnboundedSender<(u32, Effect)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = gochat_proto::logic::logic_server::LogicServer::new(logic.clone());
@@ -617,6 +650,37 @@ mod tests {
         let inbox = Arc::new(Inbox::new(64).unwrap());
         let (effects, effects_rx) = mpsc::unbounded_channel();
         tokio::spawn(run(effects_rx, LogicClient::new(channel), "g".into(), Arc::new([inbox])));
+        effects
+    }
+
+    #[tokio::test]
+    async fn a_mass_disconnect_reaches_logic_whole_a_bounded_number_at_a_time() {
+        let logic = Membership::default();
+        let effects = link_to(&logic).await;
+        for conn_id in 0..2000 {
+            effects.send((0, Effect::Closed { conn_id })).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while logic.log.lock().unwrap().len() < 2000 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut closed: Vec<u64> = logic
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.strip_prefix("close ").unwrap().parse().unwrap())
+            .collect();
+        closed.sort_unstable();
+        assert_eq!(closed, (0..2000).collect::<Vec<_>>(), "every close, once");
+        let most = logic.most_closing.load(Ordering::SeqCst);
+        assert!((2..=CLOSES_IN_FLIGHT).contains(&most), "{most} closes at once");
+    }
+
+    #[tokio::test]
+    async fn a_connections_joins_and_leaves_reach_logic_in_the_order_it_made_them() {
+        let logic = Membership::default();
+        let effects = link_to(&logic).await;
         // Each connection joins a room (slow at logic) and leaves it right after (fast).
         for conn_id in [5, 6] {
             let join = Effect::Join { key: 0, conn_id, user_id: 1, room_id: 7, since: None };
@@ -624,10 +688,10 @@ mod tests {
             effects.send((0, Effect::Leave { conn_id, room_id: 7 })).unwrap();
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while logic.0.lock().unwrap().len() < 4 && tokio::time::Instant::now() < deadline {
+        while logic.log.lock().unwrap().len() < 4 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let seen = logic.0.lock().unwrap().clone();
+        let seen = logic.log.lock().unwrap().clone();
         for conn_id in [5, 6] {
             let of_conn: Vec<&String> = seen.iter().filter(|s| s.contains(&format!(" {conn_id} "))).collect();
             assert_eq!(of_conn, [&format!("join {conn_id} 7"), &format!("leave {conn_id} 7")], "{seen:?}");
