@@ -91,7 +91,7 @@ GOCHAT_TEST_DRIVER=epoll cargo test "${test_flags[@]}"
 # binary itself, as cargo runs it (from the package's folder, here).
 if [[ "$drivers" == *io_uring* ]]; then
     GOCHAT_TEST_DRIVER=io_uring "$e2e" sockets:: floods:: drivers:: cluster:: autobahn:: tls:: rooms:: \
-        recovery:: kept:: binary:: metrics:: abuse:: compat:: server_api::
+        recovery:: kept:: binary:: metrics:: abuse:: compat:: server_api:: compression::
 fi
 
 # deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the

@@ -526,6 +526,7 @@ mod tests {
                 wss_listen: addr(7),
                 tls_cert: Some("/etc/gochat/tls/fullchain.pem".into()),
                 tls_key: Some("/etc/gochat/tls/privkey.pem".into()),
+                compression: Some("on".into()),
             }),
         };
         let written: toml::Table = toml::from_str(&node.to_toml().unwrap()).unwrap();

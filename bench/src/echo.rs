@@ -78,7 +78,7 @@ async fn echo_client(
 ) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(ws).await?;
     s.set_nodelay(true)?;
-    s.write_all(&wsclient::upgrade_request(&ws.to_string(), path, None)).await?;
+    s.write_all(&wsclient::upgrade_request(&ws.to_string(), path, None, false)).await?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut have = 0;
     let start = loop {

@@ -106,6 +106,8 @@ pub struct ClientKind {
     pub binary: bool,
     /// Acknowledge private messages (op 12), so the server keeps them until then.
     pub acks: bool,
+    /// Offer `permessage-deflate` and insist on it (JSON only).
+    pub compression: bool,
 }
 
 /// What a fleet counts.
@@ -124,6 +126,12 @@ pub struct Counts {
     pub other_frames: u64,
     /// Op 2/3 frames carrying a bench mark.
     pub marked: u64,
+    /// Bytes read from the server after the upgrade (TLS: decrypted), all frames.
+    #[serde(default)]
+    pub wire_bytes: u64,
+    /// Of the frames, those that came compressed.
+    #[serde(default)]
+    pub compressed_frames: u64,
 }
 
 impl Counts {
@@ -136,6 +144,8 @@ impl Counts {
         self.private_frames += other.private_frames;
         self.other_frames += other.other_frames;
         self.marked += other.marked;
+        self.wire_bytes += other.wire_bytes;
+        self.compressed_frames += other.compressed_frames;
     }
 
     pub fn frames(&self) -> u64 {
@@ -375,7 +385,7 @@ async fn connection(
         Stream::Tls(_) => vec![0; 4096],
     };
     let offer = at.kind.binary.then_some(SUBPROTOCOL);
-    stream.write_all(&wsclient::upgrade_request(at.host, at.path, offer)).await?;
+    stream.write_all(&wsclient::upgrade_request(at.host, at.path, offer, at.kind.compression)).await?;
     let mut head = Vec::with_capacity(256);
     let body_at = loop {
         let mut buf = [0u8; 512];
@@ -394,6 +404,12 @@ async fn connection(
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "the server did not take the binary protocol",
+        ));
+    }
+    if at.kind.compression && !wsclient::agreed_deflate(&head[..body_at]) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the server did not agree to permessage-deflate without context takeover",
         ));
     }
     let mut auth = Vec::with_capacity(128);
@@ -456,6 +472,7 @@ async fn connection(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return if authed { Ok(true) } else { Err(e) },
         };
+        shared.stats.borrow_mut().snap.counts.wire_bytes += n as u64;
         let scratch = shared.scratch.borrow();
         if pending.is_empty() {
             let (used, event) = process(shared, &scratch[..n], &mut owed, started, &mut authed, at);
@@ -536,8 +553,21 @@ fn process(
     let mut stats = shared.stats.borrow_mut();
     while let Ok(Some((frame, len))) = wsclient::parse_frame(&buf[at..]) {
         at += len;
+        let inflated;
+        let payload = if frame.compressed {
+            stats.snap.counts.compressed_frames += 1;
+            match wsclient::inflate(frame.payload) {
+                Ok(p) => {
+                    inflated = p;
+                    &inflated[..]
+                }
+                Err(e) => return (at, Event::Closed(e.to_string())),
+            }
+        } else {
+            frame.payload
+        };
         match frame.opcode {
-            0x1 | 0x2 => match read_message(frame.opcode, frame.payload) {
+            0x1 | 0x2 => match read_message(frame.opcode, payload) {
                 Some((op, _, _)) if !*authed && (op == 7 || endpoint.auth == AuthSignal::Probe) => {
                     *authed = true;
                     stats.snap.counts.connected += 1;
@@ -584,6 +614,34 @@ pub fn marked_message(seq: u64) -> String {
     format!("{MARK}{seq}:{}", now_micros())
 }
 
+/// `mark` followed by chat-like words up to `bytes` in all (the mark stays readable: the words
+/// come after a `:`); deterministic per mark, varied between marks.
+pub fn padded(mut mark: String, bytes: usize) -> String {
+    const WORDS: &[&str] = &[
+        "the", "meeting", "moved", "to", "three", "o'clock", "can", "you", "send", "me", "latest", "draft",
+        "before", "lunch", "thanks", "sounds", "good", "I'll", "check", "with", "team", "and", "get", "back",
+        "later", "today", "is", "build", "green", "again", "deploy", "finished", "without", "errors", "who",
+        "has", "review", "for", "pull", "request", "on", "release", "branch", "let's", "sync", "tomorrow",
+        "morning", "great", "work", "everyone", "coffee", "anyone", "customer", "asked", "about", "invoice",
+        "numbers", "look", "fine", "now",
+    ];
+    if mark.len() >= bytes {
+        return mark;
+    }
+    mark.push(':');
+    let mut x =
+        mark.bytes().fold(0x9e37_79b9_7f4a_7c15u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    while mark.len() < bytes {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        mark.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        mark.push(' ');
+    }
+    mark.truncate(bytes);
+    mark
+}
+
 pub fn now_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -595,6 +653,9 @@ mod tests {
     #[test]
     fn marks_round_trip() {
         let m = marked_message(42);
+        let p = padded(m.clone(), 4096);
+        assert_eq!((p.len(), sent_micros(&p)), (4096, sent_micros(&m)), "{p}");
+        assert_eq!(padded(m.clone(), 3), m);
         let sent = sent_micros(&m).unwrap();
         assert!(now_micros() >= sent);
         assert_eq!(sent_micros("hello"), None);
@@ -609,8 +670,8 @@ mod tests {
         assert_eq!(read_message(0x1, json), want);
         assert_eq!(read_message(0x2, &binary), want);
         let mut acks = (Vec::new(), Vec::new());
-        ack(77, ClientKind { binary: false, acks: true }, &mut acks.0);
-        ack(77, ClientKind { binary: true, acks: true }, &mut acks.1);
+        ack(77, ClientKind { binary: false, acks: true, compression: false }, &mut acks.0);
+        ack(77, ClientKind { binary: true, acks: true, compression: false }, &mut acks.1);
         assert_eq!((acks.0[0], acks.1[0]), (0x81, 0x82));
     }
 

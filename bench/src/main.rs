@@ -107,6 +107,11 @@ struct ServerArgs {
     /// until they do (without, messages to an online user are sent and not kept).
     #[arg(long, global = true)]
     acks: bool,
+    /// The client connections offer `permessage-deflate` (server_no_context_takeover) and
+    /// refuse a server that does not agree; `spawn:` clusters turn it on (`[gateway]
+    /// compression = "on"`). JSON only.
+    #[arg(long, global = true)]
+    compression: bool,
     /// With --spawn: a `[control]` setting for the cluster, as KEY=VALUE in TOML (e.g.
     /// `history_size=0`); repeatable.
     #[arg(long = "control-set", global = true, value_name = "KEY=VALUE")]
@@ -296,6 +301,10 @@ struct PushArgs {
     /// REST calls in flight.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Pad each message's text with chat-like words to this many bytes (0: the bench's mark
+    /// alone, ~25 bytes).
+    #[arg(long, default_value_t = 0)]
+    message_bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -406,12 +415,19 @@ fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> a
     let spawns = args.spawn.is_some()
         && (args.targets.is_empty()
             || args.targets.iter().any(|t| matches!(t.spec, TargetSpec::Spawn { .. })));
+    if args.compression && args.protocol == Protocol::Binary {
+        bail!("--compression is for JSON clients: the binary protocol is not compressed");
+    }
     let (tls, server_cert) = tls_setup(args, spawns, cert_dir)?;
     let client = ClientOpts {
         procs: args.procs,
         exe: std::env::current_exe().context("own executable")?,
         connect_concurrency: args.connect_concurrency,
-        kind: ClientKind { binary: args.protocol == Protocol::Binary, acks: args.acks },
+        kind: ClientKind {
+            binary: args.protocol == Protocol::Binary,
+            acks: args.acks,
+            compression: args.compression,
+        },
         agents: args.agents.clone(),
         tls,
     };
@@ -454,6 +470,7 @@ fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> a
             AuthChoice::Probe => Some(AuthSignal::Probe),
         },
         tls: server_cert,
+        compression: args.compression,
     };
     let mut results = Vec::new();
     let mut baseline = None;
@@ -531,6 +548,7 @@ const BASELINE: &str = "fastwebsockets-tokio";
 fn finish(mut r: RunResult, args: &ServerArgs, connections: usize) -> anyhow::Result<RunResult> {
     r.param("protocol", format!("{:?}", args.protocol).to_lowercase());
     r.param("acks", args.acks);
+    r.param("compression", args.compression);
     r.param("tls", args.tls);
     save(&r, &args.out, &format!("{}-{}-{}", r.scenario, r.label, connections))?;
     Ok(r)
@@ -576,6 +594,7 @@ fn scenario_run(
                 messages: push.messages,
                 rate: push.rate,
                 in_flight: push.in_flight,
+                message_bytes: push.message_bytes,
             },
             quiet,
         ),
@@ -592,6 +611,7 @@ fn scenario_run(
                     messages: (rate * duration).round() as u64,
                     rate: Some(*rate),
                     in_flight: 256,
+                    message_bytes: 0,
                 },
                 quiet,
             )
@@ -604,6 +624,7 @@ fn scenario_run(
                 messages: push.messages,
                 rate: push.rate,
                 in_flight: push.in_flight,
+                message_bytes: push.message_bytes,
             },
             quiet,
         ),

@@ -10,7 +10,7 @@ use gochat_proto::gateway::StatsRequest;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::api::{self, Api, User};
-use crate::engine::{marked_message, AuthSignal, ConnSpec};
+use crate::engine::{marked_message, padded, AuthSignal, ConnSpec};
 use crate::fleets::{ClientOpts, Fleets, Totals};
 use crate::result::RunResult;
 use crate::server::{Sample, ServerProcs};
@@ -438,6 +438,8 @@ pub struct FanoutParams {
     pub messages: u64,
     pub rate: Option<f64>,
     pub in_flight: usize,
+    /// Messages padded to this many bytes of text (0: the mark alone).
+    pub message_bytes: usize,
 }
 
 /// R rooms × M members; room messages pushed through the REST API; deliveries, loss, latency.
@@ -456,6 +458,7 @@ pub fn fanout(
     r.param("users", p.users);
     r.param("messages", p.messages);
     r.param("rate_per_s", p.rate);
+    r.param("message_bytes", p.message_bytes);
     r.param("client_procs", client.procs);
     let api = Api::new(&target.api);
     let users = users(&api, p.users.min(n).max(1), quiet)?;
@@ -472,14 +475,15 @@ pub fn fanout(
     let start_totals = fleets.totals()?;
     let started = Instant::now();
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| u.token.clone()).collect());
-    let rooms = p.rooms as u64;
+    let (rooms, message_bytes) = (p.rooms as u64, p.message_bytes);
     let progress = bar(p.messages, "pushing", quiet);
     let pb = progress.clone();
     let pushed = runtime().block_on(api::pump(p.messages, p.rate, p.in_flight, move |seq| {
         let (api, tokens, pb) = (api.clone(), tokens.clone(), pb.clone());
         async move {
             let token = &tokens[seq as usize % tokens.len()];
-            let res = api.push_room(token, 1 + seq % rooms, &marked_message(seq)).await;
+            let res =
+                api.push_room(token, 1 + seq % rooms, &padded(marked_message(seq), message_bytes)).await;
             pb.inc(1);
             res
         }
@@ -499,6 +503,13 @@ pub fn fanout(
     r.figure("loss", expected.saturating_sub(delivered));
     r.figure("deliveries_per_s", (delivered as f64 / wall).round());
     r.figure("frames_per_s", ((got.counts.frames() - start_totals.counts.frames()) as f64 / wall).round());
+    // What the clients read while the pushes went out (every frame, over the deliveries).
+    let wire_bytes = got.counts.wire_bytes - start_totals.counts.wire_bytes;
+    r.figure("wire_bytes", wire_bytes);
+    if delivered > 0 {
+        r.figure("wire_bytes_per_delivery", (wire_bytes as f64 / delivered as f64 * 10.0).round() / 10.0);
+    }
+    r.figure("compressed_frames", got.counts.compressed_frames - start_totals.counts.compressed_frames);
     // CPU time comes in 10 ms ticks: under 0.1 s a ratio would be mostly rounding.
     let per_cpu = |r: &mut RunResult, what: &str, cpu: f64| {
         r.figure(&format!("{what}_cpu_secs"), (cpu * 100.0).round() / 100.0);
@@ -526,6 +537,8 @@ pub struct PrivateParams {
     pub messages: u64,
     pub rate: Option<f64>,
     pub in_flight: usize,
+    /// Messages padded to this many bytes of text (0: the mark alone).
+    pub message_bytes: usize,
 }
 
 /// One connection per user; private messages from each user to the next; loss and latency.
@@ -540,6 +553,7 @@ pub fn private(
     r.param("users", p.users);
     r.param("messages", p.messages);
     r.param("rate_per_s", p.rate);
+    r.param("message_bytes", p.message_bytes);
     let api = Api::new(&target.api);
     let users = users(&api, p.users.max(2), quiet)?;
     let conns = users.iter().map(|u| ConnSpec { token: u.token.clone(), room: 1 }).collect();
@@ -548,13 +562,13 @@ pub fn private(
     client.record_agents(&mut r, &connected);
     let start_totals = fleets.totals()?;
     let started = Instant::now();
-    let users = Arc::new(users);
+    let (users, message_bytes) = (Arc::new(users), p.message_bytes);
     let pushed = runtime().block_on(api::pump(p.messages, p.rate, p.in_flight, move |seq| {
         let (api, users) = (api.clone(), users.clone());
         async move {
             let from = &users[seq as usize % users.len()];
             let to = &users[(seq as usize + 1) % users.len()];
-            api.push_user(&from.token, to.id, &marked_message(seq)).await
+            api.push_user(&from.token, to.id, &padded(marked_message(seq), message_bytes)).await
         }
     }));
     let expected = pushed.sent;

@@ -382,7 +382,7 @@ async fn session(
     record: &Mutex<Record>,
 ) -> anyhow::Result<()> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(gateway)).await??;
-    s.write_all(&wsclient::upgrade_request(&gateway.to_string(), path, None)).await?;
+    s.write_all(&wsclient::upgrade_request(&gateway.to_string(), path, None, false)).await?;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut upgraded = false;

@@ -186,6 +186,8 @@ pub struct ClusterSpec<'a> {
     pub control_settings: &'a [String],
     /// Serve `wss://` with this certificate and key: clients then connect to the wss listener.
     pub tls: Option<&'a ServerCert>,
+    /// Offer `permessage-deflate` to clients.
+    pub compression: bool,
 }
 
 /// A certificate and its key, as PEM files, for a spawned cluster's wss listener.
@@ -222,6 +224,7 @@ impl Cluster {
             batch_max,
             control_settings,
             tls,
+            compression,
         } = spec.clone();
         let mut control = bench_control();
         for setting in control_settings {
@@ -319,6 +322,7 @@ impl Cluster {
                     wss_listen: wss,
                     tls_cert: tls.map(|t| t.cert.clone()),
                     tls_key: tls.map(|t| t.key.clone()),
+                    compression: compression.then(|| "on".into()),
                 }),
                 ..common.clone()
             };

@@ -87,6 +87,8 @@ pub struct TargetOptions {
     pub auth: Option<AuthSignal>,
     /// `spawn:` targets serve `wss://` with this certificate (the clients connect there).
     pub tls: Option<ServerCert>,
+    /// `spawn:` targets offer `permessage-deflate`.
+    pub compression: bool,
 }
 
 /// A target, up for one run; `stop` brings it down.
@@ -141,6 +143,7 @@ impl NamedTarget {
                     batch_max: o.batch_max,
                     control_settings: &o.control_settings,
                     tls: o.tls.as_ref(),
+                    compression: o.compression,
                 };
                 let cluster = Cluster::start(gochat, &spec)?;
                 let mut t = target(

@@ -2,11 +2,22 @@
 //! parser for server frames. Small and allocation-free on the hot path, so the client is cheap
 //! per connection and per message.
 
+use std::cell::RefCell;
 use std::io;
 
-/// The upgrade request for `path` on `host`, offering `subprotocol` when given.
-pub fn upgrade_request(host: &str, path: &str, subprotocol: Option<&str>) -> Vec<u8> {
-    let offer = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
+use flate2::{Decompress, FlushDecompress, Status};
+
+/// The `permessage-deflate` offer: the server deflates each message on its own, so the client
+/// needs no window per connection (one inflater per client thread serves every connection).
+pub const DEFLATE_OFFER: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The upgrade request for `path` on `host`, offering `subprotocol` when given, and
+/// `permessage-deflate` when `deflate`.
+pub fn upgrade_request(host: &str, path: &str, subprotocol: Option<&str>, deflate: bool) -> Vec<u8> {
+    let mut offer = subprotocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default();
+    if deflate {
+        offer.push_str(&format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n"));
+    }
     // Any 16-byte nonce is valid; the server's answer is checked for the status only.
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -21,6 +32,49 @@ pub fn agreed(head: &[u8], subprotocol: &str) -> bool {
         l.split_once(':').is_some_and(|(name, value)| {
             name.trim().eq_ignore_ascii_case("sec-websocket-protocol") && value.trim() == subprotocol
         })
+    })
+}
+
+/// Whether the response head `head` agreed to `permessage-deflate` with the server taking no
+/// context from one message to the next (what [`inflate`] can read).
+pub fn agreed_deflate(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            let mut params = value.split(';').map(str::trim);
+            name.trim().eq_ignore_ascii_case("sec-websocket-extensions")
+                && params.next().is_some_and(|e| e.eq_ignore_ascii_case("permessage-deflate"))
+                && params.any(|p| p.eq_ignore_ascii_case("server_no_context_takeover"))
+        })
+    })
+}
+
+thread_local! {
+    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
+}
+
+/// Inflates a compressed server message (RSV1) that was deflated on its own.
+pub fn inflate(payload: &[u8]) -> io::Result<Vec<u8>> {
+    INFLATER.with_borrow_mut(|d| {
+        d.reset(false);
+        let mut input = Vec::with_capacity(payload.len() + 4);
+        input.extend_from_slice(payload);
+        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+        let bad =
+            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, format!("inflate: {e}"));
+        loop {
+            let before = d.total_in() as usize;
+            let status =
+                d.decompress_vec(&input[before..], &mut out, FlushDecompress::Sync).map_err(|e| bad(&e))?;
+            let done = d.total_in() as usize == input.len() && out.len() < out.capacity();
+            if done || status == Status::StreamEnd {
+                return Ok(out);
+            }
+            if status == Status::BufError && out.len() < out.capacity() {
+                return Err(bad(&"stream cut short"));
+            }
+            out.reserve(out.capacity());
+        }
     })
 }
 
@@ -65,6 +119,8 @@ pub fn masked_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
 #[derive(Debug, PartialEq, Eq)]
 pub struct ServerFrame<'a> {
     pub opcode: u8,
+    /// RSV1: the payload is deflated (`permessage-deflate`).
+    pub compressed: bool,
     pub payload: &'a [u8],
 }
 
@@ -87,7 +143,8 @@ pub fn parse_frame(buf: &[u8]) -> io::Result<Option<(ServerFrame<'_>, usize)>> {
     if buf.len() < head + len {
         return Ok(None);
     }
-    Ok(Some((ServerFrame { opcode: buf[0] & 0x0f, payload: &buf[head..head + len] }, head + len)))
+    let (opcode, compressed) = (buf[0] & 0x0f, buf[0] & 0x40 != 0);
+    Ok(Some((ServerFrame { opcode, compressed, payload: &buf[head..head + len] }, head + len)))
 }
 
 #[cfg(test)]
@@ -98,7 +155,12 @@ mod tests {
     fn parses_server_frames_and_partials() {
         let mut buf = b"\x81\x02hi\x89\x00".to_vec();
         let (f, n) = parse_frame(&buf).unwrap().unwrap();
-        assert_eq!((f.opcode, f.payload, n), (1, &b"hi"[..], 4));
+        assert_eq!((f.opcode, f.compressed, f.payload, n), (1, false, &b"hi"[..], 4));
+        // RFC 7692 §7.2.3.1: "Hello", compressed.
+        let (f, _) = parse_frame(b"\xc1\x07\xf2\x48\xcd\xc9\xc9\x07\x00").unwrap().unwrap();
+        assert!(f.compressed);
+        assert_eq!(inflate(f.payload).unwrap(), b"Hello");
+        assert!(inflate(b"\xff\xff").is_err());
         let (f, _) = parse_frame(&buf[4..]).unwrap().unwrap();
         assert_eq!(f.opcode, 9);
         buf.truncate(3);
@@ -121,9 +183,21 @@ mod tests {
 
     #[test]
     fn subprotocols_are_offered_and_checked() {
-        let req = String::from_utf8(upgrade_request("h", "/ws", Some("gochat-pb"))).unwrap();
+        let req = String::from_utf8(upgrade_request("h", "/ws", Some("gochat-pb"), false)).unwrap();
         assert!(req.ends_with("Sec-WebSocket-Protocol: gochat-pb\r\n\r\n"), "{req}");
-        assert!(!String::from_utf8(upgrade_request("h", "/ws", None)).unwrap().contains("Protocol"));
+        assert!(!String::from_utf8(upgrade_request("h", "/ws", None, false)).unwrap().contains("Protocol"));
+        let offer = String::from_utf8(upgrade_request("h", "/ws", None, true)).unwrap();
+        assert!(
+            offer.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover"),
+            "{offer}"
+        );
+        let answer = b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
+        assert!(agreed_deflate(answer));
+        assert!(
+            !agreed_deflate(b"HTTP/1.1 101 OK\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+            "context kept"
+        );
+        assert!(!agreed_deflate(b"HTTP/1.1 101 OK\r\n\r\n"));
         assert!(agreed(b"HTTP/1.1 101 OK\r\nsec-websocket-protocol:  gochat-pb\r\n\r\n", "gochat-pb"));
         assert!(!agreed(b"HTTP/1.1 101 OK\r\n\r\n", "gochat-pb"));
     }

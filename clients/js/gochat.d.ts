@@ -118,6 +118,8 @@ export type WebSocketConstructor = new (url: string, protocols?: string | string
 export interface WebSocketLike {
   readonly readyState: number;
   readonly protocol: string;
+  /** The extensions the server took (`permessage-deflate; …`), where the WebSocket says. */
+  readonly extensions?: string;
   binaryType: string;
   send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
@@ -174,6 +176,8 @@ export interface ConnectedEvent {
   /** Private messages still kept beyond the ones that follow (they come as those are acknowledged). */
   pending: number;
   protocol: 'json' | 'binary';
+  /** The socket compresses (`permessage-deflate`). */
+  compressed: boolean;
 }
 
 export interface DisconnectedEvent {
@@ -247,6 +251,8 @@ export class GochatClient extends Emitter<ClientEvents> {
   readonly state: 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
   readonly user: { userId: number; userName: string } | null;
   readonly protocol: 'json' | 'binary';
+  /** The open socket compresses (`permessage-deflate`, negotiated by the WebSocket itself). */
+  readonly compressed: boolean;
   readonly rooms: number[];
   position(roomId: number): Position | null;
   connect(): void;

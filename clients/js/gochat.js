@@ -612,6 +612,7 @@ export class GochatClient extends Emitter {
   #state = 'idle';
   #ws = null;
   #wire = 'json';
+  #compressed = false;
   #gen = 0;
   #attempt = 0;
   #retryTimer = null;
@@ -670,6 +671,13 @@ export class GochatClient extends Emitter {
   /** The protocol of the open socket: 'json', or 'binary' when the server took `gochat-pb`. */
   get protocol() {
     return this.#wire;
+  }
+
+  /** Whether the open socket compresses (`permessage-deflate`, negotiated by the WebSocket
+   * itself: every browser and Node's WebSocket offer it; the server takes it when its
+   * `compression` is on, for JSON). */
+  get compressed() {
+    return this.#compressed;
   }
 
   /** The rooms joined or being joined. */
@@ -782,6 +790,7 @@ export class GochatClient extends Emitter {
     ws.onopen = () => {
       if (gen !== this.#gen) return;
       this.#wire = ws.protocol === SUBPROTOCOL ? 'binary' : 'json';
+      this.#compressed = /(^|,)\s*permessage-deflate\b/i.test(ws.extensions || '');
       const first = this.rooms[0];
       const since = first ? this.#since(this.#rooms.get(first)) : undefined;
       this.#request({ kind: 'auth', authToken: token, roomId: first || 0, since, acks: this.#o.acks });
@@ -923,7 +932,7 @@ export class GochatClient extends Emitter {
     this.#state = 'connected';
     this.#attempt = 0;
     this.#user = { userId: f.userId, userName: f.userName };
-    this.emit('connected', { userId: f.userId, userName: f.userName, roomId: f.roomId, pending: f.pending || 0, protocol: this.#wire });
+    this.emit('connected', { userId: f.userId, userName: f.userName, roomId: f.roomId, pending: f.pending || 0, protocol: this.#wire, compressed: this.#compressed });
     const first = this.#rooms.get(Number(f.roomId));
     if (first && first.active) this.#joined(first, f);
     else if (first) this.#request({ kind: 'leave', roomId: first.id }); // left while authenticating

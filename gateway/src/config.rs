@@ -15,7 +15,15 @@ pub enum Pin {
     Auto,
     Off,
 }
-use crate::protocol::Limits;
+/// `permessage-deflate` for WebSocket clients that offer it (`[gateway] compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Off,
+    On,
+}
+
+use crate::protocol::{deflate, Limits};
 use crate::shard::ShardLimits;
 
 /// `[gateway]` in the config file. Every field has a default.
@@ -77,6 +85,12 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Pending output per connection before it is dropped as a slow consumer.
     pub max_outbound_bytes: usize,
+    /// `permessage-deflate` (RFC 7692) for JSON WebSocket clients that offer it: `off` (the
+    /// default) or `on`. A room batch is deflated once and shared by every member that
+    /// compresses; a connection holds no compression state. Needs a restart.
+    pub compression: Compression,
+    /// Messages shorter than this go out uncompressed.
+    pub compression_min_bytes: usize,
     /// Frames per second a client may send, on average (0: no limit). Over it, frames are
     /// dropped with a notice; a client that keeps going is closed as a flood.
     pub client_frames_per_sec: u32,
@@ -124,6 +138,8 @@ impl Default for GatewayConfig {
             max_message_bytes: protocol.max_message,
             allowed_origins: protocol.allowed_origins,
             max_outbound_bytes: shard.max_outbound_bytes,
+            compression: Compression::Off,
+            compression_min_bytes: deflate::Settings::default().min_bytes,
             client_frames_per_sec: shard.client_frames_per_sec,
             client_frame_burst: shard.client_frame_burst,
             max_connections: 1_000_000,
@@ -223,6 +239,12 @@ impl GatewayConfig {
         (0..shards).map(|i| pin.then(|| allowed[i % allowed.len()])).collect()
     }
 
+    /// The compression settings, none when it is off.
+    pub fn compression(&self) -> Option<deflate::Settings> {
+        (self.compression == Compression::On)
+            .then_some(deflate::Settings { min_bytes: self.compression_min_bytes })
+    }
+
     pub fn shard_limits(&self) -> ShardLimits {
         let shards = self.shard_count();
         ShardLimits {
@@ -232,6 +254,7 @@ impl GatewayConfig {
                 max_frame: self.max_frame_bytes,
                 max_message: self.max_message_bytes,
                 allowed_origins: self.allowed_origins.clone(),
+                compression: self.compression(),
             },
             ping_after_secs: self.ping_after_secs,
             idle_timeout_secs: self.idle_timeout_secs,

@@ -1,7 +1,7 @@
 //! The gRPC `Gateway` service: batches from queue-workers, framed once and handed to the shards.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gochat_proto::gateway::gateway_server::Gateway;
@@ -12,8 +12,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Delivery;
-use crate::protocol::close;
-use crate::shard::{Command, Framed, Inbox, ShardStats};
+use crate::protocol::{close, deflate};
+use crate::shard::{Command, Framed, Framings, Inbox, ShardStats};
 
 /// The ids of the last messages delivered, so a message the queue delivers again (after a
 /// worker died between our acknowledgement and its own) is not written twice.
@@ -101,6 +101,8 @@ pub struct Ingress {
     pub delivery: Arc<Delivery>,
     /// Becomes true at shutdown: push streams end so the gRPC server can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// `permessage-deflate`, when the gateway offers it.
+    pub compression: Option<deflate::Settings>,
 }
 
 impl Ingress {
@@ -113,10 +115,16 @@ impl Ingress {
             self.delivery.duplicates.add(repeats as u64);
             tracing::debug!(repeats, "messages delivered before were dropped");
         }
-        // The binary protocol is framed too while any client here speaks it.
-        let binary = self.stats.iter().any(|s| s.binary_connections.load(Ordering::Relaxed) > 0);
+        // The binary protocol and compression are framed too while any client here uses them.
+        let any = |count: fn(&ShardStats) -> &AtomicU64| {
+            self.stats.iter().any(|s| count(s).load(Ordering::Relaxed) > 0)
+        };
+        let framings = Framings {
+            binary: any(|s| &s.binary_connections),
+            deflate: self.compression.filter(|_| any(|s| &s.deflate_connections)),
+        };
         if !batch.everyone.is_empty() {
-            let frames = Framed::encode_numbered(&batch.everyone, &[], binary);
+            let frames = Framed::encode_numbered(&batch.everyone, &[], framings);
             for inbox in self.inboxes.iter() {
                 inbox.push_wait(Command::Everyone { frames: frames.copy() }).await;
             }
@@ -126,7 +134,7 @@ impl Ingress {
             if room.bodies.is_empty() {
                 continue;
             }
-            let frames = Framed::encode_numbered(&room.bodies, &room.seqs, binary);
+            let frames = Framed::encode_numbered(&room.bodies, &room.seqs, framings);
             // Each shard its own copy: a member's frame is a reference, counted per member.
             let (last, others) = self.inboxes.split_last().expect("a gateway has a shard");
             for inbox in others {
@@ -142,7 +150,7 @@ impl Ingress {
                 None => &self.inboxes[..],
             };
             if !user.bodies.is_empty() {
-                let frames = Framed::encode_numbered(&user.bodies, &[], binary);
+                let frames = Framed::encode_numbered(&user.bodies, &[], framings);
                 for inbox in inboxes {
                     inbox.push_wait(Command::User { user_id: user.user_id, frames: frames.clone() }).await;
                 }

@@ -57,7 +57,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         type Read = fn(&ShardStats) -> &AtomicU64;
-        let families: [(&str, Kind, &str, Read); 11] = [
+        let families: [(&str, Kind, &str, Read); 12] = [
             ("connections", Kind::Gauge, "Open client connections.", |s| &s.connections),
             ("rooms", Kind::Gauge, "Rooms with a member on the shard.", |s| &s.rooms),
             ("frames_out_total", Kind::Counter, "Frames queued to clients.", |s| &s.frames_out),
@@ -79,6 +79,12 @@ impl Metrics {
             ("binary_connections", Kind::Gauge, "Open connections on the binary protocol.", |s| {
                 &s.binary_connections
             }),
+            (
+                "deflate_connections",
+                Kind::Gauge,
+                "Open connections that agreed to permessage-deflate.",
+                |s| &s.deflate_connections,
+            ),
         ];
         let mut text = Text::default();
         let gateway = ("gateway", &*self.gateway_id);
@@ -110,6 +116,17 @@ impl Metrics {
         for (name, help, counter) in counters {
             text.family(name, Kind::Counter, help).sample(name, &[gateway], counter.get());
         }
+        let bombs = "gochat_gateway_inflated_too_large_total";
+        text.family(
+            bombs,
+            Kind::Counter,
+            "Compressed client messages closed with 1009: they inflated past the size limit.",
+        )
+        .sample(
+            bombs,
+            &[gateway],
+            crate::protocol::deflate::INFLATED_TOO_LARGE.load(Ordering::Relaxed),
+        );
         let latency = "gochat_gateway_delivery_latency_seconds";
         text.family(latency, Kind::Histogram, "From a message's id time to its hand-off to the shards.")
             .histogram(latency, &[gateway], &d.latency);

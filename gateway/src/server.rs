@@ -184,6 +184,7 @@ impl Gateway {
             stats: stats.clone(),
             delivery: delivery.clone(),
             stopping: stop_rx.clone(),
+            compression: cfg.compression(),
         };
         let mut stop_rx = stop_rx;
         // grpc.health.v1: serving until a drain starts, so probes and balancers move away.

@@ -46,8 +46,13 @@ pub fn live_ws(s: &mut Shard, user: u64, room: u64) -> (u32, u64) {
 
 /// [`live_ws`] with the token the client sends.
 pub fn live_ws_with_token(s: &mut Shard, user: u64, room: u64, token: &str) -> (u32, u64) {
+    live_ws_upgraded(s, user, room, token, UPGRADE)
+}
+
+/// [`live_ws`] with the upgrade request the client sends (its subprotocols, its extensions).
+pub fn live_ws_upgraded(s: &mut Shard, user: u64, room: u64, token: &str, upgrade: &[u8]) -> (u32, u64) {
     let (key, id) = s.open(Transport::WebSocket, 0);
-    s.on_data(key, &mut UPGRADE.to_vec(), 0);
+    s.on_data(key, &mut upgrade.to_vec(), 0);
     let auth = format!(r#"{{"authToken":"{token}","roomId":{room}}}"#);
     s.on_data(key, &mut client_frame(true, 1, auth.as_bytes()), 0);
     let effects: Vec<_> = s.take_effects().collect();

@@ -126,7 +126,7 @@ fn ws_frame_parse() {
     let frame = client_frame(true, 1, BODY);
     let mut payload = Vec::with_capacity(frame.len());
     gate_region(|| {
-        let h = ws::parse_header(black_box(&frame), 1 << 16).expect("valid").expect("whole");
+        let h = ws::parse_header(black_box(&frame), 1 << 16, false).expect("valid").expect("whole");
         payload.clear();
         payload.extend_from_slice(&frame[h.header_len..h.header_len + h.payload_len]);
         ws::unmask(&mut payload, h.mask);

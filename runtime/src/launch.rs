@@ -285,6 +285,8 @@ pub struct GatewayKeys {
     pub wss_listen: Option<SocketAddr>,
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// `permessage-deflate`: `off` or `on`.
+    pub compression: Option<String>,
 }
 
 #[cfg(test)]

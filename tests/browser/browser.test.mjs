@@ -48,6 +48,7 @@ tcp_listen = "off"
 grpc_listen = "127.0.0.1:${gw}"
 shards = 1
 driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
+compression = "on"
 `);
 writeConfig();
 let server = null;
@@ -205,6 +206,22 @@ try {
       });
       await until('online count 2', async () => (await text(p, '#online-count')) === '2');
     }
+  });
+
+  await step("the browser's socket compresses (permessage-deflate), and the page runs over it", async () => {
+    // Chromium offers the extension on every socket, the page's included; the chat above ran
+    // over compressed sockets. Its answer, as the page's socket gets it:
+    const extensions = await a.page.evaluate((url) => new Promise((resolve, reject) => {
+      const socket = new WebSocket(url);
+      socket.onopen = () => { resolve(socket.extensions); socket.close(); };
+      socket.onerror = () => reject(new Error('the socket did not open'));
+    }), `ws://127.0.0.1:${ws}/ws`);
+    if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(extensions)) {
+      throw new Error(`extensions agreed: ${JSON.stringify(extensions)}`);
+    }
+    const long = `a long line for the compressor ${'and its window '.repeat(40)}`;
+    await send(a.page, long);
+    await seesMessage(b.page, long);
   });
 
   await step('a taken name is refused clearly', async () => {

@@ -14,6 +14,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod compat;
+mod compression;
 mod config;
 mod discovery;
 mod drivers;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use fastwebsockets::OpCode;
 use gochat_proto::wire;
 
+use super::deflate;
 use super::handshake::{self, Upgrade};
 use super::ws::{self, Violation};
 use super::Limits;
@@ -19,10 +20,12 @@ pub enum Transport {
 }
 
 /// How frames are written to a connection: gochat's JSON in WebSocket text frames or TCP `v1`
-/// frames, or the binary protocol (protobuf in WebSocket binary frames) a client chose.
+/// frames, or the binary protocol (protobuf in WebSocket binary frames) a client chose. JSON
+/// frames may be deflated for a client that agreed to `permessage-deflate` with the full window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
     WsJson,
+    WsDeflate,
     WsBinary,
     Tcp,
 }
@@ -58,6 +61,10 @@ pub struct Codec {
     echo: bool,
     /// The client chose the binary protocol at the upgrade.
     binary: bool,
+    /// The window the server deflates with for this client (`permessage-deflate`); 0: not agreed.
+    deflate_bits: u8,
+    /// The fragmented message being assembled is compressed.
+    fragments_compressed: bool,
 }
 
 /// Bytes a codec keeps between reads.
@@ -75,7 +82,16 @@ impl Codec {
             Transport::WebSocket => Phase::Handshake,
             Transport::Tcp => Phase::Frames,
         };
-        Self { transport, phase, carry: None, fragment_opcode: None, echo: false, binary: false }
+        Self {
+            transport,
+            phase,
+            carry: None,
+            fragment_opcode: None,
+            echo: false,
+            binary: false,
+            deflate_bits: 0,
+            fragments_compressed: false,
+        }
     }
 
     pub fn transport(&self) -> Transport {
@@ -86,9 +102,17 @@ impl Codec {
     pub fn wire(&self) -> Wire {
         match (self.transport, self.binary) {
             (Transport::Tcp, _) => Wire::Tcp,
+            // Shared frames are deflated with the full window; a client that asked for a
+            // smaller one gets them plain (an uncompressed message is always allowed).
+            (Transport::WebSocket, false) if self.deflate_bits == deflate::MAX_WINDOW_BITS => Wire::WsDeflate,
             (Transport::WebSocket, false) => Wire::WsJson,
             (Transport::WebSocket, true) => Wire::WsBinary,
         }
+    }
+
+    /// Whether the client agreed to `permessage-deflate`.
+    pub fn is_deflate(&self) -> bool {
+        self.deflate_bits > 0
     }
 
     /// Whether this connection came in on the echo endpoint.
@@ -162,18 +186,14 @@ impl Codec {
         if !complete && scanned > 0 && buf.len() < handshake::MAX_REQUEST_HEAD {
             return 0;
         }
-        match handshake::parse_upgrade(
-            buf,
-            &limits.ws_path,
-            limits.echo_path.as_deref(),
-            &limits.allowed_origins,
-        ) {
+        match handshake::parse_upgrade(buf, limits) {
             Upgrade::Incomplete => 0,
-            Upgrade::Accept { response, consumed, echo, binary } => {
+            Upgrade::Accept { response, consumed, echo, binary, deflate } => {
                 out.push(Output::Send(response.into()));
                 self.phase = Phase::Frames;
                 self.echo = echo;
                 self.binary = binary;
+                self.deflate_bits = deflate.map_or(0, |d| d.server_window_bits);
                 consumed
             }
             Upgrade::Reject { response } => {
@@ -185,7 +205,7 @@ impl Codec {
     }
 
     fn ws_frame(&mut self, buf: &mut [u8], limits: &Limits, out: &mut Vec<Output>) -> usize {
-        let header = match ws::parse_header(buf, limits.max_frame) {
+        let header = match ws::parse_header(buf, limits.max_frame, self.deflate_bits > 0) {
             Ok(Some(h)) => h,
             Ok(None) => return 0,
             Err(v) => return self.violation(v, out, buf.len()),
@@ -205,13 +225,20 @@ impl Codec {
                         total,
                     );
                 }
-                if header.fin {
-                    self.message(header.opcode, payload.to_vec(), out);
+                if header.fin && header.compressed {
+                    let mut message = Vec::new();
+                    if let Err(v) = deflate::inflate(payload, limits.max_message, &mut message) {
+                        return self.violation(v, out, total);
+                    }
+                    self.message(header.opcode, message, limits, out);
+                } else if header.fin {
+                    self.message(header.opcode, payload.to_vec(), limits, out);
                 } else {
                     if payload.len() > limits.max_message {
                         return self.violation(Violation::too_big("message over the size limit"), out, total);
                     }
                     self.fragment_opcode = Some(header.opcode);
+                    self.fragments_compressed = header.compressed;
                     self.carry().fragments.extend_from_slice(payload);
                 }
             }
@@ -226,8 +253,15 @@ impl Codec {
                 fragments.extend_from_slice(payload);
                 if header.fin {
                     self.fragment_opcode = None;
-                    let message = std::mem::take(&mut self.carry().fragments);
-                    self.message(opcode, message, out);
+                    let mut message = std::mem::take(&mut self.carry().fragments);
+                    if std::mem::take(&mut self.fragments_compressed) {
+                        let mut inflated = Vec::new();
+                        if let Err(v) = deflate::inflate(&message, limits.max_message, &mut inflated) {
+                            return self.violation(v, out, total);
+                        }
+                        message = inflated;
+                    }
+                    self.message(opcode, message, limits, out);
                 }
             }
             OpCode::Ping => {
@@ -247,14 +281,15 @@ impl Codec {
         total
     }
 
-    fn message(&mut self, opcode: OpCode, payload: Vec<u8>, out: &mut Vec<Output>) {
+    fn message(&mut self, opcode: OpCode, payload: Vec<u8>, limits: &Limits, out: &mut Vec<Output>) {
         if opcode == OpCode::Text && simdutf8::basic::from_utf8(&payload).is_err() {
             self.violation(Violation::bad_data("text message is not UTF-8"), out, 0);
             return;
         }
         if self.echo {
             let mut frame = Vec::with_capacity(payload.len() + 10);
-            ws::encode(opcode, &payload, &mut frame);
+            let min_bytes = limits.compression.map_or(usize::MAX, |c| c.min_bytes);
+            ws::encode_for(opcode, &payload, self.deflate_bits, min_bytes, &mut frame);
             out.push(Output::Send(frame.into()));
             return;
         }
@@ -287,6 +322,7 @@ impl Codec {
         self.phase = Phase::Closed;
         self.carry = None;
         self.fragment_opcode = None;
+        self.fragments_compressed = false;
         out.push(Output::Close);
     }
 }
@@ -409,5 +445,104 @@ mod tests {
         );
         let out = feed(&mut c, b"GET / HTTP/1.1\r\n");
         assert!(matches!(&out[..], [Output::Send(_), Output::Close]), "{out:?}");
+    }
+
+    /// A WebSocket that agreed to `permessage-deflate`, on `limits`.
+    fn open_deflate(limits: &Limits) -> Codec {
+        let mut c = Codec::new(Transport::WebSocket);
+        let offer = String::from_utf8_lossy(UPGRADE)
+            .replace("Host: x\r\n", "Host: x\r\nSec-WebSocket-Extensions: permessage-deflate\r\n");
+        let mut out = Vec::new();
+        c.feed(&mut offer.into_bytes(), limits, &mut out);
+        assert!(c.is_deflate() && c.wire() == Wire::WsDeflate, "{out:?}");
+        c
+    }
+
+    /// A compressed client message: RSV1 on its first frame, cut into frames of `frame` bytes.
+    fn deflated_frames(opcode: u8, message: &[u8], frame: usize) -> Vec<u8> {
+        let mut z = Vec::new();
+        deflate::deflate(message, 15, &mut z);
+        let chunks: Vec<&[u8]> = z.chunks(frame.max(1)).collect();
+        let mut out = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut f = client_frame(i + 1 == chunks.len(), if i == 0 { opcode } else { 0 }, chunk);
+            if i == 0 {
+                f[0] |= 0x40;
+            }
+            out.extend(f);
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_messages_inflate_whole_or_in_fragments() {
+        let on = Limits { compression: Some(deflate::Settings::default()), ..limits() };
+        let message = br#"{"op":3,"msg":"hello hello hello hello hello hello hello"}"#;
+        for frame in [1000, 7, 1] {
+            let mut c = open_deflate(&on);
+            let mut out = Vec::new();
+            c.feed(&mut deflated_frames(1, message, frame), &on, &mut out);
+            assert_eq!(out, vec![Output::Message(message.to_vec())], "frames of {frame}");
+            assert_eq!(c.buffered(), 0);
+        }
+        // Plain messages still pass on a compressing connection.
+        let mut c = open_deflate(&on);
+        let mut out = Vec::new();
+        c.feed(&mut client_frame(true, 1, b"plain"), &on, &mut out);
+        assert_eq!(out, vec![Output::Message(b"plain".to_vec())]);
+    }
+
+    #[test]
+    fn compression_refusals() {
+        let on = Limits { compression: Some(deflate::Settings::default()), ..limits() };
+        let code = |c: &mut Codec, bytes: Vec<u8>| {
+            let mut out = Vec::new();
+            c.feed(&mut bytes.clone(), &on, &mut out);
+            close_code(&out)
+        };
+        // A bomb: 1 MiB of zeros in a few hundred bytes, against a 2 KiB message limit.
+        let bomb = deflated_frames(1, &vec![0; 1 << 20], 1000);
+        assert!(bomb.len() < 2000);
+        assert_eq!(code(&mut open_deflate(&on), bomb.clone()), 1009);
+        assert_eq!(
+            code(&mut open_deflate(&on), deflated_frames(1, &vec![0; 1 << 20], 100)),
+            1009,
+            "in fragments"
+        );
+        // RSV1 without the extension agreed, garbage, and invalid UTF-8 once inflated.
+        assert_eq!(code(&mut open_ws(), bomb), 1002);
+        let mut garbage = client_frame(true, 1, &[0xff, 0xff, 0xff]);
+        garbage[0] |= 0x40;
+        assert_eq!(code(&mut open_deflate(&on), garbage), 1007);
+        assert_eq!(code(&mut open_deflate(&on), deflated_frames(1, &[0xff, 0xfe, 0xfd], 100)), 1007);
+        // RSV1 on a continuation frame.
+        let mut c = open_deflate(&on);
+        let mut out = Vec::new();
+        c.feed(&mut client_frame(false, 1, b"a"), &on, &mut out);
+        let mut cont = client_frame(true, 0, b"b");
+        cont[0] |= 0x40;
+        assert_eq!(code(&mut c, cont), 1002);
+    }
+
+    #[test]
+    fn echo_compresses_what_is_over_the_threshold() {
+        let on = Limits {
+            echo_path: Some("/ws".into()),
+            ws_path: "/chat".into(),
+            compression: Some(deflate::Settings { min_bytes: 20 }),
+            ..limits()
+        };
+        let mut c = open_deflate(&on);
+        let mut out = Vec::new();
+        let long = [b'z'; 300];
+        c.feed(&mut deflated_frames(2, &long, 1000), &on, &mut out);
+        c.feed(&mut client_frame(true, 1, b"short"), &on, &mut out);
+        let [Output::Send(compressed), Output::Send(short)] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(compressed[0], 0xc2, "binary, RSV1");
+        let (payload, _) = ws::server_frame_payload(compressed).unwrap();
+        let mut back = Vec::new();
+        deflate::inflate(payload, 1000, &mut back).unwrap();
+        assert_eq!(back, long);
+        assert_eq!(&short[..], b"\x81\x05short");
     }
 }

@@ -4,6 +4,9 @@
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Agreed};
+use super::Limits;
+
 /// Largest request head a client may send before the upgrade.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 
@@ -15,8 +18,9 @@ pub enum Upgrade {
     /// More bytes are needed.
     Incomplete,
     /// A valid upgrade: send `response`; the request head took `consumed` bytes. `echo` when
-    /// it was to the echo path; `binary` when the client chose the binary protocol.
-    Accept { response: Vec<u8>, consumed: usize, echo: bool, binary: bool },
+    /// it was to the echo path; `binary` when the client chose the binary protocol; `deflate`
+    /// when `permessage-deflate` was agreed.
+    Accept { response: Vec<u8>, consumed: usize, echo: bool, binary: bool, deflate: Option<Agreed> },
     /// Not an upgrade we take: send `response` and close.
     Reject { response: Vec<u8> },
 }
@@ -27,11 +31,13 @@ pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|p| start + p + 4)
 }
 
-/// Parses the request head in `buf` as a WebSocket upgrade to `path` (or `echo_path`). With
-/// `allowed_origins` set, a browser's upgrade (it always sends `Origin`) from another origin is
-/// refused, so a page elsewhere cannot use a visitor's session; clients that send no `Origin`
-/// (not browsers) are not affected.
-pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_origins: &[String]) -> Upgrade {
+/// Parses the request head in `buf` as a WebSocket upgrade to the limits' `ws_path` (or
+/// `echo_path`). With `allowed_origins` set, a browser's upgrade (it always sends `Origin`) from
+/// another origin is refused, so a page elsewhere cannot use a visitor's session; clients that
+/// send no `Origin` (not browsers) are not affected.
+pub fn parse_upgrade(buf: &[u8], limits: &Limits) -> Upgrade {
+    let (path, echo_path, allowed_origins) =
+        (&limits.ws_path, limits.echo_path.as_deref(), &limits.allowed_origins);
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(buf) {
@@ -55,7 +61,7 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_or
     let req_path = req.path.unwrap_or("");
     let req_path = req_path.split('?').next().unwrap_or("");
     let echo = echo_path == Some(req_path);
-    if req_path != path && !echo {
+    if req_path != path.as_str() && !echo {
         return reject("404 Not Found", "no WebSocket endpoint at this path");
     }
     let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
@@ -82,6 +88,11 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_or
     };
     // The binary protocol when the client offers it (gochat's clients offer nothing: JSON).
     let binary = !echo && has_token("sec-websocket-protocol", gochat_proto::binary::SUBPROTOCOL);
+    // Compression for JSON only: protobuf gains little from deflate and is kept lean.
+    let deflate = limits.compression.filter(|_| !binary).and_then(|_| {
+        let offers = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+        deflate::negotiate(offers.map(|h| h.value))
+    });
     let mut response = Vec::with_capacity(192);
     response.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
@@ -91,8 +102,12 @@ pub fn parse_upgrade(buf: &[u8], path: &str, echo_path: Option<&str>, allowed_or
         response.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
         response.extend_from_slice(gochat_proto::binary::SUBPROTOCOL.as_bytes());
     }
+    if let Some(agreed) = deflate {
+        response.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        response.extend_from_slice(agreed.response().as_bytes());
+    }
     response.extend_from_slice(b"\r\n\r\n");
-    Upgrade::Accept { response, consumed, echo, binary }
+    Upgrade::Accept { response, consumed, echo, binary, deflate }
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
@@ -115,6 +130,10 @@ fn reject(status: &str, why: &str) -> Upgrade {
 mod tests {
     use super::*;
 
+    fn at(path: &str) -> Limits {
+        Limits { ws_path: path.into(), ..Limits::default() }
+    }
+
     const GOOD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     #[test]
@@ -126,7 +145,7 @@ mod tests {
     fn accepts_upgrade_and_reports_consumed() {
         let mut buf = GOOD.to_vec();
         buf.extend_from_slice(b"\x81");
-        match parse_upgrade(&buf, "/ws", None, &[]) {
+        match parse_upgrade(&buf, &at("/ws")) {
             Upgrade::Accept { response, consumed, echo, .. } => {
                 assert!(!echo);
                 assert_eq!(consumed, GOOD.len());
@@ -144,7 +163,7 @@ mod tests {
             String::from_utf8_lossy(GOOD)
                 .replace("Host: x\r\n", &format!("Host: x\r\nSec-WebSocket-Protocol: {protocols}\r\n"))
         };
-        let answer = |buf: &[u8]| match parse_upgrade(buf, "/ws", None, &[]) {
+        let answer = |buf: &[u8]| match parse_upgrade(buf, &at("/ws")) {
             Upgrade::Accept { response, binary, .. } => (binary, String::from_utf8(response).unwrap()),
             other => panic!("{other:?}"),
         };
@@ -161,16 +180,16 @@ mod tests {
     fn echo_path_is_its_own_endpoint() {
         let echo = String::from_utf8_lossy(GOOD).replace("GET /ws ", "GET /echo ");
         assert!(matches!(
-            parse_upgrade(echo.as_bytes(), "/ws", Some("/echo"), &[]),
+            parse_upgrade(echo.as_bytes(), &Limits { echo_path: Some("/echo".into()), ..at("/ws") }),
             Upgrade::Accept { echo: true, .. }
         ));
-        assert!(matches!(parse_upgrade(echo.as_bytes(), "/ws", None, &[]), Upgrade::Reject { .. }));
+        assert!(matches!(parse_upgrade(echo.as_bytes(), &at("/ws")), Upgrade::Reject { .. }));
     }
 
     #[test]
     fn partial_then_rejections() {
-        assert_eq!(parse_upgrade(&GOOD[..20], "/ws", None, &[]), Upgrade::Incomplete);
-        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, path, None, &[]) {
+        assert_eq!(parse_upgrade(&GOOD[..20], &at("/ws")), Upgrade::Incomplete);
+        let status = |buf: &[u8], path: &str| match parse_upgrade(buf, &at(path)) {
             Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
             other => panic!("{other:?}"),
         };
@@ -193,7 +212,10 @@ mod tests {
             String::from_utf8_lossy(GOOD).replace("Host: x\r\n", &format!("Host: x\r\nOrigin: {origin}\r\n"))
         };
         let allowed = ["https://chat.example.com".to_string()];
-        let verdict = |buf: &[u8], allowed: &[String]| match parse_upgrade(buf, "/ws", None, allowed) {
+        let verdict = |buf: &[u8], allowed: &[String]| match parse_upgrade(
+            buf,
+            &Limits { allowed_origins: allowed.to_vec(), ..at("/ws") },
+        ) {
             Upgrade::Accept { .. } => "accept".to_string(),
             Upgrade::Reject { response } => String::from_utf8(response).unwrap()[9..12].to_string(),
             Upgrade::Incomplete => "incomplete".to_string(),
@@ -202,5 +224,35 @@ mod tests {
         assert_eq!(verdict(from("https://evil.example").as_bytes(), &allowed), "403");
         assert_eq!(verdict(GOOD, &allowed), "accept", "no Origin: not a browser");
         assert_eq!(verdict(from("https://evil.example").as_bytes(), &[]), "accept", "no list: any origin");
+    }
+
+    #[test]
+    fn compression_is_agreed_for_json_clients_that_offer_it_when_it_is_on() {
+        let offering = |extra: &str| {
+            String::from_utf8_lossy(GOOD).replace("Host: x\r\n", &format!("Host: x\r\n{extra}"))
+        };
+        let on = Limits { compression: Some(deflate::Settings::default()), ..at("/ws") };
+        let answer = |buf: &str, limits: &Limits| match parse_upgrade(buf.as_bytes(), limits) {
+            Upgrade::Accept { response, deflate, .. } => (deflate, String::from_utf8(response).unwrap()),
+            other => panic!("{other:?}"),
+        };
+        let offer = offering("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+        let (agreed, text) = answer(&offer, &on);
+        assert_eq!(agreed, Some(Agreed { server_window_bits: 15 }));
+        assert!(
+            text.contains("\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{text}"
+        );
+        let (agreed, text) = answer(&offer, &at("/ws"));
+        assert!(agreed.is_none() && !text.contains("Extensions"), "off by default: {text}");
+        let (agreed, _) = answer(&offering(""), &on);
+        assert!(agreed.is_none(), "not offered");
+        let binary =
+            offering("Sec-WebSocket-Protocol: gochat-pb\r\nSec-WebSocket-Extensions: permessage-deflate\r\n");
+        let (agreed, text) = answer(&binary, &on);
+        assert!(agreed.is_none() && !text.contains("Extensions"), "the binary protocol stays plain: {text}");
+        let declined = offering("Sec-WebSocket-Extensions: permessage-deflate; bogus\r\n");
+        let (agreed, text) = answer(&declined, &on);
+        assert!(agreed.is_none() && !text.contains("Extensions"), "{text}");
     }
 }

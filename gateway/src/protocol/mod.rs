@@ -4,6 +4,7 @@
 
 pub mod close;
 pub mod codec;
+pub mod deflate;
 pub mod handshake;
 pub mod session;
 pub mod tls;
@@ -29,6 +30,9 @@ pub struct Limits {
     /// Origins browsers may open the WebSocket from (e.g. `https://chat.example.com`); empty:
     /// any. Clients that send no `Origin` (not browsers) are not affected.
     pub allowed_origins: Vec<String>,
+    /// `permessage-deflate` for clients that offer it (JSON WebSocket clients; not the binary
+    /// protocol, not TCP); none: not offered.
+    pub compression: Option<deflate::Settings>,
 }
 
 impl Default for Limits {
@@ -39,6 +43,7 @@ impl Default for Limits {
             max_frame: 64 * 1024,
             max_message: 64 * 1024,
             allowed_origins: Vec::new(),
+            compression: None,
         }
     }
 }
@@ -53,7 +58,8 @@ pub fn frame_body(wire: Wire, body: &[u8]) -> Bytes {
 /// Appends one framed JSON body to `out` (several messages written as one buffer).
 pub fn append_frame(wire: Wire, body: &[u8], out: &mut Vec<u8>) {
     match wire {
-        Wire::WsJson => ws::encode(fastwebsockets::OpCode::Text, body, out),
+        // A connection's own replies go plain; shared batches are deflated once (`Framed`).
+        Wire::WsJson | Wire::WsDeflate => ws::encode(fastwebsockets::OpCode::Text, body, out),
         Wire::WsBinary => {
             ws::encode(fastwebsockets::OpCode::Binary, &gochat_proto::binary::server_frame(body), out)
         }

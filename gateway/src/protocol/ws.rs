@@ -10,6 +10,8 @@ use super::close;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (`permessage-deflate`).
+    pub compressed: bool,
     pub opcode: OpCode,
     pub mask: [u8; 4],
     /// Header length including the masking key.
@@ -36,16 +38,21 @@ impl Violation {
     }
 }
 
-/// Parses the header at the start of `buf`; `Ok(None)` when more bytes are needed.
-pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Violation> {
+/// Parses the header at the start of `buf`; `Ok(None)` when more bytes are needed. `deflate`:
+/// `permessage-deflate` was agreed, so RSV1 may mark the first frame of a data message.
+pub fn parse_header(buf: &[u8], max_frame: usize, deflate: bool) -> Result<Option<Header>, Violation> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
         return Err(Violation::protocol("reserved bits set without an extension"));
     }
     let opcode = OpCode::try_from(b0 & 0x0f).map_err(|_| Violation::protocol("unknown opcode"))?;
+    if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+        return Err(Violation::protocol("RSV1 set on a frame that does not start a message"));
+    }
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {
         return Err(Violation::protocol("client frames must be masked"));
@@ -85,7 +92,7 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         return Ok(None);
     }
     let mask = buf[2 + ext..header_len].try_into().expect("4 bytes");
-    Ok(Some(Header { fin, opcode, mask, header_len, payload_len: len as usize }))
+    Ok(Some(Header { fin, compressed, opcode, mask, header_len, payload_len: len as usize }))
 }
 
 fn is_control(opcode: OpCode) -> bool {
@@ -105,6 +112,25 @@ pub fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.reserve(n + payload.len());
     out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);
+}
+
+/// Appends one server message to `out`, deflated (RSV1 set) with a window of `window_bits`.
+pub fn encode_deflated(opcode: OpCode, payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
+    let mut deflated = Vec::new();
+    super::deflate::deflate(payload, window_bits, &mut deflated);
+    let start = out.len();
+    encode(opcode, &deflated, out);
+    out[start] |= 0x40;
+}
+
+/// Appends `payload` as one server message: deflated when the connection agreed to
+/// `permessage-deflate` (`window_bits` > 0) and the message is at least `min_bytes` long.
+pub fn encode_for(opcode: OpCode, payload: &[u8], window_bits: u8, min_bytes: usize, out: &mut Vec<u8>) {
+    if window_bits > 0 && payload.len() >= min_bytes {
+        encode_deflated(opcode, payload, window_bits, out);
+    } else {
+        encode(opcode, payload, out);
+    }
 }
 
 /// The payload of the (unmasked, whole) server frame at the start of `buf`, and the frame's
@@ -165,10 +191,10 @@ pub(crate) mod tests {
     fn parses_all_length_forms() {
         for len in [0usize, 125, 126, 65535, 65536] {
             let frame = client_frame(true, 1, &vec![b'x'; len]);
-            let h = parse_header(&frame, 1 << 20).unwrap().unwrap();
+            let h = parse_header(&frame, 1 << 20, false).unwrap().unwrap();
             assert_eq!((h.payload_len, h.header_len + len), (len, frame.len()));
             for cut in 0..h.header_len {
-                assert_eq!(parse_header(&frame[..cut], 1 << 20), Ok(None), "len {len} cut {cut}");
+                assert_eq!(parse_header(&frame[..cut], 1 << 20, false), Ok(None), "len {len} cut {cut}");
             }
             let mut payload = frame[h.header_len..].to_vec();
             unmask(&mut payload, h.mask);
@@ -178,7 +204,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_bad_frames() {
-        let code = |buf: &[u8]| parse_header(buf, 1024).unwrap_err().code;
+        let code = |buf: &[u8]| parse_header(buf, 1024, false).unwrap_err().code;
         assert_eq!(code(&[0x81, 0x05]), 1002, "unmasked");
         assert_eq!(code(&[0xc1, 0x80]), 1002, "rsv1");
         assert_eq!(code(&[0x83, 0x80]), 1002, "opcode 3");
@@ -186,6 +212,13 @@ pub(crate) mod tests {
         assert_eq!(code(&client_frame(true, 9, &[0; 126])), 1002, "long ping");
         assert_eq!(code(&client_frame(true, 1, &[0; 2000])), 1009, "too big");
         assert_eq!(code(&[0x82, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 0]), 1002, "top bit");
+        // With permessage-deflate, RSV1 may start a data message, and only that.
+        let deflate = |buf: &[u8]| parse_header(buf, 1024, true);
+        assert!(deflate(&[0xc1, 0x80, 0, 0, 0, 0]).unwrap().unwrap().compressed);
+        assert!(deflate(&[0x42, 0x80, 0, 0, 0, 0]).unwrap().unwrap().compressed, "binary, first fragment");
+        for bad in [[0xc0, 0x80], [0xc9, 0x80], [0xa1, 0x80], [0x91, 0x80]] {
+            assert_eq!(deflate(&bad).unwrap_err().code, 1002, "{bad:x?}");
+        }
     }
 
     #[test]

@@ -48,8 +48,9 @@ pub(super) struct Conn {
     pub(super) acks: bool,
     /// Was told more private messages are kept for it: its next ack asks for them.
     pub(super) kept_more: bool,
-    /// Chose the binary protocol (counted in the shard's stats).
-    pub(super) binary: bool,
+    /// Its wire is counted in the shard's stats (the binary protocol, compression): set once
+    /// the handshake chose it.
+    pub(super) wire_counted: bool,
 }
 
 impl Conn {
@@ -77,7 +78,7 @@ impl Conn {
             joining: false,
             acks: false,
             kept_more: false,
-            binary: false,
+            wire_counted: false,
         }
     }
 

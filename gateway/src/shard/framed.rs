@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::protocol::{self, ws, Wire};
+use fastwebsockets::OpCode;
+
+use crate::protocol::{self, deflate, ws, Wire};
 
 /// A batch of JSON bodies framed once per wire format; every member gets a reference. Shared
 /// by the shards a batch goes to (a clone is a reference count).
@@ -17,6 +19,9 @@ struct Encoded {
     tcp: Bytes,
     /// In the binary protocol: made when the gateway has a client that chose it.
     bin: Option<Bytes>,
+    /// WebSocket JSON with the messages deflated (those over the size threshold): made when the
+    /// gateway has a client that agreed to `permessage-deflate`.
+    deflated: Option<Bytes>,
     /// Room messages with a number in the room's history: where each message ends in each
     /// buffer, so a connection that recovered some of them can be sent the rest alone. None
     /// when no message has a number.
@@ -24,11 +29,11 @@ struct Encoded {
 }
 
 /// One message of a batch: its number in the room (0: none) and where it ends in each buffer
-/// (WebSocket JSON, TCP, binary).
+/// (WebSocket JSON, TCP, binary, deflated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
     seq: u64,
-    ends: [u32; 3],
+    ends: [u32; 4],
 }
 
 fn slot(wire: Wire) -> usize {
@@ -36,38 +41,56 @@ fn slot(wire: Wire) -> usize {
         Wire::WsJson => 0,
         Wire::Tcp => 1,
         Wire::WsBinary => 2,
+        Wire::WsDeflate => 3,
     }
+}
+
+/// The framings a batch is made in beside gochat's JSON (WebSocket and TCP): the ones some
+/// client of the gateway uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framings {
+    /// The binary protocol.
+    pub binary: bool,
+    /// WebSocket JSON deflated, for clients that agreed to `permessage-deflate`.
+    pub deflate: Option<deflate::Settings>,
 }
 
 impl Framed {
     /// Frames `bodies` back to back, once for WebSocket and once for TCP.
     pub fn encode<B: AsRef<[u8]>>(bodies: &[B]) -> Self {
-        Self::encode_numbered(bodies, &[], false)
+        Self::encode_numbered(bodies, &[], Framings::default())
     }
 
     /// As [`Framed::encode`], for room messages numbered `seqs` (same order; empty or 0: none),
-    /// and in the binary protocol too when `binary`.
-    pub fn encode_numbered<B: AsRef<[u8]>>(bodies: &[B], seqs: &[u64], binary: bool) -> Self {
+    /// and in the other `framings` too.
+    pub fn encode_numbered<B: AsRef<[u8]>>(bodies: &[B], seqs: &[u64], framings: Framings) -> Self {
         let size: usize = bodies.iter().map(|b| b.as_ref().len() + 10).sum();
         let (mut ws, mut tcp) = (Vec::with_capacity(size), Vec::with_capacity(size));
-        let mut bin = Vec::with_capacity(if binary { size } else { 0 });
+        let mut bin = Vec::with_capacity(if framings.binary { size } else { 0 });
+        let mut deflated = Vec::with_capacity(if framings.deflate.is_some() { size / 2 } else { 0 });
         let numbered = seqs.len() == bodies.len() && seqs.iter().any(|&s| s != 0);
         let mut marks = Vec::with_capacity(if numbered { bodies.len() } else { 0 });
         for (i, body) in bodies.iter().enumerate() {
-            protocol::append_frame(Wire::WsJson, body.as_ref(), &mut ws);
-            protocol::append_frame(Wire::Tcp, body.as_ref(), &mut tcp);
-            if binary {
-                protocol::append_frame(Wire::WsBinary, body.as_ref(), &mut bin);
+            let body = body.as_ref();
+            protocol::append_frame(Wire::WsJson, body, &mut ws);
+            protocol::append_frame(Wire::Tcp, body, &mut tcp);
+            if framings.binary {
+                protocol::append_frame(Wire::WsBinary, body, &mut bin);
+            }
+            if let Some(settings) = framings.deflate {
+                let bits = deflate::MAX_WINDOW_BITS;
+                ws::encode_for(OpCode::Text, body, bits, settings.min_bytes, &mut deflated);
             }
             if numbered {
-                let ends = [ws.len() as u32, tcp.len() as u32, bin.len() as u32];
+                let ends = [ws.len() as u32, tcp.len() as u32, bin.len() as u32, deflated.len() as u32];
                 marks.push(Mark { seq: seqs[i], ends });
             }
         }
         Self(Arc::new(Encoded {
             ws: ws.into(),
             tcp: tcp.into(),
-            bin: binary.then(|| bin.into()),
+            bin: framings.binary.then(|| bin.into()),
+            deflated: framings.deflate.is_some().then(|| deflated.into()),
             marks: numbered.then(|| marks.into()),
         }))
     }
@@ -80,6 +103,7 @@ impl Framed {
             ws: Bytes::copy_from_slice(&e.ws),
             tcp: Bytes::copy_from_slice(&e.tcp),
             bin: e.bin.as_deref().map(Bytes::copy_from_slice),
+            deflated: e.deflated.as_deref().map(Bytes::copy_from_slice),
             marks: e.marks.clone(),
         }))
     }
@@ -90,13 +114,24 @@ impl Framed {
     }
 
     /// The batch for `wire`. A batch framed before the gateway had a binary client is turned
-    /// into the binary protocol here, for the one connection.
+    /// into the binary protocol here, for the one connection; one framed before it had a
+    /// compressing client goes to it plain (a client that agreed to compression still takes
+    /// uncompressed messages).
     pub fn for_wire(&self, wire: Wire) -> Bytes {
-        match (wire, &self.0.bin) {
+        match (self.made(wire), &self.0.bin) {
             (Wire::WsJson, _) => self.0.ws.clone(),
             (Wire::Tcp, _) => self.0.tcp.clone(),
+            (Wire::WsDeflate, _) => self.0.deflated.clone().expect("made"),
             (Wire::WsBinary, Some(bin)) => bin.clone(),
             (Wire::WsBinary, None) => self.binary_from_ws().0,
+        }
+    }
+
+    /// The framing a connection on `wire` gets from this batch.
+    fn made(&self, wire: Wire) -> Wire {
+        match wire {
+            Wire::WsDeflate if self.0.deflated.is_none() => Wire::WsJson,
+            wire => wire,
         }
     }
 
@@ -122,6 +157,7 @@ impl Framed {
     /// without a number are kept.
     pub fn after(&self, wire: Wire, through: u64) -> Vec<Bytes> {
         let Some(marks) = &self.0.marks else { return vec![self.for_wire(wire)] };
+        let wire = self.made(wire);
         let (buf, converted) = match (wire, &self.0.bin) {
             (Wire::WsBinary, None) => {
                 let (bin, ends) = self.binary_from_ws();
@@ -155,6 +191,10 @@ impl Framed {
 mod tests {
     use super::*;
 
+    fn all() -> Framings {
+        Framings { binary: true, deflate: Some(deflate::Settings { min_bytes: 10 }) }
+    }
+
     #[test]
     fn numbered_batches_are_cut_at_message_boundaries() {
         let bodies = [
@@ -163,15 +203,15 @@ mod tests {
             br#"{"op":3,"msg":"c"}"#,
             br#"{"op":3}"#,
         ];
-        let framed = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], true);
+        let framed = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], all());
         assert_eq!(framed.last_seq(), 7);
         let whole = Framed::encode(&bodies);
         assert_eq!(framed.ws(), whole.ws(), "the same bytes as an unnumbered batch");
         assert_eq!(whole.last_seq(), 0);
-        let late = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], false);
+        let late = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], Framings::default());
         assert_eq!(late.for_wire(Wire::WsBinary), framed.for_wire(Wire::WsBinary), "made later, the same");
-        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary] {
-            let one = |i: usize| Framed::encode_numbered(&[bodies[i]], &[], true).for_wire(wire);
+        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary, Wire::WsDeflate] {
+            let one = |i: usize| Framed::encode_numbered(&[bodies[i]], &[], all()).for_wire(wire);
             for f in [&framed, &late] {
                 assert_eq!(f.after(wire, 0), [f.for_wire(wire)]);
                 assert_eq!(f.after(wire, 5), [[one(1), one(2), one(3)].concat()]);
@@ -181,7 +221,7 @@ mod tests {
         }
         let copy = framed.copy();
         assert_ne!(copy.ws().as_ptr(), framed.ws().as_ptr(), "buffers of its own");
-        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary] {
+        for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary, Wire::WsDeflate] {
             assert_eq!(copy.for_wire(wire), framed.for_wire(wire));
             assert_eq!(copy.after(wire, 6), framed.after(wire, 6));
         }
@@ -190,5 +230,22 @@ mod tests {
         assert_eq!(shared[0].as_ptr(), framed.ws()[first..].as_ptr(), "a reference, not a copy");
         let bin = framed.for_wire(Wire::WsBinary);
         assert_eq!(bin[0], 0x82, "a binary frame");
+    }
+
+    #[test]
+    fn deflated_batches_compress_long_messages_only() {
+        let long = format!(r#"{{"op":3,"msg":"{}"}}"#, "a lot of words, ".repeat(20));
+        let bodies = [long.as_bytes(), br#"{"op":4}"#];
+        let framed = Framed::encode_numbered(&bodies, &[], all());
+        let deflated = framed.for_wire(Wire::WsDeflate);
+        assert_eq!(deflated[0], 0xc1, "RSV1 and text: compressed");
+        let (payload, len) = ws::server_frame_payload(&deflated).unwrap();
+        let mut back = Vec::new();
+        deflate::inflate(payload, 1 << 20, &mut back).unwrap();
+        assert_eq!(back, long.as_bytes());
+        assert_eq!(&deflated[len..], b"\x81\x08{\"op\":4}", "under the threshold: plain");
+        assert!(deflated.len() < framed.ws().len() / 3);
+        let plain = Framed::encode(&bodies);
+        assert_eq!(plain.for_wire(Wire::WsDeflate), plain.ws(), "framed before any client compressed");
     }
 }

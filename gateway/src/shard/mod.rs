@@ -29,7 +29,7 @@ use crate::protocol::session::Phase;
 use crate::protocol::{self, close, ws, Output, Transport, Wire};
 use conn::{Conn, Outgoing};
 pub use contract::{AuthRefused, AuthedUser, Command, Effect, JoinAnswer, Kept};
-pub use framed::Framed;
+pub use framed::{Framed, Framings};
 pub use inbox::Inbox;
 use joins::Joins;
 pub use limits::ShardLimits;
@@ -140,9 +140,11 @@ impl Shard {
         let conn = &mut self.conns[key as usize];
         let mut outputs = std::mem::take(&mut self.outputs);
         conn.codec.feed(input, &self.limits.protocol, &mut outputs);
-        if !conn.binary && conn.codec.wire() == Wire::WsBinary {
-            conn.binary = true;
-            self.stats.binary_connections.fetch_add(1, Ordering::Relaxed);
+        if !conn.wire_counted && conn.codec.is_open() {
+            conn.wire_counted = true;
+            if let Some(count) = self.stats.of_wire(conn.codec.wire()) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if conn.phase == Phase::AwaitAuth && conn.codec.is_echo() {
             conn.phase = Phase::Echo;
@@ -418,8 +420,8 @@ impl Shard {
         if conn.tls {
             self.tls.forget(key);
         }
-        if conn.binary {
-            self.stats.binary_connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(count) = self.stats.of_wire(conn.codec.wire()).filter(|_| conn.wire_counted) {
+            count.fetch_sub(1, Ordering::Relaxed);
         }
         if let Phase::Live { user_id } = conn.phase {
             if let Some(moved) = self.users.remove(user_id, conn.user_pos) {

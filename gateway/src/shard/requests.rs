@@ -27,9 +27,9 @@ impl Shard {
             return;
         };
         let client = Client { key, id: conn.id, wire: conn.codec.wire(), user_id: conn.user_id() };
-        let request = match conn.binary {
-            true => session::interpret_binary(conn.phase, body),
-            false => session::interpret(conn.phase, body),
+        let request = match client.wire {
+            Wire::WsBinary => session::interpret_binary(conn.phase, body),
+            Wire::WsJson | Wire::WsDeflate | Wire::Tcp => session::interpret(conn.phase, body),
         };
         match request {
             Request::Auth { token, room_id, since, acks } => self.auth(client, token, room_id, since, acks),

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::AtomicU64;
 
+use crate::protocol::Wire;
+
 /// Counters readable from other threads (stats, metrics).
 #[derive(Debug, Default)]
 pub struct ShardStats {
@@ -22,4 +24,19 @@ pub struct ShardStats {
     pub tls_handshake_failures: AtomicU64,
     /// Open connections that chose the binary protocol: batches are framed in it too while any are.
     pub binary_connections: AtomicU64,
+    /// Open connections that agreed to `permessage-deflate` with the full window: batches are
+    /// deflated too while any are.
+    pub deflate_connections: AtomicU64,
+}
+
+impl ShardStats {
+    /// The count of open connections on `wire`, for the wires batches are made in only when
+    /// some connection uses them.
+    pub fn of_wire(&self, wire: Wire) -> Option<&AtomicU64> {
+        match wire {
+            Wire::WsBinary => Some(&self.binary_connections),
+            Wire::WsDeflate => Some(&self.deflate_connections),
+            Wire::WsJson | Wire::Tcp => None,
+        }
+    }
 }

@@ -3,7 +3,8 @@
 use gochat_proto::wire::{self, Position};
 
 use super::*;
-use crate::testkit::{client_frame, live_ws, live_ws_with_token, written, UPGRADE};
+use crate::protocol::{deflate, ws, Limits};
+use crate::testkit::{client_frame, live_ws, live_ws_upgraded, live_ws_with_token, written, UPGRADE};
 
 fn shard() -> Shard {
     Shard::new(3, 7, ShardLimits { max_outbound_bytes: 1000, ..ShardLimits::default() }, 0)
@@ -36,6 +37,41 @@ fn room_broadcast_shares_one_buffer() {
         assert_eq!(iov[0].as_ptr(), frames.ws().as_ptr(), "a reference to the shared frame, not a copy");
     }
     assert!(!s.has_output(c));
+}
+
+#[test]
+fn compressing_members_share_one_deflated_buffer_beside_the_plain_one() {
+    let settings = deflate::Settings { min_bytes: 16 };
+    let protocol = Limits { compression: Some(settings), ..Limits::default() };
+    let mut s = Shard::new(3, 7, ShardLimits { protocol, ..ShardLimits::default() }, 0);
+    let offer = String::from_utf8_lossy(UPGRADE)
+        .replace("Host: x\r\n", "Host: x\r\nSec-WebSocket-Extensions: permessage-deflate\r\n");
+    let (a, _) = live_ws_upgraded(&mut s, 1, 7, "t1", offer.as_bytes());
+    let (b, _) = live_ws_upgraded(&mut s, 2, 7, "t2", offer.as_bytes());
+    let (c, _) = live_ws(&mut s, 3, 7);
+    let deflating = |s: &Shard| s.stats().deflate_connections.load(Ordering::Relaxed);
+    assert_eq!(deflating(&s), 2);
+    let body = format!(r#"{{"op":3,"roomId":7,"msg":"{}"}}"#, "compressible words ".repeat(30));
+    let frames = Framed::encode_numbered(&[&body], &[], Framings { binary: false, deflate: Some(settings) });
+    s.on_command(Command::Room { room_id: 7, frames: frames.clone() });
+    let first = |s: &mut Shard, key: u32| {
+        let mut iov = [std::io::IoSlice::new(&[]); 4];
+        let out = s.out_mut(key).unwrap();
+        assert_eq!(out.io_slices(&mut iov), 1);
+        (iov[0].as_ptr(), iov[0].to_vec())
+    };
+    let deflated = frames.for_wire(Wire::WsDeflate);
+    for key in [a, b] {
+        let (at, bytes) = first(&mut s, key);
+        assert_eq!(at, deflated.as_ptr(), "one deflated buffer, shared");
+        assert_eq!(bytes[0], 0xc1, "compressed text");
+        let mut back = Vec::new();
+        deflate::inflate(ws::server_frame_payload(&bytes).unwrap().0, 1 << 20, &mut back).unwrap();
+        assert_eq!(back, body.as_bytes());
+    }
+    assert_eq!(first(&mut s, c).0, frames.ws().as_ptr(), "the plain member gets the plain buffer");
+    s.remove(a);
+    assert_eq!(deflating(&s), 1);
 }
 
 #[test]
@@ -406,7 +442,7 @@ fn numbered(room: u64, seqs: &[u64]) -> Framed {
         .iter()
         .map(|s| format!(r#"{{"op":3,"roomId":{room},"msg":"m{s}","seq":{s},"epoch":"e"}}"#))
         .collect();
-    Framed::encode_numbered(&bodies, seqs, false)
+    Framed::encode_numbered(&bodies, seqs, Framings::default())
 }
 
 fn msgs(bodies: &[serde_json::Value]) -> Vec<String> {
@@ -576,7 +612,7 @@ fn a_join_that_held_too_much_tells_the_client_to_reload() {
         let body = format!(r#"{{"op":3,"msg":"{}"}}"#, "x".repeat(90 + n));
         s.on_command(Command::Room {
             room_id: 7,
-            frames: Framed::encode_numbered(&[body], &[n as u64 + 1], false),
+            frames: Framed::encode_numbered(&[body], &[n as u64 + 1], Framings::default()),
         });
     }
     let position = Some(Position { epoch: "e".into(), seq: 0 });
@@ -694,7 +730,8 @@ fn binary_clients_get_the_same_messages_in_protobuf() {
     // A batch framed before and after the gateway knew of binary clients: the same to both.
     for binary in [false, true] {
         s.on_command(Command::Room { room_id: 7, frames: numbered(7, &[1]).clone() });
-        let framed = Framed::encode_numbered(&[br#"{"op":3,"roomId":7,"msg":"m2","seq":2}"#], &[2], binary);
+        let framings = Framings { binary, ..Framings::default() };
+        let framed = Framed::encode_numbered(&[br#"{"op":3,"roomId":7,"msg":"m2","seq":2}"#], &[2], framings);
         s.on_command(Command::Room { room_id: 7, frames: framed });
         let got = binary_frames(&mut s);
         let texts: Vec<&str> = got
