@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 
 // Ports for the server, taken in turn from below the kernel's ephemeral range, as
 // gochat_runtime::launch::free_addr takes them: a port from that range (what a bind to port 0 gets)
@@ -37,6 +38,33 @@ export async function freePort() {
     if (await bindable(port)) return port;
   }
   throw new Error(`no free loopback port in ${PORTS_LOW}..${PORTS_HIGH}`);
+}
+
+/** Free ports for a `gochat up`: `{ api, site, grpc, ws, gw }`. */
+export async function freePorts() {
+  return { api: await freePort(), site: await freePort(), grpc: await freePort(), ws: await freePort(), gw: await freePort() };
+}
+
+/** The config of a `gochat up` on the loopback `ports` of `freePorts`, its users in `dir`, one
+ * shard on the driver GOCHAT_TEST_DRIVER names (epoll by default); `control` and `gateway` are
+ * more lines for those sections. */
+export function gochatConfig({ ports, dir, control = '', gateway = '' }) {
+  return `[control]
+api_listen = "127.0.0.1:${ports.api}"
+site_listen = "127.0.0.1:${ports.site}"
+grpc_listen = "127.0.0.1:${ports.grpc}"
+database = "sqlite://${path.join(dir, 'users.sqlite3')}"
+demo_users = false
+${control}
+
+[gateway]
+ws_listen = "127.0.0.1:${ports.ws}"
+tcp_listen = "off"
+grpc_listen = "127.0.0.1:${ports.gw}"
+shards = 1
+driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
+${gateway}
+`;
 }
 
 /** Whether something accepts connections on this loopback port. */

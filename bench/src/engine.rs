@@ -107,6 +107,7 @@ pub struct ClientKind {
     /// Acknowledge private messages (op 12), so the server keeps them until then.
     pub acks: bool,
     /// Offer `permessage-deflate` and insist on it (JSON only).
+    #[serde(default)]
     pub compression: bool,
 }
 

@@ -178,7 +178,15 @@ fn fleets_spread_over_agents_in_two_namespaces() {
     };
 
     // Four fleets over two agents: two each, agent a's from its two --source addresses in turn.
-    let p = FanoutParams { rooms: 4, members: 15, users: 12, messages: 20, rate: None, in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 4,
+        members: 15,
+        users: 12,
+        messages: 20,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let r = scenario::fanout("fanout", &target, &client, &p, true).unwrap();
     assert_eq!(figure(&r, "connected").as_u64(), Some(60), "{:?}", r.figures);
     assert_eq!(figure(&r, "deliveries").as_u64(), Some(20 * 15));
@@ -193,7 +201,15 @@ fn fleets_spread_over_agents_in_two_namespaces() {
     // An agent where nothing listens: the run fails, naming it.
     let nobody = SocketAddr::from((at(2), AGENT_PORT + 1)).to_string();
     let wrong = ClientOpts { agents: vec![listens[0].clone(), nobody.clone()], ..client.clone() };
-    let p = FanoutParams { rooms: 2, members: 5, users: 12, messages: 10, rate: None, in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 2,
+        members: 5,
+        users: 12,
+        messages: 10,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let e = scenario::fanout("fanout", &target, &wrong, &p, true).unwrap_err();
     assert!(format!("{e:#}").contains(&nobody), "{e:#}");
 

@@ -14,9 +14,14 @@ use gochat_bench::targets::{side_by_side, NamedTarget, TargetOptions};
 
 /// `gochat up` in this process on free ports; `echo` turns on the gateway's echo endpoint.
 fn server(echo: bool) -> (tokio::runtime::Runtime, Up) {
+    server_with(|cfg| cfg.gateway.ws_echo_path = echo.then(|| "/echo".into()))
+}
+
+/// `gochat up` in this process on free ports, its config changed by `change`.
+fn server_with(change: impl FnOnce(&mut gochat::Config)) -> (tokio::runtime::Runtime, Up) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut cfg = common::bench_config("127.0.0.1:0".parse().unwrap());
-    cfg.gateway.ws_echo_path = echo.then(|| "/echo".into());
+    change(&mut cfg);
     let up = rt.block_on(Up::start(cfg)).unwrap();
     (rt, up)
 }
@@ -75,7 +80,15 @@ fn every_scenario_at_a_tiny_size() {
     assert!(r.figures.contains_key("leave_server_cpu_ms") && r.figures.contains_key("leave_settled_secs"));
     assert_eq!(r.params["auth_signal"], "reply", "gochat-rs answers the auth frame");
 
-    let p = FanoutParams { rooms: 3, members: 10, users: 12, messages: 30, rate: None, in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 3,
+        members: 10,
+        users: 12,
+        messages: 30,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let r = scenario::fanout("fanout", &t, &threads(), &p, true).unwrap();
     assert_eq!(figure(&r, "deliveries"), 300.0);
     assert_eq!(figure(&r, "loss"), 0.0);
@@ -85,11 +98,19 @@ fn every_scenario_at_a_tiny_size() {
     assert_eq!(figure(&r, "deliveries_per_send"), (300.0 / sends * 100.0).round() / 100.0);
     assert!(figure(&r, "latency_p99_ms") > 0.0);
 
-    let p = FanoutParams { rooms: 2, members: 5, users: 12, messages: 20, rate: Some(100.0), in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 2,
+        members: 5,
+        users: 12,
+        messages: 20,
+        rate: Some(100.0),
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let r = scenario::fanout("latency", &t, &threads(), &p, true).unwrap();
     assert_eq!(figure(&r, "loss"), 0.0);
 
-    let p = PrivateParams { users: 6, messages: 24, rate: None, in_flight: 4 };
+    let p = PrivateParams { users: 6, messages: 24, rate: None, in_flight: 4, message_bytes: 0 };
     let r = scenario::private(&t, &threads(), &p, true).unwrap();
     assert_eq!(figure(&r, "delivered"), 24.0);
     assert_eq!(figure(&r, "loss"), 0.0);
@@ -98,6 +119,40 @@ fn every_scenario_at_a_tiny_size() {
     let md = gochat_bench::report::write(&[r], &dir).unwrap();
     assert!(md.contains("### private"));
     let _ = std::fs::remove_dir_all(dir);
+    rt.block_on(up.shutdown());
+}
+
+#[test]
+fn compression_deflates_what_the_clients_read() {
+    let (rt, up) = server_with(|cfg| cfg.gateway.compression = gochat_gateway::config::Compression::On);
+    let t = target(&up);
+    let p = FanoutParams {
+        rooms: 2,
+        members: 10,
+        users: 4,
+        messages: 20,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 600,
+    };
+    let mut per_delivery = Vec::new();
+    for compression in [false, true] {
+        let mut opts = threads();
+        opts.kind.compression = compression;
+        let r = scenario::fanout("fanout", &t, &opts, &p, true).unwrap();
+        assert_eq!((figure(&r, "deliveries"), figure(&r, "loss")), (200.0, 0.0));
+        let compressed = figure(&r, "compressed_frames");
+        assert_eq!(
+            compressed,
+            if compression { 200.0 } else { 0.0 },
+            "every room message over 128 B, deflated"
+        );
+        per_delivery.push(figure(&r, "wire_bytes_per_delivery"));
+    }
+    assert!(
+        per_delivery[1] < per_delivery[0] * 0.8,
+        "bytes per delivery, plain then deflated: {per_delivery:?}"
+    );
     rt.block_on(up.shutdown());
 }
 
@@ -115,7 +170,15 @@ fn a_server_that_answers_no_auth_frame_is_probed() {
         auth: None,
         gateway_grpc: Vec::new(),
     };
-    let p = FanoutParams { rooms: 3, members: 10, users: 5, messages: 30, rate: None, in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 3,
+        members: 10,
+        users: 5,
+        messages: 30,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let r = scenario::fanout("fanout", &t, &processes(), &p, true).unwrap();
     assert_eq!(r.params["auth_signal"], "probe");
     assert_eq!(figure(&r, "connected"), 30.0);
@@ -130,7 +193,15 @@ fn targets_in_turn_and_their_figures_side_by_side() {
     let floor: NamedTarget = "floor=floor".parse().unwrap();
     let options =
         TargetOptions { path: "/ws".into(), server_pids: vec![std::process::id()], ..Default::default() };
-    let p = FanoutParams { rooms: 2, members: 10, users: 4, messages: 20, rate: None, in_flight: 8 };
+    let p = FanoutParams {
+        rooms: 2,
+        members: 10,
+        users: 4,
+        messages: 20,
+        rate: None,
+        in_flight: 8,
+        message_bytes: 0,
+    };
     let mut results = Vec::new();
     for _round in 0..2 {
         for t in [&rs, &floor] {

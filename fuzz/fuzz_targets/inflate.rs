@@ -17,9 +17,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let bits = 9 + data.first().map_or(0, |b| b % 7);
+    let (bits, level) = (9 + data.first().map_or(0, |b| b % 7), 1 + data.get(1).map_or(0, |b| b % 9));
     let mut z = Vec::new();
-    deflate::deflate(data, bits, &mut z);
+    deflate::deflate(data, bits, level, &mut z);
     let mut back = Vec::new();
     deflate::inflate(&z, data.len(), &mut back).expect("the compressor's output inflates");
     assert_eq!(back, data);

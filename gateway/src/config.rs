@@ -91,6 +91,8 @@ pub struct GatewayConfig {
     pub compression: Compression,
     /// Messages shorter than this go out uncompressed.
     pub compression_min_bytes: usize,
+    /// zlib's level: 1 (fastest, the default) to 9 (smallest).
+    pub compression_level: u8,
     /// Frames per second a client may send, on average (0: no limit). Over it, frames are
     /// dropped with a notice; a client that keeps going is closed as a flood.
     pub client_frames_per_sec: u32,
@@ -140,6 +142,7 @@ impl Default for GatewayConfig {
             max_outbound_bytes: shard.max_outbound_bytes,
             compression: Compression::Off,
             compression_min_bytes: deflate::Settings::default().min_bytes,
+            compression_level: deflate::Settings::default().level,
             client_frames_per_sec: shard.client_frames_per_sec,
             client_frame_burst: shard.client_frame_burst,
             max_connections: 1_000_000,
@@ -194,6 +197,9 @@ impl GatewayConfig {
         if self.max_frame_bytes == 0 || self.max_message_bytes < self.max_frame_bytes {
             return err("max_message_bytes must be at least max_frame_bytes, and both above 0");
         }
+        if !(1..=9).contains(&self.compression_level) {
+            return err("compression_level must be 1 (fastest) to 9 (smallest)");
+        }
         if self.max_outbound_bytes < 4096 {
             return err("max_outbound_bytes must be at least 4096");
         }
@@ -241,8 +247,9 @@ impl GatewayConfig {
 
     /// The compression settings, none when it is off.
     pub fn compression(&self) -> Option<deflate::Settings> {
-        (self.compression == Compression::On)
-            .then_some(deflate::Settings { min_bytes: self.compression_min_bytes })
+        let settings =
+            deflate::Settings { min_bytes: self.compression_min_bytes, level: self.compression_level };
+        (self.compression == Compression::On).then_some(settings)
     }
 
     pub fn shard_limits(&self) -> ShardLimits {

@@ -10,8 +10,8 @@ use gochat_control::history::{Limits as HistoryLimits, MemoryHistory};
 use gochat_control::kept::{Limits as KeptLimits, MemoryKeptStore};
 use gochat_control::state::NewConn;
 use gochat_control::state::{MemoryState, Session};
-use gochat_gateway::protocol::{ws, Transport};
-use gochat_gateway::shard::{AuthedUser, Command, Framed, Inbox, Shard, ShardLimits};
+use gochat_gateway::protocol::{deflate, ws, Transport};
+use gochat_gateway::shard::{AuthedUser, Command, Framed, Framings, Inbox, Shard, ShardLimits};
 use gochat_gateway::testkit::tls::live_wss;
 use gochat_gateway::testkit::{client_frame, live_ws, UPGRADE};
 use gochat_proto::logic::{RoomRoute, RouteReply, ShardAddress, UserRoute};
@@ -102,6 +102,11 @@ pub const ALL: &[Workload] = &[
         what: "turn one op 3 JSON body into the binary protocol's ServerFrame",
         run: binary_transcode,
     },
+    Workload {
+        name: "ws_frame_deflate",
+        what: "frame a 212 B op 3 body for plain and compressing clients (deflated once, shared)",
+        run: ws_frame_deflate,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Workload> {
@@ -138,6 +143,14 @@ fn ws_frame_encode() {
     let bodies = [BODY];
     gate_region(|| {
         black_box(Framed::encode(black_box(&bodies)));
+    });
+}
+
+fn ws_frame_deflate() {
+    let bodies = [BODY];
+    let framings = Framings { binary: false, deflate: Some(deflate::Settings::default()) };
+    gate_region(|| {
+        black_box(Framed::encode_numbered(black_box(&bodies), &[], framings));
     });
 }
 

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-import { freePort, startGochat, stopGochat, until } from '../gochat-up.mjs';
+import { freePorts, gochatConfig, startGochat, stopGochat, until } from '../gochat-up.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -26,30 +26,21 @@ const WAIT = 15000;
 
 // ---- the server ----
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-site-'));
-const [api, site, grpc, ws, gw] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+const ports = await freePorts();
+const { api, site, grpc, ws } = ports;
 const config = path.join(dir, 'gochat.toml');
 // `control` adds lines to [control].
-const writeConfig = (control = '') => writeFileSync(config, `[control]
-${control}
-api_listen = "127.0.0.1:${api}"
-site_listen = "127.0.0.1:${site}"
-grpc_listen = "127.0.0.1:${grpc}"
-database = "sqlite://${path.join(dir, 'users.sqlite3')}"
+const writeConfig = (control = '') => writeFileSync(config, gochatConfig({
+  ports,
+  dir,
+  control: `${control}
 state = "redis"
 redis_url = "${redisUrl}"
 redis_prefix = "${prefix}"
 node_id = 1
-demo_users = false
-room_update_interval_ms = 200
-
-[gateway]
-ws_listen = "127.0.0.1:${ws}"
-tcp_listen = "off"
-grpc_listen = "127.0.0.1:${gw}"
-shards = 1
-driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
-compression = "on"
-`);
+room_update_interval_ms = 200`,
+  gateway: 'compression = "on"',
+}));
 writeConfig();
 let server = null;
 
@@ -219,6 +210,7 @@ try {
     if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(extensions)) {
       throw new Error(`extensions agreed: ${JSON.stringify(extensions)}`);
     }
+    // A message over the threshold comes to the other page deflated, and shows whole.
     const long = `a long line for the compressor ${'and its window '.repeat(40)}`;
     await send(a.page, long);
     await seesMessage(b.page, long);

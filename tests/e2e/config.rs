@@ -38,6 +38,10 @@ fn unknown_fields_and_bad_values_are_errors() {
     assert!(err.contains("shardz"), "{err}");
     let err = Config::parse("[gateway]\ndriver = \"kqueue\"\n").unwrap_err().to_string();
     assert!(err.contains("kqueue"), "{err}");
+    let err = Config::parse("[gateway]\ncompression = \"gzip\"\n").unwrap_err().to_string();
+    assert!(err.contains("gzip") && err.contains("`on`"), "{err}");
+    let zero = Config::parse("[gateway]\ncompression_level = 0\n").unwrap();
+    assert!(zero.validate().unwrap_err().to_string().contains("compression_level"));
     let cfg = Config::parse("[gateway]\nping_after_secs = 90\n").unwrap();
     assert!(cfg.validate().unwrap_err().to_string().contains("ping_after_secs"));
     // io_uring validates where the kernel has it, and says why not elsewhere.

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { freePort, startGochat, stopGochat, until } from '../../../tests/gochat-up.mjs';
+import { freePorts, gochatConfig, startGochat, stopGochat, until } from '../../../tests/gochat-up.mjs';
 import { ApiError, GochatApi, GochatClient, SESSION_ERROR } from '../gochat.js';
 import { startProxy } from './proxy.mjs';
 import { record } from './record.mjs';
@@ -49,28 +49,15 @@ let nextRoom = 100;
 let nextUser = 0;
 
 before(async () => {
-  const [api, site, grpc, ws, gw] = [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const ports = await freePorts();
+  const { api, ws } = ports;
   const config = path.join(dir, 'gochat.toml');
-  writeFileSync(config, `[control]
-api_listen = "127.0.0.1:${api}"
-site_listen = "127.0.0.1:${site}"
-grpc_listen = "127.0.0.1:${grpc}"
-database = "sqlite://${path.join(dir, 'users.sqlite3')}"
-demo_users = false
-room_update_interval_ms = 100
+  writeFileSync(config, gochatConfig({ ports, dir, control: `room_update_interval_ms = 100
 login_per_minute = 0
 register_per_minute = 0
 push_per_second = 0
 login_failures_per_account_per_minute = 0
-api_keys = ["${API_KEY}"]
-
-[gateway]
-ws_listen = "127.0.0.1:${ws}"
-tcp_listen = "off"
-grpc_listen = "127.0.0.1:${gw}"
-shards = 1
-driver = "${process.env.GOCHAT_TEST_DRIVER || 'epoll'}"
-`);
+api_keys = ["${API_KEY}"]` }));
   server = await startGochat({ bin, config, log: path.join(dir, 'gochat.log'), ports: [api, ws] });
   proxy = await startProxy(ws);
   apiUrl = `http://127.0.0.1:${api}`;

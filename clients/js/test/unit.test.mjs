@@ -19,9 +19,11 @@ function fakeSockets() {
       sockets.push(this);
     }
 
-    /** The server accepts the upgrade (with `protocol` when it took one offered). */
-    open(protocol = '') {
+    /** The server accepts the upgrade (with `protocol` when it took one offered, and the
+     * `extensions` it agreed to). */
+    open(protocol = '', extensions = '') {
       this.protocol = protocol;
+      this.extensions = extensions;
       this.readyState = 1;
       this.onopen?.({});
     }
@@ -78,12 +80,25 @@ async function connected(options = {}, joined = { epoch: 'e1', seq: 10 }) {
   return { fake, client, seen, ws: fake.last() };
 }
 
+test('compressed says whether the socket agreed to permessage-deflate, on each connect', async () => {
+  const { client, seen, fake } = await connected();
+  assert.equal(client.compressed, false);
+  fake.last().drop();
+  await until('a second socket', () => fake.sockets.length === 2);
+  fake.last().open('', 'permessage-deflate; server_no_context_takeover; client_no_context_takeover');
+  fake.last().receive({ op: 7, userId: 1, userName: 'a', roomId: 1, epoch: 'e1', seq: 10 });
+  await until('connected again', () => seen.of('connected').length === 2);
+  assert.equal(client.compressed, true);
+  assert.equal(seen.of('connected')[1].compressed, true);
+  client.close();
+});
+
 test('the auth frame, then connected and the room joined', async () => {
   const { client, seen, ws } = await connected({ rooms: [1, 5] });
   assert.deepEqual(ws.sent[0], { authToken: 'tok', roomId: 1, acks: true });
   assert.equal(client.state, 'connected');
   assert.deepEqual(client.user, { userId: 1, userName: 'a' });
-  assert.deepEqual(seen.of('connected')[0], { userId: 1, userName: 'a', roomId: 1, pending: 0, protocol: 'json' });
+  assert.deepEqual(seen.of('connected')[0], { userId: 1, userName: 'a', roomId: 1, pending: 0, protocol: 'json', compressed: false });
   assert.deepEqual(seen.of('joined')[0], { roomId: 1, epoch: 'e1', seq: 10, recovered: undefined });
   assert.deepEqual(ws.sent[1], { op: 10, roomId: 5 }, 'the other rooms joined after the auth reply');
   ws.receive({ op: 10, roomId: 5, epoch: 'x', seq: 3 });

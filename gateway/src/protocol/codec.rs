@@ -288,8 +288,7 @@ impl Codec {
         }
         if self.echo {
             let mut frame = Vec::with_capacity(payload.len() + 10);
-            let min_bytes = limits.compression.map_or(usize::MAX, |c| c.min_bytes);
-            ws::encode_for(opcode, &payload, self.deflate_bits, min_bytes, &mut frame);
+            ws::encode_for(opcode, &payload, self.deflate_bits, limits.compression, &mut frame);
             out.push(Output::Send(frame.into()));
             return;
         }
@@ -461,7 +460,7 @@ mod tests {
     /// A compressed client message: RSV1 on its first frame, cut into frames of `frame` bytes.
     fn deflated_frames(opcode: u8, message: &[u8], frame: usize) -> Vec<u8> {
         let mut z = Vec::new();
-        deflate::deflate(message, 15, &mut z);
+        deflate::deflate(message, 15, 9, &mut z);
         let chunks: Vec<&[u8]> = z.chunks(frame.max(1)).collect();
         let mut out = Vec::new();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -472,6 +471,12 @@ mod tests {
             out.extend(f);
         }
         out
+    }
+
+    #[test]
+    fn compression_adds_nothing_to_a_connection() {
+        // Two bytes of flags in what was padding: no window, no compressor, no buffer.
+        assert_eq!(size_of::<Codec>(), 16);
     }
 
     #[test]
@@ -529,7 +534,7 @@ mod tests {
         let on = Limits {
             echo_path: Some("/ws".into()),
             ws_path: "/chat".into(),
-            compression: Some(deflate::Settings { min_bytes: 20 }),
+            compression: Some(deflate::Settings { min_bytes: 20, level: 1 }),
             ..limits()
         };
         let mut c = open_deflate(&on);

@@ -26,8 +26,6 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 pub const MAX_WINDOW_BITS: u8 = 15;
 /// The smallest window zlib compresses with; an offer that asks for 8 is declined.
 const MIN_WINDOW_BITS: u8 = 9;
-/// zlib's level 1..9; chat messages are short, and level 6 takes most of what 9 would.
-const LEVEL: u32 = 6;
 
 /// Compressed client messages refused because they inflated past the size limit (decompression
 /// bombs, or just too large), process-wide, for `/metrics`.
@@ -39,11 +37,13 @@ pub struct Settings {
     /// Messages shorter than this go out uncompressed (deflate's header and the flush cost more
     /// than they save on a short message).
     pub min_bytes: usize,
+    /// zlib's level, 1 (fastest) to 9 (smallest).
+    pub level: u8,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { min_bytes: 128 }
+        Self { min_bytes: 128, level: 1 }
     }
 }
 
@@ -117,21 +117,28 @@ fn take_offer<'a>(params: impl Iterator<Item = &'a str>) -> Option<Agreed> {
     Some(Agreed { server_window_bits })
 }
 
+/// A raw-deflate compressor and the level it was made for.
+type Compressor = (u8, Box<Compress>);
+
 thread_local! {
-    /// One raw-deflate compressor per window size asked for, made when first needed.
-    static COMPRESSORS: RefCell<[Option<Box<Compress>>; 7]> = const { RefCell::new([const { None }; 7]) };
+    /// One compressor per window size asked for (9 to 15 bits), made when first needed.
+    static COMPRESSORS: RefCell<[Option<Compressor>; 7]> = const { RefCell::new([const { None }; 7]) };
     static INFLATER: RefCell<Option<Box<Decompress>>> = const { RefCell::new(None) };
 }
 
 /// Appends `payload` deflated on its own (no context carried to the next message) with a window
-/// of `window_bits`, in the form a compressed WebSocket message carries: the sync flush's empty
-/// block taken off.
-pub fn deflate(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
+/// of `window_bits` at zlib's `level`, in the form a compressed WebSocket message carries: the
+/// sync flush's empty block taken off.
+pub fn deflate(payload: &[u8], window_bits: u8, level: u8, out: &mut Vec<u8>) {
     let bits = window_bits.clamp(MIN_WINDOW_BITS, MAX_WINDOW_BITS);
+    let level = level.clamp(1, 9);
     COMPRESSORS.with_borrow_mut(|compressors| {
-        let c = compressors[(bits - MIN_WINDOW_BITS) as usize].get_or_insert_with(|| {
-            Box::new(Compress::new_with_window_bits(Compression::new(LEVEL), false, bits))
-        });
+        let slot = &mut compressors[(bits - MIN_WINDOW_BITS) as usize];
+        if slot.as_ref().is_none_or(|(made_for, _)| *made_for != level) {
+            let c = Compress::new_with_window_bits(Compression::new(level.into()), false, bits);
+            *slot = Some((level, Box::new(c)));
+        }
+        let (_, c) = slot.as_mut().expect("made above");
         c.reset();
         let start = out.len();
         out.reserve(payload.len() / 2 + 64);
@@ -208,9 +215,9 @@ pub fn inflate(compressed: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), V
 mod tests {
     use super::*;
 
-    fn round_trip(payload: &[u8], bits: u8) -> Vec<u8> {
+    fn round_trip(payload: &[u8], bits: u8, level: u8) -> Vec<u8> {
         let mut z = Vec::new();
-        deflate(payload, bits, &mut z);
+        deflate(payload, bits, level, &mut z);
         let mut back = Vec::new();
         inflate(&z, payload.len(), &mut back).expect("inflates");
         back
@@ -221,13 +228,14 @@ mod tests {
         let chat = br#"{"op":3,"roomId":7,"fromUserId":12,"fromUserName":"alice","msg":"see you at the standup","createTime":"2026-12-05 10:00:00"}"#;
         let big: Vec<u8> = chat.iter().cycle().take(200_000).copied().collect();
         let noise: Vec<u8> = (0..70_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        for bits in 9..=15 {
+        for (bits, level) in (9..=15).flat_map(|b| [(b, 1), (b, 6), (b, 9)]) {
             for payload in [&b""[..], b"x", chat, &big, &noise] {
-                assert_eq!(round_trip(payload, bits), payload, "{bits} bits, {} bytes", payload.len());
+                let back = round_trip(payload, bits, level);
+                assert_eq!(back, payload, "{bits} bits, level {level}, {} bytes", payload.len());
             }
         }
         let mut z = Vec::new();
-        deflate(&big, 15, &mut z);
+        deflate(&big, 15, 6, &mut z);
         assert!(z.len() < big.len() / 20, "repetitive text compresses: {} of {}", z.len(), big.len());
     }
 
@@ -235,8 +243,8 @@ mod tests {
     fn each_message_stands_alone() {
         // No context taken over: the same message deflates to the same bytes every time.
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        deflate(b"hello hello hello hello", 15, &mut a);
-        deflate(b"hello hello hello hello", 15, &mut b);
+        deflate(b"hello hello hello hello", 15, 6, &mut a);
+        deflate(b"hello hello hello hello", 15, 6, &mut b);
         assert_eq!(a, b);
     }
 
@@ -254,10 +262,10 @@ mod tests {
 
     #[test]
     fn a_decompression_bomb_is_refused_without_inflating_it() {
-        let bomb = vec![0u8; 50 << 20];
+        let bomb = vec![0u8; 8 << 20];
         let mut z = Vec::new();
-        deflate(&bomb, 15, &mut z);
-        assert!(z.len() < 100 << 10, "50 MiB of zeros is {} bytes deflated", z.len());
+        deflate(&bomb, 15, 6, &mut z);
+        assert!(z.len() < 16 << 10, "8 MiB of zeros is {} bytes deflated", z.len());
         let counted = INFLATED_TOO_LARGE.load(Ordering::Relaxed);
         let mut out = Vec::new();
         let err = inflate(&z, 64 << 10, &mut out).unwrap_err();
@@ -267,7 +275,7 @@ mod tests {
         assert!(INFLATED_TOO_LARGE.load(Ordering::Relaxed) > counted);
         // Exactly at the limit is fine; a byte over is not.
         let mut z = Vec::new();
-        deflate(&[b'a'; 1000], 15, &mut z);
+        deflate(&[b'a'; 1000], 15, 1, &mut z);
         assert!(inflate(&z, 1000, &mut Vec::new()).is_ok());
         assert_eq!(inflate(&z, 999, &mut Vec::new()).unwrap_err().code, 1009);
     }

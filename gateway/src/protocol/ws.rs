@@ -5,6 +5,7 @@ use bytes::Bytes;
 use fastwebsockets::{CloseCode, Frame, OpCode, Payload};
 
 use super::close;
+use super::deflate::Settings;
 
 /// A parsed client frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,22 +115,25 @@ pub fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// Appends one server message to `out`, deflated (RSV1 set) with a window of `window_bits`.
-pub fn encode_deflated(opcode: OpCode, payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
-    let mut deflated = Vec::new();
-    super::deflate::deflate(payload, window_bits, &mut deflated);
-    let start = out.len();
-    encode(opcode, &deflated, out);
-    out[start] |= 0x40;
-}
-
-/// Appends `payload` as one server message: deflated when the connection agreed to
-/// `permessage-deflate` (`window_bits` > 0) and the message is at least `min_bytes` long.
-pub fn encode_for(opcode: OpCode, payload: &[u8], window_bits: u8, min_bytes: usize, out: &mut Vec<u8>) {
-    if window_bits > 0 && payload.len() >= min_bytes {
-        encode_deflated(opcode, payload, window_bits, out);
-    } else {
-        encode(opcode, payload, out);
+/// Appends `payload` as one server message: deflated (RSV1 set) with a window of `window_bits`
+/// when the connection agreed to `permessage-deflate` (`window_bits` > 0) and the message is
+/// at least the settings' `min_bytes` long; plain otherwise.
+pub fn encode_for(
+    opcode: OpCode,
+    payload: &[u8],
+    window_bits: u8,
+    settings: Option<Settings>,
+    out: &mut Vec<u8>,
+) {
+    match settings {
+        Some(s) if window_bits > 0 && payload.len() >= s.min_bytes => {
+            let mut deflated = Vec::with_capacity(payload.len() / 2 + 64);
+            super::deflate::deflate(payload, window_bits, s.level, &mut deflated);
+            let start = out.len();
+            encode(opcode, &deflated, out);
+            out[start] |= 0x40;
+        }
+        _ => encode(opcode, payload, out),
     }
 }
 

@@ -79,7 +79,7 @@ impl Framed {
             }
             if let Some(settings) = framings.deflate {
                 let bits = deflate::MAX_WINDOW_BITS;
-                ws::encode_for(OpCode::Text, body, bits, settings.min_bytes, &mut deflated);
+                ws::encode_for(OpCode::Text, body, bits, Some(settings), &mut deflated);
             }
             if numbered {
                 let ends = [ws.len() as u32, tcp.len() as u32, bin.len() as u32, deflated.len() as u32];
@@ -192,7 +192,7 @@ mod tests {
     use super::*;
 
     fn all() -> Framings {
-        Framings { binary: true, deflate: Some(deflate::Settings { min_bytes: 10 }) }
+        Framings { binary: true, deflate: Some(deflate::Settings { min_bytes: 10, level: 1 }) }
     }
 
     #[test]
@@ -211,8 +211,9 @@ mod tests {
         let late = Framed::encode_numbered(&bodies, &[5, 0, 6, 7], Framings::default());
         assert_eq!(late.for_wire(Wire::WsBinary), framed.for_wire(Wire::WsBinary), "made later, the same");
         for wire in [Wire::WsJson, Wire::Tcp, Wire::WsBinary, Wire::WsDeflate] {
-            let one = |i: usize| Framed::encode_numbered(&[bodies[i]], &[], all()).for_wire(wire);
-            for f in [&framed, &late] {
+            // A batch made without deflate goes plain to a compressing client.
+            for (f, framings) in [(&framed, all()), (&late, Framings::default())] {
+                let one = |i: usize| Framed::encode_numbered(&[bodies[i]], &[], framings).for_wire(wire);
                 assert_eq!(f.after(wire, 0), [f.for_wire(wire)]);
                 assert_eq!(f.after(wire, 5), [[one(1), one(2), one(3)].concat()]);
                 assert_eq!(f.after(wire, 6), [one(1), one(3)], "the unnumbered message stays");

@@ -204,7 +204,7 @@ mod tests {
 
     fn numbered(seqs: &[u64]) -> Framed {
         let bodies: Vec<String> = seqs.iter().map(|s| format!("m{s}")).collect();
-        Framed::encode_numbered(&bodies, seqs, false)
+        Framed::encode_numbered(&bodies, seqs, crate::shard::Framings::default())
     }
 
     fn text(parts: &[Bytes]) -> String {

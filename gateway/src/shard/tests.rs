@@ -41,7 +41,7 @@ fn room_broadcast_shares_one_buffer() {
 
 #[test]
 fn compressing_members_share_one_deflated_buffer_beside_the_plain_one() {
-    let settings = deflate::Settings { min_bytes: 16 };
+    let settings = deflate::Settings { min_bytes: 16, level: 1 };
     let protocol = Limits { compression: Some(settings), ..Limits::default() };
     let mut s = Shard::new(3, 7, ShardLimits { protocol, ..ShardLimits::default() }, 0);
     let offer = String::from_utf8_lossy(UPGRADE)
