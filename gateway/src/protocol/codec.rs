@@ -59,8 +59,9 @@ pub struct Codec {
     fragment_opcode: Option<OpCode>,
     /// An echo-endpoint connection: messages come straight back.
     echo: bool,
-    /// The client chose the binary protocol at the upgrade.
-    binary: bool,
+    /// How frames are written to it: set at the upgrade (the binary protocol, compression),
+    /// read once per delivery.
+    wire: Wire,
     /// The window the server deflates with for this client (`permessage-deflate`); 0: not agreed.
     deflate_bits: u8,
     /// The fragmented message being assembled is compressed.
@@ -82,13 +83,17 @@ impl Codec {
             Transport::WebSocket => Phase::Handshake,
             Transport::Tcp => Phase::Frames,
         };
+        let wire = match transport {
+            Transport::WebSocket => Wire::WsJson,
+            Transport::Tcp => Wire::Tcp,
+        };
         Self {
             transport,
             phase,
             carry: None,
             fragment_opcode: None,
             echo: false,
-            binary: false,
+            wire,
             deflate_bits: 0,
             fragments_compressed: false,
         }
@@ -99,15 +104,9 @@ impl Codec {
     }
 
     /// How frames for this connection are written.
+    #[inline]
     pub fn wire(&self) -> Wire {
-        match (self.transport, self.binary) {
-            (Transport::Tcp, _) => Wire::Tcp,
-            // Shared frames are deflated with the full window; a client that asked for a
-            // smaller one gets them plain (an uncompressed message is always allowed).
-            (Transport::WebSocket, false) if self.deflate_bits == deflate::MAX_WINDOW_BITS => Wire::WsDeflate,
-            (Transport::WebSocket, false) => Wire::WsJson,
-            (Transport::WebSocket, true) => Wire::WsBinary,
-        }
+        self.wire
     }
 
     /// Whether the client agreed to `permessage-deflate`.
@@ -192,8 +191,14 @@ impl Codec {
                 out.push(Output::Send(response.into()));
                 self.phase = Phase::Frames;
                 self.echo = echo;
-                self.binary = binary;
                 self.deflate_bits = deflate.map_or(0, |d| d.server_window_bits);
+                self.wire = match (binary, self.deflate_bits) {
+                    (true, _) => Wire::WsBinary,
+                    // Shared frames are deflated with the full window; a client that asked for
+                    // a smaller one gets them plain (an uncompressed message is always allowed).
+                    (false, deflate::MAX_WINDOW_BITS) => Wire::WsDeflate,
+                    (false, _) => Wire::WsJson,
+                };
                 consumed
             }
             Upgrade::Reject { response } => {

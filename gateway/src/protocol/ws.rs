@@ -46,13 +46,16 @@ pub fn parse_header(buf: &[u8], max_frame: usize, deflate: bool) -> Result<Optio
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    let compressed = b0 & 0x40 != 0;
-    if b0 & 0x30 != 0 || (compressed && !deflate) {
-        return Err(Violation::protocol("reserved bits set without an extension"));
-    }
     let opcode = OpCode::try_from(b0 & 0x0f).map_err(|_| Violation::protocol("unknown opcode"))?;
-    if compressed && !matches!(opcode, OpCode::Text | OpCode::Binary) {
-        return Err(Violation::protocol("RSV1 set on a frame that does not start a message"));
+    // One test on the common path, a frame with no reserved bit.
+    let compressed = b0 & 0x70 != 0;
+    if compressed {
+        if b0 & 0x30 != 0 || !deflate {
+            return Err(Violation::protocol("reserved bits set without an extension"));
+        }
+        if !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            return Err(Violation::protocol("RSV1 set on a frame that does not start a message"));
+        }
     }
     let fin = b0 & 0x80 != 0;
     if b1 & 0x80 == 0 {

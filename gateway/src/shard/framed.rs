@@ -117,13 +117,17 @@ impl Framed {
     /// into the binary protocol here, for the one connection; one framed before it had a
     /// compressing client goes to it plain (a client that agreed to compression still takes
     /// uncompressed messages).
+    #[inline]
     pub fn for_wire(&self, wire: Wire) -> Bytes {
-        match (self.made(wire), &self.0.bin) {
-            (Wire::WsJson, _) => self.0.ws.clone(),
-            (Wire::Tcp, _) => self.0.tcp.clone(),
-            (Wire::WsDeflate, _) => self.0.deflated.clone().expect("made"),
-            (Wire::WsBinary, Some(bin)) => bin.clone(),
-            (Wire::WsBinary, None) => self.binary_from_ws().0,
+        let e = &self.0;
+        match wire {
+            Wire::WsJson => e.ws.clone(),
+            Wire::Tcp => e.tcp.clone(),
+            Wire::WsDeflate => e.deflated.as_ref().unwrap_or(&e.ws).clone(),
+            Wire::WsBinary => match &e.bin {
+                Some(bin) => bin.clone(),
+                None => self.binary_from_ws().0,
+            },
         }
     }
 
