@@ -199,23 +199,6 @@ try {
     }
   });
 
-  await step("the browser's socket compresses (permessage-deflate), and the page runs over it", async () => {
-    // Chromium offers the extension on every socket, the page's included; the chat above ran
-    // over compressed sockets. Its answer, as the page's socket gets it:
-    const extensions = await a.page.evaluate((url) => new Promise((resolve, reject) => {
-      const socket = new WebSocket(url);
-      socket.onopen = () => { resolve(socket.extensions); socket.close(); };
-      socket.onerror = () => reject(new Error('the socket did not open'));
-    }), `ws://127.0.0.1:${ws}/ws`);
-    if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(extensions)) {
-      throw new Error(`extensions agreed: ${JSON.stringify(extensions)}`);
-    }
-    // A message over the threshold comes to the other page deflated, and shows whole.
-    const long = `a long line for the compressor ${'and its window '.repeat(40)}`;
-    await send(a.page, long);
-    await seesMessage(b.page, long);
-  });
-
   await step('a taken name is refused clearly', async () => {
     const c = await newPage();
     await c.page.goto(origin);
@@ -246,6 +229,23 @@ try {
     await seesMessage(a.page, evil);
     if (await a.page.evaluate(() => window.__pwned)) throw new Error('HTML in a message ran');
     await shot(a.page, 'room');
+  });
+
+  await step("the browser's socket compresses (permessage-deflate), and the page runs over it", async () => {
+    // Chromium offers the extension on every socket, the page's included; the chat above ran
+    // over compressed sockets. Its answer, as the page's socket gets it:
+    const extensions = await a.page.evaluate((url) => new Promise((resolve, reject) => {
+      const socket = new WebSocket(url);
+      socket.onopen = () => { resolve(socket.extensions); socket.close(); };
+      socket.onerror = () => reject(new Error('the socket did not open'));
+    }), `ws://127.0.0.1:${ws}/ws`);
+    if (!/^permessage-deflate; server_no_context_takeover; client_no_context_takeover/.test(extensions)) {
+      throw new Error(`extensions agreed: ${JSON.stringify(extensions)}`);
+    }
+    // A message over the threshold comes to the other page deflated, and shows whole.
+    const long = `a long line for the compressor ${'and its window '.repeat(40)}`;
+    await send(b.page, long);
+    await seesMessage(a.page, long);
   });
 
   await step('a private message in its own thread, with an unread marker', async () => {
