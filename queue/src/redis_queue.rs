@@ -187,22 +187,33 @@ impl RedisQueue {
         self.owned.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Moves to this consumer up to `max` of `stream`'s entries pending with others for at
+    /// least `min_idle_ms`, from `cursor` on (`XAUTOCLAIM`).
+    async fn auto_claim(
+        &self,
+        stream: u16,
+        min_idle_ms: u64,
+        cursor: &str,
+        max: usize,
+    ) -> Result<StreamAutoClaimReply, Error> {
+        redis::cmd("XAUTOCLAIM")
+            .arg(self.cfg.key(stream))
+            .arg(&self.cfg.group)
+            .arg(&self.consumer)
+            .arg(min_idle_ms)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(redis_err)
+    }
+
     /// Takes over entries other consumers left pending for too long.
     async fn claim(&self, max: usize) -> Result<Vec<Delivery>, Error> {
-        let mut conn = self.conn.clone();
         let (mut out, mut bad) = (Vec::new(), Vec::new());
         for stream in self.owned() {
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(self.cfg.key(stream))
-                .arg(&self.cfg.group)
-                .arg(&self.consumer)
-                .arg(self.cfg.claim_idle_ms)
-                .arg("0-0")
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+            let reply = self.auto_claim(stream, self.cfg.claim_idle_ms, "0-0", max).await?;
             if !reply.claimed.is_empty() {
                 tracing::info!(
                     stream,
@@ -223,22 +234,11 @@ impl RedisQueue {
     /// entries. A live worker that had the stream may still be pushing some of them: the
     /// gateways drop the second copy by message id.
     async fn take_over(&self, max: usize) -> Result<Vec<Delivery>, Error> {
-        let mut conn = self.conn.clone();
         let (mut out, mut bad) = (Vec::new(), Vec::new());
         loop {
             let next = self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
             let Some((stream, cursor)) = next else { break };
-            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-                .arg(self.cfg.key(stream))
-                .arg(&self.cfg.group)
-                .arg(&self.consumer)
-                .arg(0)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(max)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err)?;
+            let reply = self.auto_claim(stream, 0, &cursor, max).await?;
             {
                 let mut taking = self.taking_over.lock().unwrap_or_else(|p| p.into_inner());
                 let done = reply.next_stream_id == "0-0";
