@@ -2,10 +2,7 @@
 //! parser for server frames. Small and allocation-free on the hot path, so the client is cheap
 //! per connection and per message.
 
-use std::cell::RefCell;
 use std::io;
-
-use flate2::{Decompress, FlushDecompress, Status};
 
 /// The `permessage-deflate` offer: the server deflates each message on its own, so the client
 /// needs no window per connection (one inflater per client thread serves every connection).
@@ -48,34 +45,15 @@ pub fn agreed_deflate(head: &[u8]) -> bool {
     })
 }
 
-thread_local! {
-    static INFLATER: RefCell<Decompress> = RefCell::new(Decompress::new(false));
-}
+/// Largest message the bench inflates.
+const MAX_INFLATED: usize = 64 << 20;
 
 /// Inflates a compressed server message (RSV1) that was deflated on its own.
 pub fn inflate(payload: &[u8]) -> io::Result<Vec<u8>> {
-    INFLATER.with_borrow_mut(|d| {
-        d.reset(false);
-        let mut input = Vec::with_capacity(payload.len() + 4);
-        input.extend_from_slice(payload);
-        input.extend_from_slice(&[0, 0, 0xff, 0xff]);
-        let mut out = Vec::with_capacity(payload.len() * 4 + 64);
-        let bad =
-            |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidData, format!("inflate: {e}"));
-        loop {
-            let before = d.total_in() as usize;
-            let status =
-                d.decompress_vec(&input[before..], &mut out, FlushDecompress::Sync).map_err(|e| bad(&e))?;
-            let done = d.total_in() as usize == input.len() && out.len() < out.capacity();
-            if done || status == Status::StreamEnd {
-                return Ok(out);
-            }
-            if status == Status::BufError && out.len() < out.capacity() {
-                return Err(bad(&"stream cut short"));
-            }
-            out.reserve(out.capacity());
-        }
-    })
+    let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+    gochat_gateway::protocol::deflate::inflate(payload, MAX_INFLATED, &mut out)
+        .map_err(|v| io::Error::new(io::ErrorKind::InvalidData, format!("inflate: {}", v.reason)))?;
+    Ok(out)
 }
 
 /// Where the response head ends, once it is complete; an error when it is not a 101.
