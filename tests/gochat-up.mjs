@@ -6,6 +6,19 @@ import { spawn } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repository's root, and the `gochat` binary the tests start (GOCHAT_BIN, or the debug build). */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const GOCHAT_BIN = process.env.GOCHAT_BIN || path.join(ROOT, 'target/debug/gochat');
+
+/** Node's WebSocket, or an error that says how to get it. */
+export function nodeWebSocket() {
+  if (typeof globalThis.WebSocket !== 'function') {
+    throw new Error('no WebSocket in this Node: run it with --experimental-websocket (Node 20) or on Node 22+');
+  }
+  return globalThis.WebSocket;
+}
 
 // Ports for the server, taken in turn from below the kernel's ephemeral range, as
 // gochat_runtime::launch::free_addr takes them: a port from that range (what a bind to port 0 gets)

@@ -11,15 +11,12 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
-import { freePorts, gochatConfig, startGochat, stopGochat, until } from '../gochat-up.mjs';
+import { GOCHAT_BIN, ROOT, freePorts, gochatConfig, startGochat, stopGochat, until } from '../gochat-up.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../..');
-const bin = process.env.GOCHAT_BIN || path.join(root, 'target/debug/gochat');
-const artifacts = path.join(root, 'test-artifacts');
+const bin = GOCHAT_BIN;
+const artifacts = path.join(ROOT, 'test-artifacts');
 const redisUrl = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 const prefix = `gochat-site-test-${process.pid}`;
 const WAIT = 15000;

@@ -7,19 +7,15 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
-import { freePorts, gochatConfig, startGochat, stopGochat, until } from '../../../tests/gochat-up.mjs';
+import {
+  GOCHAT_BIN, freePorts, gochatConfig, nodeWebSocket, startGochat, stopGochat, until,
+} from '../../../tests/gochat-up.mjs';
 import { GochatApi, GochatClient } from '../gochat.js';
 import { record } from './record.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../../..');
-const bin = process.env.GOCHAT_BIN || path.join(root, 'target/debug/gochat');
-const { WebSocket } = globalThis;
-if (typeof WebSocket !== 'function') {
-  throw new Error('no WebSocket in this Node: run it with --experimental-websocket (Node 20) or on Node 22+');
-}
+const bin = GOCHAT_BIN;
+const WebSocket = nodeWebSocket();
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gochat-js-deflate-'));
 let server = null;

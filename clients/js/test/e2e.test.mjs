@@ -10,20 +10,16 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
-import { freePorts, gochatConfig, startGochat, stopGochat, until } from '../../../tests/gochat-up.mjs';
+import {
+  GOCHAT_BIN, freePorts, gochatConfig, nodeWebSocket, startGochat, stopGochat, until,
+} from '../../../tests/gochat-up.mjs';
 import { ApiError, GochatApi, GochatClient, SESSION_ERROR } from '../gochat.js';
 import { startProxy } from './proxy.mjs';
 import { record } from './record.mjs';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const root = path.resolve(here, '../../..');
-const bin = process.env.GOCHAT_BIN || path.join(root, 'target/debug/gochat');
-const { WebSocket } = globalThis;
-if (typeof WebSocket !== 'function') {
-  throw new Error('no WebSocket in this Node: run it with --experimental-websocket (Node 20) or on Node 22+');
-}
+const bin = GOCHAT_BIN;
+const WebSocket = nodeWebSocket();
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const API_KEY = 'js-client-test-key-0123456789abcdef';
