@@ -109,11 +109,6 @@ impl Codec {
         self.wire
     }
 
-    /// Whether the client agreed to `permessage-deflate`.
-    pub fn is_deflate(&self) -> bool {
-        self.deflate_bits > 0
-    }
-
     /// Whether this connection came in on the echo endpoint.
     pub fn is_echo(&self) -> bool {
         self.echo
@@ -458,7 +453,7 @@ mod tests {
             .replace("Host: x\r\n", "Host: x\r\nSec-WebSocket-Extensions: permessage-deflate\r\n");
         let mut out = Vec::new();
         c.feed(&mut offer.into_bytes(), limits, &mut out);
-        assert!(c.is_deflate() && c.wire() == Wire::WsDeflate, "{out:?}");
+        assert_eq!(c.wire(), Wire::WsDeflate, "{out:?}");
         c
     }
 
