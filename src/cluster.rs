@@ -527,6 +527,7 @@ mod tests {
                 tls_cert: Some("/etc/gochat/tls/fullchain.pem".into()),
                 tls_key: Some("/etc/gochat/tls/privkey.pem".into()),
                 compression: Some("on".into()),
+                more: toml::Table::from_iter([("idle_timeout_secs".to_string(), toml::Value::Integer(300))]),
             }),
         };
         let written: toml::Table = toml::from_str(&node.to_toml().unwrap()).unwrap();

@@ -116,6 +116,10 @@ struct ServerArgs {
     /// `history_size=0`); repeatable.
     #[arg(long = "control-set", global = true, value_name = "KEY=VALUE")]
     control_set: Vec<String>,
+    /// With --spawn: a `[gateway]` setting for every gateway of the cluster, as KEY=VALUE in
+    /// TOML (e.g. `idle_timeout_secs=300`); repeatable.
+    #[arg(long = "gateway-set", global = true, value_name = "KEY=VALUE")]
+    gateway_set: Vec<String>,
     /// The client connections speak `wss://` (TLS 1.3 or 1.2, whatever the server picks). A
     /// `spawn:` cluster then serves wss with a self-signed certificate the bench makes (for
     /// localhost and 127.0.0.1) and trusts; a running server's --ws is its wss address, and
@@ -462,6 +466,7 @@ fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> a
         batch_age_us: args.batch_age_us,
         batch_max: args.batch_max,
         control_settings: args.control_set.clone(),
+        gateway_settings: args.gateway_set.clone(),
         path: args.path.clone(),
         server_pids: args.server_pid.clone(),
         auth: match args.auth {
@@ -493,6 +498,7 @@ fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> a
                 result.param("gateway_processes", options.gateways);
                 result.param("queue", &args.queue);
                 result.param("control_settings", &args.control_set);
+                result.param("gateway_settings", &args.gateway_set);
             }
             result.param("target", format!("{:?}", t.spec));
             result.param("round", round);

@@ -156,6 +156,18 @@ fn bench_control() -> ControlKeys {
     }
 }
 
+/// `KEY=VALUE` settings (VALUE in TOML) given with `flag`, as one table.
+fn settings(flag: &str, given: &[String]) -> anyhow::Result<toml::Table> {
+    let mut table = toml::Table::new();
+    for setting in given {
+        if !setting.contains('=') {
+            bail!("{flag} {setting:?}: expected KEY=VALUE");
+        }
+        table.extend(toml::from_str::<toml::Table>(setting).with_context(|| format!("{flag} {setting:?}"))?);
+    }
+    Ok(table)
+}
+
 /// A local gochat-rs cluster: one control (with its queue-worker) and `gateways` gateway
 /// processes sharing the WebSocket port with `SO_REUSEPORT`.
 pub struct Cluster {
@@ -184,6 +196,8 @@ pub struct ClusterSpec<'a> {
     pub batch_max: Option<usize>,
     /// `KEY=VALUE` settings for `[control]` (VALUE in TOML), over the bench's own.
     pub control_settings: &'a [String],
+    /// `KEY=VALUE` settings for every gateway's `[gateway]`, over the bench's own.
+    pub gateway_settings: &'a [String],
     /// Serve `wss://` with this certificate and key: clients then connect to the wss listener.
     pub tls: Option<&'a ServerCert>,
     /// Offer `permessage-deflate` to clients.
@@ -223,18 +237,13 @@ impl Cluster {
             batch_age_us,
             batch_max,
             control_settings,
+            gateway_settings,
             tls,
             compression,
         } = spec.clone();
         let mut control = bench_control();
-        for setting in control_settings {
-            if !setting.contains('=') {
-                bail!("--control-set {setting:?}: expected KEY=VALUE");
-            }
-            let table: toml::Table =
-                toml::from_str(setting).with_context(|| format!("--control-set {setting:?}"))?;
-            control.more.extend(table);
-        }
+        control.more = settings("--control-set", control_settings)?;
+        let gateway_more = settings("--gateway-set", gateway_settings)?;
         if !gochat.is_file() {
             bail!("no gochat binary at {} (build it: cargo build --release)", gochat.display());
         }
@@ -323,6 +332,7 @@ impl Cluster {
                     tls_cert: tls.map(|t| t.cert.clone()),
                     tls_key: tls.map(|t| t.key.clone()),
                     compression: compression.then(|| "on".into()),
+                    more: gateway_more.clone(),
                 }),
                 ..common.clone()
             };

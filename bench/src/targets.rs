@@ -79,6 +79,7 @@ pub struct TargetOptions {
     pub batch_age_us: u64,
     pub batch_max: Option<usize>,
     pub control_settings: Vec<String>,
+    pub gateway_settings: Vec<String>,
     pub path: String,
     /// For running servers: these processes and their children (default: the processes
     /// listening on the WebSocket port).
@@ -142,6 +143,7 @@ impl NamedTarget {
                     batch_age_us: o.batch_age_us,
                     batch_max: o.batch_max,
                     control_settings: &o.control_settings,
+                    gateway_settings: &o.gateway_settings,
                     tls: o.tls.as_ref(),
                     compression: o.compression,
                 };

@@ -287,6 +287,9 @@ pub struct GatewayKeys {
     pub tls_key: Option<std::path::PathBuf>,
     /// `permessage-deflate`: `off` or `on`.
     pub compression: Option<String>,
+    /// Any other keys, as TOML values (e.g. the bench's `--gateway-set`).
+    #[serde(flatten)]
+    pub more: toml::Table,
 }
 
 #[cfg(test)]
