@@ -15,6 +15,10 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 
+# A Redis Cluster of three primaries and three replicas on loopback (ports 7100-7105), for the
+# stores' and the queue's tests on a cluster (REDIS_CLUSTER_URL); one already there is used.
+export REDIS_CLUSTER_URL="${REDIS_CLUSTER_URL:-$(.ci/redis-cluster.sh)}"
+
 # PostgreSQL too (127.0.0.1:5432, postgres trusted from there); the user-store test makes and
 # drops a database. A server answering there is left as it is; otherwise .ci/postgres.sh installs
 # the server when missing, makes or starts its cluster and trusts postgres (.ci/postgres.test.sh

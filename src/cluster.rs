@@ -1,5 +1,5 @@
 //! A local cluster on loopback, for tests and demos: its own Redis (append-only, so a restart
-//! keeps the queue and the state) and etcd, a database of its own on the machine's PostgreSQL,
+//! keeps the queue and the state) or Redis Cluster (three primaries, three replicas) and etcd, a database of its own on the machine's PostgreSQL,
 //! and gateways, controls and workers as separate `gochat` processes, each with its own config
 //! file under the cluster's folder. Every member can be killed and restarted, to test failures.
 //!
@@ -38,6 +38,8 @@ pub struct ClusterSpec {
     pub shards: usize,
     /// The controls' server API keys (none: the server API is off).
     pub api_keys: Vec<String>,
+    /// State and queue on a Redis Cluster of three primaries and three replicas, not one Redis.
+    pub redis_cluster: bool,
 }
 
 impl ClusterSpec {
@@ -52,18 +54,24 @@ impl ClusterSpec {
             driver: DriverChoice::Auto,
             shards: 1,
             api_keys: Vec::new(),
+            redis_cluster: false,
         }
     }
 }
 
 /// A failure to inject into a running cluster, as `gochat cluster --faults` names it:
-/// `kill-worker-1`, `restart-gateway-2`, `kill-control-1`, `restart-redis`, `restart-etcd`.
+/// `kill-worker-1`, `restart-gateway-2`, `kill-control-1`, `restart-redis`, `restart-etcd`,
+/// and on a Redis Cluster `kill-redis-primary-N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Kill(Role, usize),
     Restart(Role, usize),
+    /// Every Redis node stopped (SIGTERM) and started again, in turn; a killed one started.
     RestartRedis,
     RestartEtcd,
+    /// SIGKILL to the Redis Cluster primary that serves the `n`th third of the slots (from 1):
+    /// its replica takes over.
+    KillRedisPrimary(usize),
 }
 
 impl std::str::FromStr for Fault {
@@ -76,8 +84,15 @@ impl std::str::FromStr for Fault {
             _ => {}
         }
         let bad = || {
-            anyhow::anyhow!("unknown fault {s:?}: kill-ROLE-N, restart-ROLE-N, restart-redis or restart-etcd")
+            anyhow::anyhow!(
+                "unknown fault {s:?}: kill-ROLE-N, restart-ROLE-N, restart-redis, restart-etcd or \
+                 kill-redis-primary-N (N: 1 to 3)"
+            )
         };
+        if let Some(n) = s.strip_prefix("kill-redis-primary-") {
+            let n: usize = n.parse().ok().filter(|n| (1..=3).contains(n)).ok_or_else(bad)?;
+            return Ok(Fault::KillRedisPrimary(n));
+        }
         let (action, member) = s.split_once('-').ok_or_else(bad)?;
         let (role, n) = member.rsplit_once('-').ok_or_else(bad)?;
         let role = [Role::Gateway, Role::Control, Role::Worker]
@@ -107,7 +122,8 @@ pub struct Member {
 
 pub struct LocalCluster {
     spec: ClusterSpec,
-    redis: Process,
+    /// One Redis, or the Redis Cluster's six nodes.
+    redis: Vec<Process>,
     etcd: Process,
     database: String,
     members: Vec<(Member, Process)>,
@@ -149,18 +165,20 @@ impl LocalCluster {
         let dir = spec.dir.canonicalize()?;
         let path = |name: &str| dir.join(name);
 
-        let redis_addr = free_addr()?;
-        std::fs::create_dir_all(path("redis"))?;
-        let redis = Process::new(
-            "redis",
-            "redis-server",
-            [
+        let nodes = if spec.redis_cluster { 6 } else { 1 };
+        let mut redis = Vec::new();
+        let mut redis_addrs = Vec::new();
+        for i in 1..=nodes {
+            let (addr, name) =
+                (free_addr()?, if nodes == 1 { "redis".to_string() } else { format!("redis-{i}") });
+            std::fs::create_dir_all(path(&name))?;
+            let mut args = [
                 "--bind",
                 "127.0.0.1",
                 "--port",
-                &redis_addr.port().to_string(),
+                &addr.port().to_string(),
                 "--dir",
-                path("redis").to_str().context("utf-8 path")?,
+                path(&name).to_str().context("utf-8 path")?,
                 "--appendonly",
                 "yes",
                 "--appendfsync",
@@ -169,10 +187,33 @@ impl LocalCluster {
                 "",
             ]
             .map(String::from)
-            .to_vec(),
-            path("redis.log"),
-        )
-        .ready_at(redis_addr);
+            .to_vec();
+            if spec.redis_cluster {
+                // A primary silent for 2 s is failed over to its replica.
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(String::from),
+                );
+            }
+            redis.push(
+                Process::new(name.clone(), "redis-server", args, path(&format!("{name}.log"))).ready_at(addr),
+            );
+            redis_addrs.push(addr);
+        }
+        let redis_url = match spec.redis_cluster {
+            true => format!(
+                "redis+cluster://{}",
+                redis_addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+            ),
+            false => format!("redis://{}", redis_addrs[0]),
+        };
         let (etcd_addr, peer_addr) = (free_addr()?, free_addr()?);
         let etcd_url = format!("http://{etcd_addr}");
         let etcd = Process::new(
@@ -198,19 +239,18 @@ impl LocalCluster {
         )
         .ready_at(etcd_addr);
         let database = format!("gochat_cluster_{}_{}", std::process::id(), etcd_addr.port());
-        let mut cluster = Self {
-            redis_url: format!("redis://{redis_addr}"),
-            etcd_url,
-            spec,
-            redis,
-            etcd,
-            database,
-            members: Vec::new(),
-            made_dir,
-        };
-        cluster.redis.spawn()?;
+        let mut cluster =
+            Self { redis_url, etcd_url, spec, redis, etcd, database, members: Vec::new(), made_dir };
+        for node in &mut cluster.redis {
+            node.spawn()?;
+        }
         cluster.etcd.spawn()?;
-        cluster.redis.wait_ready(Duration::from_secs(10))?;
+        for node in &mut cluster.redis {
+            node.wait_ready(Duration::from_secs(10))?;
+        }
+        if cluster.spec.redis_cluster {
+            create_redis_cluster(&redis_addrs, &cluster.spec.dir)?;
+        }
         cluster.etcd.wait_ready(Duration::from_secs(20))?;
         psql(&cluster.spec.postgres_admin_url, &format!("CREATE DATABASE {}", cluster.database))?;
 
@@ -348,11 +388,27 @@ impl LocalCluster {
         proc.wait_ready(Duration::from_secs(30))
     }
 
-    /// Stops Redis (SIGTERM: it writes its append-only file) and starts it again.
+    /// Stops Redis (SIGTERM: it writes its append-only file) and starts it again; each node
+    /// of a Redis Cluster in turn (a killed one is started).
     pub fn restart_redis(&mut self) -> anyhow::Result<()> {
-        self.redis.stop(Duration::from_secs(10));
-        self.redis.spawn()?;
-        self.redis.wait_ready(Duration::from_secs(10))
+        for node in &mut self.redis {
+            node.stop(Duration::from_secs(10));
+            node.spawn()?;
+            node.wait_ready(Duration::from_secs(10))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the Redis Cluster primary serving the `n`th third of the slots (see
+    /// [`Fault::KillRedisPrimary`]); returns its address.
+    pub fn kill_redis_primary(&mut self, n: usize) -> anyhow::Result<SocketAddr> {
+        anyhow::ensure!(self.spec.redis_cluster, "not a Redis Cluster (gochat cluster --redis-cluster)");
+        let slot = (n.clamp(1, 3) - 1) * 16384 / 3;
+        let live = self.redis.iter().filter(|p| p.is_started()).filter_map(|p| p.ready).collect::<Vec<_>>();
+        let primary = redis_primary_of(&live, slot)?;
+        let node = self.redis.iter_mut().find(|p| p.ready == Some(primary)).context("no such node")?;
+        node.kill();
+        Ok(primary)
     }
 
     /// Kills etcd (SIGKILL) and starts it again on its data.
@@ -376,6 +432,7 @@ impl LocalCluster {
             }
             Fault::RestartRedis => self.restart_redis(),
             Fault::RestartEtcd => self.restart_etcd(),
+            Fault::KillRedisPrimary(n) => self.kill_redis_primary(n).map(drop),
         }
     }
 
@@ -396,7 +453,9 @@ impl LocalCluster {
         for (_, proc) in self.members.iter_mut().rev() {
             proc.stop(Duration::from_secs(5));
         }
-        self.redis.stop(Duration::from_secs(5));
+        for node in &mut self.redis {
+            node.stop(Duration::from_secs(5));
+        }
         self.etcd.stop(Duration::from_secs(5));
         if let Err(e) =
             psql(&self.spec.postgres_admin_url, &format!("DROP DATABASE IF EXISTS {}", self.database))
@@ -410,10 +469,76 @@ impl Drop for LocalCluster {
     /// A cluster dropped without [`LocalCluster::stop`] (a failed test) still stops its processes
     /// and drops its database, but keeps its folder with the logs.
     fn drop(&mut self) {
-        if self.members.iter().any(|(_, p)| p.is_started()) || self.redis.is_started() {
+        if self.members.iter().any(|(_, p)| p.is_started()) || self.redis.iter().any(Process::is_started) {
             self.shutdown();
         }
     }
+}
+
+/// Makes a Redis Cluster of the nodes at `addrs` (three primaries, each with a replica), with
+/// `redis-cli --cluster create`, and waits until every node reports it ready.
+fn create_redis_cluster(addrs: &[SocketAddr], dir: &Path) -> anyhow::Result<()> {
+    let out = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(addrs.iter().map(ToString::to_string))
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .context("running redis-cli --cluster create")?;
+    std::fs::write(dir.join("redis-cluster-create.log"), &out.stdout)?;
+    if !out.status.success() {
+        bail!("redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in addrs {
+        loop {
+            let info = redis::Client::open(format!("redis://{addr}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+            if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "Redis Cluster node {addr} never reported cluster_state:ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// The primary serving `slot`, as the first of the `live` nodes that answers sees it.
+fn redis_primary_of(live: &[SocketAddr], slot: usize) -> anyhow::Result<SocketAddr> {
+    for addr in live {
+        let Ok(mut conn) = redis::Client::open(format!("redis://{addr}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+        else {
+            continue;
+        };
+        let Ok(slots) = redis::cmd("CLUSTER").arg("SLOTS").query::<redis::Value>(&mut conn) else { continue };
+        let redis::Value::Array(ranges) = slots else { continue };
+        for range in ranges {
+            let redis::Value::Array(r) = range else { continue };
+            let (
+                Some(redis::Value::Int(from)),
+                Some(redis::Value::Int(to)),
+                Some(redis::Value::Array(primary)),
+            ) = (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            if !(*from as usize..=*to as usize).contains(&slot) {
+                continue;
+            }
+            if let (Some(redis::Value::BulkString(host)), Some(redis::Value::Int(port))) =
+                (primary.first(), primary.get(1))
+            {
+                return Ok(SocketAddr::new(String::from_utf8_lossy(host).parse()?, *port as u16));
+            }
+        }
+    }
+    bail!("no Redis Cluster node answered CLUSTER SLOTS for slot {slot}")
 }
 
 /// `gochat cluster`: starts the cluster and lists its members, injects `faults` (seconds after
@@ -471,7 +596,17 @@ mod tests {
         assert_eq!("restart-gateway-2".parse::<Fault>().unwrap(), Fault::Restart(Role::Gateway, 2));
         assert_eq!("restart-redis".parse::<Fault>().unwrap(), Fault::RestartRedis);
         assert_eq!("restart-etcd".parse::<Fault>().unwrap(), Fault::RestartEtcd);
-        for bad in ["kill-worker-0", "kill-queue-1", "stop-worker-1", "kill-worker", "restart-redis-1"] {
+        assert_eq!("kill-redis-primary-3".parse::<Fault>().unwrap(), Fault::KillRedisPrimary(3));
+        for bad in [
+            "kill-worker-0",
+            "kill-queue-1",
+            "stop-worker-1",
+            "kill-worker",
+            "restart-redis-1",
+            "kill-redis-primary-4",
+            "kill-redis-primary-0",
+            "kill-redis-1",
+        ] {
             let e = bad.parse::<Fault>().unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
@@ -504,7 +639,10 @@ mod tests {
             queue: Some(QueueKeys {
                 kind: Some("redis".into()),
                 capacity: Some(1_000_000),
-                redis: Some(RedisQueueKeys { prefix: Some("gochat-bench".into()) }),
+                redis: Some(RedisQueueKeys {
+                    url: Some("redis+cluster://10.0.0.1:7000,10.0.0.2:7000".into()),
+                    prefix: Some("gochat-bench".into()),
+                }),
             }),
             worker: Some(WorkerKeys {
                 logic: grpc.clone(),

@@ -79,9 +79,15 @@ enum Command {
         /// Where the cluster may create its database.
         #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
         postgres: String,
+        /// State and queue on a Redis Cluster of three primaries and three replicas (six
+        /// redis-server processes), not one Redis.
+        #[arg(long)]
+        redis_cluster: bool,
         /// Failures to inject, as SECONDS:FAULT after start, e.g.
         /// `20:kill-worker-1,35:restart-worker-1,50:restart-redis`. Faults: kill-ROLE-N,
-        /// restart-ROLE-N (ROLE: gateway, control, worker), restart-redis, restart-etcd.
+        /// restart-ROLE-N (ROLE: gateway, control, worker), restart-redis, restart-etcd, and
+        /// with --redis-cluster kill-redis-primary-N (the primary of the Nth third of the slots,
+        /// N: 1 to 3).
         #[arg(long, value_delimiter = ',', value_parser = parse_timed_fault)]
         faults: Vec<(f64, Fault)>,
     },
@@ -115,11 +121,12 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Command::Cluster { gateways, controls, workers, dir, postgres, faults } = command {
+    if let Command::Cluster { gateways, controls, workers, dir, postgres, redis_cluster, faults } = command {
         let spec = ClusterSpec {
             gateways,
             controls,
             workers,
+            redis_cluster,
             postgres_admin_url: postgres,
             driver: cfg.gateway.driver,
             ..ClusterSpec::new(std::env::current_exe()?, dir)

@@ -73,9 +73,15 @@ struct ServerArgs {
     #[arg(long, global = true, value_delimiter = ',', default_value = "epoll")]
     drivers: Vec<String>,
     /// With --spawn: the queue between control and the worker — `memory` (the worker runs inside
-    /// control) or `redis` (Redis Streams on 127.0.0.1:6379, the worker its own process).
+    /// control) or `redis` (Redis Streams on --redis, the worker its own process).
     #[arg(long, global = true, default_value = "memory")]
     queue: String,
+    /// With --spawn and `--queue redis`: the Redis the queue (and control's state, with
+    /// `--control-set 'state="redis"'`) lives on, one node or a Redis Cluster
+    /// (`redis+cluster://host:port,host:port,…`). Keys under a prefix of the run's own, deleted
+    /// after it.
+    #[arg(long, global = true, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
     /// With --spawn: gateway processes (default: one per 15,000 connections).
     #[arg(long, global = true)]
     gateways: Option<usize>,
@@ -463,6 +469,7 @@ fn run_in(args: &ServerArgs, command: &Command, cert_dir: &std::path::Path) -> a
         gochat: args.spawn.clone(),
         gateways: args.gateways.unwrap_or(connections.div_ceil(15_000).max(1)),
         queue: args.queue.clone(),
+        redis: args.redis.clone(),
         batch_age_us: args.batch_age_us,
         batch_max: args.batch_max,
         control_settings: args.control_set.clone(),

@@ -11,6 +11,7 @@ use gochat_runtime::launch::{
     free_addr, ControlKeys, GatewayKey, GatewayKeys, NodeConfig, Process, QueueKeys, RedisQueueKeys,
     WorkerKeys,
 };
+use gochat_runtime::redis::RedisUrl;
 use serde::{Deserialize, Serialize};
 
 /// Resource use of the server processes at one moment.
@@ -181,7 +182,8 @@ pub struct Cluster {
     /// The gateways' gRPC URLs.
     pub gateway_grpc: Vec<String>,
     /// Key prefix of the Redis queue, deleted at stop.
-    redis_prefix: Option<String>,
+    /// With a Redis queue: its URL, and the prefix of the run's keys.
+    redis_prefix: Option<(String, String)>,
 }
 
 /// What a spawned cluster runs.
@@ -192,6 +194,8 @@ pub struct ClusterSpec<'a> {
     pub max_conns_per_gateway: usize,
     /// `memory` (the worker inside control) or `redis`.
     pub queue: &'a str,
+    /// With `redis`: its URL (one node or a cluster), for the queue and control's state.
+    pub redis: &'a str,
     pub batch_age_us: u64,
     pub batch_max: Option<usize>,
     /// `KEY=VALUE` settings for `[control]` (VALUE in TOML), over the bench's own.
@@ -234,6 +238,7 @@ impl Cluster {
             gateways,
             max_conns_per_gateway,
             queue,
+            redis,
             batch_age_us,
             batch_max,
             control_settings,
@@ -260,11 +265,17 @@ impl Cluster {
         let redis_prefix = (queue == "redis")
             .then(|| format!("gochat-bench-{}-{}", std::process::id(), crate::engine::now_micros()));
         let queue_keys = match &redis_prefix {
-            Some(prefix) => QueueKeys {
-                kind: Some("redis".into()),
-                redis: Some(RedisQueueKeys { prefix: Some(prefix.clone()) }),
-                ..QueueKeys::default()
-            },
+            Some(prefix) => {
+                // Control's state on the same Redis and prefix, when it is set to Redis.
+                for (key, value) in [("redis_url", redis), ("redis_prefix", prefix.as_str())] {
+                    control.more.entry(key).or_insert_with(|| value.into());
+                }
+                QueueKeys {
+                    kind: Some("redis".into()),
+                    redis: Some(RedisQueueKeys { url: Some(redis.into()), prefix: Some(prefix.clone()) }),
+                    ..QueueKeys::default()
+                }
+            }
             None if queue == "memory" => QueueKeys { capacity: Some(1_000_000), ..QueueKeys::default() },
             None => bail!("unknown queue {queue:?}: expected memory or redis"),
         };
@@ -307,7 +318,7 @@ impl Cluster {
             procs: ServerProcs::default(),
             gateway_procs: ServerProcs::default(),
             gateway_grpc: gw_grpc.iter().map(|g| format!("http://{g}")).collect(),
-            redis_prefix: redis_prefix.clone(),
+            redis_prefix: redis_prefix.clone().map(|p| (redis.to_string(), p)),
         };
         let wait = Duration::from_secs(20);
         cluster.start_one(process(&common, "control", "control")?.ready_at(api), wait)?;
@@ -364,11 +375,20 @@ impl Cluster {
             p.reap(Duration::from_secs(10));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(prefix) = &self.redis_prefix {
-            let _ = Command::new("sh")
-                .arg("-c")
-                .arg(format!("redis-cli --scan --pattern '{prefix}:*' | xargs -r redis-cli del >/dev/null"))
-                .status();
+        if let Some((url, prefix)) = &self.redis_prefix {
+            // On each node of a cluster (its replicas refuse the deletes, and follow).
+            let nodes = match RedisUrl::parse(url) {
+                Ok(RedisUrl::Cluster(nodes)) => nodes,
+                _ => vec![url.clone()],
+            };
+            for node in nodes {
+                let _ = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!(
+                        "redis-cli -u '{node}' --scan --pattern '{prefix}:*' | xargs -r -n 100 redis-cli -u '{node}' del >/dev/null 2>&1"
+                    ))
+                    .status();
+            }
         }
     }
 }

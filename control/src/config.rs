@@ -70,7 +70,8 @@ pub struct ControlConfig {
     pub demo_users: Option<bool>,
     /// Where sessions, connections and rooms live: `memory` or `redis`.
     pub state: StateKind,
-    /// With `state = "redis"`: the Redis holding them.
+    /// With `state = "redis"`: the Redis holding them, one node (`redis://host:port`) or a
+    /// Redis Cluster (`redis+cluster://host:port,host:port,…`).
     pub redis_url: String,
     /// Prefix of this cluster's keys in Redis.
     pub redis_prefix: String,
@@ -277,8 +278,14 @@ impl ControlConfig {
         if self.node_id.is_some_and(|n| n > crate::ids::MAX_NODE) {
             return err(format!("node_id must be 0 to {}", crate::ids::MAX_NODE));
         }
-        if self.state == StateKind::Redis && !self.redis_url.starts_with("redis") {
-            return err(format!("redis_url {:?}: expected a redis:// URL", redact_url(&self.redis_url)));
+        if self.state == StateKind::Redis {
+            if let Err(why) = gochat_runtime::redis::RedisUrl::parse(&self.redis_url) {
+                return err(format!(
+                    "redis_url {:?}: {why} (expected redis://host:port, or a cluster: \
+                     redis+cluster://host:port,host:port,…)",
+                    redact_url(&self.redis_url)
+                ));
+            }
         }
         if !(2..=300).contains(&self.gateway_lease_secs) {
             return err("gateway_lease_secs must be 2 to 300".into());

@@ -9,19 +9,27 @@
 //! pending on it, at once, and reads newer entries only after: otherwise a failover handed a
 //! room's newer messages out before older ones that a client can no longer wait for (they come
 //! `claim_idle_ms` later) nor fetch (the room's history keeps only its last messages).
+//!
+//! Each stream is one key, so on a Redis Cluster the streams spread over the slots. Each stream
+//! this worker owns has a reader task of its own, with a connection of its own for its
+//! blocking `XREADGROUP` (one read cannot block on keys of several nodes), handing batches to
+//! `read` through a bounded channel; a stream's reader first takes over what others left
+//! pending on it when it was just given to this worker.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use gochat_proto::queue::queue_message::Target;
 use gochat_proto::queue::QueueMessage;
 use gochat_runtime::peers::Members;
+use gochat_runtime::redis::{RedisConn, RedisTimeouts, RedisUrl};
 use prost::Message as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamReadReply};
-use redis::{AsyncConnectionConfig, Value};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::Value;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 use crate::{Delivery, Error, Queue};
 
@@ -29,7 +37,7 @@ use crate::{Delivery, Error, Queue};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisQueueConfig {
-    /// e.g. `redis://127.0.0.1:6379`
+    /// e.g. `redis://127.0.0.1:6379`, or a cluster: `redis+cluster://h1:7000,h2:7001`
     pub url: String,
     /// Prefix of every key this queue uses.
     pub prefix: String,
@@ -64,7 +72,7 @@ impl RedisQueueConfig {
         if self.streams == 0 || self.max_len == 0 || self.claim_idle_ms == 0 {
             return Err(Error::Config("queue: streams, max_len and claim_idle_ms must be above 0".into()));
         }
-        redis::Client::open(self.url.as_str()).map_err(|e| {
+        RedisUrl::parse(&self.url).map_err(|e| {
             Error::Config(format!("queue url {:?}: {e}", gochat_proto::config_format::redact_url(&self.url)))
         })?;
         Ok(())
@@ -78,19 +86,30 @@ impl RedisQueueConfig {
 pub struct RedisQueue {
     cfg: RedisQueueConfig,
     consumer: String,
-    client: redis::Client,
     /// Appends, acks and claims.
-    conn: ConnectionManager,
-    /// Blocking reads get a connection of their own, with no response timeout: a blocked
-    /// `XREADGROUP` must not stall or time out the other commands.
-    reader: Mutex<Option<MultiplexedConnection>>,
+    conn: RedisConn,
     last_claim: Mutex<Instant>,
     /// The streams this worker reads and claims from: all of them, or its share of them.
     owned: Arc<RwLock<Vec<u16>>>,
-    /// Streams just added to its share, with how far their pending entries were taken over
-    /// (an `XAUTOCLAIM` cursor): none of their newer entries is read before that is done.
-    taking_over: Arc<std::sync::Mutex<Vec<(u16, String)>>>,
+    /// Streams just added to its share: their reader takes over what others left pending on
+    /// them before it reads newer entries.
+    taking_over: Arc<std::sync::Mutex<BTreeSet<u16>>>,
+    /// The running stream readers, each with the flag that stops it.
+    readers: std::sync::Mutex<BTreeMap<u16, Arc<AtomicBool>>>,
+    /// What the readers read; and what `read` took from them but did not hand out yet.
+    batches_tx: mpsc::Sender<Batch>,
+    batches: Mutex<(mpsc::Receiver<Batch>, VecDeque<Delivery>)>,
+    /// How many entries a reader asks for at a time: the last `read`'s `max`.
+    count: Arc<AtomicUsize>,
 }
+
+/// What a stream reader hands `read`: entries it read, or the failure that stopped it.
+type Batch = Result<Vec<Delivery>, Error>;
+
+/// How long a stream reader's `XREADGROUP` blocks, so that it sees a stop soon.
+const READ_BLOCK: Duration = Duration::from_secs(1);
+/// Batches read ahead of `read`, over all streams.
+const READ_AHEAD: usize = 8;
 
 /// The streams worker `index` of `workers` owns: every `workers`-th one from `index`.
 fn share(streams: u16, index: usize, workers: usize) -> Vec<u16> {
@@ -105,13 +124,12 @@ impl RedisQueue {
     /// Connects and makes sure every stream and the consumer group exist.
     pub async fn open(cfg: RedisQueueConfig) -> Result<Self, Error> {
         cfg.validate()?;
-        let client = redis::Client::open(cfg.url.as_str()).map_err(redis_err)?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_number_of_retries(3);
-        let mut conn =
-            ConnectionManager::new_with_config(client.clone(), manager_cfg).await.map_err(redis_err)?;
+        let timeouts = RedisTimeouts {
+            connect: Duration::from_secs(2),
+            response: Some(Duration::from_secs(5)),
+            retries: 3,
+        };
+        let mut conn = RedisConn::open(&cfg.url, timeouts).await.map_err(redis_err)?;
         for stream in 0..cfg.streams {
             let created: Result<(), _> = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -131,14 +149,17 @@ impl RedisQueue {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
+        let (batches_tx, rx) = mpsc::channel(READ_AHEAD);
         Ok(Self {
             consumer,
-            client,
             conn,
-            reader: Mutex::new(None),
             last_claim: Mutex::new(Instant::now()),
             owned: Arc::new(RwLock::new((0..cfg.streams).collect())),
             taking_over: Arc::default(),
+            readers: std::sync::Mutex::default(),
+            batches_tx,
+            batches: Mutex::new((rx, VecDeque::new())),
+            count: Arc::new(AtomicUsize::new(1)),
             cfg,
         })
     }
@@ -158,62 +179,24 @@ impl RedisQueue {
         (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as u16 % self.cfg.streams
     }
 
-    fn deliveries(
-        &self,
-        stream: u16,
-        entries: Vec<redis::streams::StreamId>,
-        out: &mut Vec<Delivery>,
-        bad: &mut Vec<String>,
-    ) {
-        for entry in entries {
-            let id = format!("{stream}/{}", entry.id);
-            match entry.map.get("m") {
-                Some(Value::BulkString(bytes)) => match QueueMessage::decode(bytes.as_slice()) {
-                    Ok(message) => out.push(Delivery { id, message }),
-                    Err(e) => {
-                        tracing::warn!(%id, error = %e, "undecodable queue entry; dropped");
-                        bad.push(id);
-                    }
-                },
-                _ => {
-                    tracing::warn!(%id, "queue entry without a message; dropped");
-                    bad.push(id);
-                }
-            }
-        }
-    }
-
     fn owned(&self) -> Vec<u16> {
         self.owned.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Moves to this consumer up to `max` of `stream`'s entries pending with others for at
-    /// least `min_idle_ms`, from `cursor` on (`XAUTOCLAIM`).
-    async fn auto_claim(
-        &self,
-        stream: u16,
-        min_idle_ms: u64,
-        cursor: &str,
-        max: usize,
-    ) -> Result<StreamAutoClaimReply, Error> {
-        redis::cmd("XAUTOCLAIM")
-            .arg(self.cfg.key(stream))
-            .arg(&self.cfg.group)
-            .arg(&self.consumer)
-            .arg(min_idle_ms)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(max)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(redis_err)
     }
 
     /// Takes over entries other consumers left pending for too long.
     async fn claim(&self, max: usize) -> Result<Vec<Delivery>, Error> {
         let (mut out, mut bad) = (Vec::new(), Vec::new());
         for stream in self.owned() {
-            let reply = self.auto_claim(stream, self.cfg.claim_idle_ms, "0-0", max).await?;
+            let reply = auto_claim(
+                &mut self.conn.clone(),
+                &self.cfg,
+                &self.consumer,
+                stream,
+                self.cfg.claim_idle_ms,
+                "0-0",
+                max,
+            )
+            .await?;
             if !reply.claimed.is_empty() {
                 tracing::info!(
                     stream,
@@ -221,7 +204,7 @@ impl RedisQueue {
                     "took over entries a worker left pending"
                 );
             }
-            self.deliveries(stream, reply.claimed, &mut out, &mut bad);
+            deliveries(stream, reply.claimed, &mut out, &mut bad);
         }
         if !bad.is_empty() {
             self.ack(&bad).await?;
@@ -229,44 +212,201 @@ impl RedisQueue {
         Ok(out)
     }
 
-    /// Takes over, however recent, what other consumers left pending on the streams just added
-    /// to this worker's share (up to `max` at a time), so that they go out before the newer
-    /// entries. A live worker that had the stream may still be pushing some of them: the
-    /// gateways drop the second copy by message id.
-    async fn take_over(&self, max: usize) -> Result<Vec<Delivery>, Error> {
-        let (mut out, mut bad) = (Vec::new(), Vec::new());
-        loop {
-            let next = self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
-            let Some((stream, cursor)) = next else { break };
-            let reply = self.auto_claim(stream, 0, &cursor, max).await?;
-            {
-                let mut taking = self.taking_over.lock().unwrap_or_else(|p| p.into_inner());
-                let done = reply.next_stream_id == "0-0";
-                taking.retain_mut(|(s, c)| match *s == stream {
-                    true if done => false,
-                    true => {
-                        c.clone_from(&reply.next_stream_id);
-                        true
+    /// Starts a reader for each owned stream without one, and stops those of streams no
+    /// longer owned (what they read meanwhile still goes out: the gateways drop a second copy
+    /// by message id).
+    fn sync_readers(&self) {
+        let owned = self.owned();
+        let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        readers.retain(|stream, stop| {
+            let keep = owned.contains(stream);
+            if !keep {
+                stop.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        for stream in owned {
+            if readers.contains_key(&stream) {
+                continue;
+            }
+            let take_over = self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).remove(&stream);
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = StreamReader {
+                cfg: self.cfg.clone(),
+                consumer: self.consumer.clone(),
+                stream,
+                stop: stop.clone(),
+                count: self.count.clone(),
+                tx: self.batches_tx.clone(),
+            };
+            tokio::spawn(reader.run(take_over));
+            readers.insert(stream, stop);
+        }
+    }
+}
+
+impl Drop for RedisQueue {
+    fn drop(&mut self) {
+        for stop in self.readers.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One owned stream's reader: reads it through the group and hands the batches on.
+struct StreamReader {
+    cfg: RedisQueueConfig,
+    consumer: String,
+    stream: u16,
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Batch>,
+}
+
+impl StreamReader {
+    /// `take_over`: first take over, however recent, what other consumers left pending on the
+    /// stream, so that it goes out before the newer entries (a live worker that had the stream
+    /// may still be pushing some of them: the gateways drop the second copy by message id).
+    async fn run(self, take_over: bool) {
+        // A connection of its own, without a response timeout: it blocks in `XREADGROUP`.
+        let timeouts = RedisTimeouts { connect: Duration::from_secs(2), response: None, retries: 1 };
+        let mut conn: Option<RedisConn> = None;
+        let mut cursor = take_over.then(|| "0-0".to_string());
+        while !self.stop.load(Ordering::Relaxed) && !self.tx.is_closed() {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match RedisConn::open(&self.cfg.url, timeouts).await {
+                    Ok(c) => conn.insert(c),
+                    Err(e) => {
+                        self.failed(redis_err(e)).await;
+                        continue;
                     }
-                    false => true,
-                });
-            }
-            if !reply.claimed.is_empty() {
-                tracing::info!(
-                    stream,
-                    taken = reply.claimed.len(),
-                    "took over entries left pending on a stream given to this worker"
-                );
-            }
-            self.deliveries(stream, reply.claimed, &mut out, &mut bad);
-            if !out.is_empty() || !bad.is_empty() {
-                break;
+                },
+            };
+            let max = self.count.load(Ordering::Relaxed).max(1);
+            let entries = match cursor.take() {
+                Some(from) => {
+                    match auto_claim(c, &self.cfg, &self.consumer, self.stream, 0, &from, max).await {
+                        Ok(reply) => {
+                            if reply.next_stream_id != "0-0" {
+                                cursor = Some(reply.next_stream_id);
+                            }
+                            if !reply.claimed.is_empty() {
+                                tracing::info!(
+                                    stream = self.stream,
+                                    taken = reply.claimed.len(),
+                                    "took over entries left pending on a stream given to this worker"
+                                );
+                            }
+                            Ok(reply.claimed)
+                        }
+                        Err(e) => {
+                            cursor = Some(from);
+                            Err(e)
+                        }
+                    }
+                }
+                None => self.read_new(c, max).await,
+            };
+            match entries {
+                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) => {
+                    let (mut out, mut bad) = (Vec::new(), Vec::new());
+                    deliveries(self.stream, entries, &mut out, &mut bad);
+                    if !bad.is_empty() {
+                        let ids: Vec<&str> =
+                            bad.iter().filter_map(|id| id.split_once('/').map(|(_, e)| e)).collect();
+                        let acked: Result<(), _> = redis::cmd("XACK")
+                            .arg(self.cfg.key(self.stream))
+                            .arg(&self.cfg.group)
+                            .arg(ids)
+                            .query_async(c)
+                            .await;
+                        if let Err(e) = acked {
+                            tracing::warn!(stream = self.stream, error = %e, "acknowledging undecodable entries failed");
+                        }
+                    }
+                    if !out.is_empty() && self.tx.send(Ok(out)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // A broken connection is rebuilt.
+                    conn = None;
+                    self.failed(e).await;
+                }
             }
         }
-        if !bad.is_empty() {
-            self.ack(&bad).await?;
+    }
+
+    /// New entries, waiting up to `READ_BLOCK` for the first.
+    async fn read_new(&self, conn: &mut RedisConn, max: usize) -> Result<Vec<StreamId>, Error> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.cfg.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.cfg.key(self.stream))
+            .arg(">")
+            .query_async(conn)
+            .await
+            .map_err(redis_err)?;
+        Ok(reply.map(|r| r.keys).unwrap_or_default().into_iter().flat_map(|k| k.ids).collect())
+    }
+
+    /// Tells `read` of a failure, then waits a little before trying again.
+    async fn failed(&self, e: Error) {
+        let _ = self.tx.try_send(Err(e));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Moves to `consumer` up to `max` of `stream`'s entries pending with others for at least
+/// `min_idle_ms`, from `cursor` on (`XAUTOCLAIM`).
+async fn auto_claim(
+    conn: &mut RedisConn,
+    cfg: &RedisQueueConfig,
+    consumer: &str,
+    stream: u16,
+    min_idle_ms: u64,
+    cursor: &str,
+    max: usize,
+) -> Result<StreamAutoClaimReply, Error> {
+    redis::cmd("XAUTOCLAIM")
+        .arg(cfg.key(stream))
+        .arg(&cfg.group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(max)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)
+}
+
+/// `stream`'s entries as deliveries (ids `stream/entry`); the ids of those that hold no
+/// message go to `bad`, to be acknowledged and so dropped.
+fn deliveries(stream: u16, entries: Vec<StreamId>, out: &mut Vec<Delivery>, bad: &mut Vec<String>) {
+    for entry in entries {
+        let id = format!("{stream}/{}", entry.id);
+        match entry.map.get("m") {
+            Some(Value::BulkString(bytes)) => match QueueMessage::decode(bytes.as_slice()) {
+                Ok(message) => out.push(Delivery { id, message }),
+                Err(e) => {
+                    tracing::warn!(%id, error = %e, "undecodable queue entry; dropped");
+                    bad.push(id);
+                }
+            },
+            _ => {
+                tracing::warn!(%id, "queue entry without a message; dropped");
+                bad.push(id);
+            }
         }
-        Ok(out)
     }
 }
 
@@ -290,10 +430,7 @@ impl Queue for RedisQueue {
     }
 
     async fn read(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, Error> {
-        let taken = self.take_over(max).await?;
-        if !taken.is_empty() {
-            return Ok(taken);
-        }
+        self.count.store(max.max(1), Ordering::Relaxed);
         {
             let mut last = self.last_claim.lock().await;
             if last.elapsed() >= Duration::from_millis(self.cfg.claim_idle_ms / 2) {
@@ -305,52 +442,30 @@ impl Queue for RedisQueue {
                 }
             }
         }
-        let owned = self.owned();
-        if owned.is_empty() {
-            // No share yet (this worker is not in discovery yet) or none at all (more workers
-            // than streams): stand by.
-            tokio::time::sleep(wait).await;
-            return Ok(Vec::new());
-        }
-        let mut reader = self.reader.lock().await;
-        if reader.is_none() {
-            let cfg = AsyncConnectionConfig::new().set_connection_timeout(Duration::from_secs(2));
-            *reader = Some(
-                self.client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(redis_err)?,
-            );
-        }
-        let conn = reader.as_mut().expect("just set");
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.cfg.group).arg(&self.consumer).arg("COUNT").arg(max);
-        if !wait.is_zero() {
-            // Without BLOCK the read returns at once with what is there.
-            cmd.arg("BLOCK").arg(wait.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS");
-        for stream in &owned {
-            cmd.arg(self.cfg.key(*stream));
-        }
-        for _ in &owned {
-            cmd.arg(">");
-        }
-        let reply: Option<StreamReadReply> = match cmd.query_async(conn).await {
-            Ok(r) => r,
-            Err(e) => {
-                // A broken connection is rebuilt on the next read.
-                *reader = None;
-                return Err(redis_err(e));
+        // No share yet (this worker is not in discovery yet) or none at all (more workers than
+        // streams): no reader runs, and this stands by for `wait`.
+        self.sync_readers();
+        let mut guard = self.batches.lock().await;
+        let (rx, held) = &mut *guard;
+        if held.is_empty() {
+            let first = if wait.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                tokio::time::timeout(wait, rx.recv()).await.ok().flatten()
+            };
+            match first {
+                Some(batch) => held.extend(batch?),
+                None => return Ok(Vec::new()),
             }
-        };
-        drop(reader);
-        let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            let stream = key.key.rsplit(':').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-            self.deliveries(stream, key.ids, &mut out, &mut bad);
         }
-        if !bad.is_empty() {
-            self.ack(&bad).await?;
+        while held.len() < max {
+            match rx.try_recv() {
+                Ok(Ok(batch)) => held.extend(batch),
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading a queue stream failed; retrying"),
+                Err(_) => break,
+            }
         }
-        Ok(out)
+        Ok(held.drain(..max.min(held.len())).collect())
     }
 
     fn share_with(&self, me: &str, mut workers: Members) {
@@ -368,10 +483,8 @@ impl Queue for RedisQueue {
                     if *current != mine {
                         tracing::info!(worker = %me, workers = ids.len(), streams = ?mine, "queue streams assigned");
                         let mut taking = taking_over.lock().unwrap_or_else(|p| p.into_inner());
-                        taking.retain(|(s, _)| mine.contains(s));
-                        for s in mine.iter().filter(|s| !current.contains(s)) {
-                            taking.push((*s, "0-0".to_string()));
-                        }
+                        taking.retain(|s| mine.contains(s));
+                        taking.extend(mine.iter().filter(|s| !current.contains(s)));
                         *current = mine;
                     }
                 }
@@ -383,18 +496,25 @@ impl Queue for RedisQueue {
     }
 
     async fn ack(&self, ids: &[String]) -> Result<(), Error> {
-        let mut by_stream: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        let mut by_stream: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for id in ids {
             let Some((stream, entry)) = id.split_once('/') else { continue };
             by_stream.entry(stream).or_default().push(entry);
         }
-        let mut pipe = redis::pipe();
-        for (stream, entries) in by_stream {
-            let stream: u16 = stream.parse().unwrap_or(0);
-            pipe.cmd("XACK").arg(self.cfg.key(stream)).arg(&self.cfg.group).arg(entries).ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await.map_err(redis_err)
+        // A command per stream: on a cluster they are keys of different slots.
+        let acks = by_stream.into_iter().map(|(stream, entries)| {
+            let mut conn = self.conn.clone();
+            let key = self.cfg.key(stream.parse().unwrap_or(0));
+            async move {
+                redis::cmd("XACK")
+                    .arg(key)
+                    .arg(&self.cfg.group)
+                    .arg(entries)
+                    .query_async::<()>(&mut conn)
+                    .await
+            }
+        });
+        futures_util::future::try_join_all(acks).await.map(drop).map_err(redis_err)
     }
 }
 

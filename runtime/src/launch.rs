@@ -241,6 +241,8 @@ pub struct QueueKeys {
 /// `[queue.redis]`
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RedisQueueKeys {
+    /// The Redis (or Redis Cluster) URL.
+    pub url: Option<String>,
     /// Prefix of the queue's Redis keys.
     pub prefix: Option<String>,
 }
@@ -323,7 +325,7 @@ mod tests {
             }),
             queue: Some(QueueKeys {
                 kind: Some("redis".into()),
-                redis: Some(RedisQueueKeys { prefix: Some("p".into()) }),
+                redis: Some(RedisQueueKeys { url: None, prefix: Some("p".into()) }),
                 ..QueueKeys::default()
             }),
             ..NodeConfig::default()

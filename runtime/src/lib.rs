@@ -9,10 +9,12 @@
 //! - [`os`]: the few system calls beyond the standard library (limits, clocks, signals, the
 //!   allocator), each behind a safe function.
 //! - [`peers`]: the members of a role (from discovery) and gRPC channels that follow them.
+//! - [`redis`]: connections to Redis, one node or a Redis Cluster, behind one handle.
 //! - [`tls`]: server certificates from PEM files, reloaded when they change (wss, HTTPS).
 
 pub mod launch;
 pub mod metrics;
 pub mod os;
 pub mod peers;
+pub mod redis;
 pub mod tls;

@@ -1,5 +1,5 @@
 //! The services some tests need beyond their own process, which `./test.sh` provides: Redis,
-//! PostgreSQL, the `etcd` and `redis-server` programs, and root with `ip` for network
+//! a Redis Cluster, PostgreSQL, the `etcd` and `redis-server` programs, and root with `ip` for network
 //! namespaces. A plain `cargo test` on a machine without them runs every other test, and each
 //! test that needs a missing one says so on stderr and passes without running; under CI (`CI`
 //! set) a missing service fails the test instead, as a CI that skips tests is a defect. Used by
@@ -14,6 +14,9 @@ use std::time::Duration;
 pub enum Service {
     /// Redis at `REDIS_URL` (default redis://127.0.0.1:6379).
     Redis,
+    /// A Redis Cluster at `REDIS_CLUSTER_URL` (`redis+cluster://host:port,…`, naming every
+    /// node; `.ci/redis-cluster.sh` starts one and prints it).
+    RedisCluster,
     /// PostgreSQL at `POSTGRES_ADMIN_URL` (default postgres://postgres@127.0.0.1:5432/postgres),
     /// reached with `psql` and no password.
     Postgres,
@@ -28,6 +31,36 @@ pub enum Service {
 /// The Redis the tests use: `REDIS_URL`, default redis://127.0.0.1:6379.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The Redis Cluster the tests use: `REDIS_CLUSTER_URL`, or none.
+pub fn redis_cluster_url() -> Option<String> {
+    std::env::var("REDIS_CLUSTER_URL").ok().filter(|u| !u.is_empty())
+}
+
+/// The nodes a `redis+cluster://` URL names, each as a `redis://` URL (to reach one node
+/// itself, e.g. to find or delete a test's keys on every primary).
+pub fn redis_cluster_nodes(url: &str) -> Vec<String> {
+    let hosts = url.strip_prefix("redis+cluster://").unwrap_or(url).trim_end_matches('/');
+    let (auth, hosts) = hosts.rsplit_once('@').map_or((String::new(), hosts), |(a, h)| (format!("{a}@"), h));
+    hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{auth}{h}")).collect()
+}
+
+/// Deletes every key under `prefix` (`prefix:*`) from the Redis at `url`, one node or a
+/// cluster (from each primary; replicas refuse, and follow).
+pub fn delete_redis_keys(url: &str, prefix: &str) {
+    let nodes =
+        if url.starts_with("redis+cluster://") { redis_cluster_nodes(url) } else { vec![url.to_string()] };
+    for node in nodes {
+        let Ok(mut conn) = redis::Client::open(node.as_str()).and_then(|c| c.get_connection()) else {
+            continue;
+        };
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
+        for key in keys {
+            let _: Result<(), _> = redis::cmd("DEL").arg(key).query(&mut conn);
+        }
+    }
 }
 
 /// The PostgreSQL server the tests make their databases on, as its superuser: `POSTGRES_ADMIN_URL`,
@@ -48,6 +81,25 @@ impl Service {
                     .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
                     .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn));
                 (what, ping.map(drop).map_err(|e| e.to_string()))
+            }
+            Self::RedisCluster => {
+                let Some(url) = redis_cluster_url() else {
+                    return (
+                        "a Redis Cluster at REDIS_CLUSTER_URL".into(),
+                        Err("REDIS_CLUSTER_URL is not set".into()),
+                    );
+                };
+                let what = format!("a Redis Cluster at {} (REDIS_CLUSTER_URL)", without_password(&url));
+                let node = redis_cluster_nodes(&url).into_iter().next().unwrap_or_default();
+                let state = redis::Client::open(node.as_str())
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+                    .and_then(|mut conn| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut conn));
+                let found = match state {
+                    Ok(info) if info.contains("cluster_state:ok") => Ok(()),
+                    Ok(_) => Err("cluster_state is not ok".into()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (what, found)
             }
             Self::Postgres => {
                 let url = postgres_admin_url();
@@ -140,6 +192,7 @@ pub fn present_for(part: &str, services: &[Service]) -> bool {
             }
             let remedy = match service {
                 Service::Redis | Service::Postgres => "start one",
+                Service::RedisCluster => "start one: .ci/redis-cluster.sh prints its URL",
                 Service::Etcd => "install it, Debian's etcd-server",
                 Service::RedisServer => "install it, Debian's redis-server",
                 Service::NetworkNamespaces => "run it as root, with Debian's iproute2",

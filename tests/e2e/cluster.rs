@@ -13,12 +13,13 @@ use gochat::cluster::{ClusterSpec, LocalCluster, Role};
 use gochat_test_services::{require, Service};
 use serde_json::{json, Value};
 
-fn start_cluster() -> LocalCluster {
+fn start_cluster(redis_cluster: bool) -> LocalCluster {
     let dir = std::env::temp_dir().join(unique(&format!("gochat-cluster-{}-", std::process::id())));
     let mut spec = ClusterSpec::new(env!("CARGO_BIN_EXE_gochat").into(), dir);
     spec.driver = common::driver();
     spec.postgres_admin_url = gochat_test_services::postgres_admin_url();
     spec.api_keys = vec![API_KEY.into()];
+    spec.redis_cluster = redis_cluster;
     LocalCluster::start(spec).expect("the local cluster starts")
 }
 
@@ -172,8 +173,20 @@ async fn all_delivered(what: &str, inboxes: &[&Inbox], sent: &[String], in_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
     require!(Service::Etcd, Service::RedisServer, Service::Postgres);
+    delivers_across_gateways_and_survives_its_members_failing(false).await;
+}
+
+/// The same on a Redis Cluster (three primaries, three replicas), where a primary is also
+/// killed mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_a_redis_cluster_delivers_and_survives_a_primary_failing() {
+    require!(Service::Etcd, Service::RedisServer, Service::Postgres);
+    delivers_across_gateways_and_survives_its_members_failing(true).await;
+}
+
+async fn delivers_across_gateways_and_survives_its_members_failing(redis_cluster: bool) {
     let _heavy = common::heavy().await;
-    let mut c = start_cluster();
+    let mut c = start_cluster(redis_cluster);
     let (alice, bob, carol) = (user(&c, "alice").await, user(&c, "bob").await, user(&c, "carol").await);
     let dave = user(&c, "dave").await;
     let a = Inbox::spawn(ws_at(&ws_url(&c, 1), &alice, 1).await);
@@ -259,7 +272,22 @@ async fn a_cluster_delivers_across_gateways_and_survives_its_members_failing() {
     c.restart(Role::Gateway, 2).unwrap();
     let cc = Inbox::spawn(ws_at(&ws_url(&c, 2), &carol, 1).await);
 
-    // Redis restarts: sessions, sockets and the queue survive.
+    if redis_cluster {
+        // kill -9 the primary of the first third of the slots mid-stream: its replica takes
+        // over; sockets stay, and every accepted message arrives once.
+        let sent: Vec<String> = (0..60).map(|i| format!("during a primary's loss {i}")).collect();
+        for (i, m) in sent.iter().enumerate() {
+            if i == 20 {
+                c.kill_redis_primary(1).unwrap();
+            }
+            push_room(&c, 1 + i % 2, &carol, 1, m).await;
+        }
+        all_delivered("room messages around a killed Redis primary", &[&a, &b, &cc], &sent, false).await;
+        assert!(!a.ended() && !b.ended() && !cc.ended(), "no socket dropped by a Redis failover");
+    }
+
+    // Redis restarts (each node in turn, on a cluster; the killed primary comes back as a
+    // replica): sessions, sockets and the queue survive.
     c.restart_redis().unwrap();
     let sent: Vec<String> = (0..20).map(|i| format!("after redis restart {i}")).collect();
     for (i, m) in sent.iter().enumerate() {

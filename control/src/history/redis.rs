@@ -1,15 +1,15 @@
-//! Room history on Redis: a stream per room holding its last messages (`room:{id}:history`,
+//! Room history on Redis: a stream per room holding its last messages (`{r:id}:history`,
 //! entries `s` = seq, `b` = body) and a hash with its epoch and last seq
-//! (`room:{id}:history:meta`). Appending is one script, so controls sharing a room number its
+//! (`{r:id}:history:meta`), in the room's hash slot (the tag its state keys have). Appending is one script, so controls sharing a room number its
 //! messages in turn and the stream is in seq order; both keys expire when the room has been
 //! quiet for the age limit, and the next message starts a new epoch.
 
 use gochat_proto::wire::Position;
-use redis::aio::ConnectionManager;
+use gochat_runtime::redis::RedisConn;
 use redis::Script;
 
 use super::{new_epoch, recover, Limits, Recovery};
-use crate::state::{numbered, StateError};
+use crate::state::{numbered, room_key, StateError};
 
 /// What both scripts do first: the room's epoch and top, a new epoch when there is none.
 /// KEYS: meta, stream. ARGV[1]: an epoch to start, ARGV[2]: the age limit in ms.
@@ -58,7 +58,7 @@ return {epoch, top, out}
 ";
 
 pub struct RedisHistory {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     limits: Limits,
     append: Script,
@@ -67,7 +67,7 @@ pub struct RedisHistory {
 
 impl RedisHistory {
     /// History on the Redis `conn` already reaches, under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str, limits: Limits) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, limits: Limits) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),
@@ -80,7 +80,7 @@ impl RedisHistory {
     /// `script` on the room's meta and stream keys, with an epoch to start and the age limit
     /// (`META`'s KEYS and ARGV).
     fn on_room<'a>(&self, script: &'a Script, room_id: u64) -> redis::ScriptInvocation<'a> {
-        let stream = format!("{}:room:{room_id}:history", self.prefix);
+        let stream = room_key(&self.prefix, room_id, "history");
         let mut call = script.prepare_invoke();
         call.key(format!("{stream}:meta")).key(stream).arg(new_epoch()).arg(self.age_ms());
         call

@@ -1,14 +1,15 @@
 //! Kept private messages on Redis: per user a sorted set of message ids (all scored 0, so they
 //! sort as their zero-padded text, which is their order), a hash id → body, a hash id → sender
 //! and a hash sender → how many it has kept. Message ids carry their time, so expiry drops the
-//! ids below the first id of the oldest time kept.
+//! ids below the first id of the oldest time kept. The four keys share the user's hash tag, so a
+//! Redis Cluster runs each script on one node.
 
-use redis::aio::ConnectionManager;
+use gochat_runtime::redis::RedisConn;
 use redis::Script;
 
 use super::{take_chunk, Kept, Limits, NotKept, CHUNK_MESSAGES};
 use crate::ids;
-use crate::state::{numbered, StateError};
+use crate::state::{numbered, user_key, StateError};
 
 /// KEYS: ids, bodies, senders of ids, counts per sender. `forget` drops ids, and counts them
 /// off their senders.
@@ -69,7 +70,7 @@ forget(ARGV)
 ";
 
 pub struct RedisKeptStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     limits: Limits,
     keep: Script,
@@ -84,7 +85,7 @@ fn member(id: u64) -> String {
 
 impl RedisKeptStore {
     /// Kept messages on the Redis `conn` already reaches, under `prefix`.
-    pub fn new(conn: ConnectionManager, prefix: &str, limits: Limits) -> Self {
+    pub fn new(conn: RedisConn, prefix: &str, limits: Limits) -> Self {
         Self {
             conn,
             prefix: prefix.to_string(),
@@ -97,7 +98,7 @@ impl RedisKeptStore {
 
     /// `script` on the user's ids, bodies, senders of ids and counts per sender (`LIB`'s KEYS).
     fn on_user<'a>(&self, script: &'a Script, user_id: u64) -> redis::ScriptInvocation<'a> {
-        let ids = format!("{}:user:{user_id}:inbox", self.prefix);
+        let ids = user_key(&self.prefix, user_id, "inbox");
         let mut call = script.prepare_invoke();
         call.key(&ids).key(format!("{ids}:bodies")).key(format!("{ids}:from")).key(format!("{ids}:senders"));
         call

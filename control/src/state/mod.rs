@@ -14,8 +14,8 @@ use std::time::Duration;
 use gochat_proto::logic::User;
 
 pub use memory::MemoryState;
-pub(crate) use redis::numbered;
 pub use redis::RedisState;
+pub(crate) use redis::{numbered, room_key, user_key};
 
 /// How long a close that found no connection is remembered: a gateway undoes an auth call it
 /// gave up on (timed out) with a close, which can reach the state before the open it undoes.
@@ -189,6 +189,8 @@ pub struct Routes {
     pub users: Vec<Vec<(String, u32)>>,
 }
 
+// One per control process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     Memory(MemoryState),
     Redis(RedisState),

@@ -1,27 +1,21 @@
 //! Room history and kept private messages, behind their interfaces: every scenario runs against
-//! the in-memory store and against a real Redis (`REDIS_URL`, default 127.0.0.1:6379) under
-//! keys of its own, deleted afterwards.
+//! the in-memory store, a real Redis (`REDIS_URL`, default 127.0.0.1:6379) and a real Redis
+//! Cluster (`REDIS_CLUSTER_URL`), under keys of its own, deleted afterwards.
 
 use std::time::Duration;
 
 use crate::common;
 
-use common::{redis_url, RedisKeys};
+use common::RedisKeys;
 use gochat_control::history::{self, History, RECOVER_MAX_BYTES};
 use gochat_control::kept::{self, KeptStore, CHUNK_MESSAGES};
-use gochat_control::state::{RedisState, State};
+use gochat_control::state::State;
 use gochat_proto::wire::{self, Position};
 use gochat_test_services::{self as services, Service};
 
 /// The two kinds of state (in memory, on Redis), each with its keys' guard.
 async fn states() -> Vec<(State, Option<RedisKeys>)> {
-    let ttl = Duration::from_secs(60);
-    if !services::present_for(" (its Redis half)", &[Service::Redis]) {
-        return vec![(State::memory(ttl), None)];
-    }
-    let keys = RedisKeys::new("history");
-    let redis = RedisState::open(&redis_url(), &keys.0, ttl).await.expect("Redis reachable");
-    vec![(State::memory(ttl), None), (State::Redis(redis), Some(keys))]
+    common::state_stores("history", Duration::from_secs(60)).await
 }
 
 fn limits(size: usize, max_age: Duration) -> history::Limits {
@@ -118,7 +112,7 @@ async fn controls_sharing_a_room_number_its_messages_in_turn() {
     for (state, keys) in states().await {
         let Some(keys) = keys else { continue };
         let ttl = Duration::from_secs(60);
-        let other = RedisState::open(&redis_url(), &keys.0, ttl).await.unwrap();
+        let other = keys.state(ttl).await;
         let (a, b) = (state.history(limits(1000, ttl)), State::Redis(other).history(limits(1000, ttl)));
         let appends = (0..200).map(|i| {
             let h = if i % 2 == 0 { &a } else { &b };
@@ -234,4 +228,65 @@ async fn one_sender_takes_only_its_share_of_a_users_kept_messages() {
             assert_eq!(store.keep(7, 66, *id, b"spam").await.unwrap(), Ok(()), "expired ones too");
         }
     }
+}
+
+/// A store written before the hash tags (one Redis): the first control of this layout moves
+/// the rooms' histories and the users' kept messages to their keys now, drops the old routing
+/// state, and does it once.
+#[tokio::test]
+async fn a_store_of_the_layout_before_hash_tags_is_upgraded_once() {
+    if !services::present_for("", &[Service::Redis]) {
+        return;
+    }
+    let ttl = Duration::from_secs(60);
+    let keys = RedisKeys::new("upgrade", &common::redis_url());
+    let p = keys.prefix.clone();
+    let mut conn =
+        redis::Client::open(keys.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    // Written with this layout, then renamed to the old one's keys.
+    let state = State::Redis(keys.state(ttl).await);
+    let at = state.history(limits(10, ttl)).append(5, body("kept in history")).await.unwrap().0.unwrap();
+    state.kept(kept_limits(10, ttl)).keep(7, 3, id_now(1), b"kept for 7").await.unwrap().unwrap();
+    drop(state);
+    for (new, old) in [
+        (format!("{p}:{{r:5}}:history"), format!("{p}:room:5:history")),
+        (format!("{p}:{{r:5}}:history:meta"), format!("{p}:room:5:history:meta")),
+        (format!("{p}:{{u:7}}:inbox"), format!("{p}:user:7:inbox")),
+        (format!("{p}:{{u:7}}:inbox:bodies"), format!("{p}:user:7:inbox:bodies")),
+        (format!("{p}:{{u:7}}:inbox:from"), format!("{p}:user:7:inbox:from")),
+        (format!("{p}:{{u:7}}:inbox:senders"), format!("{p}:user:7:inbox:senders")),
+    ] {
+        let _: () = redis::cmd("RENAME").arg(new).arg(old).query_async(&mut conn).await.unwrap();
+    }
+    let old_routing =
+        [format!("{p}:gw:g1:conns"), format!("{p}:user:7:routes"), format!("{p}:room:5:members")];
+    for key in &old_routing {
+        let _: () = redis::cmd("HSET").arg(key).arg("f").arg(1).query_async(&mut conn).await.unwrap();
+    }
+    let _: () = redis::cmd("ZADD")
+        .arg(format!("{p}:gateways"))
+        .arg(1)
+        .arg("g1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(format!("{p}:layout")).query_async(&mut conn).await.unwrap();
+
+    let state = State::Redis(keys.state(ttl).await);
+    let (position, bodies) = state.history(limits(10, ttl)).latest(5, 10).await.unwrap().unwrap();
+    assert_eq!((position, texts(&bodies)), (at, vec!["kept in history".to_string()]), "the history moved");
+    let kept = state.kept(kept_limits(10, ttl)).chunk(7, 0, false).await.unwrap();
+    assert_eq!(kept.bodies, [b"kept for 7".to_vec()], "the kept messages moved");
+    for pattern in ["room:*", "user:*", "gw:*"] {
+        let old: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{p}:{pattern}")).query_async(&mut conn).await.unwrap();
+        assert_eq!(old, Vec::<String>::new(), "nothing left under the old layout's keys");
+    }
+    assert!(state.gateway_lease("g1", ttl).await.is_ok(), "the old lease index is gone, not in the way");
+
+    // Once: old keys written after the upgrade are not looked at again.
+    let _: () = redis::cmd("HSET").arg(&old_routing[0]).arg("f").arg(1).query_async(&mut conn).await.unwrap();
+    drop(keys.state(ttl).await);
+    let left: bool = redis::cmd("EXISTS").arg(&old_routing[0]).query_async(&mut conn).await.unwrap();
+    assert!(left, "the upgrade ran once");
 }

@@ -1,24 +1,19 @@
-//! The state stores behind one interface: every scenario runs against the in-memory store and
-//! against a real Redis (`REDIS_URL`, default 127.0.0.1:6379) under keys of its own.
+//! The state stores behind one interface: every scenario runs against the in-memory store, a
+//! real Redis (`REDIS_URL`, default 127.0.0.1:6379) and a real Redis Cluster
+//! (`REDIS_CLUSTER_URL`), under keys of its own.
 
 use std::time::Duration;
 
 use crate::common;
 
-use common::{redis_url, RedisKeys};
+use common::RedisKeys;
 use gochat_control::state::{
-    Arrival, Departure, Departures, NewConn, NoConnection, Reach, RedisState, RoomChange, Routes, Session,
-    State, TooManyConnections,
+    Arrival, Departure, Departures, NewConn, NoConnection, Reach, RoomChange, Routes, Session, State,
+    TooManyConnections,
 };
-use gochat_test_services::{self as services, Service};
 
 async fn stores(session_ttl: Duration) -> Vec<(State, Option<RedisKeys>)> {
-    if !services::present_for(" (its Redis half)", &[Service::Redis]) {
-        return vec![(State::memory(session_ttl), None)];
-    }
-    let keys = RedisKeys::new("state");
-    let redis = RedisState::open(&redis_url(), &keys.0, session_ttl).await.expect("Redis reachable");
-    vec![(State::memory(session_ttl), None), (State::Redis(redis), Some(keys))]
+    common::state_stores("state", session_ttl).await
 }
 
 fn user(id: u64, name: &str) -> Session {
@@ -519,11 +514,7 @@ async fn users_come_online_with_their_first_connection_and_go_offline_with_their
 async fn racing_controls_see_each_transition_once() {
     for (s, keys) in stores(Duration::from_secs(60)).await {
         let second = match &keys {
-            Some(keys) => Some(State::Redis(
-                RedisState::open(&redis_url(), &keys.0, Duration::from_secs(60))
-                    .await
-                    .expect("Redis reachable"),
-            )),
+            Some(keys) => Some(State::Redis(keys.state(Duration::from_secs(60)).await)),
             None => None,
         };
         let controls: Vec<&State> = std::iter::once(&s).chain(second.as_ref()).collect();
