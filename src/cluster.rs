@@ -189,7 +189,8 @@ impl LocalCluster {
             .map(String::from)
             .to_vec();
             if spec.redis_cluster {
-                // A primary silent for 2 s is failed over to its replica.
+                // A primary silent for 2 s is failed over to its replica; replicas sync at once
+                // (no wait for more replicas to share a transfer).
                 args.extend(
                     [
                         "--cluster-enabled",
@@ -198,6 +199,8 @@ impl LocalCluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ]
                     .map(String::from),
                 );
@@ -304,7 +307,10 @@ impl LocalCluster {
                 );
                 cfg.control.state = gochat_control::config::StateKind::Redis;
                 cfg.control.redis_url = self.redis_url.clone();
-                cfg.control.gateway_lease_secs = 3;
+                // A lease outlasts a Redis Cluster failover (2 s of node timeout, then the
+                // election), or every gateway whose lease key is on the failed primary would be
+                // taken for dead and close its sockets.
+                cfg.control.gateway_lease_secs = if self.spec.redis_cluster { 10 } else { 3 };
                 cfg.control.demo_users = Some(false);
                 cfg.control.api_keys.clone_from(&self.spec.api_keys);
                 // Every client of a local cluster comes from loopback, and tests push faster
@@ -476,7 +482,8 @@ impl Drop for LocalCluster {
 }
 
 /// Makes a Redis Cluster of the nodes at `addrs` (three primaries, each with a replica), with
-/// `redis-cli --cluster create`, and waits until every node reports it ready.
+/// `redis-cli --cluster create`, and waits until every node reports it ready and every replica
+/// is in sync with its primary (a replica that never synced cannot take over).
 fn create_redis_cluster(addrs: &[SocketAddr], dir: &Path) -> anyhow::Result<()> {
     let out = Command::new("redis-cli")
         .arg("--cluster")
@@ -495,12 +502,17 @@ fn create_redis_cluster(addrs: &[SocketAddr], dir: &Path) -> anyhow::Result<()> 
             let info = redis::Client::open(format!("redis://{addr}"))
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
                 .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
-            if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+            let replication = redis::Client::open(format!("redis://{addr}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query::<String>(&mut c));
+            let synced =
+                replication.is_ok_and(|r| r.contains("role:master") || r.contains("master_link_status:up"));
+            if synced && info.is_ok_and(|i| i.contains("cluster_state:ok")) {
                 break;
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "Redis Cluster node {addr} never reported cluster_state:ok"
+                "Redis Cluster node {addr} never reported cluster_state:ok and, a replica, its link up"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
