@@ -169,8 +169,8 @@ impl LocalCluster {
         let mut redis = Vec::new();
         let mut redis_addrs = Vec::new();
         for i in 1..=nodes {
-            let (addr, name) =
-                (free_addr()?, if nodes == 1 { "redis".to_string() } else { format!("redis-{i}") });
+            let addr = if spec.redis_cluster { free_cluster_node_addr()? } else { free_addr()? };
+            let name = if nodes == 1 { "redis".to_string() } else { format!("redis-{i}") };
             std::fs::create_dir_all(path(&name))?;
             let mut args = [
                 "--bind",
@@ -479,6 +479,20 @@ impl Drop for LocalCluster {
             self.shutdown();
         }
     }
+}
+
+/// A free address for a Redis Cluster node whose cluster bus port (its port + 10000) is free
+/// too, and below 32768, where the kernel's ephemeral range starts by default (an outgoing
+/// connection could take a port there).
+fn free_cluster_node_addr() -> anyhow::Result<SocketAddr> {
+    for _ in 0..10_000 {
+        let addr = free_addr()?;
+        let bus = u32::from(addr.port()) + 10_000;
+        if bus < 32_768 && std::net::TcpListener::bind(("127.0.0.1", bus as u16)).is_ok() {
+            return Ok(addr);
+        }
+    }
+    bail!("no free loopback port whose Redis Cluster bus port (port + 10000) is free")
 }
 
 /// Makes a Redis Cluster of the nodes at `addrs` (three primaries, each with a replica), with
