@@ -92,10 +92,12 @@ tests/deploy/validate.sh target/debug/gochat
 
 GOCHAT_TEST_DRIVER=epoll cargo test "${test_flags[@]}"
 # Under io_uring, the end-to-end tests' modules that drive the gateway (tests/e2e/), by name; the
-# binary itself, as cargo runs it (from the package's folder, here).
+# binary itself, as cargo runs it (from the package's folder, here). The local cluster on a Redis
+# Cluster runs once: what it adds is the store's, not the gateway driver's.
 if [[ "$drivers" == *io_uring* ]]; then
     GOCHAT_TEST_DRIVER=io_uring "$e2e" sockets:: floods:: drivers:: cluster:: autobahn:: tls:: rooms:: \
-        recovery:: kept:: binary:: metrics:: abuse:: compat:: server_api:: compression::
+        recovery:: kept:: binary:: metrics:: abuse:: compat:: server_api:: compression:: \
+        --skip cluster::a_cluster_on_a_redis_cluster
 fi
 
 # deploy/docker/compose.yml up on a Docker engine (started here when none runs) with the

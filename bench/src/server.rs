@@ -366,14 +366,10 @@ impl Cluster {
         self.processes.last_mut().expect("just pushed").wait_ready(within)
     }
 
-    /// Stops every process with Ctrl-C (SIGINT) and waits for them.
+    /// Stops every process with Ctrl-C (SIGINT) and waits for them, then removes the cluster's
+    /// folder and Redis keys.
     pub fn stop(mut self) {
-        for p in self.processes.iter_mut().rev() {
-            p.signal(libc::SIGINT);
-        }
-        for p in &mut self.processes {
-            p.reap(Duration::from_secs(10));
-        }
+        self.stop_processes();
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((url, prefix)) = &self.redis_prefix {
             // On each node of a cluster (its replicas refuse the deletes, and follow).
@@ -390,6 +386,24 @@ impl Cluster {
                     .status();
             }
         }
+    }
+
+    fn stop_processes(&mut self) {
+        let mut processes = std::mem::take(&mut self.processes);
+        for p in processes.iter_mut().rev() {
+            p.signal(libc::SIGINT);
+        }
+        for p in &mut processes {
+            p.reap(Duration::from_secs(10));
+        }
+    }
+}
+
+/// A cluster that failed to start (or a run that failed) still stops what it started; its
+/// folder stays, with the logs its error names.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_processes();
     }
 }
 

@@ -37,62 +37,89 @@ fn joined(r: Option<Recovery>) -> Joined {
     r.map(Joined::from).unwrap_or_default()
 }
 
+/// Runs `work` to its end even if the caller stops waiting (a gateway's deadline, a dropped
+/// stream): a change to the state is a sequence of steps on a Redis Cluster
+/// (`state/redis.rs`), and one cut short between them would leave entries behind that no
+/// close finds again, or users online that are gone.
+async fn finished<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work).await.map_err(|e| Status::internal(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl LogicService for LogicGrpc {
     async fn conn_open(&self, req: Request<ConnOpenBatch>) -> Result<Response<ConnOpenResults>, Status> {
-        let opens = req.into_inner().requests.into_iter().map(|r| async move {
-            let since = since(r.since);
-            match self
-                .0
-                .conn_open(&r.token, r.room_id, &r.gateway_id, r.shard, r.conn_id, since.as_ref(), r.acks)
-                .await
-            {
-                Ok(opened) => {
-                    self.0.counts.socket_auths_accepted.inc();
-                    ConnOpenResult {
-                        user: Some(opened.session.into()),
-                        code: 0,
-                        message: String::new(),
-                        joined: Some(joined(opened.joined)),
-                        pending: Some(opened.kept.into()),
+        let logic = self.0.clone();
+        let requests = req.into_inner().requests;
+        let results = finished(async move {
+            let opens = requests.into_iter().map(|r| {
+                let logic = &logic;
+                async move {
+                    let since = since(r.since);
+                    match logic
+                        .conn_open(
+                            &r.token,
+                            r.room_id,
+                            &r.gateway_id,
+                            r.shard,
+                            r.conn_id,
+                            since.as_ref(),
+                            r.acks,
+                        )
+                        .await
+                    {
+                        Ok(opened) => {
+                            logic.counts.socket_auths_accepted.inc();
+                            ConnOpenResult {
+                                user: Some(opened.session.into()),
+                                code: 0,
+                                message: String::new(),
+                                joined: Some(joined(opened.joined)),
+                                pending: Some(opened.kept.into()),
+                            }
+                        }
+                        Err(e) => {
+                            logic.counts.socket_auths_refused.inc();
+                            let s = status(e);
+                            ConnOpenResult {
+                                user: None,
+                                code: s.code() as i32,
+                                message: s.message().to_string(),
+                                ..ConnOpenResult::default()
+                            }
+                        }
                     }
                 }
-                Err(e) => {
-                    self.0.counts.socket_auths_refused.inc();
-                    let s = status(e);
-                    ConnOpenResult {
-                        user: None,
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                        ..ConnOpenResult::default()
-                    }
-                }
-            }
-        });
-        let results = futures_util::future::join_all(opens).await;
+            });
+            futures_util::future::join_all(opens).await
+        })
+        .await?;
         Ok(Response::new(ConnOpenResults { results }))
     }
 
     async fn conn_close(&self, req: Request<ConnCloseRequest>) -> Result<Response<ConnCloseReply>, Status> {
-        let r = req.into_inner();
-        self.0.conn_close(&r.gateway_id, r.conn_id).await.map_err(status)?;
+        let (logic, r) = (self.0.clone(), req.into_inner());
+        finished(async move { logic.conn_close(&r.gateway_id, r.conn_id).await }).await?.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
     }
 
     async fn room_join(&self, req: Request<RoomJoinRequest>) -> Result<Response<Joined>, Status> {
-        let r = req.into_inner();
-        let since = since(r.since);
-        let recovery = self
-            .0
-            .room_join(&r.gateway_id, r.conn_id, r.user_id, r.room_id, since.as_ref())
-            .await
-            .map_err(status)?;
+        let (logic, r) = (self.0.clone(), req.into_inner());
+        let recovery = finished(async move {
+            let since = since(r.since);
+            logic.room_join(&r.gateway_id, r.conn_id, r.user_id, r.room_id, since.as_ref()).await
+        })
+        .await?
+        .map_err(status)?;
         Ok(Response::new(joined(recovery)))
     }
 
     async fn room_leave(&self, req: Request<RoomLeaveRequest>) -> Result<Response<RoomLeaveReply>, Status> {
-        let r = req.into_inner();
-        self.0.room_leave(&r.gateway_id, r.conn_id, r.room_id).await.map_err(status)?;
+        let (logic, r) = (self.0.clone(), req.into_inner());
+        finished(async move { logic.room_leave(&r.gateway_id, r.conn_id, r.room_id).await })
+            .await?
+            .map_err(status)?;
         Ok(Response::new(RoomLeaveReply {}))
     }
 
@@ -164,12 +191,10 @@ impl LogicService for LogicGrpc {
         &self,
         req: Request<GatewayResetRequest>,
     ) -> Result<Response<ConnCloseReply>, Status> {
-        // Finished even if the gateway stops waiting (a reset of many connections can outlast
-        // its deadline): a reset left half done would leave users online that are gone.
+        // A reset of many connections can outlast the gateway's deadline.
         let logic = self.0.clone();
         let gateway = req.into_inner().gateway_id;
-        let reset = tokio::spawn(async move { logic.gateway_reset(&gateway).await });
-        reset.await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)?;
+        finished(async move { logic.gateway_reset(&gateway).await }).await?.map_err(status)?;
         Ok(Response::new(ConnCloseReply {}))
     }
 

@@ -30,6 +30,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::Value;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
 
 use crate::{Delivery, Error, Queue};
 
@@ -94,14 +95,20 @@ pub struct RedisQueue {
     /// Streams just added to its share: their reader takes over what others left pending on
     /// them before it reads newer entries.
     taking_over: Arc<std::sync::Mutex<BTreeSet<u16>>>,
-    /// The running stream readers, each with the flag that stops it.
-    readers: std::sync::Mutex<BTreeMap<u16, Arc<AtomicBool>>>,
+    /// The running stream readers: the flag that stops each, and its task.
+    readers: std::sync::Mutex<BTreeMap<u16, Reader>>,
+    /// Readers told to stop, until they end: a reader started for the same stream waits for
+    /// its predecessor, so two never read one stream for this worker at once.
+    stopping: std::sync::Mutex<BTreeMap<u16, JoinHandle<()>>>,
     /// What the readers read; and what `read` took from them but did not hand out yet.
     batches_tx: mpsc::Sender<Batch>,
     batches: Mutex<(mpsc::Receiver<Batch>, VecDeque<Delivery>)>,
     /// How many entries a reader asks for at a time: the last `read`'s `max`.
     count: Arc<AtomicUsize>,
 }
+
+/// A running stream reader: the flag that stops it, and its task.
+type Reader = (Arc<AtomicBool>, JoinHandle<()>);
 
 /// What a stream reader hands `read`: entries it read, or the failure that stopped it.
 type Batch = Result<Vec<Delivery>, Error>;
@@ -157,6 +164,7 @@ impl RedisQueue {
             owned: Arc::new(RwLock::new((0..cfg.streams).collect())),
             taking_over: Arc::default(),
             readers: std::sync::Mutex::default(),
+            stopping: std::sync::Mutex::default(),
             batches_tx,
             batches: Mutex::new((rx, VecDeque::new())),
             count: Arc::new(AtomicUsize::new(1)),
@@ -214,22 +222,29 @@ impl RedisQueue {
 
     /// Starts a reader for each owned stream without one, and stops those of streams no
     /// longer owned (what they read meanwhile still goes out: the gateways drop a second copy
-    /// by message id).
+    /// by message id). A stream given to this worker again (another may have left entries
+    /// pending on it meanwhile) gets a new reader that takes those over first.
     fn sync_readers(&self) {
         let owned = self.owned();
+        let take_over: BTreeSet<u16> = {
+            let mut taking = self.taking_over.lock().unwrap_or_else(|p| p.into_inner());
+            owned.iter().copied().filter(|s| taking.remove(s)).collect()
+        };
         let mut readers = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        readers.retain(|stream, stop| {
-            let keep = owned.contains(stream);
-            if !keep {
-                stop.store(true, Ordering::Relaxed);
+        let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        stopping.retain(|_, task| !task.is_finished());
+        let stop: Vec<u16> =
+            readers.keys().copied().filter(|s| !owned.contains(s) || take_over.contains(s)).collect();
+        for stream in stop {
+            if let Some((flag, task)) = readers.remove(&stream) {
+                flag.store(true, Ordering::Relaxed);
+                stopping.insert(stream, task);
             }
-            keep
-        });
+        }
         for stream in owned {
             if readers.contains_key(&stream) {
                 continue;
             }
-            let take_over = self.taking_over.lock().unwrap_or_else(|p| p.into_inner()).remove(&stream);
             let stop = Arc::new(AtomicBool::new(false));
             let reader = StreamReader {
                 cfg: self.cfg.clone(),
@@ -239,15 +254,15 @@ impl RedisQueue {
                 count: self.count.clone(),
                 tx: self.batches_tx.clone(),
             };
-            tokio::spawn(reader.run(take_over));
-            readers.insert(stream, stop);
+            let task = tokio::spawn(reader.run(take_over.contains(&stream), stopping.remove(&stream)));
+            readers.insert(stream, (stop, task));
         }
     }
 }
 
 impl Drop for RedisQueue {
     fn drop(&mut self) {
-        for stop in self.readers.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for (stop, _) in self.readers.lock().unwrap_or_else(|p| p.into_inner()).values() {
             stop.store(true, Ordering::Relaxed);
         }
     }
@@ -264,10 +279,14 @@ struct StreamReader {
 }
 
 impl StreamReader {
+    /// Reads once `predecessor` (the stream's previous reader in this worker) has ended.
     /// `take_over`: first take over, however recent, what other consumers left pending on the
     /// stream, so that it goes out before the newer entries (a live worker that had the stream
     /// may still be pushing some of them: the gateways drop the second copy by message id).
-    async fn run(self, take_over: bool) {
+    async fn run(self, take_over: bool, predecessor: Option<JoinHandle<()>>) {
+        if let Some(predecessor) = predecessor {
+            let _ = predecessor.await;
+        }
         // A connection of its own, without a response timeout: it blocks in `XREADGROUP`.
         let timeouts = RedisTimeouts { connect: Duration::from_secs(2), response: None, retries: 1 };
         let mut conn: Option<RedisConn> = None;

@@ -195,6 +195,13 @@ end
 return {alive, redis.call('SMEMBERS', KEYS[3])}
 ";
 
+/// Whether anything of a gateway is left: its lease, connections or unfinished sweeps. KEYS:
+/// those three. 1 or 0.
+const GW_HELD: &str = r"
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 or redis.call('SCARD', KEYS[3]) > 0 then return 1 end
+return 0
+";
+
 /// Moves a gateway's connections hash aside for a reset. KEYS: connections, sweeps, the key
 /// to move them to. 1 when there was one.
 const GW_RESET: &str = r"
@@ -282,6 +289,7 @@ struct Scripts {
     gw_forget: Script,
     gw_lease: Script,
     gw_claim: Script,
+    gw_held: Script,
     gw_reset: Script,
     user_open: Script,
     user_close: Script,
@@ -306,6 +314,7 @@ impl Scripts {
             gw_forget: Script::new(GW_FORGET),
             gw_lease: Script::new(GW_LEASE),
             gw_claim: Script::new(GW_CLAIM),
+            gw_held: Script::new(GW_HELD),
             gw_reset: Script::new(GW_RESET),
             user_open: Script::new(USER_OPEN),
             user_close: Script::new(USER_CLOSE),
@@ -408,8 +417,19 @@ impl RedisState {
             };
             match to {
                 Some(to) => {
-                    let _: bool = redis::cmd("RENAMENX").arg(&key).arg(&to).query_async(&mut conn).await?;
-                    moved += 1;
+                    let renamed: redis::RedisResult<bool> =
+                        redis::cmd("RENAMENX").arg(&key).arg(&to).query_async(&mut conn).await;
+                    match renamed {
+                        Ok(true) => moved += 1,
+                        // Written under the new key already: the old one is stale.
+                        Ok(false) => {
+                            let _: i64 = conn.del(&key).await?;
+                            dropped += 1;
+                        }
+                        // Expired since the scan, or moved by another control starting now.
+                        Err(e) if e.to_string().contains("no such key") => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 None => {
                     let _: i64 = conn.del(&key).await?;
@@ -649,8 +669,13 @@ impl RedisState {
         let (mut by_user, mut by_room) = (BTreeMap::<u64, Vec<u64>>::new(), BTreeMap::<u64, Vec<u64>>::new());
         let mut closed = Vec::new();
         for pair in found.chunks_exact(2) {
-            let (Ok(conn), Some(record)) = (pair[0].parse::<u64>(), parse_record(&pair[1])) else { continue };
+            let Ok(conn) = pair[0].parse::<u64>() else { continue };
+            // Forgotten even when unreadable: a sweep reads the hash until it is empty.
             closed.push(conn);
+            let Some(record) = parse_record(&pair[1]) else {
+                tracing::warn!(%gateway, conn, record = %pair[1], "unreadable connection record; forgotten");
+                continue;
+            };
             by_user.entry(record.user).or_default().push(conn);
             for room in record.rooms {
                 by_room.entry(room).or_default().push(conn);
@@ -735,34 +760,45 @@ impl RedisState {
     }
 
     pub async fn sweep_expired(&self) -> Result<Vec<(String, Departures)>, StateError> {
-        let mut by_gateway: BTreeMap<String, Option<Departures>> = BTreeMap::new();
+        // Per gateway: what its sweeps changed (None: nothing swept), and whether one failed.
+        let mut by_gateway: BTreeMap<String, (Option<Departures>, bool)> = BTreeMap::new();
         for (moved, gateway) in self.claim_expired().await? {
-            let swept = by_gateway.entry(gateway.clone()).or_default();
+            let (swept, failed) = by_gateway.entry(gateway.clone()).or_default();
             // One gateway's failure must not hold the others back; it is resumed next time.
-            match self.close_all(&gateway, &moved).await {
+            let closed = match self.close_all(&gateway, &moved).await {
                 Ok(changes) => {
-                    let _: i64 = self
-                        .conn
+                    let sweeps = self.gw_key(&gateway, "sweeps");
+                    self.conn
                         .clone()
-                        .srem(self.gw_key(&gateway, "sweeps"), &moved)
+                        .srem::<_, _, i64>(sweeps, &moved)
                         .await
-                        .map_err(StateError::from)?;
+                        .map(|_| changes)
+                        .map_err(StateError::from)
+                }
+                Err(e) => Err(e),
+            };
+            match closed {
+                Ok(changes) => {
                     let all = swept.get_or_insert_with(Departures::default);
                     all.left.extend(changes.left);
                     all.offline.extend(changes.offline);
                 }
                 Err(e) => {
+                    *failed = true;
                     tracing::warn!(%gateway, error = %e, "sweeping a gateway failed; resumed next round")
                 }
             }
         }
         let mut swept = Vec::new();
-        for (gateway, changes) in by_gateway {
-            if let Some(changes) = changes {
-                // Swept: off the list, unless its lease came back.
-                self.unlist(&gateway).await?;
-                swept.push((gateway, changes));
+        for (gateway, (changes, failed)) in by_gateway {
+            let Some(changes) = changes else { continue };
+            // Swept: off the list, unless something of it is left (see `unlist`).
+            if !failed {
+                if let Err(e) = self.unlist(&gateway).await {
+                    tracing::warn!(%gateway, error = %e, "taking a swept gateway off the list failed; next round");
+                }
             }
+            swept.push((gateway, changes));
         }
         Ok(swept)
     }
@@ -793,19 +829,21 @@ impl RedisState {
         Ok(try_join_all(claims).await?.into_iter().flatten().collect())
     }
 
-    /// Takes an expired gateway off the list; true when this did. A lease renewed meanwhile
-    /// puts it back (a renewal lists the gateway after setting its lease, so one of the two
-    /// sees the other).
+    /// Takes an expired gateway off the list; true when this did. It goes back on when
+    /// anything of it is there after: a lease renewed meanwhile (a renewal lists the gateway
+    /// after setting its lease, so one of the two sees the other), a sweep not finished, or
+    /// connections recorded since (an open that was on its way when the gateway died).
     async fn unlist(&self, gateway: &str) -> Result<bool, StateError> {
         let removed: i64 =
             self.conn.clone().srem(self.key("gateways"), gateway).await.map_err(StateError::from)?;
-        let alive: bool =
-            self.conn.clone().exists(self.gw_key(gateway, "lease")).await.map_err(StateError::from)?;
-        if alive {
+        let keys =
+            [self.gw_key(gateway, "lease"), self.gw_key(gateway, "conns"), self.gw_key(gateway, "sweeps")];
+        let held: i64 = self.run(&self.scripts.gw_held, &keys, &[]).await?;
+        if held == 1 {
             let _: i64 =
                 self.conn.clone().sadd(self.key("gateways"), gateway).await.map_err(StateError::from)?;
         }
-        Ok(removed == 1 && !alive)
+        Ok(removed == 1 && held == 0)
     }
 
     pub async fn ping(&self) -> Result<(), StateError> {

@@ -606,3 +606,28 @@ async fn nodes_are_listed_by_their_last_report_until_it_is_stale() {
         assert_eq!(s.nodes().await.unwrap().len(), 3, "a stale node that reports again is back");
     }
 }
+
+/// A connection record that does not parse (written by hand, or by a future layout) is
+/// forgotten with the rest, and a reset of its gateway ends instead of reading it forever.
+#[tokio::test]
+async fn an_unreadable_connection_record_is_forgotten_not_read_forever() {
+    for (s, keys) in stores(Duration::from_secs(60)).await {
+        let Some(keys) = keys else { continue };
+        open(&s, "g1", 0, 1, &user(1, "a"), 5).await;
+        let timeouts = gochat_runtime::redis::RedisTimeouts {
+            connect: Duration::from_secs(2),
+            response: Some(Duration::from_secs(2)),
+            retries: 1,
+        };
+        let mut conn = gochat_runtime::redis::RedisConn::open(&keys.url, timeouts).await.unwrap();
+        let hash = format!("{}:{{g:g1}}:conns", keys.prefix);
+        let _: () =
+            redis::cmd("HSET").arg(&hash).arg(2).arg("not a record").query_async(&mut conn).await.unwrap();
+        let reset = tokio::time::timeout(Duration::from_secs(10), s.gateway_reset("g1")).await;
+        let reset = reset.expect("the reset ended").unwrap();
+        assert_eq!(sorted(reset), departures([left(5, 1, true)], [1]), "the readable one closed as usual");
+        let sweeps = format!("{}:{{g:g1}}:sweeps", keys.prefix);
+        let unfinished: u64 = redis::cmd("SCARD").arg(&sweeps).query_async(&mut conn).await.unwrap();
+        assert_eq!(unfinished, 0, "the reset's sweep finished");
+    }
+}

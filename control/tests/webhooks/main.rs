@@ -96,7 +96,9 @@ async fn a_receiver_that_is_down_gets_the_events_once_it_is_up() {
     let events = eventually("the events", || Some(receiver.events()).filter(|e| e.len() >= 3)).await;
     assert_eq!(ids(&events), [1, 2, 3]);
     assert!(receiver.posts().iter().all(|p| p.signed), "signed again on each attempt");
-    let s = stats(&hooks, &cfg);
+    // Counted once the receiver's answer is in, a moment after it has the events.
+    let s =
+        eventually("the batch counted", || Some(stats(&hooks, &cfg)).filter(|s| s.batches_sent > 0)).await;
     assert_eq!((s.sent, s.failed, s.batches_sent, s.batches_failed), (3, 0, 1, 0));
     hooks.shutdown(Duration::from_secs(1)).await;
 }
