@@ -561,14 +561,7 @@ impl RedisState {
         }
         let mut joined = None;
         if room_id != 0 {
-            let how: i64 = self
-                .run(
-                    &self.scripts.room_enter,
-                    &self.room_keys(room_id),
-                    &args![gateway, conn_id, user, session.user_name],
-                )
-                .await?;
-            joined = entered(how, room_id, session);
+            joined = self.enter_room(gateway, conn_id, user, session, room_id).await?;
         }
         let arrival = Arrival { joined, online: online == 1 };
         if self.still_live(gateway, conn_id, None).await? {
@@ -585,6 +578,25 @@ impl RedisState {
             .await?;
         }
         Ok(Ok(Arrival::default()))
+    }
+
+    /// The room's step of an open or a join: the change when `user` newly joined the room.
+    async fn enter_room(
+        &self,
+        gateway: &str,
+        conn_id: u64,
+        user: u64,
+        session: &Session,
+        room_id: u64,
+    ) -> Result<Option<RoomChange>, StateError> {
+        let how: i64 = self
+            .run(
+                &self.scripts.room_enter,
+                &self.room_keys(room_id),
+                &args![gateway, conn_id, user, session.user_name],
+            )
+            .await?;
+        Ok(entered(how, room_id, session))
     }
 
     /// Whether the connection's record is still live (and lists `room`).
@@ -608,15 +620,9 @@ impl RedisState {
         if user < 0 {
             return Ok(Err(NoConnection));
         }
-        let how: i64 = self
-            .run(
-                &self.scripts.room_enter,
-                &self.room_keys(room_id),
-                &args![gateway, conn_id, user, session.user_name],
-            )
-            .await?;
+        let joined = self.enter_room(gateway, conn_id, user as u64, session, room_id).await?;
         if self.still_live(gateway, conn_id, Some(room_id)).await? {
-            return Ok(Ok(entered(how, room_id, session)));
+            return Ok(Ok(joined));
         }
         // Closed (or left the room) meanwhile: that may have missed the room step.
         self.run::<Vec<u64>>(&self.scripts.room_leave, &self.room_keys(room_id), &args![gateway, conn_id])
