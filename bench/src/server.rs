@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,7 +10,6 @@ use gochat_runtime::launch::{
     free_addr, ControlKeys, GatewayKey, GatewayKeys, NodeConfig, Process, QueueKeys, RedisQueueKeys,
     WorkerKeys,
 };
-use gochat_runtime::redis::RedisUrl;
 use serde::{Deserialize, Serialize};
 
 /// Resource use of the server processes at one moment.
@@ -372,19 +370,7 @@ impl Cluster {
         self.stop_processes();
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some((url, prefix)) = &self.redis_prefix {
-            // On each node of a cluster (its replicas refuse the deletes, and follow).
-            let nodes = match RedisUrl::parse(url) {
-                Ok(RedisUrl::Cluster(nodes)) => nodes,
-                _ => vec![url.clone()],
-            };
-            for node in nodes {
-                let _ = Command::new("sh")
-                    .arg("-c")
-                    .arg(format!(
-                        "redis-cli -u '{node}' --scan --pattern '{prefix}:*' | xargs -r -n 100 redis-cli -u '{node}' del >/dev/null 2>&1"
-                    ))
-                    .status();
-            }
+            gochat_runtime::redis::delete_keys(url, prefix);
         }
     }
 

@@ -110,7 +110,7 @@ pub struct RedisQueue {
 /// A running stream reader: the flag that stops it, and its task.
 type Reader = (Arc<AtomicBool>, JoinHandle<()>);
 
-/// What a stream reader hands `read`: entries it read, or the failure that stopped it.
+/// What a stream reader hands `read`: entries it read, or a failure it retries after.
 type Batch = Result<Vec<Delivery>, Error>;
 
 /// How long a stream reader's `XREADGROUP` blocks, so that it sees a stop soon.
@@ -335,13 +335,7 @@ impl StreamReader {
                     if !bad.is_empty() {
                         let ids: Vec<&str> =
                             bad.iter().filter_map(|id| id.split_once('/').map(|(_, e)| e)).collect();
-                        let acked: Result<(), _> = redis::cmd("XACK")
-                            .arg(self.cfg.key(self.stream))
-                            .arg(&self.cfg.group)
-                            .arg(ids)
-                            .query_async(c)
-                            .await;
-                        if let Err(e) = acked {
+                        if let Err(e) = xack(c, &self.cfg, self.stream, &ids).await {
                             tracing::warn!(stream = self.stream, error = %e, "acknowledging undecodable entries failed");
                         }
                     }
@@ -403,6 +397,22 @@ async fn auto_claim(
         .arg(cursor)
         .arg("COUNT")
         .arg(max)
+        .query_async(conn)
+        .await
+        .map_err(redis_err)
+}
+
+/// Acknowledges `entries` of `stream` in the group (`XACK`).
+async fn xack(
+    conn: &mut RedisConn,
+    cfg: &RedisQueueConfig,
+    stream: u16,
+    entries: &[&str],
+) -> Result<(), Error> {
+    redis::cmd("XACK")
+        .arg(cfg.key(stream))
+        .arg(&cfg.group)
+        .arg(entries)
         .query_async(conn)
         .await
         .map_err(redis_err)
@@ -523,17 +533,9 @@ impl Queue for RedisQueue {
         // A command per stream: on a cluster they are keys of different slots.
         let acks = by_stream.into_iter().map(|(stream, entries)| {
             let mut conn = self.conn.clone();
-            let key = self.cfg.key(stream.parse().unwrap_or(0));
-            async move {
-                redis::cmd("XACK")
-                    .arg(key)
-                    .arg(&self.cfg.group)
-                    .arg(entries)
-                    .query_async::<()>(&mut conn)
-                    .await
-            }
+            async move { xack(&mut conn, &self.cfg, stream.parse().unwrap_or(0), &entries).await }
         });
-        futures_util::future::try_join_all(acks).await.map(drop).map_err(redis_err)
+        futures_util::future::try_join_all(acks).await.map(drop)
     }
 }
 

@@ -35,7 +35,7 @@ fn prefix(test: &str) -> String {
 }
 
 async fn cleanup(cfg: &RedisQueueConfig) {
-    services::delete_redis_keys(&cfg.url, &cfg.prefix);
+    gochat_runtime::redis::delete_keys(&cfg.url, &cfg.prefix);
 }
 
 fn room(room: u64, body: &str) -> QueueMessage {

@@ -52,6 +52,14 @@ impl RedisUrl {
         Ok(Self::Node(url.to_string()))
     }
 
+    /// Each node it names, as a `redis://` URL (one, or a cluster's).
+    pub fn nodes(&self) -> &[String] {
+        match self {
+            Self::Node(url) => std::slice::from_ref(url),
+            Self::Cluster(nodes) => nodes,
+        }
+    }
+
     fn cluster(nodes: Vec<String>) -> Result<Self, String> {
         if nodes.is_empty() {
             return Err("a cluster URL names no node".into());
@@ -65,6 +73,39 @@ impl RedisUrl {
             }
         }
         Ok(Self::Cluster(nodes))
+    }
+}
+
+/// Deletes every key under `prefix` (`prefix:*`) from the Redis at `url`, one node or each
+/// node of a cluster (its replicas refuse the deletes, and follow), finding them with `SCAN`
+/// so a shared Redis is never blocked. For the bench's runs and the tests: errors are passed
+/// over, as what is left is only a run's leftovers.
+pub fn delete_keys(url: &str, prefix: &str) {
+    let Ok(url) = RedisUrl::parse(url) else { return };
+    for node in url.nodes() {
+        let Ok(mut conn) = ::redis::Client::open(node.as_str()).and_then(|c| c.get_connection()) else {
+            continue;
+        };
+        let scan =
+            |cursor: u64, conn: &mut ::redis::Connection| -> ::redis::RedisResult<(u64, Vec<String>)> {
+                ::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}:*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(conn)
+            };
+        let mut cursor = 0u64;
+        while let Ok((next, keys)) = scan(cursor, &mut conn) {
+            for key in keys {
+                let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(key).query(&mut conn);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
+
+use gochat_runtime::redis::RedisUrl;
 use std::time::Duration;
 
 /// A service a test needs.
@@ -38,31 +40,6 @@ pub fn redis_cluster_url() -> Option<String> {
     std::env::var("REDIS_CLUSTER_URL").ok().filter(|u| !u.is_empty())
 }
 
-/// The nodes a `redis+cluster://` URL names, each as a `redis://` URL (to reach one node
-/// itself, e.g. to find or delete a test's keys on every primary).
-pub fn redis_cluster_nodes(url: &str) -> Vec<String> {
-    let hosts = url.strip_prefix("redis+cluster://").unwrap_or(url).trim_end_matches('/');
-    let (auth, hosts) = hosts.rsplit_once('@').map_or((String::new(), hosts), |(a, h)| (format!("{a}@"), h));
-    hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{auth}{h}")).collect()
-}
-
-/// Deletes every key under `prefix` (`prefix:*`) from the Redis at `url`, one node or a
-/// cluster (from each primary; replicas refuse, and follow).
-pub fn delete_redis_keys(url: &str, prefix: &str) {
-    let nodes =
-        if url.starts_with("redis+cluster://") { redis_cluster_nodes(url) } else { vec![url.to_string()] };
-    for node in nodes {
-        let Ok(mut conn) = redis::Client::open(node.as_str()).and_then(|c| c.get_connection()) else {
-            continue;
-        };
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap_or_default();
-        for key in keys {
-            let _: Result<(), _> = redis::cmd("DEL").arg(key).query(&mut conn);
-        }
-    }
-}
-
 /// The PostgreSQL server the tests make their databases on, as its superuser: `POSTGRES_ADMIN_URL`,
 /// default postgres://postgres@127.0.0.1:5432/postgres.
 pub fn postgres_admin_url() -> String {
@@ -90,7 +67,8 @@ impl Service {
                     );
                 };
                 let what = format!("a Redis Cluster at {} (REDIS_CLUSTER_URL)", without_password(&url));
-                let node = redis_cluster_nodes(&url).into_iter().next().unwrap_or_default();
+                let node =
+                    RedisUrl::parse(&url).ok().and_then(|u| u.nodes().first().cloned()).unwrap_or_default();
                 let state = redis::Client::open(node.as_str())
                     .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
                     .and_then(|mut conn| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut conn));

@@ -446,6 +446,6 @@ impl RedisPrefix {
 
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
-        gochat_test_services::delete_redis_keys(&self.url, &self.prefix);
+        gochat_runtime::redis::delete_keys(&self.url, &self.prefix);
     }
 }

@@ -27,7 +27,7 @@ impl RedisKeys {
 
 impl Drop for RedisKeys {
     fn drop(&mut self) {
-        services::delete_redis_keys(&self.url, &self.prefix);
+        gochat_runtime::redis::delete_keys(&self.url, &self.prefix);
     }
 }
 
