@@ -93,11 +93,10 @@ impl RunResult {
     }
 }
 
-/// The commit of the checkout the bench binary was built in (it runs from `target/…`).
+/// The commit the bench binary was built from, recorded at build time (so a copy of the binary
+/// run outside the checkout still knows it).
 fn build_commit() -> String {
-    let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(std::path::Path::to_path_buf));
-    let dir = dir.as_deref().and_then(std::path::Path::to_str).unwrap_or(".");
-    command_line("git", &["-C", dir, "rev-parse", "--short", "HEAD"])
+    gochat_runtime::metrics::process::build().1.to_string()
 }
 
 fn command_line(cmd: &str, args: &[&str]) -> String {
