@@ -98,9 +98,12 @@ pub fn delete_keys(url: &str, prefix: &str) {
             };
         let mut cursor = 0u64;
         while let Ok((next, keys)) = scan(cursor, &mut conn) {
+            // A `DEL` each (a cluster refuses one naming keys of several slots), pipelined.
+            let mut dels = ::redis::pipe();
             for key in keys {
-                let _: ::redis::RedisResult<()> = ::redis::cmd("DEL").arg(key).query(&mut conn);
+                dels.del(key).ignore();
             }
+            let _: ::redis::RedisResult<()> = dels.query(&mut conn);
             if next == 0 {
                 break;
             }

@@ -7,9 +7,9 @@
 #![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use gochat_runtime::redis::RedisUrl;
-use std::time::Duration;
 
 /// A service a test needs.
 #[derive(Clone, Copy, Debug)]

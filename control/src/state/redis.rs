@@ -716,15 +716,20 @@ impl RedisState {
 
     pub async fn gateway_reset(&self, gateway: &str) -> Result<Departures, StateError> {
         let moved = self.gw_key(gateway, &format!("sweep:{}", nonce()));
-        let sweeps = self.gw_key(gateway, "sweeps");
-        let claimed: i64 = self
-            .run(&self.scripts.gw_reset, &[self.gw_key(gateway, "conns"), sweeps.clone(), moved.clone()], &[])
-            .await?;
+        let keys = [self.gw_key(gateway, "conns"), self.gw_key(gateway, "sweeps"), moved.clone()];
+        let claimed: i64 = self.run(&self.scripts.gw_reset, &keys, &[]).await?;
         if claimed == 0 {
             return Ok(Departures::default());
         }
-        let changes = self.close_all(gateway, &moved).await?;
-        let _: i64 = self.conn.clone().srem(&sweeps, &moved).await.map_err(StateError::from)?;
+        self.sweep(gateway, &moved).await
+    }
+
+    /// Closes every connection of a sweep (`moved`: a gateway's hash moved aside), then takes
+    /// the sweep off the gateway's unfinished ones.
+    async fn sweep(&self, gateway: &str, moved: &str) -> Result<Departures, StateError> {
+        let changes = self.close_all(gateway, moved).await?;
+        let sweeps = self.gw_key(gateway, "sweeps");
+        let _: i64 = self.conn.clone().srem(sweeps, moved).await.map_err(StateError::from)?;
         Ok(changes)
     }
 
@@ -771,19 +776,7 @@ impl RedisState {
         for (moved, gateway) in self.claim_expired().await? {
             let (swept, failed) = by_gateway.entry(gateway.clone()).or_default();
             // One gateway's failure must not hold the others back; it is resumed next time.
-            let closed = match self.close_all(&gateway, &moved).await {
-                Ok(changes) => {
-                    let sweeps = self.gw_key(&gateway, "sweeps");
-                    self.conn
-                        .clone()
-                        .srem::<_, _, i64>(sweeps, &moved)
-                        .await
-                        .map(|_| changes)
-                        .map_err(StateError::from)
-                }
-                Err(e) => Err(e),
-            };
-            match closed {
+            match self.sweep(&gateway, &moved).await {
                 Ok(changes) => {
                     let all = swept.get_or_insert_with(Departures::default);
                     all.left.extend(changes.left);
